@@ -1,0 +1,206 @@
+"""C2SP signed-note with Ed25519 signatures (https://c2sp.org/signed-note).
+
+A signed note is a UTF-8 text ending in a newline, a blank line, then one or more
+signature lines ``— <key name> <base64(key ID || signature)>``. The signature covers
+the text including its final newline.
+
+- Key ID (§ "Signatures"): the first 4 bytes of SHA-256(name || 0x0A || 0x01 || pubkey),
+  0x01 being the Ed25519 signature type.
+- Verifier key (vkey): ``<name>+<hex key ID>+<base64(0x01 || pubkey)>``.
+- Signer key (skey), as Go's ``sumdb/note`` writes it:
+  ``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>``.
+
+Signatures from keys the verifier does not know are ignored; a known key whose
+signature fails rejects the whole note, as in Go's ``note.Open``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import struct
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ledger.errors import SignatureError
+
+__all__ = [
+    "NoteSigner",
+    "NoteVerifier",
+    "generate_signer",
+    "open_note",
+    "sign_note",
+]
+
+_ALG_ED25519 = 0x01
+_SIG_PREFIX = "\u2014 "
+_MAX_SIGNATURES = 100
+
+
+def _b64decode(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as e:
+        raise SignatureError(f"{what} is not valid base64") from e
+
+
+def _check_name(name: str) -> None:
+    if not name or any(c.isspace() or c == "+" for c in name):
+        raise SignatureError(f"invalid key name {name!r}: empty, or has a space or '+'")
+
+
+def _key_id(name: str, pubkey: bytes) -> int:
+    digest = hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + pubkey).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+class NoteVerifier:
+    """An Ed25519 verifier key, parsed from or rendered as a vkey string."""
+
+    __slots__ = ("_key", "key_id", "name", "public_key")
+
+    def __init__(self, name: str, public_key: bytes) -> None:
+        _check_name(name)
+        if len(public_key) != 32:
+            raise SignatureError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
+        self.name = name
+        self.public_key = public_key
+        self.key_id = _key_id(name, public_key)
+        self._key = Ed25519PublicKey.from_public_bytes(public_key)
+
+    @classmethod
+    def from_vkey(cls, vkey: str) -> NoteVerifier:
+        parts = vkey.strip().split("+", 2)
+        if len(parts) != 3:
+            raise SignatureError("a verifier key has the form <name>+<hex id>+<base64 key>")
+        name, hex_id, b64 = parts
+        key = _b64decode(b64, "verifier key")
+        if len(key) != 33 or key[0] != _ALG_ED25519:
+            raise SignatureError("verifier key is not an Ed25519 key (type 0x01, 32 bytes)")
+        verifier = cls(name, key[1:])
+        if len(hex_id) != 8 or f"{verifier.key_id:08x}" != hex_id.lower():
+            raise SignatureError(f"verifier key ID {hex_id!r} does not match its key")
+        return verifier
+
+    @property
+    def vkey(self) -> str:
+        encoded = base64.b64encode(bytes([_ALG_ED25519]) + self.public_key).decode()
+        return f"{self.name}+{self.key_id:08x}+{encoded}"
+
+    def verify(self, message: bytes, signature: bytes) -> None:
+        try:
+            self._key.verify(signature, message)
+        except InvalidSignature as e:
+            raise SignatureError(f"signature by {self.name!r} does not verify") from e
+
+
+class NoteSigner:
+    """An Ed25519 signing key with a note key name. Inject it; never construct it ad hoc."""
+
+    __slots__ = ("_key", "verifier")
+
+    def __init__(self, name: str, private_key: Ed25519PrivateKey) -> None:
+        self._key = private_key
+        self.verifier = NoteVerifier(name, private_key.public_key().public_bytes_raw())
+
+    @property
+    def name(self) -> str:
+        return self.verifier.name
+
+    @property
+    def key_id(self) -> int:
+        return self.verifier.key_id
+
+    @classmethod
+    def from_skey(cls, skey: str) -> NoteSigner:
+        parts = skey.strip().split("+", 4)
+        if len(parts) != 5 or parts[:2] != ["PRIVATE", "KEY"]:
+            raise SignatureError("a signer key has the form PRIVATE+KEY+<name>+<id>+<key>")
+        name, hex_id, b64 = parts[2:]
+        key = _b64decode(b64, "signer key")
+        if len(key) != 33 or key[0] != _ALG_ED25519:
+            raise SignatureError("signer key is not an Ed25519 key (type 0x01, 32-byte seed)")
+        signer = cls(name, Ed25519PrivateKey.from_private_bytes(key[1:]))
+        if f"{signer.key_id:08x}" != hex_id.lower():
+            raise SignatureError(f"signer key ID {hex_id!r} does not match its key")
+        return signer
+
+    @property
+    def skey(self) -> str:
+        seed = self._key.private_bytes_raw()
+        encoded = base64.b64encode(bytes([_ALG_ED25519]) + seed).decode()
+        return f"PRIVATE+KEY+{self.name}+{self.key_id:08x}+{encoded}"
+
+    def sign(self, message: bytes) -> bytes:
+        return self._key.sign(message)
+
+
+def generate_signer(name: str) -> NoteSigner:
+    """A new random key. Callers that need determinism pass a seeded key instead."""
+    return NoteSigner(name, Ed25519PrivateKey.generate())
+
+
+def _check_text(text: str) -> None:
+    if not text.endswith("\n"):
+        raise SignatureError("note text must end in a newline")
+    if any(ord(c) < 0x20 and c != "\n" for c in text):
+        raise SignatureError("note text must not contain control characters")
+
+
+def sign_note(text: str, *signers: NoteSigner) -> str:
+    """The signed note: ``text``, a blank line, one signature line per signer."""
+    _check_text(text)
+    if not signers:
+        raise SignatureError("a note needs at least one signer")
+    message = text.encode()
+    lines = []
+    for signer in signers:
+        blob = struct.pack(">I", signer.key_id) + signer.sign(message)
+        lines.append(f"{_SIG_PREFIX}{signer.name} {base64.b64encode(blob).decode()}\n")
+    return text + "\n" + "".join(lines)
+
+
+def open_note(note: str | bytes, *verifiers: NoteVerifier) -> str:
+    """Verify ``note`` and return its text.
+
+    At least one signature must be by a known verifier and every known signature must
+    verify; signatures by unknown keys are ignored.
+    """
+    if isinstance(note, bytes):
+        try:
+            note = note.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SignatureError("note is not valid UTF-8") from e
+    if any(ord(c) < 0x20 and c != "\n" for c in note):
+        raise SignatureError("note contains control characters")
+    split = note.rfind("\n\n")
+    if split < 0:
+        raise SignatureError("note has no blank line before its signatures")
+    text, sig_block = note[: split + 1], note[split + 2 :]
+    if not sig_block.endswith("\n"):
+        raise SignatureError("note signature block must end in a newline")
+    sig_lines = sig_block[:-1].split("\n")
+    if len(sig_lines) > _MAX_SIGNATURES:
+        raise SignatureError(f"note has more than {_MAX_SIGNATURES} signatures")
+    known = {(v.name, v.key_id): v for v in verifiers}
+    message = text.encode()
+    verified = 0
+    for line in sig_lines:
+        if not line.startswith(_SIG_PREFIX):
+            raise SignatureError(f"malformed signature line {line[:40]!r}")
+        name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
+        if not sep or not name or " " in b64:
+            raise SignatureError(f"malformed signature line {line[:40]!r}")
+        blob = _b64decode(b64, "signature")
+        if len(blob) < 5:
+            raise SignatureError("signature is too short to hold a key ID")
+        verifier = known.get((name, int.from_bytes(blob[:4], "big")))
+        if verifier is None:
+            continue
+        verifier.verify(message, blob[4:])
+        verified += 1
+    if not verified:
+        raise SignatureError("note has no signature from a known key")
+    return text

@@ -1,0 +1,227 @@
+"""The tree's persisted interior nodes: the "stored hashes" layout of Go's sumdb/tlog.
+
+Every node of the Merkle tree that is the root of a *complete* subtree is stored once,
+in the order it comes into being. Appending leaf ``n`` stores its leaf hash followed by
+the hash of every subtree that leaf completes, so the stored-hash sequence only ever
+grows at its end. Its position for (level, n) is :func:`stored_hash_index`.
+
+With this layout (Russ Cox, "Transparent Logs for Skeptical Clients"):
+
+- an append costs O(1) amortised node hashes;
+- a tree hash, inclusion proof or consistency proof needs O(log n) stored hashes.
+
+Each query here is split into a pure ``*_indexes`` function, which names the stored
+hashes it needs, and a pure builder, which consumes those hashes in the same order.
+That lets the caller fetch every missing hash in one round trip, and keeps this module
+free of I/O. Hashing is RFC 6962 (:mod:`ledger.merkle`); proof order is RFC 6962's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from ledger.errors import ProofError
+from ledger.merkle import EMPTY_ROOT, node_hash
+
+__all__ = [
+    "Frontier",
+    "consistency_indexes",
+    "consistency_proof",
+    "inclusion_indexes",
+    "inclusion_proof",
+    "stored_hash_count",
+    "stored_hash_index",
+    "tree_hash",
+    "tree_hash_indexes",
+]
+
+
+def stored_hash_index(level: int, n: int) -> int:
+    """Position in the stored-hash sequence of the ``n``-th node at ``level``."""
+    # The node's last leaf is (n+1) << level - 1; its stored hashes precede the node,
+    # then the node follows the ``level`` hashes that leaf completes below it.
+    for _ in range(level):
+        n = 2 * n + 1
+    i = 0
+    while n > 0:
+        i += n
+        n >>= 1
+    return i + level
+
+
+def stored_hash_count(n: int) -> int:
+    """How many hashes a tree of ``n`` leaves stores."""
+    if n == 0:
+        return 0
+    count = stored_hash_index(0, n - 1) + 1
+    m = n - 1
+    while m & 1:
+        count += 1
+        m >>= 1
+    return count
+
+
+def _maxpow2(n: int) -> tuple[int, int]:
+    """The largest power of two ``k < n`` (n > 1) and its log2."""
+    level = (n - 1).bit_length() - 1
+    return 1 << level, level
+
+
+def _subtrees(lo: int, hi: int) -> Iterator[tuple[int, int]]:
+    """Decompose [lo, hi) into maximal complete subtrees, left to right, as (level, n)."""
+    while lo < hi:
+        k, level = _maxpow2(hi - lo + 1)
+        yield level, lo >> level
+        lo += k
+
+
+def _subtree_indexes(lo: int, hi: int, need: list[int]) -> None:
+    need.extend(stored_hash_index(level, n) for level, n in _subtrees(lo, hi))
+
+
+def _subtree_hash(lo: int, hi: int, hashes: Iterator[bytes]) -> bytes:
+    parts = [next(hashes) for _ in _subtrees(lo, hi)]
+    h = parts[-1]
+    for left in reversed(parts[:-1]):
+        h = node_hash(left, h)
+    return h
+
+
+def tree_hash_indexes(n: int) -> list[int]:
+    """Stored hashes :func:`tree_hash` needs for a tree of ``n`` leaves."""
+    need: list[int] = []
+    _subtree_indexes(0, n, need)
+    return need
+
+
+def tree_hash(n: int, hashes: Sequence[bytes]) -> bytes:
+    """The root of a tree of ``n`` leaves, from the hashes named by :func:`tree_hash_indexes`."""
+    if n == 0:
+        return EMPTY_ROOT
+    return _subtree_hash(0, n, iter(hashes))
+
+
+def _check_leaf(index: int, tree_size: int) -> None:
+    if not 0 <= index < tree_size:
+        raise ProofError(f"leaf index {index} is outside a tree of size {tree_size}")
+
+
+def inclusion_indexes(index: int, tree_size: int) -> list[int]:
+    """Stored hashes :func:`inclusion_proof` needs."""
+    _check_leaf(index, tree_size)
+    need: list[int] = []
+    lo, hi = 0, tree_size
+    # Walk down towards the leaf; each step needs the subtree on the path not taken.
+    # The proof lists siblings leaf-first, so the walk's order is reversed at the end.
+    steps: list[tuple[int, int]] = []
+    while hi - lo > 1:
+        k, _ = _maxpow2(hi - lo)
+        if index < lo + k:
+            steps.append((lo + k, hi))
+            hi = lo + k
+        else:
+            steps.append((lo, lo + k))
+            lo = lo + k
+    for a, b in reversed(steps):
+        _subtree_indexes(a, b, need)
+    return need
+
+
+def inclusion_proof(index: int, tree_size: int, hashes: Sequence[bytes]) -> list[bytes]:
+    """PATH(index, D[tree_size]) from the hashes named by :func:`inclusion_indexes`."""
+    _check_leaf(index, tree_size)
+    it = iter(hashes)
+    lo, hi = 0, tree_size
+    steps: list[tuple[int, int]] = []
+    while hi - lo > 1:
+        k, _ = _maxpow2(hi - lo)
+        if index < lo + k:
+            steps.append((lo + k, hi))
+            hi = lo + k
+        else:
+            steps.append((lo, lo + k))
+            lo = lo + k
+    return [_subtree_hash(a, b, it) for a, b in reversed(steps)]
+
+
+def _consistency_steps(old_size: int, tree_size: int) -> list[tuple[int, int]]:
+    if not 0 < old_size <= tree_size:
+        raise ProofError(f"old size {old_size} is not within 1..{tree_size}")
+    steps: list[tuple[int, int]] = []
+    lo, hi = 0, tree_size
+    while old_size != hi:
+        k, _ = _maxpow2(hi - lo)
+        if old_size <= lo + k:
+            steps.append((lo + k, hi))
+            hi = lo + k
+        else:
+            steps.append((lo, lo + k))
+            lo = lo + k
+    if lo != 0:
+        # The old tree's boundary lies inside a subtree the verifier cannot rebuild.
+        steps.append((lo, hi))
+    return list(reversed(steps))
+
+
+def consistency_indexes(old_size: int, tree_size: int) -> list[int]:
+    """Stored hashes :func:`consistency_proof` needs (none when the sizes are equal)."""
+    if old_size == tree_size:
+        return []
+    need: list[int] = []
+    for a, b in _consistency_steps(old_size, tree_size):
+        _subtree_indexes(a, b, need)
+    return need
+
+
+def consistency_proof(old_size: int, tree_size: int, hashes: Sequence[bytes]) -> list[bytes]:
+    """PROOF(old_size, D[tree_size]) from the hashes named by :func:`consistency_indexes`."""
+    if old_size == tree_size:
+        return []
+    it = iter(hashes)
+    return [_subtree_hash(a, b, it) for a, b in _consistency_steps(old_size, tree_size)]
+
+
+class Frontier:
+    """The right edge of the tree: the roots of its maximal complete subtrees.
+
+    It is all an appender needs. Adding a leaf yields exactly the hashes the stored-hash
+    layout appends for it, and folding the frontier gives the root, without reading the
+    store.
+    """
+
+    __slots__ = ("_hashes", "size")
+
+    def __init__(self, size: int = 0, hashes: Sequence[bytes] = ()) -> None:
+        if len(hashes) != size.bit_count():
+            raise ProofError(f"a frontier of size {size} has {size.bit_count()} subtrees")
+        self.size = size
+        self._hashes = list(hashes)
+
+    @classmethod
+    def indexes(cls, size: int) -> list[int]:
+        """Stored hashes needed to rebuild the frontier of a tree of ``size`` leaves."""
+        return tree_hash_indexes(size)
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self._hashes)
+
+    def append(self, leaf: bytes) -> list[bytes]:
+        """Add one leaf hash; return the stored hashes it creates, leaf hash first."""
+        out = [leaf]
+        h = leaf
+        n = self.size
+        while n & 1:
+            h = node_hash(self._hashes.pop(), h)
+            out.append(h)
+            n >>= 1
+        self._hashes.append(h)
+        self.size += 1
+        return out
+
+    def root(self) -> bytes:
+        if not self._hashes:
+            return EMPTY_ROOT
+        h = self._hashes[-1]
+        for left in reversed(self._hashes[:-1]):
+            h = node_hash(left, h)
+        return h
