@@ -1,0 +1,57 @@
+"""LLM providers: ``scripted`` (built in, deterministic) and ``openai`` (HTTP)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import aiohttp
+import msgspec
+
+from ledger.orchestration.errors import WorkflowValidationError
+from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider, ToolCall
+from ledger.orchestration.providers.openai import OpenAIConfig, OpenAIProvider
+from ledger.orchestration.providers.scripted import (
+    ScriptedConfig,
+    ScriptedProvider,
+    ScriptedResponse,
+    ScriptedToolCall,
+)
+
+__all__ = [
+    "LLMRequest",
+    "LLMResponse",
+    "OpenAIConfig",
+    "OpenAIProvider",
+    "Provider",
+    "ProviderConfig",
+    "ScriptedConfig",
+    "ScriptedProvider",
+    "ScriptedResponse",
+    "ScriptedToolCall",
+    "ToolCall",
+    "make_provider",
+    "parse_provider_config",
+]
+
+ProviderConfig = ScriptedConfig | OpenAIConfig
+
+
+def parse_provider_config(raw: object) -> ProviderConfig:
+    """Validate a provider config (``{"kind": ...}``); errors name the field."""
+    if isinstance(raw, ScriptedConfig | OpenAIConfig):
+        return raw
+    try:
+        config: ProviderConfig = msgspec.convert(raw, ProviderConfig)
+    except msgspec.ValidationError as e:
+        raise WorkflowValidationError(str(e), field="provider") from None
+    return config
+
+
+def make_provider(
+    config: ProviderConfig, *, session: aiohttp.ClientSession | None, env: Mapping[str, str]
+) -> Provider:
+    if isinstance(config, ScriptedConfig):
+        return ScriptedProvider(config)
+    if session is None:
+        raise WorkflowValidationError("the openai provider needs an HTTP session", field="provider")
+    return OpenAIProvider(config, session, env)

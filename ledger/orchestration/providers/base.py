@@ -1,0 +1,51 @@
+"""What every LLM provider speaks: OpenAI-shaped chat messages in, one response out."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+__all__ = ["LLMRequest", "LLMResponse", "Provider", "ToolCall"]
+
+
+class ToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    id: str
+    name: str
+    arguments: Any
+
+
+class LLMRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    model: str | None
+    #: OpenAI chat messages (``role``, ``content``, ``tool_calls``, ``tool_call_id``).
+    messages: tuple[dict[str, Any], ...]
+    #: OpenAI ``tools`` entries (``{"type": "function", "function": {...}}``).
+    tools: tuple[dict[str, Any], ...] = ()
+    parameters: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class LLMResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    #: The assistant message as an OpenAI message (what is fed back next round).
+    message: dict[str, Any]
+    content: str | None
+    tool_calls: tuple[ToolCall, ...]
+    finish_reason: str
+    input_tokens: int | None
+    output_tokens: int | None
+    response_id: str | None
+    response_model: str | None
+
+
+class Provider(Protocol):
+    @property
+    def name(self) -> str:
+        """``gen_ai.provider.name``."""
+        ...
+
+    @property
+    def deterministic(self) -> bool:
+        """``True`` if a call has no effect outside the process and always gives the same
+        answer: the engine may then buffer its events instead of writing ahead."""
+        ...
+
+    async def complete(self, request: LLMRequest, *, time_limit: float) -> LLMResponse: ...

@@ -1,0 +1,177 @@
+"""The ``openai`` provider: OpenAI-compatible ``POST {base_url}/chat/completions``.
+
+Works with OpenAI, vLLM, Ollama, llama.cpp server and LiteLLM. Config::
+
+    {"kind": "openai", "base_url": "http://127.0.0.1:8000/v1",
+     "api_key_env": "OPENAI_API_KEY", "timeout_seconds": 60}
+
+The API key is read from the named environment variable at call time; it is sent only
+in the ``Authorization`` header and never enters an event, an error or a log line (error
+texts are scrubbed of it). 429, 5xx, timeouts and connection errors are transient
+(:class:`ProviderError` with ``transient=True``); other 4xx and malformed responses are
+not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import aiohttp
+import msgspec
+import structlog
+
+from ledger.orchestration.errors import ProviderError
+from ledger.orchestration.providers.base import LLMRequest, LLMResponse, ToolCall
+
+__all__ = ["OpenAIConfig", "OpenAIProvider"]
+
+_log = structlog.get_logger()
+
+
+class OpenAIConfig(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag="openai", tag_field="kind"
+):
+    base_url: str
+    api_key_env: str | None = None
+    timeout_seconds: float = 60.0
+    max_response_bytes: int = 4 * 1024 * 1024
+
+
+class OpenAIProvider:
+    name = "openai"
+    deterministic = False
+
+    def __init__(
+        self,
+        config: OpenAIConfig,
+        session: aiohttp.ClientSession,
+        env: Mapping[str, str],
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._env = env
+
+    def _key(self) -> str | None:
+        if self._config.api_key_env is None:
+            return None
+        return self._env.get(self._config.api_key_env) or None
+
+    def _scrub(self, text: str) -> str:
+        key = self._key()
+        return text.replace(key, "[redacted]") if key else text
+
+    async def complete(self, request: LLMRequest, *, time_limit: float) -> LLMResponse:
+        url = self._config.base_url.rstrip("/") + "/chat/completions"
+        body: dict[str, Any] = {**request.parameters, "messages": list(request.messages)}
+        if request.model is not None:
+            body["model"] = request.model
+        if request.tools:
+            body["tools"] = list(request.tools)
+        headers = {"Content-Type": "application/json"}
+        key = self._key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        limit = min(time_limit, self._config.timeout_seconds)
+        started = time.monotonic()
+        try:
+            async with self._session.post(
+                url,
+                data=msgspec.json.encode(body),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=limit),
+                allow_redirects=False,
+            ) as resp:
+                raw = await resp.content.read(self._config.max_response_bytes + 1)
+                status = resp.status
+        except TimeoutError:
+            raise ProviderError(f"provider timed out after {limit:g}s", transient=True) from None
+        except aiohttp.ClientError as e:
+            raise ProviderError(
+                self._scrub(f"provider connection failed: {type(e).__name__}"), transient=True
+            ) from None
+        _log.debug("llm.http", status=status, latency_ms=(time.monotonic() - started) * 1000)
+        if status == 429 or status >= 500:
+            raise ProviderError(f"provider returned HTTP {status}", transient=True, status=status)
+        if status >= 300:
+            snippet = self._scrub(raw[:200].decode("utf-8", "replace"))
+            raise ProviderError(
+                f"provider returned HTTP {status}: {snippet}", transient=False, status=status
+            )
+        if len(raw) > self._config.max_response_bytes:
+            raise ProviderError("provider response is too large", transient=False)
+        return _parse(raw)
+
+
+def _malformed(why: str) -> ProviderError:
+    return ProviderError(f"malformed provider response: {why}", transient=False)
+
+
+def _parse(raw: bytes) -> LLMResponse:
+    try:
+        data = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise _malformed("body is not JSON") from None
+    if not isinstance(data, dict):
+        raise _malformed("body is not a JSON object")
+    choices = data.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _malformed("no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise _malformed("choices[0].message is missing")
+    content = message.get("content")
+    if content is not None and not isinstance(content, str):
+        raise _malformed("choices[0].message.content is not a string")
+    calls: list[ToolCall] = []
+    raw_calls = message.get("tool_calls") or []
+    if not isinstance(raw_calls, list):
+        raise _malformed("tool_calls is not a list")
+    for i, c in enumerate(raw_calls):
+        fn = c.get("function") if isinstance(c, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise _malformed(f"tool_calls[{i}].function.name is missing")
+        args_text = fn.get("arguments", "{}")
+        try:
+            args = msgspec.json.decode(args_text) if isinstance(args_text, str) else args_text
+        except msgspec.DecodeError:
+            raise _malformed(f"tool_calls[{i}].function.arguments is not JSON") from None
+        call_id = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
+        calls.append(ToolCall(id=call_id, name=fn["name"], arguments=args))
+    if content is None and not calls:
+        raise _malformed("message has neither content nor tool_calls")
+    finish = choices[0].get("finish_reason")
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    assert isinstance(usage, dict)
+    out_msg: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        out_msg["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": msgspec.json.encode(c.arguments).decode(),
+                },
+            }
+            for c in calls
+        ]
+    return LLMResponse(
+        message=out_msg,
+        content=content,
+        tool_calls=tuple(calls),
+        finish_reason=finish if isinstance(finish, str) else ("tool_calls" if calls else "stop"),
+        input_tokens=_int(usage.get("prompt_tokens")),
+        output_tokens=_int(usage.get("completion_tokens")),
+        response_id=data.get("id") if isinstance(data.get("id"), str) else None,
+        response_model=data.get("model") if isinstance(data.get("model"), str) else None,
+    )
+
+
+def _int(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+_ = (asyncio, Literal)

@@ -1,0 +1,272 @@
+"""Tools: an in-process registry of async callables, the built-ins and the ``http`` tool.
+
+Built-ins: ``echo`` (returns its arguments), ``json_extract`` (``{"data": ..., "path":
+"a.b[0]"}``), ``calculator`` (``{"expression": "2*(3+4)"}``, a safe parser).
+
+The ``http`` tool POSTs its JSON arguments to a configured URL. SSRF guard: the URL's
+host must be in ``allow_hosts``; every address the host resolves to must be public
+(not private, loopback, link-local, multicast, reserved or unspecified) unless the host
+is also in ``allow_private_hosts``; the connection goes to the checked address (the
+check runs in the resolver, so DNS rebinding cannot swap it); redirects are followed
+only to allow-listed hosts, at most 3 times; the response is capped in size and time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+import msgspec
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from ledger.orchestration.calculator import calculate
+from ledger.orchestration.errors import SSRFBlockedError, TemplateError, ToolError
+from ledger.orchestration.templates import parse_path, resolve_path
+
+__all__ = ["GuardedResolver", "HttpTool", "Tool", "ToolFn", "ToolRegistry", "is_public_address"]
+
+ToolFn = Callable[[Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    fn: ToolFn
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=lambda: {"type": "object"})
+    #: ``True`` if the tool has no effect outside the process and is deterministic; the
+    #: engine may then buffer its events rather than write them ahead of the call.
+    pure: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        """The OpenAI ``tools`` entry."""
+        return {
+            "type": "function",
+            "function": {
+                "name": self.name,
+                "description": self.description,
+                "parameters": dict(self.parameters),
+            },
+        }
+
+
+async def _echo(args: Any) -> Any:
+    return args
+
+
+async def _json_extract(args: Any) -> Any:
+    if not isinstance(args, Mapping) or not isinstance(args.get("path"), str):
+        raise ToolError('json_extract takes {"data": ..., "path": "a.b[0]"}')
+    try:
+        ref = parse_path("input" + ("" if args["path"].startswith("[") else ".") + args["path"])
+        return resolve_path(ref, {"input": args.get("data")})
+    except TemplateError as e:
+        raise ToolError(f"json_extract: path {args['path']!r} does not resolve") from e
+
+
+async def _calculator(args: Any) -> Any:
+    if not isinstance(args, Mapping) or not isinstance(args.get("expression"), str):
+        raise ToolError('calculator takes {"expression": "..."}')
+    return calculate(args["expression"])
+
+
+class ToolRegistry:
+    """Tools by name. Starts with the built-ins; users add their own async callables."""
+
+    def __init__(self, *, builtins: bool = True) -> None:
+        self._tools: dict[str, Tool] = {}
+        if builtins:
+            self.register("echo", _echo, description="Returns its arguments.", pure=True)
+            self.register(
+                "json_extract",
+                _json_extract,
+                description="Extract a value from JSON data by a path like a.b[0].",
+                parameters={
+                    "type": "object",
+                    "properties": {"data": {}, "path": {"type": "string"}},
+                    "required": ["data", "path"],
+                },
+                pure=True,
+            )
+            self.register(
+                "calculator",
+                _calculator,
+                description="Evaluate an arithmetic expression.",
+                parameters={
+                    "type": "object",
+                    "properties": {"expression": {"type": "string"}},
+                    "required": ["expression"],
+                },
+                pure=True,
+            )
+
+    def register(
+        self,
+        name: str,
+        fn: ToolFn,
+        *,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        pure: bool = False,
+    ) -> Tool:
+        if name in self._tools:
+            raise ValueError(f"tool {name!r} is already registered")
+        tool = Tool(name, fn, description, parameters or {"type": "object"}, pure)
+        self._tools[name] = tool
+        return tool
+
+    def get(self, name: str) -> Tool:
+        try:
+            return self._tools[name]
+        except KeyError:
+            raise ToolError(f"unknown tool {name!r}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._tools
+
+    def names(self) -> list[str]:
+        return sorted(self._tools)
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return not (
+        ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_multicast
+        or ip.is_reserved
+        or ip.is_unspecified
+        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
+    )
+
+
+class GuardedResolver(AbstractResolver):
+    """Resolves, then refuses hosts not allow-listed and non-public addresses."""
+
+    def __init__(
+        self,
+        allow_hosts: frozenset[str],
+        allow_private_hosts: frozenset[str],
+        inner: AbstractResolver | None = None,
+    ) -> None:
+        self._allow = allow_hosts
+        self._private = allow_private_hosts
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        host_l = host.lower().rstrip(".")
+        if host_l not in self._allow:
+            raise SSRFBlockedError(f"host {host!r} is not in the allow-list")
+        results = await self._inner.resolve(host, port, family)
+        if host_l not in self._private:
+            for r in results:
+                if not is_public_address(r["host"]):
+                    raise SSRFBlockedError(
+                        f"host {host!r} resolves to non-public address {r['host']}"
+                    )
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class HttpTool:
+    """A configured ``http`` tool. Call :meth:`close` (or use the engine, which does)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        allow_hosts: list[str] | tuple[str, ...],
+        allow_private_hosts: list[str] | tuple[str, ...] = (),
+        timeout_seconds: float = 10.0,
+        max_response_bytes: int = 1024 * 1024,
+        max_redirects: int = 3,
+    ) -> None:
+        self.url = url
+        self.allow_hosts = frozenset(h.lower() for h in allow_hosts)
+        private = frozenset(h.lower() for h in allow_private_hosts)
+        self._private = private & self.allow_hosts
+        self.timeout_seconds = timeout_seconds
+        self.max_response_bytes = max_response_bytes
+        self.max_redirects = max_redirects
+        self._resolver = GuardedResolver(self.allow_hosts, self._private)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _check_url(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https"):
+            raise SSRFBlockedError(f"scheme {parts.scheme!r} is not allowed")
+        host = (parts.hostname or "").lower()
+        if host not in self.allow_hosts:
+            raise SSRFBlockedError(f"host {parts.hostname!r} is not in the allow-list")
+        try:
+            literal = ipaddress.ip_address(host)
+        except ValueError:
+            return  # a name: the resolver checks its addresses at connect time
+        if host not in self._private and not is_public_address(str(literal)):
+            raise SSRFBlockedError(f"address {host} is not public and not allow-listed as such")
+
+    async def __call__(self, args: Any) -> Any:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False)
+            self._session = aiohttp.ClientSession(connector=connector)
+        body = msgspec.json.encode(args)
+        url = self.url
+        try:
+            async with asyncio.timeout(self.timeout_seconds):
+                for _ in range(self.max_redirects + 1):
+                    self._check_url(url)
+                    async with self._session.post(
+                        url,
+                        data=body,
+                        headers={"Content-Type": "application/json"},
+                        allow_redirects=False,
+                    ) as resp:
+                        if resp.status in (301, 302, 303, 307, 308):
+                            url = urljoin(url, resp.headers.get("Location", ""))
+                            continue
+                        raw = await resp.content.read(self.max_response_bytes + 1)
+                        status = resp.status
+                        break
+                else:
+                    raise ToolError("too many redirects")
+        except TimeoutError:
+            raise ToolError(
+                f"http tool timed out after {self.timeout_seconds:g}s", transient=True
+            ) from None
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, SSRFBlockedError):
+                raise e.os_error from None
+            raise ToolError(f"http tool connection failed: {e.os_error}", transient=True) from None
+        except SSRFBlockedError:
+            raise
+        except aiohttp.ClientError as e:
+            raise ToolError(f"http tool failed: {type(e).__name__}", transient=True) from None
+        if len(raw) > self.max_response_bytes:
+            raise ToolError(f"response exceeds {self.max_response_bytes} bytes")
+        if status == 429 or status >= 500:
+            raise ToolError(f"http tool got HTTP {status}", transient=True)
+        if status >= 400:
+            raise ToolError(f"http tool got HTTP {status}")
+        try:
+            return msgspec.json.decode(raw) if raw else None
+        except msgspec.DecodeError:
+            return raw.decode("utf-8", "replace")
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
