@@ -1,0 +1,450 @@
+"""Offline bundle verification, ``specs/log-format.md`` §6 and §6.1.
+
+A bundle is JSON Lines: a header, checkpoint lines, event lines, a state trailer. It is
+read line by line, so memory does not grow with the number of events:
+
+- inclusion proofs against the header checkpoint, and receipt proofs against their
+  per-batch checkpoints, go through :class:`~verifier._merkle.PathMemo` (bounded);
+- each checkpoint line's signature is verified once; only its root is kept;
+- the replay keeps the state (O(steps)) and a digest of the receipts list;
+- the state trailer, whose ``receipts`` has one id per event, is parsed as a stream
+  when it is longer than :data:`LINE_LIMIT`.
+
+The five §6.1 steps run per event in order (2, 3, the sequence part of 4, the fold of
+5); the final parts of 4 and 5 run at the trailer. The first failure stops the run and
+raises a :class:`VerificationError` whose ``step`` names the §6.1 step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import msgspec
+
+from verifier._checkpoint import verify_checkpoint
+from verifier._errors import (
+    BundleIncomplete,
+    EventMismatch,
+    MalformedInput,
+    ReceiptMismatch,
+    StateMismatch,
+    VerificationError,
+)
+from verifier._ids import receipt_id_for
+from verifier._jsonstream import STREAMED, parse_stream
+from verifier._leaf import decode, decode_leaf
+from verifier._merkle import PathMemo, verify_consistency
+from verifier._note import VerifierKey, parse_vkey
+from verifier._projection import TERMINAL_TYPES, Projection, ReceiptsMatcher, diff_state
+from verifier._wire import (
+    BundleCheckpoint,
+    BundleEvent,
+    BundleHeader,
+    BundleLine,
+    BundleState,
+    Envelope,
+)
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "LINE_LIMIT",
+    "STEP_BELONGING",
+    "STEP_CHECKPOINT",
+    "STEP_COMPLETENESS",
+    "STEP_INCLUSION",
+    "STEP_REPLAY",
+    "EventHook",
+    "Report",
+    "verify_bundle",
+]
+
+BUNDLE_FORMAT = "maip-bundle/v1"
+LINE_LIMIT = 1 << 20
+_CHUNK = 1 << 16
+_RECEIPT_MEMOS = 8
+_PROGRESS_EVERY = 4096
+
+STEP_CHECKPOINT = "§6.1 step 1 (checkpoint)"
+STEP_INCLUSION = "§6.1 step 2 (inclusion)"
+STEP_BELONGING = "§6.1 step 3 (belonging)"
+STEP_COMPLETENESS = "§6.1 step 4 (completeness)"
+STEP_REPLAY = "§6.1 step 5 (replay)"
+_STEP_PARSE = "bundle format (§6)"
+
+_LINE = msgspec.json.Decoder(BundleLine)
+_sha256 = hashlib.sha256
+
+#: Called for each verified event: (the event line, its decoded envelope).
+EventHook = Callable[[BundleEvent, Envelope], None]
+
+
+class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What :func:`verify_bundle` verified. ``running`` is true when the last event is
+    not terminal (§6.1 step 4): verified so far, but the orchestration is not over."""
+
+    origin: str
+    tenant_id: str
+    orchestration_id: str
+    tree_size: int
+    root: bytes
+    event_count: int
+    checkpoints_verified: int
+    status: str | None
+    last_event_type: str | None
+    running: bool
+    steps: tuple[str, ...]
+    header_vkey_matches: bool
+
+
+def _lines(stream: IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
+    """Lines up to LINE_LIMIT bytes; a longer line is yielded as an iterator of chunks,
+    which must be consumed before the next line is read."""
+    while True:
+        line = stream.readline(LINE_LIMIT + 1)
+        if not line:
+            return
+        if len(line) > LINE_LIMIT and not line.endswith(b"\n"):
+            yield _rest(stream, line)
+        else:
+            yield line
+
+
+def _rest(stream: IO[bytes], first: bytes) -> Iterator[bytes]:
+    yield first
+    while True:
+        chunk = stream.readline(_CHUNK)
+        if not chunk:
+            return
+        yield chunk
+        if chunk.endswith(b"\n"):
+            return
+
+
+def _open(bundle: bytes | str | IO[bytes]) -> IO[bytes]:
+    if isinstance(bundle, str):
+        try:
+            return io.BytesIO(bundle.encode("utf-8"))
+        except UnicodeEncodeError as e:
+            raise MalformedInput("bundle text is not valid Unicode").at_step(_STEP_PARSE) from e
+    if isinstance(bundle, bytes | bytearray | memoryview):
+        return io.BytesIO(bytes(bundle))
+    if hasattr(bundle, "readline"):
+        return bundle
+    raise MalformedInput("a bundle must be bytes, text or a binary file").at_step(_STEP_PARSE)
+
+
+class _Run:
+    """One pass over a bundle. Mutable, private; :func:`verify_bundle` is the pure face."""
+
+    def __init__(
+        self,
+        key: VerifierKey,
+        progress: Callable[[int, int], None] | None,
+        on_event: EventHook | None,
+    ) -> None:
+        self.key = key
+        self.progress = progress
+        self.event_hook = on_event
+        self.header: BundleHeader | None = None
+        self.header_memo: PathMemo | None = None
+        self.checkpoint_roots: dict[int, bytes] = {}
+        self.receipt_memos: dict[int, PathMemo] = {}
+        self.checkpoints_verified = 0
+        self.events = 0
+        self.next_seq = 1
+        self.last_type: str | None = None
+        self.projection = Projection()
+        self.report: Report | None = None
+
+    # ---- §6.1 step 1 ------------------------------------------------------------------
+    def on_header(self, h: BundleHeader) -> None:
+        if h.format != BUNDLE_FORMAT:
+            raise MalformedInput(f"bundle format {h.format!r} is not {BUNDLE_FORMAT!r}")
+        # 1. Verify the header checkpoint under the trusted vkey (§4.1 step 1).
+        checkpoint = verify_checkpoint(h.checkpoint, self.key)
+        if h.origin != checkpoint.origin:
+            raise EventMismatch(
+                f"header origin {h.origin!r} is not the checkpoint's origin {checkpoint.origin!r}"
+            )
+        if h.event_count < 0:
+            raise MalformedInput(f"header event_count {h.event_count} is negative")
+        self.header = h
+        self.header_memo = PathMemo(checkpoint.size, checkpoint.root)
+        # A receipt issued at the header's own size uses the header checkpoint.
+        self.checkpoint_roots[checkpoint.size] = checkpoint.root
+        self.checkpoints_verified = 1
+
+    def on_checkpoint(self, line: BundleCheckpoint) -> None:
+        assert self.header_memo is not None
+        # 1. Each checkpoint line: its signature, and its consistency to the header.
+        checkpoint = verify_checkpoint(line.checkpoint, self.key)
+        head = self.header_memo
+        if checkpoint.size > head.tree_size:
+            raise BundleIncomplete(
+                f"checkpoint of size {checkpoint.size} is newer than the header checkpoint "
+                f"(size {head.tree_size}), which must cover every event"
+            )
+        verify_consistency(
+            checkpoint.size, checkpoint.root, head.tree_size, head.root, line.consistency_proof
+        )
+        known = self.checkpoint_roots.get(checkpoint.size)
+        if known is not None and known != checkpoint.root:  # pragma: no cover - consistency
+            raise BundleIncomplete(f"two different checkpoints of size {checkpoint.size}")
+        self.checkpoint_roots[checkpoint.size] = checkpoint.root
+        self.checkpoints_verified += 1
+
+    # ---- §6.1 steps 2-5, per event ----------------------------------------------------
+    def on_event(self, line: BundleEvent, where: str) -> None:
+        header, head = self.header, self.header_memo
+        assert header is not None
+        assert head is not None
+        self.events += 1
+        step = STEP_INCLUSION
+        try:
+            # 2. Inclusion: hash the leaf, check it is at leaf_index in the header tree.
+            leaf = line.leaf
+            lh = _sha256(b"\x00" + leaf).digest()
+            index = line.leaf_index
+            head.verify(lh, index, line.inclusion_proof)
+            #    The receipt: same leaf_index and leaf_hash, and its proof against its
+            #    own checkpoint's root.
+            r = line.receipt
+            if r.leaf_index != index:
+                raise ReceiptMismatch(
+                    f"receipt leaf_index {r.leaf_index} is not the event's {index}"
+                )
+            if r.leaf_hash != lh:
+                raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
+            memo = self.receipt_memos.get(r.tree_size)
+            if memo is None:
+                root = self.checkpoint_roots.get(r.tree_size)
+                if root is None:
+                    raise BundleIncomplete(
+                        f"the receipt's checkpoint (tree size {r.tree_size}) is not among "
+                        "the checkpoint lines before it"
+                    )
+                memo = PathMemo(r.tree_size, root)
+                if len(self.receipt_memos) >= _RECEIPT_MEMOS:
+                    del self.receipt_memos[next(iter(self.receipt_memos))]
+                self.receipt_memos[r.tree_size] = memo
+            memo.verify(lh, r.leaf_index, r.inclusion_proof)
+            # 3. Belonging: a known v, this tenant and orchestration, ids that match.
+            step = STEP_BELONGING
+            env = decode_leaf(leaf)
+            if env.tenant_id != header.tenant_id:
+                raise EventMismatch(
+                    f"event tenant_id {env.tenant_id!r} is not the bundle's {header.tenant_id!r}"
+                )
+            if env.stream_id != header.orchestration_id:
+                raise EventMismatch(
+                    f"event stream_id {env.stream_id!r} is not the bundle's orchestration "
+                    f"{header.orchestration_id!r}"
+                )
+            if env.event_id != r.event_id:
+                raise ReceiptMismatch(
+                    f"leaf event_id {env.event_id!r} is not the receipt's {r.event_id!r}"
+                )
+            receipt_id = receipt_id_for(env.event_id)
+            if r.receipt_id != receipt_id:
+                raise ReceiptMismatch(
+                    f"receipt_id {r.receipt_id!r} is not derived from event {env.event_id} "
+                    f"(expected {receipt_id!r})"
+                )
+            # 4. Completeness: stream_seq runs 1, 2, ... with no gap or repeat.
+            step = STEP_COMPLETENESS
+            seq = env.stream_seq
+            if seq != self.next_seq:
+                if seq < self.next_seq:
+                    what = f"repeats or goes back (stream_seq {seq} after {self.next_seq - 1})"
+                else:
+                    what = (
+                        f"skips stream_seq {self.next_seq}"
+                        + (f"..{seq - 1}" if seq - 1 > self.next_seq else "")
+                        + f" (stream_seq {seq} after {self.next_seq - 1})"
+                    )
+                raise BundleIncomplete(f"the event stream {what}")
+            self.next_seq = seq + 1
+            if self.events > header.event_count:
+                raise BundleIncomplete(
+                    f"the bundle has more events than the header's event_count {header.event_count}"
+                )
+            # 5. Replay: fold the event (§7.3).
+            step = STEP_REPLAY
+            self.projection.apply(
+                seq,
+                env.type,
+                occurred_at=env.occurred_at,
+                tenant_id=env.tenant_id,
+                payload=env.payload,
+                receipt_id=receipt_id,
+            )
+            self.last_type = env.type
+        except VerificationError as e:
+            e.message = f"event {self.events} ({where}): {e.message}"
+            e.at_step(step)
+            raise
+        if self.event_hook is not None:
+            self.event_hook(line, env)
+        if self.progress is not None and self.events % _PROGRESS_EVERY == 0:
+            self.progress(self.events, header.event_count)
+
+    # ---- end of §6.1 steps 4 and 5 -----------------------------------------------------
+    def on_state(self, claimed: Any, matcher: ReceiptsMatcher) -> Report:
+        header, head = self.header, self.header_memo
+        assert header is not None
+        assert head is not None
+        # 4. event_count equals N; the last event is terminal, or the report says running.
+        if self.events != header.event_count:
+            raise BundleIncomplete(
+                f"the header's event_count is {header.event_count}, but the bundle has "
+                f"{self.events} events"
+            ).at_step(STEP_COMPLETENESS)
+        running = self.last_type not in TERMINAL_TYPES
+        # 5. Replay: compare the claimed state with the fold, field by field.
+        replay = self.projection.state()
+        differences = diff_state(claimed, replay)
+        if replay is not None and isinstance(claimed, dict):
+            receipts = claimed.get("receipts", msgspec.UNSET)
+            if receipts is STREAMED:
+                differences += matcher.differences()
+            elif isinstance(receipts, list):
+                for item in receipts:
+                    matcher.feed(item)
+                differences += matcher.differences()
+            elif receipts is msgspec.UNSET:
+                differences.append("state.receipts: missing from the claimed state")
+            else:
+                differences.append(
+                    f"state.receipts: claimed {str(receipts)[:60]!r}, replay a list of "
+                    f"{self.projection.receipts.count} ids"
+                )
+        if differences:
+            raise StateMismatch(tuple(differences), step=STEP_REPLAY)
+        status = self.projection.status
+        return Report(
+            origin=header.origin,
+            tenant_id=header.tenant_id,
+            orchestration_id=header.orchestration_id,
+            tree_size=head.tree_size,
+            root=head.root,
+            event_count=self.events,
+            checkpoints_verified=self.checkpoints_verified,
+            status=status,
+            last_event_type=self.last_type,
+            running=running,
+            steps=(
+                f"{STEP_CHECKPOINT}: header checkpoint (tree size {head.tree_size}) and "
+                f"{self.checkpoints_verified - 1} receipt checkpoint(s) signed by the trusted "
+                "key and consistent",
+                f"{STEP_INCLUSION}: {self.events} event(s) included in the header checkpoint; "
+                f"{self.events} receipt(s) verified",
+                f"{STEP_BELONGING}: every event is tenant {header.tenant_id!r}'s orchestration "
+                f"{header.orchestration_id!r}",
+                f"{STEP_COMPLETENESS}: stream_seq 1..{self.events} with no gap or repeat; "
+                + (
+                    f"the orchestration is still running (last event {self.last_type})"
+                    if running
+                    else f"the orchestration ended ({self.last_type})"
+                ),
+                f"{STEP_REPLAY}: the claimed state equals the replayed state (status {status})",
+            ),
+            header_vkey_matches=header.vkey.strip() == self.key.vkey,
+        )
+
+
+def verify_bundle(
+    bundle: bytes | str | IO[bytes],
+    vkey: str | VerifierKey,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    on_event: EventHook | None = None,
+) -> Report:
+    """§6.1: verify an offline bundle under the trusted ``vkey`` (never the bundle's own).
+
+    ``bundle`` is the JSON Lines bytes or text, or a binary file read line by line.
+    ``progress(done, total)`` is called every few thousand events; ``on_event`` is
+    called for each event once it has passed steps 2-4 and been folded.
+
+    Returns the :class:`Report` or raises a :class:`VerificationError` subclass whose
+    ``step`` names the first §6.1 step that failed.
+    """
+    key = parse_vkey(vkey)
+    run = _Run(key, progress, on_event)
+    report: Report | None = None
+    line_no = 0
+    for raw in _lines(_open(bundle)):
+        line_no += 1
+        where = f"line {line_no}"
+        if not isinstance(raw, bytes):
+            # A line longer than LINE_LIMIT: only the state trailer may be that long.
+            if run.header is None or report is not None:
+                raise MalformedInput(f"{where} is longer than {LINE_LIMIT} bytes").at_step(
+                    _STEP_PARSE
+                )
+            matcher = ReceiptsMatcher(run.projection.receipts)
+            obj = parse_stream(raw, ("state", "receipts"), matcher.feed)
+            if (
+                not isinstance(obj, dict)
+                or obj.get("kind") != "state"
+                or set(obj)
+                != {
+                    "kind",
+                    "state",
+                }
+            ):
+                raise MalformedInput(
+                    f"{where} is longer than {LINE_LIMIT} bytes and is not the state trailer"
+                ).at_step(_STEP_PARSE)
+            report = run.on_state(obj["state"], matcher)
+            continue
+        if not raw.strip():
+            continue
+        try:
+            line = decode(_LINE, raw, where)
+        except MalformedInput as e:
+            e.at_step(_STEP_PARSE)
+            raise
+        if report is not None:
+            raise MalformedInput(f"{where}: data after the state trailer").at_step(_STEP_PARSE)
+        kind = type(line)
+        if kind is BundleEvent:
+            if run.header is None:
+                raise MalformedInput(f"{where}: an event before the header").at_step(_STEP_PARSE)
+            run.on_event(line, where)
+        elif kind is BundleCheckpoint:
+            if run.header is None:
+                raise MalformedInput(f"{where}: a checkpoint before the header").at_step(
+                    _STEP_PARSE
+                )
+            try:
+                run.on_checkpoint(line)
+            except VerificationError as e:
+                e.message = f"checkpoint at {where}: {e.message}"
+                e.at_step(STEP_CHECKPOINT)
+                raise
+        elif kind is BundleHeader:
+            if run.header is not None:
+                raise MalformedInput(f"{where}: a second header").at_step(_STEP_PARSE)
+            try:
+                run.on_header(line)
+            except VerificationError as e:
+                e.message = f"header checkpoint: {e.message}"
+                e.at_step(STEP_CHECKPOINT)
+                raise
+        else:
+            assert isinstance(line, BundleState)
+            if run.header is None:
+                raise MalformedInput(f"{where}: a state trailer before the header").at_step(
+                    _STEP_PARSE
+                )
+            report = run.on_state(line.state, ReceiptsMatcher(run.projection.receipts))
+    if run.header is None:
+        raise MalformedInput("the bundle has no header line").at_step(_STEP_PARSE)
+    if report is None:
+        raise BundleIncomplete(
+            "the bundle has no state trailer (the claimed state) after its events"
+        ).at_step(STEP_REPLAY)
+    return report

@@ -1,0 +1,288 @@
+"""Merkle proof verification: RFC 9162 §2.1.3.2 (inclusion) and §2.1.4.2 (consistency).
+
+Hashing is RFC 6962 §2.1 (``specs/log-format.md`` §1): a leaf hash is
+``SHA-256(0x00 || leaf)``, an interior node ``SHA-256(0x01 || left || right)``. Proofs list
+the hash nearest the leaf first. Every routine checks bounds and hash sizes *before* it
+hashes anything, then checks that the proof has exactly the length the tree shape needs
+(so a proof for another tree size is named as such), then folds.
+
+:class:`PathMemo` is the bundle verifier's fast path for many inclusion proofs against
+one root: it remembers the authenticated nodes of earlier verified paths and stops
+folding a new proof at the first of them (see its docstring for why that is sound).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from verifier._errors import ProofInvalid
+
+__all__ = [
+    "HASH_SIZE",
+    "PathMemo",
+    "inclusion_proof_length",
+    "leaf_hash",
+    "node_hash",
+    "verify_consistency",
+    "verify_inclusion",
+]
+
+HASH_SIZE = 32
+_sha256 = hashlib.sha256
+
+
+def leaf_hash(data: bytes) -> bytes:
+    """``SHA-256(0x00 || data)`` (RFC 6962 §2.1)."""
+    return _sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    """``SHA-256(0x01 || left || right)`` (RFC 6962 §2.1)."""
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def _decompose(index: int, size: int) -> tuple[int, int]:
+    """(inner, border): proof hashes below and on the tree's right border for ``index``."""
+    inner = (index ^ (size - 1)).bit_length()
+    border = (index >> inner).bit_count()
+    return inner, border
+
+
+def inclusion_proof_length(index: int, tree_size: int) -> int:
+    """How many hashes ``PATH(index, D[tree_size])`` has (0 <= index < tree_size)."""
+    inner, border = _decompose(index, tree_size)
+    return inner + border
+
+
+def _check_size(name: str, value: bytes) -> None:
+    if len(value) != HASH_SIZE:
+        raise ProofInvalid(f"{name} is {len(value)} bytes, not {HASH_SIZE}")
+
+
+def _check_proof_hashes(kind: str, proof: Sequence[bytes]) -> None:
+    for i, h in enumerate(proof):
+        if len(h) != HASH_SIZE:
+            raise ProofInvalid(f"{kind} proof hash {i} is {len(h)} bytes, not {HASH_SIZE}")
+
+
+def _check_inclusion_shape(
+    leaf: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes | None
+) -> None:
+    # Bounds first: an index outside the tree has no proof.
+    if not 0 <= index < tree_size:
+        raise ProofInvalid(f"leaf index {index} is outside a tree of size {tree_size}")
+    _check_size("leaf hash", leaf)
+    if root is not None:
+        _check_size("root hash", root)
+    _check_proof_hashes("inclusion", proof)
+    expected = inclusion_proof_length(index, tree_size)
+    if len(proof) != expected:
+        raise ProofInvalid(
+            f"inclusion proof has {len(proof)} hashes, but index {index} in a tree of size "
+            f"{tree_size} needs {expected} (a proof for another tree size?)"
+        )
+
+
+def verify_inclusion(
+    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
+) -> None:
+    """RFC 9162 §2.1.3.2: ``leaf_hash`` is at ``index`` in the tree of ``tree_size``, ``root``.
+
+    Returns ``None`` or raises :class:`ProofInvalid`.
+    """
+    # 1. Compare leaf_index against tree_size; check every hash is 32 bytes and the
+    #    proof has the length this tree shape needs.
+    _check_inclusion_shape(leaf_hash, index, tree_size, proof, root)
+    # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash.
+    fn, sn, r = index, tree_size - 1, leaf_hash
+    # 3. For each p in the proof:
+    for p in proof:
+        # a. if sn is 0, stop and fail (cannot happen after the length check).
+        if sn == 0:  # pragma: no cover - excluded by the length check above
+            raise ProofInvalid("inclusion proof is longer than the tree is deep")
+        # b. if LSB(fn) is set or fn == sn: r = HASH(0x01 || p || r), then, if LSB(fn)
+        #    is not set, right-shift fn and sn until LSB(fn) is set or fn is 0;
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        #    otherwise r = HASH(0x01 || r || p).
+        else:
+            r = node_hash(r, p)
+        # c. right-shift fn and sn one time.
+        fn >>= 1
+        sn >>= 1
+    # 4. sn must be 0 and r must equal the root.
+    if sn != 0:  # pragma: no cover - excluded by the length check above
+        raise ProofInvalid("inclusion proof is shorter than the tree is deep")
+    if r != root:
+        raise ProofInvalid(
+            f"inclusion proof for index {index} does not lead to the root of the tree of "
+            f"size {tree_size}"
+        )
+
+
+def consistency_proof_length(old_size: int, new_size: int) -> int:
+    """How many hashes ``PROOF(old_size, D[new_size])`` has (0 < old_size < new_size)."""
+    inner, border = _decompose(old_size - 1, new_size)
+    shift = (old_size & -old_size).bit_length() - 1
+    inner -= shift
+    start = 0 if old_size == 1 << shift else 1
+    return start + inner + border
+
+
+def verify_consistency(
+    old_size: int, old_root: bytes, new_size: int, new_root: bytes, proof: Sequence[bytes]
+) -> None:
+    """RFC 9162 §2.1.4.2: the tree of ``new_size`` extends the tree of ``old_size``.
+
+    Returns ``None`` or raises :class:`ProofInvalid`.
+    """
+    # Bounds and hash sizes first.
+    if not 0 <= old_size <= new_size:
+        raise ProofInvalid(f"old size {old_size} is not within 0..{new_size}")
+    _check_size("old root hash", old_root)
+    _check_size("new root hash", new_root)
+    _check_proof_hashes("consistency", proof)
+    if old_size == new_size:
+        if proof:
+            raise ProofInvalid("a consistency proof between equal sizes must be empty")
+        if old_root != new_root:
+            raise ProofInvalid(f"two different roots for the same tree size {old_size}")
+        return
+    if old_size == 0:
+        # Every tree extends the empty tree; there is no proof to check.
+        if proof:
+            raise ProofInvalid("a consistency proof from the empty tree must be empty")
+        return
+    expected = consistency_proof_length(old_size, new_size)
+    if len(proof) != expected:
+        raise ProofInvalid(
+            f"consistency proof has {len(proof)} hashes, but sizes {old_size} -> {new_size} "
+            f"need {expected}"
+        )
+    # 1. If first is an exact power of 2, prepend first_hash to the proof.
+    path = list(proof)
+    if old_size & (old_size - 1) == 0:
+        path.insert(0, old_root)
+    # 2. fn = first - 1, sn = second - 1.
+    fn, sn = old_size - 1, new_size - 1
+    # 3. If LSB(fn) is set, right-shift fn and sn until LSB(fn) is not set.
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    # 4. fr = sr = the first value in the path.
+    fr = sr = path[0]
+    # 5. For each subsequent value c in the path:
+    for c in path[1:]:
+        # a. if sn is 0, stop and fail (cannot happen after the length check).
+        if sn == 0:  # pragma: no cover - excluded by the length check above
+            raise ProofInvalid("consistency proof is longer than needed")
+        # b. if LSB(fn) is set or fn == sn: fr = HASH(c || fr), sr = HASH(c || sr), and
+        #    if LSB(fn) is not set, right-shift fn and sn until LSB(fn) is set or fn is 0;
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        #    otherwise sr = HASH(sr || c).
+        else:
+            sr = node_hash(sr, c)
+        # c. right-shift fn and sn one time.
+        fn >>= 1
+        sn >>= 1
+    # 6. fr must equal first_hash, sr must equal second_hash, and sn must be 0.
+    if sn != 0:  # pragma: no cover - excluded by the length check above
+        raise ProofInvalid("consistency proof is shorter than needed")
+    if fr != old_root:
+        raise ProofInvalid(f"consistency proof does not lead to the old root at size {old_size}")
+    if sr != new_root:
+        raise ProofInvalid(f"consistency proof does not lead to the new root at size {new_size}")
+
+
+_MAX_LEVELS = 65
+
+
+class PathMemo:
+    """Many RFC 9162 §2.1.3.2 inclusion checks against one ``(tree_size, root)``.
+
+    A node is named by ``(shift, fn)``: after the fold has consumed some proof hashes,
+    ``r`` is the hash of the subtree covering leaves ``[fn << shift, (fn + 1) << shift)``
+    (clipped to the tree), so one name always denotes one subtree. Once a proof has been
+    folded all the way to the verified root, every node on its path is authenticated,
+    and so is the rest of the proof from each node up (the siblings of the nodes above
+    it). A later proof may therefore stop at the first node it shares with an earlier
+    verified path: its running hash must equal the remembered one and its remaining
+    hashes must equal the remembered path's remaining hashes; any mismatch fails. That
+    is exactly as strong as folding to the root, at ~2 hashes per leaf for consecutive
+    leaves instead of ~log2(n).
+
+    The memo keeps one node per level (the most recently authenticated), so it is
+    bounded: at most 65 entries whatever the number of proofs.
+    """
+
+    __slots__ = ("_fns", "_hashes", "_pos", "_proofs", "root", "tree_size")
+
+    def __init__(self, tree_size: int, root: bytes) -> None:
+        _check_size("root hash", root)
+        self.tree_size = tree_size
+        self.root = root
+        self._fns: list[int] = [-1] * _MAX_LEVELS
+        self._hashes: list[bytes] = [b""] * _MAX_LEVELS
+        self._proofs: list[Sequence[bytes]] = [()] * _MAX_LEVELS
+        self._pos: list[int] = [0] * _MAX_LEVELS
+
+    def verify(self, leaf: bytes, index: int, proof: Sequence[bytes]) -> None:
+        """Same contract as :func:`verify_inclusion` against this memo's root."""
+        tree_size = self.tree_size
+        # 1. Bounds, hash sizes and proof length first.
+        _check_inclusion_shape(leaf, index, tree_size, proof, None)
+        fns, hashes = self._fns, self._hashes
+        pending: list[tuple[int, int, bytes, int]] = []
+        # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash.
+        fn, sn, r, shift, k = index, tree_size - 1, leaf, 0, 0
+        n = len(proof)
+        while True:
+            if fns[shift] == fn:
+                # An authenticated node: the rest must agree with the verified path.
+                if hashes[shift] != r or proof[k:] != self._proofs[shift][self._pos[shift] :]:
+                    raise ProofInvalid(
+                        f"inclusion proof for index {index} does not lead to the root of "
+                        f"the tree of size {tree_size}"
+                    )
+                break
+            pending.append((shift, fn, r, k))
+            if k == n:
+                # 4. The fold reached the top: r must equal the root.
+                if r != self.root:
+                    raise ProofInvalid(
+                        f"inclusion proof for index {index} does not lead to the root of "
+                        f"the tree of size {tree_size}"
+                    )
+                break
+            # 3. Fold the next proof hash in (RFC 9162 §2.1.3.2 step 3 b-c).
+            p = proof[k]
+            k += 1
+            if fn & 1 or fn == sn:
+                r = _sha256(b"\x01" + p + r).digest()
+                if not fn & 1:
+                    while fn and not fn & 1:
+                        fn >>= 1
+                        sn >>= 1
+                        shift += 1
+            else:
+                r = _sha256(b"\x01" + r + p).digest()
+            fn >>= 1
+            sn >>= 1
+            shift += 1
+        # Verified: remember the newly authenticated nodes.
+        for s, f, h, pos in pending:
+            fns[s] = f
+            hashes[s] = h
+            self._proofs[s] = proof
+            self._pos[s] = pos
