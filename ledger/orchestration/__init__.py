@@ -1,0 +1,78 @@
+"""The orchestration engine: agents, workflows, execution, events and state by replay.
+
+See ``specs/log-format.md`` §7 (events and the state fold) and ``specs/workflows.md``
+(workflow definitions, templates, conditions, providers and tools).
+"""
+
+from ledger.orchestration.engine import EXTERNAL_EVENT_TYPES, Engine
+from ledger.orchestration.errors import (
+    AgentNotFound,
+    AgentNotFoundError,
+    ConditionError,
+    OrchestrationError,
+    OrchestrationNotFound,
+    OrchestrationNotFoundError,
+    OrchestrationStateError,
+    ProviderError,
+    SSRFBlockedError,
+    TemplateError,
+    ToolError,
+    WorkflowNotFound,
+    WorkflowNotFoundError,
+    WorkflowValidationError,
+)
+from ledger.orchestration.events import ORCHESTRATION_EVENTS, TERMINAL_TYPES
+from ledger.orchestration.redaction import RedactionPolicy, commitment
+from ledger.orchestration.registry import AgentRecord, OrchestrationSummary, WorkflowRecord
+from ledger.orchestration.state import (
+    OrchestrationProjection,
+    OrchestrationState,
+    StepState,
+    apply,
+    replay,
+)
+from ledger.orchestration.tools import HttpTool, Tool, ToolRegistry
+from ledger.orchestration.workflow import (
+    StepDef,
+    WorkflowDefinition,
+    definition_hash,
+    validate_definition,
+)
+
+__all__ = [
+    "EXTERNAL_EVENT_TYPES",
+    "ORCHESTRATION_EVENTS",
+    "TERMINAL_TYPES",
+    "AgentNotFound",
+    "AgentNotFoundError",
+    "AgentRecord",
+    "ConditionError",
+    "Engine",
+    "HttpTool",
+    "OrchestrationError",
+    "OrchestrationNotFound",
+    "OrchestrationNotFoundError",
+    "OrchestrationProjection",
+    "OrchestrationState",
+    "OrchestrationStateError",
+    "OrchestrationSummary",
+    "ProviderError",
+    "RedactionPolicy",
+    "SSRFBlockedError",
+    "StepDef",
+    "StepState",
+    "TemplateError",
+    "Tool",
+    "ToolError",
+    "ToolRegistry",
+    "WorkflowDefinition",
+    "WorkflowNotFound",
+    "WorkflowNotFoundError",
+    "WorkflowRecord",
+    "WorkflowValidationError",
+    "apply",
+    "commitment",
+    "definition_hash",
+    "replay",
+    "validate_definition",
+]

@@ -1,0 +1,712 @@
+"""The orchestration :class:`Engine`: the impure shell around the pure parts.
+
+It registers agents and workflows (each registration an event), starts orchestrations
+(``orchestration.created`` and ``orchestration.started`` are durable before
+:meth:`Engine.execute` returns), runs them in background tasks, cancels them, answers
+state by replay, lists them from a projection, records steps of externally executed
+orchestrations, and on :meth:`Engine.start` resumes every orchestration that was
+running when the process last stopped. Every lookup takes a ``tenant_id``; another
+tenant's ids are simply not found.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import aiohttp
+import msgspec
+import structlog
+from ulid import ULID
+
+from ledger.errors import ConflictError, InvalidEventError, LedgerError
+from ledger.events import Event, EventCatalog, NewEvent
+from ledger.orchestration import events as ev
+from ledger.orchestration.errors import (
+    AgentNotFoundError,
+    OrchestrationNotFoundError,
+    OrchestrationStateError,
+    WorkflowNotFoundError,
+    WorkflowValidationError,
+)
+from ledger.orchestration.providers import Provider, make_provider, parse_provider_config
+from ledger.orchestration.redaction import RedactionPolicy
+from ledger.orchestration.registry import (
+    AgentRecord,
+    OrchestrationSummary,
+    Registry,
+    WorkflowRecord,
+)
+from ledger.orchestration.runner import Collaborators, Runner
+from ledger.orchestration.state import OrchestrationProjection, OrchestrationState, replay
+from ledger.orchestration.stream import StreamWriter
+from ledger.orchestration.tools import ToolRegistry
+from ledger.orchestration.workflow import definition_hash, validate_definition
+from ledger.receipt import Receipt
+
+__all__ = ["EXTERNAL_EVENT_TYPES", "Engine", "EngineLog"]
+
+_log = structlog.get_logger()
+
+#: Event types an external executor may record with :meth:`Engine.record_step`.
+EXTERNAL_EVENT_TYPES = frozenset(
+    {
+        ev.STEP_STARTED,
+        ev.LLM_REQUESTED,
+        ev.LLM_COMPLETED,
+        ev.TOOL_INVOKED,
+        ev.TOOL_COMPLETED,
+        ev.DECISION_MADE,
+        ev.STEP_COMPLETED,
+        ev.STEP_FAILED,
+        ev.STEP_SKIPPED,
+        ev.ORCHESTRATION_COMPLETED,
+        ev.ORCHESTRATION_FAILED,
+        ev.ORCHESTRATION_CANCELLED,
+    }
+)
+_LIVE_STATES = 10_000
+
+
+class _Recorded(Protocol):
+    @property
+    def event(self) -> Event: ...
+    @property
+    def leaf_index(self) -> int: ...
+
+
+class EngineLog(Protocol):
+    """What the engine needs of :class:`ledger.log.Log`."""
+
+    @property
+    def catalog(self) -> EventCatalog: ...
+    @property
+    def size(self) -> int: ...
+    async def append(
+        self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
+    ) -> list[Receipt]: ...
+    async def read_stream(
+        self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> Sequence[Any]: ...
+    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]: ...
+    def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
+
+
+def _uuid_from(ulid: ULID) -> str:
+    return str(uuid.UUID(bytes=ulid.bytes))
+
+
+class Engine:
+    def __init__(
+        self,
+        log: EngineLog,
+        *,
+        tools: ToolRegistry | None = None,
+        session: aiohttp.ClientSession | None = None,
+        env: Mapping[str, str] | None = None,
+        now: Callable[[], datetime] | None = None,
+        new_ulid: Callable[[], ULID] = ULID,
+        redaction: RedactionPolicy | None = None,
+        sleep: Callable[[float], Any] = asyncio.sleep,
+        stop_grace_seconds: float = 5.0,
+    ) -> None:
+        for name in ev.ORCHESTRATION_EVENTS.names():
+            log.catalog.payload_type(name)  # raises UnknownEventTypeError if missing
+        self._log = log
+        self.tools = tools or ToolRegistry()
+        self._session = session
+        self._own_session = False
+        self._env: Mapping[str, str] = env if env is not None else os.environ
+        self._now = now or (lambda: datetime.now(UTC))
+        self._new_ulid = new_ulid
+        self._redaction = redaction
+        self._sleep = sleep
+        self._grace = stop_grace_seconds
+        self.registry = Registry()
+        self._providers: dict[tuple[str, str, int], Provider] = {}
+        self._runners: dict[tuple[str, str], Runner] = {}
+        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._writers: dict[tuple[str, str], StreamWriter] = {}
+        self._external_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
+        self._projection = OrchestrationProjection()
+        self._indexed_from = 0
+        self._started = False
+        self._closing = False
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    async def start(self, *, resume: bool = True) -> list[str]:
+        """Build the projections from the log, follow it live, resume unfinished runs.
+
+        Returns the ids of the orchestrations resumed.
+        """
+        if self._started:
+            return []
+        self._started = True
+        self._indexed_from = self._log.size
+        self._log.add_listener(self._on_commit)
+        index = 0
+        while index < self._indexed_from:
+            page = await self._log.read_log(index, min(1000, self._indexed_from - index))
+            if not page:
+                break
+            for rec in page:
+                self.registry.apply(rec.event)
+            index += len(page)
+        if not resume:
+            return []
+        resumed = []
+        for summary in self.registry.unfinished():
+            await self._resume(summary)
+            resumed.append(summary.orchestration_id)
+        if resumed:
+            _log.info("engine.resumed", count=len(resumed))
+        return resumed
+
+    async def close(self) -> None:
+        """Stop every running orchestration at its next step boundary (it resumes after a
+        restart); after ``stop_grace_seconds`` in-flight steps are cancelled."""
+        self._closing = True
+        for runner in self._runners.values():
+            runner.request_stop()
+        tasks = list(self._tasks.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self._grace)
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if self._own_session and self._session is not None:
+            await self._session.close()
+        self._session = None
+
+    def _on_commit(self, batch: Sequence[_Recorded]) -> None:
+        for rec in batch:
+            if rec.leaf_index < self._indexed_from:
+                continue
+            event = rec.event
+            self.registry.apply(event)
+            key = (event.tenant_id, event.stream_id)
+            fold = self._live.get(key)
+            if fold is None:
+                if not isinstance(event.payload, ev.OrchestrationCreated):
+                    continue
+                fold = self._projection.initial()
+            self._live[key] = self._projection.apply(fold, event)
+            self._live.move_to_end(key)
+            if len(self._live) > _LIVE_STATES:
+                self._live.popitem(last=False)
+
+    # -- collaborators ---------------------------------------------------------------
+
+    def _provider_for(self, tenant_id: str) -> Callable[[AgentRecord], Provider]:
+        def get(agent: AgentRecord) -> Provider:
+            key = (tenant_id, agent.agent_id, agent.revision)
+            provider = self._providers.get(key)
+            if provider is None:
+                config = parse_provider_config(agent.provider)
+                if config.__struct_config__.tag == "openai" and self._session is None:
+                    self._session = aiohttp.ClientSession()
+                    self._own_session = True
+                provider = make_provider(config, session=self._session, env=self._env)
+                self._providers[key] = provider
+            return provider
+
+        return get
+
+    def _collaborators(self, tenant_id: str, agent_ids: Sequence[str]) -> Collaborators:
+        agents = {}
+        for agent_id in agent_ids:
+            record = self.registry.agent(tenant_id, agent_id)
+            if record is not None:
+                agents[agent_id] = record
+        return Collaborators(
+            tools=self.tools,
+            provider_for=self._provider_for(tenant_id),
+            now=self._now,
+            sleep=self._sleep,
+            agents=agents,
+        )
+
+    # -- registry --------------------------------------------------------------------
+
+    async def register_agent(
+        self,
+        tenant_id: str,
+        *,
+        name: str,
+        provider: Mapping[str, Any],
+        model: str | None = None,
+        tools: Sequence[str] = (),
+        instructions: str | None = None,
+        agent_id: str | None = None,
+    ) -> AgentRecord:
+        """Register (or, with an existing ``agent_id``, re-register) an agent."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise WorkflowValidationError("a name of 1-200 characters is required", field="name")
+        config = parse_provider_config(dict(provider))
+        for i, tool in enumerate(tools):
+            if tool not in self.tools:
+                raise WorkflowValidationError(f"unknown tool {tool!r}", field=f"tools[{i}]")
+        if agent_id is None:
+            agent_id = _uuid_from(self._new_ulid())
+        else:
+            agent_id = _check_uuid(agent_id, "agent_id")
+        current = self.registry.agent(tenant_id, agent_id)
+        payload = ev.AgentRegistered(
+            agent_id=agent_id,
+            name=name,
+            provider=msgspec.to_builtins(config),
+            model=model,
+            tools=tuple(tools),
+            instructions=instructions,
+        )
+        await self._log.append(
+            tenant_id,
+            f"agent:{agent_id}",
+            current.revision if current else 0,
+            [NewEvent(ev.AGENT_REGISTERED, payload, occurred_at=self._now())],
+        )
+        record = self.registry.agent(tenant_id, agent_id)
+        assert record is not None
+        return record
+
+    async def register_workflow(
+        self,
+        tenant_id: str,
+        *,
+        name: str,
+        definition: Any,
+        workflow_id: str | None = None,
+    ) -> WorkflowRecord:
+        """Register a workflow version. An unchanged definition returns the latest version;
+        a changed one becomes version ``latest + 1`` (versions are immutable)."""
+        if not isinstance(name, str) or not name.strip() or len(name) > 200:
+            raise WorkflowValidationError("a name of 1-200 characters is required", field="name")
+        parsed = validate_definition(definition)
+        data = parsed.to_json()
+        digest = definition_hash(data)
+        if workflow_id is None:
+            workflow_id = _uuid_from(self._new_ulid())
+        else:
+            workflow_id = _check_uuid(workflow_id, "workflow_id")
+        latest = self.registry.workflow(tenant_id, workflow_id)
+        if latest is not None and latest.version_hash == digest and latest.name == name:
+            return latest
+        version = latest.version + 1 if latest else 1
+        payload = ev.WorkflowRegistered(
+            workflow_id=workflow_id,
+            name=name,
+            version=version,
+            version_hash=digest,
+            definition=msgspec.convert(data, dict[str, Any]),
+        )
+        await self._log.append(
+            tenant_id,
+            f"workflow:{workflow_id}",
+            version - 1,
+            [NewEvent(ev.WORKFLOW_REGISTERED, payload, occurred_at=self._now())],
+        )
+        record = self.registry.workflow(tenant_id, workflow_id, version)
+        assert record is not None
+        return record
+
+    def get_agent(self, tenant_id: str, agent_id: str) -> AgentRecord:
+        record = self.registry.agent(tenant_id, agent_id)
+        if record is None:
+            raise AgentNotFoundError(f"no agent {agent_id!r}")
+        return record
+
+    def get_workflow(
+        self, tenant_id: str, workflow_id: str, version: int | None = None
+    ) -> WorkflowRecord:
+        record = self.registry.workflow(tenant_id, workflow_id, version)
+        if record is None:
+            what = f"workflow {workflow_id!r}" + (f" version {version}" if version else "")
+            raise WorkflowNotFoundError(f"no {what}")
+        return record
+
+    # -- orchestrations --------------------------------------------------------------
+
+    def _resolve_agent(self, tenant_id: str, ref: str, given: Sequence[str]) -> str | None:
+        if ref in given and self.registry.agent(tenant_id, ref):
+            return ref
+        for agent_id in given:
+            record = self.registry.agent(tenant_id, agent_id)
+            if record is not None and record.name == ref:
+                return agent_id
+        if self.registry.agent(tenant_id, ref):
+            return ref
+        record = self.registry.agent_by_name(tenant_id, ref)
+        return record.agent_id if record else None
+
+    async def execute(
+        self,
+        tenant_id: str,
+        *,
+        workflow_id: str | None = None,
+        workflow_version: int | None = None,
+        agent_id: str | None = None,
+        agents: Sequence[str] = (),
+        input: Any = None,
+        parameters: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        max_steps: int = 10,
+        timeout_seconds: float = 300.0,
+        started_by: str = "anonymous",
+        request_shape: str | None = None,
+    ) -> OrchestrationState:
+        """Validate, durably record ``created`` + ``started``, run in the background.
+
+        Returns the state right after ``orchestration.started``.
+        """
+        if self._closing:
+            raise OrchestrationStateError("-", "closing", "start orchestrations")
+        created = self._build_created(
+            tenant_id,
+            executor="engine",
+            workflow_id=workflow_id,
+            workflow_version=workflow_version,
+            agent_id=agent_id,
+            agents=agents,
+            input=input,
+            parameters=parameters,
+            model=model,
+            max_steps=max_steps,
+            timeout_seconds=timeout_seconds,
+            started_by=started_by,
+            request_shape=request_shape,
+        )
+        oid = created.orchestration_id
+        writer = self._writer(tenant_id, oid, 0)
+        writer.emit(ev.ORCHESTRATION_CREATED, created)
+        writer.emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))
+        started_at = self._now()
+        await writer.flush()
+        runner = Runner(
+            writer,
+            created,
+            [],
+            self._collaborators(tenant_id, created.agents),
+            started_at=started_at,
+        )
+        self._launch(tenant_id, oid, runner)
+        return self._state_now(tenant_id, oid)
+
+    def _build_created(
+        self,
+        tenant_id: str,
+        *,
+        executor: str,
+        workflow_id: str | None,
+        workflow_version: int | None,
+        agent_id: str | None,
+        agents: Sequence[str],
+        input: Any,
+        parameters: Mapping[str, Any] | None,
+        model: str | None,
+        max_steps: int,
+        timeout_seconds: float,
+        started_by: str,
+        request_shape: str | None,
+    ) -> ev.OrchestrationCreated:
+        if (
+            isinstance(max_steps, bool)
+            or not isinstance(max_steps, int)
+            or not 1 <= max_steps <= 1000
+        ):
+            raise WorkflowValidationError("must be an integer in 1..1000", field="max_steps")
+        if not isinstance(timeout_seconds, int | float) or not 0 < timeout_seconds <= 86_400:
+            raise WorkflowValidationError("must be in (0, 86400]", field="timeout_seconds")
+        if parameters is not None and not isinstance(parameters, Mapping):
+            raise WorkflowValidationError("must be an object", field="parameters")
+        given = list(dict.fromkeys(agents))
+        for i, a in enumerate(given):
+            if self.registry.agent(tenant_id, a) is None:
+                raise AgentNotFoundError(f"no agent {a!r} (agents[{i}])")
+        if agent_id is not None and self.registry.agent(tenant_id, agent_id) is None:
+            raise AgentNotFoundError(f"no agent {agent_id!r}")
+        default_agent = agent_id or (given[0] if given else None)
+        definition: dict[str, Any] | None = None
+        version = digest = None
+        if workflow_id is not None:
+            wf = self.get_workflow(tenant_id, workflow_id, workflow_version)
+            version, digest = wf.version, wf.version_hash
+            definition = msgspec.convert(wf.definition, dict[str, Any])
+            bound = []
+            for raw_step in definition["steps"]:
+                step = dict(raw_step)
+                ref = step.get("agent")
+                if ref is not None:
+                    resolved = self._resolve_agent(tenant_id, ref, given)
+                    if resolved is None:
+                        raise WorkflowValidationError(
+                            f"agent {ref!r} is not registered", step_id=step["id"], field="agent"
+                        )
+                    step["agent"] = resolved
+                elif step["action"] == "llm":
+                    if default_agent is None:
+                        raise WorkflowValidationError(
+                            "an llm step needs an agent: name one on the step or pass agents",
+                            step_id=step["id"],
+                            field="agent",
+                        )
+                    step["agent"] = default_agent
+                if step.get("agent") and step["agent"] not in given:
+                    given.append(step["agent"])
+                bound.append(step)
+            definition["steps"] = bound
+        elif executor == "engine" and default_agent is None:
+            raise WorkflowValidationError(
+                "agent_id is required when no workflow_id is given", field="agent_id"
+            )
+        if default_agent is not None and default_agent not in given:
+            given.insert(0, default_agent)
+        if request_shape is None:
+            request_shape = "workflow" if workflow_id else "agent"
+        return ev.OrchestrationCreated(
+            orchestration_id=_uuid_from(self._new_ulid()),
+            executor=executor,  # type: ignore[arg-type]
+            workflow_id=workflow_id,
+            workflow_version=version,
+            workflow_hash=digest,
+            agent_id=default_agent,
+            agents=tuple(given),
+            input=input,
+            parameters=dict(parameters or {}),
+            model=model,
+            max_steps=max_steps,
+            timeout_seconds=float(timeout_seconds),
+            started_by=started_by,
+            request_shape=request_shape,
+            definition=definition,
+        )
+
+    def _writer(self, tenant_id: str, oid: str, seq: int) -> StreamWriter:
+        writer = StreamWriter(
+            self._log, tenant_id, oid, seq, now=self._now, redaction=self._redaction
+        )
+        self._writers[(tenant_id, oid)] = writer
+        return writer
+
+    def _launch(self, tenant_id: str, oid: str, runner: Runner) -> None:
+        key = (tenant_id, oid)
+        self._runners[key] = runner
+        task = asyncio.create_task(self._drive(key, runner), name=f"orchestration-{oid}")
+        self._tasks[key] = task
+
+    async def _drive(self, key: tuple[str, str], runner: Runner) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            _log.info("orchestration.stopped", orchestration_id=key[1])
+        except LedgerError as e:
+            # e.g. the store became unavailable: the orchestration resumes after restart.
+            _log.error("orchestration.crashed", orchestration_id=key[1], error=str(e))
+        finally:
+            self._runners.pop(key, None)
+            self._tasks.pop(key, None)
+            self._writers.pop(key, None)
+
+    async def _resume(self, summary: OrchestrationSummary) -> None:
+        tenant_id, oid = summary.tenant_id, summary.orchestration_id
+        records = await self._log.read_stream(tenant_id, oid)
+        events = [r.event for r in records]
+        if not events or not isinstance(events[0].payload, ev.OrchestrationCreated):
+            return
+        created: ev.OrchestrationCreated = events[0].payload
+        fold = self._projection.initial()
+        for e in events:
+            fold = self._projection.apply(fold, e)
+        self._live[(tenant_id, oid)] = fold
+        writer = self._writer(tenant_id, oid, events[-1].stream_seq)
+        runner = Runner(writer, created, events, self._collaborators(tenant_id, created.agents))
+        if runner.was_terminal:
+            return
+        _log.info("orchestration.resuming", orchestration_id=oid, seq=events[-1].stream_seq)
+        self._launch(tenant_id, oid, runner)
+
+    def _state_now(self, tenant_id: str, oid: str) -> OrchestrationState:
+        fold = self._live.get((tenant_id, oid))
+        if fold is None or fold.state is None:
+            raise OrchestrationNotFoundError(f"no orchestration {oid!r}")
+        return fold.state
+
+    def live_state(self, tenant_id: str, orchestration_id: str) -> OrchestrationState | None:
+        """The state kept live from committed events (``None`` if not cached)."""
+        fold = self._live.get((tenant_id, orchestration_id))
+        return fold.state if fold else None
+
+    async def get_state(self, tenant_id: str, orchestration_id: str) -> OrchestrationState:
+        """The state, by a fresh replay of the orchestration's stream."""
+        if self.registry.orchestration(tenant_id, orchestration_id) is None:
+            raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
+        records = await self._log.read_stream(tenant_id, orchestration_id)
+        state = replay(r.event for r in records)
+        if state is None:
+            raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
+        return state
+
+    async def wait(
+        self, tenant_id: str, orchestration_id: str, max_wait: float | None = None
+    ) -> OrchestrationState:
+        """Wait until this process stops running the orchestration; then its state."""
+        task = self._tasks.get((tenant_id, orchestration_id))
+        if task is not None:
+            await asyncio.wait({task}, timeout=max_wait)
+        return await self.get_state(tenant_id, orchestration_id)
+
+    def list_orchestrations(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        workflow_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OrchestrationSummary], str | None]:
+        return self.registry.list_orchestrations(
+            tenant_id,
+            status=status,
+            agent_id=agent_id,
+            workflow_id=workflow_id,
+            cursor=cursor,
+            limit=max(1, min(limit, 500)),
+        )
+
+    async def cancel(
+        self,
+        tenant_id: str,
+        orchestration_id: str,
+        *,
+        reason: str = "cancelled",
+        requested_by: str | None = None,
+    ) -> OrchestrationState:
+        """Cancel: in-flight calls are cancelled, ``orchestration.cancelled`` is recorded."""
+        key = (tenant_id, orchestration_id)
+        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        if summary is None:
+            raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
+        if summary.status in ("completed", "failed", "cancelled"):
+            raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
+        runner = self._runners.get(key)
+        if runner is not None:
+            runner.request_cancel(reason, requested_by)
+            task = self._tasks.get(key)
+            if task is not None:
+                await asyncio.wait({task})
+            return await self.get_state(tenant_id, orchestration_id)
+        # Not running here (external, or never resumed): record it directly.
+        payload = ev.OrchestrationCancelled(
+            orchestration_id=orchestration_id, reason=reason, requested_by=requested_by
+        )
+        async with self._external_lock(key):
+            writer = self._writers.get(key) or self._writer(
+                tenant_id, orchestration_id, summary.seq
+            )
+            await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
+        return await self.get_state(tenant_id, orchestration_id)
+
+    # -- external executors ----------------------------------------------------------
+
+    def _external_lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        lock = self._external_locks.get(key)
+        if lock is None:
+            lock = self._external_locks[key] = asyncio.Lock()
+        return lock
+
+    async def create_external(
+        self,
+        tenant_id: str,
+        *,
+        workflow_id: str | None = None,
+        workflow_version: int | None = None,
+        agent_id: str | None = None,
+        agents: Sequence[str] = (),
+        input: Any = None,
+        parameters: Mapping[str, Any] | None = None,
+        model: str | None = None,
+        max_steps: int = 1000,
+        timeout_seconds: float = 86_400,
+        started_by: str = "anonymous",
+        request_shape: str = "external",
+    ) -> OrchestrationState:
+        """An orchestration whose steps an outside framework records itself."""
+        created = self._build_created(
+            tenant_id,
+            executor="external",
+            workflow_id=workflow_id,
+            workflow_version=workflow_version,
+            agent_id=agent_id,
+            agents=agents,
+            input=input,
+            parameters=parameters,
+            model=model,
+            max_steps=max_steps,
+            timeout_seconds=timeout_seconds,
+            started_by=started_by,
+            request_shape=request_shape,
+        )
+        oid = created.orchestration_id
+        writer = self._writer(tenant_id, oid, 0)
+        await writer.append_now(
+            [
+                (ev.ORCHESTRATION_CREATED, created),
+                (ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid)),
+            ]
+        )
+        return self._state_now(tenant_id, oid)
+
+    async def record_step(
+        self,
+        tenant_id: str,
+        orchestration_id: str,
+        events: Sequence[tuple[str, Mapping[str, Any]]],
+    ) -> list[Receipt]:
+        """Record events of an external orchestration, in order; one receipt each.
+
+        ``events`` are ``(type, payload)`` with payloads as in spec §7.2 (the
+        ``orchestration_id`` field may be left out). Raises :class:`InvalidEventError` for a
+        type not in :data:`EXTERNAL_EVENT_TYPES` or a bad payload.
+        """
+        key = (tenant_id, orchestration_id)
+        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        if summary is None:
+            raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
+        if summary.executor != "external":
+            raise OrchestrationStateError(orchestration_id, "engine-run", "record external steps")
+        if not events:
+            raise InvalidEventError("record_step needs at least one event")
+        typed: list[tuple[str, Any]] = []
+        for i, (event_type, payload) in enumerate(events):
+            if event_type not in EXTERNAL_EVENT_TYPES:
+                raise InvalidEventError(f"events[{i}]: type {event_type!r} cannot be recorded")
+            body = {**payload, "orchestration_id": orchestration_id}
+            typed.append((event_type, self._log.catalog.coerce(event_type, body)))
+        async with self._external_lock(key):
+            summary = self.registry.orchestration(tenant_id, orchestration_id)
+            assert summary is not None
+            if summary.status in ("completed", "failed", "cancelled"):
+                raise OrchestrationStateError(orchestration_id, summary.status, "record steps")
+            writer = self._writers.get(key)
+            if writer is None:
+                writer = self._writer(tenant_id, orchestration_id, summary.seq)
+            try:
+                return await writer.append_now(typed)
+            except ConflictError:
+                self._writers.pop(key, None)
+                raise
+
+
+def _check_uuid(value: str, field: str) -> str:
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, TypeError, AttributeError):
+        raise WorkflowValidationError("must be a UUID", field=field) from None

@@ -1,0 +1,214 @@
+"""Projections over the whole log: registered agents and workflows, and an index of
+orchestrations per tenant for listing. All are pure folds of committed events, kept
+live by the engine's log listener; nothing here is authoritative on its own.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+from typing import Any
+
+import msgspec
+
+from ledger.events import Event
+from ledger.orchestration import events as ev
+from ledger.orchestration.state import Status
+
+__all__ = ["AgentRecord", "OrchestrationSummary", "Registry", "WorkflowRecord"]
+
+
+class AgentRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    agent_id: str
+    name: str
+    provider: dict[str, Any]
+    model: str | None
+    tools: tuple[str, ...]
+    instructions: str | None
+    #: The agent stream's sequence number of this registration.
+    revision: int
+    registered_at: str
+
+
+class WorkflowRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    workflow_id: str
+    name: str
+    version: int
+    version_hash: str
+    definition: dict[str, Any]
+    registered_at: str
+
+
+class OrchestrationSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    orchestration_id: str
+    tenant_id: str
+    executor: str
+    status: Status
+    reason: str | None
+    agent_id: str | None
+    agents: tuple[str, ...]
+    workflow_id: str | None
+    workflow_version: int | None
+    created_at: str
+    completed_at: str | None
+    #: The stream's last sequence number folded into this summary.
+    seq: int
+
+
+_TERMINAL_STATUS: dict[str, Status] = {
+    ev.ORCHESTRATION_COMPLETED: "completed",
+    ev.ORCHESTRATION_FAILED: "failed",
+    ev.ORCHESTRATION_CANCELLED: "cancelled",
+}
+
+
+class Registry:
+    """Agents, workflow versions and orchestration summaries, per tenant."""
+
+    def __init__(self) -> None:
+        self._agents: dict[tuple[str, str], AgentRecord] = {}
+        self._workflows: dict[tuple[str, str], list[WorkflowRecord]] = {}
+        self._orchs: dict[tuple[str, str], OrchestrationSummary] = {}
+        #: Per tenant, orchestration ids in ascending order (ULID-derived: creation order).
+        self._order: dict[str, list[str]] = {}
+
+    # -- folding ---------------------------------------------------------------------
+
+    def apply_all(self, events: Iterable[Event]) -> None:
+        for event in events:
+            self.apply(event)
+
+    def apply(self, event: Event) -> None:
+        p = event.payload
+        tenant = event.tenant_id
+        if isinstance(p, ev.AgentRegistered):
+            self._agents[(tenant, p.agent_id)] = AgentRecord(
+                agent_id=p.agent_id,
+                name=p.name,
+                provider=p.provider,
+                model=p.model,
+                tools=p.tools,
+                instructions=p.instructions,
+                revision=event.stream_seq,
+                registered_at=event.occurred_at,
+            )
+        elif isinstance(p, ev.WorkflowRegistered):
+            self._workflows.setdefault((tenant, p.workflow_id), []).append(
+                WorkflowRecord(
+                    workflow_id=p.workflow_id,
+                    name=p.name,
+                    version=p.version,
+                    version_hash=p.version_hash,
+                    definition=p.definition,
+                    registered_at=event.occurred_at,
+                )
+            )
+        elif isinstance(p, ev.OrchestrationCreated):
+            key = (tenant, p.orchestration_id)
+            self._orchs[key] = OrchestrationSummary(
+                orchestration_id=p.orchestration_id,
+                tenant_id=tenant,
+                executor=p.executor,
+                status="pending",
+                reason=None,
+                agent_id=p.agent_id,
+                agents=p.agents,
+                workflow_id=p.workflow_id,
+                workflow_version=p.workflow_version,
+                created_at=event.occurred_at,
+                completed_at=None,
+                seq=event.stream_seq,
+            )
+            bisect.insort(self._order.setdefault(tenant, []), p.orchestration_id)
+        else:
+            key = (tenant, event.stream_id)
+            old = self._orchs.get(key)
+            if old is None:
+                return
+            rep = msgspec.structs.replace
+            if isinstance(p, ev.OrchestrationStarted):
+                self._orchs[key] = rep(old, status="running", seq=event.stream_seq)
+            elif event.type in _TERMINAL_STATUS:
+                reason = getattr(p, "reason", None)
+                self._orchs[key] = rep(
+                    old,
+                    status=_TERMINAL_STATUS[event.type],
+                    reason=reason,
+                    completed_at=event.occurred_at,
+                    seq=event.stream_seq,
+                )
+            else:
+                self._orchs[key] = rep(old, seq=event.stream_seq)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def agent(self, tenant_id: str, agent_id: str) -> AgentRecord | None:
+        return self._agents.get((tenant_id, agent_id))
+
+    def agents(self, tenant_id: str) -> list[AgentRecord]:
+        return sorted(
+            (a for (t, _), a in self._agents.items() if t == tenant_id), key=lambda a: a.agent_id
+        )
+
+    def agent_by_name(self, tenant_id: str, name: str) -> AgentRecord | None:
+        found = [a for (t, _), a in self._agents.items() if t == tenant_id and a.name == name]
+        return found[0] if len(found) == 1 else None
+
+    def workflow(
+        self, tenant_id: str, workflow_id: str, version: int | None = None
+    ) -> WorkflowRecord | None:
+        versions = self._workflows.get((tenant_id, workflow_id))
+        if not versions:
+            return None
+        if version is None:
+            return versions[-1]
+        for w in versions:
+            if w.version == version:
+                return w
+        return None
+
+    def workflows(self, tenant_id: str) -> list[WorkflowRecord]:
+        return sorted(
+            (v[-1] for (t, _), v in self._workflows.items() if t == tenant_id),
+            key=lambda w: w.workflow_id,
+        )
+
+    def orchestration(self, tenant_id: str, orchestration_id: str) -> OrchestrationSummary | None:
+        return self._orchs.get((tenant_id, orchestration_id))
+
+    def unfinished(self) -> list[OrchestrationSummary]:
+        """Engine-run orchestrations that are pending or running, in creation order."""
+        out = [
+            s
+            for s in self._orchs.values()
+            if s.executor == "engine" and s.status in ("pending", "running")
+        ]
+        return sorted(out, key=lambda s: s.orchestration_id)
+
+    def list_orchestrations(
+        self,
+        tenant_id: str,
+        *,
+        status: str | None = None,
+        agent_id: str | None = None,
+        workflow_id: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> tuple[list[OrchestrationSummary], str | None]:
+        """Newest first. ``cursor`` is the last id of the previous page; returns the page
+        and the next cursor (``None`` at the end)."""
+        order = self._order.get(tenant_id, [])
+        end = bisect.bisect_left(order, cursor) if cursor is not None else len(order)
+        page: list[OrchestrationSummary] = []
+        i = end - 1
+        while i >= 0 and len(page) < limit:
+            s = self._orchs[(tenant_id, order[i])]
+            if (
+                (status is None or s.status == status)
+                and (agent_id is None or s.agent_id == agent_id or agent_id in s.agents)
+                and (workflow_id is None or s.workflow_id == workflow_id)
+            ):
+                page.append(s)
+            i -= 1
+        more = i >= 0 and len(page) == limit
+        return page, (page[-1].orchestration_id if more and page else None)

@@ -1,0 +1,770 @@
+"""Runs one orchestration: the DAG scheduler and the agent tool-calling loop.
+
+Replay-based resumption (as in Temporal): the runner is given the stream's events so
+far. Every step goes through :meth:`Runner._step`, which first consults that history:
+a completed step returns its recorded output without running again, a step that ended
+in failure fails again with its recorded error, and a step that was in flight when the
+process died is recorded as interrupted and retried (``step.failed`` with
+``retrying=true``) while its attempts last, else it fails. A decision's branch choice is
+part of its recorded output, so a resumed run takes the same branches.
+
+Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
+loop), ``timeout_seconds`` (measured from ``orchestration.started``), per-step timeouts
+and retries with exponential backoff for transient errors. Cancellation and engine
+shutdown are observed at step boundaries; cancellation also cancels in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import structlog
+
+from ledger.errors import LedgerError
+from ledger.events import Event, parse_time
+from ledger.orchestration import events as ev
+from ledger.orchestration.conditions import evaluate
+from ledger.orchestration.errors import (
+    ConditionError,
+    ProviderError,
+    TemplateError,
+    ToolError,
+)
+from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
+from ledger.orchestration.registry import AgentRecord
+from ledger.orchestration.stream import StreamWriter
+from ledger.orchestration.templates import render
+from ledger.orchestration.tools import ToolRegistry
+from ledger.orchestration.workflow import StepDef, WorkflowDefinition
+
+__all__ = ["Runner", "StepHistory"]
+
+_log = structlog.get_logger()
+
+MAX_TOOL_ROUNDS_PER_STEP = 8
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class StepHistory:
+    attempts: int = 0
+    status: str = "running"
+    output: Any = None
+    error: str | None = None
+    inputs: Any = None
+
+
+def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
+    """Per-step history, whether ``orchestration.started`` and a terminal event exist."""
+    steps: dict[str, StepHistory] = {}
+    started = terminal = False
+    for e in events:
+        p = e.payload
+        if isinstance(p, ev.OrchestrationStarted):
+            started = True
+        elif e.type in ev.TERMINAL_TYPES:
+            terminal = True
+        elif isinstance(p, ev.StepStarted):
+            h = steps.setdefault(p.step_id, StepHistory())
+            h.attempts, h.status, h.inputs = p.attempt, "running", p.inputs
+        elif isinstance(p, ev.StepCompleted):
+            h = steps.setdefault(p.step_id, StepHistory())
+            h.status, h.output = "completed", p.output
+        elif isinstance(p, ev.StepFailed):
+            h = steps.setdefault(p.step_id, StepHistory())
+            h.attempts = max(h.attempts, p.attempt)
+            if not p.retrying:
+                h.status, h.error = "failed", p.error
+            else:
+                h.status = "retrying"
+        elif isinstance(p, ev.StepSkipped):
+            steps.setdefault(p.step_id, StepHistory()).status = "skipped"
+    return steps, started, terminal
+
+
+class _Terminate(Exception):  # noqa: N818 — control flow, never escapes the runner
+    def __init__(self, reason: str, error: str | None, *, cancelled_by: str | None = None):
+        super().__init__(error or reason)
+        self.reason = reason
+        self.error = error
+        self.cancelled = False
+        self.cancelled_by = cancelled_by
+
+
+class _StepFailed(Exception):  # noqa: N818 — control flow, never escapes the runner
+    def __init__(
+        self, step_id: str, error: str, *, provider: bool = False, interrupted: bool = False
+    ):
+        super().__init__(f"step {step_id!r} failed: {error}")
+        self.step_id = step_id
+        self.error = error
+        self.provider = provider
+        self.interrupted = interrupted
+
+
+class _Stopped(Exception):  # noqa: N818 — control flow: engine shutdown at a step boundary
+    pass
+
+
+@dataclass
+class Collaborators:
+    tools: ToolRegistry
+    provider_for: Callable[[AgentRecord], Provider]
+    now: Callable[[], datetime]
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    agents: Mapping[str, AgentRecord] = field(default_factory=dict)
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+
+
+def _const(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def _as_text(value: Any) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+class Runner:
+    def __init__(
+        self,
+        writer: StreamWriter,
+        created: ev.OrchestrationCreated,
+        history: list[Event],
+        deps: Collaborators,
+        *,
+        started_at: datetime | None = None,
+    ) -> None:
+        self.writer = writer
+        self.created = created
+        self.oid = created.orchestration_id
+        self.deps = deps
+        self.history, self._was_started, self.was_terminal = read_history(history)
+        self._started_at: datetime | None = None
+        for e in history:
+            if isinstance(e.payload, ev.OrchestrationStarted):
+                self._started_at = parse_time(e.occurred_at)
+        if started_at is not None:
+            self._was_started, self._started_at = True, started_at
+        self._cancel: tuple[str, str | None] | None = None
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._inflight: dict[str, int] = {}
+        self._steps_started = sum(1 for h in self.history.values() if h.attempts > 0)
+
+    # -- control ---------------------------------------------------------------------
+
+    def request_cancel(self, reason: str, requested_by: str | None) -> None:
+        if self._cancel is None:
+            self._cancel = (reason, requested_by)
+        for t in self._tasks:
+            t.cancel()
+
+    def request_stop(self) -> None:
+        self._stopping = True
+
+    def _boundary(self) -> None:
+        if self._cancel is not None:
+            raise _Terminate("cancelled", None)
+        if self._stopping:
+            raise _Stopped
+
+    def _emit(self, event_type: str, payload: msgspec.Struct) -> None:
+        self.writer.emit(event_type, payload)
+
+    # -- the run ---------------------------------------------------------------------
+
+    async def run(self) -> None:
+        if self.was_terminal:
+            return
+        if not self._was_started:
+            self._emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=self.oid))
+            await self.writer.flush()
+            self._started_at = self.deps.now()
+        assert self._started_at is not None
+        elapsed = (self.deps.now() - self._started_at).total_seconds()
+        remaining = self.created.timeout_seconds - elapsed
+        timer = asyncio.timeout(max(remaining, 0.0))
+        try:
+            try:
+                async with timer:
+                    if remaining <= 0:
+                        await asyncio.sleep(0)  # let the expired timer fire
+                    results = await self._body()
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                await self._abort_steps("timed out")
+                raise _Terminate(
+                    "timed_out", f"exceeded timeout_seconds={self.created.timeout_seconds:g}"
+                ) from None
+            self._emit(
+                ev.ORCHESTRATION_COMPLETED,
+                ev.OrchestrationCompleted(orchestration_id=self.oid, results=results),
+            )
+        except _Terminate as t:
+            await self._abort_steps(t.reason if t.reason != "cancelled" else "cancelled")
+            if self._cancel is not None and t.reason in ("cancelled", "step_failed"):
+                reason, by = self._cancel
+                self._emit(
+                    ev.ORCHESTRATION_CANCELLED,
+                    ev.OrchestrationCancelled(
+                        orchestration_id=self.oid, reason=reason, requested_by=by
+                    ),
+                )
+            else:
+                self._emit(
+                    ev.ORCHESTRATION_FAILED,
+                    ev.OrchestrationFailed(
+                        orchestration_id=self.oid,
+                        reason=t.reason,  # type: ignore[arg-type]
+                        error=t.error,
+                    ),
+                )
+        except _Stopped:
+            pass
+        except asyncio.CancelledError:
+            await self._abort_steps(None)
+            await self.writer.flush()
+            raise
+        await self.writer.flush()
+
+    async def _abort_steps(self, error: str | None) -> None:
+        """Cancel in-flight step tasks; record each in-flight step as failed (if ``error``)."""
+        for t in self._tasks:
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks)
+        self._tasks.clear()
+        if error is not None:
+            for step_id, attempt in sorted(self._inflight.items()):
+                self._emit(
+                    ev.STEP_FAILED,
+                    ev.StepFailed(
+                        orchestration_id=self.oid,
+                        step_id=step_id,
+                        attempt=attempt,
+                        error=error,
+                        retrying=False,
+                    ),
+                )
+        self._inflight.clear()
+
+    async def _body(self) -> Any:
+        try:
+            if self.created.definition is not None:
+                return await self._run_dag(
+                    msgspec.convert(self.created.definition, WorkflowDefinition)
+                )
+            return await self._run_loop()
+        except _StepFailed as f:
+            if self._cancel is not None:
+                raise _Terminate("cancelled", None) from None
+            if f.interrupted:
+                raise _Terminate("interrupted", str(f)) from None
+            raise _Terminate("provider_error" if f.provider else "step_failed", str(f)) from None
+
+    async def _in_task(self, coro: Awaitable[Any]) -> Any:
+        """Run one step as a task, so cancellation can reach an in-flight call."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        try:
+            await asyncio.wait({task})
+        except BaseException:
+            task.cancel()
+            await asyncio.wait({task})
+            raise
+        finally:
+            self._tasks.discard(task)
+        if task.cancelled():
+            self._boundary()
+            raise asyncio.CancelledError
+        return task.result()
+
+    # -- one step with history, retries and timeouts ---------------------------------
+
+    async def _step(
+        self,
+        step_id: str,
+        action: ev.Action,
+        agent_id: str | None,
+        make_inputs: Callable[[], Any],
+        fn: Callable[[int, Any], Awaitable[Any]],
+        *,
+        max_attempts: int = 3,
+        backoff: float = 0.5,
+        step_timeout: float | None = None,
+    ) -> Any:
+        h = self.history.get(step_id)
+        first = 1
+        if h is not None:
+            if h.status == "completed":
+                return h.output
+            if h.status == "failed":
+                raise _StepFailed(step_id, h.error or "failed")
+            if h.status == "running":
+                retrying = h.attempts < max_attempts
+                self._emit(
+                    ev.STEP_FAILED,
+                    ev.StepFailed(
+                        orchestration_id=self.oid,
+                        step_id=step_id,
+                        attempt=h.attempts,
+                        error="interrupted: the engine stopped while the step was in flight",
+                        retrying=retrying,
+                    ),
+                )
+                if not retrying:
+                    raise _StepFailed(step_id, "interrupted", interrupted=True)
+            first = h.attempts + 1
+        else:
+            self._steps_started += 1
+        for attempt in range(first, max_attempts + 1):
+            try:
+                inputs = make_inputs()
+            except TemplateError as e:
+                self._started(step_id, agent_id, action, attempt, None)
+                self._failed(step_id, attempt, str(e), retrying=False)
+                raise _StepFailed(step_id, str(e)) from None
+            self._started(step_id, agent_id, action, attempt, inputs)
+            transient = False
+            provider = False
+            timer = asyncio.timeout(step_timeout)
+            try:
+                async with timer:
+                    output = await fn(attempt, inputs)
+            except TimeoutError:
+                if not timer.expired():
+                    raise
+                error, transient = f"step timed out after {step_timeout:g}s", True
+            except ProviderError as e:
+                error, transient, provider = str(e), e.transient, True
+            except ToolError as e:
+                error, transient = str(e), e.transient
+            except (ConditionError, TemplateError) as e:
+                error = str(e)
+            except LedgerError as e:
+                error = f"{type(e).__name__}: {e}"
+            else:
+                self._emit(
+                    ev.STEP_COMPLETED,
+                    ev.StepCompleted(
+                        orchestration_id=self.oid, step_id=step_id, attempt=attempt, output=output
+                    ),
+                )
+                self._inflight.pop(step_id, None)
+                await self.writer.flush_if_large()
+                return output
+            retrying = transient and attempt < max_attempts
+            self._failed(step_id, attempt, error, retrying=retrying)
+            if not retrying:
+                raise _StepFailed(step_id, error, provider=provider)
+            delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            if delay:
+                await self.deps.sleep(delay)
+        raise _StepFailed(step_id, "no attempts left")
+
+    def _started(
+        self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any
+    ) -> None:
+        self._inflight[step_id] = attempt
+        self._emit(
+            ev.STEP_STARTED,
+            ev.StepStarted(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                agent_id=agent_id,
+                action=action,
+                attempt=attempt,
+                inputs=inputs,
+            ),
+        )
+
+    def _failed(self, step_id: str, attempt: int, error: str, *, retrying: bool) -> None:
+        self._inflight.pop(step_id, None)
+        self._emit(
+            ev.STEP_FAILED,
+            ev.StepFailed(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                error=error,
+                retrying=retrying,
+            ),
+        )
+
+    # -- actions ---------------------------------------------------------------------
+
+    def _agent(self, agent_id: str | None) -> AgentRecord:
+        agent = self.deps.agents.get(agent_id) if agent_id else None
+        if agent is None:
+            raise ProviderError(f"agent {agent_id!r} is not registered", transient=False)
+        return agent
+
+    async def _llm_call(
+        self, step_id: str, attempt: int, agent: AgentRecord, messages: list[dict[str, Any]]
+    ) -> LLMResponse:
+        provider = self.deps.provider_for(agent)
+        model = self.created.model or agent.model
+        schemas = tuple(self.deps.tools.get(n).schema() for n in agent.tools)
+        request = LLMRequest(model=model, messages=tuple(messages), tools=schemas)
+        self._emit(
+            ev.LLM_REQUESTED,
+            ev.LLMRequested(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_operation_name="chat",
+                gen_ai_provider_name=provider.name,
+                gen_ai_request_model=model,
+                messages=request.messages,
+                tools=schemas,
+                parameters=request.parameters,
+            ),
+        )
+        if not provider.deterministic:
+            await self.writer.flush()
+        started = time.monotonic()
+        try:
+            response = await provider.complete(request, time_limit=self.created.timeout_seconds)
+        except ProviderError as e:
+            self._llm_completed(step_id, attempt, None, started, str(e))
+            raise
+        self._llm_completed(step_id, attempt, response, started, None)
+        if not provider.deterministic:
+            await self.writer.flush()
+        return response
+
+    def _llm_completed(
+        self,
+        step_id: str,
+        attempt: int,
+        r: LLMResponse | None,
+        started: float,
+        error: str | None,
+    ) -> None:
+        self._emit(
+            ev.LLM_COMPLETED,
+            ev.LLMCompleted(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_response_model=r.response_model if r else None,
+                gen_ai_response_id=r.response_id if r else None,
+                gen_ai_response_finish_reasons=(r.finish_reason,) if r else (),
+                gen_ai_usage_input_tokens=r.input_tokens if r else None,
+                gen_ai_usage_output_tokens=r.output_tokens if r else None,
+                message=r.message if r else None,
+                latency_ms=round((time.monotonic() - started) * 1000, 3),
+                error=error,
+            ),
+        )
+
+    async def _tool_call(
+        self, step_id: str, attempt: int, name: str, call_id: str | None, arguments: Any
+    ) -> Any:
+        """Invoke a tool, recording invocation and result; raises :class:`ToolError`."""
+        self._emit(
+            ev.TOOL_INVOKED,
+            ev.ToolInvoked(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_tool_name=name,
+                gen_ai_tool_call_id=call_id,
+                arguments=arguments,
+            ),
+        )
+        started = time.monotonic()
+        try:
+            tool = self.deps.tools.get(name)
+            if not tool.pure:
+                await self.writer.flush()
+            result = await tool.fn(arguments)
+            msgspec.json.encode(result)  # the result must be JSON
+        except (ToolError, TypeError) as e:
+            error = str(e)
+            transient = isinstance(e, ToolError) and e.transient
+            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
+            raise ToolError(error, transient=transient) from None
+        except (LedgerError, ValueError, ArithmeticError, KeyError, LookupError) as e:
+            error = f"{type(e).__name__}: {e}"
+            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
+            raise ToolError(error) from None
+        self._tool_completed(step_id, attempt, name, call_id, result, None, started)
+        if not tool.pure:
+            await self.writer.flush()
+        return result
+
+    def _tool_completed(  # noqa: PLR0917 — one positional per recorded field
+        self,
+        step_id: str,
+        attempt: int,
+        name: str,
+        call_id: str | None,
+        result: Any,
+        error: str | None,
+        started: float,
+    ) -> None:
+        self._emit(
+            ev.TOOL_COMPLETED,
+            ev.ToolCompleted(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_tool_name=name,
+                gen_ai_tool_call_id=call_id,
+                result=result,
+                error=error,
+                latency_ms=round((time.monotonic() - started) * 1000, 3),
+            ),
+        )
+
+    def _llm_output(self, r: LLMResponse) -> dict[str, Any]:
+        return {
+            "content": r.content,
+            "json": _json_or_none(r.content),
+            "finish_reason": r.finish_reason,
+            "message": r.message,
+        }
+
+    def _base_messages(self, agent: AgentRecord, prompt: str) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if agent.instructions:
+            messages.append({"role": "system", "content": agent.instructions})
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    # -- workflow mode ---------------------------------------------------------------
+
+    def _context(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
+        return {
+            "input": self.created.input,
+            "parameters": self.created.parameters,
+            "steps": {sid: {"output": out} for sid, out in outputs.items()},
+        }
+
+    async def _run_dag(self, definition: WorkflowDefinition) -> Any:
+        status: dict[str, str] = {s.id: "pending" for s in definition.steps}
+        outputs: dict[str, Any] = {}
+        branch_skipped: set[str] = set()
+        running: dict[asyncio.Task[Any], StepDef] = {}
+        try:
+            while True:
+                self._boundary_unless_stopping(running)
+                progressed = True
+                while progressed:
+                    progressed = False
+                    for step in definition.steps:
+                        if status[step.id] != "pending":
+                            continue
+                        deps = [status[d] for d in step.depends_on]
+                        if any(d not in ("completed", "skipped") for d in deps):
+                            continue
+                        if step.id in branch_skipped or (
+                            deps and all(d == "skipped" for d in deps)
+                        ):
+                            self._skip(step.id, branch_skipped)
+                            status[step.id] = "skipped"
+                            progressed = True
+                            continue
+                        if self._stopping or self._cancel is not None:
+                            continue
+                        if (
+                            step.id not in self.history
+                            and self._steps_started >= self.created.max_steps
+                        ):
+                            raise _Terminate(
+                                "max_steps_exceeded",
+                                f"step {step.id!r} would exceed max_steps={self.created.max_steps}",
+                            )
+                        status[step.id] = "running"
+                        task = asyncio.ensure_future(self._dag_step(step, dict(outputs)))
+                        running[task] = step
+                        self._tasks.add(task)
+                        progressed = True
+                if not running:
+                    break
+                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    step = running.pop(task)
+                    self._tasks.discard(task)
+                    if task.cancelled():
+                        continue
+                    output = task.result()  # raises _StepFailed
+                    status[step.id] = "completed"
+                    outputs[step.id] = output
+                    if step.action == "decision" and isinstance(output, dict):
+                        branch_skipped.update(output.get("skipped", ()))
+            self._boundary()
+        finally:
+            for task in running:
+                task.cancel()
+        if definition.output is not None:
+            try:
+                return render(definition.output, self._context(outputs))
+            except TemplateError as e:
+                raise _Terminate("step_failed", f"output: {e}") from None
+        return outputs
+
+    def _boundary_unless_stopping(self, running: Mapping[Any, Any]) -> None:
+        if self._cancel is not None:
+            raise _Terminate("cancelled", None)
+        if self._stopping and not running:
+            raise _Stopped
+
+    def _skip(self, step_id: str, branch_skipped: set[str]) -> None:
+        h = self.history.get(step_id)
+        if h is not None and h.status == "skipped":
+            return
+        reason = "branch not taken" if step_id in branch_skipped else "every dependency was skipped"
+        self._emit(
+            ev.STEP_SKIPPED,
+            ev.StepSkipped(orchestration_id=self.oid, step_id=step_id, reason=reason),
+        )
+
+    async def _dag_step(self, step: StepDef, outputs: dict[str, Any]) -> Any:
+        ctx = self._context(outputs)
+        agent_id = step.agent or self.created.agent_id
+        if step.action == "llm":
+
+            def make_inputs() -> Any:
+                prompt = render(step.prompt, ctx) if step.prompt is not None else self.created.input
+                return {"prompt": _as_text(prompt)}
+
+            async def run_llm(attempt: int, inputs: Any) -> Any:
+                agent = self._agent(agent_id)
+                messages = self._base_messages(agent, inputs["prompt"])
+                for _ in range(MAX_TOOL_ROUNDS_PER_STEP):
+                    r = await self._llm_call(step.id, attempt, agent, messages)
+                    if not r.tool_calls:
+                        return self._llm_output(r)
+                    messages.append(r.message)
+                    for call in r.tool_calls:
+                        try:
+                            result = await self._tool_call(
+                                step.id, attempt, call.name, call.id, call.arguments
+                            )
+                        except ToolError as e:
+                            result = {"error": str(e)}
+                        messages.append(
+                            {"role": "tool", "tool_call_id": call.id, "content": _as_text(result)}
+                        )
+                raise ProviderError(
+                    f"model asked for tools more than {MAX_TOOL_ROUNDS_PER_STEP} times",
+                    transient=False,
+                )
+
+            fn: Callable[[int, Any], Awaitable[Any]] = run_llm
+        elif step.action == "tool":
+
+            def make_inputs() -> Any:
+                return render(step.inputs, ctx) if step.inputs is not None else {}
+
+            async def run_tool(attempt: int, inputs: Any) -> Any:
+                assert step.tool is not None
+                return await self._tool_call(step.id, attempt, step.tool, None, inputs)
+
+            fn = run_tool
+        else:
+
+            def make_inputs() -> Any:
+                return None
+
+            async def run_decision(attempt: int, inputs: Any) -> Any:
+                values: dict[str, Any] = {}
+                chosen = evaluate(step.condition, ctx, values)
+                branch = "then" if chosen else "else"
+                skipped = step.else_ if chosen else step.then
+                self._emit(
+                    ev.DECISION_MADE,
+                    ev.DecisionMade(
+                        orchestration_id=self.oid,
+                        step_id=step.id,
+                        condition=step.condition,
+                        values=values,
+                        branch=branch,
+                        skipped=skipped,
+                    ),
+                )
+                return {"branch": branch, "result": chosen, "skipped": list(skipped)}
+
+            fn = run_decision
+        return await self._step(
+            step.id,
+            step.action,
+            agent_id,
+            make_inputs,
+            fn,
+            max_attempts=step.max_attempts,
+            backoff=step.backoff_seconds,
+            step_timeout=step.timeout_seconds,
+        )
+
+    # -- agent loop mode -------------------------------------------------------------
+
+    async def _run_loop(self) -> Any:
+        agent = self._agent(self.created.agent_id)
+        messages = self._base_messages(agent, _as_text(self.created.input))
+        rounds = 0
+        while True:
+            self._boundary()
+            if rounds >= self.created.max_steps:
+                raise _Terminate(
+                    "max_steps_exceeded",
+                    f"the model still wanted tools after max_steps={self.created.max_steps} calls",
+                )
+            rounds += 1
+            llm_id = f"llm-{rounds}"
+            snapshot = list(messages)
+
+            async def call(
+                attempt: int, inputs: Any, sid: str = llm_id, msgs: list[Any] = snapshot
+            ) -> Any:
+                r = await self._llm_call(sid, attempt, agent, msgs)
+                out = self._llm_output(r)
+                out["tool_calls"] = [
+                    {"id": c.id, "name": c.name, "arguments": c.arguments} for c in r.tool_calls
+                ]
+                return out
+
+            out = await self._in_task(self._step(llm_id, "llm", agent.agent_id, lambda: None, call))
+            messages.append(out["message"])
+            if not out["tool_calls"]:
+                return {"content": out["content"], "json": out["json"]}
+            for i, tc in enumerate(out["tool_calls"], start=1):
+                self._boundary()
+                tool_id = f"tool-{rounds}-{i}"
+                inputs = {
+                    "tool_call_id": tc["id"],
+                    "name": tc["name"],
+                    "arguments": tc["arguments"],
+                }
+
+                async def invoke(attempt: int, inp: Any, sid: str = tool_id) -> Any:
+                    return await self._tool_call(
+                        sid, attempt, inp["name"], inp["tool_call_id"], inp["arguments"]
+                    )
+
+                try:
+                    result = await self._in_task(
+                        self._step(tool_id, "tool", agent.agent_id, _const(inputs), invoke)
+                    )
+                except _StepFailed as f:
+                    result = {"error": f.error}
+                messages.append(
+                    {"role": "tool", "tool_call_id": tc["id"], "content": _as_text(result)}
+                )

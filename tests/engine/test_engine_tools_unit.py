@@ -1,0 +1,60 @@
+"""Built-in tools, the calculator parser and redaction commitments."""
+
+from __future__ import annotations
+
+import hashlib
+
+import msgspec
+import pytest
+
+from ledger.orchestration import RedactionPolicy, ToolError, ToolRegistry, commitment
+from ledger.orchestration import events as ev
+from ledger.orchestration.calculator import calculate
+
+
+@pytest.mark.parametrize(
+    ("expr", "value"),
+    [("1+2*3", 7), ("(1+2)*3", 9), ("2**10", 1024), ("-3 + 4", 1), ("7 // 2", 3), ("1/4", 0.25)],
+)
+def test_calculator_arithmetic(expr: str, value: float) -> None:
+    assert calculate(expr) == value
+
+
+@pytest.mark.parametrize(
+    "expr",
+    ["__import__('os')", "x + 1", "(1).__class__", "9**9**9", "1/0", "[1,2]", "'a'*3", "True+1"],
+)
+def test_calculator_rejects_unsafe_or_invalid(expr: str) -> None:
+    with pytest.raises(ToolError):
+        calculate(expr)
+
+
+async def test_builtins() -> None:
+    reg = ToolRegistry()
+    assert await reg.get("echo").fn({"a": 1}) == {"a": 1}
+    assert await reg.get("json_extract").fn({"data": {"a": [{"b": 2}]}, "path": "a[0].b"}) == 2
+    assert await reg.get("calculator").fn({"expression": "6*7"}) == 42
+    with pytest.raises(ToolError, match="nope"):
+        await reg.get("json_extract").fn({"data": {}, "path": "nope"})
+    with pytest.raises(ToolError, match="unknown tool"):
+        reg.get("rm")
+
+
+def test_redaction_replaces_paths_with_salted_commitment() -> None:
+    salt = b"s" * 32
+    policy = RedactionPolicy(["*:input.email", "tool.invoked:arguments.ssn"], lambda t: salt)
+    created = ev.OrchestrationStarted(orchestration_id="o")
+    assert policy.apply("t", "orchestration.started", created) is created
+    inv = ev.ToolInvoked(
+        orchestration_id="o",
+        step_id="s",
+        attempt=1,
+        gen_ai_tool_name="x",
+        gen_ai_tool_call_id=None,
+        arguments={"ssn": "123-45-6789", "keep": 1},
+    )
+    out = policy.apply("t", "tool.invoked", inv)
+    expected = "redacted:sha256:" + hashlib.sha256(salt + b'"123-45-6789"').hexdigest()
+    assert out.arguments == {"ssn": expected, "keep": 1}
+    assert commitment(salt, "123-45-6789") == expected
+    assert b"123-45-6789" not in msgspec.json.encode(out)

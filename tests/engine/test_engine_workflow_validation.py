@@ -1,0 +1,210 @@
+"""Workflow validation, templates and conditions: the pure parts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledger.errors import LedgerError
+from ledger.orchestration import (
+    ConditionError,
+    TemplateError,
+    WorkflowValidationError,
+    definition_hash,
+    validate_definition,
+)
+from ledger.orchestration.conditions import evaluate
+from ledger.orchestration.templates import render
+
+
+def _wf(*steps: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"steps": list(steps), **extra}
+
+
+def _invalid(defn: dict[str, Any]) -> WorkflowValidationError:
+    with pytest.raises(WorkflowValidationError) as info:
+        validate_definition(defn)
+    assert isinstance(info.value, LedgerError)
+    return info.value
+
+
+def test_valid_three_step_workflow_has_stable_hash() -> None:
+    d = _wf(
+        {"id": "classify", "action": "llm", "prompt": "Classify: {{ input.text }}"},
+        {
+            "id": "route",
+            "action": "decision",
+            "depends_on": ["classify"],
+            "condition": {"eq": ["steps.classify.output.json.label", "spam"]},
+            "then": ["drop"],
+            "else": ["reply"],
+        },
+        {"id": "drop", "action": "tool", "tool": "echo", "depends_on": ["route"]},
+        {
+            "id": "reply",
+            "action": "tool",
+            "tool": "echo",
+            "depends_on": ["route"],
+            "inputs": {"label": "{{ steps.classify.output.json.label }}"},
+        },
+    )
+    a, b = validate_definition(d), validate_definition(d)
+    assert definition_hash(a) == definition_hash(b)
+    assert definition_hash(a).startswith("sha256:")
+    d["steps"][0]["prompt"] = "changed {{ input.text }}"
+    assert definition_hash(validate_definition(d)) != definition_hash(a)
+
+
+def test_cycle_is_rejected_naming_step_and_field() -> None:
+    err = _invalid(
+        _wf(
+            {"id": "a", "action": "llm", "depends_on": ["b"]},
+            {"id": "b", "action": "llm", "depends_on": ["a"]},
+        )
+    )
+    assert err.field == "depends_on"
+    assert err.step_id in {"a", "b"}
+    assert "cycle" in str(err)
+
+
+def test_duplicate_id_is_rejected() -> None:
+    err = _invalid(_wf({"id": "a", "action": "llm"}, {"id": "a", "action": "llm"}))
+    assert (err.step_id, err.field) == ("a", "id")
+
+
+def test_unknown_dependency_is_rejected() -> None:
+    err = _invalid(_wf({"id": "a", "action": "llm", "depends_on": ["ghost"]}))
+    assert (err.step_id, err.field) == ("a", "depends_on")
+    assert "ghost" in str(err)
+
+
+def test_bad_action_names_the_field() -> None:
+    err = _invalid(_wf({"id": "a", "action": "shell"}))
+    assert (err.step_id, err.field) == ("a", "action")
+
+
+def test_template_reading_unknown_step_is_rejected() -> None:
+    err = _invalid(_wf({"id": "a", "action": "llm", "prompt": "{{ steps.nope.output }}"}))
+    assert (err.step_id, err.field) == ("a", "prompt")
+    assert "nope" in str(err)
+
+
+def test_template_reading_non_ancestor_is_rejected() -> None:
+    err = _invalid(
+        _wf(
+            {"id": "a", "action": "llm"},
+            {"id": "b", "action": "tool", "tool": "echo", "inputs": {"x": "{{ steps.a.output }}"}},
+        )
+    )
+    assert (err.step_id, err.field) == ("b", "inputs")
+
+
+def test_bad_template_syntax_is_rejected() -> None:
+    err = _invalid(_wf({"id": "a", "action": "llm", "prompt": "{{ os.system }}"}))
+    assert (err.step_id, err.field) == ("a", "prompt")
+    err = _invalid(_wf({"id": "a", "action": "llm", "prompt": "{{ input.x "}))
+    assert err.field == "prompt"
+
+
+def test_decision_branch_must_depend_on_decision() -> None:
+    err = _invalid(
+        _wf(
+            {"id": "a", "action": "llm"},
+            {
+                "id": "d",
+                "action": "decision",
+                "depends_on": ["a"],
+                "condition": {"exists": "steps.a.output"},
+                "then": ["a"],
+            },
+        )
+    )
+    assert (err.step_id, err.field) == ("d", "then")
+
+
+def test_bad_condition_is_rejected() -> None:
+    err = _invalid(
+        _wf(
+            {
+                "id": "d",
+                "action": "decision",
+                "condition": {"matches": ["input.x", "y"]},
+                "then": [],
+            }
+        )
+    )
+    assert (err.step_id, err.field) == ("d", "condition")
+
+
+def test_tool_step_needs_tool() -> None:
+    err = _invalid(_wf({"id": "t", "action": "tool"}))
+    assert (err.step_id, err.field) == ("t", "tool")
+
+
+def test_unknown_step_field_is_rejected() -> None:
+    err = _invalid(_wf({"id": "t", "action": "tool", "tool": "echo", "shell": "rm"}))
+    assert err.step_id == "t"
+    assert "shell" in str(err)
+
+
+CTX = {
+    "input": {"text": "hi", "n": 3, "obj": {"a": [1, 2]}},
+    "parameters": {"limit": 5},
+    "steps": {"s": {"output": {"label": "spam", "score": 0.9}}},
+}
+
+
+def test_whole_string_template_keeps_json_type() -> None:
+    assert render("{{ input.n }}", CTX) == 3
+    assert render("{{ input.obj }}", CTX) == {"a": [1, 2]}
+    assert render("{{ input.obj.a[1] }}", CTX) == 2
+    assert render("n={{ input.n }} o={{input.obj}}", CTX) == 'n=3 o={"a":[1,2]}'
+    assert render({"k": ["{{ parameters.limit }}"]}, CTX) == {"k": [5]}
+
+
+def test_missing_reference_names_it() -> None:
+    with pytest.raises(TemplateError) as info:
+        render("x {{ steps.s.output.nothing }}", CTX)
+    assert info.value.reference == "steps.s.output.nothing"
+    assert "steps.s.output.nothing" in str(info.value)
+
+
+def test_fallback_alternatives() -> None:
+    assert render("{{ steps.gone.output ?? steps.s.output.label }}", CTX) == "spam"
+    assert render("{{ steps.gone.output ?? null }}", CTX) is None
+    assert render('{{ input.none ?? "dflt" }}', CTX) == "dflt"
+
+
+@pytest.mark.parametrize(
+    ("cond", "expected"),
+    [
+        ({"eq": ["steps.s.output.label", "spam"]}, True),
+        ({"ne": ["steps.s.output.label", "spam"]}, False),
+        ({"gt": ["steps.s.output.score", 0.5]}, True),
+        ({"le": ["input.n", 2]}, False),
+        ({"in": ["steps.s.output.label", ["ham", "spam"]]}, True),
+        ({"in": ["input.text", "this"]}, True),
+        ({"exists": "input.obj.a[1]"}, True),
+        ({"exists": "input.obj.a[5]"}, False),
+        ({"and": [{"exists": "input.n"}, {"not": {"eq": ["input.n", 4]}}]}, True),
+        ({"or": [{"eq": ["input.n", 1]}, {"lt": ["input.n", {"path": "parameters.limit"}]}]}, True),
+        ({"eq": ["input.n", True]}, False),
+    ],
+)
+def test_conditions(cond: dict[str, Any], expected: bool) -> None:
+    values: dict[str, Any] = {}
+    assert evaluate(cond, CTX, values) is expected
+
+
+def test_condition_records_values_read() -> None:
+    values: dict[str, Any] = {}
+    evaluate({"gt": ["steps.s.output.score", 0.5]}, CTX, values)
+    assert values == {"steps.s.output.score": 0.9}
+
+
+def test_condition_type_mismatch_and_missing_path_are_errors() -> None:
+    with pytest.raises(ConditionError):
+        evaluate({"lt": ["input.text", 3]}, CTX, {})
+    with pytest.raises(ConditionError, match=r"input\.missing"):
+        evaluate({"eq": ["input.missing", 3]}, CTX, {})
