@@ -257,15 +257,13 @@ class _Run:
             step = STEP_COMPLETENESS
             seq = env.stream_seq
             if seq != self.next_seq:
-                if seq < self.next_seq:
-                    what = f"repeats or goes back (stream_seq {seq} after {self.next_seq - 1})"
+                expected = self.next_seq
+                if seq > expected:
+                    gap = f"{expected}..{seq - 1}" if seq - 1 > expected else f"{expected}"
+                    what = f"event(s) {gap} are missing or out of order"
                 else:
-                    what = (
-                        f"skips stream_seq {self.next_seq}"
-                        + (f"..{seq - 1}" if seq - 1 > self.next_seq else "")
-                        + f" (stream_seq {seq} after {self.next_seq - 1})"
-                    )
-                raise BundleIncomplete(f"the event stream {what}")
+                    what = "an event is repeated or out of order"
+                raise BundleIncomplete(f"stream_seq {seq} where {expected} was expected: {what}")
             self.next_seq = seq + 1
             if self.events > header.event_count:
                 raise BundleIncomplete(

@@ -13,14 +13,18 @@ folding a new proof at the first of them (see its docstring for why that is soun
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 from collections.abc import Sequence
 
-from verifier._errors import ProofInvalid
+import msgspec
+
+from verifier._errors import MalformedInput, ProofInvalid
 
 __all__ = [
     "HASH_SIZE",
     "PathMemo",
+    "decode_proof",
     "inclusion_proof_length",
     "leaf_hash",
     "node_hash",
@@ -206,6 +210,26 @@ def verify_consistency(
 
 
 _MAX_LEVELS = 65
+_PROOF = msgspec.json.Decoder(tuple[bytes, ...])
+
+
+def decode_proof(raw: bytes | msgspec.Raw, what: str) -> tuple[bytes, ...]:
+    """A JSON array of base64 hashes, as :class:`MalformedInput` if it is not one."""
+    try:
+        return _PROOF.decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+        raise MalformedInput(f"{what} is not a list of base64 hashes: {e}") from e
+
+
+def _token_hash(token: bytes) -> bytes | None:
+    """The hash in a compact JSON token ``"<44 base64 chars>"``, or None if not one."""
+    if len(token) != 46 or token[0] != 34 or token[45] != 34:
+        return None
+    try:
+        h = binascii.a2b_base64(token[1:45], strict_mode=True)
+    except binascii.Error:
+        return None
+    return h if len(h) == HASH_SIZE else None
 
 
 class PathMemo:
@@ -218,9 +242,15 @@ class PathMemo:
     and so is the rest of the proof from each node up (the siblings of the nodes above
     it). A later proof may therefore stop at the first node it shares with an earlier
     verified path: its running hash must equal the remembered one and its remaining
-    hashes must equal the remembered path's remaining hashes; any mismatch fails. That
-    is exactly as strong as folding to the root, at ~2 hashes per leaf for consecutive
-    leaves instead of ~log2(n).
+    hashes must equal the remembered path's remaining hashes. That is exactly as strong
+    as folding to the root, at ~2 hashes per leaf for consecutive leaves instead of
+    ~log2(n).
+
+    Proofs arrive as the raw JSON array text of a bundle line. The hot path splits it
+    into its compact tokens and base64-decodes only the hashes it folds; the remaining
+    tokens are compared as bytes with already-authenticated tokens. Anything unusual
+    (whitespace, escapes, a wrong size, a mismatch) falls back to :meth:`_slow`: a full
+    decode and a full :func:`verify_inclusion`, which also gives the precise error.
 
     The memo keeps one node per level (the most recently authenticated), so it is
     bounded: at most 65 entries whatever the number of proofs.
@@ -230,43 +260,49 @@ class PathMemo:
 
     def __init__(self, tree_size: int, root: bytes) -> None:
         _check_size("root hash", root)
+        if not 0 <= tree_size < 1 << 64:
+            raise ProofInvalid(f"tree size {tree_size} does not fit in 64 bits")
         self.tree_size = tree_size
         self.root = root
         self._fns: list[int] = [-1] * _MAX_LEVELS
         self._hashes: list[bytes] = [b""] * _MAX_LEVELS
-        self._proofs: list[Sequence[bytes]] = [()] * _MAX_LEVELS
+        self._proofs: list[list[bytes]] = [[]] * _MAX_LEVELS
         self._pos: list[int] = [0] * _MAX_LEVELS
 
-    def verify(self, leaf: bytes, index: int, proof: Sequence[bytes]) -> None:
-        """Same contract as :func:`verify_inclusion` against this memo's root."""
+    def verify(self, leaf: bytes, index: int, raw_proof: bytes | msgspec.Raw) -> None:
+        """:func:`verify_inclusion` of ``leaf`` at ``index`` against this memo's root,
+        with the proof given as its JSON array text. Returns None or raises."""
         tree_size = self.tree_size
-        # 1. Bounds, hash sizes and proof length first.
-        _check_inclusion_shape(leaf, index, tree_size, proof, None)
+        # 1. Bounds first.
+        if not 0 <= index < tree_size:
+            raise ProofInvalid(f"leaf index {index} is outside a tree of size {tree_size}")
+        raw = bytes(raw_proof)
+        tokens = raw[1:-1].split(b",") if len(raw) > 2 else []
         fns, hashes = self._fns, self._hashes
         pending: list[tuple[int, int, bytes, int]] = []
         # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash.
         fn, sn, r, shift, k = index, tree_size - 1, leaf, 0, 0
-        n = len(proof)
+        n = len(tokens)
         while True:
             if fns[shift] == fn:
                 # An authenticated node: the rest must agree with the verified path.
-                if hashes[shift] != r or proof[k:] != self._proofs[shift][self._pos[shift] :]:
-                    raise ProofInvalid(
-                        f"inclusion proof for index {index} does not lead to the root of "
-                        f"the tree of size {tree_size}"
-                    )
+                if hashes[shift] != r or tokens[k:] != self._proofs[shift][self._pos[shift] :]:
+                    self._slow(leaf, index, raw_proof)
+                    return
                 break
             pending.append((shift, fn, r, k))
             if k == n:
-                # 4. The fold reached the top: r must equal the root.
-                if r != self.root:
-                    raise ProofInvalid(
-                        f"inclusion proof for index {index} does not lead to the root of "
-                        f"the tree of size {tree_size}"
-                    )
+                # 4. sn must be 0 and r must equal the root.
+                if sn != 0 or r != self.root:
+                    self._slow(leaf, index, raw_proof)
+                    return
                 break
-            # 3. Fold the next proof hash in (RFC 9162 §2.1.3.2 step 3 b-c).
-            p = proof[k]
+            # 3a. A proof longer than the tree is deep fails.
+            p = _token_hash(tokens[k])
+            if sn == 0 or p is None:
+                self._slow(leaf, index, raw_proof)
+                return
+            # 3b-c. Fold the next proof hash in.
             k += 1
             if fn & 1 or fn == sn:
                 r = _sha256(b"\x01" + p + r).digest()
@@ -281,8 +317,14 @@ class PathMemo:
             sn >>= 1
             shift += 1
         # Verified: remember the newly authenticated nodes.
+        proofs, positions = self._proofs, self._pos
         for s, f, h, pos in pending:
             fns[s] = f
             hashes[s] = h
-            self._proofs[s] = proof
-            self._pos[s] = pos
+            proofs[s] = tokens
+            positions[s] = pos
+
+    def _slow(self, leaf: bytes, index: int, raw_proof: bytes | msgspec.Raw) -> None:
+        """Full decode and full RFC 9162 fold; raises with the precise fault, if any."""
+        proof = decode_proof(raw_proof, "inclusion proof")
+        verify_inclusion(leaf, index, self.tree_size, proof, self.root)

@@ -47,8 +47,8 @@ class _Created(msgspec.Struct, frozen=True):
     input: Any
     parameters: dict[str, Any]
     model: str | None
-    # Not in §7.2's table but read by §7.3's step.skipped rule when present.
-    definition: dict[str, Any] | None = None
+    # §7.2: the workflow definition (null without a workflow); §7.3 step.skipped reads it.
+    definition: dict[str, Any] | None
 
 
 class _StepStarted(msgspec.Struct, frozen=True):

@@ -9,6 +9,9 @@ the HTTP API adds ``orchestration_id`` for convenience, and a receipt saved from
 must still verify offline. Unknown receipt fields are never trusted for anything.
 
 ``bytes`` fields are standard base64 with padding on the wire; msgspec decodes them.
+The bundle's per-event proofs stay ``msgspec.Raw`` (the JSON array text): the verifier
+decodes only the hashes it folds (see :class:`verifier._merkle.PathMemo`) and decodes
+the whole array, strictly, whenever anything does not match.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ class BundleReceipt(msgspec.Struct, frozen=True):
     leaf_index: int
     leaf_hash: bytes
     tree_size: int
-    inclusion_proof: tuple[bytes, ...]
+    inclusion_proof: msgspec.Raw
 
 
 class BundleHeader(
@@ -79,7 +82,7 @@ class BundleEvent(
 ):
     leaf_index: int
     leaf: bytes
-    inclusion_proof: tuple[bytes, ...]
+    inclusion_proof: msgspec.Raw
     receipt: BundleReceipt
 
 
