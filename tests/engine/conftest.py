@@ -2,50 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from engine_helpers import TENANT, FakeOpenAI, Harness, scripted
 
-from ledger.log import Log
-from ledger.note import generate_signer
-from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
-from ledger.sqlite_store import SQLiteEventStore
-
-TENANT = "tenant-a"
-
-SCRIPTED = {"kind": "scripted", "responses": [{"content": "hello"}]}
-
-
-async def _no_sleep(_: float) -> None:
-    return None
-
-
-class Harness:
-    """A log and an engine over one SQLite file; ``reopen`` simulates a restart."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.signer = generate_signer("maip-ledger.test/log")
-        self.log: Log | None = None
-        self.engine: Engine | None = None
-
-    async def open(self, **engine_options: Any) -> Engine:
-        self.log = await Log.open(SQLiteEventStore(self.path), self.signer, ORCHESTRATION_EVENTS)
-        engine_options.setdefault("sleep", _no_sleep)
-        self.engine = Engine(self.log, **engine_options)
-        await self.engine.start()
-        return self.engine
-
-    async def close(self) -> None:
-        if self.engine is not None:
-            await self.engine.close()
-            self.engine = None
-        if self.log is not None:
-            await self.log.close()
-            self.log = None
+from ledger.orchestration import Engine
 
 
 @pytest.fixture
@@ -61,15 +25,19 @@ async def engine(harness: Harness) -> Engine:
 
 
 @pytest.fixture
-def make_agent(engine: Engine) -> Callable[..., Any]:
-    async def make(responses: list[dict[str, Any]] | None = None, **kw: Any) -> str:
-        provider = {"kind": "scripted", "responses": responses or [{"content": "hello"}]}
-        rec = await engine.register_agent(
-            TENANT, name=kw.pop("name", "bot"), provider=provider, **kw
-        )
+def make_agent(engine: Engine) -> Callable[..., Awaitable[str]]:
+    async def make(*responses: dict[str, Any], **kw: Any) -> str:
+        name = kw.pop("name", "bot")
+        provider = kw.pop("provider", None) or scripted(*responses)
+        rec = await engine.register_agent(TENANT, name=name, provider=provider, **kw)
         return rec.agent_id
 
     return make
 
 
-_ = os
+@pytest.fixture
+async def fake_openai() -> AsyncIterator[FakeOpenAI]:
+    server = FakeOpenAI()
+    await server.start()
+    yield server
+    await server.stop()

@@ -1,0 +1,131 @@
+"""Shared helpers for the engine tests (a uniquely named module: tests/ has no packages)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from ledger.log import Log
+from ledger.note import generate_signer
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
+from ledger.sqlite_store import SQLiteEventStore
+
+TENANT = "tenant-a"
+OTHER_TENANT = "tenant-b"
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+class Harness:
+    """A log and an engine over one SQLite file; close + open simulates a restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.signer = generate_signer("maip-ledger.test/log")
+        self.log: Log | None = None
+        self.engine: Engine | None = None
+
+    async def open(self, **engine_options: Any) -> Engine:
+        self.log = await Log.open(SQLiteEventStore(self.path), self.signer, ORCHESTRATION_EVENTS)
+        engine_options.setdefault("sleep", no_sleep)
+        self.engine = Engine(self.log, **engine_options)
+        await self.engine.start()
+        return self.engine
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+        if self.log is not None:
+            await self.log.close()
+            self.log = None
+
+
+def scripted(*responses: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "scripted", "responses": list(responses) or [{"content": "hello"}]}
+
+
+def completion(
+    content: str | None = "ok",
+    tool_calls: list[dict[str, Any]] | None = None,
+    *,
+    model: str = "m1",
+) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if tool_calls:
+        message["tool_calls"] = [
+            {
+                "id": f"call_{i}",
+                "type": "function",
+                "function": {
+                    "name": c["name"],
+                    "arguments": msgspec.json.encode(c["args"]).decode(),
+                },
+            }
+            for i, c in enumerate(tool_calls)
+        ]
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": message,
+                "finish_reason": "tool_calls" if tool_calls else "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": 11, "completion_tokens": 7, "total_tokens": 18},
+    }
+
+
+@dataclass
+class FakeOpenAI:
+    """A real OpenAI-compatible HTTP server on loopback. ``script`` is consumed one item
+    per request: a dict (JSON 200 body), an int (that HTTP status), ``("sleep", s)``,
+    or ``("raw", bytes)``. When empty, it answers ``completion("done")``."""
+
+    script: list[Any] = field(default_factory=list)
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    url: str = ""
+    _runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.requests.append(await request.json())
+        self.headers.append(dict(request.headers))
+        item = self.script.pop(0) if self.script else completion("done")
+        if isinstance(item, int):
+            return web.json_response({"error": {"message": "nope"}}, status=item)
+        if isinstance(item, tuple) and item[0] == "sleep":
+            await asyncio.sleep(item[1])
+            return web.json_response(completion("late"))
+        if isinstance(item, tuple) and item[0] == "raw":
+            return web.Response(body=item[1], content_type="application/json")
+        return web.json_response(item)
+
+    async def start(self) -> str:
+        app = web.Application()
+        app.router.add_post("/v1/chat/completions", self._handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{port}/v1"
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+Check = Callable[[list[Any]], None]

@@ -1,0 +1,183 @@
+"""The openai provider against a real OpenAI-compatible HTTP server on loopback."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import structlog
+from engine_helpers import TENANT, FakeOpenAI, Harness, completion
+
+from ledger.orchestration import Engine
+
+SECRET = "sk-test-SECRET-0123456789abcdef"
+
+
+async def _engine(harness: Harness) -> Engine:
+    return await harness.open(env={"MAIP_TEST_KEY": SECRET})
+
+
+async def _agent(engine: Engine, server: FakeOpenAI, **provider: Any) -> str:
+    config = {"kind": "openai", "base_url": server.url, "api_key_env": "MAIP_TEST_KEY", **provider}
+    rec = await engine.register_agent(
+        TENANT, name="gpt", provider=config, model="m1", tools=["calculator"]
+    )
+    return rec.agent_id
+
+
+async def _events(harness: Harness, oid: str) -> list[Any]:
+    assert harness.log is not None
+    return [r.event for r in await harness.log.read_stream(TENANT, oid)]
+
+
+async def test_plain_completion(harness: Harness, fake_openai: FakeOpenAI) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [completion("Paris")]
+    started = await engine.execute(TENANT, agent_id=agent, input="Capital of France?")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed"
+    assert state.results == {"content": "Paris", "json": None}
+    assert fake_openai.headers[0]["Authorization"] == f"Bearer {SECRET}"
+    assert fake_openai.requests[0]["model"] == "m1"
+    assert fake_openai.requests[0]["messages"][-1] == {
+        "role": "user",
+        "content": "Capital of France?",
+    }
+    events = await _events(harness, started.orchestration_id)
+    done = next(e.payload for e in events if e.type == "llm.completed")
+    assert done.gen_ai_usage_input_tokens == 11
+    assert done.gen_ai_usage_output_tokens == 7
+    assert done.gen_ai_response_finish_reasons == ("stop",)
+    assert done.gen_ai_response_model == "m1"
+    assert done.latency_ms >= 0
+
+
+async def test_multi_round_tool_calls(harness: Harness, fake_openai: FakeOpenAI) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [
+        completion(None, [{"name": "calculator", "args": {"expression": "6*7"}}]),
+        completion(None, [{"name": "calculator", "args": {"expression": "42+1"}}]),
+        completion("The answer is 43"),
+    ]
+    started = await engine.execute(TENANT, agent_id=agent, input="compute")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert state.results["content"] == "The answer is 43"
+    assert [s.step_id for s in state.steps] == ["llm-1", "tool-1-1", "llm-2", "tool-2-1", "llm-3"]
+    assert state.step("tool-1-1").result == 42  # type: ignore[union-attr]
+    # The tool result was fed back to the model with its call id.
+    second = fake_openai.requests[1]["messages"]
+    assert second[-1] == {"role": "tool", "tool_call_id": "call_0", "content": "42"}
+    assert second[-2]["tool_calls"][0]["function"]["name"] == "calculator"
+    assert fake_openai.requests[0]["tools"][0]["function"]["name"] == "calculator"
+    types = [e.type for e in await _events(harness, started.orchestration_id)]
+    assert types.count("tool.invoked") == 2
+    assert types.count("tool.completed") == 2
+
+
+async def test_429_then_success_is_retried(harness: Harness, fake_openai: FakeOpenAI) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [429, completion("ok")]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed"
+    assert state.steps[0].attempts == 2
+    failed = [
+        e.payload
+        for e in await _events(harness, started.orchestration_id)
+        if e.type == "step.failed"
+    ]
+    assert [(f.attempt, f.retrying) for f in failed] == [(1, True)]
+    assert "429" in failed[0].error
+
+
+async def test_429_500_timeout_retried_then_failed(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai, timeout_seconds=0.3)
+    fake_openai.script = [429, 500, ("sleep", 2.0)]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.reason == "provider_error"
+    assert state.steps[0].status == "failed"
+    assert state.steps[0].attempts == 3
+    events = await _events(harness, started.orchestration_id)
+    failed = [e.payload for e in events if e.type == "step.failed"]
+    assert [(f.attempt, f.retrying) for f in failed] == [(1, True), (2, True), (3, False)]
+    assert "429" in failed[0].error
+    assert "500" in failed[1].error
+    assert "timed out" in failed[2].error
+    llm_errors = [e.payload.error for e in events if e.type == "llm.completed"]
+    assert all(llm_errors)
+    assert len(llm_errors) == 3
+    assert len(fake_openai.requests) == 3
+
+
+async def test_malformed_responses_give_clear_step_error(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    cases = [
+        (("raw", b"<html>not json"), "body is not JSON"),
+        ({"choices": []}, "no choices"),
+        ({"choices": [{"message": {"role": "assistant"}}]}, "neither content nor tool_calls"),
+        (
+            {
+                "choices": [
+                    {
+                        "message": {
+                            "role": "assistant",
+                            "tool_calls": [
+                                {
+                                    "id": "c",
+                                    "function": {"name": "calculator", "arguments": "{oops"},
+                                }
+                            ],
+                        }
+                    }
+                ]
+            },
+            "arguments is not JSON",
+        ),
+    ]
+    for reply, message in cases:
+        fake_openai.script = [reply]
+        started = await engine.execute(TENANT, agent_id=agent, input="x")
+        state = await engine.wait(TENANT, started.orchestration_id)
+        assert state.status == "failed"
+        step = state.steps[0]
+        assert step.attempts == 1  # not transient: no retry
+        assert "malformed provider response" in step.result["error"]
+        assert message in step.result["error"]
+
+
+async def test_api_key_never_in_database_or_logs(
+    harness: Harness, fake_openai: FakeOpenAI, capsys: Any
+) -> None:
+    with structlog.testing.capture_logs() as logs:
+        engine = await _engine(harness)
+        agent = await _agent(engine, fake_openai)
+        fake_openai.script = [
+            completion(None, [{"name": "calculator", "args": {"expression": "1+1"}}]),
+            401,
+        ]
+        started = await engine.execute(TENANT, agent_id=agent, input="x")
+        await engine.wait(TENANT, started.orchestration_id)
+        await harness.close()
+    assert fake_openai.headers[0]["Authorization"].endswith(SECRET)  # it was really used
+    blob = b""
+    for name in os.listdir(harness.path.parent):
+        with open(harness.path.parent / name, "rb") as f:
+            blob += f.read()
+    assert len(blob) > 0
+    assert SECRET.encode() not in blob
+    assert b"MAIP_TEST_KEY" in blob  # the env var *name* is recorded, the value never
+    captured = capsys.readouterr()
+    assert SECRET not in captured.out + captured.err
+    assert SECRET not in repr(logs)

@@ -1,0 +1,368 @@
+"""Workflow execution: DAG, decisions, skips, concurrency, bounds, cancel, tenants, listing."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
+
+from ledger.errors import InvalidEventError
+from ledger.orchestration import (
+    AgentNotFound,
+    Engine,
+    OrchestrationNotFound,
+    OrchestrationStateError,
+    RedactionPolicy,
+    WorkflowValidationError,
+)
+
+CLASSIFY = {"content": '{"label": "spam", "score": 0.93}'}
+
+ROUTING = {
+    "steps": [
+        {"id": "classify", "action": "llm", "prompt": "Classify: {{ input.text }}"},
+        {
+            "id": "route",
+            "action": "decision",
+            "depends_on": ["classify"],
+            "condition": {"eq": ["steps.classify.output.json.label", "spam"]},
+            "then": ["drop"],
+            "else": ["reply"],
+        },
+        {
+            "id": "drop",
+            "action": "tool",
+            "tool": "echo",
+            "depends_on": ["route"],
+            "inputs": {"dropped": "{{ input.text }}"},
+        },
+        {"id": "reply", "action": "llm", "depends_on": ["route"], "prompt": "reply"},
+        {"id": "notify", "action": "tool", "tool": "echo", "depends_on": ["reply"]},
+        {
+            "id": "summary",
+            "action": "tool",
+            "tool": "echo",
+            "depends_on": ["drop", "notify"],
+            "inputs": {"result": "{{ steps.drop.output ?? steps.notify.output }}"},
+        },
+    ],
+    "output": {
+        "label": "{{ steps.classify.output.json.label }}",
+        "s": "{{ steps.summary.output }}",
+    },
+}
+
+
+async def _types(harness: Harness, oid: str) -> list[str]:
+    assert harness.log is not None
+    return [r.event.type for r in await harness.log.read_stream(TENANT, oid)]
+
+
+async def test_decision_branch_and_skips(engine: Engine, harness: Harness, make_agent: Any) -> None:
+    agent = await make_agent(CLASSIFY)
+    wf = await engine.register_workflow(TENANT, name="routing", definition=ROUTING)
+    started = await engine.execute(
+        TENANT, workflow_id=wf.workflow_id, agents=[agent], input={"text": "buy now"}
+    )
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    status = {s.step_id: s.status for s in state.steps}
+    assert status == {
+        "classify": "completed",
+        "route": "completed",
+        "drop": "completed",
+        "reply": "skipped",
+        "notify": "skipped",
+        "summary": "completed",
+    }
+    assert state.results == {"label": "spam", "s": {"result": {"dropped": "buy now"}}}
+    assert state.workflow_version == 1
+    assert state.step("reply").agent_id == agent  # type: ignore[union-attr]
+    assert harness.log is not None
+    events = [r.event for r in await harness.log.read_stream(TENANT, started.orchestration_id)]
+    created = events[0].payload
+    assert created.workflow_hash == wf.version_hash
+    decision = next(e.payload for e in events if e.type == "decision.made")
+    assert decision.branch == "then"
+    assert decision.values == {"steps.classify.output.json.label": "spam"}
+    assert decision.skipped == ("reply",)
+    assert await engine.get_state(TENANT, started.orchestration_id) == state
+    assert engine.live_state(TENANT, started.orchestration_id) == state
+
+
+async def test_other_branch(engine: Engine, make_agent: Any) -> None:
+    agent = await make_agent({"content": '{"label": "ham"}'})
+    wf = await engine.register_workflow(TENANT, name="routing", definition=ROUTING)
+    started = await engine.execute(
+        TENANT, workflow_id=wf.workflow_id, agents=[agent], input={"text": "hi"}
+    )
+    state = await engine.wait(TENANT, started.orchestration_id)
+    status = {s.step_id: s.status for s in state.steps}
+    assert status["drop"] == "skipped"
+    assert status["reply"] == status["notify"] == status["summary"] == "completed"
+
+
+async def test_independent_branches_run_concurrently(engine: Engine, make_agent: Any) -> None:
+    barrier = asyncio.Barrier(2)
+
+    async def rendezvous(args: Any) -> Any:
+        async with asyncio.timeout(5):
+            await barrier.wait()  # only passes if both branches are in flight at once
+        return args
+
+    engine.tools.register("rendezvous", rendezvous, pure=True)
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "rendezvous", "inputs": {"b": "a"}},
+            {"id": "b", "action": "tool", "tool": "rendezvous", "inputs": {"b": "b"}},
+            {"id": "join", "action": "tool", "tool": "echo", "depends_on": ["a", "b"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="par", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert state.results["a"] == {"b": "a"}
+
+
+async def test_workflow_versions_are_immutable(engine: Engine) -> None:
+    d1 = {"steps": [{"id": "a", "action": "tool", "tool": "echo"}]}
+    v1 = await engine.register_workflow(TENANT, name="w", definition=d1)
+    again = await engine.register_workflow(
+        TENANT, name="w", definition=d1, workflow_id=v1.workflow_id
+    )
+    assert again == v1
+    d2 = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "calculator", "inputs": {"expression": "1+1"}}
+        ]
+    }
+    v2 = await engine.register_workflow(TENANT, name="w", definition=d2, workflow_id=v1.workflow_id)
+    assert (v2.version, v1.version) == (2, 1)
+    assert v2.version_hash != v1.version_hash
+    assert engine.get_workflow(TENANT, v1.workflow_id, 1).definition == v1.definition
+    s1 = await engine.execute(TENANT, workflow_id=v1.workflow_id, workflow_version=1)
+    s2 = await engine.execute(TENANT, workflow_id=v1.workflow_id)
+    assert (await engine.wait(TENANT, s1.orchestration_id)).results == {"a": {}}
+    assert (await engine.wait(TENANT, s2.orchestration_id)).results == {"a": 2}
+
+
+async def test_registration_errors_name_the_field(engine: Engine) -> None:
+    with pytest.raises(WorkflowValidationError) as info:
+        await engine.register_workflow(
+            TENANT,
+            name="w",
+            definition={
+                "steps": [{"id": "a", "action": "tool", "tool": "echo", "inputs": "{{ bad }}"}]
+            },
+        )
+    assert (info.value.step_id, info.value.field) == ("a", "inputs")
+    with pytest.raises(WorkflowValidationError) as info:
+        await engine.register_agent(
+            TENANT, name="x", provider={"kind": "openai", "base_url": "http://h", "api_key": "sk-1"}
+        )
+    assert info.value.field == "provider"
+    with pytest.raises(WorkflowValidationError) as info:
+        await engine.register_agent(TENANT, name="x", provider=scripted(), tools=["nope"])
+    assert info.value.field == "tools[0]"
+
+
+async def test_runtime_missing_reference_fails_step_naming_it(engine: Engine) -> None:
+    defn = {
+        "steps": [
+            {
+                "id": "a",
+                "action": "tool",
+                "tool": "echo",
+                "inputs": {"v": "{{ input.customer.id }}"},
+            }
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, input={"customer": {}})
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.reason == "step_failed"
+    assert "input.customer.id" in state.steps[0].result["error"]
+
+
+async def test_max_steps_in_workflow(engine: Engine) -> None:
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "echo"},
+            {"id": "b", "action": "tool", "tool": "echo", "depends_on": ["a"]},
+            {"id": "c", "action": "tool", "tool": "echo", "depends_on": ["b"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, max_steps=2)
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "max_steps_exceeded")
+    assert [s.step_id for s in state.steps] == ["a", "b"]
+
+
+async def test_max_steps_in_agent_loop(engine: Engine, make_agent: Any) -> None:
+    agent = await make_agent(
+        {"tool_calls": [{"name": "echo", "arguments": {"again": True}}]}, tools=["echo"]
+    )
+    started = await engine.execute(TENANT, agent_id=agent, input="loop forever", max_steps=3)
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "max_steps_exceeded")
+    assert [s.step_id for s in state.steps if s.action == "llm"] == ["llm-1", "llm-2", "llm-3"]
+
+
+async def test_timeout(engine: Engine, make_agent: Any) -> None:
+    agent = await make_agent({"content": "slow", "delay_seconds": 30})
+    started = await engine.execute(TENANT, agent_id=agent, input="x", timeout_seconds=0.3)
+    state = await asyncio.wait_for(engine.wait(TENANT, started.orchestration_id), 10)
+    assert (state.status, state.reason) == ("failed", "timed_out")
+    assert state.steps[0].status == "failed"
+    assert state.steps[0].result == {"error": "timed out"}
+
+
+async def test_cancel_stops_in_flight_call(
+    engine: Engine, harness: Harness, make_agent: Any
+) -> None:
+    agent = await make_agent({"content": "slow", "delay_seconds": 30})
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    await asyncio.sleep(0.2)
+    state = await asyncio.wait_for(
+        engine.cancel(TENANT, started.orchestration_id, reason="user asked", requested_by="alice"),
+        10,
+    )
+    assert (state.status, state.reason) == ("cancelled", "user asked")
+    assert state.steps[0].status == "failed"
+    types = await _types(harness, started.orchestration_id)
+    assert types[-1] == "orchestration.cancelled"
+    assert "llm.completed" not in types  # the call never finished
+    with pytest.raises(OrchestrationStateError):
+        await engine.cancel(TENANT, started.orchestration_id)
+
+
+async def test_tenants_are_isolated(engine: Engine, make_agent: Any) -> None:
+    agent = await make_agent()
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    await engine.wait(TENANT, started.orchestration_id)
+    with pytest.raises(OrchestrationNotFound):
+        await engine.get_state(OTHER_TENANT, started.orchestration_id)
+    with pytest.raises(OrchestrationNotFound):
+        await engine.cancel(OTHER_TENANT, started.orchestration_id)
+    with pytest.raises(AgentNotFound):
+        await engine.execute(OTHER_TENANT, agent_id=agent, input="x")
+    assert engine.list_orchestrations(OTHER_TENANT) == ([], None)
+
+
+async def test_list_with_filters_and_cursor(engine: Engine, make_agent: Any) -> None:
+    a1 = await make_agent(name="one")
+    a2 = await make_agent(name="two")
+    ids = []
+    for agent in (a1, a2, a1, a1, a2):
+        s = await engine.execute(TENANT, agent_id=agent, input="x")
+        await engine.wait(TENANT, s.orchestration_id)
+        ids.append(s.orchestration_id)
+    page, cursor = engine.list_orchestrations(TENANT, agent_id=a1, limit=2)
+    assert [p.orchestration_id for p in page] == [ids[3], ids[2]]
+    assert cursor is not None
+    page2, cursor2 = engine.list_orchestrations(TENANT, agent_id=a1, limit=2, cursor=cursor)
+    assert [p.orchestration_id for p in page2] == [ids[0]]
+    assert cursor2 is None
+    done, _ = engine.list_orchestrations(TENANT, status="completed", limit=50)
+    assert len(done) == 5
+    assert engine.list_orchestrations(TENANT, status="running")[0] == []
+
+
+async def test_external_executor_records_steps_with_receipts(
+    engine: Engine, harness: Harness
+) -> None:
+    state = await engine.create_external(TENANT, input={"q": 1}, started_by="langgraph")
+    oid = state.orchestration_id
+    assert (state.executor, state.status) == ("external", "running")
+    receipts = await engine.record_step(
+        TENANT,
+        oid,
+        [
+            (
+                "step.started",
+                {"step_id": "s1", "agent_id": None, "action": "tool", "attempt": 1, "inputs": {}},
+            ),
+            (
+                "tool.invoked",
+                {
+                    "step_id": "s1",
+                    "attempt": 1,
+                    "gen_ai.tool.name": "search",
+                    "gen_ai.tool.call.id": None,
+                    "arguments": {"q": 1},
+                },
+            ),
+            (
+                "tool.completed",
+                {
+                    "step_id": "s1",
+                    "attempt": 1,
+                    "gen_ai.tool.name": "search",
+                    "gen_ai.tool.call.id": None,
+                    "result": [1],
+                    "error": None,
+                    "latency_ms": 3.0,
+                },
+            ),
+            ("step.completed", {"step_id": "s1", "attempt": 1, "output": [1]}),
+        ],
+    )
+    assert len(receipts) == 4
+    assert harness.log is not None
+    recorded = await harness.log.read_stream(TENANT, oid)
+    assert [r.receipt_id for r in recorded[2:]] == [r.receipt_id for r in receipts]
+    with pytest.raises(InvalidEventError):
+        await engine.record_step(TENANT, oid, [("orchestration.created", {})])
+    with pytest.raises(InvalidEventError):
+        await engine.record_step(TENANT, oid, [("step.completed", {"step_id": "s1"})])
+    await engine.record_step(TENANT, oid, [("orchestration.completed", {"results": {"ok": True}})])
+    final = await engine.get_state(TENANT, oid)
+    assert final.status == "completed"
+    assert final.steps[0].result == [1]
+    assert len(final.receipts) == 7
+    with pytest.raises(OrchestrationStateError):
+        await engine.record_step(
+            TENANT,
+            oid,
+            [
+                (
+                    "step.started",
+                    {
+                        "step_id": "s2",
+                        "agent_id": None,
+                        "action": "llm",
+                        "attempt": 1,
+                        "inputs": None,
+                    },
+                )
+            ],
+        )
+
+
+async def test_redaction_commits_pii_in_stored_events(harness: Harness) -> None:
+    salt = b"\x01" * 32
+    engine = await harness.open(redaction=RedactionPolicy(["*:input.email"], lambda t: salt))
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "echo", "inputs": {"to": "{{ input.email }}"}}
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(
+        TENANT, workflow_id=wf.workflow_id, input={"email": "bob@example.com"}
+    )
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed"
+    assert state.input["email"].startswith("redacted:sha256:")
+    assert state.results == {"a": {"to": "bob@example.com"}}  # the run saw the real value
+    await harness.close()
+    # The database file (and its WAL, if any) holds only the commitment.
+    data = b"".join(p.read_bytes() for p in harness.path.parent.iterdir() if p.is_file())
+    assert b"bob@example.com" in data  # the step output was not configured for redaction
+    assert b'"email":"bob@example.com"' not in data
+    assert state.input["email"].encode() in data
