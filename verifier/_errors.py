@@ -37,6 +37,9 @@ class VerificationError(Exception):
         super().__init__(message)
         self.message = message
         self.step = step
+        #: Labelled texts that show the failure (e.g. the trusted and the received
+        #: checkpoint); the CLI prints them.
+        self.evidence: tuple[tuple[str, str], ...] = ()
 
     def __str__(self) -> str:
         return f"{self.step}: {self.message}" if self.step else self.message
@@ -98,6 +101,10 @@ class ForkDetected(VerificationError):  # noqa: N818 - names fixed by issue 5
         super().__init__(message)
         self.old_checkpoint = old_checkpoint
         self.new_checkpoint = new_checkpoint
+        self.evidence = (
+            ("trusted checkpoint", old_checkpoint),
+            ("log's checkpoint", new_checkpoint),
+        )
 
 
 class RollbackDetected(VerificationError):  # noqa: N818 - names fixed by issue 5
@@ -107,6 +114,10 @@ class RollbackDetected(VerificationError):  # noqa: N818 - names fixed by issue 
         super().__init__(message)
         self.old_checkpoint = old_checkpoint
         self.new_checkpoint = new_checkpoint
+        self.evidence = (
+            ("trusted checkpoint", old_checkpoint),
+            ("log's checkpoint", new_checkpoint),
+        )
 
 
 class FetchFailed(VerificationError):  # noqa: N818 - names fixed by issue 5

@@ -1,0 +1,186 @@
+"""A log monitor with client-held trusted state (RFC 9162 §8.2-style; ``specs/log-format.md``
+§3 and §5).
+
+One round (:func:`monitor_once`):
+
+1. fetch the latest checkpoint (``GET /v1/log/checkpoint``);
+2. verify its signature under the trusted key (§4.1 step 1);
+3. compare it with the last trusted checkpoint: a smaller tree is a rollback, the same
+   size with another root is a fork; a larger tree needs a consistency proof
+   (``GET /v1/log/proof/consistency?first=M&second=N``, RFC 9162 §2.1.4.2), and a bad
+   proof is a fork;
+4. store the new trusted state atomically (temp file, fsync, ``os.replace``, fsync dir).
+
+I/O is injected: ``fetch(path) -> body bytes`` does the HTTP (the CLI passes a urllib
+one; tests and the soak harness pass their own) and raises :class:`FetchFailed`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+
+from verifier._checkpoint import Checkpoint, verify_checkpoint
+from verifier._errors import (
+    ForkDetected,
+    MalformedInput,
+    ProofInvalid,
+    RollbackDetected,
+    SignatureInvalid,
+)
+from verifier._merkle import verify_consistency
+from verifier._note import VerifierKey, parse_vkey
+from verifier._wire import ConsistencyResponse, TrustedState
+
+__all__ = [
+    "CHECKPOINT_PATH",
+    "Fetcher",
+    "MonitorResult",
+    "consistency_path",
+    "load_state",
+    "monitor_once",
+    "store_state",
+]
+
+#: ``fetch(path_and_query) -> response body``; raises FetchFailed on network/HTTP errors.
+Fetcher = Callable[[str], bytes]
+CHECKPOINT_PATH = "/v1/log/checkpoint"
+_STATE = msgspec.json.Decoder(TrustedState)
+_CONSISTENCY = msgspec.json.Decoder(ConsistencyResponse)
+
+
+def consistency_path(first: int, second: int) -> str:
+    return f"/v1/log/proof/consistency?first={first}&second={second}"
+
+
+class MonitorResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One verified round. ``outcome``: ``initialized`` (no trusted state before: trust on
+    first use), ``unchanged`` (same checkpoint), or ``extended`` (consistent growth)."""
+
+    outcome: str
+    old_size: int | None
+    new_size: int
+    root: bytes
+    checkpoint: str
+
+
+def load_state(path: Path, key: VerifierKey) -> TrustedState | None:
+    """The trusted state in ``path`` (None if absent), re-verified under ``key``."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise MalformedInput(f"cannot read the state file {path}: {e.strerror}") from e
+    try:
+        state = _STATE.decode(data)
+    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+        raise MalformedInput(f"state file {path} is not a monitor state: {e}") from e
+    try:
+        checkpoint = verify_checkpoint(state.checkpoint, key)
+    except (SignatureInvalid, MalformedInput) as e:
+        raise MalformedInput(
+            f"state file {path} holds a checkpoint the trusted key does not sign: {e.message}"
+        ) from e
+    if (checkpoint.origin, checkpoint.size, checkpoint.root) != (
+        state.origin,
+        state.size,
+        state.root,
+    ):
+        raise MalformedInput(f"state file {path} does not match the checkpoint it holds")
+    return state
+
+
+def store_state(path: Path, checkpoint: Checkpoint) -> None:
+    """Write the trusted state atomically: temp file, fsync, os.replace, fsync dir."""
+    state = TrustedState(checkpoint.origin, checkpoint.size, checkpoint.root, checkpoint.note)
+    data = msgspec.json.encode(state) + b"\n"
+    directory = path.parent
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _check_echo(response: ConsistencyResponse, first: int, second: int) -> None:
+    if (response.first, response.second) != (first, second):
+        raise ProofInvalid(f"the log answered for sizes {response.first} -> {response.second}")
+
+
+def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> MonitorResult:
+    """One monitor round; returns the result or raises (see the module docstring).
+
+    Raises :class:`RollbackDetected`, :class:`ForkDetected` or :class:`SignatureInvalid`
+    (each with ``evidence``: the trusted and the received checkpoint), or
+    :class:`FetchFailed`, or :class:`MalformedInput` for a bad state file.
+    """
+    key = parse_vkey(vkey)
+    old = load_state(state_path, key)
+    old_note = old.checkpoint if old is not None else "(none)"
+    # 1. Fetch the latest checkpoint.
+    body = fetch(CHECKPOINT_PATH)
+    # 2. Check its signature.
+    try:
+        new = verify_checkpoint(body, key)
+    except (SignatureInvalid, MalformedInput) as e:
+        err = SignatureInvalid(f"the log's latest checkpoint does not verify: {e.message}")
+        err.evidence = (
+            ("trusted checkpoint", old_note),
+            ("log's checkpoint", body.decode("utf-8", "replace")),
+        )
+        raise err from e
+    # 3. Compare with the trusted checkpoint; check consistency from it.
+    if old is None:
+        store_state(state_path, new)
+        return MonitorResult("initialized", None, new.size, new.root, new.note)
+    if new.size < old.size:
+        raise RollbackDetected(
+            f"rollback: the log shows a tree of size {new.size}, smaller than the trusted "
+            f"size {old.size}",
+            old_checkpoint=old.checkpoint,
+            new_checkpoint=new.note,
+        )
+    if new.size == old.size:
+        if new.root != old.root:
+            raise ForkDetected(
+                f"fork: two signed checkpoints of size {new.size} with different roots",
+                old_checkpoint=old.checkpoint,
+                new_checkpoint=new.note,
+            )
+        return MonitorResult("unchanged", old.size, new.size, new.root, new.note)
+    proof: tuple[bytes, ...] = ()
+    if old.size > 0:
+        raw = fetch(consistency_path(old.size, new.size))
+        try:
+            response = _CONSISTENCY.decode(raw)
+            _check_echo(response, old.size, new.size)
+            proof = response.proof
+            verify_consistency(old.size, old.root, new.size, new.root, proof)
+        except (ProofInvalid, msgspec.DecodeError, ValueError, RecursionError) as e:
+            detail = e.message if isinstance(e, ProofInvalid) else f"malformed response: {e}"
+            raise ForkDetected(
+                f"fork: the log's consistency proof from size {old.size} to {new.size} does "
+                f"not verify ({detail})",
+                old_checkpoint=old.checkpoint,
+                new_checkpoint=new.note,
+            ) from e
+    # 4. Store the new trusted state atomically.
+    store_state(state_path, new)
+    return MonitorResult("extended", old.size, new.size, new.root, new.note)

@@ -1,0 +1,401 @@
+"""``maip-verify``: the command-line shell around the pure verifier functions.
+
+Exit status: 0 everything verified; 1 something does not verify (the first failing step
+is named); 2 a usage or parse error (one line on stderr). ``--json`` prints a
+machine-readable report on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import contextlib
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import msgspec
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
+
+from verifier._bundle import Report, verify_bundle
+from verifier._checkpoint import verify_checkpoint
+from verifier._errors import (
+    FetchFailed,
+    ForkDetected,
+    MalformedInput,
+    RollbackDetected,
+    VerificationError,
+)
+from verifier._merkle import decode_proof, verify_consistency
+from verifier._monitor import Fetcher, MonitorResult, monitor_once
+from verifier._note import VerifierKey, parse_vkey
+from verifier._receipt import verify_receipt
+from verifier._replay import build_timeline, render
+
+__all__ = ["main", "urllib_fetcher"]
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+_PROGRESS_MIN_EVENTS = 10_000
+_FETCH_TIMEOUT = 10.0
+_MAX_RESPONSE = 1 << 20
+
+
+class _UsageError(Exception):
+    """A usage or parse error: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(message)
+
+
+def _read_bytes(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise _UsageError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _vkey(arg: str) -> VerifierKey:
+    """VKEY is the vkey string itself, or a file containing it."""
+    text = arg
+    if "+" not in arg or Path(arg).is_file():
+        text = _read_bytes(arg, "vkey file").decode("utf-8", "replace").strip()
+    try:
+        return parse_vkey(text)
+    except MalformedInput as e:
+        raise _UsageError(f"invalid vkey: {e.message}") from e
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
+def _failure(e: VerificationError, as_json: bool) -> int:
+    code = EXIT_USAGE if isinstance(e, MalformedInput) else EXIT_FAILED
+    if as_json:
+        _print_json(
+            {
+                "verified": False,
+                "step": e.step,
+                "error_type": type(e).__name__,
+                "error": e.message,
+                "evidence": dict(e.evidence),
+            }
+        )
+    else:
+        for label, text in e.evidence:
+            sys.stdout.write(f"--- {label} ---\n{text}")
+            if not text.endswith("\n"):
+                sys.stdout.write("\n")
+    line = str(e).replace("\n", " ")
+    prefix = "error" if code == EXIT_USAGE else "NOT VERIFIED"
+    sys.stderr.write(f"maip-verify: {prefix}: {line}\n")
+    return code
+
+
+# ---- receipt ------------------------------------------------------------------------
+
+
+def _cmd_receipt(args: argparse.Namespace) -> int:
+    key = _vkey(args.vkey)
+    receipt = _read_bytes(args.receipt, "receipt")
+    if (args.leaf is None) == (args.leaf_b64 is None):
+        raise _UsageError("give exactly one of --leaf LEAF_FILE and --leaf-b64 BASE64")
+    if args.leaf is not None:
+        leaf = _read_bytes(args.leaf, "leaf file")
+    else:
+        try:
+            leaf = base64.b64decode(args.leaf_b64, validate=True)
+        except (binascii.Error, ValueError) as e:
+            raise _UsageError("--leaf-b64 is not valid base64") from e
+    verified = verify_receipt(receipt, leaf, key)
+    r, cp, ev = verified.receipt, verified.checkpoint, verified.event
+    if args.json:
+        _print_json(
+            {
+                "verified": True,
+                "receipt_id": r.receipt_id,
+                "event_id": r.event_id,
+                "stream_id": ev.stream_id,
+                "stream_seq": ev.stream_seq,
+                "type": ev.type,
+                "leaf_index": r.leaf_index,
+                "tree_size": cp.size,
+                "origin": cp.origin,
+                "root": base64.b64encode(cp.root).decode(),
+            }
+        )
+    else:
+        sys.stdout.write(
+            f"verified: event {r.event_id} ({ev.type}, {ev.stream_id} #{ev.stream_seq}) is leaf "
+            f"{r.leaf_index} of {cp.origin} at tree size {cp.size}\n"
+        )
+    return EXIT_OK
+
+
+# ---- bundle -------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    if not enabled:
+        yield None
+        return
+    bar: Progress | None = None
+    task: TaskID | None = None
+
+    def update(done: int, total: int) -> None:
+        nonlocal bar, task
+        if total < _PROGRESS_MIN_EVENTS:
+            return
+        if bar is None:
+            bar = Progress(
+                TextColumn("verifying"),
+                BarColumn(),
+                TextColumn("{task.completed:,}/{task.total:,} events"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            bar.start()
+            task = bar.add_task("verify", total=total)
+        assert task is not None
+        bar.update(task, completed=done)
+
+    try:
+        yield update
+    finally:
+        if bar is not None:
+            bar.stop()
+
+
+def _open_input(path: str, what: str) -> IO[bytes]:
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise _UsageError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _report_json(report: Report) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(report)
+    return {"verified": True, **out}
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    key = _vkey(args.vkey)
+    with _open_input(args.bundle, "bundle") as f, _progress(sys.stderr.isatty()) as progress:
+        report = verify_bundle(f, key, progress=progress)
+    if args.json:
+        _print_json(_report_json(report))
+    else:
+        sys.stdout.write(
+            f"verified: {report.event_count:,} events of orchestration {report.orchestration_id} "
+            f"(tenant {report.tenant_id}) in {report.origin} at tree size {report.tree_size:,}\n"
+        )
+        for step in report.steps:
+            sys.stdout.write(f"  ok  {step}\n")
+        if report.running:
+            sys.stdout.write("note: the orchestration is still running\n")
+        if not report.header_vkey_matches:
+            sys.stdout.write("note: the bundle's informational vkey is not the trusted key\n")
+    return EXIT_OK
+
+
+# ---- consistency --------------------------------------------------------------------
+
+
+def _cmd_consistency(args: argparse.Namespace) -> int:
+    key = _vkey(args.vkey)
+    old = verify_checkpoint(_read_bytes(args.old_checkpoint, "checkpoint"), key)
+    new = verify_checkpoint(_read_bytes(args.new_checkpoint, "checkpoint"), key)
+    raw = _read_bytes(args.proof, "proof file")
+    try:
+        decoded: Any = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, ValueError, RecursionError) as e:
+        raise _UsageError(f"proof file {args.proof} is not JSON") from e
+    if isinstance(decoded, dict):
+        unknown = set(decoded) - {"first", "second", "proof"}
+        if unknown or "proof" not in decoded:
+            raise _UsageError('proof file must be {"proof": [...]} or a JSON list')
+        for name, size in (("first", old.size), ("second", new.size)):
+            if decoded.get(name, size) != size:
+                raise _UsageError(f"proof file's {name} is {decoded[name]}, not {size}")
+        decoded = decoded["proof"]
+    proof = decode_proof(msgspec.json.encode(decoded), "proof file")
+    if new.size < old.size:
+        raise RollbackDetected(
+            f"the new checkpoint (size {new.size}) is smaller than the old (size {old.size})",
+            old_checkpoint=old.note,
+            new_checkpoint=new.note,
+        )
+    try:
+        verify_consistency(old.size, old.root, new.size, new.root, proof)
+    except VerificationError as e:
+        raise ForkDetected(
+            f"the checkpoints are not consistent: {e.message}",
+            old_checkpoint=old.note,
+            new_checkpoint=new.note,
+        ) from e
+    if args.json:
+        _print_json({"verified": True, "old_size": old.size, "new_size": new.size})
+    else:
+        sys.stdout.write(
+            f"verified: the tree of size {new.size:,} extends the tree of size {old.size:,}\n"
+        )
+    return EXIT_OK
+
+
+# ---- monitor ------------------------------------------------------------------------
+
+
+def urllib_fetcher(base_url: str, timeout: float = _FETCH_TIMEOUT) -> Fetcher:
+    """A :data:`Fetcher` over HTTP(S) with the standard library."""
+    base = base_url.rstrip("/")
+    if not base.startswith(("http://", "https://")):
+        raise _UsageError(f"--url must be an http(s) URL, not {base_url!r}")
+
+    def fetch(path: str) -> bytes:
+        url = base + path
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
+                body: bytes = resp.read(_MAX_RESPONSE + 1)
+        except urllib.error.HTTPError as e:
+            raise FetchFailed(f"GET {url}: HTTP {e.code}") from e
+        except (urllib.error.URLError, OSError) as e:
+            raise FetchFailed(f"GET {url}: {e}") from e
+        if len(body) > _MAX_RESPONSE:
+            raise FetchFailed(f"GET {url}: response larger than {_MAX_RESPONSE} bytes")
+        return body
+
+    return fetch
+
+
+def _show_monitor(result: MonitorResult, as_json: bool) -> None:
+    if as_json:
+        out: dict[str, Any] = msgspec.to_builtins(result)
+        _print_json({"verified": True, **out})
+        return
+    root = base64.b64encode(result.root).decode()
+    if result.outcome == "initialized":
+        what = f"trusting the log's checkpoint at size {result.new_size} (first use)"
+    elif result.outcome == "unchanged":
+        what = f"unchanged at size {result.new_size}"
+    else:
+        what = f"consistent: size {result.old_size} -> {result.new_size}"
+    sys.stdout.write(f"verified: {what}, root {root}\n")
+    sys.stdout.flush()
+
+
+def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> int:
+    key = _vkey(args.vkey)
+    fetch = fetcher or urllib_fetcher(args.url)
+    state = Path(args.state)
+    if args.watch is None:
+        _show_monitor(monitor_once(fetch, key, state), args.json)
+        return EXIT_OK
+    if args.watch <= 0:
+        raise _UsageError("--watch SECONDS must be positive")
+    iterations = 0
+    try:
+        while args.max_iterations is None or iterations < args.max_iterations:
+            if iterations:
+                time.sleep(args.watch)
+            iterations += 1
+            try:
+                _show_monitor(monitor_once(fetch, key, state), args.json)
+            except FetchFailed as e:
+                # The log being unreachable is not evidence of misbehaviour: keep watching.
+                sys.stderr.write(f"maip-verify: warning: {e}\n")
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return EXIT_OK
+
+
+# ---- replay -------------------------------------------------------------------------
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    key = _vkey(args.vkey)
+    data = _read_bytes(args.bundle, "bundle")
+    timeline = build_timeline(data, key)
+    text = render(timeline, args.format)
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise _UsageError(f"cannot write {args.output}: {e.strerror}") from e
+    else:
+        sys.stdout.write(text)
+    if timeline.failure is not None:
+        sys.stderr.write(f"maip-verify: NOT VERIFIED: {timeline.failure}\n")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="maip-verify", description="Verify MAIP Ledger receipts, bundles and logs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("receipt", help="verify one receipt against its leaf (§4.1)")
+    r.add_argument("receipt", metavar="RECEIPT.json")
+    r.add_argument("--leaf", metavar="LEAF_FILE", help="file with the raw leaf bytes")
+    r.add_argument("--leaf-b64", metavar="BASE64", help="the leaf bytes in base64")
+
+    b = sub.add_parser("bundle", help="verify an offline bundle (§6.1)")
+    b.add_argument("bundle", metavar="BUNDLE.json")
+
+    c = sub.add_parser("consistency", help="verify that one checkpoint extends another")
+    c.add_argument("old_checkpoint", metavar="OLD_CHECKPOINT")
+    c.add_argument("new_checkpoint", metavar="NEW_CHECKPOINT")
+    c.add_argument("--proof", required=True, metavar="PROOF_FILE")
+
+    m = sub.add_parser("monitor", help="check the log stays append-only")
+    m.add_argument("--url", required=True, metavar="BASE_URL")
+    m.add_argument("--state", required=True, metavar="STATE_FILE")
+    m.add_argument("--watch", type=float, metavar="SECONDS")
+    m.add_argument("--max-iterations", type=int, metavar="N")
+
+    rp = sub.add_parser("replay", help="the auditor's timeline of a bundle")
+    rp.add_argument("bundle", metavar="BUNDLE.json")
+    rp.add_argument("--format", choices=("text", "json", "html"), default="text")
+    rp.add_argument("-o", "--output", metavar="FILE")
+
+    for s in (r, b, c, m, rp):
+        s.add_argument("--vkey", required=True, metavar="VKEY", help="trusted key or file")
+        s.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "receipt": _cmd_receipt,
+    "bundle": _cmd_bundle,
+    "consistency": _cmd_consistency,
+    "monitor": _cmd_monitor,
+    "replay": _cmd_replay,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``maip-verify``; returns the exit status."""
+    as_json = False
+    try:
+        args = _parser().parse_args(argv)
+        as_json = bool(args.json)
+        return _COMMANDS[args.command](args)
+    except _UsageError as e:
+        sys.stderr.write(f"maip-verify: error: {str(e).splitlines()[0] if str(e) else e}\n")
+        return EXIT_USAGE
+    except VerificationError as e:
+        return _failure(e, as_json)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
