@@ -1,0 +1,204 @@
+"""The monitor: trust on first use, consistent growth, and rollback/fork/bad-signature
+detection, through monitor_once (injected fetcher) and the CLI (real HTTP, urllib)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import msgspec
+import pytest
+import verifier_testkit as kit
+
+from ledger.checkpoint import Checkpoint as WriterCheckpoint
+from verifier import FetchFailed, ForkDetected, RollbackDetected, SignatureInvalid
+from verifier._monitor import CHECKPOINT_PATH, monitor_once
+from verifier.cli import main
+
+
+class FakeLog:
+    """A log over ``kit.Tree`` whose visible size (and history) the test controls."""
+
+    def __init__(self, leaves: int = 40, seed: int = 0) -> None:
+        self.key = kit.signer()
+        self.tree = kit.Tree([kit.leaf_hash(b"%d-%d" % (seed, i)) for i in range(leaves)])
+        self.size = 1
+        self.override: bytes | None = None
+
+    def note(self, size: int) -> str:
+        return WriterCheckpoint(kit.ORIGIN, size, self.tree.root(size)).sign(self.key)
+
+    def fetch(self, path: str) -> bytes:
+        if path == CHECKPOINT_PATH:
+            return self.override or self.note(self.size).encode()
+        if path.startswith("/v1/log/proof/consistency?"):
+            q = dict(p.split("=") for p in path.split("?", 1)[1].split("&"))
+            m, n = int(q["first"]), int(q["second"])
+            proof = [kit.b64(h) for h in self.tree.consistency(m, n)]
+            return msgspec.json.encode({"first": m, "second": n, "proof": proof})
+        raise FetchFailed(f"GET {path}: HTTP 404")
+
+
+@pytest.fixture
+def log() -> FakeLog:
+    return FakeLog()
+
+
+def test_first_use_then_growth_then_unchanged(log: FakeLog, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log.size = 5
+    first = monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert (first.outcome, first.new_size) == ("initialized", 5)
+    log.size = 13
+    grown = monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert (grown.outcome, grown.old_size, grown.new_size) == ("extended", 5, 13)
+    again = monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert again.outcome == "unchanged"
+    stored = msgspec.json.decode(state.read_bytes())
+    assert stored["size"] == 13
+    assert stored["checkpoint"] == log.note(13)
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]  # no temp file left
+
+
+def test_rolled_back_log_is_detected(log: FakeLog, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log.size = 20
+    monitor_once(log.fetch, log.key.verifier.vkey, state)
+    log.size = 12
+    with pytest.raises(RollbackDetected, match="smaller than the trusted size 20") as info:
+        monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert info.value.old_checkpoint == log.note(20)
+    assert info.value.new_checkpoint == log.note(12)
+    assert msgspec.json.decode(state.read_bytes())["size"] == 20  # trusted state kept
+
+
+def test_forked_log_same_size_other_root_is_detected(log: FakeLog, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log.size = 9
+    monitor_once(log.fetch, log.key.verifier.vkey, state)
+    fork = FakeLog(seed=1)
+    fork.size = 9
+    with pytest.raises(ForkDetected, match="two signed checkpoints of size 9 with different roots"):
+        monitor_once(fork.fetch, log.key.verifier.vkey, state)
+
+
+def test_forked_log_with_a_bad_consistency_proof_is_detected(log: FakeLog, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log.size = 9
+    monitor_once(log.fetch, log.key.verifier.vkey, state)
+    fork = FakeLog(seed=1)
+    fork.size = 30
+    with pytest.raises(ForkDetected, match="consistency proof from size 9 to 30 does not verify"):
+        monitor_once(fork.fetch, log.key.verifier.vkey, state)
+    assert msgspec.json.decode(state.read_bytes())["size"] == 9
+
+
+def test_bad_signature_is_rejected_and_state_kept(log: FakeLog, tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    log.size = 7
+    monitor_once(log.fetch, log.key.verifier.vkey, state)
+    log.size = 8
+    log.override = (
+        WriterCheckpoint(kit.ORIGIN, 8, log.tree.root(8)).sign(kit.signer(seed=2)).encode()
+    )
+    with pytest.raises(SignatureInvalid, match="no signature by the trusted key") as info:
+        monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert dict(info.value.evidence)["trusted checkpoint"] == log.note(7)
+    assert msgspec.json.decode(state.read_bytes())["size"] == 7
+
+
+# ---- the CLI over real HTTP ----------------------------------------------------------
+
+
+@pytest.fixture
+def served(log: FakeLog) -> Iterator[tuple[str, FakeLog]]:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            try:
+                body = log.fetch(self.path)
+            except FetchFailed:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", log
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_cli_monitor_exits_1_and_prints_both_checkpoints_on_rollback(
+    served: tuple[str, FakeLog], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, log = served
+    state = tmp_path / "s.json"
+    args = ["monitor", "--url", url, "--vkey", log.key.verifier.vkey, "--state", str(state)]
+    log.size = 16
+    assert main(args) == 0
+    log.size = 3
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert log.note(16) in out
+    assert log.note(3) in out
+    assert err.count("\n") == 1
+    assert "rollback" in err
+
+
+def test_cli_monitor_watch_runs_bounded_iterations(
+    served: tuple[str, FakeLog], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, log = served
+    log.size = 4
+    state = tmp_path / "s.json"
+    code = main(
+        [
+            "monitor",
+            "--url",
+            url,
+            "--vkey",
+            log.key.verifier.vkey,
+            "--state",
+            str(state),
+            "--watch",
+            "0.01",
+            "--max-iterations",
+            "3",
+            "--json",
+        ]
+    )
+    assert code == 0
+    outcomes = [
+        msgspec.json.decode(line)["outcome"] for line in capsys.readouterr().out.splitlines()
+    ]
+    assert outcomes == ["initialized", "unchanged", "unchanged"]
+
+
+def test_cli_monitor_unreachable_log_is_a_failure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "monitor",
+            "--url",
+            "http://127.0.0.1:9",
+            "--vkey",
+            kit.signer().verifier.vkey,
+            "--state",
+            str(tmp_path / "s.json"),
+        ]
+    )
+    assert code == 1
+    assert "GET http://127.0.0.1:9/v1/log/checkpoint" in capsys.readouterr().err
