@@ -1,0 +1,100 @@
+"""Kill -9 a real engine process mid-orchestration; the restarted process finishes it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from ledger.events import Event
+from ledger.log import Log
+from ledger.note import NoteSigner, generate_signer
+from ledger.orchestration import ORCHESTRATION_EVENTS, replay
+from ledger.sqlite_store import SQLiteEventStore
+
+WORKER = Path(__file__).with_name("engine_restart_worker.py")
+TENANT = "tenant-restart"
+
+
+def _spawn(mode: str, db: Path, counter: Path, skey: str) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAIP_TEST_SKEY": skey}
+    return subprocess.Popen(
+        [sys.executable, str(WORKER), mode, str(db), str(counter)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=Path(__file__).parents[2],
+    )
+
+
+async def _read(db: Path, skey: str, oid: str) -> list[Event]:
+    log = await Log.open(SQLiteEventStore(db), NoteSigner.from_skey(skey), ORCHESTRATION_EVENTS)
+    try:
+        return [r.event for r in await log.read_stream(TENANT, oid)]
+    finally:
+        await log.close()
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_orchestration_then_resume(tmp_path: Path) -> None:
+    db, counter = tmp_path / "engine.db", tmp_path / "effects.txt"
+    skey = generate_signer("maip-ledger.test/log").skey
+    first = _spawn("start", db, counter, skey)
+    assert first.stdout is not None
+    oid = first.stdout.readline().strip()
+    assert oid, first.stderr.read() if first.stderr else ""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if counter.exists() and len(counter.read_text().split()) >= 3:
+            break
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    first.stdout.close()
+    if first.stderr is not None:
+        first.stderr.close()
+    assert first.returncode == -signal.SIGKILL
+
+    before = await _read(db, skey, oid)
+    done_before = {e.payload.step_id for e in before if e.type == "step.completed"}
+    assert "orchestration.completed" not in [e.type for e in before]
+    assert len(done_before) >= 2
+
+    second = _spawn("resume", db, counter, skey)
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert msgspec.json.decode(lines[0]) == {"resumed": [oid]}
+    final = msgspec.json.decode(lines[1])
+    assert final["status"] == "completed", final
+    assert [s["status"] for s in final["steps"]] == ["completed"] * 6
+
+    # No step that had completed before the kill ran again.
+    runs = counter.read_text().split()
+    for step_id in done_before - {"s0"}:
+        assert runs.count(step_id) == 1, (step_id, runs)
+    assert set(runs) == {f"s{i}" for i in range(1, 6)}
+    assert len(runs) <= 6  # at most the one in-flight step ran twice
+
+    # The log reopens (its recovery check passes) and replays to the reported state.
+    after = await _read(db, skey, oid)
+    assert after[: len(before)] == before
+    assert [e.stream_seq for e in after] == list(range(1, len(after) + 1))
+    state = replay(after)
+    assert msgspec.json.decode(msgspec.json.encode(state)) == final
+    interrupted = [
+        e.payload
+        for e in after[len(before) :]
+        if e.type == "step.failed" and "interrupted" in e.payload.error
+    ]
+    assert len(interrupted) == 1  # the in-flight step was recorded, then retried
+    assert interrupted[0].retrying is True
+    types = [e.type for e in after]
+    assert types.count("orchestration.completed") == 1

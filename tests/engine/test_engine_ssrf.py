@@ -1,0 +1,141 @@
+"""The http tool's SSRF guard, against a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+from engine_helpers import TENANT
+
+from ledger.orchestration import Engine, HttpTool, SSRFBlockedError, ToolError
+
+
+class Target:
+    def __init__(self) -> None:
+        self.hits: list[Any] = []
+        self.port = 0
+
+    async def echo(self, request: web.Request) -> web.Response:
+        self.hits.append(await request.json())
+        return web.json_response({"got": self.hits[-1]})
+
+    async def redirect(self, request: web.Request) -> web.Response:
+        self.hits.append("redirect")
+        raise web.HTTPFound(f"http://localhost:{self.port}/echo")
+
+    async def redirect_same(self, request: web.Request) -> web.Response:
+        raise web.HTTPTemporaryRedirect(f"http://127.0.0.1:{self.port}/echo")
+
+    async def big(self, request: web.Request) -> web.Response:
+        return web.json_response({"blob": "x" * 10_000})
+
+
+@pytest.fixture
+async def target() -> AsyncIterator[Target]:
+    t = Target()
+    app = web.Application()
+    app.router.add_post("/echo", t.echo)
+    app.router.add_post("/redirect", t.redirect)
+    app.router.add_post("/redirect-same", t.redirect_same)
+    app.router.add_post("/big", t.big)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    t.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield t
+    await runner.cleanup()
+
+
+async def _call(tool: HttpTool, args: Any) -> Any:
+    try:
+        return await tool(args)
+    finally:
+        await tool.close()
+
+
+async def test_allowed_private_host_works(target: Target) -> None:
+    tool = HttpTool(
+        f"http://127.0.0.1:{target.port}/echo",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+    )
+    assert await _call(tool, {"a": 1}) == {"got": {"a": 1}}
+
+
+async def test_host_not_in_allow_list_is_blocked(target: Target) -> None:
+    tool = HttpTool(f"http://127.0.0.1:{target.port}/echo", allow_hosts=["api.example.com"])
+    with pytest.raises(SSRFBlockedError, match="allow-list"):
+        await _call(tool, {"a": 1})
+    assert target.hits == []
+
+
+async def test_loopback_literal_blocked_unless_explicitly_private(target: Target) -> None:
+    tool = HttpTool(f"http://127.0.0.1:{target.port}/echo", allow_hosts=["127.0.0.1"])
+    with pytest.raises(SSRFBlockedError, match="not public"):
+        await _call(tool, {"a": 1})
+    assert target.hits == []
+
+
+async def test_name_resolving_to_loopback_is_blocked(target: Target) -> None:
+    tool = HttpTool(f"http://localhost:{target.port}/echo", allow_hosts=["localhost"])
+    with pytest.raises(SSRFBlockedError, match="non-public address"):
+        await _call(tool, {"a": 1})
+    assert target.hits == []
+
+
+async def test_link_local_metadata_address_is_blocked() -> None:
+    tool = HttpTool("http://169.254.169.254/latest/meta-data", allow_hosts=["169.254.169.254"])
+    with pytest.raises(SSRFBlockedError):
+        await _call(tool, {})
+
+
+async def test_redirect_to_non_allowed_host_is_not_followed(target: Target) -> None:
+    tool = HttpTool(
+        f"http://127.0.0.1:{target.port}/redirect",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+    )
+    with pytest.raises(SSRFBlockedError, match="localhost"):
+        await _call(tool, {"a": 1})
+    assert target.hits == ["redirect"]  # the redirect target was never requested
+
+
+async def test_redirect_to_allowed_host_is_followed(target: Target) -> None:
+    tool = HttpTool(
+        f"http://127.0.0.1:{target.port}/redirect-same",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+    )
+    assert await _call(tool, {"b": 2}) == {"got": {"b": 2}}
+
+
+async def test_response_size_cap(target: Target) -> None:
+    tool = HttpTool(
+        f"http://127.0.0.1:{target.port}/big",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+        max_response_bytes=1000,
+    )
+    with pytest.raises(ToolError, match="exceeds"):
+        await _call(tool, {})
+
+
+async def test_blocked_http_tool_fails_the_step_without_retry(
+    engine: Engine, target: Target
+) -> None:
+    tool = HttpTool(f"http://localhost:{target.port}/echo", allow_hosts=["localhost"])
+    engine.tools.register("webhook", tool)
+    try:
+        defn = {"steps": [{"id": "call", "action": "tool", "tool": "webhook", "inputs": {"x": 1}}]}
+        wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+        started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+        state = await engine.wait(TENANT, started.orchestration_id)
+    finally:
+        await tool.close()
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert state.steps[0].attempts == 1
+    assert "non-public address" in state.steps[0].result["error"]
+    assert target.hits == []
