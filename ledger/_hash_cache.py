@@ -1,0 +1,65 @@
+"""A bounded cache of stored-hash rows, so proofs touch the store only on a miss.
+
+Rows are immutable once committed, so caching them can never serve a stale hash. The
+rows a new batch's receipts need (its own, and the left subtrees every new proof
+shares) are touched on every batch and stay resident under LRU.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
+
+from ledger.store import HashRow
+
+__all__ = ["HashCache"]
+
+
+class HashCache:
+    def __init__(self, max_bytes: int) -> None:
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._rows: OrderedDict[int, HashRow] = OrderedDict()
+        self._starts: list[int] = []
+
+    def add(self, rows: Iterable[HashRow]) -> None:
+        for row in rows:
+            if row.start in self._rows:
+                self._rows.move_to_end(row.start)
+                continue
+            self._rows[row.start] = row
+            bisect.insort(self._starts, row.start)
+            self._bytes += len(row.hashes)
+        while self._bytes > self._max_bytes and len(self._rows) > 1:
+            start, old = self._rows.popitem(last=False)
+            del self._starts[bisect.bisect_left(self._starts, start)]
+            self._bytes -= len(old.hashes)
+
+    def discard(self, start: int) -> None:
+        row = self._rows.pop(start, None)
+        if row is not None:
+            del self._starts[bisect.bisect_left(self._starts, start)]
+            self._bytes -= len(row.hashes)
+
+    def _row(self, index: int) -> HashRow | None:
+        pos = bisect.bisect_right(self._starts, index) - 1
+        if pos < 0:
+            return None
+        row = self._rows[self._starts[pos]]
+        return row if index < row.end else None
+
+    def missing(self, indexes: Sequence[int]) -> list[int]:
+        return [i for i in indexes if self._row(i) is None]
+
+    def get(self, indexes: Sequence[int]) -> list[bytes]:
+        """The hashes at ``indexes``; every one must be cached (see :meth:`missing`)."""
+        out = []
+        for i in indexes:
+            row = self._row(i)
+            if row is None:
+                raise KeyError(i)
+            self._rows.move_to_end(row.start)
+            off = (i - row.start) * 32
+            out.append(row.hashes[off : off + 32])
+        return out

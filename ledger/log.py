@@ -1,0 +1,529 @@
+"""The transparency log: group-committed appends, signed checkpoints, receipts, proofs.
+
+Append protocol (``specs/log-format.md`` §3, §4):
+
+1. An appender's events are encoded to canonical leaf bytes in its own task.
+2. One writer task takes every pending append (a *batch*), checks each stream's
+   expected sequence, extends the tree (:class:`~ledger.tlog.Frontier`) and signs one
+   C2SP checkpoint over the new root.
+3. The batch — events, new tree hashes and checkpoint — is committed in one durable
+   transaction. Only then are the in-memory tree, stream heads and latest checkpoint
+   advanced, and each appender receives its receipts.
+
+A batch whose commit fails is discarded whole: its checkpoint never leaves the
+process, nothing is acknowledged, and the next batch reuses the same tree positions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import msgspec
+import structlog
+from ulid import ULID
+
+from ledger import tlog
+from ledger._hash_cache import HashCache
+from ledger.checkpoint import Checkpoint, open_checkpoint
+from ledger.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidEventError,
+    LedgerError,
+    NotFoundError,
+    ProofError,
+    StorageUnavailableError,
+)
+from ledger.events import (
+    LEAF_VERSION,
+    Event,
+    EventCatalog,
+    NewEvent,
+    decode_leaf,
+    encode_leaf,
+    format_time,
+)
+from ledger.merkle import leaf_hash
+from ledger.note import NoteSigner, NoteVerifier
+from ledger.receipt import Receipt, event_id_bytes, receipt_id_for
+from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
+
+__all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
+
+_log = structlog.get_logger()
+
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
+
+Listener = Callable[[Sequence["RecordedEvent"]], None]
+
+
+class RecordedEvent(msgspec.Struct, frozen=True):
+    """An event as the log holds it: typed, with its exact leaf bytes and position."""
+
+    event: Event
+    leaf: bytes
+    leaf_index: int
+    receipt_id: str
+    tree_size: int
+
+
+class SignedCheckpoint(msgspec.Struct, frozen=True):
+    size: int
+    root: bytes
+    note: str
+
+
+@dataclass(slots=True)
+class _Append:
+    tenant: str
+    stream: str
+    expected: int
+    events: list[Event]
+    leaves: list[bytes]
+    ids: list[bytes]
+    future: asyncio.Future[list[Receipt]]
+
+
+def _check_id(name: str, value: str) -> None:
+    if not isinstance(value, str) or not _ID_RE.match(value):
+        raise InvalidEventError(f"{name} {value!r} must be 1-200 characters of [A-Za-z0-9._:@/+-]")
+
+
+class Log:
+    """One append-only Merkle log over an :class:`~ledger.store.EventStore`."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        signer: NoteSigner,
+        catalog: EventCatalog,
+        *,
+        now: Callable[[], datetime] | None = None,
+        entropy: Callable[[int], bytes] = os.urandom,
+        max_batch: int = 2048,
+        hash_cache_bytes: int = 64 << 20,
+        stream_cache: int = 200_000,
+    ) -> None:
+        self._store = store
+        self._signer = signer
+        self._verifier: NoteVerifier = signer.verifier
+        self._catalog = catalog
+        self._now = now or (lambda: datetime.now(UTC))
+        self._entropy = entropy
+        self._max_batch = max_batch
+        self._hashes = HashCache(hash_cache_bytes)
+        self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._stream_cache = stream_cache
+        self._frontier = tlog.Frontier()
+        self._latest: SignedCheckpoint | None = None
+        self._pending: list[_Append] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._listeners: list[Listener] = []
+        self._healthy = True
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        store: EventStore,
+        signer: NoteSigner,
+        catalog: EventCatalog,
+        **options: object,
+    ) -> Log:
+        """Open the store, check the tree against the last checkpoint, start writing."""
+        await store.open()
+        log = cls(store, signer, catalog, **options)  # type: ignore[arg-type]
+        try:
+            await log._recover()
+        except BaseException:
+            await store.close()
+            raise
+        log._writer = asyncio.create_task(log._run(), name="ledger-log-writer")
+        return log
+
+    async def _recover(self) -> None:
+        """The O(log n) startup check: stored tree == last signed checkpoint."""
+        record = await self._store.latest_checkpoint()
+        count = await self._store.event_count()
+        if record is None:
+            if count:
+                raise IntegrityError(f"{count} events are stored but no checkpoint covers them")
+            return
+        # 1. The checkpoint must be ours: signed by this key, for this origin.
+        try:
+            checkpoint = open_checkpoint(record.note, self._verifier)
+        except LedgerError as e:
+            raise IntegrityError(
+                f"the latest checkpoint (size {record.tree_size}) does not verify under "
+                f"key {self._verifier.name}: {e}"
+            ) from e
+        if checkpoint.size != record.tree_size or checkpoint.root != record.root:
+            raise IntegrityError("the latest checkpoint's note disagrees with its row")
+        size = checkpoint.size
+        # 2. Exactly the covered events are stored: no more, no fewer.
+        if count != size:
+            raise IntegrityError(
+                f"{count} events are stored but the latest checkpoint covers {size}",
+                index=min(count, size),
+            )
+        # 3. The stored frontier hashes to the signed root.
+        frontier = tlog.Frontier(size, await self._read_hashes(tlog.Frontier.indexes(size)))
+        if frontier.root() != checkpoint.root:
+            raise IntegrityError(f"the stored tree of size {size} does not match its checkpoint")
+        # 4. The newest leaf's bytes hash to the stored leaf hash.
+        if size:
+            last = await self._store.read_log(size - 1, 1)
+            (stored_leaf,) = await self._read_hashes([tlog.stored_hash_index(0, size - 1)])
+            if not last or leaf_hash(last[0].leaf) != stored_leaf:
+                raise IntegrityError(
+                    f"leaf {size - 1} does not match its stored hash", index=size - 1
+                )
+        self._frontier = frontier
+        self._latest = SignedCheckpoint(size, checkpoint.root, record.note)
+
+    async def close(self) -> None:
+        """Finish every append already accepted, then close the store."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+        await self._store.close()
+
+    # -- appending ---------------------------------------------------------------------
+
+    @property
+    def verifier(self) -> NoteVerifier:
+        return self._verifier
+
+    @property
+    def catalog(self) -> EventCatalog:
+        return self._catalog
+
+    @property
+    def healthy(self) -> bool:
+        """False after a commit failed for lack of storage, until one succeeds again."""
+        return self._healthy
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener`` with every committed batch's events, in log order."""
+        self._listeners.append(listener)
+
+    def _new_event_id(self, moment: datetime) -> bytes:
+        ms = int(moment.timestamp() * 1000)
+        return ms.to_bytes(6, "big") + self._entropy(10)
+
+    async def append(
+        self,
+        tenant_id: str,
+        stream_id: str,
+        expected_seq: int,
+        events: Sequence[NewEvent],
+        *,
+        now: datetime | None = None,
+    ) -> list[Receipt]:
+        """Append ``events`` to a stream that is at ``expected_seq``; one receipt each.
+
+        Returns once the events are durable and covered by a signed checkpoint. Raises
+        :class:`ConflictError` (and writes nothing) if the stream has moved on.
+        """
+        if self._closing:
+            raise StorageUnavailableError("the log is shutting down")
+        _check_id("tenant_id", tenant_id)
+        _check_id("stream_id", stream_id)
+        if not events:
+            raise InvalidEventError("an append needs at least one event")
+        if not isinstance(expected_seq, int) or expected_seq < 0:
+            raise InvalidEventError(f"expected_seq {expected_seq!r} must be an integer >= 0")
+        moment = now or self._now()
+        default_time = format_time(moment)
+        built: list[Event] = []
+        leaves: list[bytes] = []
+        ids: list[bytes] = []
+        for i, new in enumerate(events):
+            ids.append(self._new_event_id(moment))
+            event = Event(
+                v=LEAF_VERSION,
+                event_id=str(ULID.from_bytes(ids[-1])),
+                tenant_id=tenant_id,
+                stream_id=stream_id,
+                stream_seq=expected_seq + 1 + i,
+                type=new.type,
+                occurred_at=format_time(new.occurred_at) if new.occurred_at else default_time,
+                payload=self._catalog.coerce(new.type, new.payload),
+                causation_id=new.causation_id,
+                correlation_id=new.correlation_id,
+            )
+            leaves.append(encode_leaf(event))
+            built.append(event)
+        key = (tenant_id, stream_id)
+        if key not in self._heads:
+            head = await self._store.stream_head(tenant_id, stream_id)
+            # The writer may have advanced the head meanwhile; its value wins.
+            self._heads.setdefault(key, head)
+        future: asyncio.Future[list[Receipt]] = asyncio.get_running_loop().create_future()
+        self._pending.append(
+            _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, future)
+        )
+        self._wake.set()
+        # A cancelled caller cancels only its wait: the writer skips done futures, and
+        # the events, once committed, stay committed.
+        return await future
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                # Let appenders woken by the last batch enqueue before taking the next,
+                # or the group splits into ever smaller batches (a group-commit convoy).
+                for _ in range(2):
+                    await asyncio.sleep(0)
+                take, count = 0, 0
+                while take < len(self._pending) and count < self._max_batch:
+                    count += len(self._pending[take].events)
+                    take += 1
+                batch, self._pending = self._pending[:take], self._pending[take:]
+                try:
+                    await self._commit(batch)
+                except Exception as e:  # noqa: BLE001 — a writer that dies would strand every appender
+                    _log.exception("log.batch_failed")
+                    for req in batch:
+                        if not req.future.done():
+                            req.future.set_exception(
+                                e if isinstance(e, LedgerError) else LedgerError(str(e))
+                            )
+            if self._closing:
+                return
+
+    async def _head(self, key: tuple[str, str]) -> int:
+        head = self._heads.get(key)
+        if head is None:
+            head = await self._store.stream_head(*key)
+        return head
+
+    async def _commit(self, batch: list[_Append]) -> None:
+        frontier = self._frontier.copy()
+        start_size = frontier.size
+        overlay: dict[tuple[str, str], int] = {}
+        accepted: list[tuple[_Append, int]] = []
+        new_hashes: list[bytes] = []
+        for req in batch:
+            key = (req.tenant, req.stream)
+            current = overlay[key] if key in overlay else await self._head(key)
+            if req.expected != current:
+                if not req.future.done():
+                    req.future.set_exception(ConflictError(req.stream, req.expected, current))
+                continue
+            accepted.append((req, frontier.size))
+            for leaf in req.leaves:
+                new_hashes.extend(frontier.append(leaf_hash(leaf)))
+            overlay[key] = current + len(req.events)
+        if not accepted:
+            return
+        size = frontier.size
+        root = frontier.root()
+        note = Checkpoint(self._signer.name, size, root).sign(self._signer)
+        row = HashRow(tlog.stored_hash_count(start_size), b"".join(new_hashes))
+        stored = [
+            StoredEvent(
+                leaf_index=first + i,
+                event_id=event_id,
+                tenant_id=req.tenant,
+                stream_id=req.stream,
+                stream_seq=event.stream_seq,
+                type=event.type,
+                tree_size=size,
+                leaf=leaf,
+            )
+            for req, first in accepted
+            for i, (event, leaf, event_id) in enumerate(
+                zip(req.events, req.leaves, req.ids, strict=True)
+            )
+        ]
+        # Receipts need the new row; it leaves the cache again if the commit fails.
+        self._hashes.add([row])
+        commit = asyncio.ensure_future(
+            self._store.commit(Batch(stored, row, CheckpointRecord(size, root, note)))
+        )
+        # Proofs are computed while the commit's fsync runs in the store's thread.
+        receipts: list[list[Receipt]] = []
+        receipt_error: Exception | None = None
+        try:
+            receipts = await self._receipts(accepted, start_size, size, note)
+        except Exception as e:  # noqa: BLE001 — delivered below, once the commit's fate is known
+            receipt_error = e
+        try:
+            await commit
+        except StorageUnavailableError as e:
+            self._hashes.discard(row.start)
+            self._healthy = False
+            _log.warning("log.commit_unavailable", error=str(e), batch_events=len(stored))
+            for req, _ in accepted:
+                if not req.future.done():
+                    req.future.set_exception(e)
+            return
+        except BaseException:
+            self._hashes.discard(row.start)
+            raise
+        self._healthy = True
+        self._frontier = frontier
+        self._latest = SignedCheckpoint(size, root, note)
+        for key, head in overlay.items():
+            self._heads[key] = head
+            self._heads.move_to_end(key)
+        while len(self._heads) > self._stream_cache:
+            self._heads.popitem(last=False)
+        if receipt_error is not None:
+            raise receipt_error
+        for (req, _), receipts_for in zip(accepted, receipts, strict=True):
+            if not req.future.done():
+                req.future.set_result(receipts_for)
+        if self._listeners:
+            self._notify(accepted, receipts, size)
+
+    def _notify(
+        self, accepted: list[tuple[_Append, int]], receipts: list[list[Receipt]], size: int
+    ) -> None:
+        recorded = [
+            RecordedEvent(event, leaf, first + i, receipt.receipt_id, size)
+            for (req, first), rs in zip(accepted, receipts, strict=True)
+            for i, (event, leaf, receipt) in enumerate(zip(req.events, req.leaves, rs, strict=True))
+        ]
+        for listener in self._listeners:
+            try:
+                listener(recorded)
+            except Exception:  # noqa: BLE001 — one broken listener must not stop the log
+                _log.exception("log.listener_failed")
+
+    async def _receipts(
+        self, accepted: list[tuple[_Append, int]], start: int, size: int, note: str
+    ) -> list[list[Receipt]]:
+        """Every accepted append's receipts; their leaves are exactly [start, size)."""
+        proofs = tlog.batch_inclusion_proofs(
+            start,
+            size,
+            size,
+            await self._read_hashes(tlog.batch_inclusion_indexes(start, size, size)),
+        )
+        out = []
+        for req, first in accepted:
+            receipts = []
+            for i, (event, leaf, event_id) in enumerate(
+                zip(req.events, req.leaves, req.ids, strict=True)
+            ):
+                receipts.append(
+                    Receipt(
+                        receipt_id=str(uuid.UUID(bytes=event_id)),
+                        event_id=event.event_id,
+                        leaf_index=first + i,
+                        leaf_hash=leaf_hash(leaf),
+                        tree_size=size,
+                        inclusion_proof=proofs[first + i - start],
+                        checkpoint=note,
+                    )
+                )
+            out.append(receipts)
+        return out
+
+    # -- reading -----------------------------------------------------------------------
+
+    async def _read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
+        missing = self._hashes.missing(indexes)
+        if missing:
+            self._hashes.add(await self._store.hash_rows(missing))
+            if self._hashes.missing(missing):
+                raise IntegrityError(f"stored tree hashes {missing} are missing")
+        return self._hashes.get(indexes)
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    def latest_checkpoint(self) -> SignedCheckpoint | None:
+        return self._latest
+
+    async def checkpoint_at(self, tree_size: int) -> SignedCheckpoint:
+        record = await self._store.checkpoint(tree_size)
+        if record is None:
+            raise NotFoundError(f"no checkpoint was issued at tree size {tree_size}")
+        return SignedCheckpoint(record.tree_size, record.root, record.note)
+
+    def _check_size(self, tree_size: int) -> None:
+        if not 0 < tree_size <= self.size:
+            raise ProofError(f"tree size {tree_size} is outside 1..{self.size}")
+
+    async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
+        """PATH(index, D[tree_size]) for any size up to the current tree."""
+        self._check_size(tree_size)
+        return tlog.inclusion_proof(
+            index, tree_size, await self._read_hashes(tlog.inclusion_indexes(index, tree_size))
+        )
+
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+        """PROOF(old_size, D[new_size]) for 1 <= old_size <= new_size <= current size."""
+        self._check_size(new_size)
+        if not 0 < old_size <= new_size:
+            raise ProofError(f"old size {old_size} is outside 1..{new_size}")
+        return tlog.consistency_proof(
+            old_size,
+            new_size,
+            await self._read_hashes(tlog.consistency_indexes(old_size, new_size)),
+        )
+
+    async def root_at(self, tree_size: int) -> bytes:
+        self._check_size(tree_size)
+        return tlog.tree_hash(tree_size, await self._read_hashes(tlog.tree_hash_indexes(tree_size)))
+
+    def _recorded(self, row: StoredEvent) -> RecordedEvent:
+        event = decode_leaf(row.leaf, self._catalog)
+        return RecordedEvent(
+            event, row.leaf, row.leaf_index, receipt_id_for(event.event_id), row.tree_size
+        )
+
+    async def read_stream(
+        self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[RecordedEvent]:
+        rows = await self._store.read_stream(tenant_id, stream_id, after_seq, limit)
+        return [self._recorded(r) for r in rows]
+
+    async def stream_head(self, tenant_id: str, stream_id: str) -> int:
+        return await self._head((tenant_id, stream_id))
+
+    async def read_log(self, from_index: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        rows = await self._store.read_log(from_index, limit)
+        return [self._recorded(r) for r in rows]
+
+    async def recorded(self, identifier: str, tenant_id: str | None = None) -> RecordedEvent:
+        """The event for an event ULID or receipt UUID; another tenant's is not found."""
+        row = await self._store.event(event_id_bytes(identifier))
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFoundError(f"no event or receipt {identifier!r}")
+        return self._recorded(row)
+
+    async def get_receipt(self, identifier: str, tenant_id: str | None = None) -> Receipt:
+        """The receipt issued for an event, by receipt UUID or event ULID."""
+        row = await self._store.event(event_id_bytes(identifier))
+        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
+            raise NotFoundError(f"no event or receipt {identifier!r}")
+        checkpoint = await self.checkpoint_at(row.tree_size)
+        event_id = str(ULID.from_bytes(row.event_id))
+        return Receipt(
+            receipt_id=receipt_id_for(event_id),
+            event_id=event_id,
+            leaf_index=row.leaf_index,
+            leaf_hash=leaf_hash(row.leaf),
+            tree_size=row.tree_size,
+            inclusion_proof=await self.inclusion_proof(row.leaf_index, row.tree_size),
+            checkpoint=checkpoint.note,
+        )

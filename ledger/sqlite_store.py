@@ -1,0 +1,310 @@
+"""The SQLite backend of :class:`~ledger.store.EventStore` (aiosqlite, WAL).
+
+Durability: WAL with ``synchronous=FULL``, so a commit is on disk when it returns.
+Append-only: triggers abort any UPDATE or DELETE on events, tree hashes and
+checkpoints. One writer: an exclusive ``flock`` on ``<db>.lock`` keeps a second writer
+process out; read-only openers (``fsck``, ``export``) do not take it. Reads use their
+own connection so they never queue behind a commit's fsync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
+from ledger.store import Batch, CheckpointRecord, HashRow, StoredEvent
+
+__all__ = ["SQLiteEventStore"]
+
+_SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS events(
+    leaf_index INTEGER PRIMARY KEY,
+    event_id   BLOB NOT NULL UNIQUE,
+    tenant_id  TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    stream_seq INTEGER NOT NULL,
+    type       TEXT NOT NULL,
+    tree_size  INTEGER NOT NULL,
+    leaf       BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(tenant_id, stream_id, stream_seq);
+CREATE TABLE IF NOT EXISTS tree_hashes(start INTEGER PRIMARY KEY, hashes BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints(
+    tree_size INTEGER PRIMARY KEY,
+    root      BLOB NOT NULL,
+    note      TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots(
+    name      TEXT PRIMARY KEY,
+    log_index INTEGER NOT NULL,
+    state     BLOB NOT NULL
+);
+"""
+
+_APPEND_ONLY = ("events", "tree_hashes", "checkpoints")
+
+_EVENT_COLUMNS = "leaf_index, event_id, tenant_id, stream_id, stream_seq, type, tree_size, leaf"
+
+
+def _triggers() -> str:
+    parts = []
+    for table in _APPEND_ONLY:
+        for op in ("UPDATE", "DELETE"):
+            parts.append(
+                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
+                f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END;"
+            )
+    return "\n".join(parts)
+
+
+def _unavailable(e: sqlite3.Error) -> LedgerError:
+    """Map SQLite's failure to write into our error; anything else is integrity."""
+    message = str(e).lower()
+    transient = ("full", "readonly", "read-only", "disk i/o", "locked", "unable to open")
+    if isinstance(e, sqlite3.OperationalError) or any(w in message for w in transient):
+        return StorageUnavailableError(f"storage cannot write: {e}")
+    return IntegrityError(f"storage rejected the batch: {e}")
+
+
+def _stored(row: Any) -> StoredEvent:
+    return StoredEvent(
+        leaf_index=row[0],
+        event_id=row[1],
+        tenant_id=row[2],
+        stream_id=row[3],
+        stream_seq=row[4],
+        type=row[5],
+        tree_size=row[6],
+        leaf=row[7],
+    )
+
+
+class SQLiteEventStore:
+    """An :class:`~ledger.store.EventStore` in one SQLite file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._writer: aiosqlite.Connection | None = None
+        self._reader: aiosqlite.Connection | None = None
+        self._lock_fd: int | None = None
+        # aiosqlite awaits between statements; only one transaction may be open at a time.
+        self._write_lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        if self._reader is not None:
+            return
+        try:
+            if self.read_only:
+                if not self.path.exists():
+                    raise StorageUnavailableError(f"no ledger database at {self.path}")
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._take_lock()
+                self._writer = await aiosqlite.connect(self.path, isolation_level=None)
+                await self._writer.execute("PRAGMA journal_mode=WAL")
+                await self._writer.execute("PRAGMA synchronous=FULL")
+                await self._writer.execute("PRAGMA busy_timeout=5000")
+                await self._writer.execute("PRAGMA cache_size=-65536")
+                await self._writer.executescript(_SCHEMA + _triggers())
+                await self._writer.execute(
+                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (_SCHEMA_VERSION,),
+                )
+            uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
+            self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            await self._reader.execute("PRAGMA busy_timeout=5000")
+            await self._reader.execute("PRAGMA cache_size=-65536")
+            await self._reader.execute("PRAGMA query_only=1")
+        except sqlite3.Error as e:
+            await self.close()
+            raise StorageUnavailableError(f"cannot open {self.path}: {e}") from e
+
+    def _take_lock(self) -> None:
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as e:
+            os.close(fd)
+            raise StorageUnavailableError(
+                f"another process is writing to {self.path} (lock {lock_path} is held)"
+            ) from e
+        self._lock_fd = fd
+
+    async def close(self) -> None:
+        for conn in (self._writer, self._reader):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+        self._writer = self._reader = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @property
+    def _r(self) -> aiosqlite.Connection:
+        if self._reader is None:
+            raise StorageUnavailableError("the store is not open")
+        return self._reader
+
+    @property
+    def _w(self) -> aiosqlite.Connection:
+        if self._writer is None:
+            raise StorageUnavailableError(
+                "the store is open read-only" if self.read_only else "the store is not open"
+            )
+        return self._writer
+
+    async def commit(self, batch: Batch) -> None:
+        w = self._w
+        rows = [
+            (
+                e.leaf_index,
+                e.event_id,
+                e.tenant_id,
+                e.stream_id,
+                e.stream_seq,
+                e.type,
+                e.tree_size,
+                e.leaf,
+            )
+            for e in batch.events
+        ]
+        try:
+            async with self._write_lock:
+                await self._transaction(w, rows, batch)
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
+
+    @staticmethod
+    async def _transaction(w: aiosqlite.Connection, rows: list[Any], batch: Batch) -> None:
+        cp = batch.checkpoint
+        await w.execute("BEGIN IMMEDIATE")
+        try:
+            await w.executemany(
+                f"INSERT INTO events({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows
+            )
+            await w.execute(
+                "INSERT INTO tree_hashes(start, hashes) VALUES (?, ?)",
+                (batch.hashes.start, batch.hashes.hashes),
+            )
+            await w.execute(
+                "INSERT INTO checkpoints(tree_size, root, note) VALUES (?, ?, ?)",
+                (cp.tree_size, cp.root, cp.note),
+            )
+            await w.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                await w.execute("ROLLBACK")
+            raise
+
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        try:
+            async with self._r.execute(sql, params) as cur:
+                return await cur.fetchone()
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
+
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        try:
+            async with self._r.execute(sql, params) as cur:
+                return list(await cur.fetchall())
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None:
+        row = await self._one(
+            "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
+        )
+        return CheckpointRecord(*row) if row else None
+
+    async def checkpoint(self, tree_size: int) -> CheckpointRecord | None:
+        row = await self._one(
+            "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = ?", (tree_size,)
+        )
+        return CheckpointRecord(*row) if row else None
+
+    async def checkpoints(self, after_size: int, limit: int) -> list[CheckpointRecord]:
+        rows = await self._all(
+            "SELECT tree_size, root, note FROM checkpoints WHERE tree_size > ? "
+            "ORDER BY tree_size LIMIT ?",
+            (after_size, limit),
+        )
+        return [CheckpointRecord(*r) for r in rows]
+
+    async def hash_rows(self, indexes: Sequence[int]) -> list[HashRow]:
+        if not indexes:
+            return []
+        wanted = sorted(set(indexes))
+        values = ",".join("(?)" for _ in wanted)
+        rows = await self._all(
+            f"WITH q(i) AS (VALUES {values}) "
+            "SELECT start, hashes FROM tree_hashes WHERE start IN "
+            "(SELECT (SELECT max(start) FROM tree_hashes WHERE start <= q.i) FROM q)",
+            wanted,
+        )
+        return [HashRow(start, hashes) for start, hashes in rows]
+
+    async def stream_head(self, tenant_id: str, stream_id: str) -> int:
+        row = await self._one(
+            "SELECT max(stream_seq) FROM events WHERE tenant_id = ? AND stream_id = ?",
+            (tenant_id, stream_id),
+        )
+        return int(row[0] or 0)
+
+    async def read_stream(
+        self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
+    ) -> list[StoredEvent]:
+        rows = await self._all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND stream_id = ? "
+            "AND stream_seq > ? ORDER BY stream_seq LIMIT ?",
+            (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
+        )
+        return [_stored(r) for r in rows]
+
+    async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
+        rows = await self._all(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index >= ? "
+            "ORDER BY leaf_index LIMIT ?",
+            (from_index, limit),
+        )
+        return [_stored(r) for r in rows]
+
+    async def event(self, event_id: bytes) -> StoredEvent | None:
+        row = await self._one(
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
+        )
+        return _stored(row) if row else None
+
+    async def event_count(self) -> int:
+        row = await self._one("SELECT coalesce(max(leaf_index) + 1, 0) FROM events")
+        return int(row[0])
+
+    async def save_snapshot(self, name: str, log_index: int, state: bytes) -> None:
+        try:
+            async with self._write_lock:
+                await self._w.execute(
+                    "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, ?) "
+                    "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, "
+                    "state = excluded.state",
+                    (name, log_index, state),
+                )
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
+
+    async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
+        row = await self._one("SELECT log_index, state FROM snapshots WHERE name = ?", (name,))
+        return (int(row[0]), bytes(row[1])) if row else None

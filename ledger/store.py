@@ -1,0 +1,96 @@
+"""The storage port: what the log needs from a backend, and nothing about SQL.
+
+Backends keep SQL, transactions and locking to themselves. Every backend passes the
+shared contract tests in ``tests/ledger/store_contract.py``. Tables are append-only:
+a backend must refuse to update or delete events, tree hashes and checkpoints.
+
+Tree hashes are stored one row per committed batch: the stored hashes (Go tlog order,
+see :mod:`ledger.tlog`) that the batch created, concatenated, keyed by the stored
+index of the first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import msgspec
+
+__all__ = ["Batch", "CheckpointRecord", "EventStore", "HashRow", "StoredEvent"]
+
+
+class StoredEvent(msgspec.Struct, frozen=True):
+    """An event as stored: its exact leaf bytes plus the columns it is found by."""
+
+    leaf_index: int
+    event_id: bytes  # the ULID's 16 bytes
+    tenant_id: str
+    stream_id: str
+    stream_seq: int
+    type: str
+    tree_size: int  # the size of the checkpoint its receipt was issued against
+    leaf: bytes
+
+
+class CheckpointRecord(msgspec.Struct, frozen=True):
+    tree_size: int
+    root: bytes
+    note: str
+
+
+class HashRow(msgspec.Struct, frozen=True):
+    start: int  # stored index of the first hash in ``hashes``
+    hashes: bytes  # 32 bytes per stored hash
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.hashes) // 32
+
+
+class Batch(msgspec.Struct, frozen=True):
+    """One group commit: all of it becomes durable together, or none of it."""
+
+    events: Sequence[StoredEvent]
+    hashes: HashRow
+    checkpoint: CheckpointRecord
+
+
+class EventStore(Protocol):
+    async def open(self) -> None:
+        """Create or open the storage; idempotent."""
+
+    async def close(self) -> None: ...
+
+    async def commit(self, batch: Batch) -> None:
+        """Durably write the whole batch in one transaction.
+
+        Raises ``ConflictError``-free errors only: :class:`StorageUnavailableError` when
+        the medium cannot take writes (nothing of the batch is then visible).
+        """
+
+    async def latest_checkpoint(self) -> CheckpointRecord | None: ...
+
+    async def checkpoint(self, tree_size: int) -> CheckpointRecord | None: ...
+
+    async def checkpoints(self, after_size: int, limit: int) -> list[CheckpointRecord]: ...
+
+    async def hash_rows(self, indexes: Sequence[int]) -> list[HashRow]:
+        """The rows that hold each stored index (deduplicated; order unspecified)."""
+
+    async def stream_head(self, tenant_id: str, stream_id: str) -> int:
+        """The last ``stream_seq`` of a stream, 0 when it has no events."""
+
+    async def read_stream(
+        self, tenant_id: str, stream_id: str, after_seq: int, limit: int | None
+    ) -> list[StoredEvent]: ...
+
+    async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]: ...
+
+    async def event(self, event_id: bytes) -> StoredEvent | None: ...
+
+    async def event_count(self) -> int: ...
+
+    async def save_snapshot(self, name: str, log_index: int, state: bytes) -> None:
+        """Remember a projection's state as of ``log_index`` (exclusive). Overwrites."""
+
+    async def load_snapshot(self, name: str) -> tuple[int, bytes] | None: ...
