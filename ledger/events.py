@@ -27,6 +27,7 @@ __all__ = [
     "EventCatalog",
     "NewEvent",
     "decode_leaf",
+    "decode_leaf_envelope",
     "encode_leaf",
     "format_time",
     "parse_time",
@@ -46,7 +47,9 @@ def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z`` suffix: one form, so bytes are stable."""
     if moment.tzinfo is None:
         raise InvalidEventError("timestamps must be timezone-aware")
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if moment.utcoffset():
+        moment = moment.astimezone(UTC)
+    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def parse_time(text: str) -> datetime:
@@ -172,8 +175,8 @@ def encode_leaf(event: Event, *, limit: int = MAX_LEAF_BYTES) -> bytes:
     return data
 
 
-def decode_leaf(data: bytes, catalog: EventCatalog) -> Event:
-    """Decode leaf bytes into an :class:`Event` with a typed payload."""
+def decode_leaf_envelope(data: bytes) -> _Envelope:
+    """Decode a leaf's envelope, leaving the payload as raw JSON (no catalog needed)."""
     try:
         version = _VERSION_DECODER.decode(data).v
     except msgspec.DecodeError as e:
@@ -181,9 +184,14 @@ def decode_leaf(data: bytes, catalog: EventCatalog) -> Event:
     if version != LEAF_VERSION:
         raise InvalidEventError(f"leaf format version {version} is not supported")
     try:
-        env = _ENVELOPE_DECODER.decode(data)
+        return _ENVELOPE_DECODER.decode(data)
     except msgspec.DecodeError as e:
         raise InvalidEventError(f"leaf does not decode: {e}") from e
+
+
+def decode_leaf(data: bytes, catalog: EventCatalog) -> Event:
+    """Decode leaf bytes into an :class:`Event` with a typed payload."""
+    env = decode_leaf_envelope(data)
     payload = catalog.decode_payload(env.type, env.payload)
     return Event(
         v=env.v,

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from ledger.events import (
     encode_leaf,
     format_time,
 )
+from ledger.ids import new_ulid_bytes, ulid_str, uuid_str
 from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes, receipt_id_for
@@ -88,6 +88,7 @@ class _Append:
     events: list[Event]
     leaves: list[bytes]
     ids: list[bytes]
+    hashes: list[bytes]
     future: asyncio.Future[list[Receipt]]
 
 
@@ -203,6 +204,10 @@ class Log:
     # -- appending ---------------------------------------------------------------------
 
     @property
+    def store(self) -> EventStore:
+        return self._store
+
+    @property
     def verifier(self) -> NoteVerifier:
         return self._verifier
 
@@ -218,10 +223,6 @@ class Log:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""
         self._listeners.append(listener)
-
-    def _new_event_id(self, moment: datetime) -> bytes:
-        ms = int(moment.timestamp() * 1000)
-        return ms.to_bytes(6, "big") + self._entropy(10)
 
     async def append(
         self,
@@ -251,10 +252,10 @@ class Log:
         leaves: list[bytes] = []
         ids: list[bytes] = []
         for i, new in enumerate(events):
-            ids.append(self._new_event_id(moment))
+            ids.append(new_ulid_bytes(moment, self._entropy))
             event = Event(
                 v=LEAF_VERSION,
-                event_id=str(ULID.from_bytes(ids[-1])),
+                event_id=ulid_str(ids[-1]),
                 tenant_id=tenant_id,
                 stream_id=stream_id,
                 stream_seq=expected_seq + 1 + i,
@@ -272,8 +273,9 @@ class Log:
             # The writer may have advanced the head meanwhile; its value wins.
             self._heads.setdefault(key, head)
         future: asyncio.Future[list[Receipt]] = asyncio.get_running_loop().create_future()
+        hashes = [leaf_hash(leaf) for leaf in leaves]
         self._pending.append(
-            _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, future)
+            _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, hashes, future)
         )
         self._wake.set()
         # A cancelled caller cancels only its wait: the writer skips done futures, and
@@ -326,8 +328,8 @@ class Log:
                     req.future.set_exception(ConflictError(req.stream, req.expected, current))
                 continue
             accepted.append((req, frontier.size))
-            for leaf in req.leaves:
-                new_hashes.extend(frontier.append(leaf_hash(leaf)))
+            for h in req.hashes:
+                new_hashes.extend(frontier.append(h))
             overlay[key] = current + len(req.events)
         if not accepted:
             return
@@ -419,15 +421,15 @@ class Log:
         out = []
         for req, first in accepted:
             receipts = []
-            for i, (event, leaf, event_id) in enumerate(
-                zip(req.events, req.leaves, req.ids, strict=True)
+            for i, (event, h, event_id) in enumerate(
+                zip(req.events, req.hashes, req.ids, strict=True)
             ):
                 receipts.append(
                     Receipt(
-                        receipt_id=str(uuid.UUID(bytes=event_id)),
+                        receipt_id=uuid_str(event_id),
                         event_id=event.event_id,
                         leaf_index=first + i,
-                        leaf_hash=leaf_hash(leaf),
+                        leaf_hash=h,
                         tree_size=size,
                         inclusion_proof=proofs[first + i - start],
                         checkpoint=note,

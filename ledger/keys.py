@@ -1,0 +1,70 @@
+"""The log's signing key: generated on first start into the data dir, or loaded.
+
+The key file holds one line in Go ``sumdb/note`` signer-key form
+(``PRIVATE+KEY+<name>+<id>+<base64(0x01 || seed)>``), so the same file works with Go's
+``note.NewSigner``. It is created with mode 0600 and refused if group or others can
+read it. The key name is the log's origin (C2SP tlog-checkpoint).
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from ledger.errors import SignatureError
+from ledger.note import NoteSigner, generate_signer
+
+__all__ = ["DEFAULT_ORIGIN", "load_or_create_signer", "load_signer"]
+
+DEFAULT_ORIGIN = "maip-ledger.local/log"
+KEY_FILE = "log.key"
+
+
+def load_signer(path: str | os.PathLike[str]) -> NoteSigner:
+    key_path = Path(path)
+    try:
+        mode = key_path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise SignatureError(
+                f"signing key {key_path} is readable by group or others (mode "
+                f"{stat.S_IMODE(mode):o}); chmod 600 it"
+            )
+        text = key_path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SignatureError(f"cannot read signing key {key_path}: {e.strerror}") from e
+    return NoteSigner.from_skey(text)
+
+
+def load_or_create_signer(
+    data_dir: str | os.PathLike[str],
+    origin: str = DEFAULT_ORIGIN,
+    key_file: str | os.PathLike[str] | None = None,
+) -> NoteSigner:
+    """The configured key file, else ``<data_dir>/log.key``, created if absent.
+
+    The key's name must equal ``origin``: a log must not silently change identity.
+    """
+    if key_file is not None:
+        signer = load_signer(key_file)
+    else:
+        path = Path(data_dir) / KEY_FILE
+        if path.exists():
+            signer = load_signer(path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            signer = generate_signer(origin)
+            # O_EXCL: two processes starting at once must not both write a key.
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return load_or_create_signer(data_dir, origin)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(signer.skey + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+    if signer.name != origin:
+        raise SignatureError(
+            f"the signing key is for origin {signer.name!r}, but the log's origin is {origin!r}"
+        )
+    return signer
