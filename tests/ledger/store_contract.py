@@ -1,0 +1,129 @@
+"""The contract every :class:`ledger.store.EventStore` backend passes.
+
+Subclass :class:`EventStoreContract` once per backend and implement ``make_store`` and
+``try_rewrite`` (the backend's own way of attempting an UPDATE or DELETE).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import pytest
+
+from ledger.errors import LedgerError
+from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
+
+
+def _event(i: int, stream: str = "s1", seq: int | None = None, tenant: str = "t1") -> StoredEvent:
+    return StoredEvent(
+        leaf_index=i,
+        event_id=i.to_bytes(16, "big"),
+        tenant_id=tenant,
+        stream_id=stream,
+        stream_seq=i + 1 if seq is None else seq,
+        type="note.added",
+        tree_size=0,
+        leaf=b'{"i":%d}' % i,
+    )
+
+
+def _batch(events: list[StoredEvent], hash_start: int, size: int) -> Batch:
+    return Batch(
+        events,
+        HashRow(hash_start, bytes([size]) * 32 * 2),
+        CheckpointRecord(size, bytes([size]) * 32, f"note {size}\n"),
+    )
+
+
+class EventStoreContract(ABC):
+    @abstractmethod
+    async def make_store(self, path: Path) -> EventStore: ...
+
+    @abstractmethod
+    async def try_rewrite(self, path: Path, statement: str) -> None:
+        """Attempt ``statement`` (an UPDATE or DELETE) behind the store's back."""
+
+    async def test_commit_then_read_back(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0), _event(1)], 0, 2))
+        await store.commit(_batch([_event(2, "s2", 1, tenant="t2")], 2, 3))
+        assert await store.event_count() == 3
+        assert [e.leaf_index for e in await store.read_log(0, 10)] == [0, 1, 2]
+        assert [e.leaf_index for e in await store.read_log(1, 1)] == [1]
+        assert [e.stream_seq for e in await store.read_stream("t1", "s1", 0, None)] == [1, 2]
+        assert [e.stream_seq for e in await store.read_stream("t1", "s1", 1, None)] == [2]
+        assert await store.read_stream("t1", "s2", 0, None) == []  # other tenant's stream
+        assert await store.stream_head("t1", "s1") == 2
+        assert await store.stream_head("t2", "s2") == 1
+        assert await store.stream_head("t1", "nope") == 0
+        assert (await store.event((1).to_bytes(16, "big"))) == _event(1)
+        assert await store.event(b"\xff" * 16) is None
+        latest = await store.latest_checkpoint()
+        assert latest is not None and latest.tree_size == 3
+        assert (await store.checkpoint(2)) == CheckpointRecord(2, bytes([2]) * 32, "note 2\n")
+        assert await store.checkpoint(1) is None
+        assert [c.tree_size for c in await store.checkpoints(0, 10)] == [2, 3]
+        assert [c.tree_size for c in await store.checkpoints(2, 10)] == [3]
+        await store.close()
+
+    async def test_hash_rows_find_the_row_holding_each_index(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0)], 0, 1))
+        await store.commit(_batch([_event(1)], 2, 2))
+        rows = {r.start: r for r in await store.hash_rows([0, 1, 3])}
+        assert sorted(rows) == [0, 2]
+        assert rows[2].end == 4
+        await store.close()
+
+    async def test_a_failed_batch_leaves_nothing(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0)], 0, 1))
+        duplicate = _event(1)
+        clash = StoredEvent(**{**{f: getattr(duplicate, f) for f in duplicate.__struct_fields__},
+                               "event_id": (0).to_bytes(16, "big")})
+        with pytest.raises(LedgerError):
+            await store.commit(_batch([clash], 2, 2))
+        assert await store.event_count() == 1
+        latest = await store.latest_checkpoint()
+        assert latest is not None and latest.tree_size == 1
+        assert [r.start for r in await store.hash_rows([2, 3])] == [0]
+        await store.close()
+
+    async def test_data_survives_reopen(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0), _event(1)], 0, 2))
+        await store.close()
+        again = await self.make_store(tmp_path)
+        assert await again.event_count() == 2
+        assert await again.stream_head("t1", "s1") == 2
+        await again.close()
+
+    async def test_snapshots_overwrite(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        assert await store.load_snapshot("p") is None
+        await store.save_snapshot("p", 3, b"one")
+        await store.save_snapshot("p", 5, b"two")
+        assert await store.load_snapshot("p") == (5, b"two")
+        await store.close()
+
+    @pytest.mark.parametrize(
+        "statement",
+        [
+            "UPDATE events SET leaf = x'00'",
+            "DELETE FROM events",
+            "UPDATE tree_hashes SET hashes = x'00'",
+            "DELETE FROM tree_hashes",
+            "UPDATE checkpoints SET note = 'forged'",
+            "DELETE FROM checkpoints",
+        ],
+    )
+    async def test_rewrites_are_refused(self, tmp_path: Path, statement: str) -> None:
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0)], 0, 1))
+        await store.close()
+        with pytest.raises(Exception, match="append-only"):
+            await self.try_rewrite(tmp_path, statement)
+        again = await self.make_store(tmp_path)
+        assert (await again.read_log(0, 1))[0] == _event(0)
+        await again.close()

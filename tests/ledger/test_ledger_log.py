@@ -1,0 +1,203 @@
+"""The log: receipts that verify offline, conflicts, group commit, restart checks."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ledger import merkle
+from ledger.checkpoint import open_checkpoint
+from ledger.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidEventError,
+    NotFoundError,
+    ProofError,
+    UnknownEventTypeError,
+)
+from ledger.events import NewEvent
+from ledger.log import Log, RecordedEvent
+from ledger.receipt import Receipt
+from ledger.sqlite_store import SQLiteEventStore
+from ledger_testkit import CATALOG, FIXED_TIME, Note, open_log, signer
+
+
+def note(text: str) -> NewEvent:
+    return NewEvent("note.added", Note(text))
+
+
+def verify_receipt_offline(receipt: Receipt, leaf: bytes) -> None:
+    """What any outsider can do with the receipt, the leaf bytes and the vkey."""
+    cp = open_checkpoint(receipt.checkpoint, signer().verifier)
+    assert cp.size == receipt.tree_size
+    assert merkle.leaf_hash(leaf) == receipt.leaf_hash
+    merkle.verify_inclusion(receipt.leaf_hash, receipt.leaf_index, cp.size, receipt.inclusion_proof,
+                            cp.root)
+
+
+async def test_append_returns_receipts_that_verify_offline(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    receipts = await log.append("t1", "s1", 0, [note("a"), note("b")])
+    assert [r.leaf_index for r in receipts] == [0, 1]
+    recorded = await log.read_stream("t1", "s1")
+    assert [r.event.stream_seq for r in recorded] == [1, 2]
+    for receipt, rec in zip(receipts, recorded, strict=True):
+        verify_receipt_offline(receipt, rec.leaf)
+        assert receipt.receipt_id == rec.receipt_id
+        assert await log.get_receipt(receipt.receipt_id) == receipt
+        assert await log.get_receipt(receipt.event_id) == receipt
+    await log.close()
+
+
+async def test_conflict_raises_and_writes_nothing(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    await log.append("t1", "s1", 0, [note("a")])
+    with pytest.raises(ConflictError, match="is at seq 1, not the expected 0"):
+        await log.append("t1", "s1", 0, [note("b")])
+    assert log.size == 1
+    assert [r.event.payload for r in await log.read_stream("t1", "s1")] == [Note("a")]
+    await log.close()
+
+
+async def test_racing_appenders_on_one_stream_exactly_one_wins(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    results = await asyncio.gather(
+        *(log.append("t1", "race", 0, [note(str(i))]) for i in range(10)), return_exceptions=True
+    )
+    assert sum(isinstance(r, list) for r in results) == 1
+    assert sum(isinstance(r, ConflictError) for r in results) == 9
+    assert log.size == 1
+    await log.close()
+
+
+async def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    with pytest.raises(UnknownEventTypeError):
+        await log.append("t1", "s1", 0, [NewEvent("nope.added", {"text": "x"})])
+    with pytest.raises(InvalidEventError, match="not valid UTF-8"):
+        await log.append("t1", "s1", 0, [note("\udcff")])
+    with pytest.raises(InvalidEventError, match="tenant_id"):
+        await log.append("bad tenant", "s1", 0, [note("x")])
+    with pytest.raises(InvalidEventError, match="at least one event"):
+        await log.append("t1", "s1", 0, [])
+    assert log.size == 0
+    await log.close()
+
+
+async def test_concurrent_appenders_share_batches_and_checkpoints_stay_consistent(
+    tmp_path: Path,
+) -> None:
+    log = await open_log(tmp_path / "l.db")
+    seen: list[RecordedEvent] = []
+    log.add_listener(seen.extend)
+
+    async def writer(w: int) -> list[Receipt]:
+        out = []
+        for seq in range(20):
+            out += await log.append("t1", f"s{w}", seq, [note(f"{w}-{seq}")])
+        return out
+
+    receipts = list(itertools.chain(*await asyncio.gather(*(writer(w) for w in range(16)))))
+    assert log.size == 320
+    assert sorted(r.leaf_index for r in receipts) == list(range(320))
+    assert len({r.tree_size for r in receipts}) < 320  # batches were shared
+    assert [r.leaf_index for r in seen] == list(range(320))
+    by_size = {r.tree_size: open_checkpoint(r.checkpoint, signer().verifier) for r in receipts}
+    sizes = sorted(by_size)
+    for old, new in itertools.pairwise(sizes):
+        proof = await log.consistency_proof(old, new)
+        merkle.verify_consistency(old, by_size[old].root, new, by_size[new].root, proof)
+    for r in receipts[::17]:
+        verify_receipt_offline(r, (await log.recorded(r.event_id)).leaf)
+    await log.close()
+
+
+async def test_proofs_against_any_earlier_size(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(13):
+        await log.append("t1", "s", i, [note(str(i))])
+    leaves = [merkle.leaf_hash(r.leaf) for r in await log.read_log(0, 100)]
+    for size in range(1, 14):
+        assert await log.root_at(size) == merkle.root_hash(leaves[:size])
+        for index in range(size):
+            assert await log.inclusion_proof(index, size) == merkle.inclusion_proof(
+                index, leaves[:size]
+            )
+    with pytest.raises(ProofError, match="outside 1..13"):
+        await log.inclusion_proof(0, 14)
+    await log.close()
+
+
+async def test_other_tenants_receipts_are_not_found(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    (receipt,) = await log.append("t1", "s", 0, [note("secret")])
+    with pytest.raises(NotFoundError):
+        await log.get_receipt(receipt.receipt_id, tenant_id="t2")
+    with pytest.raises(NotFoundError):
+        await log.recorded(receipt.event_id, tenant_id="t2")
+    assert await log.read_stream("t2", "s") == []
+    await log.close()
+
+
+async def test_injected_time_and_entropy_make_the_log_deterministic(tmp_path: Path) -> None:
+    async def run(path: Path) -> tuple[bytes, list[bytes]]:
+        counter = itertools.count()
+        log = await open_log(
+            path, now=lambda: FIXED_TIME, entropy=lambda n: next(counter).to_bytes(n, "big")
+        )
+        for i in range(5):
+            await log.append("t1", "s", i, [note(str(i))])
+        out = (await log.root_at(5), [r.leaf for r in await log.read_log(0, 10)])
+        await log.close()
+        return out
+
+    assert await run(tmp_path / "a.db") == await run(tmp_path / "b.db")
+
+
+async def test_restart_resumes_the_same_tree(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(7):
+        await log.append("t1", "s", i, [note(str(i))])
+    root = await log.root_at(7)
+    await log.close()
+    again = await open_log(tmp_path / "l.db")
+    assert again.size == 7
+    cp = again.latest_checkpoint()
+    assert cp is not None and cp.root == root
+    (receipt,) = await again.append("t1", "s", 7, [note("7")])
+    merkle.verify_consistency(7, root, 8, open_checkpoint(receipt.checkpoint, signer().verifier).root,
+                              await again.consistency_proof(7, 8))
+    await again.close()
+
+
+async def test_startup_refuses_a_log_signed_by_another_key(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    await log.append("t1", "s", 0, [note("x")])
+    await log.close()
+    with pytest.raises(IntegrityError, match="does not verify under key"):
+        await Log.open(SQLiteEventStore(tmp_path / "l.db"), signer(7), CATALOG)
+
+
+async def test_startup_refuses_a_tampered_newest_leaf(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(3):
+        await log.append("t1", "s", i, [note(f"value-{i}")])
+    await log.close()
+    _flip_in_file(tmp_path / "l.db", b"value-2", b"value-9")
+    with pytest.raises(IntegrityError, match="leaf 2 does not match its stored hash") as info:
+        await open_log(tmp_path / "l.db")
+    assert info.value.index == 2
+
+
+def _flip_in_file(path: Path, old: bytes, new: bytes) -> None:
+    """Edit the SQLite file's bytes directly, as an attacker with disk access would."""
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    conn.close()
+    data = path.read_bytes()
+    assert data.count(old) == 1
+    path.write_bytes(data.replace(old, new))

@@ -1,0 +1,150 @@
+"""RFC 6962 vectors (transparency-dev/merkle), a real CT log, and proof properties."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger import merkle, tlog
+from ledger.errors import ProofError
+from ledger_testkit import b64, vectors
+
+RFC = vectors("merkle-rfc6962.json")
+LEAVES = [merkle.leaf_hash(bytes.fromhex(x)) for x in RFC["leaves"]]  # type: ignore[union-attr]
+
+
+def test_leaf_hashes_match_vectors() -> None:
+    assert [h.hex() for h in LEAVES] == RFC["leaf_hashes"]
+
+
+def test_roots_match_vectors_for_every_size() -> None:
+    assert [merkle.root_hash(LEAVES[:n]).hex() for n in range(9)] == RFC["roots"]
+    assert merkle.root_hash([]) == hashlib.sha256(b"").digest()
+
+
+@pytest.mark.parametrize("case", RFC["inclusion"], ids=lambda c: f"{c['leaf_index']}@{c['tree_size']}")
+def test_inclusion_proofs_match_vectors(case: dict[str, Any]) -> None:
+    i, n = case["leaf_index"], case["tree_size"]
+    proof = merkle.inclusion_proof(i, LEAVES[:n])
+    assert [h.hex() for h in proof] == case["proof"]
+    merkle.verify_inclusion(LEAVES[i], i, n, proof, bytes.fromhex(RFC["roots"][n]))  # type: ignore[index]
+
+
+@pytest.mark.parametrize("case", RFC["consistency"], ids=lambda c: f"{c['first']}-{c['second']}")
+def test_consistency_proofs_match_vectors(case: dict[str, Any]) -> None:
+    m, n = case["first"], case["second"]
+    proof = merkle.consistency_proof(m, LEAVES[:n])
+    assert [h.hex() for h in proof] == case["proof"]
+    roots = RFC["roots"]
+    merkle.verify_consistency(m, bytes.fromhex(roots[m]), n, bytes.fromhex(roots[n]), proof)  # type: ignore[index]
+
+
+def test_real_ct_log_inclusion_and_consistency_verify() -> None:
+    argon = vectors("ct-argon2020.json")
+    root = b64(argon["root"])  # type: ignore[arg-type]
+    proof = [b64(x) for x in argon["inclusion_proof"]]  # type: ignore[union-attr]
+    leaf = merkle.leaf_hash(b64(argon["leaf"]))  # type: ignore[arg-type]
+    merkle.verify_inclusion(leaf, argon["leaf_index"], argon["tree_size"], proof, root)  # type: ignore[arg-type]
+    cons = [b64(x) for x in argon["consistency_proof"]]  # type: ignore[union-attr]
+    merkle.verify_consistency(
+        argon["old_tree_size"], b64(argon["old_root"]), argon["tree_size"], root, cons  # type: ignore[arg-type]
+    )
+    with pytest.raises(ProofError, match="does not match the root"):
+        merkle.verify_inclusion(leaf, argon["leaf_index"] + 1, argon["tree_size"], proof, root)  # type: ignore[operator,arg-type]
+
+
+def _tree(n: int) -> tuple[list[bytes], list[bytes]]:
+    leaves = [merkle.leaf_hash(i.to_bytes(4, "big")) for i in range(n)]
+    stored: list[bytes] = []
+    frontier = tlog.Frontier()
+    for h in leaves:
+        stored.extend(frontier.append(h))
+    return leaves, stored
+
+
+sizes = st.integers(min_value=1, max_value=300)
+
+
+@given(n=sizes, data=st.data())
+def test_every_inclusion_proof_verifies_and_matches_stored_hashes(n: int, data: st.DataObject) -> None:
+    leaves, stored = _tree(n)
+    i = data.draw(st.integers(0, n - 1))
+    proof = merkle.inclusion_proof(i, leaves)
+    assert tlog.inclusion_proof(i, n, [stored[x] for x in tlog.inclusion_indexes(i, n)]) == proof
+    merkle.verify_inclusion(leaves[i], i, n, proof, merkle.root_hash(leaves))
+
+
+@given(n=sizes, data=st.data())
+def test_every_consistency_proof_verifies_and_matches_stored_hashes(n: int, data: st.DataObject) -> None:
+    leaves, stored = _tree(n)
+    m = data.draw(st.integers(1, n))
+    proof = merkle.consistency_proof(m, leaves)
+    assert tlog.consistency_proof(m, n, [stored[x] for x in tlog.consistency_indexes(m, n)]) == proof
+    merkle.verify_consistency(m, merkle.root_hash(leaves[:m]), n, merkle.root_hash(leaves), proof)
+
+
+@given(n=st.integers(2, 200), data=st.data())
+def test_inclusion_fails_for_flipped_bit_wrong_index_or_size(n: int, data: st.DataObject) -> None:
+    leaves, _ = _tree(n)
+    root = merkle.root_hash(leaves)
+    i = data.draw(st.integers(0, n - 1))
+    proof = merkle.inclusion_proof(i, leaves)
+    if proof:
+        k = data.draw(st.integers(0, len(proof) - 1))
+        bit = data.draw(st.integers(0, 255))
+        bad = list(proof)
+        bad[k] = bytes(b ^ (1 << (bit % 8)) if j == bit // 8 else b for j, b in enumerate(bad[k]))
+        with pytest.raises(ProofError):
+            merkle.verify_inclusion(leaves[i], i, n, bad, root)
+    other = data.draw(st.integers(0, n - 1).filter(lambda x: x != i))
+    with pytest.raises(ProofError):
+        merkle.verify_inclusion(leaves[i], other, n, proof, root)
+    # The size is bound through the root: against the root of any other size, it fails.
+    wrong_size = data.draw(st.integers(i + 1, 2 * n).filter(lambda x: x != n))
+    bigger, _ = _tree(2 * n)
+    with pytest.raises(ProofError):
+        merkle.verify_inclusion(leaves[i], i, wrong_size, proof, merkle.root_hash(bigger[:wrong_size]))
+
+
+@given(n=st.integers(3, 200), data=st.data())
+def test_consistency_fails_for_flipped_bit_or_wrong_sizes(n: int, data: st.DataObject) -> None:
+    leaves, _ = _tree(n)
+    m = data.draw(st.integers(1, n - 1))
+    old, new = merkle.root_hash(leaves[:m]), merkle.root_hash(leaves)
+    proof = merkle.consistency_proof(m, leaves)
+    k = data.draw(st.integers(0, len(proof) - 1))
+    bad = list(proof)
+    bad[k] = bytes([bad[k][0] ^ 1]) + bad[k][1:]
+    with pytest.raises(ProofError):
+        merkle.verify_consistency(m, old, n, new, bad)
+    wrong_m = data.draw(st.integers(1, n - 1).filter(lambda x: x != m))
+    with pytest.raises(ProofError):
+        merkle.verify_consistency(wrong_m, merkle.root_hash(leaves[:wrong_m]), n, new, proof)
+    bigger, _ = _tree(n + 1)
+    with pytest.raises(ProofError):
+        merkle.verify_consistency(m, old, n + 1, merkle.root_hash(bigger), proof)
+
+
+def test_bounds_and_hash_sizes_are_checked_first() -> None:
+    leaves, _ = _tree(8)
+    root = merkle.root_hash(leaves)
+    with pytest.raises(ProofError, match="outside a tree of size 8"):
+        merkle.verify_inclusion(leaves[0], 8, 8, [], root)
+    with pytest.raises(ProofError, match="proof hash 0 is 31 bytes"):
+        merkle.verify_inclusion(leaves[0], 0, 8, [b"\x00" * 31] * 3, root)
+    with pytest.raises(ProofError, match="not within 0..4"):
+        merkle.verify_consistency(5, root, 4, root, [])
+
+
+def test_batch_proofs_equal_single_proofs() -> None:
+    leaves, stored = _tree(77)
+    for a in range(0, 77, 7):
+        for b in range(a + 1, 78, 11):
+            got = tlog.batch_inclusion_proofs(
+                a, b, 77, [stored[x] for x in tlog.batch_inclusion_indexes(a, b, 77)]
+            )
+            assert got == [merkle.inclusion_proof(i, leaves) for i in range(a, b)]

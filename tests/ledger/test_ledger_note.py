@@ -1,0 +1,93 @@
+"""C2SP signed-note and tlog-checkpoint: spec vectors, Go's example, and rejections."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ledger.checkpoint import Checkpoint, open_checkpoint
+from ledger.errors import LedgerError, SignatureError
+from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
+from ledger_testkit import ORIGIN, signer, vectors
+
+NOTES = vectors("signed-note.json")["notes"]
+
+
+@pytest.mark.parametrize("case", NOTES, ids=lambda c: c["vkey"].split("+")[0])
+def test_published_notes_verify(case: dict[str, str]) -> None:
+    assert open_note(case["note"], NoteVerifier.from_vkey(case["vkey"])) == case["text"]
+    assert NoteVerifier.from_vkey(case["vkey"]).vkey == case["vkey"]
+
+
+def test_signing_reproduces_go_sumdb_note_example() -> None:
+    case = next(c for c in NOTES if "skey" in c)
+    s = NoteSigner.from_skey(case["skey"])
+    assert s.skey == case["skey"]
+    assert s.verifier.vkey == case["vkey"]
+    assert sign_note(case["text"], s) == case["note"]
+
+
+def test_unknown_keys_are_ignored_but_a_known_bad_signature_rejects() -> None:
+    ours, theirs = signer(1), signer(2, "other.example/log")
+    note = sign_note("hello\n", theirs, ours)
+    assert open_note(note, ours.verifier) == "hello\n"
+    tampered = note.replace("hello", "hellO")
+    with pytest.raises(SignatureError, match="does not verify"):
+        open_note(tampered, ours.verifier)
+    with pytest.raises(SignatureError, match="no signature from a known key"):
+        open_note(sign_note("hello\n", theirs), ours.verifier)
+
+
+def test_same_name_different_key_is_unknown_not_trusted() -> None:
+    impostor = signer(9)  # same origin name, different key: a different key ID
+    with pytest.raises(SignatureError, match="no signature from a known key"):
+        open_note(sign_note("x\n", impostor), signer(1).verifier)
+
+
+def test_vkey_with_wrong_key_id_is_rejected() -> None:
+    vkey = signer(1).verifier.vkey
+    name, _, key = vkey.split("+", 2)
+    with pytest.raises(SignatureError, match="does not match its key"):
+        NoteVerifier.from_vkey(f"{name}+00000000+{key}")
+
+
+def test_checkpoint_round_trip_and_origin_binding() -> None:
+    s = signer(1)
+    cp = Checkpoint(ORIGIN, 42, bytes(range(32)))
+    note = cp.sign(s)
+    assert note.startswith(f"{ORIGIN}\n42\n")
+    assert open_checkpoint(note, s.verifier) == cp
+    with pytest.raises(SignatureError, match="is not the origin"):
+        Checkpoint("elsewhere/log", 1, bytes(32)).sign(s)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (f"{ORIGIN}\n042\n" + "A" * 43 + "=\n", "not a decimal number"),
+        (f"{ORIGIN}\n-1\n" + "A" * 43 + "=\n", "not a decimal number"),
+        (f"{ORIGIN}\n1\nAAAA\n", "root hash is 3 bytes"),
+        (f"{ORIGIN}\n1\n", "origin, a size and a root"),
+        (f"{ORIGIN}\n1\n!!\n", "not valid base64"),
+    ],
+)
+def test_malformed_checkpoint_bodies_are_rejected(body: str, message: str) -> None:
+    with pytest.raises(SignatureError, match=message):
+        Checkpoint.parse(body)
+
+
+@given(st.binary(max_size=400))
+def test_open_note_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
+    try:
+        open_note(data, signer(1).verifier)
+    except LedgerError:
+        pass
+
+
+@given(st.text(max_size=200))
+def test_open_checkpoint_never_crashes_on_arbitrary_text(text: str) -> None:
+    try:
+        open_checkpoint(text, signer(1).verifier)
+    except LedgerError:
+        pass

@@ -1,0 +1,44 @@
+"""The SQLite backend against the shared store contract, plus its own guarantees."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from ledger.errors import StorageUnavailableError
+from ledger.sqlite_store import SQLiteEventStore
+from store_contract import EventStoreContract
+
+
+class TestSQLiteEventStore(EventStoreContract):
+    async def make_store(self, path: Path) -> SQLiteEventStore:
+        store = SQLiteEventStore(path / "ledger.db")
+        await store.open()
+        return store
+
+    async def try_rewrite(self, path: Path, statement: str) -> None:
+        conn = sqlite3.connect(path / "ledger.db")
+        try:
+            conn.execute(statement)
+            conn.commit()
+        finally:
+            conn.close()
+
+
+async def test_second_writer_is_locked_out(tmp_path: Path) -> None:
+    first = SQLiteEventStore(tmp_path / "ledger.db")
+    await first.open()
+    with pytest.raises(StorageUnavailableError, match="another process is writing"):
+        await SQLiteEventStore(tmp_path / "ledger.db").open()
+    reader = SQLiteEventStore(tmp_path / "ledger.db", read_only=True)
+    await reader.open()
+    assert await reader.event_count() == 0
+    await reader.close()
+    await first.close()
+
+
+async def test_read_only_open_of_missing_file_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StorageUnavailableError, match="no ledger database"):
+        await SQLiteEventStore(tmp_path / "missing.db", read_only=True).open()
