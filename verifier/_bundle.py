@@ -38,7 +38,13 @@ from verifier._jsonstream import STREAMED, parse_stream
 from verifier._leaf import decode, decode_leaf
 from verifier._merkle import PathMemo, verify_consistency
 from verifier._note import VerifierKey, parse_vkey
-from verifier._projection import TERMINAL_TYPES, Projection, ReceiptsMatcher, diff_state
+from verifier._projection import (
+    FOLDED_TYPES,
+    TERMINAL_TYPES,
+    Projection,
+    ReceiptsMatcher,
+    diff_state,
+)
 from verifier._wire import (
     BundleCheckpoint,
     BundleEvent,
@@ -63,7 +69,7 @@ __all__ = [
 
 BUNDLE_FORMAT = "maip-bundle/v1"
 LINE_LIMIT = 1 << 20
-_CHUNK = 1 << 16
+_BLOCK = 1 << 20
 _RECEIPT_MEMOS = 8
 _PROGRESS_EVERY = 4096
 
@@ -100,27 +106,52 @@ class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def _lines(stream: IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
-    """Lines up to LINE_LIMIT bytes; a longer line is yielded as an iterator of chunks,
-    which must be consumed before the next line is read."""
+    """Lines (without their newline) of at most LINE_LIMIT bytes, read in large blocks.
+
+    A longer line is yielded as an iterator of its chunks; the caller must consume it
+    before asking for the next line (the rest of the block is handed back through
+    ``leftover``).
+    """
+    buf = b""
+    leftover: list[bytes] = []
+
+    def long_line(first: bytes) -> Iterator[bytes]:
+        chunk = first
+        while True:
+            nl = chunk.find(b"\n")
+            if nl >= 0:
+                yield chunk[:nl]
+                leftover.append(chunk[nl + 1 :])
+                return
+            yield chunk
+            chunk = stream.read(_BLOCK)
+            if not chunk:
+                return
+
     while True:
-        line = stream.readline(LINE_LIMIT + 1)
-        if not line:
-            return
-        if len(line) > LINE_LIMIT and not line.endswith(b"\n"):
-            yield _rest(stream, line)
+        if leftover:
+            block = leftover.pop()
         else:
-            yield line
+            block = stream.read(_BLOCK)
+            if not block:
+                if buf:
+                    yield buf
+                return
+        parts = (buf + block).split(b"\n") if buf else block.split(b"\n")
+        buf = parts.pop()
+        yield from parts
+        if len(buf) > LINE_LIMIT:
+            rest, buf = buf, b""
+            yield long_line(rest)
 
 
-def _rest(stream: IO[bytes], first: bytes) -> Iterator[bytes]:
-    yield first
-    while True:
-        chunk = stream.readline(_CHUNK)
-        if not chunk:
-            return
-        yield chunk
-        if chunk.endswith(b"\n"):
-            return
+def _sequence_error(seq: int, expected: int) -> BundleIncomplete:
+    if seq > expected:
+        gap = f"{expected}..{seq - 1}" if seq - 1 > expected else f"{expected}"
+        what = f"event(s) {gap} are missing or out of order"
+    else:
+        what = "an event is repeated or out of order"
+    return BundleIncomplete(f"stream_seq {seq} where {expected} was expected: {what}")
 
 
 def _open(bundle: bytes | str | IO[bytes]) -> IO[bytes]:
@@ -157,7 +188,7 @@ class _Run:
         self.next_seq = 1
         self.last_type: str | None = None
         self.projection = Projection()
-        self.report: Report | None = None
+        self.line_no = 0
 
     # ---- §6.1 step 1 ------------------------------------------------------------------
     def on_header(self, h: BundleHeader) -> None:
@@ -197,97 +228,131 @@ class _Run:
         self.checkpoints_verified += 1
 
     # ---- §6.1 steps 2-5, per event ----------------------------------------------------
-    def on_event(self, line: BundleEvent, where: str) -> None:
+    def receipt_memo(self, tree_size: int) -> PathMemo:
+        """The memo for the receipt checkpoint of ``tree_size`` (a few are kept)."""
+        memo = self.receipt_memos.get(tree_size)
+        if memo is None:
+            root = self.checkpoint_roots.get(tree_size)
+            if root is None:
+                raise BundleIncomplete(
+                    f"the receipt's checkpoint (tree size {tree_size}) is not among "
+                    "the checkpoint lines before it"
+                )
+            memo = PathMemo(tree_size, root)
+            if len(self.receipt_memos) >= _RECEIPT_MEMOS:
+                del self.receipt_memos[next(iter(self.receipt_memos))]
+            self.receipt_memos[tree_size] = memo
+        return memo
+
+    def events_from(self, lines: Iterator[bytes | Iterator[bytes]], first: BundleEvent) -> Any:
+        """§6.1 steps 2-5 for a run of event lines starting with ``first``.
+
+        The hot loop: everything it needs is a local. Returns the first line that is
+        not an event (decoded, or a long-line iterator), or None at the end.
+        """
         header, head = self.header, self.header_memo
         assert header is not None
         assert head is not None
-        self.events += 1
+        tenant, stream, count = header.tenant_id, header.orchestration_id, header.event_count
+        head_verify = head.verify
+        fold, detail = self.projection.apply, self.projection.apply_detail
+        progress, hook = self.progress, self.event_hook
+        sha256, line_decoder, event_type = _sha256, _LINE.decode, BundleEvent
+        receipt_size, receipt_verify = -1, head_verify
+        events, next_seq, last_type = self.events, self.next_seq, self.last_type
+        line: Any = first
         step = STEP_INCLUSION
         try:
-            # 2. Inclusion: hash the leaf, check it is at leaf_index in the header tree.
-            leaf = line.leaf
-            lh = _sha256(b"\x00" + leaf).digest()
-            index = line.leaf_index
-            head.verify(lh, index, line.inclusion_proof)
-            #    The receipt: same leaf_index and leaf_hash, and its proof against its
-            #    own checkpoint's root.
-            r = line.receipt
-            if r.leaf_index != index:
-                raise ReceiptMismatch(
-                    f"receipt leaf_index {r.leaf_index} is not the event's {index}"
-                )
-            if r.leaf_hash != lh:
-                raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
-            memo = self.receipt_memos.get(r.tree_size)
-            if memo is None:
-                root = self.checkpoint_roots.get(r.tree_size)
-                if root is None:
-                    raise BundleIncomplete(
-                        f"the receipt's checkpoint (tree size {r.tree_size}) is not among "
-                        "the checkpoint lines before it"
+            while True:
+                events += 1
+                # 2. Inclusion: hash the leaf; it is at leaf_index in the header tree.
+                step = STEP_INCLUSION
+                leaf = line.leaf
+                lh = sha256(b"\x00" + leaf).digest()
+                index = line.leaf_index
+                head_verify(lh, index, line.inclusion_proof)
+                #    The receipt: same leaf_index and leaf_hash, and its proof against
+                #    its own checkpoint's root.
+                r = line.receipt
+                if r.leaf_index != index:
+                    raise ReceiptMismatch(
+                        f"receipt leaf_index {r.leaf_index} is not the event's {index}"
                     )
-                memo = PathMemo(r.tree_size, root)
-                if len(self.receipt_memos) >= _RECEIPT_MEMOS:
-                    del self.receipt_memos[next(iter(self.receipt_memos))]
-                self.receipt_memos[r.tree_size] = memo
-            memo.verify(lh, r.leaf_index, r.inclusion_proof)
-            # 3. Belonging: a known v, this tenant and orchestration, ids that match.
-            step = STEP_BELONGING
-            env = decode_leaf(leaf)
-            if env.tenant_id != header.tenant_id:
-                raise EventMismatch(
-                    f"event tenant_id {env.tenant_id!r} is not the bundle's {header.tenant_id!r}"
-                )
-            if env.stream_id != header.orchestration_id:
-                raise EventMismatch(
-                    f"event stream_id {env.stream_id!r} is not the bundle's orchestration "
-                    f"{header.orchestration_id!r}"
-                )
-            if env.event_id != r.event_id:
-                raise ReceiptMismatch(
-                    f"leaf event_id {env.event_id!r} is not the receipt's {r.event_id!r}"
-                )
-            receipt_id = receipt_id_for(env.event_id)
-            if r.receipt_id != receipt_id:
-                raise ReceiptMismatch(
-                    f"receipt_id {r.receipt_id!r} is not derived from event {env.event_id} "
-                    f"(expected {receipt_id!r})"
-                )
-            # 4. Completeness: stream_seq runs 1, 2, ... with no gap or repeat.
-            step = STEP_COMPLETENESS
-            seq = env.stream_seq
-            if seq != self.next_seq:
-                expected = self.next_seq
-                if seq > expected:
-                    gap = f"{expected}..{seq - 1}" if seq - 1 > expected else f"{expected}"
-                    what = f"event(s) {gap} are missing or out of order"
+                if r.leaf_hash != lh:
+                    raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
+                if r.tree_size != receipt_size:
+                    receipt_verify = self.receipt_memo(r.tree_size).verify
+                    receipt_size = r.tree_size
+                receipt_verify(lh, r.leaf_index, r.inclusion_proof)
+                # 3. Belonging: a known v, this tenant and orchestration, matching ids.
+                step = STEP_BELONGING
+                env = decode_leaf(leaf)
+                if env.tenant_id != tenant:
+                    raise EventMismatch(
+                        f"event tenant_id {env.tenant_id!r} is not the bundle's {tenant!r}"
+                    )
+                if env.stream_id != stream:
+                    raise EventMismatch(
+                        f"event stream_id {env.stream_id!r} is not the bundle's orchestration "
+                        f"{stream!r}"
+                    )
+                if env.event_id != r.event_id:
+                    raise ReceiptMismatch(
+                        f"leaf event_id {env.event_id!r} is not the receipt's {r.event_id!r}"
+                    )
+                receipt_id = receipt_id_for(env.event_id)
+                if r.receipt_id != receipt_id:
+                    raise ReceiptMismatch(
+                        f"receipt_id {r.receipt_id!r} is not derived from event {env.event_id} "
+                        f"(expected {receipt_id!r})"
+                    )
+                # 4. Completeness: stream_seq runs 1, 2, ... with no gap or repeat.
+                step = STEP_COMPLETENESS
+                seq = env.stream_seq
+                if seq != next_seq:
+                    raise _sequence_error(seq, next_seq)
+                next_seq = seq + 1
+                if events > count:
+                    raise BundleIncomplete(
+                        f"the bundle has more events than the header's event_count {count}"
+                    )
+                # 5. Replay: fold the event (§7.3).
+                step = STEP_REPLAY
+                last_type = env.type
+                if last_type in FOLDED_TYPES:
+                    fold(
+                        seq,
+                        last_type,
+                        occurred_at=env.occurred_at,
+                        tenant_id=env.tenant_id,
+                        payload=env.payload,
+                        receipt_id=receipt_id,
+                    )
                 else:
-                    what = "an event is repeated or out of order"
-                raise BundleIncomplete(f"stream_seq {seq} where {expected} was expected: {what}")
-            self.next_seq = seq + 1
-            if self.events > header.event_count:
-                raise BundleIncomplete(
-                    f"the bundle has more events than the header's event_count {header.event_count}"
-                )
-            # 5. Replay: fold the event (§7.3).
-            step = STEP_REPLAY
-            self.projection.apply(
-                seq,
-                env.type,
-                occurred_at=env.occurred_at,
-                tenant_id=env.tenant_id,
-                payload=env.payload,
-                receipt_id=receipt_id,
-            )
-            self.last_type = env.type
+                    detail(seq, last_type, receipt_id)
+                if hook is not None:
+                    hook(line, env)
+                if progress is not None and not events % _PROGRESS_EVERY:
+                    progress(events, count)
+                # Next line: stay in this loop while it is an event.
+                self.line_no += 1
+                raw = next(lines, None)
+                if raw is None or not isinstance(raw, bytes) or not raw.strip():
+                    return raw
+                step = _STEP_PARSE
+                try:
+                    line = line_decoder(raw)
+                except (msgspec.DecodeError, ValueError, RecursionError) as e:
+                    raise MalformedInput(f"line {self.line_no} does not decode: {e}") from e
+                if type(line) is not event_type:
+                    return line
         except VerificationError as e:
-            e.message = f"event {self.events} ({where}): {e.message}"
+            if step != _STEP_PARSE:
+                e.message = f"event {events} (line {self.line_no}): {e.message}"
             e.at_step(step)
             raise
-        if self.event_hook is not None:
-            self.event_hook(line, env)
-        if self.progress is not None and self.events % _PROGRESS_EVERY == 0:
-            self.progress(self.events, header.event_count)
+        finally:
+            self.events, self.next_seq, self.last_type = events, next_seq, last_type
 
     # ---- end of §6.1 steps 4 and 5 -----------------------------------------------------
     def on_state(self, claimed: Any, matcher: ReceiptsMatcher) -> Report:
@@ -372,46 +437,48 @@ def verify_bundle(
     key = parse_vkey(vkey)
     run = _Run(key, progress, on_event)
     report: Report | None = None
-    line_no = 0
-    for raw in _lines(_open(bundle)):
-        line_no += 1
-        where = f"line {line_no}"
-        if not isinstance(raw, bytes):
+    lines = _lines(_open(bundle))
+    pending: Any = None  # a line the event loop read ahead and handed back
+    while True:
+        if pending is None:
+            raw = next(lines, None)
+            if raw is None:
+                break
+            run.line_no += 1
+        else:
+            raw, pending = pending, None
+        where = f"line {run.line_no}"
+        if isinstance(raw, bytes | bytearray):
+            if not raw.strip():
+                continue
+            try:
+                line = decode(_LINE, raw, where)
+            except MalformedInput as e:
+                e.at_step(_STEP_PARSE)
+                raise
+        elif isinstance(raw, msgspec.Struct):
+            line = raw  # already decoded by the event loop
+        else:
             # A line longer than LINE_LIMIT: only the state trailer may be that long.
             if run.header is None or report is not None:
                 raise MalformedInput(f"{where} is longer than {LINE_LIMIT} bytes").at_step(
                     _STEP_PARSE
                 )
             matcher = ReceiptsMatcher(run.projection.receipts)
-            obj = parse_stream(raw, ("state", "receipts"), matcher.feed)
-            if (
-                not isinstance(obj, dict)
-                or obj.get("kind") != "state"
-                or set(obj)
-                != {
-                    "kind",
-                    "state",
-                }
-            ):
+            obj = parse_stream(raw, ("state", "receipts"), matcher.feed, matcher.feed_plain)
+            if not isinstance(obj, dict) or obj.get("kind") != "state" or len(obj) != 2:
                 raise MalformedInput(
                     f"{where} is longer than {LINE_LIMIT} bytes and is not the state trailer"
                 ).at_step(_STEP_PARSE)
             report = run.on_state(obj["state"], matcher)
             continue
-        if not raw.strip():
-            continue
-        try:
-            line = decode(_LINE, raw, where)
-        except MalformedInput as e:
-            e.at_step(_STEP_PARSE)
-            raise
         if report is not None:
             raise MalformedInput(f"{where}: data after the state trailer").at_step(_STEP_PARSE)
         kind = type(line)
         if kind is BundleEvent:
             if run.header is None:
                 raise MalformedInput(f"{where}: an event before the header").at_step(_STEP_PARSE)
-            run.on_event(line, where)
+            pending = run.events_from(lines, line)
         elif kind is BundleCheckpoint:
             if run.header is None:
                 raise MalformedInput(f"{where}: a checkpoint before the header").at_step(

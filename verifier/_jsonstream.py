@@ -26,7 +26,9 @@ _WS = re.compile(rb"[ \t\n\r]*")
 _STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"')
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
 _LITERALS = {b"t": (b"true", True), b"f": (b"false", False), b"n": (b"null", None)}
-# Fast path for arrays of plain strings: one item and the separator after it.
+# Fast path for arrays of plain strings (no escapes): a run of items each followed by a
+# comma, then one item and the separator after it.
+_PLAIN_RUN = re.compile(rb'(?:[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*,)+')
 _PLAIN_ITEM = re.compile(rb'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*([,\]])')
 
 
@@ -36,8 +38,10 @@ class _Parser:
         chunks: Iterator[bytes],
         receipts_path: tuple[str, ...],
         on_item: Callable[[object], None],
+        on_plain: Callable[[list[bytes]], None],
     ) -> None:
         self.chunks = chunks
+        self.on_plain = on_plain
         self.buf = b""
         self.pos = 0
         self.eof = False
@@ -121,12 +125,15 @@ class _Parser:
                 return STREAMED if streamed else items
             while True:
                 if streamed:
+                    run = _PLAIN_RUN.match(self.buf, self.pos)
+                    if run is not None:
+                        # Complete items only, so a run may end at the buffer's end.
+                        self.on_plain(run.group(0).split(b'"')[1::2])
+                        self.pos = run.end()
+                        continue
                     m = self._match(_PLAIN_ITEM)
                     if m is not None:
-                        try:
-                            self.on_item(m.group(1).decode("utf-8"))
-                        except UnicodeDecodeError as e:
-                            raise MalformedInput("state trailer is not valid UTF-8") from e
+                        self.on_plain([m.group(1)])
                         self.pos = m.end()
                         if m.group(2) == b"]":
                             return STREAMED
@@ -167,9 +174,11 @@ def parse_stream(
     chunks: Iterator[bytes],
     receipts_path: tuple[str, ...],
     on_item: Callable[[object], None],
+    on_plain: Callable[[list[bytes]], None],
 ) -> Any:
-    """Parse one JSON value from ``chunks``; the array at ``receipts_path`` is streamed."""
-    parser = _Parser(chunks, receipts_path, on_item)
+    """Parse one JSON value from ``chunks``; the array at ``receipts_path`` is streamed:
+    plain string items go to ``on_plain`` as raw bytes, in batches; others to ``on_item``."""
+    parser = _Parser(chunks, receipts_path, on_item, on_plain)
     result = parser.value((), 0)
     parser.finish()
     return result

@@ -210,6 +210,8 @@ def verify_consistency(
 
 
 _MAX_LEVELS = 65
+_NO_NODE: tuple[int, bytes, bytes, int] = (-1, b"", b"", 0)
+_STRIDE = 47  # len('"' + 44 base64 chars + '",')
 _PROOF = msgspec.json.Decoder(tuple[bytes, ...])
 
 
@@ -219,17 +221,6 @@ def decode_proof(raw: bytes | msgspec.Raw, what: str) -> tuple[bytes, ...]:
         return _PROOF.decode(raw)
     except (msgspec.DecodeError, ValueError, RecursionError) as e:
         raise MalformedInput(f"{what} is not a list of base64 hashes: {e}") from e
-
-
-def _token_hash(token: bytes) -> bytes | None:
-    """The hash in a compact JSON token ``"<44 base64 chars>"``, or None if not one."""
-    if len(token) != 46 or token[0] != 34 or token[45] != 34:
-        return None
-    try:
-        h = binascii.a2b_base64(token[1:45], strict_mode=True)
-    except binascii.Error:
-        return None
-    return h if len(h) == HASH_SIZE else None
 
 
 class PathMemo:
@@ -246,17 +237,18 @@ class PathMemo:
     as folding to the root, at ~2 hashes per leaf for consecutive leaves instead of
     ~log2(n).
 
-    Proofs arrive as the raw JSON array text of a bundle line. The hot path splits it
-    into its compact tokens and base64-decodes only the hashes it folds; the remaining
-    tokens are compared as bytes with already-authenticated tokens. Anything unusual
-    (whitespace, escapes, a wrong size, a mismatch) falls back to :meth:`_slow`: a full
-    decode and a full :func:`verify_inclusion`, which also gives the precise error.
+    Proofs arrive as the raw JSON array text of a bundle line. The hot path reads the
+    compact layout msgspec writes (hash i's base64 at a fixed offset) and decodes only
+    the hashes it folds; the remaining text is compared as bytes with the text of an
+    already-authenticated path from the same node up. Anything unusual (whitespace,
+    escapes, a wrong size, a mismatch) falls back to :meth:`_slow`: a strict decode and
+    a full :func:`verify_inclusion`, which also gives the precise error.
 
     The memo keeps one node per level (the most recently authenticated), so it is
     bounded: at most 65 entries whatever the number of proofs.
     """
 
-    __slots__ = ("_fns", "_hashes", "_pos", "_proofs", "root", "tree_size")
+    __slots__ = ("_nodes", "root", "tree_size")
 
     def __init__(self, tree_size: int, root: bytes) -> None:
         _check_size("root hash", root)
@@ -264,67 +256,88 @@ class PathMemo:
             raise ProofInvalid(f"tree size {tree_size} does not fit in 64 bits")
         self.tree_size = tree_size
         self.root = root
-        self._fns: list[int] = [-1] * _MAX_LEVELS
-        self._hashes: list[bytes] = [b""] * _MAX_LEVELS
-        self._proofs: list[list[bytes]] = [[]] * _MAX_LEVELS
-        self._pos: list[int] = [0] * _MAX_LEVELS
+        # Per level (shift): (fn, hash, proof tokens, hashes consumed) of the last
+        # authenticated node there.
+        self._nodes: list[tuple[int, bytes, bytes, int]] = [_NO_NODE] * _MAX_LEVELS
 
     def verify(self, leaf: bytes, index: int, raw_proof: bytes | msgspec.Raw) -> None:
         """:func:`verify_inclusion` of ``leaf`` at ``index`` against this memo's root,
-        with the proof given as its JSON array text. Returns None or raises."""
+        with the proof given as its JSON array text. Returns None or raises.
+
+        Only the hashes folded are decoded (strict base64, 32 bytes). The fold is a proof
+        of inclusion whatever the surrounding JSON says, so it needs no other parsing;
+        a remaining token that equals an authenticated one is authenticated. Anything
+        else goes to :meth:`_slow`, which parses strictly and names the fault.
+        """
         tree_size = self.tree_size
         # 1. Bounds first.
         if not 0 <= index < tree_size:
             raise ProofInvalid(f"leaf index {index} is outside a tree of size {tree_size}")
-        raw = bytes(raw_proof)
-        tokens = raw[1:-1].split(b",") if len(raw) > 2 else []
-        fns, hashes = self._fns, self._hashes
-        pending: list[tuple[int, int, bytes, int]] = []
-        # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash.
+        raw = raw_proof if type(raw_proof) is bytes else bytes(raw_proof)
+        # A compact array of n base64 hashes: '["' + 44 chars + '"' per hash, joined by
+        # commas, then ']'. Hash i's base64 is raw[2 + 47i : 46 + 47i].
+        n, extra = divmod(len(raw) - 1, _STRIDE)
+        if extra or (n == 0 and raw != b"[]"):
+            self._slow(leaf, index, raw)
+            return
+        nodes = self._nodes
+        a2b, sha256 = binascii.a2b_base64, _sha256
+        # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash. Nodes are recorded as they
+        #    are computed; if the proof then fails, _slow resets the memo before raising.
         fn, sn, r, shift, k = index, tree_size - 1, leaf, 0, 0
-        n = len(tokens)
         while True:
-            if fns[shift] == fn:
+            node = nodes[shift]
+            if node[0] == fn:
                 # An authenticated node: the rest must agree with the verified path.
-                if hashes[shift] != r or tokens[k:] != self._proofs[shift][self._pos[shift] :]:
-                    self._slow(leaf, index, raw_proof)
-                    return
-                break
-            pending.append((shift, fn, r, k))
+                if node[1] != r or raw[_STRIDE * k :] != node[2][_STRIDE * node[3] :]:
+                    self._slow(leaf, index, raw)
+                return
+            if k:
+                nodes[shift] = (fn, r, raw, k)
             if k == n:
                 # 4. sn must be 0 and r must equal the root.
                 if sn != 0 or r != self.root:
-                    self._slow(leaf, index, raw_proof)
-                    return
-                break
-            # 3a. A proof longer than the tree is deep fails.
-            p = _token_hash(tokens[k])
-            if sn == 0 or p is None:
-                self._slow(leaf, index, raw_proof)
+                    self._slow(leaf, index, raw)
+                return
+            # 3a. A proof longer than the tree is deep fails; each hash is 32 bytes.
+            at = 2 + _STRIDE * k
+            try:
+                p = a2b(raw[at : at + 44], strict_mode=True)
+            except binascii.Error:
+                p = b""
+            if sn == 0 or len(p) != HASH_SIZE:
+                self._slow(leaf, index, raw)
                 return
             # 3b-c. Fold the next proof hash in.
             k += 1
             if fn & 1 or fn == sn:
-                r = _sha256(b"\x01" + p + r).digest()
+                r = sha256(b"\x01" + p + r).digest()
                 if not fn & 1:
                     while fn and not fn & 1:
                         fn >>= 1
                         sn >>= 1
                         shift += 1
             else:
-                r = _sha256(b"\x01" + r + p).digest()
+                r = sha256(b"\x01" + r + p).digest()
             fn >>= 1
             sn >>= 1
             shift += 1
-        # Verified: remember the newly authenticated nodes.
-        proofs, positions = self._proofs, self._pos
-        for s, f, h, pos in pending:
-            fns[s] = f
-            hashes[s] = h
-            proofs[s] = tokens
-            positions[s] = pos
 
-    def _slow(self, leaf: bytes, index: int, raw_proof: bytes | msgspec.Raw) -> None:
-        """Full decode and full RFC 9162 fold; raises with the precise fault, if any."""
-        proof = decode_proof(raw_proof, "inclusion proof")
-        verify_inclusion(leaf, index, self.tree_size, proof, self.root)
+    def _reset(self) -> None:
+        self._nodes[:] = [_NO_NODE] * _MAX_LEVELS
+
+    def _slow(self, leaf: bytes, index: int, raw_proof: bytes) -> None:
+        """Full decode and full RFC 9162 fold; raises with the precise fault, if any.
+
+        Whatever the fast path recorded for this proof is authenticated only if this
+        succeeds; on failure the memo is reset, so nothing unverified is ever trusted.
+        """
+        try:
+            proof = decode_proof(raw_proof, "inclusion proof")
+            verify_inclusion(leaf, index, self.tree_size, proof, self.root)
+        except BaseException:
+            self._reset()
+            raise
+        # Verified in full: the fast path's records for this proof are authenticated,
+        # but they may hold non-canonical tokens; start over rather than reason about it.
+        self._reset()

@@ -22,6 +22,7 @@ from verifier._errors import ReplayInvalid
 from verifier._ids import orchestration_display_id
 
 __all__ = [
+    "FOLDED_TYPES",
     "RECEIPTS_KEPT",
     "TERMINAL_TYPES",
     "Projection",
@@ -34,6 +35,18 @@ TERMINAL_TYPES = frozenset(
     {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
 )
 RECEIPTS_KEPT = 4096
+#: Event types whose payload the fold reads; all others only append their receipt id.
+FOLDED_TYPES = frozenset(
+    {
+        "orchestration.created",
+        "orchestration.started",
+        "step.started",
+        "step.completed",
+        "step.failed",
+        "step.skipped",
+        *TERMINAL_TYPES,
+    }
+)
 _UNSET: Any = msgspec.UNSET
 
 
@@ -137,6 +150,20 @@ class ReceiptsMatcher:
                     f"state.receipts[{i}]: claimed {_show(item)}, replay {_show(expected)}"
                 )
 
+    def feed_plain(self, items: list[bytes]) -> None:
+        """Feed JSON string items given as their raw bytes (no escapes: the bytes are the
+        string's UTF-8); equivalent to :meth:`feed` on each decoded item."""
+        start = self._count
+        kept = len(self._replay.first)
+        if start < kept:
+            for item in items[: kept - start]:
+                self.feed(item.decode("utf-8", "surrogateescape"))
+            items = items[kept - start :]
+            if not items:
+                return
+        self._count += len(items)
+        self._hasher.update(b"\n".join(items) + b"\n")
+
     def differences(self) -> list[str]:
         replay = self._replay
         if self._wrong_type is not None:
@@ -180,6 +207,9 @@ class Projection:
         receipt_id: str,
     ) -> None:
         """Fold one event. Raises :class:`ReplayInvalid` if it cannot be folded."""
+        if event_type not in FOLDED_TYPES:
+            self.apply_detail(seq, event_type, receipt_id)
+            return
         decoder = _DECODERS.get(event_type)
         p: Any = None
         if decoder is not None:
@@ -266,6 +296,13 @@ class Projection:
         elif isinstance(p, _Reason):
             status = "failed" if event_type == "orchestration.failed" else "cancelled"
             state.update(status=status, reason=p.reason, completed_at=occurred_at)
+        self.receipts.add(receipt_id)
+
+    def apply_detail(self, seq: int, event_type: str, receipt_id: str) -> None:
+        """Fold an event of a type outside :data:`FOLDED_TYPES` (LLM, tool, decision, or
+        unknown): audit detail that changes no projection field but its receipts."""
+        if self._state is None:
+            raise ReplayInvalid(f"event {seq} ({event_type}) comes before orchestration.created")
         self.receipts.add(receipt_id)
 
     def _definition_step(self, step_id: str) -> dict[str, Any]:

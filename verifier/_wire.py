@@ -8,6 +8,9 @@ Receipts are the deliberate exception (§4: "verifiers ignore unknown receipt fi
 the HTTP API adds ``orchestration_id`` for convenience, and a receipt saved from the API
 must still verify offline. Unknown receipt fields are never trusted for anything.
 
+Structs holding only scalars, bytes and raw JSON are ``gc=False`` (they cannot form
+reference cycles), which keeps the garbage collector out of the per-event hot path.
+
 ``bytes`` fields are standard base64 with padding on the wire; msgspec decodes them.
 The bundle's per-event proofs stay ``msgspec.Raw`` (the JSON array text): the verifier
 decodes only the hashes it folds (see :class:`verifier._merkle.PathMemo`) and decodes
@@ -34,7 +37,7 @@ __all__ = [
 ]
 
 
-class Receipt(msgspec.Struct, frozen=True):
+class Receipt(msgspec.Struct, frozen=True, gc=False):
     """§4 receipt. Unknown fields (e.g. the API's ``orchestration_id``) are ignored."""
 
     receipt_id: str
@@ -46,7 +49,7 @@ class Receipt(msgspec.Struct, frozen=True):
     checkpoint: str
 
 
-class BundleReceipt(msgspec.Struct, frozen=True):
+class BundleReceipt(msgspec.Struct, frozen=True, gc=False):
     """§6 step 3: a receipt inside a bundle, without its checkpoint (that is a
     checkpoint line of the same ``tree_size``). Unknown fields ignored, as for §4."""
 
@@ -78,7 +81,12 @@ class BundleCheckpoint(
 
 
 class BundleEvent(
-    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="event"
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    tag_field="kind",
+    tag="event",
+    gc=False,
 ):
     leaf_index: int
     leaf: bytes
@@ -101,7 +109,7 @@ class Version(msgspec.Struct, frozen=True):
     v: int
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     """§2 leaf, version 1. The payload stays raw: it is decoded per type when folded."""
 
     v: int
