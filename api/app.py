@@ -1,0 +1,190 @@
+"""The aiohttp application: resources, middleware and routes.
+
+``create_app(config)`` builds an :class:`aiohttp.web.Application` whose resources —
+the key store, the SQLite event store, the :class:`~ledger.log.Log` and the
+:class:`~ledger.orchestration.Engine` — are opened in a ``cleanup_ctx`` and closed in
+reverse order, so shutdown finishes in-flight appends and stops running
+orchestrations at a step boundary (they resume on the next start).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from api.auth import Authenticator
+from api.config import Config
+from api.errors import ProblemError
+from api.keys import KeyStore
+from api.metrics import Metrics, TimedLog
+from api.problems import from_ledger_error, problem_response
+from api.routes import register_routes
+from api.services import METRICS, SERVICES, Services
+from api.sse import StreamHub
+from ledger.errors import LedgerError
+from ledger.keys import load_or_create_signer
+from ledger.log import Log
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
+from ledger.sqlite_store import SQLiteEventStore
+
+__all__ = ["create_app"]
+
+_log = structlog.get_logger("api")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _route_name(request: web.Request) -> str:
+    info = request.match_info
+    if info.http_exception is not None:
+        return "unmatched"
+    return info.route.resource.canonical if info.route.resource is not None else "unmatched"
+
+
+def _http_problem(e: web.HTTPException) -> ProblemError:
+    status = e.status
+    headers = {}
+    if status == 405 and "Allow" in e.headers:
+        headers["Allow"] = e.headers["Allow"]
+    slug, title, detail = {
+        404: ("not-found", "Not found", "no such route"),
+        405: ("method-not-allowed", "Method not allowed", "this route does not take that method"),
+        413: (
+            "payload-too-large",
+            "Payload too large",
+            "the request body exceeds the configured limit",
+        ),
+    }.get(status, ("http-error", e.reason, e.text or e.reason))
+    return ProblemError(status, slug, title, detail, headers=headers)
+
+
+_SHUTTING_DOWN = ProblemError(
+    503,
+    "unavailable",
+    "Service unavailable",
+    "the server is shutting down",
+    headers={"Retry-After": "5", "Connection": "close"},
+)
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request_id = request.headers.get("X-Request-ID", "")
+    if not _REQUEST_ID_RE.match(request_id):
+        request_id = uuid.uuid4().hex
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    metrics = request.app[METRICS]
+    services = request.app.get(SERVICES)
+    start = time.perf_counter()
+    response: web.StreamResponse
+    try:
+        if services is None or services.shutting_down:
+            response = problem_response(_SHUTTING_DOWN)
+        else:
+            response = await handler(request)
+    except ProblemError as p:
+        response = problem_response(p)
+    except web.HTTPException as e:
+        response = problem_response(_http_problem(e))
+    except LedgerError as e:
+        problem = from_ledger_error(e)
+        if problem.status >= 500:
+            _log.error("request.ledger_error", error=repr(e), status=problem.status)
+        response = problem_response(problem)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # noqa: BLE001 — the catch-all: no client input may reach it
+        _log.exception("request.unhandled", method=request.method, route=_route_name(request))
+        response = problem_response(
+            ProblemError(500, "internal", "Internal server error", "an unexpected error occurred")
+        )
+    elapsed = time.perf_counter() - start
+    route = _route_name(request)
+    if not response.prepared:
+        response.headers["X-Request-ID"] = request_id
+    metrics.requests.labels(request.method, route, str(response.status)).inc()
+    metrics.latency.labels(route).observe(elapsed)
+    _log.info(
+        "request",
+        method=request.method,
+        route=route,
+        status=response.status,
+        ms=round(elapsed * 1000, 2),
+    )
+    return response
+
+
+def create_app(
+    config: Config,
+    *,
+    env: Mapping[str, str] | None = None,
+    now: Callable[[], datetime] | None = None,
+    tools: ToolRegistry | None = None,
+    on_ready: Callable[[Services], Awaitable[None]] | None = None,
+) -> web.Application:
+    """The application. ``env`` (provider keys), ``now`` and ``tools`` are injected into
+    the engine; ``on_ready`` runs once resources are open (``serve --demo`` seeds there)."""
+    app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
+    app[METRICS] = Metrics()
+
+    async def resources(app: web.Application) -> AsyncIterator[None]:
+        metrics = app[METRICS]
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+        keys = KeyStore(config.keys_path)
+        try:
+            auth = Authenticator(config, keys)
+            signer = load_or_create_signer(config.data_dir, config.origin, config.key_file)
+            log = await Log.open(SQLiteEventStore(config.ledger_path), signer, ORCHESTRATION_EVENTS)
+        except BaseException:
+            keys.close()
+            raise
+        hub = StreamHub()
+        engine_options: dict[str, Any] = {"stop_grace_seconds": config.shutdown_grace_seconds}
+        if env is not None:
+            engine_options["env"] = env
+        if now is not None:
+            engine_options["now"] = now
+        if tools is not None:
+            engine_options["tools"] = tools
+        engine = Engine(TimedLog(log, metrics.append_latency), **engine_options)
+        log.add_listener(hub.on_commit)
+        metrics.attach(log, engine)
+        try:
+            resumed = await engine.start()
+            services = Services(config, keys, auth, log, engine, metrics, hub)
+            app[SERVICES] = services
+            _log.info("server.ready", tree_size=log.size, resumed=len(resumed))
+            if on_ready is not None:
+                await on_ready(services)
+            yield
+        finally:
+            hub.close()
+            await engine.close()
+            await log.close()
+            keys.close()
+            _log.info("server.stopped")
+
+    async def on_shutdown(app: web.Application) -> None:
+        services = app.get(SERVICES)
+        if services is not None:
+            services.shutting_down = True
+            services.hub.close()
+            # Running orchestrations stop at their next step boundary (they resume on the
+            # next start); requests waiting on them (Prefer: wait) answer now.
+            await services.engine.close()
+
+    app.cleanup_ctx.append(resources)
+    app.on_shutdown.append(on_shutdown)
+    register_routes(app)
+    return app

@@ -1,0 +1,186 @@
+"""Authentication (API key or Bearer JWT), tenant matching, scopes and rate limits.
+
+Order of checks (issue #4 §3): credentials first (401), then the tenant header and
+scope (403). A resource of another tenant is reported by the route as 404.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+import jwt
+import msgspec
+from aiohttp import web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from api.config import Config
+from api.errors import ConfigError, ProblemError
+from api.keys import KeyStore
+from api.problems import bad_request, forbidden, unauthorized
+
+__all__ = ["Authenticator", "Principal", "RateLimiter"]
+
+_HEADER_KEY = "X-API-Key"
+_HEADER_TENANT = "X-Tenant-ID"
+_JWT_LEEWAY_SECONDS = 5
+
+
+class Principal(msgspec.Struct, frozen=True):
+    """Who is calling: their tenant, scopes, and a stable id for rate limits and audit."""
+
+    tenant_id: str
+    scopes: frozenset[str]
+    subject: str  # "key:<key_id>" or "jwt:<sub>"
+
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes or "admin" in self.scopes
+
+
+class RateLimiter:
+    """A token bucket per credential: ``rate`` tokens per second, ``burst`` capacity."""
+
+    def __init__(
+        self,
+        rate: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = 100_000,
+    ) -> None:
+        self._rate = rate
+        self._burst = float(max(burst, 1, math.ceil(rate)))
+        self._clock = clock
+        self._max = max_buckets
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    @property
+    def enabled(self) -> bool:
+        return self._rate > 0
+
+    def check(self, subject: str) -> float | None:
+        """``None`` if allowed, else the seconds until the next token."""
+        if self._rate <= 0:
+            return None
+        now = self._clock()
+        tokens, last = self._buckets.get(subject, (self._burst, now))
+        tokens = min(self._burst, tokens + (now - last) * self._rate)
+        if tokens < 1.0:
+            self._buckets[subject] = (tokens, now)
+            return (1.0 - tokens) / self._rate
+        self._buckets[subject] = (tokens - 1.0, now)
+        self._buckets.move_to_end(subject)
+        while len(self._buckets) > self._max:
+            self._buckets.popitem(last=False)
+        return None
+
+
+def _load_eddsa_key(value: str) -> Ed25519PublicKey:
+    text = value
+    if "-----BEGIN" not in value:
+        try:
+            text = Path(value).read_text(encoding="ascii")
+        except OSError as e:
+            raise ConfigError(f"cannot read the EdDSA JWT public key {value}: {e}") from e
+    try:
+        key = load_pem_public_key(text.encode("ascii"))
+    except ValueError as e:
+        raise ConfigError(f"the EdDSA JWT public key is not a PEM public key: {e}") from e
+    if not isinstance(key, Ed25519PublicKey):
+        raise ConfigError("the EdDSA JWT public key must be an Ed25519 key")
+    return key
+
+
+class Authenticator:
+    def __init__(
+        self, config: Config, keys: KeyStore, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._keys = keys
+        self._hs256 = config.jwt_hs256_secret
+        self._eddsa = (
+            _load_eddsa_key(config.jwt_eddsa_public_key) if config.jwt_eddsa_public_key else None
+        )
+        self._clock = clock
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+
+    def authenticate(self, request: web.Request) -> Principal:
+        """The caller's principal; raises a 401 :class:`ProblemError`."""
+        api_key = request.headers.get(_HEADER_KEY)
+        if api_key is not None:
+            record = self._keys.authenticate(api_key.strip())
+            if record is None:
+                raise unauthorized("the API key is not valid (unknown, malformed or revoked)")
+            return Principal(record.tenant_id, frozenset(record.scopes), f"key:{record.key_id}")
+        auth = request.headers.get("Authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise unauthorized("the Authorization header must be 'Bearer <JWT>'")
+            return self._jwt(token.strip())
+        raise unauthorized("credentials are required: an X-API-Key header or a Bearer JWT")
+
+    def _jwt(self, token: str) -> Principal:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise unauthorized("the bearer token is not a well-formed JWT") from None
+        alg = header.get("alg")
+        key: str | Ed25519PublicKey
+        if alg == "EdDSA" and self._eddsa is not None:
+            key = self._eddsa
+        elif alg == "HS256" and self._hs256 is not None:
+            key = self._hs256
+        else:
+            raise unauthorized(f"JWT algorithm {alg!r} is not accepted here")
+        try:
+            claims = jwt.decode(
+                token,
+                key=key,
+                algorithms=[alg],
+                options={"require": ["exp"], "verify_aud": False},
+                leeway=_JWT_LEEWAY_SECONDS,
+            )
+        except jwt.ExpiredSignatureError:
+            raise unauthorized("the JWT has expired") from None
+        except jwt.PyJWTError as e:
+            raise unauthorized(f"the JWT is not valid: {e}") from None
+        tenant = claims.get("tenant")
+        scope = claims.get("scope")
+        if not isinstance(tenant, str) or not tenant:
+            raise unauthorized("the JWT has no 'tenant' claim")
+        if isinstance(scope, str):
+            scopes = frozenset(scope.split())
+        elif isinstance(scope, list) and all(isinstance(s, str) for s in scope):
+            scopes = frozenset(scope)
+        else:
+            raise unauthorized("the JWT has no 'scope' claim (a space-separated string or list)")
+        sub = claims.get("sub")
+        return Principal(tenant, scopes, f"jwt:{tenant}:{sub if isinstance(sub, str) else ''}")
+
+    def authorize(self, request: web.Request, *scopes: str) -> Principal:
+        """401 for credentials, then 400/403 for the tenant header, 403 unless the caller
+        has one of ``scopes``, and 429 when the caller's rate limit is spent."""
+        principal = self.authenticate(request)
+        tenant = request.headers.get(_HEADER_TENANT)
+        if tenant is None:
+            raise bad_request(
+                "the X-Tenant-ID header is required", slug="missing-tenant", field="X-Tenant-ID"
+            )
+        if tenant != principal.tenant_id:
+            raise forbidden("the credential does not belong to the tenant in X-Tenant-ID")
+        if not any(principal.allows(s) for s in scopes):
+            raise forbidden(f"the credential lacks the {' or '.join(scopes)} scope")
+        wait = self.limiter.check(principal.subject)
+        if wait is not None:
+            raise ProblemError(
+                429,
+                "rate-limited",
+                "Too many requests",
+                "the rate limit for this credential is spent",
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            )
+        return principal

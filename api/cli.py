@@ -1,0 +1,352 @@
+"""``maip-ledger``: serve the API, manage API keys, check and export the ledger.
+
+Every flag has a ``MAIP_*`` environment variable (see :data:`api.config.ENV_VARS`).
+Errors are one line on stderr and exit status 2; ``fsck`` exits 1 when it finds damage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Mapping, MutableMapping, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from api.app import create_app
+from api.config import ENV_VARS, Config
+from api.demo import DemoInfo, demo_instructions, seed_demo
+from api.errors import ApiError
+from api.keys import ALL_SCOPES, KeyStore
+from api.services import Services
+from ledger.bundle import write_bundle
+from ledger.errors import LedgerError
+from ledger.fsck import fsck
+from ledger.keys import KEY_FILE, load_signer
+from ledger.log import Log
+from ledger.orchestration import ORCHESTRATION_EVENTS
+from ledger.sqlite_store import SQLiteEventStore
+
+__all__ = ["configure_logging", "main"]
+
+_SECRET_FIELDS = frozenset(
+    {"api_key", "x-api-key", "authorization", "token", "secret", "password", "jwt"}
+)
+
+
+def _drop_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    for name in list(event):
+        if name.lower() in _SECRET_FIELDS:
+            event[name] = "[redacted]"
+    return event
+
+
+def configure_logging(level: str = "info", stream: TextIO | None = None) -> None:
+    """JSON lines on stderr with the request id, tenant and orchestration id bound per
+    request (``structlog.contextvars``). Called once, by the CLI entry point."""
+    numeric = logging.getLevelName(level.upper())
+    if not isinstance(numeric, int):
+        raise ApiError(f"unknown log level {level!r}")
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _drop_secrets,
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+
+
+def _config(args: argparse.Namespace, env: Mapping[str, str]) -> Config:
+    flags = {k: v for k, v in vars(args).items() if k in Config.__dataclass_fields__}
+    return Config.load(env, **flags)
+
+
+# -- serve -----------------------------------------------------------------------------
+
+
+async def _serve(config: Config, out: TextIO) -> None:
+    demo: list[DemoInfo] = []
+
+    async def on_ready(services: Services) -> None:
+        if config.demo:
+            demo.append(await seed_demo(services))
+
+    app = create_app(config, on_ready=on_ready)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        shutdown_timeout=config.shutdown_grace_seconds + 5,
+    )
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        base = f"http://{host}:{port}"
+        structlog.get_logger("api").info("server.listening", url=base)
+        out.write(f"listening on {base}\n")
+        if demo:
+            out.write(demo_instructions(demo[0], base))
+        out.flush()
+        await stop.wait()
+        structlog.get_logger("api").info("server.stopping")
+    finally:
+        await runner.cleanup()
+
+
+def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    config = _config(args, env)
+    configure_logging(config.log_level)
+    asyncio.run(_serve(config, sys.stdout))
+    return 0
+
+
+# -- keys ------------------------------------------------------------------------------
+
+
+def _key_store(args: argparse.Namespace, env: Mapping[str, str]) -> KeyStore:
+    return KeyStore(_config(args, env).keys_path)
+
+
+def _cmd_keys_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    store = _key_store(args, env)
+    try:
+        key = store.create(args.tenant, args.scopes, label=args.label)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
+    else:
+        sys.stdout.write(
+            f"{key.api_key}\n"
+            f"key id {key.key_id}, tenant {key.tenant_id}, scopes {' '.join(key.scopes)}\n"
+            "Store it now: it is shown only once.\n"
+        )
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    store = _key_store(args, env)
+    try:
+        keys = store.list_keys(args.tenant)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(keys).decode() + "\n")
+        return 0
+    for k in keys:
+        state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+        sys.stdout.write(
+            f"{k.key_id}  {k.tenant_id}  {','.join(k.scopes)}  {state}  created {k.created_at}"
+            + (f"  ({k.label})" if k.label else "")
+            + "\n"
+        )
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    store = _key_store(args, env)
+    try:
+        record = store.revoke(args.key_id)
+    finally:
+        store.close()
+    if args.json:
+        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+    else:
+        sys.stdout.write(f"revoked {record.key_id} (tenant {record.tenant_id})\n")
+    return 0
+
+
+# -- fsck and export -------------------------------------------------------------------
+
+
+def _verifier_key_path(config: Config) -> Path:
+    path = config.key_file or config.data_dir / KEY_FILE
+    if not path.exists():
+        raise ApiError(f"no signing key at {path}: is {config.data_dir} a ledger data dir?")
+    if not config.ledger_path.exists():
+        raise ApiError(f"no ledger at {config.ledger_path}")
+    return path
+
+
+async def _fsck(config: Config) -> Any:
+    signer = load_signer(_verifier_key_path(config))
+    store = SQLiteEventStore(config.ledger_path, read_only=True)
+    await store.open()
+    try:
+        return await fsck(store, signer.verifier)
+    finally:
+        await store.close()
+
+
+def _cmd_fsck(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    config = _config(args, env)
+    report = asyncio.run(_fsck(config))
+    if args.json:
+        out = {**msgspec.to_builtins(report), "ok": report.ok}
+        sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+    elif report.ok:
+        sys.stdout.write(
+            f"ok: {report.events} events, {report.checkpoints} checkpoints, "
+            f"tree size {report.tree_size}\n"
+        )
+    else:
+        sys.stdout.write(f"TAMPERED: first bad index {report.first_bad_index}\n")
+        for problem in report.problems:
+            sys.stdout.write(f"  {problem}\n")
+    return 0 if report.ok else 1
+
+
+async def _export(config: Config, orchestration_id: str, tenants: Sequence[str], out: Any) -> int:
+    signer = load_signer(_verifier_key_path(config))
+    log = await Log.open(
+        SQLiteEventStore(config.ledger_path, read_only=True), signer, ORCHESTRATION_EVENTS
+    )
+    try:
+        for tenant in tenants:
+            if await log.stream_head(tenant, orchestration_id) == 0:
+                continue
+
+            async def write(line: bytes) -> None:
+                out.write(line)
+
+            return await write_bundle(log, tenant, orchestration_id, write)
+    finally:
+        await log.close()
+    raise ApiError(
+        f"no orchestration {orchestration_id!r} for "
+        + (f"tenant {tenants[0]!r}" if len(tenants) == 1 else "any tenant with an API key")
+        + " (pass --tenant)"
+    )
+
+
+def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
+    config = _config(args, env)
+    if args.tenant:
+        tenants = [args.tenant]
+    else:
+        store = KeyStore(config.keys_path)
+        try:
+            tenants = store.tenants()
+        finally:
+            store.close()
+    oid = args.orchestration_id.lower()
+    if args.output == "-":
+        count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer))
+        sys.stdout.buffer.flush()
+    else:
+        tmp = Path(args.output + ".tmp")
+        with tmp.open("wb") as f:
+            count = asyncio.run(_export(config, oid, tenants, f))
+        os.replace(tmp, args.output)
+        sys.stderr.write(f"wrote {count} events to {args.output}\n")
+    return 0
+
+
+# -- parser ----------------------------------------------------------------------------
+
+
+def _help(name: str, text: str) -> str:
+    return f"{text} (env {ENV_VARS[name]})"
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="maip-ledger", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def data_dir(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--data-dir", type=Path, help=_help("data_dir", "default ./data"))
+        sp.add_argument("--key-file", type=Path, help=_help("key_file", "signing key file"))
+
+    s = sub.add_parser("serve", help="run the HTTP API")
+    data_dir(s)
+    s.add_argument("--host", help=_help("host", "default 127.0.0.1"))
+    s.add_argument("--port", type=int, help=_help("port", "default 8080"))
+    s.add_argument("--origin", help=_help("origin", "the log's origin (key name)"))
+    s.add_argument("--max-body-bytes", type=int, help=_help("max_body_bytes", "default 1 MiB"))
+    s.add_argument("--rate-limit", type=float, help=_help("rate_limit", "per-key req/s; 0 off"))
+    s.add_argument("--rate-burst", type=int, help=_help("rate_burst", "per-key burst"))
+    s.add_argument("--jwt-hs256-secret", help=_help("jwt_hs256_secret", "HS256 JWT secret"))
+    s.add_argument(
+        "--jwt-eddsa-public-key", help=_help("jwt_eddsa_public_key", "EdDSA JWT key (PEM)")
+    )
+    s.add_argument(
+        "--shutdown-grace-seconds", type=float, help=_help("shutdown_grace_seconds", "default 5")
+    )
+    s.add_argument("--log-level", help=_help("log_level", "default info"))
+    s.add_argument(
+        "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")
+    )
+    s.set_defaults(func=_cmd_serve)
+
+    k = sub.add_parser("keys", help="manage API keys").add_subparsers(
+        dest="keys_command", required=True
+    )
+    kc = k.add_parser("create", help="create an API key (printed once)")
+    data_dir(kc)
+    kc.add_argument("--tenant", required=True)
+    kc.add_argument(
+        "--scopes",
+        default="orchestrations:write,orchestrations:read",
+        help=f"comma-separated, of: {','.join(ALL_SCOPES)}",
+    )
+    kc.add_argument("--label")
+    kc.add_argument("--json", action="store_true")
+    kc.set_defaults(func=_cmd_keys_create)
+    kl = k.add_parser("list", help="list API keys (never their secrets)")
+    data_dir(kl)
+    kl.add_argument("--tenant")
+    kl.add_argument("--json", action="store_true")
+    kl.set_defaults(func=_cmd_keys_list)
+    kr = k.add_parser("revoke", help="revoke an API key, effective at once")
+    data_dir(kr)
+    kr.add_argument("key_id")
+    kr.add_argument("--json", action="store_true")
+    kr.set_defaults(func=_cmd_keys_revoke)
+
+    f = sub.add_parser("fsck", help="check the whole ledger; exit 1 if tampered")
+    data_dir(f)
+    f.add_argument("--json", action="store_true")
+    f.set_defaults(func=_cmd_fsck)
+
+    e = sub.add_parser("export", help="write an orchestration's offline bundle (spec §6)")
+    e.add_argument("orchestration_id")
+    data_dir(e)
+    e.add_argument("--tenant", help="the owning tenant (default: search tenants with keys)")
+    e.add_argument("-o", "--output", default="-", help="file, or - for stdout (default)")
+    e.set_defaults(func=_cmd_export)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.func(args, os.environ if env is None else env)
+    except (ApiError, LedgerError, OSError) as e:
+        sys.stderr.write(f"maip-ledger: error: {e}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

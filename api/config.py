@@ -1,0 +1,119 @@
+"""Server configuration: one frozen value, from flags with ``MAIP_*`` environment fallbacks.
+
+Precedence: an explicit flag, else the environment variable, else the default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from api.errors import ConfigError
+from ledger.keys import DEFAULT_ORIGIN
+
+__all__ = ["ENV_VARS", "Config"]
+
+#: Each setting's environment variable.
+ENV_VARS: dict[str, str] = {
+    "data_dir": "MAIP_DATA_DIR",
+    "host": "MAIP_HOST",
+    "port": "MAIP_PORT",
+    "origin": "MAIP_ORIGIN",
+    "key_file": "MAIP_KEY_FILE",
+    "max_body_bytes": "MAIP_MAX_BODY_BYTES",
+    "rate_limit": "MAIP_RATE_LIMIT",
+    "rate_burst": "MAIP_RATE_BURST",
+    "jwt_hs256_secret": "MAIP_JWT_HS256_SECRET",
+    "jwt_eddsa_public_key": "MAIP_JWT_EDDSA_PUBLIC_KEY",
+    "shutdown_grace_seconds": "MAIP_SHUTDOWN_GRACE_SECONDS",
+    "demo": "MAIP_DEMO",
+    "log_level": "MAIP_LOG_LEVEL",
+}
+
+_LEDGER_FILE = "ledger.db"
+_KEYS_FILE = "keys.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    data_dir: Path = Path("./data")
+    host: str = "127.0.0.1"
+    port: int = 8080
+    origin: str = DEFAULT_ORIGIN
+    key_file: Path | None = None
+    #: Largest accepted request body, bytes (413 above).
+    max_body_bytes: int = 1 << 20
+    #: Per-credential requests per second; 0 turns rate limiting off (the default).
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+    #: Bearer JWTs: HS256 with this shared secret, and/or EdDSA with this public key
+    #: (PEM text or a path to a PEM file). Neither set: only API keys are accepted.
+    jwt_hs256_secret: str | None = field(default=None, repr=False)
+    jwt_eddsa_public_key: str | None = None
+    shutdown_grace_seconds: float = 5.0
+    demo: bool = False
+    log_level: str = "info"
+
+    @property
+    def ledger_path(self) -> Path:
+        return self.data_dir / _LEDGER_FILE
+
+    @property
+    def keys_path(self) -> Path:
+        return self.data_dir / _KEYS_FILE
+
+    @classmethod
+    def load(cls, env: Mapping[str, str], **flags: Any) -> Config:
+        """Build from explicit ``flags`` (``None`` = not given) over ``env`` over defaults."""
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            given = flags.get(f.name)
+            if given is None and ENV_VARS.get(f.name) in env:
+                given = env[ENV_VARS[f.name]]
+            if given is None:
+                continue
+            values[f.name] = _coerce(f.name, f.type, given)
+        config = cls(**values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is outside 0..65535")
+        if self.max_body_bytes < 1024:
+            raise ConfigError("max body size must be at least 1024 bytes")
+        if self.rate_limit < 0 or self.rate_burst < 0:
+            raise ConfigError("rate limit and burst must be >= 0")
+        if self.shutdown_grace_seconds < 0:
+            raise ConfigError("shutdown grace must be >= 0")
+        if self.jwt_hs256_secret is not None and len(self.jwt_hs256_secret.encode()) < 32:
+            raise ConfigError("the HS256 JWT secret must be at least 32 bytes")
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _coerce(name: str, annotation: object, value: object) -> Any:
+    text = str(annotation)
+    if not isinstance(value, str):
+        return value
+    invalid = ConfigError(f"{name} ({ENV_VARS.get(name, name)}): invalid value {value!r}")
+    try:
+        if "Path" in text:
+            return Path(value)
+        if text == "int":
+            return int(value)
+        if text == "float":
+            return float(value)
+    except ValueError:
+        raise invalid from None
+    if text == "bool":
+        lowered = value.strip().lower()
+        if lowered not in _TRUE + _FALSE:
+            raise invalid
+        return lowered in _TRUE
+    return value

@@ -1,0 +1,178 @@
+"""RFC 9457 problem details (``application/problem+json``) and the error translations.
+
+Every error response is built here. Ledger and engine errors are mapped to statuses
+at the boundary (:func:`from_ledger_error`); msgspec validation messages become
+``errors: [{"field": "$.x", "message": ...}]``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+from aiohttp import web
+
+from api.errors import ProblemError
+from ledger.errors import (
+    ConflictError,
+    InvalidEventError,
+    LedgerError,
+    NotFoundError,
+    ProofError,
+    StorageUnavailableError,
+)
+from ledger.orchestration.errors import (
+    ConditionError,
+    OrchestrationStateError,
+    TemplateError,
+    WorkflowValidationError,
+)
+
+__all__ = [
+    "PROBLEM_TYPE_BASE",
+    "bad_request",
+    "forbidden",
+    "from_ledger_error",
+    "from_validation_error",
+    "not_found",
+    "problem_response",
+    "unauthorized",
+    "unprocessable",
+]
+
+PROBLEM_TYPE_BASE = "https://maip-ledger.dev/problems/"
+_CONTENT_TYPE = "application/problem+json"
+_AT_RE = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_encoder = msgspec.json.Encoder()
+
+
+def problem_response(problem: ProblemError) -> web.Response:
+    body: dict[str, object] = {
+        "type": PROBLEM_TYPE_BASE + problem.slug,
+        "title": problem.title,
+        "status": problem.status,
+        "detail": problem.detail,
+    }
+    if problem.errors is not None:
+        body["errors"] = problem.errors
+    body.update(problem.extra)
+    return web.Response(
+        status=problem.status,
+        body=_encoder.encode(body),
+        content_type=_CONTENT_TYPE,
+        headers=problem.headers,
+    )
+
+
+def bad_request(
+    detail: str, *, slug: str = "bad-request", field: str | None = None
+) -> ProblemError:
+    errors = [{"field": field, "message": detail}] if field else None
+    return ProblemError(400, slug, "Bad request", detail, errors=errors)
+
+
+def unauthorized(detail: str) -> ProblemError:
+    return ProblemError(
+        401,
+        "unauthorized",
+        "Unauthorized",
+        detail,
+        headers={"WWW-Authenticate": 'Bearer realm="maip-ledger", ApiKey header="X-API-Key"'},
+    )
+
+
+def forbidden(detail: str) -> ProblemError:
+    return ProblemError(403, "forbidden", "Forbidden", detail)
+
+
+def not_found(detail: str) -> ProblemError:
+    return ProblemError(404, "not-found", "Not found", detail)
+
+
+def unprocessable(detail: str, field: str | None = None) -> ProblemError:
+    errors = [{"field": field or "$", "message": detail}]
+    return ProblemError(422, "validation", "Validation failed", detail, errors=errors)
+
+
+def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> ProblemError:
+    """msgspec's message ``"Expected `int`, got `str` - at `$.max_steps`"`` → 422."""
+    m = _AT_RE.match(str(e))
+    message = m.group("message") if m else str(e)
+    path = (m.group("path") if m else None) or "$"
+    if prefix != "$" and path.startswith("$"):
+        path = prefix + path[1:]
+    # "Object contains unknown field `x`" names the field itself, one level down.
+    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
+    if unknown:
+        path = f"{path}.{unknown.group(1)}"
+    return ProblemError(
+        422,
+        "validation",
+        "Validation failed",
+        f"{message} at {path}",
+        errors=[{"field": path, "message": message}],
+    )
+
+
+def _engine_field(field: str) -> str:
+    if not field:
+        return "$"
+    return "$." + field if not field.startswith("$") else field
+
+
+def from_ledger_error(e: LedgerError) -> ProblemError:
+    """Translate a ledger or engine error into the problem a client should see."""
+    if isinstance(e, WorkflowValidationError):
+        path = _engine_field(e.field)
+        if e.step_id is not None:
+            path = f"$.definition.steps[{e.step_id}].{e.field}" if e.field else path
+        return ProblemError(
+            422,
+            "validation",
+            "Validation failed",
+            str(e),
+            errors=[{"field": path, "message": e.detail}],
+        )
+    if isinstance(e, TemplateError | ConditionError):
+        return ProblemError(
+            422,
+            "validation",
+            "Validation failed",
+            str(e),
+            errors=[{"field": "$.definition", "message": str(e)}],
+        )
+    if isinstance(e, NotFoundError):
+        return not_found(str(e))
+    if isinstance(e, OrchestrationStateError) and e.status == "closing":
+        return ProblemError(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "the server is shutting down",
+            headers={"Retry-After": "5"},
+        )
+    if isinstance(e, OrchestrationStateError):
+        return ProblemError(409, "conflict", "Conflict", str(e), extra={"status_now": e.status})
+    if isinstance(e, ConflictError):
+        return ProblemError(409, "conflict", "Conflict", str(e))
+    if isinstance(e, InvalidEventError):
+        return ProblemError(
+            422,
+            "validation",
+            "Validation failed",
+            str(e),
+            errors=[{"field": "$", "message": str(e)}],
+        )
+    if isinstance(e, ProofError):
+        return ProblemError(422, "proof", "Proof not available", str(e))
+    if isinstance(e, StorageUnavailableError):
+        return ProblemError(
+            503,
+            "unavailable",
+            "Service unavailable",
+            "the ledger cannot durably write right now; retry later",
+            headers={"Retry-After": "5"},
+        )
+    return ProblemError(
+        500, "internal", "Internal server error", "an unexpected ledger error occurred"
+    )

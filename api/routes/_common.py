@@ -1,0 +1,93 @@
+"""Helpers shared by the route modules: bodies, ids, query parameters."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, TypeVar
+
+import msgspec
+from aiohttp import web
+from ulid import ULID
+
+from api.errors import ProblemError
+from api.problems import bad_request, from_validation_error, not_found
+from api.services import SERVICES, Services
+
+__all__ = ["convert", "int_query", "orchestration_id", "read_json", "services"]
+
+T = TypeVar("T")
+_DISPLAY_PREFIX = "maip-orch:"
+
+
+def services(request: web.Request) -> Services:
+    return request.app[SERVICES]
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> Any:
+    """The JSON body: 415 for another content type, 413 over the limit, 400 if malformed."""
+    if not request.body_exists:
+        if optional:
+            return None
+        raise bad_request("a JSON request body is required", slug="malformed-json")
+    ctype = request.content_type
+    if ctype != "application/json" and not (
+        ctype.startswith("application/") and ctype.endswith("+json")
+    ):
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            f"the body must be application/json, not {ctype or 'unspecified'}",
+        )
+    raw = await request.read()
+    if not raw.strip() and optional:
+        return None
+    try:
+        return msgspec.json.decode(raw)
+    except msgspec.DecodeError as e:
+        raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
+
+
+def convert(value: Any, type_: type[T]) -> T:
+    """Validate a decoded body against a wire Struct (422 naming the failing field)."""
+    if not isinstance(value, dict):
+        raise ProblemError(
+            422,
+            "validation",
+            "Validation failed",
+            "the body must be a JSON object",
+            errors=[{"field": "$", "message": "Expected `object`"}],
+        )
+    try:
+        return msgspec.convert(value, type_)
+    except msgspec.ValidationError as e:
+        raise from_validation_error(e) from None
+
+
+def orchestration_id(request: web.Request) -> str:
+    """The canonical UUID from ``{id}``: a UUID or ``maip-orch:<ULID>``; else 404."""
+    raw = request.match_info["id"]
+    try:
+        if raw.startswith(_DISPLAY_PREFIX):
+            return str(uuid.UUID(bytes=ULID.from_str(raw[len(_DISPLAY_PREFIX) :]).bytes))
+        return str(uuid.UUID(raw))
+    except (ValueError, TypeError):
+        raise not_found(f"no orchestration {raw!r}") from None
+
+
+def int_query(
+    request: web.Request, name: str, *, default: int | None = None, low: int = 0, high: int
+) -> int:
+    """An integer query parameter in ``low..high`` (400 otherwise)."""
+    raw = request.query.get(name)
+    if raw is None:
+        if default is None:
+            raise bad_request(f"the query parameter {name!r} is required", field=name)
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(f"{name} must be an integer", field=name) from None
+    if not low <= value <= high:
+        raise bad_request(f"{name} must be in {low}..{high}", field=name)
+    return value

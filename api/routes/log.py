@@ -1,0 +1,59 @@
+"""Public log endpoints (spec §5): checkpoints, the verifier key, proofs. No credentials:
+they expose only hashes and signatures."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.problems import not_found
+from api.routes._common import int_query, services
+from api.services import json_response
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+_MAX = 2**62
+_NOTE = "text/plain"
+
+
+@routes.get("/v1/log/checkpoint")
+async def checkpoint(request: web.Request) -> web.Response:
+    latest = services(request).log.latest_checkpoint()
+    if latest is None:
+        raise not_found("the log is empty: no checkpoint has been issued yet")
+    return web.Response(text=latest.note, content_type=_NOTE, charset="utf-8")
+
+
+@routes.get("/v1/log/checkpoints/{size}")
+async def checkpoint_at(request: web.Request) -> web.Response:
+    raw = request.match_info["size"]
+    if not raw.isdigit() or len(raw) > 18:
+        raise not_found(f"no checkpoint was issued at tree size {raw!r}")
+    cp = await services(request).log.checkpoint_at(int(raw))
+    return web.Response(text=cp.note, content_type=_NOTE, charset="utf-8")
+
+
+@routes.get("/v1/log/key")
+async def key(request: web.Request) -> web.Response:
+    verifier = services(request).log.verifier
+    return json_response({"origin": verifier.name, "vkey": verifier.vkey})
+
+
+@routes.get("/v1/log/proof/inclusion")
+async def inclusion(request: web.Request) -> web.Response:
+    index = int_query(request, "index", high=_MAX)
+    size = int_query(request, "tree_size", low=1, high=_MAX)
+    proof = await services(request).log.inclusion_proof(index, size)
+    return json_response({"leaf_index": index, "tree_size": size, "proof": proof})
+
+
+@routes.get("/v1/log/proof/consistency")
+async def consistency(request: web.Request) -> web.Response:
+    first = int_query(request, "first", high=_MAX)
+    second = int_query(request, "second", high=_MAX)
+    log = services(request).log
+    if first == 0 and 0 <= second <= log.size:
+        # Every tree extends the empty tree; the proof is empty (RFC 9162 §2.1.4).
+        return json_response({"first": 0, "second": second, "proof": []})
+    proof = await log.consistency_proof(first, second)
+    return json_response({"first": first, "second": second, "proof": proof})

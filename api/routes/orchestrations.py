@@ -1,0 +1,369 @@
+"""Orchestrations: execute (both documented shapes), create (external executor), get,
+list, events, SSE stream, cancel, external steps and the offline bundle."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import re
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from api.errors import ProblemError
+from api.problems import bad_request
+from api.routes._common import convert, int_query, orchestration_id, read_json, services
+from api.services import Services, encode, json_response
+from api.sse import format_sse
+from api.wire import (
+    CancelRequest,
+    CreateOrchestrationRequest,
+    EventOut,
+    ExecuteAgentRequest,
+    ExecuteWorkflowRequest,
+    LeafPayload,
+    StepsRequest,
+)
+from ledger.bundle import write_bundle
+from ledger.log import RecordedEvent
+from ledger.orchestration import OrchestrationState
+from ledger.orchestration.errors import OrchestrationNotFoundError
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+_READ = "orchestrations:read"
+_WRITE = "orchestrations:write"
+_IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=(\d{1,6})(?:$|[,;\s])")
+_MAX_WAIT_SECONDS = 60
+_STATUSES = ("pending", "running", "completed", "failed", "cancelled")
+_SSE_HEARTBEAT_SECONDS = 15.0
+_TERMINAL = frozenset(
+    {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
+)
+_LEAF_PAYLOAD = msgspec.json.Decoder(LeafPayload)
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+def _location(state: OrchestrationState) -> dict[str, str]:
+    return {"Location": f"/v1/orchestrations/{state.orchestration_id}"}
+
+
+def _prefer_wait(request: web.Request) -> int | None:
+    """RFC 7240 ``Prefer: wait=N``: hold the answer up to N seconds for completion."""
+    prefer = request.headers.get("Prefer")
+    if prefer is None:
+        return None
+    m = _PREFER_WAIT_RE.search(prefer.lower())
+    return min(int(m.group(1)), _MAX_WAIT_SECONDS) if m else None
+
+
+def _body_hash(route: str, body: Any) -> bytes:
+    return hashlib.sha256(
+        route.encode() + b"\n" + msgspec.json.encode(body, order="sorted")
+    ).digest()
+
+
+async def _answer(
+    s: Services, request: web.Request, tenant: str, state: OrchestrationState, replayed: bool
+) -> web.Response:
+    headers = _location(state)
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    wait = _prefer_wait(request)
+    if wait and not state.terminal:
+        state = await s.engine.wait(tenant, state.orchestration_id, max_wait=wait)
+        headers["Preference-Applied"] = f"wait={wait}"
+    return json_response(state, status=200 if state.terminal and wait else 202, headers=headers)
+
+
+async def _idempotent(request: web.Request, route: str, body: Any, start: Any) -> web.Response:
+    """Run ``start()`` once per ``Idempotency-Key`` (same key, same body → same orchestration;
+    same key, other body → 409)."""
+    s = services(request)
+    tenant: str = request["principal"].tenant_id
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        state = await start()
+        structlog.contextvars.bind_contextvars(orchestration_id=state.orchestration_id)
+        return await _answer(s, request, tenant, state, replayed=False)
+    if not _IDEMPOTENCY_RE.match(key):
+        raise bad_request(
+            "Idempotency-Key must be 1-255 visible ASCII characters", field="Idempotency-Key"
+        )
+    digest = _body_hash(route, body)
+    lock_key = (tenant, route, key)
+    lock = s.idempotency_locks.setdefault(lock_key, asyncio.Lock())
+    try:
+        async with lock:
+            seen = s.keys.idempotency(tenant, route, key)
+            if seen is not None:
+                if seen.body_hash != digest:
+                    raise ProblemError(
+                        409,
+                        "idempotency-conflict",
+                        "Conflict",
+                        "this Idempotency-Key was used with a different request body",
+                    )
+                structlog.contextvars.bind_contextvars(orchestration_id=seen.orchestration_id)
+                state = await s.engine.get_state(tenant, seen.orchestration_id)
+                return await _answer(s, request, tenant, state, replayed=True)
+            state = await start()
+            s.keys.remember(tenant, route, key, digest, state.orchestration_id)
+    finally:
+        if not lock.locked():
+            s.idempotency_locks.pop(lock_key, None)
+    structlog.contextvars.bind_contextvars(orchestration_id=state.orchestration_id)
+    return await _answer(s, request, tenant, state, replayed=False)
+
+
+@routes.post("/v1/orchestrations/execute")
+async def execute(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _WRITE)
+    request["principal"] = principal
+    raw = await read_json(request)
+    body: ExecuteWorkflowRequest | ExecuteAgentRequest
+    if isinstance(raw, dict) and ("agent_id" in raw or "input" in raw):
+        body = convert(raw, ExecuteAgentRequest)
+    else:
+        body = convert(raw, ExecuteWorkflowRequest)
+    tenant = principal.tenant_id
+
+    async def start() -> OrchestrationState:
+        if isinstance(body, ExecuteWorkflowRequest):
+            return await s.engine.execute(
+                tenant,
+                workflow_id=body.workflow_id.lower(),
+                agents=[a.lower() for a in body.agents],
+                parameters=body.parameters,
+                started_by=principal.subject,
+                request_shape="workflow",
+            )
+        return await s.engine.execute(
+            tenant,
+            agent_id=body.agent_id.lower(),
+            workflow_id=body.workflow_id.lower() if body.workflow_id else None,
+            input=body.input,
+            model=body.model,
+            max_steps=body.max_steps,
+            timeout_seconds=body.timeout_seconds,
+            started_by=principal.subject,
+            request_shape="agent",
+        )
+
+    return await _idempotent(request, "execute", raw, start)
+
+
+@routes.post("/v1/orchestrations")
+async def create(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _WRITE)
+    request["principal"] = principal
+    raw = await read_json(request)
+    body = convert(raw, CreateOrchestrationRequest)
+    tenant = principal.tenant_id
+    options: dict[str, Any] = {}
+    if body.max_steps is not None:
+        options["max_steps"] = body.max_steps
+    if body.timeout_seconds is not None:
+        options["timeout_seconds"] = body.timeout_seconds
+
+    async def start() -> OrchestrationState:
+        common: dict[str, Any] = {
+            "workflow_id": body.workflow_id.lower() if body.workflow_id else None,
+            "agent_id": body.agent_id.lower() if body.agent_id else None,
+            "agents": [a.lower() for a in body.agents],
+            "input": body.input,
+            "parameters": body.parameters,
+            "model": body.model,
+            "started_by": principal.subject,
+            **options,
+        }
+        if body.executor == "external":
+            return await s.engine.create_external(tenant, **common)
+        return await s.engine.execute(tenant, **common)
+
+    return await _idempotent(request, "create", raw, start)
+
+
+@routes.get("/v1/orchestrations")
+async def list_orchestrations(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _READ)
+    q = request.query
+    status = q.get("status")
+    if status is not None and status not in _STATUSES:
+        raise bad_request(f"status must be one of {', '.join(_STATUSES)}", field="status")
+    cursor = q.get("cursor")
+    if cursor is not None and not _UUID_RE.match(cursor):
+        raise bad_request("cursor must be a next_cursor value from a previous page", field="cursor")
+    limit = int_query(request, "limit", default=50, low=1, high=500)
+    page, next_cursor = s.engine.list_orchestrations(
+        principal.tenant_id,
+        status=status,
+        agent_id=q.get("agent_id") or q.get("agent"),
+        workflow_id=q.get("workflow_id") or q.get("workflow"),
+        cursor=cursor,
+        limit=limit,
+    )
+    return json_response({"items": page, "next_cursor": next_cursor})
+
+
+@routes.get("/v1/orchestrations/{id}")
+async def get(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _READ)
+    oid = orchestration_id(request)
+    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    wait = int_query(request, "wait", default=0, high=_MAX_WAIT_SECONDS)
+    if wait:
+        state = await s.engine.wait(principal.tenant_id, oid, max_wait=wait)
+    else:
+        state = await s.engine.get_state(principal.tenant_id, oid)
+    return json_response(state)
+
+
+def _event_out(rec: RecordedEvent) -> EventOut:
+    e = rec.event
+    return EventOut(
+        event_id=e.event_id,
+        stream_seq=e.stream_seq,
+        type=e.type,
+        occurred_at=e.occurred_at,
+        payload=_LEAF_PAYLOAD.decode(rec.leaf).payload,
+        leaf_index=rec.leaf_index,
+        receipt_id=rec.receipt_id,
+        tree_size=rec.tree_size,
+        leaf=rec.leaf,
+    )
+
+
+async def _known(s: Services, tenant: str, oid: str) -> None:
+    if s.engine.registry.orchestration(tenant, oid) is None:
+        raise OrchestrationNotFoundError(f"no orchestration {oid!r}")
+
+
+@routes.get("/v1/orchestrations/{id}/events")
+async def events(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _READ)
+    oid = orchestration_id(request)
+    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    await _known(s, principal.tenant_id, oid)
+    records = await s.log.read_stream(principal.tenant_id, oid)
+    return json_response({"orchestration_id": oid, "events": [_event_out(r) for r in records]})
+
+
+def _last_event_id(request: web.Request) -> int:
+    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    if not raw.isdigit() or len(raw) > 12:
+        raise bad_request("Last-Event-ID must be a stream_seq (a non-negative integer)")
+    return int(raw)
+
+
+@routes.get("/v1/orchestrations/{id}/events/stream")
+async def stream(request: web.Request) -> web.StreamResponse:
+    s = services(request)
+    principal = s.authorize(request, _READ)
+    oid = orchestration_id(request)
+    tenant = principal.tenant_id
+    await _known(s, tenant, oid)
+    last = _last_event_id(request)
+    sub = s.hub.subscribe(tenant, oid)
+    try:
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Accel-Buffering": "no",
+            }
+        )
+        await response.prepare(request)
+        done = False
+        backlog = await s.log.read_stream(tenant, oid, after_seq=last)
+        for rec in backlog:
+            await response.write(_sse(rec))
+            last = rec.event.stream_seq
+            done = rec.event.type in _TERMINAL
+        while not done:
+            item: RecordedEvent | None
+            try:
+                item = await asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
+            except TimeoutError:
+                await response.write(b": keep-alive\n\n")
+                continue
+            if item is None or sub.overflowed:
+                break
+            if item.event.stream_seq <= last:
+                continue
+            await response.write(_sse(item))
+            last = item.event.stream_seq
+            done = item.event.type in _TERMINAL
+        await response.write_eof()
+        return response
+    finally:
+        sub.close()
+
+
+def _sse(rec: RecordedEvent) -> bytes:
+    return format_sse(rec.event.stream_seq, rec.event.type, encode(_event_out(rec)))
+
+
+@routes.post("/v1/orchestrations/{id}/cancel")
+async def cancel(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _WRITE)
+    oid = orchestration_id(request)
+    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    raw = await read_json(request, optional=True)
+    reason = "cancelled" if raw is None else convert(raw, CancelRequest).reason
+    state = await s.engine.cancel(
+        principal.tenant_id, oid, reason=reason, requested_by=principal.subject
+    )
+    return json_response(state)
+
+
+@routes.post("/v1/orchestrations/{id}/steps")
+async def steps(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, _WRITE)
+    oid = orchestration_id(request)
+    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    body = convert(await read_json(request), StepsRequest)
+    receipts = await s.engine.record_step(
+        principal.tenant_id, oid, [(e.type, e.payload) for e in body.events]
+    )
+    out = [{**msgspec.to_builtins(r), "orchestration_id": oid} for r in receipts]
+    return json_response({"orchestration_id": oid, "receipts": out}, status=201)
+
+
+@routes.get("/v1/orchestrations/{id}/bundle")
+async def bundle(request: web.Request) -> web.StreamResponse:
+    s = services(request)
+    principal = s.authorize(request, _READ)
+    oid = orchestration_id(request)
+    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    await _known(s, principal.tenant_id, oid)
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "application/x-ndjson",
+            "Content-Disposition": f'attachment; filename="{oid}.bundle.jsonl"',
+        }
+    )
+    prepared = False
+
+    async def write(line: bytes) -> None:
+        nonlocal prepared
+        if not prepared:
+            await response.prepare(request)
+            prepared = True
+        await response.write(line)
+
+    await write_bundle(s.log, principal.tenant_id, oid, write)
+    await response.write_eof()
+    return response

@@ -1,0 +1,51 @@
+"""``GET /v1/receipts/{receipt_id}``: a receipt (spec §4) plus its orchestration id.
+
+Receipts are immutable, so an encoded receipt is cached per (tenant, receipt id).
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from aiohttp import web
+
+from api.problems import not_found
+from api.routes._common import services
+from api.services import encode
+from api.wire import ReceiptOut
+from ledger.errors import NotFoundError
+from ledger.merkle import leaf_hash
+from ledger.receipt import event_id_bytes
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/v1/receipts/{receipt_id}")
+async def receipt(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, "orchestrations:read")
+    raw = request.match_info["receipt_id"]
+    try:
+        canonical = str(uuid.UUID(bytes=event_id_bytes(raw)))
+    except NotFoundError:
+        raise not_found(f"no receipt {raw!r}") from None
+    key = (principal.tenant_id, canonical)
+    body = s.receipts.get(key)
+    if body is None:
+        rec = await s.log.recorded(canonical, principal.tenant_id)
+        cp = await s.log.checkpoint_at(rec.tree_size)
+        out = ReceiptOut(
+            receipt_id=rec.receipt_id,
+            orchestration_id=rec.event.stream_id,
+            event_id=rec.event.event_id,
+            leaf_index=rec.leaf_index,
+            leaf_hash=leaf_hash(rec.leaf),
+            tree_size=rec.tree_size,
+            inclusion_proof=await s.log.inclusion_proof(rec.leaf_index, rec.tree_size),
+            checkpoint=cp.note,
+        )
+        body = encode(out)
+        s.cache_receipt(key, body)
+    return web.Response(body=body, content_type="application/json")

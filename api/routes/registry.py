@@ -1,0 +1,83 @@
+"""Agents and workflows: ``POST``/``GET`` under ``/v1/agents`` and ``/v1/workflows``."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from api.problems import bad_request
+from api.routes._common import convert, read_json, services
+from api.services import json_response
+from api.wire import AgentRequest, WorkflowRequest
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+_READ = ("orchestrations:read", "agents:write", "workflows:write")
+
+
+@routes.post("/v1/agents")
+async def register_agent(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, "agents:write")
+    body = convert(await read_json(request), AgentRequest)
+    record = await s.engine.register_agent(
+        principal.tenant_id,
+        name=body.name,
+        provider=body.provider,
+        model=body.model,
+        tools=body.tools,
+        instructions=body.instructions,
+        agent_id=body.agent_id,
+    )
+    return json_response(record, status=201, headers={"Location": f"/v1/agents/{record.agent_id}"})
+
+
+@routes.get("/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, *_READ)
+    return json_response({"items": s.engine.registry.agents(principal.tenant_id)})
+
+
+@routes.get("/v1/agents/{agent_id}")
+async def get_agent(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, *_READ)
+    return json_response(s.engine.get_agent(principal.tenant_id, request.match_info["agent_id"]))
+
+
+@routes.post("/v1/workflows")
+async def register_workflow(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, "workflows:write")
+    body = convert(await read_json(request), WorkflowRequest)
+    record = await s.engine.register_workflow(
+        principal.tenant_id,
+        name=body.name,
+        definition=body.definition,
+        workflow_id=body.workflow_id,
+    )
+    return json_response(
+        record, status=201, headers={"Location": f"/v1/workflows/{record.workflow_id}"}
+    )
+
+
+@routes.get("/v1/workflows")
+async def list_workflows(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, *_READ)
+    return json_response({"items": s.engine.registry.workflows(principal.tenant_id)})
+
+
+@routes.get("/v1/workflows/{workflow_id}")
+async def get_workflow(request: web.Request) -> web.Response:
+    s = services(request)
+    principal = s.authorize(request, *_READ)
+    raw = request.query.get("version")
+    version = None
+    if raw is not None:
+        if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
+            raise bad_request("version must be an integer >= 1", field="version")
+        version = int(raw)
+    record = s.engine.get_workflow(principal.tenant_id, request.match_info["workflow_id"], version)
+    return json_response(record)

@@ -1,0 +1,74 @@
+"""The per-app services handlers use, and JSON response helpers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import structlog
+from aiohttp import web
+
+from api.auth import Authenticator, Principal
+from api.config import Config
+from api.keys import KeyStore
+from api.metrics import Metrics
+from api.sse import StreamHub
+from ledger.log import Log
+from ledger.orchestration import Engine
+
+__all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
+
+_RECEIPT_CACHE = 200_000
+
+
+@dataclass
+class Services:
+    """Everything a handler needs, opened by :func:`create_app`'s cleanup context."""
+
+    config: Config
+    keys: KeyStore
+    auth: Authenticator
+    log: Log
+    engine: Engine
+    metrics: Metrics
+    hub: StreamHub
+    shutting_down: bool = False
+    receipts: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
+    idempotency_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+
+    def authorize(self, request: web.Request, *scopes: str) -> Principal:
+        """The caller, if it has any of ``scopes``; binds its tenant to the log context."""
+        principal = self.auth.authorize(request, *scopes)
+        structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id)
+        return principal
+
+    def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:
+        self.receipts[key] = body
+        if len(self.receipts) > _RECEIPT_CACHE:
+            self.receipts.popitem(last=False)
+
+
+SERVICES: web.AppKey[Services] = web.AppKey("services", Services)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+
+
+def encode(value: Any) -> bytes:
+    return _ENCODER.encode(value)
+
+
+_ENCODER = msgspec.json.Encoder()
+
+
+def json_response(
+    value: Any, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_ENCODER.encode(value),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
