@@ -25,6 +25,7 @@ _MAX_DEPTH = 200
 _WS = re.compile(rb"[ \t\n\r]*")
 _STRING = re.compile(rb'"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"')
 _NUMBER = re.compile(rb"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+_NUMBER_BYTES = frozenset(b"0123456789+-.eE")
 _LITERALS = {b"t": (b"true", True), b"f": (b"false", False), b"n": (b"null", None)}
 # Fast path for arrays of plain strings (no escapes): a run of items each followed by a
 # comma, then one item and the separator after it.
@@ -71,21 +72,34 @@ class _Parser:
                 return regex.match(self.buf, self.pos)
 
     def _peek(self) -> bytes:
-        ws = self._match(_WS)
-        if ws is not None:
-            self.pos = ws.end()
-        while self.pos >= len(self.buf):
+        """The next non-whitespace byte (not consumed), reading chunks as needed."""
+        while True:
+            ws = _WS.match(self.buf, self.pos)
+            if ws is not None:
+                self.pos = ws.end()
+            if self.pos < len(self.buf):
+                return self.buf[self.pos : self.pos + 1]
             if not self._fill():
                 raise MalformedInput("state trailer ends in the middle of a JSON value")
-        return self.buf[self.pos : self.pos + 1]
 
     def _expect(self, char: bytes) -> None:
         if self._peek() != char:
             raise MalformedInput(f"state trailer: expected {char.decode()!r} in JSON")
         self.pos += 1
 
+    def _number(self) -> re.Match[bytes] | None:
+        # A number is complete only when a byte that cannot continue it follows (or EOF).
+        while True:
+            m = _NUMBER.match(self.buf, self.pos)
+            if m is not None and (
+                self.eof or (m.end() < len(self.buf) and self.buf[m.end()] not in _NUMBER_BYTES)
+            ):
+                return m
+            if not self._fill():
+                return _NUMBER.match(self.buf, self.pos)
+
     def _token(self, regex: re.Pattern[bytes], what: str) -> Any:
-        m = self._match(regex)
+        m = self._number() if regex is _NUMBER else self._match(regex)
         if m is None:
             raise MalformedInput(f"state trailer: invalid JSON {what}")
         self.pos = m.end()
@@ -161,7 +175,7 @@ class _Parser:
 
     def finish(self) -> None:
         while True:
-            ws = self._match(_WS)
+            ws = _WS.match(self.buf, self.pos)
             if ws is not None:
                 self.pos = ws.end()
             if self.pos < len(self.buf):
