@@ -6,6 +6,7 @@ import base64
 import json
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,9 +36,8 @@ def signer(seed: int = 1, origin: str = ORIGIN) -> NoteSigner:
     return NoteSigner(origin, Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32))
 
 
-def vectors(name: str) -> dict[str, object]:
-    data: dict[str, object] = json.loads((VECTORS / name).read_text(encoding="utf-8"))
-    return data
+def vectors(name: str) -> Any:
+    return json.loads((VECTORS / name).read_text(encoding="utf-8"))
 
 
 def b64(text: str) -> bytes:

@@ -60,7 +60,8 @@ class EventStoreContract(ABC):
         assert (await store.event((1).to_bytes(16, "big"))) == _event(1)
         assert await store.event(b"\xff" * 16) is None
         latest = await store.latest_checkpoint()
-        assert latest is not None and latest.tree_size == 3
+        assert latest is not None
+        assert latest.tree_size == 3
         assert (await store.checkpoint(2)) == CheckpointRecord(2, bytes([2]) * 32, "note 2\n")
         assert await store.checkpoint(1) is None
         assert [c.tree_size for c in await store.checkpoints(0, 10)] == [2, 3]
@@ -80,13 +81,18 @@ class EventStoreContract(ABC):
         store = await self.make_store(tmp_path)
         await store.commit(_batch([_event(0)], 0, 1))
         duplicate = _event(1)
-        clash = StoredEvent(**{**{f: getattr(duplicate, f) for f in duplicate.__struct_fields__},
-                               "event_id": (0).to_bytes(16, "big")})
+        clash = StoredEvent(
+            **{
+                **{f: getattr(duplicate, f) for f in duplicate.__struct_fields__},
+                "event_id": (0).to_bytes(16, "big"),
+            }
+        )
         with pytest.raises(LedgerError):
             await store.commit(_batch([clash], 2, 2))
         assert await store.event_count() == 1
         latest = await store.latest_checkpoint()
-        assert latest is not None and latest.tree_size == 1
+        assert latest is not None
+        assert latest.tree_size == 1
         assert [r.start for r in await store.hash_rows([2, 3])] == [0]
         await store.close()
 

@@ -6,12 +6,12 @@ import msgspec
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ledger_testkit import CATALOG, Count, Note
 
 from ledger.errors import InvalidEventError, PayloadTooLargeError, UnknownEventTypeError
 from ledger.events import LEAF_VERSION, Event, decode_leaf, encode_leaf
-from ledger_testkit import CATALOG, Count, Note
 
-texts = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=60)
+texts = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60)
 
 
 def _event(payload: msgspec.Struct, type_: str = "note.added", **kw: object) -> Event:
@@ -39,7 +39,9 @@ def test_leaf_bytes_are_sorted_compact_utf8() -> None:
 
 
 @given(text=texts, tenant=texts.filter(bool), seq=st.integers(1, 2**53), corr=st.none() | texts)
-def test_encoding_round_trips_and_is_stable(text: str, tenant: str, seq: int, corr: str | None) -> None:
+def test_encoding_round_trips_and_is_stable(
+    text: str, tenant: str, seq: int, corr: str | None
+) -> None:
     event = _event(Note(text), tenant_id=tenant, stream_seq=seq, correlation_id=corr)
     leaf = encode_leaf(event)
     assert decode_leaf(leaf, CATALOG) == event
@@ -48,7 +50,7 @@ def test_encoding_round_trips_and_is_stable(text: str, tenant: str, seq: int, co
 
 
 def test_unknown_event_type_is_a_typed_error() -> None:
-    with pytest.raises(UnknownEventTypeError, match="'nope.added'"):
+    with pytest.raises(UnknownEventTypeError, match=r"'nope\.added'"):
         CATALOG.coerce("nope.added", {"text": "x"})
     leaf = encode_leaf(_event(Note("x"), type_="nope.added"))
     with pytest.raises(UnknownEventTypeError):
@@ -56,7 +58,7 @@ def test_unknown_event_type_is_a_typed_error() -> None:
 
 
 def test_wrong_payload_shape_is_invalid() -> None:
-    with pytest.raises(InvalidEventError, match="payload of 'count.added' is invalid"):
+    with pytest.raises(InvalidEventError, match=r"payload of 'count\.added' is invalid"):
         CATALOG.coerce("count.added", {"n": "three"})
     assert CATALOG.coerce("count.added", {"n": 3}) == Count(3)
 

@@ -8,13 +8,13 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ledger_testkit import b64, vectors
 
 from ledger import merkle, tlog
 from ledger.errors import ProofError
-from ledger_testkit import b64, vectors
 
 RFC = vectors("merkle-rfc6962.json")
-LEAVES = [merkle.leaf_hash(bytes.fromhex(x)) for x in RFC["leaves"]]  # type: ignore[union-attr]
+LEAVES = [merkle.leaf_hash(bytes.fromhex(x)) for x in RFC["leaves"]]
 
 
 def test_leaf_hashes_match_vectors() -> None:
@@ -26,12 +26,14 @@ def test_roots_match_vectors_for_every_size() -> None:
     assert merkle.root_hash([]) == hashlib.sha256(b"").digest()
 
 
-@pytest.mark.parametrize("case", RFC["inclusion"], ids=lambda c: f"{c['leaf_index']}@{c['tree_size']}")
+@pytest.mark.parametrize(
+    "case", RFC["inclusion"], ids=lambda c: f"{c['leaf_index']}@{c['tree_size']}"
+)
 def test_inclusion_proofs_match_vectors(case: dict[str, Any]) -> None:
     i, n = case["leaf_index"], case["tree_size"]
     proof = merkle.inclusion_proof(i, LEAVES[:n])
     assert [h.hex() for h in proof] == case["proof"]
-    merkle.verify_inclusion(LEAVES[i], i, n, proof, bytes.fromhex(RFC["roots"][n]))  # type: ignore[index]
+    merkle.verify_inclusion(LEAVES[i], i, n, proof, bytes.fromhex(RFC["roots"][n]))
 
 
 @pytest.mark.parametrize("case", RFC["consistency"], ids=lambda c: f"{c['first']}-{c['second']}")
@@ -40,21 +42,25 @@ def test_consistency_proofs_match_vectors(case: dict[str, Any]) -> None:
     proof = merkle.consistency_proof(m, LEAVES[:n])
     assert [h.hex() for h in proof] == case["proof"]
     roots = RFC["roots"]
-    merkle.verify_consistency(m, bytes.fromhex(roots[m]), n, bytes.fromhex(roots[n]), proof)  # type: ignore[index]
+    merkle.verify_consistency(m, bytes.fromhex(roots[m]), n, bytes.fromhex(roots[n]), proof)
 
 
 def test_real_ct_log_inclusion_and_consistency_verify() -> None:
     argon = vectors("ct-argon2020.json")
-    root = b64(argon["root"])  # type: ignore[arg-type]
-    proof = [b64(x) for x in argon["inclusion_proof"]]  # type: ignore[union-attr]
-    leaf = merkle.leaf_hash(b64(argon["leaf"]))  # type: ignore[arg-type]
-    merkle.verify_inclusion(leaf, argon["leaf_index"], argon["tree_size"], proof, root)  # type: ignore[arg-type]
-    cons = [b64(x) for x in argon["consistency_proof"]]  # type: ignore[union-attr]
+    root = b64(argon["root"])
+    proof = [b64(x) for x in argon["inclusion_proof"]]
+    leaf = merkle.leaf_hash(b64(argon["leaf"]))
+    merkle.verify_inclusion(leaf, argon["leaf_index"], argon["tree_size"], proof, root)
+    cons = [b64(x) for x in argon["consistency_proof"]]
     merkle.verify_consistency(
-        argon["old_tree_size"], b64(argon["old_root"]), argon["tree_size"], root, cons  # type: ignore[arg-type]
+        argon["old_tree_size"],
+        b64(argon["old_root"]),
+        argon["tree_size"],
+        root,
+        cons,
     )
     with pytest.raises(ProofError, match="does not match the root"):
-        merkle.verify_inclusion(leaf, argon["leaf_index"] + 1, argon["tree_size"], proof, root)  # type: ignore[operator,arg-type]
+        merkle.verify_inclusion(leaf, argon["leaf_index"] + 1, argon["tree_size"], proof, root)
 
 
 def _tree(n: int) -> tuple[list[bytes], list[bytes]]:
@@ -70,7 +76,9 @@ sizes = st.integers(min_value=1, max_value=300)
 
 
 @given(n=sizes, data=st.data())
-def test_every_inclusion_proof_verifies_and_matches_stored_hashes(n: int, data: st.DataObject) -> None:
+def test_every_inclusion_proof_verifies_and_matches_stored_hashes(
+    n: int, data: st.DataObject
+) -> None:
     leaves, stored = _tree(n)
     i = data.draw(st.integers(0, n - 1))
     proof = merkle.inclusion_proof(i, leaves)
@@ -79,11 +87,15 @@ def test_every_inclusion_proof_verifies_and_matches_stored_hashes(n: int, data: 
 
 
 @given(n=sizes, data=st.data())
-def test_every_consistency_proof_verifies_and_matches_stored_hashes(n: int, data: st.DataObject) -> None:
+def test_every_consistency_proof_verifies_and_matches_stored_hashes(
+    n: int, data: st.DataObject
+) -> None:
     leaves, stored = _tree(n)
     m = data.draw(st.integers(1, n))
     proof = merkle.consistency_proof(m, leaves)
-    assert tlog.consistency_proof(m, n, [stored[x] for x in tlog.consistency_indexes(m, n)]) == proof
+    assert (
+        tlog.consistency_proof(m, n, [stored[x] for x in tlog.consistency_indexes(m, n)]) == proof
+    )
     merkle.verify_consistency(m, merkle.root_hash(leaves[:m]), n, merkle.root_hash(leaves), proof)
 
 
@@ -107,7 +119,9 @@ def test_inclusion_fails_for_flipped_bit_wrong_index_or_size(n: int, data: st.Da
     wrong_size = data.draw(st.integers(i + 1, 2 * n).filter(lambda x: x != n))
     bigger, _ = _tree(2 * n)
     with pytest.raises(ProofError):
-        merkle.verify_inclusion(leaves[i], i, wrong_size, proof, merkle.root_hash(bigger[:wrong_size]))
+        merkle.verify_inclusion(
+            leaves[i], i, wrong_size, proof, merkle.root_hash(bigger[:wrong_size])
+        )
 
 
 @given(n=st.integers(3, 200), data=st.data())
@@ -136,7 +150,7 @@ def test_bounds_and_hash_sizes_are_checked_first() -> None:
         merkle.verify_inclusion(leaves[0], 8, 8, [], root)
     with pytest.raises(ProofError, match="proof hash 0 is 31 bytes"):
         merkle.verify_inclusion(leaves[0], 0, 8, [b"\x00" * 31] * 3, root)
-    with pytest.raises(ProofError, match="not within 0..4"):
+    with pytest.raises(ProofError, match=r"not within 0\.\.4"):
         merkle.verify_consistency(5, root, 4, root, [])
 
 

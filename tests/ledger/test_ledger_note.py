@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from ledger_testkit import ORIGIN, signer, vectors
 
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError, SignatureError
 from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
-from ledger_testkit import ORIGIN, signer, vectors
 
 NOTES = vectors("signed-note.json")["notes"]
 
@@ -79,15 +81,11 @@ def test_malformed_checkpoint_bodies_are_rejected(body: str, message: str) -> No
 
 @given(st.binary(max_size=400))
 def test_open_note_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
-    try:
+    with contextlib.suppress(LedgerError):
         open_note(data, signer(1).verifier)
-    except LedgerError:
-        pass
 
 
 @given(st.text(max_size=200))
 def test_open_checkpoint_never_crashes_on_arbitrary_text(text: str) -> None:
-    try:
+    with contextlib.suppress(LedgerError):
         open_checkpoint(text, signer(1).verifier)
-    except LedgerError:
-        pass

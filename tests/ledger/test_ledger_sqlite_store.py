@@ -6,10 +6,10 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from store_contract import EventStoreContract
 
 from ledger.errors import StorageUnavailableError
 from ledger.sqlite_store import SQLiteEventStore
-from store_contract import EventStoreContract
 
 
 class TestSQLiteEventStore(EventStoreContract):
