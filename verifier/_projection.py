@@ -14,6 +14,7 @@ Internally the fold accumulates in place so that replaying 1,000,000 events is l
 from __future__ import annotations
 
 import hashlib
+import reprlib
 from typing import Any
 
 import msgspec
@@ -180,8 +181,13 @@ class ReceiptsMatcher:
         return []
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother = 4, 60, 60
+_MAX_DIFF_DEPTH = 64
+
+
 def _show(value: object) -> str:
-    text = repr(value)
+    text = _REPR.repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -357,11 +363,20 @@ def _same_scalar(a: object, b: object) -> bool:
 def diff_state(claimed: Any, replay: Any, path: str = "state") -> list[str]:
     """Field-by-field differences ``path: claimed X, replay Y`` (``receipts`` excluded)."""
     out: list[str] = []
-    _diff(claimed, replay, path, out)
+    _diff(claimed, replay, path, out, 0)
     return out
 
 
-def _diff(claimed: Any, replay: Any, path: str, out: list[str]) -> None:
+def _diff(claimed: Any, replay: Any, path: str, out: list[str], depth: int) -> None:
+    if depth > _MAX_DIFF_DEPTH:
+        # Deeply nested values are compared whole, never by unbounded recursion.
+        try:
+            same = type(claimed) is type(replay) and claimed == replay
+        except RecursionError:
+            same = False
+        if not same:
+            out.append(f"{path}: claimed and replayed values differ (or nest too deep to compare)")
+        return
     if isinstance(replay, dict) and isinstance(claimed, dict):
         order = {k: i for i, k in enumerate(_FIELD_ORDER)}
         keys = sorted(set(replay) | set(claimed), key=lambda k: (order.get(k, 99), str(k)))
@@ -374,7 +389,7 @@ def _diff(claimed: Any, replay: Any, path: str, out: list[str]) -> None:
             elif key not in replay:
                 out.append(f"{sub}: claimed {_show(claimed[key])}, not in the replayed state")
             else:
-                _diff(claimed[key], replay[key], sub, out)
+                _diff(claimed[key], replay[key], sub, out, depth + 1)
         return
     if isinstance(replay, list) and isinstance(claimed, list):
         for i in range(max(len(replay), len(claimed))):
@@ -384,7 +399,7 @@ def _diff(claimed: Any, replay: Any, path: str, out: list[str]) -> None:
             elif i >= len(replay):
                 out.append(f"{sub}: claimed {_show(claimed[i])}, not in the replayed state")
             else:
-                _diff(claimed[i], replay[i], sub, out)
+                _diff(claimed[i], replay[i], sub, out, depth + 1)
         return
     if (
         isinstance(replay, dict | list)

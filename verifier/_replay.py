@@ -294,8 +294,11 @@ def render(timeline: Timeline, fmt: str) -> str:
     return _text(timeline)
 
 
-def _compact(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+def _compact(value: Any, indent: int | None = None) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False, sort_keys=True, default=str, indent=indent)
+    except (RecursionError, ValueError):
+        return "(value nested too deeply to show)"
 
 
 def _mark(ok: bool) -> str:
@@ -379,7 +382,7 @@ def _event_html(e: TimelineEvent) -> str:
     if isinstance(e.payload, dict):
         for k, v in e.payload.items():
             if k not in _HIDDEN:
-                pretty = json.dumps(v, ensure_ascii=False, indent=2, sort_keys=True, default=str)
+                pretty = _compact(v, indent=2)
                 rows.append(f"<div><b>{_esc(k)}</b><pre>{html.escape(pretty)}</pre></div>")
     elif e.payload is not None:
         rows.append(f"<pre>{_esc(e.payload)}</pre>")

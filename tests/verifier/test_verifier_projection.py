@@ -250,3 +250,22 @@ def test_stream_parser_number_split_across_chunks() -> None:
     )
     assert got == {"kind": "state", "state": {"x": 1.5, "y": [-0.0, 1e-7], "receipts": STREAMED}}
     assert items == ["a", "b"]
+
+
+def test_deeply_nested_values_are_compared_without_recursion_error() -> None:
+    """Regression: the field-by-field diff recursed once per nesting level."""
+    from verifier._projection import diff_state
+
+    claimed: Any = []
+    replay: Any = []
+    for _ in range(300):
+        claimed, replay = [claimed], [replay]
+    assert diff_state({"input": claimed}, {"input": replay}) == []
+    for _ in range(4700):
+        claimed = [claimed]
+    replay = [1]
+    for _ in range(5000):
+        replay = [replay]
+    (difference,) = diff_state({"input": claimed}, {"input": replay})
+    assert difference.startswith("state.input[0][0]")
+    assert difference.endswith("claimed and replayed values differ (or nest too deep to compare)")
