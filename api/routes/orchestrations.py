@@ -81,11 +81,12 @@ async def _answer(
     return json_response(state, status=200 if state.terminal and wait else 202, headers=headers)
 
 
-async def _idempotent(request: web.Request, route: str, body: Any, start: Any) -> web.Response:
+async def _idempotent(
+    request: web.Request, tenant: str, route: str, body: Any, start: Any
+) -> web.Response:
     """Run ``start()`` once per ``Idempotency-Key`` (same key, same body → same orchestration;
     same key, other body → 409)."""
     s = services(request)
-    tenant: str = request["principal"].tenant_id
     key = request.headers.get("Idempotency-Key")
     if key is None:
         state = await start()
@@ -125,7 +126,6 @@ async def _idempotent(request: web.Request, route: str, body: Any, start: Any) -
 async def execute(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, _WRITE)
-    request["principal"] = principal
     raw = await read_json(request)
     body: ExecuteWorkflowRequest | ExecuteAgentRequest
     if isinstance(raw, dict) and ("agent_id" in raw or "input" in raw):
@@ -156,14 +156,13 @@ async def execute(request: web.Request) -> web.Response:
             request_shape="agent",
         )
 
-    return await _idempotent(request, "execute", raw, start)
+    return await _idempotent(request, tenant, "execute", raw, start)
 
 
 @routes.post("/v1/orchestrations")
 async def create(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, _WRITE)
-    request["principal"] = principal
     raw = await read_json(request)
     body = convert(raw, CreateOrchestrationRequest)
     tenant = principal.tenant_id
@@ -188,7 +187,7 @@ async def create(request: web.Request) -> web.Response:
             return await s.engine.create_external(tenant, **common)
         return await s.engine.execute(tenant, **common)
 
-    return await _idempotent(request, "create", raw, start)
+    return await _idempotent(request, tenant, "create", raw, start)
 
 
 @routes.get("/v1/orchestrations")

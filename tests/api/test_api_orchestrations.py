@@ -1,0 +1,343 @@
+"""Orchestration routes end to end on a loopback server: both execute shapes,
+state, listing, events (verified with the independent verifier), idempotency, cancel,
+SSE resume, external steps and bundles."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+from api_helpers import Tenant, json_ok, scripted, setup_workflow
+from ulid import ULID
+
+import verifier
+
+
+async def vkey(client: TestClient) -> str:
+    return (await json_ok(client, "GET", "/v1/log/key", 200))["vkey"]  # type: ignore[no-any-return]
+
+
+async def execute(client: TestClient, tenant: Tenant, body: dict[str, Any], **kw: Any) -> Any:
+    headers = {**tenant.headers, **kw.pop("headers", {})}
+    resp = await client.post("/v1/orchestrations/execute", json=body, headers=headers, **kw)
+    assert resp.status in (200, 202), await resp.text()
+    return resp, await resp.json()
+
+
+async def test_execute_workflow_shape(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    body = {"workflow_id": wf, "agents": [agent], "parameters": {"text": "down"}}
+    resp, state = await execute(client, tenant_a, body)
+    assert resp.status == 202
+    oid = state["orchestration_id"]
+    assert resp.headers["Location"] == f"/v1/orchestrations/{oid}"
+    assert state["id"] == "maip-orch:" + str(ULID.from_bytes(uuid.UUID(oid).bytes))
+    assert state["workflow_id"] == wf and state["agents"] == [agent]
+    assert state["agent_id"] == agent and state["parameters"] == {"text": "down"}
+    assert state["status"] == "running" and state["started_at"] and state["created_at"]
+    assert len(state["receipts"]) == 2  # created + started are durable before the answer
+    assert {"steps", "results"} <= state.keys()
+    done = await json_ok(
+        client, "GET", f"/v1/orchestrations/{oid}?wait=10", 200, headers=tenant_a.headers
+    )
+    assert done["status"] == "completed"
+    assert [s["step_id"] for s in done["steps"]] == ["classify", "extract", "route"]
+    by_display = await json_ok(
+        client, "GET", f"/v1/orchestrations/{state['id']}", 200, headers=tenant_a.headers
+    )
+    assert by_display == done
+
+
+async def test_execute_agent_shape_with_prefer_wait(client: TestClient, tenant_a: Tenant) -> None:
+    agent, _ = await setup_workflow(client, tenant_a)
+    resp, state = await execute(
+        client,
+        tenant_a,
+        {"agent_id": agent, "input": {"text": "hi"}, "model": "m", "max_steps": 3},
+        headers={"Prefer": "wait=10"},
+    )
+    assert resp.status == 200
+    assert resp.headers["Preference-Applied"] == "wait=10"
+    assert state["status"] == "completed"
+    assert state["agent_id"] == agent and state["input"] == {"text": "hi"}
+    assert state["model"] == "m" and state["workflow_id"] is None
+
+
+async def test_events_carry_exact_leaves_and_receipts_verify(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(
+        client, tenant_a, {"workflow_id": wf, "agents": [agent]}, headers={"Prefer": "wait=10"}
+    )
+    oid = state["orchestration_id"]
+    events = (
+        await json_ok(
+            client, "GET", f"/v1/orchestrations/{oid}/events", 200, headers=tenant_a.headers
+        )
+    )["events"]
+    assert [e["stream_seq"] for e in events] == list(range(1, len(events) + 1))
+    assert events[0]["type"] == "orchestration.created"
+    assert events[-1]["type"] == "orchestration.completed"
+    assert [e["receipt_id"] for e in events] == state["receipts"]
+    key = await vkey(client)
+    for e in events:
+        assert {"event_id", "occurred_at", "payload", "leaf_index", "leaf"} <= e.keys()
+        receipt = await json_ok(
+            client, "GET", f"/v1/receipts/{e['receipt_id']}", 200, headers=tenant_a.headers
+        )
+        assert receipt["orchestration_id"] == oid and receipt["event_id"] == e["event_id"]
+        verified = verifier.verify_receipt(receipt, base64.b64decode(e["leaf"]), key)
+        assert verified.receipt.leaf_index == e["leaf_index"]
+    # A tampered leaf does not verify against its receipt.
+    leaf = bytearray(base64.b64decode(events[0]["leaf"]))
+    leaf[-2] ^= 1
+    receipt = await json_ok(
+        client, "GET", f"/v1/receipts/{events[0]['receipt_id']}", 200, headers=tenant_a.headers
+    )
+    try:
+        verifier.verify_receipt(receipt, bytes(leaf), key)
+    except verifier.VerificationError:
+        pass
+    else:
+        raise AssertionError("a tampered leaf verified")
+
+
+async def test_bundle_verifies_offline(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(
+        client, tenant_a, {"workflow_id": wf, "agents": [agent]}, headers={"Prefer": "wait=10"}
+    )
+    resp = await client.get(
+        f"/v1/orchestrations/{state['orchestration_id']}/bundle", headers=tenant_a.headers
+    )
+    assert resp.status == 200 and resp.content_type == "application/x-ndjson"
+    report = verifier.verify_bundle(await resp.read(), await vkey(client))
+    assert report.status == "completed" and not report.running
+    assert report.event_count == len(state["receipts"])
+
+
+async def test_idempotency_key(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    body = {"workflow_id": wf, "agents": [agent], "parameters": {"n": 1}}
+    h = {"Idempotency-Key": "order-42"}
+    r1, s1 = await execute(client, tenant_a, body, headers=h)
+    r2, s2 = await execute(client, tenant_a, body, headers=h)
+    assert s1["orchestration_id"] == s2["orchestration_id"]
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    conflict = await client.post(
+        "/v1/orchestrations/execute",
+        json={**body, "parameters": {"n": 2}},
+        headers={**tenant_a.headers, **h},
+    )
+    assert conflict.status == 409
+    assert conflict.content_type == "application/problem+json"
+    # Concurrent first uses of one key still make one orchestration.
+    h2 = {"Idempotency-Key": "order-43"}
+    results = await asyncio.gather(*(execute(client, tenant_a, body, headers=h2) for _ in range(5)))
+    assert len({s["orchestration_id"] for _, s in results}) == 1
+    listed = await json_ok(client, "GET", "/v1/orchestrations", 200, headers=tenant_a.headers)
+    assert len(listed["items"]) == 2
+
+
+async def test_pagination_and_filters(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    other, _ = await setup_workflow(client, tenant_a, name="other")
+    ids = []
+    for i in range(7):
+        a = agent if i % 2 == 0 else other
+        _, s = await execute(
+            client, tenant_a, {"workflow_id": wf, "agents": [a]}, headers={"Prefer": "wait=10"}
+        )
+        ids.append(s["orchestration_id"])
+    seen: list[str] = []
+    cursor = None
+    pages = 0
+    while True:
+        q = "limit=3" + (f"&cursor={cursor}" if cursor else "")
+        page = await json_ok(
+            client, "GET", f"/v1/orchestrations?{q}", 200, headers=tenant_a.headers
+        )
+        seen += [o["orchestration_id"] for o in page["items"]]
+        pages += 1
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(ids))  # newest first, no repeats, none missing
+    by_agent = await json_ok(
+        client, "GET", f"/v1/orchestrations?agent_id={other}", 200, headers=tenant_a.headers
+    )
+    assert {o["orchestration_id"] for o in by_agent["items"]} == set(ids[1::2])
+    completed = await json_ok(
+        client, "GET", "/v1/orchestrations?status=completed", 200, headers=tenant_a.headers
+    )
+    assert len(completed["items"]) == 7
+    running = await json_ok(
+        client, "GET", "/v1/orchestrations?status=running", 200, headers=tenant_a.headers
+    )
+    assert running["items"] == []
+    by_wf = await json_ok(
+        client, "GET", f"/v1/orchestrations?workflow_id={wf}&limit=2", 200, headers=tenant_a.headers
+    )
+    assert len(by_wf["items"]) == 2 and by_wf["next_cursor"] is not None
+    bad = await client.get("/v1/orchestrations?status=bogus", headers=tenant_a.headers)
+    assert bad.status == 400
+
+
+async def test_cancel(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a, delay=30)
+    _, state = await execute(client, tenant_a, {"workflow_id": wf, "agents": [agent]})
+    oid = state["orchestration_id"]
+    cancelled = await json_ok(
+        client,
+        "POST",
+        f"/v1/orchestrations/{oid}/cancel",
+        200,
+        json={"reason": "operator said so"},
+        headers=tenant_a.headers,
+    )
+    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "operator said so"
+    again = await client.post(f"/v1/orchestrations/{oid}/cancel", headers=tenant_a.headers)
+    assert again.status == 409
+    events = (
+        await json_ok(
+            client, "GET", f"/v1/orchestrations/{oid}/events", 200, headers=tenant_a.headers
+        )
+    )["events"]
+    assert events[-1]["type"] == "orchestration.cancelled"
+    assert events[-1]["payload"]["requested_by"].startswith("key:")
+
+
+async def read_sse(resp: Any, limit: int | None = None) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    while limit is None or len(messages) < limit:
+        line = await resp.content.readline()
+        if not line:
+            break
+        text = line.decode().rstrip("\n")
+        if not text:
+            if current:
+                messages.append(current)
+                current = {}
+            continue
+        if text.startswith(":"):
+            continue
+        name, _, value = text.partition(": ")
+        current[name] = value
+    return messages
+
+
+async def test_sse_stream_and_resume(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a, delay=0.2)
+    _, state = await execute(client, tenant_a, {"workflow_id": wf, "agents": [agent]})
+    path = f"/v1/orchestrations/{state['orchestration_id']}/events/stream"
+    first = await client.get(path, headers=tenant_a.headers)
+    assert first.status == 200 and first.content_type == "text/event-stream"
+    head = await read_sse(first, limit=3)
+    first.close()
+    assert [m["id"] for m in head] == ["1", "2", "3"]
+    assert head[0]["event"] == "orchestration.created"
+    resumed = await client.get(path, headers={**tenant_a.headers, "Last-Event-ID": "3"})
+    rest = await read_sse(resumed)
+    ids = [int(m["id"]) for m in rest]
+    assert ids == list(range(4, 4 + len(ids)))  # no gap, no repeat
+    assert rest[-1]["event"] == "orchestration.completed"
+    all_events = (
+        await json_ok(
+            client,
+            "GET",
+            f"/v1/orchestrations/{state['orchestration_id']}/events",
+            200,
+            headers=tenant_a.headers,
+        )
+    )["events"]
+    assert len(all_events) == 3 + len(rest)
+
+
+async def test_external_executor_records_steps(client: TestClient, tenant_a: Tenant) -> None:
+    agent, _ = await setup_workflow(client, tenant_a)
+    resp = await client.post(
+        "/v1/orchestrations",
+        json={"executor": "external", "agent_id": agent, "input": {"q": "hi"}},
+        headers=tenant_a.headers,
+    )
+    assert resp.status == 202, await resp.text()
+    oid = (await resp.json())["orchestration_id"]
+    step = [
+        {
+            "type": "step.started",
+            "payload": {
+                "step_id": "s1",
+                "agent_id": agent,
+                "action": "decision",
+                "attempt": 1,
+                "inputs": {},
+            },
+        },
+        {"type": "step.completed", "payload": {"step_id": "s1", "attempt": 1, "output": "ok"}},
+        {"type": "orchestration.completed", "payload": {"results": {"answer": 42}}},
+    ]
+    recorded = await json_ok(
+        client,
+        "POST",
+        f"/v1/orchestrations/{oid}/steps",
+        201,
+        json={"events": step},
+        headers=tenant_a.headers,
+    )
+    assert len(recorded["receipts"]) == 3
+    events = (
+        await json_ok(
+            client, "GET", f"/v1/orchestrations/{oid}/events", 200, headers=tenant_a.headers
+        )
+    )["events"]
+    key = await vkey(client)
+    for r, e in zip(recorded["receipts"], events[2:], strict=True):
+        verifier.verify_receipt(r, base64.b64decode(e["leaf"]), key)
+    state = await json_ok(client, "GET", f"/v1/orchestrations/{oid}", 200, headers=tenant_a.headers)
+    assert state["status"] == "completed" and state["results"] == {"answer": 42}
+    assert state["executor"] == "external"
+    ended = await client.post(
+        f"/v1/orchestrations/{oid}/steps", json={"events": step[:1]}, headers=tenant_a.headers
+    )
+    assert ended.status == 409
+    bad = await client.post(
+        f"/v1/orchestrations/{oid}/steps",
+        json={"events": [{"type": "agent.registered", "payload": {}}]},
+        headers=tenant_a.headers,
+    )
+    assert bad.status in (409, 422)
+
+
+async def test_registry_routes(client: TestClient, tenant_a: Tenant) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    got = await json_ok(client, "GET", f"/v1/agents/{agent}", 200, headers=tenant_a.headers)
+    assert got["name"] == "bot" and got["provider"]["kind"] == "scripted"
+    listed = await json_ok(client, "GET", "/v1/agents", 200, headers=tenant_a.headers)
+    assert [a["agent_id"] for a in listed["items"]] == [agent]
+    w = await json_ok(client, "GET", f"/v1/workflows/{wf}?version=1", 200, headers=tenant_a.headers)
+    assert w["version"] == 1 and w["version_hash"].startswith("sha256:")
+    bad = await client.post(
+        "/v1/workflows",
+        json={"name": "x", "definition": {"steps": [{"id": "a", "action": "fly"}]}},
+        headers=tenant_a.headers,
+    )
+    assert bad.status == 422
+    problem = await bad.json(content_type=None)
+    assert problem["errors"] and problem["errors"][0]["field"].startswith("$")
+    bad_agent = await client.post(
+        "/v1/agents",
+        json={"name": "x", "provider": {"kind": "telepathy"}},
+        headers=tenant_a.headers,
+    )
+    assert bad_agent.status == 422
+    assert (await client.get("/v1/agents/nope", headers=tenant_a.headers)).status == 404
+    ok = await client.post(
+        "/v1/agents", json={"name": "y", "provider": scripted()}, headers=tenant_a.headers
+    )
+    assert ok.status == 201 and ok.headers["Location"].startswith("/v1/agents/")
