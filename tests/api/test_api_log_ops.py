@@ -1,0 +1,127 @@
+"""Public log endpoints (spec §5) and operations routes (health, readiness, metrics,
+OpenAPI)."""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+
+import yaml
+from aiohttp.test_utils import TestClient
+from api_helpers import Tenant, json_ok, setup_workflow
+
+import verifier
+from api.services import Services
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_log_endpoints_verify(client: TestClient, tenant_a: Tenant) -> None:
+    empty = await client.get("/v1/log/checkpoint")
+    assert empty.status == 404
+    agent, wf = await setup_workflow(client, tenant_a)
+    resp = await client.post(
+        "/v1/orchestrations/execute",
+        json={"workflow_id": wf, "agents": [agent]},
+        headers={**tenant_a.headers, "Prefer": "wait=10"},
+    )
+    assert resp.status == 200
+    key = await json_ok(client, "GET", "/v1/log/key", 200)
+    assert key["origin"] == "maip-ledger.local/log"
+    note_resp = await client.get("/v1/log/checkpoint")
+    assert note_resp.content_type == "text/plain"
+    assert note_resp.charset == "utf-8"
+    latest = verifier.verify_checkpoint(await note_resp.text(), key["vkey"])
+    n = latest.size
+    at = await client.get(f"/v1/log/checkpoints/{n}")
+    assert at.status == 200
+    assert verifier.verify_checkpoint(await at.text(), key["vkey"]).root == latest.root
+    assert (await client.get(f"/v1/log/checkpoints/{n + 100}")).status == 404
+    events = (await json_ok(client, "GET", "/v1/orchestrations", 200, headers=tenant_a.headers))[
+        "items"
+    ]
+    oid = events[0]["orchestration_id"]
+    leaves = (
+        await json_ok(
+            client, "GET", f"/v1/orchestrations/{oid}/events", 200, headers=tenant_a.headers
+        )
+    )["events"]
+    leaf = leaves[0]
+    inc = await json_ok(
+        client, "GET", f"/v1/log/proof/inclusion?index={leaf['leaf_index']}&tree_size={n}", 200
+    )
+    assert inc["leaf_index"] == leaf["leaf_index"]
+    assert inc["tree_size"] == n
+    leaf_hash = verifier._merkle.leaf_hash(base64.b64decode(leaf["leaf"]))
+    verifier.verify_inclusion(
+        leaf_hash, leaf["leaf_index"], n, [base64.b64decode(p) for p in inc["proof"]], latest.root
+    )
+    old = verifier.verify_checkpoint(
+        await (await client.get(f"/v1/log/checkpoints/{leaves[0]['tree_size']}")).text(),
+        key["vkey"],
+    )
+    first = old.size
+    cons = await json_ok(client, "GET", f"/v1/log/proof/consistency?first={first}&second={n}", 200)
+    assert (cons["first"], cons["second"]) == (first, n)
+    verifier.verify_consistency(
+        first, old.root, n, latest.root, [base64.b64decode(p) for p in cons["proof"]]
+    )
+    for bad in (
+        "/v1/log/proof/inclusion?index=x&tree_size=1",
+        "/v1/log/proof/inclusion?tree_size=1",
+        "/v1/log/proof/consistency?first=-1&second=2",
+    ):
+        assert (await client.get(bad)).status == 400, bad
+    out_of_range = await client.get(f"/v1/log/proof/inclusion?index={n}&tree_size={n}")
+    assert out_of_range.status == 422
+
+
+async def test_health_readiness_and_metrics(
+    client: TestClient, tenant_a: Tenant, services: Services
+) -> None:
+    assert (await json_ok(client, "GET", "/healthz", 200))["status"] == "ok"
+    ready = await json_ok(client, "GET", "/readyz", 200)
+    assert ready["ready"] is True
+    agent, wf = await setup_workflow(client, tenant_a)
+    await client.post(
+        "/v1/orchestrations/execute",
+        json={"workflow_id": wf, "agents": [agent]},
+        headers={**tenant_a.headers, "Prefer": "wait=10"},
+    )
+    text = await (await client.get("/metrics")).text()
+    assert 'maip_http_requests_total{method="POST",route="/v1/orchestrations/execute"' in text
+    assert "maip_log_append_duration_seconds_count" in text
+    assert "maip_log_batch_events_bucket" in text
+    assert f"maip_log_tree_size {float(services.log.size)}" in text
+    assert 'maip_orchestrations{status="completed"} 1.0' in text
+    # Readiness follows the log's health (e.g. a full disk).
+    services.log._healthy = False
+    try:
+        not_ready = await client.get("/readyz")
+        assert not_ready.status == 503
+        assert (await not_ready.json())["ready"] is False
+    finally:
+        services.log._healthy = True
+
+
+async def test_openapi_served_and_packaged_copy_identical(client: TestClient) -> None:
+    spec = ROOT / "specs" / "openapi.yaml"
+    packaged = ROOT / "api" / "openapi.yaml"
+    assert spec.read_bytes() == packaged.read_bytes()
+    served = await json_ok(client, "GET", "/openapi.json", 200)
+    assert served == yaml.safe_load(spec.read_text())
+    assert served["openapi"].startswith("3.1")
+
+
+def test_every_route_is_documented() -> None:
+    from api.app import create_app
+    from api.config import Config
+
+    app = create_app(Config())
+    documented = yaml.safe_load((ROOT / "specs" / "openapi.yaml").read_text())["paths"]
+    for route in app.router.routes():
+        if route.method == "HEAD":
+            continue
+        path = route.resource.canonical if route.resource else ""
+        assert path in documented, path
+        assert route.method.lower() in documented[path], (route.method, path)

@@ -1,0 +1,113 @@
+"""Tenant isolation: tenant A's credential never reaches tenant B's resources. Every
+attempt is a 404 (no existence leak), identical to asking for an id that never existed."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from aiohttp.test_utils import TestClient
+from api_helpers import Tenant, json_ok, setup_workflow
+
+
+@pytest.fixture
+async def b_world(client: TestClient, tenant_b: Tenant) -> dict[str, str]:
+    agent, wf = await setup_workflow(client, tenant_b, delay=30)
+    resp = await client.post(
+        "/v1/orchestrations/execute",
+        json={"workflow_id": wf, "agents": [agent]},
+        headers=tenant_b.headers,
+    )
+    state = await resp.json()
+    events = await json_ok(
+        client,
+        "GET",
+        f"/v1/orchestrations/{state['orchestration_id']}/events",
+        200,
+        headers=tenant_b.headers,
+    )
+    return {
+        "agent": agent,
+        "workflow": wf,
+        "orch": state["orchestration_id"],
+        "display": state["id"],
+        "receipt": state["receipts"][0],
+        "event": events["events"][0]["event_id"],
+    }
+
+
+def matrix(b: dict[str, str]) -> list[tuple[str, str, object]]:
+    o = b["orch"]
+    return [
+        ("GET", f"/v1/orchestrations/{o}", None),
+        ("GET", f"/v1/orchestrations/{b['display']}", None),
+        ("GET", f"/v1/orchestrations/{o}/events", None),
+        ("GET", f"/v1/orchestrations/{o}/events/stream", None),
+        ("GET", f"/v1/orchestrations/{o}/bundle", None),
+        ("POST", f"/v1/orchestrations/{o}/cancel", {"reason": "x"}),
+        ("POST", f"/v1/orchestrations/{o}/steps", {"events": [{"type": "x", "payload": {}}]}),
+        ("GET", f"/v1/receipts/{b['receipt']}", None),
+        ("GET", f"/v1/receipts/{b['event']}", None),
+        ("GET", f"/v1/agents/{b['agent']}", None),
+        ("GET", f"/v1/workflows/{b['workflow']}", None),
+        ("POST", "/v1/orchestrations/execute", {"workflow_id": b["workflow"], "agents": []}),
+        ("POST", "/v1/orchestrations/execute", {"agent_id": b["agent"], "input": "x"}),
+        (
+            "POST",
+            "/v1/orchestrations",
+            {"executor": "external", "agent_id": b["agent"], "input": None},
+        ),
+    ]
+
+
+async def test_tenant_a_cannot_touch_tenant_b(
+    client: TestClient, tenant_a: Tenant, tenant_b: Tenant, b_world: dict[str, str]
+) -> None:
+    for method, path, body in matrix(b_world):
+        resp = await client.request(method, path, json=body, headers=tenant_a.headers)
+        text = await resp.text()
+        assert resp.status == 404, (method, path, resp.status, text)
+        assert resp.content_type == "application/problem+json"
+        # Still there for its owner (the 404 was isolation, not absence).
+    owner = await client.get(f"/v1/orchestrations/{b_world['orch']}", headers=tenant_b.headers)
+    assert owner.status == 200
+    assert (await owner.json())["status"] == "running"
+
+
+async def test_listings_are_per_tenant(
+    client: TestClient, tenant_a: Tenant, tenant_b: Tenant, b_world: dict[str, str]
+) -> None:
+    for path in ("/v1/orchestrations", "/v1/agents", "/v1/workflows"):
+        mine = await json_ok(client, "GET", path, 200, headers=tenant_a.headers)
+        assert mine["items"] == [], path
+        theirs = await json_ok(client, "GET", path, 200, headers=tenant_b.headers)
+        assert len(theirs["items"]) == 1, path
+    filtered = await json_ok(
+        client,
+        "GET",
+        f"/v1/orchestrations?agent_id={b_world['agent']}&workflow_id={b_world['workflow']}",
+        200,
+        headers=tenant_a.headers,
+    )
+    assert filtered["items"] == []
+
+
+async def test_foreign_and_unknown_ids_answer_alike(
+    client: TestClient, tenant_a: Tenant, b_world: dict[str, str]
+) -> None:
+    foreign = await client.get(f"/v1/orchestrations/{b_world['orch']}", headers=tenant_a.headers)
+    unknown = await client.get(f"/v1/orchestrations/{uuid.uuid4()}", headers=tenant_a.headers)
+    f_body, u_body = await foreign.json(content_type=None), await unknown.json(content_type=None)
+    assert foreign.status == unknown.status == 404
+    assert f_body["type"] == u_body["type"]
+    assert f_body["title"] == u_body["title"]
+
+
+async def test_a_key_for_b_header_is_403(
+    client: TestClient, tenant_a: Tenant, b_world: dict[str, str]
+) -> None:
+    resp = await client.get(
+        f"/v1/orchestrations/{b_world['orch']}",
+        headers={"X-API-Key": tenant_a.api_key, "X-Tenant-ID": "tenant-b"},
+    )
+    assert resp.status == 403

@@ -1,0 +1,125 @@
+"""Errors and limits: RFC 9457 problems with field paths; 400/413/415/422/409; 429."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+from api_helpers import Tenant, new_tenant, setup_workflow
+
+from api.app import create_app
+from api.config import Config
+from api.services import SERVICES
+
+EXECUTE = "/v1/orchestrations/execute"
+
+
+async def post_raw(
+    client: TestClient, tenant: Tenant, data: bytes, ctype: str = "application/json"
+) -> tuple[int, dict[str, Any], str]:
+    resp = await client.post(EXECUTE, data=data, headers={**tenant.headers, "Content-Type": ctype})
+    return resp.status, await resp.json(content_type=None), resp.content_type
+
+
+async def test_malformed_json_is_400(client: TestClient, tenant_a: Tenant) -> None:
+    status, body, ctype = await post_raw(client, tenant_a, b'{"workflow_id": ')
+    assert status == 400
+    assert ctype == "application/problem+json"
+    assert body["type"].endswith("/malformed-json")
+
+
+async def test_wrong_content_type_is_415(client: TestClient, tenant_a: Tenant) -> None:
+    status, body, _ = await post_raw(client, tenant_a, b"{}", ctype="text/plain")
+    assert status == 415
+    assert body["status"] == 415
+
+
+async def test_too_large_is_413(client: TestClient, tenant_a: Tenant) -> None:
+    big = b'{"agent_id": "' + b"x" * (128 * 1024) + b'"}'
+    status, body, _ = await post_raw(client, tenant_a, big)
+    assert status == 413
+    assert body["type"].endswith("/payload-too-large")
+
+
+async def test_unknown_field_is_422_naming_it(client: TestClient, tenant_a: Tenant) -> None:
+    status, body, _ = await post_raw(
+        client,
+        tenant_a,
+        b'{"workflow_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "agents": [], "colour": 1}',
+    )
+    assert status == 422
+    assert body["errors"][0]["field"] == "$.colour"
+
+
+async def test_missing_and_mistyped_fields_name_their_path(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    status, body, _ = await post_raw(
+        client, tenant_a, b'{"agent_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"}'
+    )
+    assert status == 422
+    assert "input" in body["errors"][0]["message"]
+    status, body, _ = await post_raw(
+        client,
+        tenant_a,
+        b'{"agent_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "input": 1, "max_steps": "x"}',
+    )
+    assert status == 422
+    assert body["errors"][0]["field"] == "$.max_steps"
+    status, body, _ = await post_raw(client, tenant_a, b"[1, 2]")
+    assert status == 422
+
+
+async def test_unknown_workflow_is_404_and_bad_agent_ref_422(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    agent, wf = await setup_workflow(client, tenant_a)
+    status, _, _ = await post_raw(
+        client,
+        tenant_a,
+        b'{"workflow_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "agents": []}',
+    )
+    assert status == 404
+    resp = await client.post(
+        EXECUTE,
+        json={"agent_id": agent, "input": "x", "timeout_seconds": 0},
+        headers=tenant_a.headers,
+    )
+    assert resp.status == 422
+    assert (await resp.json(content_type=None))["errors"][0]["field"] == "$.timeout_seconds"
+
+
+async def test_unknown_route_and_method_are_problems(client: TestClient) -> None:
+    resp = await client.get("/v1/nothing-here")
+    assert resp.status == 404
+    assert resp.content_type == "application/problem+json"
+    resp = await client.delete("/v1/log/key")
+    assert resp.status == 405
+    assert resp.content_type == "application/problem+json"
+
+
+async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
+    from api_helpers import write_signing_key
+
+    write_signing_key(tmp_path)
+    config = Config(data_dir=tmp_path, rate_limit=1.0, rate_burst=2)
+    async with TestClient(TestServer(create_app(config), host="127.0.0.1")) as client:
+        tenant = new_tenant(client.app[SERVICES].keys, "tenant-r")
+        statuses = []
+        for _ in range(4):
+            resp = await client.get("/v1/orchestrations", headers=tenant.headers)
+            statuses.append(resp.status)
+            if resp.status == 429:
+                assert int(resp.headers["Retry-After"]) >= 1
+                assert resp.content_type == "application/problem+json"
+        assert statuses[:2] == [200, 200]
+        assert 429 in statuses[2:]
+        # Another key has its own bucket.
+        other = new_tenant(client.app[SERVICES].keys, "tenant-s")
+        assert (await client.get("/v1/orchestrations", headers=other.headers)).status == 200
+
+
+async def test_rate_limit_off_by_default(client: TestClient, tenant_a: Tenant) -> None:
+    for _ in range(30):
+        assert (await client.get("/v1/orchestrations", headers=tenant_a.headers)).status == 200
