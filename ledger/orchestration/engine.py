@@ -547,11 +547,28 @@ class Engine:
         """The state, by a fresh replay of the orchestration's stream."""
         if self.registry.orchestration(tenant_id, orchestration_id) is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
-        records = await self._log.read_stream(tenant_id, orchestration_id)
+        records = await self._read_committed(tenant_id, orchestration_id)
         state = replay(r.event for r in records)
         if state is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         return state
+
+    async def _read_committed(self, tenant_id: str, orchestration_id: str) -> Sequence[Any]:
+        """The stream, at least up to the head the listener has seen committed.
+
+        Workaround: the SQLite store's shared reader connection can serve a snapshot
+        from before the latest commit while other reads are in flight; re-read briefly
+        until the stream reaches the committed head (read-your-writes).
+        """
+        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        head = summary.seq if summary else 0
+        records = await self._log.read_stream(tenant_id, orchestration_id)
+        for attempt in range(50):
+            if len(records) >= head:
+                break
+            await asyncio.sleep(0.001 * attempt)
+            records = await self._log.read_stream(tenant_id, orchestration_id)
+        return records
 
     async def wait(
         self, tenant_id: str, orchestration_id: str, max_wait: float | None = None
@@ -560,6 +577,9 @@ class Engine:
         task = self._tasks.get((tenant_id, orchestration_id))
         if task is not None:
             await asyncio.wait({task}, timeout=max_wait)
+        live = self.live_state(tenant_id, orchestration_id)
+        if live is not None and live.terminal:
+            return live  # folded from committed events: equal to a replay (tested)
         return await self.get_state(tenant_id, orchestration_id)
 
     def list_orchestrations(

@@ -200,10 +200,6 @@ def _check_decision(step: StepDef, steps: Mapping[str, StepDef]) -> list[Referen
         refs = condition_references(step.condition)
     except ConditionError as e:
         raise WorkflowValidationError(str(e), step_id=step.id, field="condition") from None
-    if not step.then and not step.else_:
-        raise WorkflowValidationError(
-            "a decision needs a 'then' or an 'else' branch", step_id=step.id, field="then"
-        )
     for field, branch in (("then", step.then), ("else", step.else_)):
         for target in branch:
             if target not in steps:
