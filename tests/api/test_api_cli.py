@@ -1,0 +1,195 @@
+"""`maip-ledger` CLI: keys, fsck, export, errors; and end-to-end against `serve` as a
+subprocess, every receipt checked with the independent verifier."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import sqlite3
+from pathlib import Path
+
+import pytest
+from api_helpers import THREE_STEP, scripted, write_signing_key
+from api_server import Server, cli
+
+import verifier
+
+
+def test_keys_create_list_revoke(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    made = cli(
+        "keys",
+        "create",
+        "--data-dir",
+        d,
+        "--tenant",
+        "t1",
+        "--scopes",
+        "orchestrations:read,agents:write",
+        "--json",
+    )
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    assert key["tenant_id"] == "t1"
+    assert key["scopes"] == ["orchestrations:read", "agents:write"]
+    assert key["api_key"].startswith(f"mlk_{key['key_id']}_")
+    listed = cli("keys", "list", "--data-dir", d, "--json")
+    rows = json.loads(listed.stdout)
+    assert [r["key_id"] for r in rows] == [key["key_id"]]
+    assert key["api_key"] not in listed.stdout
+    revoked = cli("keys", "revoke", key["key_id"], "--data-dir", d, "--json")
+    assert json.loads(revoked.stdout)["revoked_at"] is not None
+    bad = cli("keys", "create", "--data-dir", d, "--tenant", "t1", "--scopes", "root")
+    assert bad.returncode == 2
+    assert bad.stderr.count("\n") == 1
+    assert "unknown scope" in bad.stderr
+    env_dir = cli("keys", "list", "--json", env={"MAIP_DATA_DIR": d})
+    assert json.loads(env_dir.stdout)[0]["key_id"] == key["key_id"]
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    r = cli("fsck", "--data-dir", str(tmp_path / "nothing"))
+    assert r.returncode == 2
+    assert r.stderr.startswith("maip-ledger: error:")
+    assert r.stderr.count("\n") == 1
+    r = cli("serve", "--data-dir", str(tmp_path), env={"MAIP_PORT": "eighty"})
+    assert r.returncode == 2
+    assert "MAIP_PORT" in r.stderr
+
+
+@pytest.mark.slow
+def test_end_to_end_serve_keys_fsck_export_and_restart(tmp_path: Path) -> None:
+    vkey = write_signing_key(tmp_path)
+    server = Server(tmp_path)
+    try:
+        made = cli(
+            "keys",
+            "create",
+            "--data-dir",
+            str(tmp_path),
+            "--tenant",
+            "acme",
+            "--scopes",
+            "orchestrations:write,orchestrations:read,agents:write,workflows:write",
+            "--json",
+        )
+        key = json.loads(made.stdout)
+        h = {"X-API-Key": key["api_key"], "X-Tenant-ID": "acme"}
+        # A key created while the server runs works at once.
+        agent = server.json(
+            "POST", "/v1/agents", 201, body={"name": "a", "provider": scripted()}, headers=h
+        )["agent_id"]
+        slow = server.json(
+            "POST",
+            "/v1/agents",
+            201,
+            body={"name": "slow", "provider": scripted(delay=1.5)},
+            headers=h,
+        )["agent_id"]
+        wf = server.json(
+            "POST", "/v1/workflows", 201, body={"name": "w", "definition": THREE_STEP}, headers=h
+        )["workflow_id"]
+        done = server.json(
+            "POST",
+            "/v1/orchestrations/execute",
+            200,
+            body={"workflow_id": wf, "agents": [agent]},
+            headers={**h, "Prefer": "wait=20"},
+        )
+        assert done["status"] == "completed"
+        assert server.json("GET", "/v1/log/key", 200)["vkey"] == vkey
+        events = server.json(
+            "GET", f"/v1/orchestrations/{done['orchestration_id']}/events", 200, headers=h
+        )["events"]
+        for e in events:
+            receipt = server.json("GET", f"/v1/receipts/{e['receipt_id']}", 200, headers=h)
+            verifier.verify_receipt(receipt, base64.b64decode(e["leaf"]), vkey)
+        # Acknowledged, then the process is killed mid-run: it resumes after restart.
+        running = server.json(
+            "POST",
+            "/v1/orchestrations/execute",
+            202,
+            body={"workflow_id": wf, "agents": [slow]},
+            headers=h,
+        )
+        assert running["status"] == "running"
+    finally:
+        server.stop(signal.SIGKILL)
+    server = Server(tmp_path)
+    try:
+        resumed = server.json(
+            "GET", f"/v1/orchestrations/{running['orchestration_id']}?wait=30", 200, headers=h
+        )
+        assert resumed["status"] == "completed"
+        revoked = cli("keys", "revoke", key["key_id"], "--data-dir", str(tmp_path))
+        assert revoked.returncode == 0
+        assert server.request("GET", "/v1/orchestrations", headers=h)[0] == 401
+    finally:
+        assert server.stop(signal.SIGTERM) == 0
+    # fsck: clean, then tampered.
+    clean = cli("fsck", "--data-dir", str(tmp_path), "--json")
+    assert clean.returncode == 0, clean.stdout + clean.stderr
+    exported = cli("export", done["orchestration_id"], "--data-dir", str(tmp_path))
+    assert exported.returncode == 0, exported.stderr
+    report = verifier.verify_bundle(exported.stdout.encode(), vkey)
+    assert report.status == "completed"
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("DROP TRIGGER events_no_update")
+    db.execute(
+        "UPDATE events SET leaf = CAST(replace(CAST(leaf AS TEXT), 'urgent', 'URGENT')"
+        " AS BLOB) WHERE leaf_index = 9"
+    )
+    db.commit()
+    db.close()
+    tampered = cli("fsck", "--data-dir", str(tmp_path), "--json")
+    assert tampered.returncode == 1
+    assert json.loads(tampered.stdout)["first_bad_index"] == 9
+
+
+@pytest.mark.slow
+def test_serve_demo_prints_working_key_and_is_idempotent(tmp_path: Path) -> None:
+    write_signing_key(tmp_path)
+    for _ in range(2):
+        server = Server(tmp_path, "--demo")
+        try:
+            banner = server.read_banner(3)
+            key = banner.split("(shown once): ")[1].split()[0]
+            h = {"X-API-Key": key, "X-Tenant-ID": "demo"}
+            agents = server.json("GET", "/v1/orchestrations", 200, headers=h)
+            assert agents["next_cursor"] is None
+        finally:
+            assert server.stop() == 0
+    made = cli(
+        "keys",
+        "create",
+        "--data-dir",
+        str(tmp_path),
+        "--tenant",
+        "demo",
+        "--scopes",
+        "admin",
+        "--json",
+    )
+    h = {"X-API-Key": json.loads(made.stdout)["api_key"], "X-Tenant-ID": "demo"}
+    server = Server(tmp_path)
+    try:
+        agents = server.json("GET", "/v1/agents", 200, headers=h)["items"]
+        workflows = server.json("GET", "/v1/workflows", 200, headers=h)["items"]
+        assert [a["name"] for a in agents] == ["demo-agent"]
+        assert [w["name"] for w in workflows] == ["demo-triage"]
+        assert [s["action"] for s in workflows[0]["definition"]["steps"]] == [
+            "llm",
+            "tool",
+            "decision",
+        ]
+        done = server.json(
+            "POST",
+            "/v1/orchestrations/execute",
+            200,
+            body={"workflow_id": workflows[0]["workflow_id"], "agents": [agents[0]["agent_id"]]},
+            headers={**h, "Prefer": "wait=10"},
+        )
+        assert done["status"] == "completed"
+    finally:
+        server.stop()
