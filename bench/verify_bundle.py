@@ -2,10 +2,12 @@
 
 Builds one orchestration's bundle of 100,000 and 1,000,000 events (quick mode: 10,000)
 with the ledger's writer functions (``ledger.events.encode_leaf``, ``ledger.checkpoint``,
-``ledger.note``), receipts issued per 1,000-event batch, then verifies each bundle in a
-fresh subprocess reading the file line by line, as ``maip-verify bundle`` does. The rate
+``ledger.note``), receipts issued per 1,000-event batch, streamed into a fresh verifying
+subprocess that reads it line by line from a pipe, as ``maip-verify bundle`` reads a
+file (streaming avoids writing a 2.5 GB file and lets building overlap verifying). The rate
 is events per second of the child's CPU time (one core; the machine is shared), and the
-peak RSS is the child's own ``ru_maxrss``.
+peak RSS is the child's own high-water mark (``VmHWM``; ``ru_maxrss`` would include the
+parent's, since Linux keeps it across ``execve``).
 
 The builder is O(n): subtree hashes per level are computed once, and consecutive leaves'
 proofs are updated only at the levels whose sibling changes.
@@ -15,15 +17,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import io
 import json
-import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -40,19 +40,26 @@ BATCH = 1000
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 _CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from verifier import verify_bundle
 cpu0, wall0 = time.process_time(), time.perf_counter()
-with open(sys.argv[1], "rb") as f:
-    report = verify_bundle(f, sys.argv[2])
+report = verify_bundle(sys.stdin.buffer, sys.argv[1])
 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve from the (large) parent.
+with open("/proc/self/status") as status:
+    rss = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
 print(json.dumps({"events": report.event_count, "cpu": cpu, "wall": wall, "rss_kib": rss}))
 """
 
 
+_B32HEX_TO_CROCKFORD = str.maketrans("0123456789ABCDEFGHIJKLMNOPQRSTUV", _CROCKFORD)
+
+
 def _ulid(n: int) -> str:
-    return "".join(_CROCKFORD[(n >> (5 * i)) & 31] for i in range(25, -1, -1))
+    """Crockford base32 of a 128-bit int: 10 chars for the top 48 bits, 16 for the rest."""
+    high = base64.b32hexencode((n >> 80).to_bytes(10, "big")).decode()[-10:]
+    low = base64.b32hexencode((n & (1 << 80) - 1).to_bytes(10, "big")).decode()
+    return (high + low).translate(_B32HEX_TO_CROCKFORD)
 
 
 def _uuid(n: int) -> str:
@@ -222,13 +229,18 @@ class _Path:
         for level in range(changed):
             self.cur[level] = self.levels.element(level, m, self.n)
         self.m = m
-        return '"' + '","'.join(x for x in self.cur if x is not None) + '"' if self.n > 1 else ""
+        return '"' + '","'.join(filter(None, self.cur)) + '"' if self.n > 1 else ""
 
 
-def build(path: Path, n: int) -> str:
-    """Write an n-event bundle to ``path``; return the vkey."""
-    key = NoteSigner(ORIGIN, Ed25519PrivateKey.from_private_bytes(b"\x05" * 32))
-    levels = _Levels([hashlib.sha256(b"\x00" + leaf).digest() for _, _, leaf in _leaves(n)])
+def _signer() -> NoteSigner:
+    return NoteSigner(ORIGIN, Ed25519PrivateKey.from_private_bytes(b"\x05" * 32))
+
+
+def build(f: IO[bytes], n: int) -> None:
+    """Write an n-event bundle to ``f`` (signed by :func:`_signer`)."""
+    key = _signer()
+    leaves = list(_leaves(n))
+    levels = _Levels([hashlib.sha256(b"\x00" + leaf).digest() for _, _, leaf in leaves])
     sizes = [min(n, i + BATCH) for i in range(0, n, BATCH)]
     notes = {s: Checkpoint(ORIGIN, s, levels.hash(0, s)).sign(key) for s in sizes}
     header = {
@@ -244,106 +256,124 @@ def build(path: Path, n: int) -> str:
     head_path = _Path(levels, n)
     receipt_ids: list[str] = []
     steps = []
-    with path.open("wb", buffering=1 << 20) as f:
-        f.write(msgspec.json.encode(header) + b"\n")
-        batch_path: _Path | None = None
-        for m, (ulid, etype, leaf) in enumerate(_leaves(n)):
-            size = min(n, (m // BATCH + 1) * BATCH)
-            if batch_path is None or batch_path.n != size:
-                batch_path = _Path(levels, size)
-                line = {
-                    "kind": "checkpoint",
-                    "checkpoint": notes[size],
-                    "consistency_proof": levels.consistency(size, n),
+    f.write(msgspec.json.encode(header) + b"\n")
+    batch_path: _Path | None = None
+    for m, (ulid, etype, leaf) in enumerate(leaves):
+        size = min(n, (m // BATCH + 1) * BATCH)
+        if batch_path is None or batch_path.n != size:
+            batch_path = _Path(levels, size)
+            line = {
+                "kind": "checkpoint",
+                "checkpoint": notes[size],
+                "consistency_proof": levels.consistency(size, n),
+            }
+            f.write(msgspec.json.encode(line) + b"\n")
+        rid = _uuid(ulid)
+        receipt_ids.append(rid)
+        f.write(
+            (
+                f'{{"kind":"event","leaf_index":{m},"leaf":"{base64.b64encode(leaf).decode()}",'
+                f'"inclusion_proof":[{head_path.proof(m)}],"receipt":{{"receipt_id":"{rid}",'
+                f'"event_id":"{_ulid(ulid)}","leaf_index":{m},'
+                f'"leaf_hash":"{levels.b64[0][m]}","tree_size":{size},'
+                f'"inclusion_proof":[{batch_path.proof(m)}]}}}}\n'
+            ).encode()
+        )
+        if etype == "step.completed":
+            i = len(steps)
+            steps.append(
+                {
+                    "step_id": f"s{i}",
+                    "agent_id": "a1",
+                    "action": "llm",
+                    "status": "completed",
+                    "result": {"i": i},
+                    "started_at": None,
+                    "completed_at": _at(m + 1),
+                    "attempts": 1,
                 }
-                f.write(msgspec.json.encode(line) + b"\n")
-            rid = _uuid(ulid)
-            receipt_ids.append(rid)
-            f.write(
-                (
-                    f'{{"kind":"event","leaf_index":{m},"leaf":"{base64.b64encode(leaf).decode()}",'
-                    f'"inclusion_proof":[{head_path.proof(m)}],"receipt":{{"receipt_id":"{rid}",'
-                    f'"event_id":"{_ulid(ulid)}","leaf_index":{m},'
-                    f'"leaf_hash":"{levels.b64[0][m]}","tree_size":{size},'
-                    f'"inclusion_proof":[{batch_path.proof(m)}]}}}}\n'
-                ).encode()
             )
-            if etype == "step.completed":
-                i = len(steps)
-                steps.append(
-                    {
-                        "step_id": f"s{i}",
-                        "agent_id": "a1",
-                        "action": "llm",
-                        "status": "completed",
-                        "result": {"i": i},
-                        "started_at": None,
-                        "completed_at": _at(m + 1),
-                        "attempts": 1,
-                    }
-                )
-            elif etype == "step.started":
-                started = _at(m + 1)
-            if etype == "step.completed":
-                steps[-1]["started_at"] = started
-        state = {
-            "orchestration_id": ORCH_ID,
-            "id": "maip-orch:" + _ulid(int(ORCH_ID.replace("-", ""), 16)),
-            "tenant_id": TENANT,
-            "workflow_id": "wf-bench",
-            "workflow_version": 1,
-            "agent_id": None,
-            "agents": ["a1"],
-            "parameters": {},
-            "input": {"q": "bench"},
-            "model": "m",
-            "executor": "engine",
-            "status": "completed",
-            "reason": None,
-            "steps": steps,
-            "results": {"ok": True},
-            "receipts": receipt_ids,
-            "created_at": _at(1),
-            "started_at": _at(2),
-            "completed_at": _at(n),
-        }
-        f.write(msgspec.json.encode({"kind": "state", "state": state}) + b"\n")
-    return key.verifier.vkey
+        elif etype == "step.started":
+            started = _at(m + 1)
+        if etype == "step.completed":
+            steps[-1]["started_at"] = started
+    state = {
+        "orchestration_id": ORCH_ID,
+        "id": "maip-orch:" + _ulid(int(ORCH_ID.replace("-", ""), 16)),
+        "tenant_id": TENANT,
+        "workflow_id": "wf-bench",
+        "workflow_version": 1,
+        "agent_id": None,
+        "agents": ["a1"],
+        "parameters": {},
+        "input": {"q": "bench"},
+        "model": "m",
+        "executor": "engine",
+        "status": "completed",
+        "reason": None,
+        "steps": steps,
+        "results": {"ok": True},
+        "receipts": receipt_ids,
+        "created_at": _at(1),
+        "started_at": _at(2),
+        "completed_at": _at(n),
+    }
+    f.write(msgspec.json.encode({"kind": "state", "state": state}) + b"\n")
 
 
-def _verify(path: Path, vkey: str) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", _CHILD, str(path), vkey],
-        capture_output=True,
-        text=True,
-        check=False,
+def _build_and_verify(n: int) -> tuple[dict[str, Any], int, float]:
+    """Stream an n-event bundle into a verifying child's stdin (so no multi-GB file is
+    written, and building overlaps verifying); returns the child's figures, the bundle
+    size and the build time."""
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CHILD, _signer().verifier.vkey],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
-    if done.returncode != 0:
-        raise RuntimeError(f"verification failed: {done.stderr.strip().splitlines()[-1:]}")
-    return json.loads(done.stdout)  # type: ignore[no-any-return]
+    assert child.stdin is not None
+    counter = _Counting(child.stdin)
+    t0 = time.perf_counter()
+    try:
+        build(counter, n)
+        child.stdin.close()
+    except BrokenPipeError:
+        pass  # the child stopped reading: its stderr says why
+    built = time.perf_counter() - t0
+    assert child.stdout is not None
+    assert child.stderr is not None
+    out, err = child.stdout.read(), child.stderr.read()
+    child.wait()
+    if child.returncode != 0:
+        raise RuntimeError(f"verification failed: {err.decode().strip().splitlines()[-1:]}")
+    return json.loads(out), counter.count, built
+
+
+class _Counting(io.RawIOBase):
+    """A write-through byte counter, buffered towards the child's pipe."""
+
+    def __init__(self, sink: IO[bytes]) -> None:
+        self.sink, self.count = sink, 0
+
+    def write(self, data: Any) -> int:
+        self.count += len(data)
+        return self.sink.write(data)
 
 
 def run(quick: bool) -> None:
     sizes = [10_000] if quick else [100_000, 1_000_000]
-    with tempfile.TemporaryDirectory(prefix="maip-bench-") as tmp:
-        for n in sizes:
-            path = Path(tmp) / f"bundle-{n}.jsonl"
-            t0 = time.perf_counter()
-            vkey = build(path, n)
-            built = time.perf_counter() - t0
-            result = _verify(path, vkey)
-            assert result["events"] == n
-            rate = n / result["cpu"]
-            rss = result["rss_kib"] / 1024
-            print(
-                f"verifier: {n:,}-event bundle verified at {rate:,.0f} events/s, "
-                f"peak RSS {rss:.1f} MiB"
-            )
-            print(
-                f"  ({os.path.getsize(path) / 2**20:,.0f} MiB bundle built in {built:.1f} s; "
-                f"verified in {result['cpu']:.1f} s CPU, {result['wall']:.1f} s wall)"
-            )
-            path.unlink()
+    for n in sizes:
+        result, size, built = _build_and_verify(n)
+        assert result["events"] == n
+        rate = n / result["cpu"]
+        rss = result["rss_kib"] / 1024
+        print(
+            f"verifier: {n:,}-event bundle verified at {rate:,.0f} events/s, peak RSS {rss:.1f} MiB"
+        )
+        print(
+            f"  ({size / 2**20:,.0f} MiB bundle streamed to the verifier while being built in "
+            f"{built:.1f} s; verified in {result['cpu']:.1f} s CPU, {result['wall']:.1f} s wall)"
+        )
 
 
 if __name__ == "__main__":

@@ -27,8 +27,10 @@ from verifier._errors import (
     VerificationError,
 )
 from verifier._merkle import verify_consistency, verify_inclusion
+from verifier._monitor import Fetcher, MonitorResult, monitor_once
 from verifier._note import VerifierKey, open_note, parse_vkey
 from verifier._receipt import VerifiedReceipt, verify_receipt
+from verifier._replay import Timeline, build_timeline
 from verifier._wire import Receipt
 
 __all__ = [
@@ -36,8 +38,10 @@ __all__ = [
     "Checkpoint",
     "EventMismatch",
     "FetchFailed",
+    "Fetcher",
     "ForkDetected",
     "MalformedInput",
+    "MonitorResult",
     "ProofInvalid",
     "Receipt",
     "ReceiptMismatch",
@@ -46,10 +50,13 @@ __all__ = [
     "RollbackDetected",
     "SignatureInvalid",
     "StateMismatch",
+    "Timeline",
     "UnsupportedLeafVersion",
     "VerificationError",
     "VerifiedReceipt",
     "VerifierKey",
+    "build_timeline",
+    "monitor_once",
     "open_note",
     "parse_vkey",
     "verify_bundle",
