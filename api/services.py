@@ -23,6 +23,7 @@ from ledger.orchestration import Engine
 __all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
 
 _RECEIPT_CACHE = 200_000
+_CHECKPOINT_CACHE = 10_000
 
 
 @dataclass
@@ -39,12 +40,19 @@ class Services:
     shutting_down: bool = False
     receipts: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
     idempotency_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    #: Signed notes by tree size (immutable once issued).
+    checkpoint_notes: OrderedDict[int, str] = field(default_factory=OrderedDict)
 
     def authorize(self, request: web.Request, *scopes: str) -> Principal:
         """The caller, if it has any of ``scopes``; binds its tenant to the log context."""
         principal = self.auth.authorize(request, *scopes)
         structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id)
         return principal
+
+    def cache_checkpoint(self, size: int, note: str) -> None:
+        self.checkpoint_notes[size] = note
+        if len(self.checkpoint_notes) > _CHECKPOINT_CACHE:
+            self.checkpoint_notes.popitem(last=False)
 
     def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:
         self.receipts[key] = body

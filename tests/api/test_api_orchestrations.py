@@ -35,9 +35,13 @@ async def test_execute_workflow_shape(client: TestClient, tenant_a: Tenant) -> N
     oid = state["orchestration_id"]
     assert resp.headers["Location"] == f"/v1/orchestrations/{oid}"
     assert state["id"] == "maip-orch:" + str(ULID.from_bytes(uuid.UUID(oid).bytes))
-    assert state["workflow_id"] == wf and state["agents"] == [agent]
-    assert state["agent_id"] == agent and state["parameters"] == {"text": "down"}
-    assert state["status"] == "running" and state["started_at"] and state["created_at"]
+    assert state["workflow_id"] == wf
+    assert state["agents"] == [agent]
+    assert state["agent_id"] == agent
+    assert state["parameters"] == {"text": "down"}
+    assert state["status"] == "running"
+    assert state["started_at"]
+    assert state["created_at"]
     assert len(state["receipts"]) == 2  # created + started are durable before the answer
     assert {"steps", "results"} <= state.keys()
     done = await json_ok(
@@ -62,8 +66,10 @@ async def test_execute_agent_shape_with_prefer_wait(client: TestClient, tenant_a
     assert resp.status == 200
     assert resp.headers["Preference-Applied"] == "wait=10"
     assert state["status"] == "completed"
-    assert state["agent_id"] == agent and state["input"] == {"text": "hi"}
-    assert state["model"] == "m" and state["workflow_id"] is None
+    assert state["agent_id"] == agent
+    assert state["input"] == {"text": "hi"}
+    assert state["model"] == "m"
+    assert state["workflow_id"] is None
 
 
 async def test_events_carry_exact_leaves_and_receipts_verify(
@@ -89,7 +95,8 @@ async def test_events_carry_exact_leaves_and_receipts_verify(
         receipt = await json_ok(
             client, "GET", f"/v1/receipts/{e['receipt_id']}", 200, headers=tenant_a.headers
         )
-        assert receipt["orchestration_id"] == oid and receipt["event_id"] == e["event_id"]
+        assert receipt["orchestration_id"] == oid
+        assert receipt["event_id"] == e["event_id"]
         verified = verifier.verify_receipt(receipt, base64.b64decode(e["leaf"]), key)
         assert verified.receipt.leaf_index == e["leaf_index"]
     # A tampered leaf does not verify against its receipt.
@@ -114,9 +121,11 @@ async def test_bundle_verifies_offline(client: TestClient, tenant_a: Tenant) -> 
     resp = await client.get(
         f"/v1/orchestrations/{state['orchestration_id']}/bundle", headers=tenant_a.headers
     )
-    assert resp.status == 200 and resp.content_type == "application/x-ndjson"
+    assert resp.status == 200
+    assert resp.content_type == "application/x-ndjson"
     report = verifier.verify_bundle(await resp.read(), await vkey(client))
-    assert report.status == "completed" and not report.running
+    assert report.status == "completed"
+    assert not report.running
     assert report.event_count == len(state["receipts"])
 
 
@@ -124,7 +133,7 @@ async def test_idempotency_key(client: TestClient, tenant_a: Tenant) -> None:
     agent, wf = await setup_workflow(client, tenant_a)
     body = {"workflow_id": wf, "agents": [agent], "parameters": {"n": 1}}
     h = {"Idempotency-Key": "order-42"}
-    r1, s1 = await execute(client, tenant_a, body, headers=h)
+    _, s1 = await execute(client, tenant_a, body, headers=h)
     r2, s2 = await execute(client, tenant_a, body, headers=h)
     assert s1["orchestration_id"] == s2["orchestration_id"]
     assert r2.headers["Idempotent-Replayed"] == "true"
@@ -183,7 +192,8 @@ async def test_pagination_and_filters(client: TestClient, tenant_a: Tenant) -> N
     by_wf = await json_ok(
         client, "GET", f"/v1/orchestrations?workflow_id={wf}&limit=2", 200, headers=tenant_a.headers
     )
-    assert len(by_wf["items"]) == 2 and by_wf["next_cursor"] is not None
+    assert len(by_wf["items"]) == 2
+    assert by_wf["next_cursor"] is not None
     bad = await client.get("/v1/orchestrations?status=bogus", headers=tenant_a.headers)
     assert bad.status == 400
 
@@ -200,7 +210,8 @@ async def test_cancel(client: TestClient, tenant_a: Tenant) -> None:
         json={"reason": "operator said so"},
         headers=tenant_a.headers,
     )
-    assert cancelled["status"] == "cancelled" and cancelled["reason"] == "operator said so"
+    assert cancelled["status"] == "cancelled"
+    assert cancelled["reason"] == "operator said so"
     again = await client.post(f"/v1/orchestrations/{oid}/cancel", headers=tenant_a.headers)
     assert again.status == 409
     events = (
@@ -237,7 +248,8 @@ async def test_sse_stream_and_resume(client: TestClient, tenant_a: Tenant) -> No
     _, state = await execute(client, tenant_a, {"workflow_id": wf, "agents": [agent]})
     path = f"/v1/orchestrations/{state['orchestration_id']}/events/stream"
     first = await client.get(path, headers=tenant_a.headers)
-    assert first.status == 200 and first.content_type == "text/event-stream"
+    assert first.status == 200
+    assert first.content_type == "text/event-stream"
     head = await read_sse(first, limit=3)
     first.close()
     assert [m["id"] for m in head] == ["1", "2", "3"]
@@ -300,7 +312,8 @@ async def test_external_executor_records_steps(client: TestClient, tenant_a: Ten
     for r, e in zip(recorded["receipts"], events[2:], strict=True):
         verifier.verify_receipt(r, base64.b64decode(e["leaf"]), key)
     state = await json_ok(client, "GET", f"/v1/orchestrations/{oid}", 200, headers=tenant_a.headers)
-    assert state["status"] == "completed" and state["results"] == {"answer": 42}
+    assert state["status"] == "completed"
+    assert state["results"] == {"answer": 42}
     assert state["executor"] == "external"
     ended = await client.post(
         f"/v1/orchestrations/{oid}/steps", json={"events": step[:1]}, headers=tenant_a.headers
@@ -317,11 +330,13 @@ async def test_external_executor_records_steps(client: TestClient, tenant_a: Ten
 async def test_registry_routes(client: TestClient, tenant_a: Tenant) -> None:
     agent, wf = await setup_workflow(client, tenant_a)
     got = await json_ok(client, "GET", f"/v1/agents/{agent}", 200, headers=tenant_a.headers)
-    assert got["name"] == "bot" and got["provider"]["kind"] == "scripted"
+    assert got["name"] == "bot"
+    assert got["provider"]["kind"] == "scripted"
     listed = await json_ok(client, "GET", "/v1/agents", 200, headers=tenant_a.headers)
     assert [a["agent_id"] for a in listed["items"]] == [agent]
     w = await json_ok(client, "GET", f"/v1/workflows/{wf}?version=1", 200, headers=tenant_a.headers)
-    assert w["version"] == 1 and w["version_hash"].startswith("sha256:")
+    assert w["version"] == 1
+    assert w["version_hash"].startswith("sha256:")
     bad = await client.post(
         "/v1/workflows",
         json={"name": "x", "definition": {"steps": [{"id": "a", "action": "fly"}]}},
@@ -329,7 +344,8 @@ async def test_registry_routes(client: TestClient, tenant_a: Tenant) -> None:
     )
     assert bad.status == 422
     problem = await bad.json(content_type=None)
-    assert problem["errors"] and problem["errors"][0]["field"].startswith("$")
+    assert problem["errors"]
+    assert problem["errors"][0]["field"].startswith("$")
     bad_agent = await client.post(
         "/v1/agents",
         json={"name": "x", "provider": {"kind": "telepathy"}},
@@ -340,4 +356,5 @@ async def test_registry_routes(client: TestClient, tenant_a: Tenant) -> None:
     ok = await client.post(
         "/v1/agents", json={"name": "y", "provider": scripted()}, headers=tenant_a.headers
     )
-    assert ok.status == 201 and ok.headers["Location"].startswith("/v1/agents/")
+    assert ok.status == 201
+    assert ok.headers["Location"].startswith("/v1/agents/")

@@ -74,7 +74,7 @@ async def test_missing_and_mistyped_fields_name_their_path(
 async def test_unknown_workflow_is_404_and_bad_agent_ref_422(
     client: TestClient, tenant_a: Tenant
 ) -> None:
-    agent, wf = await setup_workflow(client, tenant_a)
+    agent, _ = await setup_workflow(client, tenant_a)
     status, _, _ = await post_raw(
         client,
         tenant_a,
