@@ -20,6 +20,7 @@ from typing import Any
 
 import structlog
 
+from ledger.events import decode_leaf
 from ledger.log import Log
 from ledger.note import generate_signer
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, OrchestrationProjection
@@ -83,24 +84,32 @@ async def _fill(engine: Engine, count: int) -> None:
 
 
 async def _replay(log: Log) -> tuple[float, int, int]:
+    """Read every stored leaf, decode it, fold it into its orchestration's state."""
     projection = OrchestrationProjection()
     folds: dict[tuple[str, str], OrchestrationProjection.FoldState] = {}
+    catalog = log.catalog
     events = 0
     t0 = time.perf_counter()
     index = 0
     size = log.size
     while index < size:
-        page = await log.read_log(index, 5000)
-        for rec in page:
-            e = rec.event
-            if e.stream_id.startswith(("agent:", "workflow:")):
+        rows = await log.store.read_log(index, 5000)
+        if not rows:
+            break
+        for row in rows:
+            index += 1
+            if row.stream_id.startswith(("agent:", "workflow:")):
                 continue
+            e = decode_leaf(row.leaf, catalog)
             key = (e.tenant_id, e.stream_id)
             fold = folds.get(key)
             folds[key] = projection.apply(fold or projection.initial(), e)
             events += 1
-        index += len(page)
-    return time.perf_counter() - t0, events, len(folds)
+    seconds = time.perf_counter() - t0
+    done = sum(1 for f in folds.values() if f.state is not None and f.state.status == "completed")
+    if done != len(folds):
+        raise RuntimeError(f"only {done} of {len(folds)} replayed states are completed")
+    return seconds, events, len(folds)
 
 
 async def _main(quick: bool) -> None:
@@ -115,6 +124,9 @@ async def _main(quick: bool) -> None:
         await _throughput(engine, 200)  # warm up
         seconds, ids = await _throughput(engine, timed)
         per_orch = len(engine.live_state(TENANT, ids[-1]).receipts)  # type: ignore[union-attr]
+        for oid in ids[:: max(1, len(ids) // 50)]:  # live state == a fresh replay, sampled
+            if await engine.get_state(TENANT, oid) != engine.live_state(TENANT, oid):
+                raise RuntimeError(f"live state of {oid} differs from its replay")
         print(
             f"engine: {len(ids)} orchestrations (llm -> tool -> decision, scripted, "
             f"{CONCURRENCY} in flight) in {seconds:.2f} s = {len(ids) / seconds:,.0f} "

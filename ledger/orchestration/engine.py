@@ -323,6 +323,13 @@ class Engine:
             raise AgentNotFoundError(f"no agent {agent_id!r}")
         return record
 
+    def list_agents(self, tenant_id: str) -> list[AgentRecord]:
+        return self.registry.agents(tenant_id)
+
+    def list_workflows(self, tenant_id: str) -> list[WorkflowRecord]:
+        """The latest version of each workflow."""
+        return self.registry.workflows(tenant_id)
+
     def get_workflow(
         self, tenant_id: str, workflow_id: str, version: int | None = None
     ) -> WorkflowRecord:

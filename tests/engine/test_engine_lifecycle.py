@@ -1,0 +1,84 @@
+"""Engine lifecycle: close at a step boundary and resume in-process, step timeouts,
+and regression tests for bugs found while building the engine."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from engine_helpers import TENANT, Harness, scripted
+
+from ledger.orchestration import Engine, ToolRegistry
+
+
+async def test_close_stops_at_step_boundary_and_resume_completes(harness: Harness) -> None:
+    calls: list[int] = []
+
+    async def slow(args: Any) -> Any:
+        calls.append(args["n"])
+        await asyncio.sleep(0.2)
+        return args["n"]
+
+    tools = ToolRegistry()
+    tools.register("slow", slow)
+    engine = await harness.open(tools=tools)
+    defn = {
+        "steps": [
+            {"id": f"s{i}", "action": "tool", "tool": "slow", "inputs": {"n": i}}
+            | ({"depends_on": [f"s{i - 1}"]} if i else {})
+            for i in range(4)
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    await asyncio.sleep(0.3)  # s0 done, s1 in flight
+    await harness.close()  # lets s1 finish, starts nothing new, records no terminal event
+    assert calls == [0, 1]
+
+    engine = await harness.open(tools=tools)  # start() resumes it
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert calls == [0, 1, 2, 3]  # no completed step ran twice
+    assert state.results == {"s0": 0, "s1": 1, "s2": 2, "s3": 3}
+
+
+async def test_step_timeout_is_retried_then_fails(engine: Engine) -> None:
+    await engine.register_agent(
+        TENANT, name="slowbot", provider=scripted({"content": "x", "delay_seconds": 5})
+    )
+    defn = {
+        "steps": [
+            {
+                "id": "think",
+                "action": "llm",
+                "agent": "slowbot",
+                "timeout_seconds": 0.1,
+                "max_attempts": 2,
+            }
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await asyncio.wait_for(engine.wait(TENANT, started.orchestration_id), 10)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert state.steps[0].attempts == 2
+    assert "step timed out after 0.1s" in state.steps[0].result["error"]
+
+
+async def test_regression_get_state_reads_its_own_writes_under_concurrency(
+    engine: Engine, make_agent: Any
+) -> None:
+    """Found by the benchmark: with many reads in flight, the store's shared reader
+    connection served a snapshot from before the orchestration's last commit, so
+    get_state() right after completion replayed only the first two events."""
+    agent = await make_agent({"content": "ok"})
+
+    async def one() -> None:
+        started = await engine.execute(TENANT, agent_id=agent, input="x")
+        await engine.wait(TENANT, started.orchestration_id)
+        replayed = await engine.get_state(TENANT, started.orchestration_id)
+        assert replayed.status == "completed"
+        assert replayed == engine.live_state(TENANT, started.orchestration_id)
+
+    for _ in range(4):
+        await asyncio.gather(*(one() for _ in range(32)))
