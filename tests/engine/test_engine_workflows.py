@@ -366,3 +366,42 @@ async def test_redaction_commits_pii_in_stored_events(harness: Harness) -> None:
     assert b"bob@example.com" in data  # the step output was not configured for redaction
     assert b'"email":"bob@example.com"' not in data
     assert state.input["email"].encode() in data
+
+
+async def test_cancel_workflow_cancels_concurrent_branches(
+    engine: Engine, harness: Harness
+) -> None:
+    gate = asyncio.Event()
+    entered: list[str] = []
+
+    async def block(args: Any) -> Any:
+        entered.append(args["b"])
+        await gate.wait()  # never set: only cancellation ends it
+        return args
+
+    engine.tools.register("block", block)
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "block", "inputs": {"b": "a"}},
+            {"id": "b", "action": "tool", "tool": "block", "inputs": {"b": "b"}},
+            {"id": "after", "action": "tool", "tool": "echo", "depends_on": ["a", "b"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    for _ in range(100):
+        if len(entered) == 2:
+            break
+        await asyncio.sleep(0.01)
+    state = await asyncio.wait_for(engine.cancel(TENANT, started.orchestration_id), 10)
+    assert (state.status, state.reason) == ("cancelled", "cancelled")
+    assert {s.step_id: s.status for s in state.steps} == {"a": "failed", "b": "failed"}
+    types = await _types(harness, started.orchestration_id)
+    assert types.count("tool.completed") == 0
+    assert types[-1] == "orchestration.cancelled"
+
+
+async def test_cancel_external_orchestration(engine: Engine) -> None:
+    state = await engine.create_external(TENANT, input=None)
+    cancelled = await engine.cancel(TENANT, state.orchestration_id, requested_by="ops")
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "cancelled")
