@@ -258,7 +258,7 @@ class _Run:
         fold, detail = self.projection.apply, self.projection.apply_detail
         progress, hook = self.progress, self.event_hook
         sha256, line_decoder, event_type = _sha256, _LINE.decode, BundleEvent
-        receipt_size, receipt_verify = -1, head_verify
+        receipt_size, receipt_verify = -1, head.verify_sharing
         events, next_seq, last_type = self.events, self.next_seq, self.last_type
         line: Any = first
         step = STEP_INCLUSION
@@ -281,9 +281,9 @@ class _Run:
                 if r.leaf_hash != lh:
                     raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
                 if r.tree_size != receipt_size:
-                    receipt_verify = self.receipt_memo(r.tree_size).verify
+                    receipt_verify = self.receipt_memo(r.tree_size).verify_sharing
                     receipt_size = r.tree_size
-                receipt_verify(lh, r.leaf_index, r.inclusion_proof)
+                receipt_verify(lh, index, r.inclusion_proof, head, line.inclusion_proof)
                 # 3. Belonging: a known v, this tenant and orchestration, matching ids.
                 step = STEP_BELONGING
                 env = decode_leaf(leaf)

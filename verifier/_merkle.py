@@ -323,6 +323,46 @@ class PathMemo:
             sn >>= 1
             shift += 1
 
+    def verify_sharing(
+        self,
+        leaf: bytes,
+        index: int,
+        raw_proof: bytes | msgspec.Raw,
+        other: PathMemo,
+        other_raw: bytes | msgspec.Raw,
+    ) -> None:
+        """:meth:`verify`, reusing ``other``'s verification of the same leaf at the same
+        index (a receipt's proof after the header checkpoint's proof of one event).
+
+        Below the level where the two trees differ, both proofs hold the same complete
+        subtrees. If this proof's first ``j`` hashes are byte-equal to ``other``'s, and
+        the subtree at level ``j`` over ``index`` is complete in this tree, then folding
+        them gives that subtree's hash, which ``other`` has already authenticated: so
+        this fold can start at level ``j`` with ``other``'s hash there, and stop at once
+        if this memo holds the same node (the usual case). Otherwise: :meth:`verify`.
+        """
+        raw = raw_proof if type(raw_proof) is bytes else bytes(raw_proof)
+        other_bytes = other_raw if type(other_raw) is bytes else bytes(other_raw)
+        nodes, theirs, size = self._nodes, other._nodes, self.tree_size
+        if 0 <= index < size and len(raw) == len(raw) // _STRIDE * _STRIDE + 1:
+            for j in range(1, len(raw) // _STRIDE + 1):
+                fn = index >> j
+                if (fn + 1) << j > size:
+                    break  # the subtree at level j is not complete in this tree
+                node = nodes[j]
+                if node[0] != fn:
+                    continue
+                their = theirs[j]
+                if (
+                    their[0] == fn
+                    and their[1] == node[1]
+                    and raw[: _STRIDE * j] == other_bytes[: _STRIDE * j]
+                    and raw[_STRIDE * j :] == node[2][_STRIDE * node[3] :]
+                ):
+                    return
+                break
+        self.verify(leaf, index, raw)
+
     def _reset(self) -> None:
         self._nodes[:] = [_NO_NODE] * _MAX_LEVELS
 

@@ -204,3 +204,45 @@ def test_stream_parser_rejects_garbage_cleanly(data: bytes, chunk: int) -> None:
     chunks = iter([data[i : i + chunk] for i in range(0, len(data), chunk)])
     with contextlib.suppress(VerificationError):
         parse_stream(chunks, ("state", "receipts"), lambda _x: None, lambda _b: None)
+
+
+@FUZZ
+@given(
+    st.integers(2, 300),
+    st.integers(1, 300),
+    st.lists(st.tuples(st.integers(0, 299), st.integers(-1, 12), st.integers(0, 31)), max_size=40),
+)
+def test_shared_receipt_memo_agrees_with_full_verification(
+    size: int, batch_size: int, checks: list[tuple[int, int, int]]
+) -> None:
+    """verify_sharing (a receipt proof after the header proof of the same leaf) accepts
+    exactly what verify_inclusion accepts for the receipt proof."""
+    small = min(batch_size, size)
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
+    head = PathMemo(size, tree.root(size))
+    memo = PathMemo(small, tree.root(small))
+
+    def enc(proof: list[bytes]) -> bytes:
+        return msgspec.json.encode([base64.b64encode(h).decode() for h in proof])
+
+    for raw_index, corrupt_at, bit in checks:
+        index = raw_index % small
+        head_raw = enc(tree.inclusion(index, size))
+        head.verify(tree.leaves[index], index, head_raw)
+        proof = tree.inclusion(index, small)
+        if 0 <= corrupt_at < len(proof):
+            h = proof[corrupt_at]
+            proof[corrupt_at] = h[:bit] + bytes([h[bit] ^ 1]) + h[bit + 1 :]
+        elif corrupt_at >= len(proof):
+            proof = tree.inclusion(index, size)  # the header's proof, for another size
+        try:
+            verify_inclusion(tree.leaves[index], index, small, proof, tree.root(small))
+            expected = None
+        except ProofInvalid as e:
+            expected = str(e)
+        try:
+            memo.verify_sharing(tree.leaves[index], index, enc(proof), head, head_raw)
+            got = None
+        except ProofInvalid as e:
+            got = str(e)
+        assert got == expected
