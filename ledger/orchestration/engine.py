@@ -27,6 +27,8 @@ from ulid import ULID
 from ledger.errors import ConflictError, InvalidEventError, LedgerError
 from ledger.events import Event, EventCatalog, NewEvent
 from ledger.orchestration import events as ev
+from ledger.orchestration.binding import build_created
+from ledger.orchestration.calls import Collaborators
 from ledger.orchestration.errors import (
     AgentNotFoundError,
     OrchestrationNotFoundError,
@@ -42,7 +44,7 @@ from ledger.orchestration.registry import (
     Registry,
     WorkflowRecord,
 )
-from ledger.orchestration.runner import Collaborators, Runner
+from ledger.orchestration.runner import Runner
 from ledger.orchestration.state import OrchestrationProjection, OrchestrationState, replay
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.tools import ToolRegistry
@@ -341,18 +343,6 @@ class Engine:
 
     # -- orchestrations --------------------------------------------------------------
 
-    def _resolve_agent(self, tenant_id: str, ref: str, given: Sequence[str]) -> str | None:
-        if ref in given and self.registry.agent(tenant_id, ref):
-            return ref
-        for agent_id in given:
-            record = self.registry.agent(tenant_id, agent_id)
-            if record is not None and record.name == ref:
-                return agent_id
-        if self.registry.agent(tenant_id, ref):
-            return ref
-        record = self.registry.agent_by_name(tenant_id, ref)
-        return record.agent_id if record else None
-
     async def execute(
         self,
         tenant_id: str,
@@ -375,8 +365,10 @@ class Engine:
         """
         if self._closing:
             raise OrchestrationStateError("-", "closing", "start orchestrations")
-        created = self._build_created(
+        created = build_created(
+            self.registry,
             tenant_id,
+            _uuid_from(self._new_ulid()),
             executor="engine",
             workflow_id=workflow_id,
             workflow_version=workflow_version,
@@ -405,95 +397,6 @@ class Engine:
         )
         self._launch(tenant_id, oid, runner)
         return self._state_now(tenant_id, oid)
-
-    def _build_created(
-        self,
-        tenant_id: str,
-        *,
-        executor: str,
-        workflow_id: str | None,
-        workflow_version: int | None,
-        agent_id: str | None,
-        agents: Sequence[str],
-        input: Any,
-        parameters: Mapping[str, Any] | None,
-        model: str | None,
-        max_steps: int,
-        timeout_seconds: float,
-        started_by: str,
-        request_shape: str | None,
-    ) -> ev.OrchestrationCreated:
-        if (
-            isinstance(max_steps, bool)
-            or not isinstance(max_steps, int)
-            or not 1 <= max_steps <= 1000
-        ):
-            raise WorkflowValidationError("must be an integer in 1..1000", field="max_steps")
-        if not isinstance(timeout_seconds, int | float) or not 0 < timeout_seconds <= 86_400:
-            raise WorkflowValidationError("must be in (0, 86400]", field="timeout_seconds")
-        if parameters is not None and not isinstance(parameters, Mapping):
-            raise WorkflowValidationError("must be an object", field="parameters")
-        given = list(dict.fromkeys(agents))
-        for i, a in enumerate(given):
-            if self.registry.agent(tenant_id, a) is None:
-                raise AgentNotFoundError(f"no agent {a!r} (agents[{i}])")
-        if agent_id is not None and self.registry.agent(tenant_id, agent_id) is None:
-            raise AgentNotFoundError(f"no agent {agent_id!r}")
-        default_agent = agent_id or (given[0] if given else None)
-        definition: dict[str, Any] | None = None
-        version = digest = None
-        if workflow_id is not None:
-            wf = self.get_workflow(tenant_id, workflow_id, workflow_version)
-            version, digest = wf.version, wf.version_hash
-            definition = msgspec.convert(wf.definition, dict[str, Any])
-            bound = []
-            for raw_step in definition["steps"]:
-                step = dict(raw_step)
-                ref = step.get("agent")
-                if ref is not None:
-                    resolved = self._resolve_agent(tenant_id, ref, given)
-                    if resolved is None:
-                        raise WorkflowValidationError(
-                            f"agent {ref!r} is not registered", step_id=step["id"], field="agent"
-                        )
-                    step["agent"] = resolved
-                elif step["action"] == "llm":
-                    if default_agent is None:
-                        raise WorkflowValidationError(
-                            "an llm step needs an agent: name one on the step or pass agents",
-                            step_id=step["id"],
-                            field="agent",
-                        )
-                    step["agent"] = default_agent
-                if step.get("agent") and step["agent"] not in given:
-                    given.append(step["agent"])
-                bound.append(step)
-            definition["steps"] = bound
-        elif executor == "engine" and default_agent is None:
-            raise WorkflowValidationError(
-                "agent_id is required when no workflow_id is given", field="agent_id"
-            )
-        if default_agent is not None and default_agent not in given:
-            given.insert(0, default_agent)
-        if request_shape is None:
-            request_shape = "workflow" if workflow_id else "agent"
-        return ev.OrchestrationCreated(
-            orchestration_id=_uuid_from(self._new_ulid()),
-            executor=executor,  # type: ignore[arg-type]
-            workflow_id=workflow_id,
-            workflow_version=version,
-            workflow_hash=digest,
-            agent_id=default_agent,
-            agents=tuple(given),
-            input=input,
-            parameters=dict(parameters or {}),
-            model=model,
-            max_steps=max_steps,
-            timeout_seconds=float(timeout_seconds),
-            started_by=started_by,
-            request_shape=request_shape,
-            definition=definition,
-        )
 
     def _writer(self, tenant_id: str, oid: str, seq: int) -> StreamWriter:
         writer = StreamWriter(
@@ -666,8 +569,10 @@ class Engine:
         request_shape: str = "external",
     ) -> OrchestrationState:
         """An orchestration whose steps an outside framework records itself."""
-        created = self._build_created(
+        created = build_created(
+            self.registry,
             tenant_id,
+            _uuid_from(self._new_ulid()),
             executor="external",
             workflow_id=workflow_id,
             workflow_version=workflow_version,

@@ -17,9 +17,8 @@ shutdown are observed at step boundaries; cancellation also cancels in-flight ca
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,6 +28,7 @@ import structlog
 from ledger.errors import LedgerError
 from ledger.events import Event, parse_time
 from ledger.orchestration import events as ev
+from ledger.orchestration.calls import CallRecorder, Collaborators, as_text, const
 from ledger.orchestration.conditions import evaluate
 from ledger.orchestration.errors import (
     ConditionError,
@@ -36,11 +36,8 @@ from ledger.orchestration.errors import (
     TemplateError,
     ToolError,
 )
-from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
-from ledger.orchestration.registry import AgentRecord
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
-from ledger.orchestration.tools import ToolRegistry
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
 
 __all__ = ["Runner", "StepHistory"]
@@ -112,33 +109,7 @@ class _Stopped(Exception):  # noqa: N818 — control flow: engine shutdown at a 
     pass
 
 
-@dataclass
-class Collaborators:
-    tools: ToolRegistry
-    provider_for: Callable[[AgentRecord], Provider]
-    now: Callable[[], datetime]
-    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
-    agents: Mapping[str, AgentRecord] = field(default_factory=dict)
-
-
-def _json_or_none(text: str | None) -> Any:
-    if not text:
-        return None
-    try:
-        return msgspec.json.decode(text)
-    except msgspec.DecodeError:
-        return None
-
-
-def _const(value: Any) -> Callable[[], Any]:
-    return lambda: value
-
-
-def _as_text(value: Any) -> str:
-    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
-
-
-class Runner:
+class Runner(CallRecorder):
     def __init__(
         self,
         writer: StreamWriter,
@@ -148,10 +119,7 @@ class Runner:
         *,
         started_at: datetime | None = None,
     ) -> None:
-        self.writer = writer
-        self.created = created
-        self.oid = created.orchestration_id
-        self.deps = deps
+        super().__init__(writer, created, deps)
         self.history, self._was_started, self.was_terminal = read_history(history)
         self._started_at: datetime | None = None
         for e in history:
@@ -181,9 +149,6 @@ class Runner:
             raise _Terminate("cancelled", None)
         if self._stopping:
             raise _Stopped
-
-    def _emit(self, event_type: str, payload: msgspec.Struct) -> None:
-        self.writer.emit(event_type, payload)
 
     # -- the run ---------------------------------------------------------------------
 
@@ -408,146 +373,6 @@ class Runner:
 
     # -- actions ---------------------------------------------------------------------
 
-    def _agent(self, agent_id: str | None) -> AgentRecord:
-        agent = self.deps.agents.get(agent_id) if agent_id else None
-        if agent is None:
-            raise ProviderError(f"agent {agent_id!r} is not registered", transient=False)
-        return agent
-
-    async def _llm_call(
-        self, step_id: str, attempt: int, agent: AgentRecord, messages: list[dict[str, Any]]
-    ) -> LLMResponse:
-        provider = self.deps.provider_for(agent)
-        model = self.created.model or agent.model
-        schemas = tuple(self.deps.tools.get(n).schema() for n in agent.tools)
-        request = LLMRequest(model=model, messages=tuple(messages), tools=schemas)
-        self._emit(
-            ev.LLM_REQUESTED,
-            ev.LLMRequested(
-                orchestration_id=self.oid,
-                step_id=step_id,
-                attempt=attempt,
-                gen_ai_operation_name="chat",
-                gen_ai_provider_name=provider.name,
-                gen_ai_request_model=model,
-                messages=request.messages,
-                tools=schemas,
-                parameters=request.parameters,
-            ),
-        )
-        if not provider.deterministic:
-            await self.writer.flush()
-        started = time.monotonic()
-        try:
-            response = await provider.complete(request, time_limit=self.created.timeout_seconds)
-        except ProviderError as e:
-            self._llm_completed(step_id, attempt, None, started, str(e))
-            raise
-        self._llm_completed(step_id, attempt, response, started, None)
-        if not provider.deterministic:
-            await self.writer.flush()
-        return response
-
-    def _llm_completed(
-        self,
-        step_id: str,
-        attempt: int,
-        r: LLMResponse | None,
-        started: float,
-        error: str | None,
-    ) -> None:
-        self._emit(
-            ev.LLM_COMPLETED,
-            ev.LLMCompleted(
-                orchestration_id=self.oid,
-                step_id=step_id,
-                attempt=attempt,
-                gen_ai_response_model=r.response_model if r else None,
-                gen_ai_response_id=r.response_id if r else None,
-                gen_ai_response_finish_reasons=(r.finish_reason,) if r else (),
-                gen_ai_usage_input_tokens=r.input_tokens if r else None,
-                gen_ai_usage_output_tokens=r.output_tokens if r else None,
-                message=r.message if r else None,
-                latency_ms=round((time.monotonic() - started) * 1000, 3),
-                error=error,
-            ),
-        )
-
-    async def _tool_call(
-        self, step_id: str, attempt: int, name: str, call_id: str | None, arguments: Any
-    ) -> Any:
-        """Invoke a tool, recording invocation and result; raises :class:`ToolError`."""
-        self._emit(
-            ev.TOOL_INVOKED,
-            ev.ToolInvoked(
-                orchestration_id=self.oid,
-                step_id=step_id,
-                attempt=attempt,
-                gen_ai_tool_name=name,
-                gen_ai_tool_call_id=call_id,
-                arguments=arguments,
-            ),
-        )
-        started = time.monotonic()
-        try:
-            tool = self.deps.tools.get(name)
-            if not tool.pure:
-                await self.writer.flush()
-            result = await tool.fn(arguments)
-            msgspec.json.encode(result)  # the result must be JSON
-        except (ToolError, TypeError) as e:
-            error = str(e)
-            transient = isinstance(e, ToolError) and e.transient
-            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error, transient=transient) from None
-        except (LedgerError, ValueError, ArithmeticError, KeyError, LookupError) as e:
-            error = f"{type(e).__name__}: {e}"
-            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error) from None
-        self._tool_completed(step_id, attempt, name, call_id, result, None, started)
-        if not tool.pure:
-            await self.writer.flush()
-        return result
-
-    def _tool_completed(  # noqa: PLR0917 — one positional per recorded field
-        self,
-        step_id: str,
-        attempt: int,
-        name: str,
-        call_id: str | None,
-        result: Any,
-        error: str | None,
-        started: float,
-    ) -> None:
-        self._emit(
-            ev.TOOL_COMPLETED,
-            ev.ToolCompleted(
-                orchestration_id=self.oid,
-                step_id=step_id,
-                attempt=attempt,
-                gen_ai_tool_name=name,
-                gen_ai_tool_call_id=call_id,
-                result=result,
-                error=error,
-                latency_ms=round((time.monotonic() - started) * 1000, 3),
-            ),
-        )
-
-    def _llm_output(self, r: LLMResponse) -> dict[str, Any]:
-        return {
-            "content": r.content,
-            "json": _json_or_none(r.content),
-            "finish_reason": r.finish_reason,
-            "message": r.message,
-        }
-
-    def _base_messages(self, agent: AgentRecord, prompt: str) -> list[dict[str, Any]]:
-        messages: list[dict[str, Any]] = []
-        if agent.instructions:
-            messages.append({"role": "system", "content": agent.instructions})
-        messages.append({"role": "user", "content": prompt})
-        return messages
-
     # -- workflow mode ---------------------------------------------------------------
 
     def _context(self, outputs: Mapping[str, Any]) -> dict[str, Any]:
@@ -643,7 +468,7 @@ class Runner:
 
             def make_inputs() -> Any:
                 prompt = render(step.prompt, ctx) if step.prompt is not None else self.created.input
-                return {"prompt": _as_text(prompt)}
+                return {"prompt": as_text(prompt)}
 
             async def run_llm(attempt: int, inputs: Any) -> Any:
                 agent = self._agent(agent_id)
@@ -661,7 +486,7 @@ class Runner:
                         except ToolError as e:
                             result = {"error": str(e)}
                         messages.append(
-                            {"role": "tool", "tool_call_id": call.id, "content": _as_text(result)}
+                            {"role": "tool", "tool_call_id": call.id, "content": as_text(result)}
                         )
                 raise ProviderError(
                     f"model asked for tools more than {MAX_TOOL_ROUNDS_PER_STEP} times",
@@ -718,7 +543,7 @@ class Runner:
 
     async def _run_loop(self) -> Any:
         agent = self._agent(self.created.agent_id)
-        messages = self._base_messages(agent, _as_text(self.created.input))
+        messages = self._base_messages(agent, as_text(self.created.input))
         rounds = 0
         while True:
             self._boundary()
@@ -761,10 +586,10 @@ class Runner:
 
                 try:
                     result = await self._in_task(
-                        self._step(tool_id, "tool", agent.agent_id, _const(inputs), invoke)
+                        self._step(tool_id, "tool", agent.agent_id, const(inputs), invoke)
                     )
                 except _StepFailed as f:
                     result = {"error": f.error}
                 messages.append(
-                    {"role": "tool", "tool_call_id": tc["id"], "content": _as_text(result)}
+                    {"role": "tool", "tool_call_id": tc["id"], "content": as_text(result)}
                 )

@@ -1,0 +1,207 @@
+"""Recording LLM and tool calls: ``llm.requested``/``llm.completed`` and
+``tool.invoked``/``tool.completed``, with write-ahead flushes around outside effects.
+
+:class:`CallRecorder` is the base of :class:`~ledger.orchestration.runner.Runner`; it
+holds what every recorded call needs (the stream writer, the orchestration's
+``orchestration.created`` payload and the injected collaborators).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from ledger.errors import LedgerError
+from ledger.orchestration import events as ev
+from ledger.orchestration.errors import ProviderError, ToolError
+from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
+from ledger.orchestration.registry import AgentRecord
+from ledger.orchestration.stream import StreamWriter
+from ledger.orchestration.tools import ToolRegistry
+
+__all__ = ["CallRecorder", "Collaborators", "as_text", "const"]
+
+
+@dataclass
+class Collaborators:
+    tools: ToolRegistry
+    provider_for: Callable[[AgentRecord], Provider]
+    now: Callable[[], datetime]
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    agents: Mapping[str, AgentRecord] = field(default_factory=dict)
+
+
+def _json_or_none(text: str | None) -> Any:
+    if not text:
+        return None
+    try:
+        return msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return None
+
+
+def const(value: Any) -> Callable[[], Any]:
+    return lambda: value
+
+
+def as_text(value: Any) -> str:
+    return value if isinstance(value, str) else msgspec.json.encode(value).decode()
+
+
+class CallRecorder:
+    def __init__(
+        self, writer: StreamWriter, created: ev.OrchestrationCreated, deps: Collaborators
+    ) -> None:
+        self.writer = writer
+        self.created = created
+        self.oid = created.orchestration_id
+        self.deps = deps
+
+    def _emit(self, event_type: str, payload: msgspec.Struct) -> None:
+        self.writer.emit(event_type, payload)
+
+    def _agent(self, agent_id: str | None) -> AgentRecord:
+        agent = self.deps.agents.get(agent_id) if agent_id else None
+        if agent is None:
+            raise ProviderError(f"agent {agent_id!r} is not registered", transient=False)
+        return agent
+
+    async def _llm_call(
+        self, step_id: str, attempt: int, agent: AgentRecord, messages: list[dict[str, Any]]
+    ) -> LLMResponse:
+        provider = self.deps.provider_for(agent)
+        model = self.created.model or agent.model
+        schemas = tuple(self.deps.tools.get(n).schema() for n in agent.tools)
+        request = LLMRequest(model=model, messages=tuple(messages), tools=schemas)
+        self._emit(
+            ev.LLM_REQUESTED,
+            ev.LLMRequested(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_operation_name="chat",
+                gen_ai_provider_name=provider.name,
+                gen_ai_request_model=model,
+                messages=request.messages,
+                tools=schemas,
+                parameters=request.parameters,
+            ),
+        )
+        if not provider.deterministic:
+            await self.writer.flush()
+        started = time.monotonic()
+        try:
+            response = await provider.complete(request, time_limit=self.created.timeout_seconds)
+        except ProviderError as e:
+            self._llm_completed(step_id, attempt, None, started, str(e))
+            raise
+        self._llm_completed(step_id, attempt, response, started, None)
+        if not provider.deterministic:
+            await self.writer.flush()
+        return response
+
+    def _llm_completed(
+        self,
+        step_id: str,
+        attempt: int,
+        r: LLMResponse | None,
+        started: float,
+        error: str | None,
+    ) -> None:
+        self._emit(
+            ev.LLM_COMPLETED,
+            ev.LLMCompleted(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_response_model=r.response_model if r else None,
+                gen_ai_response_id=r.response_id if r else None,
+                gen_ai_response_finish_reasons=(r.finish_reason,) if r else (),
+                gen_ai_usage_input_tokens=r.input_tokens if r else None,
+                gen_ai_usage_output_tokens=r.output_tokens if r else None,
+                message=r.message if r else None,
+                latency_ms=round((time.monotonic() - started) * 1000, 3),
+                error=error,
+            ),
+        )
+
+    async def _tool_call(
+        self, step_id: str, attempt: int, name: str, call_id: str | None, arguments: Any
+    ) -> Any:
+        """Invoke a tool, recording invocation and result; raises :class:`ToolError`."""
+        self._emit(
+            ev.TOOL_INVOKED,
+            ev.ToolInvoked(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_tool_name=name,
+                gen_ai_tool_call_id=call_id,
+                arguments=arguments,
+            ),
+        )
+        started = time.monotonic()
+        try:
+            tool = self.deps.tools.get(name)
+            if not tool.pure:
+                await self.writer.flush()
+            result = await tool.fn(arguments)
+            msgspec.json.encode(result)  # the result must be JSON
+        except (ToolError, TypeError) as e:
+            error = str(e)
+            transient = isinstance(e, ToolError) and e.transient
+            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
+            raise ToolError(error, transient=transient) from None
+        except (LedgerError, ValueError, ArithmeticError, KeyError, LookupError) as e:
+            error = f"{type(e).__name__}: {e}"
+            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
+            raise ToolError(error) from None
+        self._tool_completed(step_id, attempt, name, call_id, result, None, started)
+        if not tool.pure:
+            await self.writer.flush()
+        return result
+
+    def _tool_completed(  # noqa: PLR0917 — one positional per recorded field
+        self,
+        step_id: str,
+        attempt: int,
+        name: str,
+        call_id: str | None,
+        result: Any,
+        error: str | None,
+        started: float,
+    ) -> None:
+        self._emit(
+            ev.TOOL_COMPLETED,
+            ev.ToolCompleted(
+                orchestration_id=self.oid,
+                step_id=step_id,
+                attempt=attempt,
+                gen_ai_tool_name=name,
+                gen_ai_tool_call_id=call_id,
+                result=result,
+                error=error,
+                latency_ms=round((time.monotonic() - started) * 1000, 3),
+            ),
+        )
+
+    def _llm_output(self, r: LLMResponse) -> dict[str, Any]:
+        return {
+            "content": r.content,
+            "json": _json_or_none(r.content),
+            "finish_reason": r.finish_reason,
+            "message": r.message,
+        }
+
+    def _base_messages(self, agent: AgentRecord, prompt: str) -> list[dict[str, Any]]:
+        messages: list[dict[str, Any]] = []
+        if agent.instructions:
+            messages.append({"role": "system", "content": agent.instructions})
+        messages.append({"role": "user", "content": prompt})
+        return messages
