@@ -134,7 +134,7 @@ def _events(n: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
                         "gen_ai.request.model": "m",
                         "parameters": {},
                         "tools": [],
-                        "messages": [{"role": "user", "content": f"call {j}"}],
+                        "messages": [{"role": "user", "content": f"call in {sid}"}],
                     },
                 )
             else:
@@ -146,7 +146,7 @@ def _events(n: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
                         "step_id": sid,
                         "attempt": 1,
                         "gen_ai.response.model": "m",
-                        "gen_ai.response.id": f"r{seq}",
+                        "gen_ai.response.id": f"r-{sid}",
                         "gen_ai.response.finish_reasons": ["stop"],
                         "gen_ai.usage.input_tokens": 9,
                         "gen_ai.usage.output_tokens": 2,
@@ -164,11 +164,48 @@ def _events(n: int) -> Iterator[tuple[int, str, dict[str, Any]]]:
     yield seq + 1, "orchestration.completed", {"orchestration_id": o, "results": {"ok": True}}
 
 
+_SEQ_MARK = 987654321987654321
+_ID_MARK = "E" * 26
+_AT_MARK = "T" * 27
+
+
+def _event(ulid: int, seq: int, etype: str, payload: dict[str, Any]) -> Event:
+    return Event(1, _ulid(ulid), TENANT, ORCH_ID, seq, etype, _at(seq), payload)
+
+
 def _leaves(n: int) -> Iterator[tuple[int, str, bytes]]:
+    """(ULID, type, leaf bytes) per event. The many LLM events of a step share their
+    payload, so their leaves are ``encode_leaf`` of a template with the event id, time
+    and sequence spliced in (keys are sorted, so the bytes are exactly encode_leaf's;
+    spot-checked against it below)."""
+    templates: dict[tuple[str, str], list[bytes]] = {}
     for seq, etype, payload in _events(n):
         ulid = (0x0192F9C37D4E << 80) | seq
-        event = Event(1, _ulid(ulid), TENANT, ORCH_ID, seq, etype, _at(seq), payload)
-        yield ulid, etype, encode_leaf(event)
+        if not etype.startswith("llm."):
+            yield ulid, etype, encode_leaf(_event(ulid, seq, etype, payload))
+            continue
+        key = (etype, payload["step_id"])
+        parts = templates.get(key)
+        check = parts is None or seq % 10_007 == 0
+        if parts is None:
+            # Canonical key order puts event_id, then occurred_at, then stream_seq.
+            mark = Event(1, _ID_MARK, TENANT, ORCH_ID, _SEQ_MARK, etype, _AT_MARK, payload)
+            head, rest = encode_leaf(mark).split(_ID_MARK.encode())
+            mid, rest = rest.split(_AT_MARK.encode())
+            before, after = rest.split(b"%d" % _SEQ_MARK)
+            parts = templates[key] = [head, mid, before, after]
+        leaf = b"%s%s%s%s%s%d%s" % (
+            parts[0],
+            _ulid(ulid).encode(),
+            parts[1],
+            _at(seq).encode(),
+            parts[2],
+            seq,
+            parts[3],
+        )
+        if check:
+            assert leaf == encode_leaf(_event(ulid, seq, etype, payload)), seq
+        yield ulid, etype, leaf
 
 
 class _Levels:
