@@ -17,7 +17,6 @@ from typing import Any
 
 import msgspec
 
-from ledger.errors import LedgerError
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ProviderError, ToolError
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
@@ -158,7 +157,7 @@ class CallRecorder:
             transient = isinstance(e, ToolError) and e.transient
             self._tool_completed(step_id, attempt, name, call_id, None, error, started)
             raise ToolError(error, transient=transient) from None
-        except (LedgerError, ValueError, ArithmeticError, KeyError, LookupError) as e:
+        except Exception as e:  # noqa: BLE001 — user tool code may raise anything: record it
             error = f"{type(e).__name__}: {e}"
             self._tool_completed(step_id, attempt, name, call_id, None, error, started)
             raise ToolError(error) from None

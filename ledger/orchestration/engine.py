@@ -419,6 +419,8 @@ class Engine:
         except LedgerError as e:
             # e.g. the store became unavailable: the orchestration resumes after restart.
             _log.error("orchestration.crashed", orchestration_id=key[1], error=str(e))
+        except Exception:  # noqa: BLE001 — one orchestration's bug must not stop the engine
+            _log.exception("orchestration.crashed", orchestration_id=key[1])
         finally:
             self._runners.pop(key, None)
             self._tasks.pop(key, None)

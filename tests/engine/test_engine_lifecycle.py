@@ -82,3 +82,20 @@ async def test_regression_get_state_reads_its_own_writes_under_concurrency(
 
     for _ in range(4):
         await asyncio.gather(*(one() for _ in range(32)))
+
+
+async def test_regression_user_tool_raising_any_exception_fails_the_step(engine: Engine) -> None:
+    """A user tool raising RuntimeError used to escape the step and leave the
+    orchestration running with no terminal event."""
+
+    async def broken(args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    engine.tools.register("broken", broken)
+    defn = {"steps": [{"id": "t", "action": "tool", "tool": "broken"}]}
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await asyncio.wait_for(engine.wait(TENANT, started.orchestration_id), 10)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert "RuntimeError: boom" in state.steps[0].result["error"]
+    assert state.steps[0].attempts == 1
