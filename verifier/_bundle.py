@@ -35,11 +35,12 @@ from verifier._errors import (
 )
 from verifier._ids import receipt_id_for
 from verifier._jsonstream import STREAMED, parse_stream
-from verifier._leaf import decode, decode_leaf
+from verifier._leaf import ENVELOPE_DECODER, LEAF_VERSION, MAX_LEAF_BYTES, decode, decode_leaf
 from verifier._merkle import PathMemo, verify_consistency
 from verifier._note import VerifierKey, parse_vkey
 from verifier._projection import (
     FOLDED_TYPES,
+    RECEIPTS_KEPT,
     TERMINAL_TYPES,
     Projection,
     ReceiptsMatcher,
@@ -255,11 +256,15 @@ class _Run:
         assert head is not None
         tenant, stream, count = header.tenant_id, header.orchestration_id, header.event_count
         head_verify = head.verify
-        fold, detail = self.projection.apply, self.projection.apply_detail
+        projection = self.projection
+        fold, receipts = projection.apply, projection.receipts
+        receipts_update = receipts.hasher.update
+        envelope_decode = ENVELOPE_DECODER.decode
         progress, hook = self.progress, self.event_hook
         sha256, line_decoder, event_type = _sha256, _LINE.decode, BundleEvent
         receipt_size, receipt_verify = -1, head.verify_sharing
         events, next_seq, last_type = self.events, self.next_seq, self.last_type
+        line_no = self.line_no
         line: Any = first
         step = STEP_INCLUSION
         try:
@@ -270,7 +275,8 @@ class _Run:
                 leaf = line.leaf
                 lh = sha256(b"\x00" + leaf).digest()
                 index = line.leaf_index
-                head_verify(lh, index, line.inclusion_proof)
+                head_raw = bytes(line.inclusion_proof)
+                head_verify(lh, index, head_raw)
                 #    The receipt: same leaf_index and leaf_hash, and its proof against
                 #    its own checkpoint's root.
                 r = line.receipt
@@ -283,10 +289,15 @@ class _Run:
                 if r.tree_size != receipt_size:
                     receipt_verify = self.receipt_memo(r.tree_size).verify_sharing
                     receipt_size = r.tree_size
-                receipt_verify(lh, index, r.inclusion_proof, head, line.inclusion_proof)
+                receipt_verify(lh, index, bytes(r.inclusion_proof), head, head_raw)
                 # 3. Belonging: a known v, this tenant and orchestration, matching ids.
                 step = STEP_BELONGING
-                env = decode_leaf(leaf)
+                try:
+                    env = envelope_decode(leaf)
+                except (msgspec.DecodeError, ValueError, RecursionError):
+                    env = decode_leaf(leaf)  # raises the precise error
+                if env.v != LEAF_VERSION or len(leaf) > MAX_LEAF_BYTES:
+                    env = decode_leaf(leaf)  # raises the precise error
                 if env.tenant_id != tenant:
                     raise EventMismatch(
                         f"event tenant_id {env.tenant_id!r} is not the bundle's {tenant!r}"
@@ -319,7 +330,7 @@ class _Run:
                 # 5. Replay: fold the event (§7.3).
                 step = STEP_REPLAY
                 last_type = env.type
-                if last_type in FOLDED_TYPES:
+                if last_type in FOLDED_TYPES or not projection.created:
                     fold(
                         seq,
                         last_type,
@@ -329,13 +340,17 @@ class _Run:
                         receipt_id=receipt_id,
                     )
                 else:
-                    detail(seq, last_type, receipt_id)
+                    # LLM, tool, decision events change no field but ``receipts``.
+                    if receipts.count < RECEIPTS_KEPT:
+                        receipts.first.append(receipt_id)
+                    receipts.count += 1
+                    receipts_update(receipt_id.encode() + b"\n")
                 if hook is not None:
                     hook(line, env)
                 if progress is not None and not events % _PROGRESS_EVERY:
                     progress(events, count)
                 # Next line: stay in this loop while it is an event.
-                self.line_no += 1
+                line_no += 1
                 raw = next(lines, None)
                 if raw is None or not isinstance(raw, bytes) or not raw.strip():
                     return raw
@@ -343,16 +358,17 @@ class _Run:
                 try:
                     line = line_decoder(raw)
                 except (msgspec.DecodeError, ValueError, RecursionError) as e:
-                    raise MalformedInput(f"line {self.line_no} does not decode: {e}") from e
+                    raise MalformedInput(f"line {line_no} does not decode: {e}") from e
                 if type(line) is not event_type:
                     return line
         except VerificationError as e:
             if step != _STEP_PARSE:
-                e.message = f"event {events} (line {self.line_no}): {e.message}"
+                e.message = f"event {events} (line {line_no}): {e.message}"
             e.at_step(step)
             raise
         finally:
             self.events, self.next_seq, self.last_type = events, next_seq, last_type
+            self.line_no = line_no
 
     # ---- end of §6.1 steps 4 and 5 -----------------------------------------------------
     def on_state(self, claimed: Any, matcher: ReceiptsMatcher) -> Report:

@@ -13,12 +13,12 @@ import msgspec
 from verifier._errors import MalformedInput, UnsupportedLeafVersion
 from verifier._wire import Envelope, Version
 
-__all__ = ["LEAF_VERSION", "MAX_LEAF_BYTES", "decode", "decode_leaf"]
+__all__ = ["ENVELOPE_DECODER", "LEAF_VERSION", "MAX_LEAF_BYTES", "decode", "decode_leaf"]
 
 LEAF_VERSION = 1
 MAX_LEAF_BYTES = 256 * 1024
 
-_ENVELOPE = msgspec.json.Decoder(Envelope)
+ENVELOPE_DECODER = _ENVELOPE = msgspec.json.Decoder(Envelope)
 _VERSION = msgspec.json.Decoder(Version)
 
 

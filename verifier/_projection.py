@@ -321,6 +321,11 @@ class Projection:
         return {}
 
     @property
+    def created(self) -> bool:
+        """Whether ``orchestration.created`` has been folded."""
+        return self._state is not None
+
+    @property
     def status(self) -> str | None:
         return None if self._state is None else str(self._state["status"])
 
