@@ -2,9 +2,11 @@
 
 Builds one orchestration's bundle of 100,000 and 1,000,000 events (quick mode: 10,000)
 with the ledger's writer functions (``ledger.events.encode_leaf``, ``ledger.checkpoint``,
-``ledger.note``), receipts issued per 1,000-event batch, streamed into a fresh verifying
-subprocess that reads it line by line from a pipe, as ``maip-verify bundle`` reads a
-file (streaming avoids writing a 2.5 GB file and lets building overlap verifying). The rate
+``ledger.note``), receipts issued per 1,000-event batch, and verifies each in a fresh
+subprocess that reads it line by line, as ``maip-verify bundle`` does: the 100,000-event
+bundle from a file, the 1,000,000-event one (2.5 GB) streamed through a pipe while it is
+built (no huge file; building then shares the CPUs with verifying, so that rate is
+lower; its purpose is the memory figure). The rate
 is events per second of the child's CPU time (one core; the machine is shared), and the
 peak RSS is the child's own high-water mark (``VmHWM``; ``ru_maxrss`` would include the
 parent's, since Linux keeps it across ``execve``).
@@ -21,8 +23,10 @@ import io
 import json
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import msgspec
@@ -43,7 +47,8 @@ _CHILD = """
 import json, sys, time
 from verifier import verify_bundle
 cpu0, wall0 = time.process_time(), time.perf_counter()
-report = verify_bundle(sys.stdin.buffer, sys.argv[1])
+with open(sys.argv[2], "rb") if len(sys.argv) > 2 else sys.stdin.buffer as source:
+    report = verify_bundle(source, sys.argv[1])
 cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
 # VmHWM, not ru_maxrss: Linux carries ru_maxrss over execve from the (large) parent.
 with open("/proc/self/status") as status:
@@ -52,14 +57,12 @@ print(json.dumps({"events": report.event_count, "cpu": cpu, "wall": wall, "rss_k
 """
 
 
-_B32HEX_TO_CROCKFORD = str.maketrans("0123456789ABCDEFGHIJKLMNOPQRSTUV", _CROCKFORD)
+_PAIRS = [_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024)]
 
 
 def _ulid(n: int) -> str:
-    """Crockford base32 of a 128-bit int: 10 chars for the top 48 bits, 16 for the rest."""
-    high = base64.b32hexencode((n >> 80).to_bytes(10, "big")).decode()[-10:]
-    low = base64.b32hexencode((n & (1 << 80) - 1).to_bytes(10, "big")).decode()
-    return (high + low).translate(_B32HEX_TO_CROCKFORD)
+    """Crockford base32 of a 128-bit int: 13 pairs of characters, 10 bits each."""
+    return "".join([_PAIRS[(n >> shift) & 1023] for shift in range(120, -10, -10)])
 
 
 def _uuid(n: int) -> str:
@@ -174,7 +177,7 @@ def _event(ulid: int, seq: int, etype: str, payload: dict[str, Any]) -> Event:
 
 
 def _leaves(n: int) -> Iterator[tuple[int, str, bytes]]:
-    """(ULID, type, leaf bytes) per event. The many LLM events of a step share their
+    """(ULID as an int, type, leaf bytes) per event. The many LLM events of a step share their
     payload, so their leaves are ``encode_leaf`` of a template with the event id, time
     and sequence spliced in (keys are sorted, so the bytes are exactly encode_leaf's;
     spot-checked against it below)."""
@@ -358,32 +361,52 @@ def build(f: IO[bytes], n: int) -> None:
     f.write(msgspec.json.encode({"kind": "state", "state": state}) + b"\n")
 
 
-def _build_and_verify(n: int) -> tuple[dict[str, Any], int, float]:
-    """Stream an n-event bundle into a verifying child's stdin (so no multi-GB file is
-    written, and building overlaps verifying); returns the child's figures, the bundle
-    size and the build time."""
+def _run_child(args: list[str], feed: Callable[[IO[bytes]], None] | None) -> dict[str, Any]:
     child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, _signer().verifier.vkey],
-        stdin=subprocess.PIPE,
+        [sys.executable, "-c", _CHILD, _signer().verifier.vkey, *args],
+        stdin=subprocess.PIPE if feed else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
-    assert child.stdin is not None
-    counter = _Counting(child.stdin)
-    t0 = time.perf_counter()
-    try:
-        build(counter, n)
-        child.stdin.close()
-    except BrokenPipeError:
-        pass  # the child stopped reading: its stderr says why
-    built = time.perf_counter() - t0
+    if feed is not None:
+        assert child.stdin is not None
+        try:
+            feed(child.stdin)
+            child.stdin.close()
+        except BrokenPipeError:
+            pass  # the child stopped reading: its stderr says why
     assert child.stdout is not None
     assert child.stderr is not None
     out, err = child.stdout.read(), child.stderr.read()
     child.wait()
     if child.returncode != 0:
         raise RuntimeError(f"verification failed: {err.decode().strip().splitlines()[-1:]}")
-    return json.loads(out), counter.count, built
+    return json.loads(out)  # type: ignore[no-any-return]
+
+
+def _build_and_verify(n: int, stream: bool) -> tuple[dict[str, Any], int, float]:
+    """Build an n-event bundle and verify it in a fresh child: from a file (the machine
+    is quiet while it verifies), or streamed into the child's stdin while it is built
+    (no multi-GB file; building and verifying then share the CPUs). Returns the child's
+    figures, the bundle size and the build time."""
+    t0 = time.perf_counter()
+    if stream:
+        counter: list[int] = []
+
+        def feed(sink: IO[bytes]) -> None:
+            counting = _Counting(sink)
+            build(counting, n)
+            counter.append(counting.count)
+
+        result = _run_child([], feed)
+        return result, counter[0] if counter else 0, time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="maip-bench-") as tmp:
+        path = Path(tmp) / "bundle.jsonl"
+        with path.open("wb", buffering=1 << 20) as f:
+            build(f, n)
+        built = time.perf_counter() - t0
+        size = path.stat().st_size
+        return _run_child([str(path)], None), size, built
 
 
 class _Counting(io.RawIOBase):
@@ -398,18 +421,22 @@ class _Counting(io.RawIOBase):
 
 
 def run(quick: bool) -> None:
-    sizes = [10_000] if quick else [100_000, 1_000_000]
-    for n in sizes:
-        result, size, built = _build_and_verify(n)
+    # The 100,000-event figure is the throughput target: verified from a file, alone.
+    # The 1,000,000-event bundle (2.5 GB) is streamed while it is built, to keep the
+    # bench short and the disk clean; its figure is the memory check.
+    sizes = [(10_000, False)] if quick else [(100_000, False), (1_000_000, True)]
+    for n, stream in sizes:
+        result, size, built = _build_and_verify(n, stream)
         assert result["events"] == n
         rate = n / result["cpu"]
         rss = result["rss_kib"] / 1024
         print(
             f"verifier: {n:,}-event bundle verified at {rate:,.0f} events/s, peak RSS {rss:.1f} MiB"
         )
+        how = "streamed to the verifier while being built" if stream else "built"
         print(
-            f"  ({size / 2**20:,.0f} MiB bundle streamed to the verifier while being built in "
-            f"{built:.1f} s; verified in {result['cpu']:.1f} s CPU, {result['wall']:.1f} s wall)"
+            f"  ({size / 2**20:,.0f} MiB bundle {how} in {built:.1f} s; "
+            f"verified in {result['cpu']:.1f} s CPU, {result['wall']:.1f} s wall)"
         )
 
 
