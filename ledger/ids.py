@@ -8,15 +8,15 @@ because it runs once per appended event.
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Callable
 from datetime import datetime
 
 __all__ = ["new_ulid_bytes", "ulid_str", "uuid_str"]
 
-_RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
-_CROCKFORD = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_TO_CROCKFORD = bytes.maketrans(_RFC4648, _CROCKFORD)
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# Two base32 digits (10 bits) per lookup: 13 lookups render a 128-bit ULID.
+_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
+_SHIFTS = range(120, -1, -10)
 
 
 def new_ulid_bytes(moment: datetime, entropy: Callable[[int], bytes]) -> bytes:
@@ -26,9 +26,8 @@ def new_ulid_bytes(moment: datetime, entropy: Callable[[int], bytes]) -> bytes:
 
 def ulid_str(raw: bytes) -> str:
     """Crockford base32 of 16 bytes, 26 characters (the ULID text form)."""
-    # 20 bytes = 32 base32 digits; the 128-bit value fills the low 26 of them.
-    padded = base64.b32encode(b"\x00\x00\x00\x00" + raw)
-    return padded[-26:].translate(_TO_CROCKFORD).decode()
+    n = int.from_bytes(raw, "big")
+    return "".join([_PAIRS[(n >> shift) & 1023] for shift in _SHIFTS])
 
 
 def uuid_str(raw: bytes) -> str:

@@ -92,6 +92,23 @@ class _Append:
     future: asyncio.Future[list[Receipt]]
 
 
+@dataclass(slots=True)
+class _Prepared:
+    epoch: int
+    accepted: list[tuple[_Append, int]]
+    start: int
+    frontier: tlog.Frontier
+    heads: dict[tuple[str, str], int]
+    row: HashRow
+    batch: Batch
+
+
+def _fail(requests: Sequence[_Append], error: BaseException) -> None:
+    for req in requests:
+        if not req.future.done():
+            req.future.set_exception(error)
+
+
 def _check_id(name: str, value: str) -> None:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise InvalidEventError(f"{name} {value!r} must be 1-200 characters of [A-Za-z0-9._:@/+-]")
@@ -123,6 +140,12 @@ class Log:
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
+        # The provisional tip: the committed tree plus every batch prepared but not yet
+        # committed. ``_epoch`` changes whenever a failed commit discards that tip.
+        self._tip = self._frontier
+        self._tip_heads: dict[tuple[str, str], int] = {}
+        self._epoch = 0
+        self._chain: list[asyncio.Task[None]] = []
         self._latest: SignedCheckpoint | None = None
         self._pending: list[_Append] = []
         self._wake = asyncio.Event()
@@ -190,6 +213,7 @@ class Log:
                     f"leaf {size - 1} does not match its stored hash", index=size - 1
                 )
         self._frontier = frontier
+        self._tip = frontier.copy()
         self._latest = SignedCheckpoint(size, checkpoint.root, record.note)
 
     async def close(self) -> None:
@@ -283,10 +307,17 @@ class Log:
         return await future
 
     async def _run(self) -> None:
+        """Take batches and chain their commits, at most two in flight.
+
+        While one batch's commit runs in the store's thread, the next is prepared —
+        conflict checks, tree hashes, signature, proofs — on the provisional tip.
+        Commits still happen strictly in order, and a batch is acknowledged only after
+        its own commit; if one fails, every batch prepared on top of it fails too.
+        """
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while self._pending:
+            while self._pending and len(self._chain) < 2:
                 # Let appenders woken by the last batch enqueue before taking the next,
                 # or the group splits into ever smaller batches (a group-commit convoy).
                 for _ in range(2):
@@ -297,15 +328,16 @@ class Log:
                     take += 1
                 batch, self._pending = self._pending[:take], self._pending[take:]
                 try:
-                    await self._commit(batch)
+                    prepared = await self._prepare(batch)
                 except Exception as e:  # noqa: BLE001 — a writer that dies would strand every appender
                     _log.exception("log.batch_failed")
-                    for req in batch:
-                        if not req.future.done():
-                            req.future.set_exception(
-                                e if isinstance(e, LedgerError) else LedgerError(str(e))
-                            )
-            if self._closing:
+                    _fail(batch, e if isinstance(e, LedgerError) else LedgerError(str(e)))
+                    continue
+                if prepared is not None:
+                    prev = self._chain[-1] if self._chain else None
+                    task = asyncio.create_task(self._finish(prepared, prev))
+                    self._chain.append(task)
+            if self._closing and not self._pending and not self._chain:
                 return
 
     async def _head(self, key: tuple[str, str]) -> int:
@@ -314,15 +346,19 @@ class Log:
             head = await self._store.stream_head(*key)
         return head
 
-    async def _commit(self, batch: list[_Append]) -> None:
-        frontier = self._frontier.copy()
+    async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
+        frontier = self._tip.copy()
         start_size = frontier.size
         overlay: dict[tuple[str, str], int] = {}
         accepted: list[tuple[_Append, int]] = []
         new_hashes: list[bytes] = []
         for req in batch:
             key = (req.tenant, req.stream)
-            current = overlay[key] if key in overlay else await self._head(key)
+            current = overlay.get(key)
+            if current is None:
+                current = self._tip_heads.get(key)
+            if current is None:
+                current = await self._head(key)
             if req.expected != current:
                 if not req.future.done():
                     req.future.set_exception(ConflictError(req.stream, req.expected, current))
@@ -332,7 +368,7 @@ class Log:
                 new_hashes.extend(frontier.append(h))
             overlay[key] = current + len(req.events)
         if not accepted:
-            return
+            return None
         size = frontier.size
         root = frontier.root()
         note = Checkpoint(self._signer.name, size, root).sign(self._signer)
@@ -353,46 +389,89 @@ class Log:
                 zip(req.events, req.leaves, req.ids, strict=True)
             )
         ]
-        # Receipts need the new row; it leaves the cache again if the commit fails.
+        # The next batch's proofs need this row before it is committed; it leaves the
+        # cache again if the commit fails.
         self._hashes.add([row])
-        commit = asyncio.ensure_future(
-            self._store.commit(Batch(stored, row, CheckpointRecord(size, root, note)))
+        self._tip = frontier
+        self._tip_heads.update(overlay)
+        return _Prepared(
+            epoch=self._epoch,
+            accepted=accepted,
+            start=start_size,
+            frontier=frontier,
+            heads=overlay,
+            row=row,
+            batch=Batch(stored, row, CheckpointRecord(size, root, note)),
         )
-        # Proofs are computed while the commit's fsync runs in the store's thread.
+
+    def _abandon(self, prepared: _Prepared) -> None:
+        """Forget the provisional tip: every batch prepared on it will fail too."""
+        self._hashes.discard(prepared.row.start)
+        if prepared.epoch == self._epoch:
+            self._epoch += 1
+            self._tip = self._frontier.copy()
+            self._tip_heads.clear()
+
+    async def _finish(self, prepared: _Prepared, prev: asyncio.Task[None] | None) -> None:
+        try:
+            await self._finish_in_order(prepared, prev)
+        finally:
+            self._chain.remove(asyncio.current_task())  # type: ignore[arg-type]
+            self._wake.set()
+
+    async def _finish_in_order(self, p: _Prepared, prev: asyncio.Task[None] | None) -> None:
+        cp = p.batch.checkpoint
+        # Proofs are computed while the previous batch's commit is still running.
         receipts: list[list[Receipt]] = []
         receipt_error: Exception | None = None
         try:
-            receipts = await self._receipts(accepted, start_size, size, note)
+            receipts = await self._receipts(p.accepted, p.start, cp.tree_size, cp.note)
         except Exception as e:  # noqa: BLE001 — delivered below, once the commit's fate is known
             receipt_error = e
-        try:
-            await commit
-        except StorageUnavailableError as e:
-            self._hashes.discard(row.start)
-            self._healthy = False
-            _log.warning("log.commit_unavailable", error=str(e), batch_events=len(stored))
-            for req, _ in accepted:
-                if not req.future.done():
-                    req.future.set_exception(e)
+        if prev is not None:
+            await asyncio.wait([prev])
+        if p.epoch != self._epoch:
+            self._hashes.discard(p.row.start)
+            _fail(
+                [req for req, _ in p.accepted],
+                StorageUnavailableError("an earlier batch could not be written; nor was this one"),
+            )
             return
-        except BaseException:
-            self._hashes.discard(row.start)
-            raise
+        try:
+            await self._store.commit(p.batch)
+        except StorageUnavailableError as e:
+            self._abandon(p)
+            self._healthy = False
+            _log.warning("log.commit_unavailable", error=str(e), batch_events=len(p.batch.events))
+            _fail([req for req, _ in p.accepted], e)
+            return
+        except Exception as e:  # noqa: BLE001 — every appender must hear how its batch ended
+            self._abandon(p)
+            _log.exception("log.commit_failed")
+            _fail(
+                [req for req, _ in p.accepted],
+                e if isinstance(e, LedgerError) else LedgerError(str(e)),
+            )
+            return
         self._healthy = True
-        self._frontier = frontier
-        self._latest = SignedCheckpoint(size, root, note)
-        for key, head in overlay.items():
+        self._frontier = p.frontier
+        self._latest = SignedCheckpoint(cp.tree_size, cp.root, cp.note)
+        for key, head in p.heads.items():
             self._heads[key] = head
             self._heads.move_to_end(key)
+            if self._tip_heads.get(key) == head:
+                del self._tip_heads[key]
         while len(self._heads) > self._stream_cache:
             self._heads.popitem(last=False)
         if receipt_error is not None:
-            raise receipt_error
-        for (req, _), receipts_for in zip(accepted, receipts, strict=True):
+            _log.error("log.receipts_failed", error=str(receipt_error))
+            _fail([req for req, _ in p.accepted], LedgerError(f"receipts failed: {receipt_error}"))
+            return
+        for (req, _), receipts_for in zip(p.accepted, receipts, strict=True):
             if not req.future.done():
                 req.future.set_result(receipts_for)
         if self._listeners:
-            self._notify(accepted, receipts, size)
+            self._notify(p.accepted, receipts, cp.tree_size)
 
     def _notify(
         self, accepted: list[tuple[_Append, int]], receipts: list[list[Receipt]], size: int

@@ -4,7 +4,16 @@ Durability: WAL with ``synchronous=FULL``, so a commit is on disk when it return
 Append-only: triggers abort any UPDATE or DELETE on events, tree hashes and
 checkpoints. One writer: an exclusive ``flock`` on ``<db>.lock`` keeps a second writer
 process out; read-only openers (``fsck``, ``export``) do not take it. Reads use their
-own connection so they never queue behind a commit's fsync.
+own connection (aiosqlite) so they never queue behind a commit's fsync; writes run
+on one dedicated thread, each whole transaction in a single hop from the event loop.
+
+Stream index: finding a stream's events needs an index keyed by (tenant, stream,
+seq), and inserting into it lands at a random B-tree position per stream — the
+costliest part of a commit. So the index is *derived*: a background pass copies
+committed events into ``stream_index`` a few thousand at a time, recording how far it
+got in the same transaction. Reads combine the index with a scan of the short
+unindexed tail, so they always see every committed event. Losing an index pass in a
+crash loses nothing: it is rebuilt from the events.
 """
 
 from __future__ import annotations
@@ -14,16 +23,21 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
+import structlog
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.store import Batch, CheckpointRecord, HashRow, StoredEvent
 
 __all__ = ["SQLiteEventStore"]
+
+_logger = structlog.get_logger()
+_T = TypeVar("_T")
 
 _SCHEMA_VERSION = "1"
 
@@ -39,7 +53,18 @@ CREATE TABLE IF NOT EXISTS events(
     tree_size  INTEGER NOT NULL,
     leaf       BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS events_by_stream ON events(tenant_id, stream_id, stream_seq);
+CREATE TABLE IF NOT EXISTS stream_index(
+    tenant_id  TEXT NOT NULL,
+    stream_id  TEXT NOT NULL,
+    stream_seq INTEGER NOT NULL,
+    leaf_index INTEGER NOT NULL,
+    PRIMARY KEY (tenant_id, stream_id, stream_seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS index_progress(
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    upto INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO index_progress(id, upto) VALUES (1, 0);
 CREATE TABLE IF NOT EXISTS tree_hashes(start INTEGER PRIMARY KEY, hashes BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints(
     tree_size INTEGER PRIMARY KEY,
@@ -53,7 +78,8 @@ CREATE TABLE IF NOT EXISTS snapshots(
 );
 """
 
-_APPEND_ONLY = ("events", "tree_hashes", "checkpoints")
+_APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
+_TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
 
 _EVENT_COLUMNS = "leaf_index, event_id, tenant_id, stream_id, stream_seq, type, tree_size, leaf"
 
@@ -94,14 +120,19 @@ def _stored(row: Any) -> StoredEvent:
 class SQLiteEventStore:
     """An :class:`~ledger.store.EventStore` in one SQLite file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, read_only: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, read_only: bool = False, index_every: int = 4096
+    ) -> None:
         self.path = Path(path)
         self.read_only = read_only
-        self._writer: aiosqlite.Connection | None = None
+        self._index_every = index_every
+        self._indexed_upto = 0
+        self._committed_upto = 0
+        self._indexer: asyncio.Task[None] | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
-        # aiosqlite awaits between statements; only one transaction may be open at a time.
-        self._write_lock = asyncio.Lock()
 
     async def open(self) -> None:
         if self._reader is not None:
@@ -113,16 +144,8 @@ class SQLiteEventStore:
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._take_lock()
-                self._writer = await aiosqlite.connect(self.path, isolation_level=None)
-                await self._writer.execute("PRAGMA journal_mode=WAL")
-                await self._writer.execute("PRAGMA synchronous=FULL")
-                await self._writer.execute("PRAGMA busy_timeout=5000")
-                await self._writer.execute("PRAGMA cache_size=-65536")
-                await self._writer.executescript(_SCHEMA + _triggers())
-                await self._writer.execute(
-                    "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                    (_SCHEMA_VERSION,),
-                )
+                self._thread = ThreadPoolExecutor(1, thread_name_prefix="ledger-sqlite-writer")
+                self._indexed_upto, self._committed_upto = await self._write(self._open_writer)
             uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
             self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout=5000")
@@ -131,6 +154,41 @@ class SQLiteEventStore:
         except sqlite3.Error as e:
             await self.close()
             raise StorageUnavailableError(f"cannot open {self.path}: {e}") from e
+
+    async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+        if self._thread is None:
+            raise StorageUnavailableError(
+                "the store is open read-only" if self.read_only else "the store is not open"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    def _open_writer(self) -> tuple[int, int]:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._writer = conn
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        conn.execute("PRAGMA cache_size=-65536")
+        conn.executescript(_SCHEMA + _triggers())
+        conn.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (_SCHEMA_VERSION,),
+        )
+        (indexed,) = conn.execute("SELECT upto FROM index_progress").fetchone()
+        (committed,) = conn.execute(
+            "SELECT coalesce(max(leaf_index) + 1, 0) FROM events"
+        ).fetchone()
+        return int(indexed), int(committed)
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise StorageUnavailableError("the store's writer is closed")
+        return self._writer
+
+    def _close_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -145,11 +203,19 @@ class SQLiteEventStore:
         self._lock_fd = fd
 
     async def close(self) -> None:
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                with contextlib.suppress(sqlite3.Error, ValueError):
-                    await conn.close()
-        self._writer = self._reader = None
+        if self._indexer is not None:
+            with contextlib.suppress(Exception):
+                await self._indexer
+            self._indexer = None
+        if self._thread is not None:
+            with contextlib.suppress(sqlite3.Error):
+                await self._write(self._close_writer)
+            self._thread.shutdown(wait=True)
+            self._thread = None
+        if self._reader is not None:
+            with contextlib.suppress(sqlite3.Error, ValueError):
+                await self._reader.close()
+            self._reader = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -160,16 +226,7 @@ class SQLiteEventStore:
             raise StorageUnavailableError("the store is not open")
         return self._reader
 
-    @property
-    def _w(self) -> aiosqlite.Connection:
-        if self._writer is None:
-            raise StorageUnavailableError(
-                "the store is open read-only" if self.read_only else "the store is not open"
-            )
-        return self._writer
-
     async def commit(self, batch: Batch) -> None:
-        w = self._w
         rows = [
             (
                 e.leaf_index,
@@ -184,32 +241,68 @@ class SQLiteEventStore:
             for e in batch.events
         ]
         try:
-            async with self._write_lock:
-                await self._transaction(w, rows, batch)
+            await self._write(self._commit_sync, rows, batch)
         except sqlite3.Error as e:
             raise _unavailable(e) from e
+        self._committed_upto = max(self._committed_upto, rows[-1][0] + 1 if rows else 0)
+        if self._committed_upto - self._indexed_upto >= self._index_every and (
+            self._indexer is None or self._indexer.done()
+        ):
+            self._indexer = asyncio.create_task(self._index_tail(), name="ledger-stream-index")
 
-    @staticmethod
-    async def _transaction(w: aiosqlite.Connection, rows: list[Any], batch: Batch) -> None:
+    def _commit_sync(self, rows: list[Any], batch: Batch) -> None:
+        w = self._conn()
         cp = batch.checkpoint
-        await w.execute("BEGIN IMMEDIATE")
+        w.execute("BEGIN IMMEDIATE")
         try:
-            await w.executemany(
-                f"INSERT INTO events({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows
-            )
-            await w.execute(
+            w.executemany(f"INSERT INTO events({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+            w.execute(
                 "INSERT INTO tree_hashes(start, hashes) VALUES (?, ?)",
                 (batch.hashes.start, batch.hashes.hashes),
             )
-            await w.execute(
+            w.execute(
                 "INSERT INTO checkpoints(tree_size, root, note) VALUES (?, ?, ?)",
                 (cp.tree_size, cp.root, cp.note),
             )
-            await w.execute("COMMIT")
+            w.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
-                await w.execute("ROLLBACK")
+                w.execute("ROLLBACK")
             raise
+
+    async def _index_tail(self) -> None:
+        """Copy committed events into the stream index, one bounded pass at a time."""
+        while self._committed_upto > self._indexed_upto:
+            upto = min(self._committed_upto, self._indexed_upto + 4 * self._index_every)
+            try:
+                await self._write(self._index_sync, self._indexed_upto, upto)
+            except (sqlite3.Error, StorageUnavailableError) as e:
+                # The tail stays readable unindexed; the next commit tries again.
+                _logger.warning("store.index_pass_failed", error=str(e))
+                return
+            self._indexed_upto = upto
+
+    def _index_sync(self, lo: int, hi: int) -> None:
+        w = self._conn()
+        # Derived data: no fsync of its own; the next event commit syncs the WAL.
+        w.execute("PRAGMA synchronous=OFF")
+        try:
+            w.execute("BEGIN IMMEDIATE")
+            try:
+                w.execute(
+                    "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
+                    "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
+                    "WHERE leaf_index >= ? AND leaf_index < ?",
+                    (lo, hi),
+                )
+                w.execute("UPDATE index_progress SET upto = ?", (hi,))
+                w.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    w.execute("ROLLBACK")
+                raise
+        finally:
+            w.execute("PRAGMA synchronous=FULL")
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         try:
@@ -260,18 +353,34 @@ class SQLiteEventStore:
 
     async def stream_head(self, tenant_id: str, stream_id: str) -> int:
         row = await self._one(
-            "SELECT max(stream_seq) FROM events WHERE tenant_id = ? AND stream_id = ?",
-            (tenant_id, stream_id),
+            "SELECT max(s) FROM ("
+            "SELECT max(stream_seq) AS s FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
+            f"UNION ALL SELECT max(stream_seq) FROM events WHERE {_TAIL} "
+            "AND tenant_id = ? AND stream_id = ?)",
+            (tenant_id, stream_id, tenant_id, stream_id),
         )
         return int(row[0] or 0)
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
+        # One statement, so the index and the tail come from one consistent snapshot.
         rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE tenant_id = ? AND stream_id = ? "
-            "AND stream_seq > ? ORDER BY stream_seq LIMIT ?",
-            (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
+            "SELECT leaf_index FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
+            "AND stream_seq > ?) "
+            f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
+            "AND tenant_id = ? AND stream_id = ? AND stream_seq > ? "
+            "ORDER BY stream_seq LIMIT ?",
+            (
+                tenant_id,
+                stream_id,
+                after_seq,
+                tenant_id,
+                stream_id,
+                after_seq,
+                -1 if limit is None else limit,
+            ),
         )
         return [_stored(r) for r in rows]
 
@@ -295,15 +404,18 @@ class SQLiteEventStore:
 
     async def save_snapshot(self, name: str, log_index: int, state: bytes) -> None:
         try:
-            async with self._write_lock:
-                await self._w.execute(
-                    "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, ?) "
-                    "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, "
-                    "state = excluded.state",
-                    (name, log_index, state),
-                )
+            await self._write(self._snapshot_sync, name, log_index, state)
         except sqlite3.Error as e:
             raise _unavailable(e) from e
+
+    def _snapshot_sync(self, name: str, log_index: int, state: bytes) -> None:
+        w = self._conn()
+        w.execute(
+            "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, "
+            "state = excluded.state",
+            (name, log_index, state),
+        )
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
         row = await self._one("SELECT log_index, state FROM snapshots WHERE name = ?", (name,))

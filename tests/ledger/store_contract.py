@@ -31,8 +31,8 @@ def _event(i: int, stream: str = "s1", seq: int | None = None, tenant: str = "t1
 def _batch(events: list[StoredEvent], hash_start: int, size: int) -> Batch:
     return Batch(
         events,
-        HashRow(hash_start, bytes([size]) * 32 * 2),
-        CheckpointRecord(size, bytes([size]) * 32, f"note {size}\n"),
+        HashRow(hash_start, size.to_bytes(32, "big") * 2),
+        CheckpointRecord(size, size.to_bytes(32, "big"), f"note {size}\n"),
     )
 
 
@@ -62,7 +62,7 @@ class EventStoreContract(ABC):
         latest = await store.latest_checkpoint()
         assert latest is not None
         assert latest.tree_size == 3
-        assert (await store.checkpoint(2)) == CheckpointRecord(2, bytes([2]) * 32, "note 2\n")
+        assert (await store.checkpoint(2)) == CheckpointRecord(2, (2).to_bytes(32, "big"), "note 2\n")
         assert await store.checkpoint(1) is None
         assert [c.tree_size for c in await store.checkpoints(0, 10)] == [2, 3]
         assert [c.tree_size for c in await store.checkpoints(2, 10)] == [3]
@@ -133,3 +133,27 @@ class EventStoreContract(ABC):
         again = await self.make_store(tmp_path)
         assert (await again.read_log(0, 1))[0] == _event(0)
         await again.close()
+
+    async def test_streams_read_whole_across_many_batches_and_reopen(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        seqs: dict[str, int] = {}
+        index = 0
+        for b in range(30):
+            events = []
+            for _ in range(50):
+                stream = f"s{(index * 7) % 11}"
+                seqs[stream] = seqs.get(stream, 0) + 1
+                events.append(_event(index, stream, seqs[stream]))
+                index += 1
+            await store.commit(_batch(events, b * 100, index))
+            # Every committed event is visible at once, indexed or not.
+            probe = f"s{b % 11}"
+            got = await store.read_stream("t1", probe, 0, None)
+            assert [e.stream_seq for e in got] == list(range(1, seqs[probe] + 1))
+        await store.close()
+        store = await self.make_store(tmp_path)
+        for stream, head in seqs.items():
+            assert await store.stream_head("t1", stream) == head
+            got = await store.read_stream("t1", stream, 3, 5)
+            assert [e.stream_seq for e in got] == list(range(4, min(head, 8) + 1))
+        await store.close()
