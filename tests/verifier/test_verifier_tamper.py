@@ -346,3 +346,15 @@ def test_inclusion_rejects_an_index_outside_the_tree_first() -> None:
     # Bounds are checked before hash sizes: a short leaf hash does not mask it.
     with pytest.raises(ProofInvalid, match="leaf index 5 is outside a tree of size 5"):
         verify_inclusion(b"", 5, 5, [], b"")
+
+
+def test_on_event_hook_sees_every_verified_event_in_order(bundle: kit.Bundle) -> None:
+    seen: list[tuple[int, str]] = []
+    verify_bundle(
+        bundle.encode(),
+        bundle.vkey,
+        on_event=lambda _line, env: seen.append((env.stream_seq, env.type)),
+    )
+    assert [seq for seq, _ in seen] == list(range(1, 16))
+    assert seen[0][1] == "orchestration.created"
+    assert seen[-1][1] == "orchestration.completed"
