@@ -491,11 +491,9 @@ class Log:
         self, accepted: list[tuple[_Append, int]], start: int, size: int, note: str
     ) -> list[list[Receipt]]:
         """Every accepted append's receipts; their leaves are exactly [start, size)."""
-        proofs = tlog.batch_inclusion_proofs(
-            start,
-            size,
-            size,
-            await self._read_hashes(tlog.batch_inclusion_indexes(start, size, size)),
+        leaves = [h for req, _ in accepted for h in req.hashes]
+        proofs = tlog.tail_inclusion_proofs(
+            start, size, leaves, await self._read_hashes(tlog.tail_neighbour_indexes(start, size))
         )
         out = []
         for req, first in accepted:

@@ -11,8 +11,9 @@ Stream index: finding a stream's events needs an index keyed by (tenant, stream,
 seq), and inserting into it lands at a random B-tree position per stream — the
 costliest part of a commit. So the index is *derived*: a background pass copies
 committed events into ``stream_index`` a few thousand at a time, recording how far it
-got in the same transaction. Reads combine the index with a scan of the short
-unindexed tail, so they always see every committed event. Losing an index pass in a
+got in the same transaction. The writing process remembers its unindexed tail in
+memory; a read-only process scans it. Either way reads see every committed event.
+Losing an index pass in a
 crash loses nothing: it is rebuilt from the events.
 """
 
@@ -23,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -129,6 +131,9 @@ class SQLiteEventStore:
         self._indexed_upto = 0
         self._committed_upto = 0
         self._indexer: asyncio.Task[None] | None = None
+        # Committed but not yet indexed, per stream: (stream_seq, leaf_index), in order.
+        self._tail: dict[tuple[str, str], deque[tuple[int, int]]] = {}
+        self._tail_order: deque[tuple[int, tuple[str, str]]] = deque()
         self._writer: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
         self._reader: aiosqlite.Connection | None = None
@@ -174,11 +179,20 @@ class SQLiteEventStore:
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (_SCHEMA_VERSION,),
         )
-        (indexed,) = conn.execute("SELECT upto FROM index_progress").fetchone()
         (committed,) = conn.execute(
             "SELECT coalesce(max(leaf_index) + 1, 0) FROM events"
         ).fetchone()
-        return int(indexed), int(committed)
+        # A previous process's unindexed tail is indexed now, so the in-memory tail only
+        # ever holds what this process committed.
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute(
+            "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
+            "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
+            "WHERE leaf_index >= (SELECT upto FROM index_progress)"
+        )
+        conn.execute("UPDATE index_progress SET upto = ?", (committed,))
+        conn.execute("COMMIT")
+        return int(committed), int(committed)
 
     def _conn(self) -> sqlite3.Connection:
         if self._writer is None:
@@ -245,6 +259,10 @@ class SQLiteEventStore:
         except sqlite3.Error as e:
             raise _unavailable(e) from e
         self._committed_upto = max(self._committed_upto, rows[-1][0] + 1 if rows else 0)
+        for event in batch.events:
+            key = (event.tenant_id, event.stream_id)
+            self._tail.setdefault(key, deque()).append((event.stream_seq, event.leaf_index))
+            self._tail_order.append((event.leaf_index, key))
         if self._committed_upto - self._indexed_upto >= self._index_every and (
             self._indexer is None or self._indexer.done()
         ):
@@ -281,6 +299,16 @@ class SQLiteEventStore:
                 _logger.warning("store.index_pass_failed", error=str(e))
                 return
             self._indexed_upto = upto
+            self._forget_tail(upto)
+
+    def _forget_tail(self, upto: int) -> None:
+        order, tail = self._tail_order, self._tail
+        while order and order[0][0] < upto:
+            _, key = order.popleft()
+            entries = tail[key]
+            entries.popleft()
+            if not entries:
+                del tail[key]
 
     def _index_sync(self, lo: int, hi: int) -> None:
         w = self._conn()
@@ -304,19 +332,17 @@ class SQLiteEventStore:
         finally:
             w.execute("PRAGMA synchronous=FULL")
 
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        # One hop that runs and finishes the statement, so no open statement keeps an
+        # old read snapshot alive for the next query on this shared connection.
         try:
-            async with self._r.execute(sql, params) as cur:
-                return await cur.fetchone()
+            return list(await self._r.execute_fetchall(sql, params))
         except sqlite3.Error as e:
             raise _unavailable(e) from e
 
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        try:
-            async with self._r.execute(sql, params) as cur:
-                return list(await cur.fetchall())
-        except sqlite3.Error as e:
-            raise _unavailable(e) from e
+    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
 
     async def latest_checkpoint(self) -> CheckpointRecord | None:
         row = await self._one(
@@ -352,37 +378,64 @@ class SQLiteEventStore:
         return [HashRow(start, hashes) for start, hashes in rows]
 
     async def stream_head(self, tenant_id: str, stream_id: str) -> int:
+        if self._thread is None:  # another process writes: scan its unindexed tail
+            row = await self._one(
+                "SELECT max(s) FROM (SELECT max(stream_seq) AS s FROM stream_index "
+                "WHERE tenant_id = ? AND stream_id = ? "
+                f"UNION ALL SELECT max(stream_seq) FROM events WHERE {_TAIL} "
+                "AND tenant_id = ? AND stream_id = ?)",
+                (tenant_id, stream_id, tenant_id, stream_id),
+            )
+            return int(row[0] or 0)
+        # Look at the tail before the index: an entry leaves the tail only after its
+        # index pass committed, so it is in one or the other.
+        tail = self._tail.get((tenant_id, stream_id))
+        in_tail = tail[-1][0] if tail else 0
         row = await self._one(
-            "SELECT max(s) FROM ("
-            "SELECT max(stream_seq) AS s FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
-            f"UNION ALL SELECT max(stream_seq) FROM events WHERE {_TAIL} "
-            "AND tenant_id = ? AND stream_id = ?)",
-            (tenant_id, stream_id, tenant_id, stream_id),
+            "SELECT max(stream_seq) FROM stream_index WHERE tenant_id = ? AND stream_id = ?",
+            (tenant_id, stream_id),
         )
-        return int(row[0] or 0)
+        return max(in_tail, int(row[0] or 0))
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        # One statement, so the index and the tail come from one consistent snapshot.
+        if self._thread is None:  # another process writes: one statement, one snapshot
+            rows = await self._all(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
+                "SELECT leaf_index FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
+                "AND stream_seq > ?) "
+                f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
+                "AND tenant_id = ? AND stream_id = ? AND stream_seq > ? "
+                "ORDER BY stream_seq LIMIT ?",
+                (
+                    tenant_id,
+                    stream_id,
+                    after_seq,
+                    tenant_id,
+                    stream_id,
+                    after_seq,
+                    -1 if limit is None else limit,
+                ),
+            )
+            return [_stored(r) for r in rows]
+        tail = [i for seq, i in self._tail.get((tenant_id, stream_id), ()) if seq > after_seq]
         rows = await self._all(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
             "SELECT leaf_index FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
-            "AND stream_seq > ?) "
-            f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
-            "AND tenant_id = ? AND stream_id = ? AND stream_seq > ? "
-            "ORDER BY stream_seq LIMIT ?",
-            (
-                tenant_id,
-                stream_id,
-                after_seq,
-                tenant_id,
-                stream_id,
-                after_seq,
-                -1 if limit is None else limit,
-            ),
+            "AND stream_seq > ? ORDER BY stream_seq LIMIT ?)",
+            (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
         )
-        return [_stored(r) for r in rows]
+        if tail and (limit is None or len(rows) < limit):
+            seen = {r[0] for r in rows}
+            wanted = [i for i in tail if i not in seen]
+            if wanted:
+                marks = ",".join("?" * len(wanted))
+                rows += await self._all(
+                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ({marks})", wanted
+                )
+        events = sorted((_stored(r) for r in rows), key=lambda e: e.stream_seq)
+        return events if limit is None else events[:limit]
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(

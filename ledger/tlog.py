@@ -223,52 +223,56 @@ class Frontier:
         return h
 
 
-def _batch_walk(a: int, b: int, size: int) -> list[tuple[int, int, int, int]]:
-    """The subtrees every proof for leaves [a, b) of a tree of ``size`` needs.
-
-    Each item is (lo, hi, first, last): the sibling subtree [lo, hi) belongs, at this
-    depth, to the proofs of leaves first..last-1. Deeper siblings come first.
-    """
-    out: list[tuple[int, int, int, int]] = []
-
-    def walk(lo: int, hi: int, first: int, last: int) -> None:
-        if hi - lo == 1:
-            return
-        k, _ = _maxpow2(hi - lo)
-        mid = lo + k
-        if first < mid:
-            walk(lo, mid, first, min(last, mid))
-            out.append((mid, hi, first, min(last, mid)))
-        if last > mid:
-            walk(mid, hi, max(first, mid), last)
-            out.append((lo, mid, max(first, mid), last))
-
-    walk(0, size, a, b)
-    return out
-
-
-def batch_inclusion_indexes(a: int, b: int, size: int) -> list[int]:
-    """Stored hashes :func:`batch_inclusion_proofs` needs."""
-    if not 0 <= a < b <= size:
-        raise ProofError(f"leaves {a}..{b - 1} are not inside a tree of size {size}")
-    need: list[int] = []
-    for lo, hi, _, _ in _batch_walk(a, b, size):
-        _subtree_indexes(lo, hi, need)
+def tail_neighbour_indexes(first: int, tree_size: int) -> list[int]:
+    """Stored hashes :func:`tail_inclusion_proofs` needs: one left neighbour per level."""
+    if not 0 <= first < tree_size:
+        raise ProofError(f"leaf {first} is not inside a tree of size {tree_size}")
+    need = []
+    level = 0
+    while (tree_size - 1) >> level:
+        j = first >> level
+        if j & 1:
+            need.append(stored_hash_index(level, j - 1))
+        level += 1
     return need
 
 
-def batch_inclusion_proofs(a: int, b: int, size: int, hashes: Sequence[bytes]) -> list[list[bytes]]:
-    """PATH(i, D[size]) for every i in [a, b), sharing the work between neighbours.
+def tail_inclusion_proofs(
+    first: int, tree_size: int, leaves: Sequence[bytes], neighbours: Sequence[bytes]
+) -> list[list[bytes]]:
+    """PATH(i, D[tree_size]) for every leaf i in [first, tree_size): the newest leaves.
 
-    Equal to ``[inclusion_proof(i, size, ...) for i in range(a, b)]`` but each subtree
-    hash is computed once, so a batch of k new leaves costs O(k + log n) hashes.
+    ``leaves`` are those leaves' hashes and ``neighbours`` the stored hashes named by
+    :func:`tail_neighbour_indexes`. The tree is rebuilt level by level over just the
+    tail; at the ragged right edge a node without a sibling moves up unchanged, which
+    is exactly RFC 6962's split at the largest power of two. O(k + log n) hashes.
     """
-    if not 0 <= a < b <= size:
-        raise ProofError(f"leaves {a}..{b - 1} are not inside a tree of size {size}")
-    proofs: list[list[bytes]] = [[] for _ in range(b - a)]
-    it = iter(hashes)
-    for lo, hi, first, last in _batch_walk(a, b, size):
-        h = _subtree_hash(lo, hi, it)
-        for i in range(first - a, last - a):
-            proofs[i].append(h)
+    count = tree_size - first
+    if len(leaves) != count:
+        raise ProofError(f"{len(leaves)} leaf hashes for {count} leaves")
+    proofs: list[list[bytes]] = [[] for _ in range(count)]
+    left = iter(neighbours)
+    nodes = list(leaves)
+    lo = first  # nodes[k] is node lo + k at this level
+    level = 0
+    while (tree_size - 1) >> level:
+        last = (tree_size - 1) >> level
+        if lo & 1:
+            nodes.insert(0, next(left))
+            lo -= 1
+        for j in range(first >> level, last + 1):
+            sibling = j ^ 1
+            if sibling > last:
+                continue
+            h = nodes[sibling - lo]
+            for i in range(
+                max(first, j << level) - first, min(tree_size, (j + 1) << level) - first
+            ):
+                proofs[i].append(h)
+        nodes = [
+            node_hash(nodes[k], nodes[k + 1]) if k + 1 < len(nodes) else nodes[k]
+            for k in range(0, len(nodes), 2)
+        ]
+        lo >>= 1
+        level += 1
     return proofs

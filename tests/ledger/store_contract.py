@@ -62,7 +62,9 @@ class EventStoreContract(ABC):
         latest = await store.latest_checkpoint()
         assert latest is not None
         assert latest.tree_size == 3
-        assert (await store.checkpoint(2)) == CheckpointRecord(2, (2).to_bytes(32, "big"), "note 2\n")
+        assert (await store.checkpoint(2)) == CheckpointRecord(
+            2, (2).to_bytes(32, "big"), "note 2\n"
+        )
         assert await store.checkpoint(1) is None
         assert [c.tree_size for c in await store.checkpoints(0, 10)] == [2, 3]
         assert [c.tree_size for c in await store.checkpoints(2, 10)] == [3]

@@ -154,11 +154,10 @@ def test_bounds_and_hash_sizes_are_checked_first() -> None:
         merkle.verify_consistency(5, root, 4, root, [])
 
 
-def test_batch_proofs_equal_single_proofs() -> None:
+def test_tail_proofs_equal_single_proofs_for_every_range() -> None:
     leaves, stored = _tree(77)
-    for a in range(0, 77, 7):
-        for b in range(a + 1, 78, 11):
-            got = tlog.batch_inclusion_proofs(
-                a, b, 77, [stored[x] for x in tlog.batch_inclusion_indexes(a, b, 77)]
-            )
-            assert got == [merkle.inclusion_proof(i, leaves) for i in range(a, b)]
+    for size in range(1, 78):
+        for first in range(size):
+            neighbours = [stored[x] for x in tlog.tail_neighbour_indexes(first, size)]
+            got = tlog.tail_inclusion_proofs(first, size, leaves[first:size], neighbours)
+            assert got == [merkle.inclusion_proof(i, leaves[:size]) for i in range(first, size)]

@@ -1,0 +1,201 @@
+"""Ledger core benchmarks (issue: ledger core): durable appends, flat cost, proofs, bytes.
+
+Everything runs in this process against a real SQLite file with synchronous=FULL and
+real Ed25519 signing. Each figure is printed with what it measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from ledger.events import EventCatalog, NewEvent
+from ledger.log import Log
+from ledger.note import NoteSigner
+from ledger.sqlite_store import SQLiteEventStore
+
+
+class BenchEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    text: str
+
+
+CATALOG = EventCatalog({"bench.event": BenchEvent})
+SIGNER = NoteSigner("bench.maip.local/log", Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
+# ~400 canonical bytes per event, envelope included.
+PAYLOAD = BenchEvent("x" * 240)
+
+
+def _stream(n: int) -> str:
+    return f"3c90c3cc-0d44-4b50-8888-{n:012d}"
+
+
+async def _open(path: Path) -> Log:
+    return await Log.open(SQLiteEventStore(path), SIGNER, CATALOG)
+
+
+async def _closed_loop(
+    log: Log, appenders: int, total: int, offset: int = 0
+) -> tuple[float, list[float]]:
+    """``appenders`` tasks, each appending one event at a time to its own stream."""
+    latencies: list[float] = []
+    per = total // appenders
+
+    async def appender(w: int) -> None:
+        stream = _stream(offset + w)
+        seq = await log.stream_head("bench", stream)
+        for _ in range(per):
+            t = time.perf_counter()
+            receipts = await log.append("bench", stream, seq, [NewEvent("bench.event", PAYLOAD)])
+            latencies.append(time.perf_counter() - t)
+            assert receipts[0].inclusion_proof is not None
+            seq += 1
+
+    start = time.perf_counter()
+    await asyncio.gather(*(appender(w) for w in range(appenders)))
+    return per * appenders / (time.perf_counter() - start), latencies
+
+
+async def _open_loop(log: Log, rate: int, seconds: float) -> tuple[float, list[float]]:
+    """Offer ``rate`` events/s on a fixed schedule; latency counts from the scheduled time."""
+    latencies: list[float] = []
+    streams = 1024
+    heads = [0] * streams
+    busy = [False] * streams
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(s: int, scheduled: float) -> None:
+        try:
+            await log.append("bench-open", _stream(s), heads[s], [NewEvent("bench.event", PAYLOAD)])
+            heads[s] += 1
+            latencies.append(time.perf_counter() - scheduled)
+        finally:
+            busy[s] = False
+
+    start = time.perf_counter()
+    issued = 0
+    n = 0
+    while (now := time.perf_counter()) - start < seconds:
+        due = int((now - start) * rate)
+        while issued < due:
+            free = next((k for k in range(streams) if not busy[(n + k) % streams]), None)
+            if free is None:
+                break  # every stream has an append in flight: the log is saturated
+            n += free
+            busy[n % streams] = True
+            task = asyncio.create_task(one(n % streams, start + issued / rate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            issued += 1
+            n += 1
+        await asyncio.sleep(0.001)
+    await asyncio.gather(*tasks)
+    return issued / (time.perf_counter() - start), latencies
+
+
+def _pct(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(len(values) * q))] * 1000
+
+
+async def _fill(log: Log, target: int) -> None:
+    """Grow the log quickly to ``target`` with large appends (setup, not measured)."""
+    stream = _stream(999_999)
+    seq = await log.stream_head("fill", stream)
+    while log.size < target:
+        n = min(1000, target - log.size)
+        await log.append("fill", stream, seq, [NewEvent("bench.event", PAYLOAD)] * n)
+        seq += n
+
+
+async def _proofs(log: Log, count: int) -> float:
+    rng = random.Random(7)
+    size = log.size
+    start = time.perf_counter()
+
+    async def worker(k: int) -> None:
+        for _ in range(k):
+            i = rng.randrange(size)
+            proof = await log.inclusion_proof(i, size)
+            assert proof
+
+    await asyncio.gather(*(worker(count // 8) for _ in range(8)))
+    return (count // 8) * 8 / (time.perf_counter() - start)
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.parent.glob(path.name + "*") if p.is_file())
+
+
+async def _main(quick: bool) -> None:
+    out = Path(os.environ.get("MAIP_BENCH_DIR", tempfile.mkdtemp(prefix="maip-bench-")))
+    out.mkdir(parents=True, exist_ok=True)
+    small_n, big_n = (2_000, 100_000) if quick else (10_000, 1_000_000)
+    appends = 10_000 if quick else 60_000
+    print(
+        f"ledger bench: SQLite WAL synchronous=FULL in {out}, Ed25519 checkpoints, "
+        f"~{len(PAYLOAD.text) + 160}-byte events"
+    )
+
+    # 1. Durable appends, 64 concurrent appenders, at a small log size.
+    small = out / "ledger-small.db"
+    for p in out.glob("ledger-small.db*"):
+        p.unlink()
+    log = await _open(small)
+    await _fill(log, small_n)
+    rate, lat = await _closed_loop(log, 64, appends)
+    print(
+        f"durable appends, 64 appenders, log of {small_n:,}: {rate:,.0f} events/s, each with "
+        f"its receipt; append-to-receipt p50 {_pct(lat, 0.5):.2f} ms, p99 {_pct(lat, 0.99):.2f} ms"
+    )
+
+    # 2. Latency at a fixed offered load of 5,000 events/s.
+    offered, lat = await _open_loop(log, 5000, 2.0 if quick else 5.0)
+    print(
+        f"latency at {offered:,.0f} events/s offered: p50 {_pct(lat, 0.5):.2f} ms, "
+        f"p99 {_pct(lat, 0.99):.2f} ms ({len(lat):,} appends)"
+    )
+    events = log.size
+    await log.close()
+    per_event = _disk_bytes(small) / events
+    print(
+        f"storage: {per_event:,.0f} bytes per event on disk ({events:,} events, "
+        f"db+wal {_disk_bytes(small) / 2**20:.1f} MiB, stream index included)"
+    )
+
+    # 3. Flat cost: the same workload on a large log.
+    big = out / f"ledger-{big_n}.db"
+    log = await _open(big)
+    if log.size < big_n:
+        t = time.perf_counter()
+        await _fill(log, big_n)
+        print(f"(setup: grew a log to {big_n:,} entries in {time.perf_counter() - t:.0f} s)")
+    big_rate, lat = await _closed_loop(log, 64, appends, offset=100)
+    print(
+        f"durable appends, 64 appenders, log of {log.size:,}: {big_rate:,.0f} events/s "
+        f"({big_rate / rate:.0%} of the rate at {small_n:,}); p50 {_pct(lat, 0.5):.2f} ms, "
+        f"p99 {_pct(lat, 0.99):.2f} ms"
+    )
+
+    # 4. Inclusion proofs from the large log, random leaves, cold and warm cache.
+    count = 20_000 if quick else 50_000
+    first = await _proofs(log, count)
+    print(
+        f"inclusion proofs from a {log.size:,}-entry log: {first:,.0f} proofs/s "
+        f"({count:,} random leaves, 8 concurrent readers)"
+    )
+    await log.close()
+
+
+def run(quick: bool) -> None:
+    asyncio.run(_main(quick))
+
+
+if __name__ == "__main__":
+    run("--quick" in sys.argv[1:])
