@@ -11,12 +11,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-__all__ = ["new_ulid_bytes", "ulid_str", "uuid_str"]
+__all__ = ["new_ulid_bytes", "ulid_bytes", "ulid_str", "uuid_str"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two base32 digits (10 bits) per lookup: 13 lookups render a 128-bit ULID.
 _PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
 _SHIFTS = range(120, -1, -10)
+_VALUES = {c: i for i, c in enumerate(_CROCKFORD)} | {
+    c.lower(): i for i, c in enumerate(_CROCKFORD)
+}
 
 
 def new_ulid_bytes(moment: datetime, entropy: Callable[[int], bytes]) -> bytes:
@@ -33,3 +36,16 @@ def ulid_str(raw: bytes) -> str:
 def uuid_str(raw: bytes) -> str:
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def ulid_bytes(text: str) -> bytes:
+    """The 16 bytes of a ULID's 26-character text; ValueError if it is not one."""
+    if len(text) != 26 or text[0] not in "01234567":
+        raise ValueError(f"{text!r} is not a ULID")
+    n = 0
+    try:
+        for c in text:
+            n = (n << 5) | _VALUES[c]
+    except KeyError:
+        raise ValueError(f"{text!r} is not a ULID") from None
+    return n.to_bytes(16, "big")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import uuid
 
 import msgspec
-from ulid import ULID
 
 from ledger.errors import NotFoundError
+from ledger.ids import ulid_bytes, uuid_str
 
 __all__ = ["Receipt", "event_id_bytes", "receipt_id_for"]
 
@@ -33,11 +33,11 @@ def event_id_bytes(identifier: str) -> bytes:
     """The 16 bytes behind an event ULID or a receipt UUID."""
     try:
         if len(identifier) == 26:
-            return ULID.from_str(identifier).bytes
+            return ulid_bytes(identifier)
         return uuid.UUID(identifier).bytes
     except ValueError as e:
         raise NotFoundError(f"{identifier!r} is neither an event ULID nor a receipt UUID") from e
 
 
 def receipt_id_for(event_id: str) -> str:
-    return str(uuid.UUID(bytes=event_id_bytes(event_id)))
+    return uuid_str(event_id_bytes(event_id))

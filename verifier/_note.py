@@ -79,7 +79,7 @@ def parse_vkey(vkey: str | VerifierKey) -> VerifierKey:
         return vkey
     if not isinstance(vkey, str):
         raise MalformedInput("a verifier key must be a string")
-    parts = vkey.strip().split("+")
+    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
     if len(parts) != 3:
         raise MalformedInput("a verifier key has the form <name>+<8 hex key ID>+<base64 key>")
     name, hex_id, b64 = parts

@@ -5,8 +5,8 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.resources
-from typing import Any
 
+import yaml
 from aiohttp import web
 
 from api.metrics import CONTENT_TYPE
@@ -21,9 +21,7 @@ routes = web.RouteTableDef()
 @functools.cache
 def openapi_document() -> bytes:
     """The packaged ``api/openapi.yaml`` as JSON bytes (parsed once)."""
-    yaml: Any = importlib.import_module("yaml")  # PyYAML: see the report on dependencies
     text = importlib.resources.files("api").joinpath("openapi.yaml").read_text("utf-8")
-
     return encode(yaml.safe_load(text))
 
 
