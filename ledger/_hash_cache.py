@@ -47,7 +47,7 @@ class HashCache:
         if pos < 0:
             return None
         row = self._rows[self._starts[pos]]
-        return row if index < row.end else None
+        return row if index < row.start + len(row.hashes) // 32 else None
 
     def missing(self, indexes: Sequence[int]) -> list[int]:
         return [i for i in indexes if self._row(i) is None]
@@ -55,11 +55,15 @@ class HashCache:
     def get(self, indexes: Sequence[int]) -> list[bytes]:
         """The hashes at ``indexes``; every one must be cached (see :meth:`missing`)."""
         out = []
+        starts, rows, touched = self._starts, self._rows, set()
         for i in indexes:
-            row = self._row(i)
-            if row is None:
+            pos = bisect.bisect_right(starts, i) - 1
+            row = rows[starts[pos]] if pos >= 0 else None
+            off = (i - row.start) * 32 if row is not None else -1
+            if row is None or off >= len(row.hashes):
                 raise KeyError(i)
-            self._rows.move_to_end(row.start)
-            off = (i - row.start) * 32
+            touched.add(row.start)
             out.append(row.hashes[off : off + 32])
+        for start in touched:
+            rows.move_to_end(start)
         return out

@@ -152,6 +152,7 @@ class Log:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._listeners: list[Listener] = []
+        self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
         self._healthy = True
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -545,9 +546,14 @@ class Log:
     async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
         """PATH(index, D[tree_size]) for any size up to the current tree."""
         self._check_size(tree_size)
-        return tlog.inclusion_proof(
-            index, tree_size, await self._read_hashes(tlog.inclusion_indexes(index, tree_size))
-        )
+        plan = self._plans.get(tree_size)
+        if plan is None:
+            plan = tlog.ProofPlan(tree_size)
+            plan.set_edge(await self._read_hashes(plan.edge_indexes()))
+            self._plans[tree_size] = plan
+            while len(self._plans) > 256:
+                self._plans.popitem(last=False)
+        return plan.proof(index, await self._read_hashes(plan.indexes(index)))
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """PROOF(old_size, D[new_size]) for 1 <= old_size <= new_size <= current size."""

@@ -276,3 +276,75 @@ def tail_inclusion_proofs(
         lo >>= 1
         level += 1
     return proofs
+
+
+class ProofPlan:
+    """Inclusion proofs at one tree size, level by level (equal to :func:`inclusion_proof`).
+
+    At each level a leaf's sibling is either a complete subtree — one stored hash — or
+    the ragged node on the tree's right edge. Ragged nodes depend only on the tree size,
+    so a plan computes them once (:meth:`edge_indexes`, :meth:`set_edge`) and every
+    proof after that is one stored-hash lookup per level.
+    """
+
+    __slots__ = ("_edge", "size")
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ProofError(f"tree size {size} has no leaves")
+        self.size = size
+        self._edge: dict[int, bytes] | None = None
+
+    def _ragged_levels(self) -> list[tuple[int, int]]:
+        t, out, level = self.size, [], 0
+        while (t - 1) >> level:
+            last = (t - 1) >> level
+            if (last + 1) << level > t:
+                out.append((level, last))
+            level += 1
+        return out
+
+    def edge_indexes(self) -> list[int]:
+        """Stored hashes the right-edge nodes need (empty once :meth:`set_edge` ran)."""
+        if self._edge is not None:
+            return []
+        need: list[int] = []
+        for level, last in self._ragged_levels():
+            _subtree_indexes(last << level, self.size, need)
+        return need
+
+    def set_edge(self, hashes: Sequence[bytes]) -> None:
+        it = iter(hashes)
+        self._edge = {
+            level: _subtree_hash(last << level, self.size, it)
+            for level, last in self._ragged_levels()
+        }
+
+    def indexes(self, index: int) -> list[int]:
+        """Stored hashes the proof for ``index`` needs, leaf end first."""
+        t = self.size
+        _check_leaf(index, t)
+        need = []
+        level = 0
+        while (t - 1) >> level:
+            s = (index >> level) ^ 1
+            if s <= (t - 1) >> level and (s + 1) << level <= t:
+                m = ((s + 1) << level) - 1
+                need.append(2 * m - m.bit_count() + level)
+            level += 1
+        return need
+
+    def proof(self, index: int, hashes: Sequence[bytes]) -> list[bytes]:
+        """PATH(index, D[size]) from the hashes named by :meth:`indexes`."""
+        if self._edge is None:
+            raise ProofError("set_edge() must run before proofs")
+        t = self.size
+        out = []
+        it = iter(hashes)
+        level = 0
+        while (t - 1) >> level:
+            s = (index >> level) ^ 1
+            if s <= (t - 1) >> level:
+                out.append(next(it) if (s + 1) << level <= t else self._edge[level])
+            level += 1
+        return out
