@@ -10,7 +10,6 @@ import asyncio
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -134,7 +133,7 @@ def _disk_bytes(path: Path) -> int:
 
 
 async def _main(quick: bool) -> None:
-    out = Path(os.environ.get("MAIP_BENCH_DIR", tempfile.mkdtemp(prefix="maip-bench-")))
+    out = Path(os.environ.get("MAIP_BENCH_DIR", Path(__file__).parent / "out"))
     out.mkdir(parents=True, exist_ok=True)
     small_n, big_n = (2_000, 100_000) if quick else (10_000, 1_000_000)
     appends = 10_000 if quick else 60_000
