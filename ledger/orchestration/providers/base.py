@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
-__all__ = ["LLMRequest", "LLMResponse", "Provider", "ToolCall"]
+__all__ = ["LLMRequest", "LLMResponse", "Provider", "ToolCall", "assistant_message"]
 
 
 class ToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -34,6 +35,25 @@ class LLMResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     output_tokens: int | None
     response_id: str | None
     response_model: str | None
+
+
+def assistant_message(content: str | None, calls: Sequence[ToolCall]) -> dict[str, Any]:
+    """The OpenAI assistant message for a response: its content and (if any) its tool calls,
+    with each call's arguments as JSON text."""
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if calls:
+        message["tool_calls"] = [
+            {
+                "id": c.id,
+                "type": "function",
+                "function": {
+                    "name": c.name,
+                    "arguments": msgspec.json.encode(c.arguments).decode(),
+                },
+            }
+            for c in calls
+        ]
+    return message
 
 
 class Provider(Protocol):

@@ -24,7 +24,12 @@ import msgspec
 import structlog
 
 from ledger.orchestration.errors import ProviderError
-from ledger.orchestration.providers.base import LLMRequest, LLMResponse, ToolCall
+from ledger.orchestration.providers.base import (
+    LLMRequest,
+    LLMResponse,
+    ToolCall,
+    assistant_message,
+)
 
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
 
@@ -145,21 +150,8 @@ def _parse(raw: bytes) -> LLMResponse:
     finish = choices[0].get("finish_reason")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     assert isinstance(usage, dict)
-    out_msg: dict[str, Any] = {"role": "assistant", "content": content}
-    if calls:
-        out_msg["tool_calls"] = [
-            {
-                "id": c.id,
-                "type": "function",
-                "function": {
-                    "name": c.name,
-                    "arguments": msgspec.json.encode(c.arguments).decode(),
-                },
-            }
-            for c in calls
-        ]
     return LLMResponse(
-        message=out_msg,
+        message=assistant_message(content, calls),
         content=content,
         tool_calls=tuple(calls),
         finish_reason=finish if isinstance(finish, str) else ("tool_calls" if calls else "stop"),

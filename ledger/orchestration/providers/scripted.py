@@ -21,7 +21,12 @@ from typing import Any
 import msgspec
 
 from ledger.orchestration.errors import ProviderError
-from ledger.orchestration.providers.base import LLMRequest, LLMResponse, ToolCall
+from ledger.orchestration.providers.base import (
+    LLMRequest,
+    LLMResponse,
+    ToolCall,
+    assistant_message,
+)
 
 __all__ = ["ScriptedConfig", "ScriptedProvider", "ScriptedResponse", "ScriptedToolCall"]
 
@@ -77,22 +82,9 @@ class ScriptedProvider:
             ToolCall(id=f"call_{turn}_{i}", name=c.name, arguments=c.arguments)
             for i, c in enumerate(chosen.tool_calls)
         )
-        message: dict[str, Any] = {"role": "assistant", "content": chosen.content}
-        if calls:
-            message["tool_calls"] = [
-                {
-                    "id": c.id,
-                    "type": "function",
-                    "function": {
-                        "name": c.name,
-                        "arguments": msgspec.json.encode(c.arguments).decode(),
-                    },
-                }
-                for c in calls
-            ]
         prompt_words = sum(len(str(m.get("content") or "").split()) for m in request.messages)
         return LLMResponse(
-            message=message,
+            message=assistant_message(chosen.content, calls),
             content=chosen.content,
             tool_calls=calls,
             finish_reason="tool_calls" if calls else "stop",
