@@ -216,16 +216,7 @@ class Runner(CallRecorder):
         self._tasks.clear()
         if error is not None:
             for step_id, attempt in sorted(self._inflight.items()):
-                self._emit(
-                    ev.STEP_FAILED,
-                    ev.StepFailed(
-                        orchestration_id=self.oid,
-                        step_id=step_id,
-                        attempt=attempt,
-                        error=error,
-                        retrying=False,
-                    ),
-                )
+                self._failed(step_id, attempt, error, retrying=False)
         self._inflight.clear()
 
     async def _body(self) -> Any:
