@@ -90,8 +90,18 @@ def not_found(detail: str) -> ProblemError:
 
 
 def unprocessable(detail: str, field: str | None = None) -> ProblemError:
-    errors = [{"field": field or "$", "message": detail}]
-    return ProblemError(422, "validation", "Validation failed", detail, errors=errors)
+    return _validation_failed(detail, field or "$", detail)
+
+
+def _validation_failed(detail: str, field: str, message: str) -> ProblemError:
+    """422 ``validation``: one error, ``message`` at the JSON path ``field``."""
+    return ProblemError(
+        422,
+        "validation",
+        "Validation failed",
+        detail,
+        errors=[{"field": field, "message": message}],
+    )
 
 
 def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> ProblemError:
@@ -105,13 +115,7 @@ def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> Prob
     unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
     if unknown:
         path = f"{path}.{unknown.group(1)}"
-    return ProblemError(
-        422,
-        "validation",
-        "Validation failed",
-        f"{message} at {path}",
-        errors=[{"field": path, "message": message}],
-    )
+    return _validation_failed(f"{message} at {path}", path, message)
 
 
 def _engine_field(field: str) -> str:
@@ -126,21 +130,9 @@ def from_ledger_error(e: LedgerError) -> ProblemError:
         path = _engine_field(e.field)
         if e.step_id is not None:
             path = f"$.definition.steps[{e.step_id}].{e.field}" if e.field else path
-        return ProblemError(
-            422,
-            "validation",
-            "Validation failed",
-            str(e),
-            errors=[{"field": path, "message": e.detail}],
-        )
+        return _validation_failed(str(e), path, e.detail)
     if isinstance(e, TemplateError | ConditionError):
-        return ProblemError(
-            422,
-            "validation",
-            "Validation failed",
-            str(e),
-            errors=[{"field": "$.definition", "message": str(e)}],
-        )
+        return _validation_failed(str(e), "$.definition", str(e))
     if isinstance(e, NotFoundError):
         return not_found(str(e))
     if isinstance(e, OrchestrationStateError) and e.status == "closing":
@@ -156,13 +148,7 @@ def from_ledger_error(e: LedgerError) -> ProblemError:
     if isinstance(e, ConflictError):
         return ProblemError(409, "conflict", "Conflict", str(e))
     if isinstance(e, InvalidEventError):
-        return ProblemError(
-            422,
-            "validation",
-            "Validation failed",
-            str(e),
-            errors=[{"field": "$", "message": str(e)}],
-        )
+        return _validation_failed(str(e), "$", str(e))
     if isinstance(e, ProofError):
         return ProblemError(422, "proof", "Proof not available", str(e))
     if isinstance(e, StorageUnavailableError):
