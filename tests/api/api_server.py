@@ -27,6 +27,22 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
+def admin_key_headers(data_dir: Path, tenant: str) -> dict[str, str]:
+    """Request headers with a new ``admin`` key for ``tenant``, made by ``keys create``."""
+    made = cli(
+        "keys",
+        "create",
+        "--data-dir",
+        str(data_dir),
+        "--tenant",
+        tenant,
+        "--scopes",
+        "admin",
+        "--json",
+    )
+    return {"X-API-Key": json.loads(made.stdout)["api_key"], "X-Tenant-ID": tenant}
+
+
 class Server:
     def __init__(self, data_dir: Path, *extra: str) -> None:
         self.data_dir = data_dir

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from api_helpers import THREE_STEP, scripted, write_signing_key
-from api_server import Server, cli
+from api_server import Server, admin_key_headers, cli
 
 import verifier
 
@@ -160,18 +160,7 @@ def test_serve_demo_prints_working_key_and_is_idempotent(tmp_path: Path) -> None
             assert agents["next_cursor"] is None
         finally:
             assert server.stop() == 0
-    made = cli(
-        "keys",
-        "create",
-        "--data-dir",
-        str(tmp_path),
-        "--tenant",
-        "demo",
-        "--scopes",
-        "admin",
-        "--json",
-    )
-    h = {"X-API-Key": json.loads(made.stdout)["api_key"], "X-Tenant-ID": "demo"}
+    h = admin_key_headers(tmp_path, "demo")
     server = Server(tmp_path)
     try:
         agents = server.json("GET", "/v1/agents", 200, headers=h)["items"]

@@ -4,7 +4,6 @@ no 5xx, and every response conforms to the documented schema. Examples are bound
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import hypothesis
 import pytest
 import schemathesis
 from api_helpers import THREE_STEP, scripted, write_signing_key
-from api_server import ROOT, Server, cli
+from api_server import ROOT, Server, admin_key_headers
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
@@ -60,18 +59,7 @@ def _conformance_test(
 @pytest.mark.slow
 def test_openapi_conformance(tmp_path: Path) -> None:
     write_signing_key(tmp_path)
-    made = cli(
-        "keys",
-        "create",
-        "--data-dir",
-        str(tmp_path),
-        "--tenant",
-        "fuzz",
-        "--scopes",
-        "admin",
-        "--json",
-    )
-    headers = {"X-API-Key": json.loads(made.stdout)["api_key"], "X-Tenant-ID": "fuzz"}
+    headers = admin_key_headers(tmp_path, "fuzz")
     server = Server(tmp_path)
     try:
         # Real resources, so generated requests reach more than 404s.
