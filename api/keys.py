@@ -27,6 +27,7 @@ from pathlib import Path
 import msgspec
 
 from api.errors import KeyStoreError
+from ledger.errors import StorageUnavailableError
 
 __all__ = [
     "ALL_SCOPES",
@@ -260,9 +261,14 @@ class KeyStore:
     def remember(
         self, tenant_id: str, route: str, key: str, body_hash: bytes, orchestration_id: str
     ) -> None:
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO idempotency(tenant_id, route, idem_key, body_hash,"
-                " orchestration_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                (tenant_id, route, key, body_hash, orchestration_id, _now_text(self._now())),
-            )
+        try:
+            with self._lock:
+                self._db.execute(
+                    "INSERT OR IGNORE INTO idempotency(tenant_id, route, idem_key, body_hash,"
+                    " orchestration_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    (tenant_id, route, key, body_hash, orchestration_id, _now_text(self._now())),
+                )
+        except sqlite3.OperationalError as e:
+            # Disk full or read-only: the API answers 503 (not 500) and the client retries
+            # with the same key. The orchestration itself is already in the ledger.
+            raise StorageUnavailableError(f"cannot record the Idempotency-Key: {e}") from e

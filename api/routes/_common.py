@@ -46,6 +46,9 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as e:
         raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
+    except RecursionError:
+        # msgspec raises RecursionError (not DecodeError) for very deep nesting.
+        raise bad_request("the body's JSON is nested too deeply", slug="malformed-json") from None
 
 
 def convert(value: Any, type_: type[T]) -> T:
