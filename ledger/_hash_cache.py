@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from ledger.store import HashRow
 
-__all__ = ["HashCache"]
+__all__ = ["HashCache", "hash_from_rows"]
 
 
 class HashCache:
@@ -49,21 +49,28 @@ class HashCache:
         row = self._rows[self._starts[pos]]
         return row if index < row.start + len(row.hashes) // 32 else None
 
-    def missing(self, indexes: Sequence[int]) -> list[int]:
-        return [i for i in indexes if self._row(i) is None]
-
-    def get(self, indexes: Sequence[int]) -> list[bytes]:
-        """The hashes at ``indexes``; every one must be cached (see :meth:`missing`)."""
-        out = []
-        starts, rows, touched = self._starts, self._rows, set()
+    def lookup(self, indexes: Sequence[int]) -> list[bytes | None]:
+        """The cached hash at each index, or None where its row is not cached."""
+        out: list[bytes | None] = []
+        touched = set()
         for i in indexes:
-            pos = bisect.bisect_right(starts, i) - 1
-            row = rows[starts[pos]] if pos >= 0 else None
-            off = (i - row.start) * 32 if row is not None else -1
-            if row is None or off >= len(row.hashes):
-                raise KeyError(i)
+            row = self._row(i)
+            if row is None:
+                out.append(None)
+                continue
             touched.add(row.start)
+            off = (i - row.start) * 32
             out.append(row.hashes[off : off + 32])
         for start in touched:
-            rows.move_to_end(start)
+            self._rows.move_to_end(start)
         return out
+
+
+def hash_from_rows(rows: Sequence[HashRow], index: int) -> bytes | None:
+    """The hash at ``index`` from rows sorted by start, or None if none holds it."""
+    pos = bisect.bisect_right([r.start for r in rows], index) - 1
+    if pos < 0:
+        return None
+    row = rows[pos]
+    off = (index - row.start) * 32
+    return row.hashes[off : off + 32] if off < len(row.hashes) else None

@@ -29,7 +29,7 @@ import structlog
 from ulid import ULID
 
 from ledger import tlog
-from ledger._hash_cache import HashCache
+from ledger._hash_cache import HashCache, hash_from_rows
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import (
     ConflictError,
@@ -519,12 +519,21 @@ class Log:
     # -- reading -----------------------------------------------------------------------
 
     async def _read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
-        missing = self._hashes.missing(indexes)
-        if missing:
-            self._hashes.add(await self._store.hash_rows(missing))
-            if self._hashes.missing(missing):
-                raise IntegrityError(f"stored tree hashes {missing} are missing")
-        return self._hashes.get(indexes)
+        found = self._hashes.lookup(indexes)
+        missing = [i for i, h in zip(indexes, found, strict=True) if h is None]
+        if not missing:
+            return found  # type: ignore[return-value]  # no None left
+        # Resolve from the fetched rows themselves: while this read awaited, another
+        # reader's rows may have evicted them (or others) from the cache.
+        rows = sorted(await self._store.hash_rows(missing), key=lambda r: r.start)
+        self._hashes.add(rows)
+        out = []
+        for i, cached in zip(indexes, found, strict=True):
+            h = cached if cached is not None else hash_from_rows(rows, i)
+            if h is None:
+                raise IntegrityError(f"stored tree hash {i} is missing")
+            out.append(h)
+        return out
 
     @property
     def size(self) -> int:

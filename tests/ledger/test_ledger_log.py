@@ -208,3 +208,20 @@ def _flip_in_file(path: Path, old: bytes, new: bytes) -> None:
     data = path.read_bytes()
     assert data.count(old) == 1
     path.write_bytes(data.replace(old, new))
+
+
+async def test_regression_concurrent_proofs_with_a_small_cache(tmp_path: Path) -> None:
+    """Readers awaiting a fetch had the rows they relied on evicted by other readers,
+    and then failed with KeyError (found by the 1M-entry proof benchmark)."""
+    log = await open_log(tmp_path / "l.db", hash_cache_bytes=2048)
+    for b in range(40):
+        await log.append("t1", "s", b * 10, [note(f"{b}-{i}") for i in range(10)])
+    await log.close()
+    log = await open_log(tmp_path / "l.db", hash_cache_bytes=2048)
+    leaves = [merkle.leaf_hash(r.leaf) for r in await log.read_log(0, 400)]
+    root = merkle.root_hash(leaves)
+    indexes = list(range(0, 400, 3))
+    proofs = await asyncio.gather(*(log.inclusion_proof(i, 400) for i in indexes))
+    for i, proof in zip(indexes, proofs, strict=True):
+        merkle.verify_inclusion(leaves[i], i, 400, proof, root)
+    await log.close()
