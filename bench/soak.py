@@ -863,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--journal", help="the client-side journal file (default: in a temp dir)")
     p.add_argument("--data-dir", help="the server's data dir (default: in a temp dir)")
-    p.add_argument("--tmpfs-mb", type=int, default=256, help="tmpfs size (default 256)")
+    p.add_argument("--tmpfs-mb", type=int, default=1024, help="tmpfs size (default 1024)")
     p.add_argument(
         "--no-disk-faults",
         action="store_true",
