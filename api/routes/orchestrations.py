@@ -12,6 +12,7 @@ import msgspec
 import structlog
 from aiohttp import web
 
+from api.auth import Principal
 from api.errors import ProblemError
 from api.problems import bad_request
 from api.routes._common import convert, int_query, orchestration_id, read_json, services
@@ -213,12 +214,18 @@ async def list_orchestrations(request: web.Request) -> web.Response:
     return json_response({"items": page, "next_cursor": next_cursor})
 
 
-@routes.get("/v1/orchestrations/{id}")
-async def get(request: web.Request) -> web.Response:
+def _on_orchestration(request: web.Request, scope: str) -> tuple[Services, Principal, str]:
+    """Authorize a call on the orchestration in the path; its id joins the log context."""
     s = services(request)
-    principal = s.authorize(request, _READ)
+    principal = s.authorize(request, scope)
     oid = orchestration_id(request)
     structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    return s, principal, oid
+
+
+@routes.get("/v1/orchestrations/{id}")
+async def get(request: web.Request) -> web.Response:
+    s, principal, oid = _on_orchestration(request, _READ)
     wait = int_query(request, "wait", default=0, high=_MAX_WAIT_SECONDS)
     if wait:
         state = await s.engine.wait(principal.tenant_id, oid, max_wait=wait)
@@ -249,10 +256,7 @@ async def _known(s: Services, tenant: str, oid: str) -> None:
 
 @routes.get("/v1/orchestrations/{id}/events")
 async def events(request: web.Request) -> web.Response:
-    s = services(request)
-    principal = s.authorize(request, _READ)
-    oid = orchestration_id(request)
-    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    s, principal, oid = _on_orchestration(request, _READ)
     await _known(s, principal.tenant_id, oid)
     records = await s.log.read_stream(principal.tenant_id, oid)
     return json_response({"orchestration_id": oid, "events": [_event_out(r) for r in records]})
@@ -315,10 +319,7 @@ def _sse(rec: RecordedEvent) -> bytes:
 
 @routes.post("/v1/orchestrations/{id}/cancel")
 async def cancel(request: web.Request) -> web.Response:
-    s = services(request)
-    principal = s.authorize(request, _WRITE)
-    oid = orchestration_id(request)
-    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    s, principal, oid = _on_orchestration(request, _WRITE)
     raw = await read_json(request, optional=True)
     reason = "cancelled" if raw is None else convert(raw, CancelRequest).reason
     state = await s.engine.cancel(
@@ -329,10 +330,7 @@ async def cancel(request: web.Request) -> web.Response:
 
 @routes.post("/v1/orchestrations/{id}/steps")
 async def steps(request: web.Request) -> web.Response:
-    s = services(request)
-    principal = s.authorize(request, _WRITE)
-    oid = orchestration_id(request)
-    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    s, principal, oid = _on_orchestration(request, _WRITE)
     body = convert(await read_json(request), StepsRequest)
     receipts = await s.engine.record_step(
         principal.tenant_id, oid, [(e.type, e.payload) for e in body.events]
@@ -343,10 +341,7 @@ async def steps(request: web.Request) -> web.Response:
 
 @routes.get("/v1/orchestrations/{id}/bundle")
 async def bundle(request: web.Request) -> web.StreamResponse:
-    s = services(request)
-    principal = s.authorize(request, _READ)
-    oid = orchestration_id(request)
-    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    s, principal, oid = _on_orchestration(request, _READ)
     await _known(s, principal.tenant_id, oid)
     response = web.StreamResponse(
         headers={
