@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -126,14 +127,16 @@ def _key_store(args: argparse.Namespace, env: Mapping[str, str]) -> KeyStore:
     return KeyStore(_config(args, env).keys_path)
 
 
+def _write_json(value: Any) -> None:
+    """A command's ``--json`` answer: one line of JSON on stdout."""
+    sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
+
+
 def _cmd_keys_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    store = _key_store(args, env)
-    try:
+    with closing(_key_store(args, env)) as store:
         key = store.create(args.tenant, args.scopes, label=args.label)
-    finally:
-        store.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(key).decode() + "\n")
+        _write_json(key)
     else:
         sys.stdout.write(
             f"{key.api_key}\n"
@@ -144,13 +147,10 @@ def _cmd_keys_create(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _cmd_keys_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    store = _key_store(args, env)
-    try:
+    with closing(_key_store(args, env)) as store:
         keys = store.list_keys(args.tenant)
-    finally:
-        store.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(keys).decode() + "\n")
+        _write_json(keys)
         return 0
     for k in keys:
         state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
@@ -163,13 +163,10 @@ def _cmd_keys_list(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 
 def _cmd_keys_revoke(args: argparse.Namespace, env: Mapping[str, str]) -> int:
-    store = _key_store(args, env)
-    try:
+    with closing(_key_store(args, env)) as store:
         record = store.revoke(args.key_id)
-    finally:
-        store.close()
     if args.json:
-        sys.stdout.write(msgspec.json.encode(record).decode() + "\n")
+        _write_json(record)
     else:
         sys.stdout.write(f"revoked {record.key_id} (tenant {record.tenant_id})\n")
     return 0
@@ -201,8 +198,7 @@ def _cmd_fsck(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = _config(args, env)
     report = asyncio.run(_fsck(config))
     if args.json:
-        out = {**msgspec.to_builtins(report), "ok": report.ok}
-        sys.stdout.write(msgspec.json.encode(out).decode() + "\n")
+        _write_json({**msgspec.to_builtins(report), "ok": report.ok})
     elif report.ok:
         sys.stdout.write(
             f"ok: {report.events} events, {report.checkpoints} checkpoints, "
@@ -243,11 +239,8 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     if args.tenant:
         tenants = [args.tenant]
     else:
-        store = KeyStore(config.keys_path)
-        try:
+        with closing(KeyStore(config.keys_path)) as store:
             tenants = store.tenants()
-        finally:
-            store.close()
     oid = args.orchestration_id.lower()
     if args.output == "-":
         count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer))
