@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import Any, TypeVar
 
@@ -17,6 +18,8 @@ __all__ = ["convert", "int_query", "orchestration_id", "read_json", "services"]
 
 T = TypeVar("T")
 _DISPLAY_PREFIX = "maip-orch:"
+#: How long a request body may take to arrive in full (slowloris bound); 408 after.
+BODY_READ_TIMEOUT_SECONDS = 30.0
 
 
 def services(request: web.Request) -> Services:
@@ -39,7 +42,18 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             "Unsupported media type",
             f"the body must be application/json, not {ctype or 'unspecified'}",
         )
-    raw = await request.read()
+    try:
+        async with asyncio.timeout(BODY_READ_TIMEOUT_SECONDS):
+            raw = await request.read()
+    except TimeoutError:
+        # A slow (slowloris) body: aiohttp has no body read timeout of its own.
+        raise ProblemError(
+            408,
+            "request-timeout",
+            "Request timeout",
+            f"the request body did not arrive within {BODY_READ_TIMEOUT_SECONDS:g} s",
+            headers={"Connection": "close"},
+        ) from None
     if not raw.strip() and optional:
         return None
     try:
