@@ -1,0 +1,57 @@
+"""Template injection: workflow inputs are data, never templates; a definition cannot
+reach outside its own context."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from aiohttp.test_utils import TestClient
+
+from api.services import SERVICES
+
+Ctx = tuple[TestClient, dict[str, str], dict[str, str]]
+INJECTED = "{{ env.HOME }} {{ steps.classify.output }} {{ __class__.__mro__ }} {% x %} ${HOME}"
+
+
+async def test_hostile_template_syntax_in_inputs_is_rendered_literally(hostile: Ctx) -> None:
+    client, headers, ids = hostile
+    body = {
+        "workflow_id": ids["workflow_id"],
+        "agents": [ids["agent_id"]],
+        "parameters": {"text": INJECTED},
+    }
+    resp = await client.post(
+        "/v1/orchestrations/execute", json=body, headers={**headers, "Prefer": "wait=10"}
+    )
+    assert resp.status == 200, await resp.text()
+    state = await resp.json()
+    assert state["status"] == "completed"
+    got = await client.get(
+        f"/v1/orchestrations/{state['orchestration_id']}/events", headers=headers
+    )
+    events = (await got.json())["events"]
+    requested = next(e for e in events if e["type"] == "llm.requested")
+    prompt = requested["payload"]["messages"][0]["content"]
+    assert prompt == f"Classify this ticket: {INJECTED}"
+    home = os.environ.get("HOME")
+    if home:
+        assert all(home not in str(e["payload"]) for e in events)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    ["{{ env.HOME }}", "{{ __class__.__mro__ }}", "{{ os.system }}"],
+)
+async def test_hostile_template_outside_its_context_in_a_definition_is_422(
+    hostile: Ctx, prompt: str
+) -> None:
+    client, headers, _ = hostile
+    before = client.app[SERVICES].log.size
+    definition = {"steps": [{"id": "a", "action": "llm", "prompt": prompt}]}
+    resp = await client.post(
+        "/v1/workflows", json={"name": "evil", "definition": definition}, headers=headers
+    )
+    assert resp.status == 422, await resp.text()
+    assert resp.content_type == "application/problem+json"
+    assert client.app[SERVICES].log.size == before
