@@ -136,6 +136,7 @@ class SQLiteEventStore:
         self._tail_order: deque[tuple[int, tuple[str, str]]] = deque()
         self._writer: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._rows_per_insert = 1
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
 
@@ -170,6 +171,10 @@ class SQLiteEventStore:
     def _open_writer(self) -> tuple[int, int]:
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._writer = conn
+        # 8 bound values a row; builds differ (999 before SQLite 3.32, 32,766 after).
+        self._rows_per_insert = max(
+            1, min(1000, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // 8)
+        )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
@@ -273,7 +278,16 @@ class SQLiteEventStore:
         cp = batch.checkpoint
         w.execute("BEGIN IMMEDIATE")
         try:
-            w.executemany(f"INSERT INTO events({_EVENT_COLUMNS}) VALUES (?,?,?,?,?,?,?,?)", rows)
+            # One multi-row statement per chunk rather than executemany: each step of a
+            # statement hands the GIL back and forth with the event loop's thread, and
+            # under load every hand-back can wait a whole switch interval.
+            for chunk in range(0, len(rows), self._rows_per_insert):
+                part = rows[chunk : chunk + self._rows_per_insert]
+                w.execute(
+                    f"INSERT INTO events({_EVENT_COLUMNS}) VALUES "
+                    + ",".join(["(?,?,?,?,?,?,?,?)"] * len(part)),
+                    [value for row in part for value in row],
+                )
             w.execute(
                 "INSERT INTO tree_hashes(start, hashes) VALUES (?, ?)",
                 (batch.hashes.start, batch.hashes.hashes),
