@@ -441,19 +441,34 @@ class Run:
         assert self.fs is not None
         filled = await asyncio.to_thread(self.fs.fill)
         try:
-            # Provoke a write so that a commit fails even if the load is between requests.
-            status, data, ctype = await c.call(
-                "POST",
-                "/v1/orchestrations",
-                {"executor": "external", "agent_id": self.agent_id, "input": {"q": "full"}},
-                self.headers,
-            )
-            if status == 202 and data is not None:
-                # Acknowledged although the disk is full: SQLite had free pages. Journal it.
-                self.journal.write(t="orch", oid=data["orchestration_id"], key=None, ex="external")
-                self._ack_state(data)
-            elif status != 503 or ctype != "application/problem+json":
-                self.stats.failures.append(f"disk full: a write answered {status} {ctype}")
+            # Drive writes until one is refused: SQLite may first reuse space it already
+            # holds (free pages, a reset WAL), so the first writes can still succeed.
+            refused = False
+            deadline = time.monotonic() + 20
+            while not refused and time.monotonic() < deadline:
+                answers = await asyncio.gather(
+                    *(
+                        c.call(
+                            "POST",
+                            "/v1/orchestrations",
+                            {"executor": "external", "agent_id": self.agent_id, "input": {}},
+                            self.headers,
+                        )
+                        for _ in range(16)
+                    )
+                )
+                for status, data, ctype in answers:
+                    if status == 202 and data is not None:
+                        # Acknowledged while the disk fills: it must survive. Journal it.
+                        oid = data["orchestration_id"]
+                        self.journal.write(t="orch", oid=oid, key=None, ex="external")
+                        self._ack_state(data)
+                    elif status == 503 and ctype == "application/problem+json":
+                        refused = True
+                    else:
+                        self.stats.failures.append(f"disk full: a write answered {status} {ctype}")
+            if not refused:
+                self.stats.failures.append("disk full: no write was refused with 503 in 20 s")
             ready = await self._poll(c, "/readyz", 503, 10)
             if ready is None or ready.get("ready") is not False:
                 self.stats.failures.append("disk full: /readyz did not turn false")
