@@ -44,14 +44,14 @@ def admin_key_headers(data_dir: Path, tenant: str) -> dict[str, str]:
 
 
 class Server:
-    def __init__(self, data_dir: Path, *extra: str) -> None:
+    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
         self.data_dir = data_dir
         self.proc = subprocess.Popen(
             [str(BIN), "serve", "--data-dir", str(data_dir), "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "MAIP_LOG_LEVEL": "warning"},
+            env={**os.environ, "MAIP_LOG_LEVEL": "warning", **(env or {})},
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
