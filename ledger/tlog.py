@@ -102,13 +102,10 @@ def _check_leaf(index: int, tree_size: int) -> None:
         raise ProofError(f"leaf index {index} is outside a tree of size {tree_size}")
 
 
-def inclusion_indexes(index: int, tree_size: int) -> list[int]:
-    """Stored hashes :func:`inclusion_proof` needs."""
+def _inclusion_steps(index: int, tree_size: int) -> list[tuple[int, int]]:
+    """The sibling subtree at each step of the walk down to the leaf, leaf end first."""
     _check_leaf(index, tree_size)
-    need: list[int] = []
     lo, hi = 0, tree_size
-    # Walk down towards the leaf; each step needs the subtree on the path not taken.
-    # The proof lists siblings leaf-first, so the walk's order is reversed at the end.
     steps: list[tuple[int, int]] = []
     while hi - lo > 1:
         k, _ = _maxpow2(hi - lo)
@@ -118,26 +115,22 @@ def inclusion_indexes(index: int, tree_size: int) -> list[int]:
         else:
             steps.append((lo, lo + k))
             lo = lo + k
-    for a, b in reversed(steps):
+    steps.reverse()
+    return steps
+
+
+def inclusion_indexes(index: int, tree_size: int) -> list[int]:
+    """Stored hashes :func:`inclusion_proof` needs."""
+    need: list[int] = []
+    for a, b in _inclusion_steps(index, tree_size):
         _subtree_indexes(a, b, need)
     return need
 
 
 def inclusion_proof(index: int, tree_size: int, hashes: Sequence[bytes]) -> list[bytes]:
     """PATH(index, D[tree_size]) from the hashes named by :func:`inclusion_indexes`."""
-    _check_leaf(index, tree_size)
     it = iter(hashes)
-    lo, hi = 0, tree_size
-    steps: list[tuple[int, int]] = []
-    while hi - lo > 1:
-        k, _ = _maxpow2(hi - lo)
-        if index < lo + k:
-            steps.append((lo + k, hi))
-            hi = lo + k
-        else:
-            steps.append((lo, lo + k))
-            lo = lo + k
-    return [_subtree_hash(a, b, it) for a, b in reversed(steps)]
+    return [_subtree_hash(a, b, it) for a, b in _inclusion_steps(index, tree_size)]
 
 
 def _consistency_steps(old_size: int, tree_size: int) -> list[tuple[int, int]]:
