@@ -28,6 +28,7 @@ from api.wire import (
     StepsRequest,
 )
 from ledger.bundle import write_bundle
+from ledger.errors import NotFoundError
 from ledger.log import RecordedEvent
 from ledger.orchestration import OrchestrationState
 from ledger.orchestration.errors import OrchestrationNotFoundError
@@ -86,11 +87,17 @@ async def _idempotent(
     request: web.Request, tenant: str, route: str, body: Any, start: Any
 ) -> web.Response:
     """Run ``start()`` once per ``Idempotency-Key`` (same key, same body → same orchestration;
-    same key, other body → 409)."""
+    same key, other body → 409).
+
+    The key is reserved with a freshly minted orchestration id *before* anything starts,
+    so a crash or a refused write between the two can never lead a retry to start a
+    second orchestration: the retry finds the reservation and either answers with that
+    orchestration or, if it never became durable, starts it under the reserved id.
+    """
     s = services(request)
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        state = await start()
+        state = await start(None)
         structlog.contextvars.bind_contextvars(orchestration_id=state.orchestration_id)
         return await _answer(s, request, tenant, state, replayed=False)
     if not _IDEMPOTENCY_RE.match(key):
@@ -112,10 +119,15 @@ async def _idempotent(
                         "this Idempotency-Key was used with a different request body",
                     )
                 structlog.contextvars.bind_contextvars(orchestration_id=seen.orchestration_id)
-                state = await s.engine.get_state(tenant, seen.orchestration_id)
+                try:
+                    state = await s.engine.get_state(tenant, seen.orchestration_id)
+                except NotFoundError:
+                    state = await start(seen.orchestration_id)
+                    return await _answer(s, request, tenant, state, replayed=False)
                 return await _answer(s, request, tenant, state, replayed=True)
-            state = await start()
-            s.keys.remember(tenant, route, key, digest, state.orchestration_id)
+            reserved = s.engine.new_orchestration_id()
+            s.keys.remember(tenant, route, key, digest, reserved)
+            state = await start(reserved)
     finally:
         if not lock.locked():
             s.idempotency_locks.pop(lock_key, None)
@@ -135,7 +147,7 @@ async def execute(request: web.Request) -> web.Response:
         body = convert(raw, ExecuteWorkflowRequest)
     tenant = principal.tenant_id
 
-    async def start() -> OrchestrationState:
+    async def start(orchestration_id: str | None) -> OrchestrationState:
         if isinstance(body, ExecuteWorkflowRequest):
             return await s.engine.execute(
                 tenant,
@@ -144,6 +156,7 @@ async def execute(request: web.Request) -> web.Response:
                 parameters=body.parameters,
                 started_by=principal.subject,
                 request_shape="workflow",
+                orchestration_id=orchestration_id,
             )
         return await s.engine.execute(
             tenant,
@@ -155,6 +168,7 @@ async def execute(request: web.Request) -> web.Response:
             timeout_seconds=body.timeout_seconds,
             started_by=principal.subject,
             request_shape="agent",
+            orchestration_id=orchestration_id,
         )
 
     return await _idempotent(request, tenant, "execute", raw, start)
@@ -173,7 +187,7 @@ async def create(request: web.Request) -> web.Response:
     if body.timeout_seconds is not None:
         options["timeout_seconds"] = body.timeout_seconds
 
-    async def start() -> OrchestrationState:
+    async def start(orchestration_id: str | None) -> OrchestrationState:
         common: dict[str, Any] = {
             "workflow_id": body.workflow_id.lower() if body.workflow_id else None,
             "agent_id": body.agent_id.lower() if body.agent_id else None,
@@ -182,6 +196,7 @@ async def create(request: web.Request) -> web.Response:
             "parameters": body.parameters,
             "model": body.model,
             "started_by": principal.subject,
+            "orchestration_id": orchestration_id,
             **options,
         }
         if body.executor == "external":

@@ -343,6 +343,10 @@ class Engine:
 
     # -- orchestrations --------------------------------------------------------------
 
+    def new_orchestration_id(self) -> str:
+        """A fresh orchestration id (a UUID of a ULID's 128 bits, as every run gets)."""
+        return _uuid_from(self._new_ulid())
+
     async def execute(
         self,
         tenant_id: str,
@@ -358,17 +362,21 @@ class Engine:
         timeout_seconds: float = 300.0,
         started_by: str = "anonymous",
         request_shape: str | None = None,
+        orchestration_id: str | None = None,
     ) -> OrchestrationState:
         """Validate, durably record ``created`` + ``started``, run in the background.
 
-        Returns the state right after ``orchestration.started``.
+        Returns the state right after ``orchestration.started``. A caller that must
+        never start the same work twice (an Idempotency-Key) mints the id first with
+        :meth:`new_orchestration_id` and passes it: a second start under that id is a
+        ``ConflictError`` from the log, never a second orchestration.
         """
         if self._closing:
             raise OrchestrationStateError("-", "closing", "start orchestrations")
         created = build_created(
             self.registry,
             tenant_id,
-            _uuid_from(self._new_ulid()),
+            orchestration_id or self.new_orchestration_id(),
             executor="engine",
             workflow_id=workflow_id,
             workflow_version=workflow_version,
@@ -569,12 +577,13 @@ class Engine:
         timeout_seconds: float = 86_400,
         started_by: str = "anonymous",
         request_shape: str = "external",
+        orchestration_id: str | None = None,
     ) -> OrchestrationState:
         """An orchestration whose steps an outside framework records itself."""
         created = build_created(
             self.registry,
             tenant_id,
-            _uuid_from(self._new_ulid()),
+            orchestration_id or self.new_orchestration_id(),
             executor="external",
             workflow_id=workflow_id,
             workflow_version=workflow_version,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import uuid
+from contextlib import closing
 from typing import Any
 
 from aiohttp.test_utils import TestClient
@@ -14,6 +15,8 @@ from api_helpers import Tenant, json_ok, scripted, setup_workflow
 from ulid import ULID
 
 import verifier
+from api.config import Config
+from api.keys import KeyStore
 
 
 async def vkey(client: TestClient) -> str:
@@ -358,3 +361,30 @@ async def test_registry_routes(client: TestClient, tenant_a: Tenant) -> None:
     )
     assert ok.status == 201
     assert ok.headers["Location"].startswith("/v1/agents/")
+
+
+async def test_regression_reserved_idempotency_key_never_starts_a_second_run(
+    client: TestClient, tenant_a: Tenant, config: Config
+) -> None:
+    """The key used to be recorded only after the run started, so a crash or a refused
+    write in between let a retry start a second orchestration. Now the key is reserved
+    first; a reservation whose run never became durable is started under its own id."""
+    from api.routes.orchestrations import _body_hash
+
+    agent, wf = await setup_workflow(client, tenant_a)
+    body = {"workflow_id": wf, "agents": [agent], "parameters": {"n": 7}}
+    reserved = "0192f9c3-7d4e-7b1a-9c2e-3f4a5b6c7d8e"
+    # The state a crash leaves behind: the key reserved, the orchestration never written.
+    with closing(KeyStore(config.keys_path)) as keys:
+        keys.remember(
+            tenant_a.tenant_id, "execute", "retry-1", _body_hash("execute", body), reserved
+        )
+    h = {"Idempotency-Key": "retry-1"}
+    r1, s1 = await execute(client, tenant_a, body, headers=h)
+    assert s1["orchestration_id"] == reserved
+    assert "Idempotent-Replayed" not in r1.headers
+    r2, s2 = await execute(client, tenant_a, body, headers=h)
+    assert s2["orchestration_id"] == reserved
+    assert r2.headers["Idempotent-Replayed"] == "true"
+    listed = await json_ok(client, "GET", "/v1/orchestrations", 200, headers=tenant_a.headers)
+    assert [item["orchestration_id"] for item in listed["items"]] == [reserved]
