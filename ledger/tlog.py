@@ -25,12 +25,13 @@ from ledger.merkle import EMPTY_ROOT, node_hash
 
 __all__ = [
     "Frontier",
+    "ProofPlan",
     "consistency_indexes",
     "consistency_proof",
-    "inclusion_indexes",
-    "inclusion_proof",
     "stored_hash_count",
     "stored_hash_index",
+    "tail_inclusion_proofs",
+    "tail_neighbour_indexes",
     "tree_hash",
     "tree_hash_indexes",
 ]
@@ -100,37 +101,6 @@ def tree_hash(n: int, hashes: Sequence[bytes]) -> bytes:
 def _check_leaf(index: int, tree_size: int) -> None:
     if not 0 <= index < tree_size:
         raise ProofError(f"leaf index {index} is outside a tree of size {tree_size}")
-
-
-def _inclusion_steps(index: int, tree_size: int) -> list[tuple[int, int]]:
-    """The sibling subtree at each step of the walk down to the leaf, leaf end first."""
-    _check_leaf(index, tree_size)
-    lo, hi = 0, tree_size
-    steps: list[tuple[int, int]] = []
-    while hi - lo > 1:
-        k, _ = _maxpow2(hi - lo)
-        if index < lo + k:
-            steps.append((lo + k, hi))
-            hi = lo + k
-        else:
-            steps.append((lo, lo + k))
-            lo = lo + k
-    steps.reverse()
-    return steps
-
-
-def inclusion_indexes(index: int, tree_size: int) -> list[int]:
-    """Stored hashes :func:`inclusion_proof` needs."""
-    need: list[int] = []
-    for a, b in _inclusion_steps(index, tree_size):
-        _subtree_indexes(a, b, need)
-    return need
-
-
-def inclusion_proof(index: int, tree_size: int, hashes: Sequence[bytes]) -> list[bytes]:
-    """PATH(index, D[tree_size]) from the hashes named by :func:`inclusion_indexes`."""
-    it = iter(hashes)
-    return [_subtree_hash(a, b, it) for a, b in _inclusion_steps(index, tree_size)]
 
 
 def _consistency_steps(old_size: int, tree_size: int) -> list[tuple[int, int]]:
