@@ -26,7 +26,6 @@ from datetime import UTC, datetime
 
 import msgspec
 import structlog
-from ulid import ULID
 
 from ledger import tlog
 from ledger._hash_cache import HashCache, hash_from_rows
@@ -52,7 +51,7 @@ from ledger.events import (
 from ledger.ids import new_ulid_bytes, ulid_str, uuid_str
 from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
-from ledger.receipt import Receipt, event_id_bytes, receipt_id_for
+from ledger.receipt import Receipt, event_id_bytes
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 
 __all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
@@ -581,9 +580,7 @@ class Log:
 
     def _recorded(self, row: StoredEvent) -> RecordedEvent:
         event = decode_leaf(row.leaf, self._catalog)
-        return RecordedEvent(
-            event, row.leaf, row.leaf_index, receipt_id_for(event.event_id), row.tree_size
-        )
+        return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
@@ -598,23 +595,23 @@ class Log:
         rows = await self._store.read_log(from_index, limit)
         return [self._recorded(r) for r in rows]
 
-    async def recorded(self, identifier: str, tenant_id: str | None = None) -> RecordedEvent:
-        """The event for an event ULID or receipt UUID; another tenant's is not found."""
+    async def _event_row(self, identifier: str, tenant_id: str | None) -> StoredEvent:
         row = await self._store.event(event_id_bytes(identifier))
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             raise NotFoundError(f"no event or receipt {identifier!r}")
-        return self._recorded(row)
+        return row
+
+    async def recorded(self, identifier: str, tenant_id: str | None = None) -> RecordedEvent:
+        """The event for an event ULID or receipt UUID; another tenant's is not found."""
+        return self._recorded(await self._event_row(identifier, tenant_id))
 
     async def get_receipt(self, identifier: str, tenant_id: str | None = None) -> Receipt:
         """The receipt issued for an event, by receipt UUID or event ULID."""
-        row = await self._store.event(event_id_bytes(identifier))
-        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-            raise NotFoundError(f"no event or receipt {identifier!r}")
+        row = await self._event_row(identifier, tenant_id)
         checkpoint = await self.checkpoint_at(row.tree_size)
-        event_id = str(ULID.from_bytes(row.event_id))
         return Receipt(
-            receipt_id=receipt_id_for(event_id),
-            event_id=event_id,
+            receipt_id=uuid_str(row.event_id),
+            event_id=ulid_str(row.event_id),
             leaf_index=row.leaf_index,
             leaf_hash=leaf_hash(row.leaf),
             tree_size=row.tree_size,

@@ -5,8 +5,6 @@ Receipts are immutable, so an encoded receipt is cached per (tenant, receipt id)
 
 from __future__ import annotations
 
-import uuid
-
 from aiohttp import web
 
 from api.problems import not_found
@@ -15,7 +13,7 @@ from api.services import encode
 from api.wire import ReceiptOut
 from ledger.errors import NotFoundError
 from ledger.merkle import leaf_hash
-from ledger.receipt import event_id_bytes
+from ledger.receipt import receipt_id_for
 
 __all__ = ["routes"]
 
@@ -28,7 +26,7 @@ async def receipt(request: web.Request) -> web.Response:
     principal = s.authorize(request, "orchestrations:read")
     raw = request.match_info["receipt_id"]
     try:
-        canonical = str(uuid.UUID(bytes=event_id_bytes(raw)))
+        canonical = receipt_id_for(raw)
     except NotFoundError:
         raise not_found(f"no receipt {raw!r}") from None
     key = (principal.tenant_id, canonical)

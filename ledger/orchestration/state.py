@@ -13,7 +13,9 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.events import Event
+from ledger.ids import ulid_str
 from ledger.orchestration import events as ev
+from ledger.receipt import receipt_id_for
 
 __all__ = [
     "OrchestrationProjection",
@@ -30,25 +32,9 @@ Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 StepStatus = Literal["running", "completed", "failed", "skipped"]
 
 
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_TO_INT32 = str.maketrans(_CROCKFORD + _CROCKFORD.lower(), "0123456789abcdefghijklmnopqrstuv" * 2)
-_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]
-
-
-def receipt_id_for(event_id: str) -> str:
-    """§4: the receipt id is the UUID whose 16 bytes are the event ULID's bytes."""
-    if len(event_id) != 26:
-        raise ValueError(f"{event_id!r} is not a ULID")
-    h = f"{int(event_id.translate(_TO_INT32), 32):032x}"
-    if len(h) != 32:
-        raise ValueError(f"{event_id!r} is not a ULID")
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def orchestration_display_id(orchestration_id: str) -> str:
     """§7.3: ``maip-orch:`` + the ULID with the same 128 bits as the orchestration UUID."""
-    n = uuid.UUID(orchestration_id).int
-    return "maip-orch:" + "".join([_PAIRS[(n >> shift) & 1023] for shift in range(120, -1, -10)])
+    return "maip-orch:" + ulid_str(uuid.UUID(orchestration_id).bytes)
 
 
 class StepState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
