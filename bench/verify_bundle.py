@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.checkpoint import Checkpoint
 from ledger.events import Event, encode_leaf
+from ledger.ids import ulid_str, uuid_str
 from ledger.note import NoteSigner
 
 ORIGIN = "maip-ledger.local/log"
@@ -38,7 +39,6 @@ TENANT = "tenant-bench"
 ORCH_ID = "0192f9c3-7d4e-7b1a-9c2e-3f4a5b6c7d8e"
 STEPS = 64
 BATCH = 1000
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 _CHILD = """
 import json, sys, time
@@ -54,17 +54,12 @@ print(json.dumps({"events": report.event_count, "cpu": cpu, "wall": wall, "rss_k
 """
 
 
-_PAIRS = [_CROCKFORD[i >> 5] + _CROCKFORD[i & 31] for i in range(1024)]
-
-
 def _ulid(n: int) -> str:
-    """Crockford base32 of a 128-bit int: 13 pairs of characters, 10 bits each."""
-    return "".join([_PAIRS[(n >> shift) & 1023] for shift in range(120, -10, -10)])
+    return ulid_str(n.to_bytes(16, "big"))
 
 
 def _uuid(n: int) -> str:
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    return uuid_str(n.to_bytes(16, "big"))
 
 
 def _node(a: bytes, b: bytes) -> bytes:
