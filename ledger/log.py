@@ -244,6 +244,21 @@ class Log:
         """False after a commit failed for lack of storage, until one succeeds again."""
         return self._healthy
 
+    async def recheck_storage(self) -> bool:
+        """After a failed commit, probe the store with one small durable write; healthy
+        again if it takes. Otherwise only the next successful commit would say so, and a
+        server that ``/readyz`` took out of rotation might never be sent that write."""
+        if self._healthy:
+            return True
+        try:
+            await self._store.probe()
+        except StorageUnavailableError as e:
+            _log.info("log.storage_still_unavailable", error=str(e))
+            return False
+        self._healthy = True
+        _log.info("log.storage_available_again")
+        return True
+
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""
         self._listeners.append(listener)

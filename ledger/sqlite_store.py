@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import os
 import sqlite3
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -487,3 +488,29 @@ class SQLiteEventStore:
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
         row = await self._one("SELECT log_index, state FROM snapshots WHERE name = ?", (name,))
         return (int(row[0]), bytes(row[1])) if row else None
+
+    # -- storage probe -------------------------------------------------------------------
+
+    async def probe(self) -> None:
+        """One small durable write (the ``meta`` row ``storage_probe``): does the medium
+        take writes again? Raises :class:`StorageUnavailableError` while it does not."""
+        try:
+            await self._write(self._probe_sync)
+        except sqlite3.Error as e:
+            raise _unavailable(e) from e
+
+    def _probe_sync(self) -> None:
+        w = self._conn()
+        w.execute("BEGIN IMMEDIATE")
+        try:
+            # A changing value, so the commit really writes (and fsyncs) a WAL frame.
+            w.execute(
+                "INSERT INTO meta(key, value) VALUES ('storage_probe', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                (str(time.time_ns()),),
+            )
+            w.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                w.execute("ROLLBACK")
+            raise

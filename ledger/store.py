@@ -94,3 +94,8 @@ class EventStore(Protocol):
         """Remember a projection's state as of ``log_index`` (exclusive). Overwrites."""
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None: ...
+
+    async def probe(self) -> None:
+        """One small durable write that stores nothing of the log, to learn whether the
+        medium takes writes again after a failed commit. Raises
+        :class:`StorageUnavailableError` while it does not."""

@@ -43,3 +43,28 @@ async def test_second_writer_is_locked_out(tmp_path: Path) -> None:
 async def test_read_only_open_of_missing_file_is_unavailable(tmp_path: Path) -> None:
     with pytest.raises(StorageUnavailableError, match="no ledger database"):
         await SQLiteEventStore(tmp_path / "missing.db", read_only=True).open()
+
+
+async def test_probe_is_a_durable_write_and_fails_where_writes_would(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    try:
+        await store.probe()
+        await store.probe()
+        # Committed, so another connection sees it; and it is no event.
+        conn = sqlite3.connect(tmp_path / "ledger.db")
+        try:
+            (value,) = conn.execute("SELECT value FROM meta WHERE key = 'storage_probe'").fetchone()
+        finally:
+            conn.close()
+        assert int(value) > 0
+        assert await store.event_count() == 0
+        reader = SQLiteEventStore(tmp_path / "ledger.db", read_only=True)
+        await reader.open()
+        try:
+            with pytest.raises(StorageUnavailableError):
+                await reader.probe()
+        finally:
+            await reader.close()
+    finally:
+        await store.close()
