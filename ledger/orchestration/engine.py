@@ -24,7 +24,7 @@ import msgspec
 import structlog
 from ulid import ULID
 
-from ledger.errors import ConflictError, InvalidEventError, LedgerError
+from ledger.errors import ConflictError, InvalidEventError, LedgerError, StorageUnavailableError
 from ledger.events import Event, EventCatalog, NewEvent
 from ledger.orchestration import events as ev
 from ledger.orchestration.binding import build_created
@@ -133,6 +133,8 @@ class Engine:
         self._providers: dict[tuple[str, str, int], Provider] = {}
         self._runners: dict[tuple[str, str], Runner] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
+        #: Runs a write refused for lack of storage stopped; resumed once it is back.
+        self._stalled: set[tuple[str, str]] = set()
         self._writers: dict[tuple[str, str], StreamWriter] = {}
         self._external_locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
@@ -420,12 +422,18 @@ class Engine:
         self._tasks[key] = task
 
     async def _drive(self, key: tuple[str, str], runner: Runner) -> None:
+        stalled = False
         try:
             await runner.run()
         except asyncio.CancelledError:
             _log.info("orchestration.stopped", orchestration_id=key[1])
+        except StorageUnavailableError as e:
+            # Disk full, read-only or an I/O error: the refused batch is not durable, so
+            # the run restarts from what the log holds once storage takes writes again
+            # (resume_stalled), or on the next start.
+            stalled = True
+            _log.warning("orchestration.stalled", orchestration_id=key[1], error=str(e))
         except LedgerError as e:
-            # e.g. the store became unavailable: the orchestration resumes after restart.
             _log.error("orchestration.crashed", orchestration_id=key[1], error=str(e))
         except Exception:  # noqa: BLE001 — one orchestration's bug must not stop the engine
             _log.exception("orchestration.crashed", orchestration_id=key[1])
@@ -433,6 +441,33 @@ class Engine:
             self._runners.pop(key, None)
             self._tasks.pop(key, None)
             self._writers.pop(key, None)
+            if stalled and not self._closing:
+                self._stalled.add(key)
+
+    @property
+    def stalled(self) -> int:
+        """How many runs are waiting for storage to take writes again."""
+        return len(self._stalled)
+
+    async def resume_stalled(self) -> list[str]:
+        """Resume, from the log, every run a storage failure stopped; call once storage
+        takes writes again. Returns the orchestration ids resumed."""
+        keys, self._stalled = self._stalled, set()
+        resumed = []
+        for key in sorted(keys):
+            summary = self.registry.orchestration(*key)
+            if self._closing or key in self._tasks or summary is None:
+                continue
+            try:
+                await self._resume(summary)
+            except StorageUnavailableError:
+                self._stalled.add(key)
+                continue
+            if key in self._tasks:  # not if it had ended meanwhile (e.g. cancelled)
+                resumed.append(key[1])
+        if resumed:
+            _log.info("engine.resumed_stalled", count=len(resumed))
+        return resumed
 
     async def _resume(self, summary: OrchestrationSummary) -> None:
         tenant_id, oid = summary.tenant_id, summary.orchestration_id
