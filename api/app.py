@@ -10,6 +10,7 @@ orchestrations at a step boundary (they resume on the next start).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 import uuid
@@ -38,6 +39,8 @@ from ledger.sqlite_store import SQLiteEventStore
 __all__ = ["create_app"]
 
 _log = structlog.get_logger("api")
+#: While storage refuses writes, how often it is probed (a small durable write).
+STORAGE_RECHECK_SECONDS = 1.0
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -125,6 +128,20 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+async def _watch_storage(log: Log, engine: Engine) -> None:
+    """Recovery without a restart: once a commit failed for lack of storage (disk full,
+    read-only, I/O error), probe it every ``STORAGE_RECHECK_SECONDS``. When a probe
+    commits, ``/readyz`` turns true again and the runs the failure stopped resume,
+    whether or not any client write arrives meanwhile."""
+    while True:
+        await asyncio.sleep(STORAGE_RECHECK_SECONDS)
+        try:
+            if await log.recheck_storage() and engine.stalled:
+                await engine.resume_stalled()
+        except Exception:  # noqa: BLE001 — the watch must outlive any one failed round
+            _log.exception("storage.watch_failed")
+
+
 def create_app(
     config: Config,
     *,
@@ -160,15 +177,21 @@ def create_app(
         engine = Engine(TimedLog(log, metrics.append_latency), **engine_options)
         log.add_listener(hub.on_commit)
         metrics.attach(log, engine)
+        watch: asyncio.Task[None] | None = None
         try:
             resumed = await engine.start()
             services = Services(config, keys, auth, log, engine, metrics, hub)
             app[SERVICES] = services
+            watch = asyncio.create_task(_watch_storage(log, engine), name="storage-watch")
             _log.info("server.ready", tree_size=log.size, resumed=len(resumed))
             if on_ready is not None:
                 await on_ready(services)
             yield
         finally:
+            if watch is not None:
+                watch.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watch
             hub.close()
             await engine.close()
             await log.close()
