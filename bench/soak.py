@@ -1,7 +1,8 @@
 """Soak and chaos harness: ``python -m bench.soak --minutes 10 --kills 20``.
 
 Runs ``maip-ledger serve`` subprocesses on a fixed loopback port over a data directory
-on a small tmpfs (root only), and for a bounded time:
+on a small ext4 filesystem (a loop device over an image on a private tmpfs; root only;
+see ``bench/faultfs.py``), and for a bounded time:
 
 * **load**: ``--clients`` tasks execute the 3-step scripted workflow (``Prefer: wait``,
   one ``Idempotency-Key`` per logical request, retried with the same key), create
@@ -11,8 +12,12 @@ on a small tmpfs (root only), and for a bounded time:
 * **chaos**, on a schedule: SIGKILL + restart (``--kills`` times), SIGTERM + restart,
   disk full (the server must answer 503 problem+json, ``/readyz`` must turn false, and
   it must recover without a restart once space is back), SIGKILL while the disk is full
-  (restart once space is back), and a read-only filesystem (the server is stopped, the
-  filesystem remounted read-only, the server started on it; then back to read-write);
+  (restart once space is back), a read-only filesystem at start (the server is stopped,
+  the filesystem remounted read-only, the server started on it; then back to
+  read-write), and read-only data files under the running server (``chattr +i``: writes
+  must answer 503 problem+json, ``/readyz`` must turn false, reads must keep working,
+  and once the files are writable again it must recover without a restart, with no
+  client write needed to notice);
 * **a monitor**: ``verifier.monitor_once`` against the server every 0.25 s, keeping its
   trusted state in a file, for the whole run.
 
@@ -48,6 +53,7 @@ import aiohttp
 
 import verifier
 from api.demo import DEMO_AGENT, DEMO_DEFINITION, DEMO_PROVIDER
+from bench import faultfs
 from ledger.keys import DEFAULT_ORIGIN, KEY_FILE
 from ledger.note import generate_signer
 
@@ -139,54 +145,20 @@ class ServerProc:
 # -- the data filesystem ---------------------------------------------------------------
 
 
-class Tmpfs:
-    """A small tmpfs at ``path``: fill it, free it, remount it read-only."""
-
-    def __init__(self, path: Path, size_mb: int) -> None:
-        self.path = path
-        self.size_mb = size_mb
-        self.mounted = False
-        self.filler = path / ".soak-filler"
+class DataFs(faultfs.Ext4):
+    """The data directory's own ext4 (see ``bench/faultfs.py``), as the soak uses it."""
 
     def mount(self) -> None:
-        if os.geteuid() != 0:
-            raise SoakError("the disk-full and read-only phases need root (mount -t tmpfs)")
-        self.path.mkdir(parents=True, exist_ok=True)
-        self._run("mount", "-t", "tmpfs", "-o", f"size={self.size_mb}m", "tmpfs", str(self.path))
-        self.mounted = True
-
-    def unmount(self) -> None:
-        if self.mounted:
-            self._run("umount", str(self.path))
-            self.mounted = False
+        try:
+            super().mount()
+        except faultfs.FaultError as e:
+            raise SoakError(f"the disk-full and read-only phases need root: {e}") from e
 
     def remount(self, mode: str) -> None:
-        self._run("mount", "-o", f"remount,{mode}", str(self.path))
-
-    @staticmethod
-    def _run(*cmd: str) -> None:
-        r = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if r.returncode != 0:
-            raise SoakError(f"{' '.join(cmd)} failed: {r.stderr.strip()}")
-
-    def fill(self) -> int:
-        """Write the filler until ENOSPC; returns the bytes written."""
-        written = 0
-        fd = os.open(self.filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         try:
-            for chunk in (1 << 20, 4096, 512):
-                block = b"\0" * chunk
-                while True:
-                    try:
-                        written += os.write(fd, block)
-                    except OSError:
-                        break
-        finally:
-            os.close(fd)
-        return written
-
-    def free(self) -> None:
-        self.filler.unlink(missing_ok=True)
+            super().remount(mode)
+        except faultfs.FaultError as e:
+            raise SoakError(str(e)) from e
 
 
 # -- statistics and journal ------------------------------------------------------------
@@ -203,6 +175,7 @@ class Stats:
     kills_while_full: int = 0
     disk_full_phases: int = 0
     readonly_phases: int = 0
+    readonly_live_phases: int = 0
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     monitor_rounds: int = 0
@@ -270,7 +243,7 @@ class Client:
 @dataclass
 class Run:
     server: ServerProc
-    fs: Tmpfs | None
+    fs: DataFs | None
     journal: Journal
     stats: Stats
     vkey: str
@@ -437,38 +410,44 @@ class Run:
             await asyncio.sleep(0.1)
         return None
 
+    async def _writes_until_refused(self, c: Client, phase: str) -> int:
+        """Create external orchestrations, 16 at a time, until one answers 503
+        problem+json; journal any acknowledged meanwhile (they must survive). Returns how
+        many were refused; any answer but 202 or 503 problem+json is a failure."""
+        refused = 0
+        deadline = time.monotonic() + 20
+        while not refused and time.monotonic() < deadline:
+            answers = await asyncio.gather(
+                *(
+                    c.call(
+                        "POST",
+                        "/v1/orchestrations",
+                        {"executor": "external", "agent_id": self.agent_id, "input": {}},
+                        self.headers,
+                    )
+                    for _ in range(16)
+                )
+            )
+            for status, data, ctype in answers:
+                if status == 202 and data is not None:
+                    oid = data["orchestration_id"]
+                    self.journal.write(t="orch", oid=oid, key=None, ex="external")
+                    self._ack_state(data)
+                elif status == 503 and ctype == "application/problem+json":
+                    refused += 1
+                else:
+                    self.stats.failures.append(f"{phase}: a write answered {status} {ctype}")
+        if not refused:
+            self.stats.failures.append(f"{phase}: no write was refused with 503 in 20 s")
+        return refused
+
     async def _disk_full(self, c: Client, kill: bool) -> None:
         assert self.fs is not None
         filled = await asyncio.to_thread(self.fs.fill)
         try:
             # Drive writes until one is refused: SQLite may first reuse space it already
             # holds (free pages, a reset WAL), so the first writes can still succeed.
-            refused = False
-            deadline = time.monotonic() + 20
-            while not refused and time.monotonic() < deadline:
-                answers = await asyncio.gather(
-                    *(
-                        c.call(
-                            "POST",
-                            "/v1/orchestrations",
-                            {"executor": "external", "agent_id": self.agent_id, "input": {}},
-                            self.headers,
-                        )
-                        for _ in range(16)
-                    )
-                )
-                for status, data, ctype in answers:
-                    if status == 202 and data is not None:
-                        # Acknowledged while the disk fills: it must survive. Journal it.
-                        oid = data["orchestration_id"]
-                        self.journal.write(t="orch", oid=oid, key=None, ex="external")
-                        self._ack_state(data)
-                    elif status == 503 and ctype == "application/problem+json":
-                        refused = True
-                    else:
-                        self.stats.failures.append(f"disk full: a write answered {status} {ctype}")
-            if not refused:
-                self.stats.failures.append("disk full: no write was refused with 503 in 20 s")
+            await self._writes_until_refused(c, "disk full")
             ready = await self._poll(c, "/readyz", 503, 10)
             if ready is None or ready.get("ready") is not False:
                 self.stats.failures.append("disk full: /readyz did not turn false")
@@ -489,6 +468,56 @@ class Run:
                 self.stats.failures.append("disk full: no recovery within 20 s of space returning")
         self.stats.disk_full_phases += 1
         self.stats.notes.append(f"disk full: filled {filled // 1024} KiB, kill={kill}")
+
+    async def _read_only_live(self, c: Client) -> None:
+        """The data files turn read-only under the running server, then writable again."""
+        phase = "read-only (live)"
+        proc = self.server.proc
+        frozen = await asyncio.to_thread(faultfs.freeze, self.server.data_dir)
+        began = time.monotonic()
+        try:
+            refused = await self._writes_until_refused(c, phase)
+            ready = await self._poll(c, "/readyz", 503, 10)
+            if ready is None or ready.get("ready") is not False:
+                self.stats.failures.append(f"{phase}: /readyz did not turn false")
+            status, _, _ = await c.call("GET", "/v1/log/checkpoint", None, self.headers)
+            if status != 200:
+                self.stats.failures.append(f"{phase}: reading the checkpoint answered {status}")
+            if self.receipts:
+                rid = random.choice(self.receipts)
+                status, _, _ = await c.call("GET", f"/v1/receipts/{rid}", None, self.headers)
+                if status != 200:
+                    self.stats.failures.append(f"{phase}: reading receipt {rid} answered {status}")
+            await asyncio.sleep(1.0)
+        finally:
+            await asyncio.to_thread(faultfs.thaw, frozen)
+        held = time.monotonic() - began
+        # Only /readyz is asked: the server must notice by itself, with no client write.
+        writable = time.monotonic()
+        ready = await self._poll(c, "/readyz", 200, 20)
+        if ready is None:
+            self.stats.failures.append(f"{phase}: not ready 20 s after the files were writable")
+            recovered = "no recovery"
+        else:
+            recovered = f"ready again {time.monotonic() - writable:.1f} s after"
+        status, data, _ = await c.call(
+            "POST",
+            "/v1/orchestrations",
+            {"executor": "external", "agent_id": self.agent_id, "input": {}},
+            self.headers,
+        )
+        if status == 202 and data is not None:
+            self.journal.write(t="orch", oid=data["orchestration_id"], key=None, ex="external")
+            self._ack_state(data)
+        else:
+            self.stats.failures.append(f"{phase}: a write after recovery answered {status}")
+        if self.server.proc is not proc:
+            self.stats.failures.append(f"{phase}: the server was restarted")
+        self.stats.readonly_live_phases += 1
+        self.stats.notes.append(
+            f"read-only (live): {refused} writes refused with 503 in {held:.1f} s; {recovered} "
+            "the files were writable again, same server process"
+        )
 
     async def _read_only(self) -> None:
         assert self.fs is not None
@@ -529,7 +558,7 @@ class Run:
         special = ["sigterm"]
         if disk:
             rounds = max(1, kills // 10)
-            special += ["disk-full", "disk-full-kill", "read-only"] * rounds
+            special += ["disk-full", "disk-full-kill", "read-only", "read-only-live"] * rounds
         # Interleave the special phases evenly among the kills.
         out: list[str] = []
         step = max(1, len(actions) // (len(special) + 1))
@@ -557,6 +586,8 @@ class Run:
                     await self._disk_full(c, kill=True)
                 elif action == "read-only":
                     await self._read_only()
+                elif action == "read-only-live":
+                    await self._read_only_live(c)
 
     # -- setup and checks ---------------------------------------------------------------
 
@@ -711,6 +742,8 @@ def _write_signing_key(data_dir: Path) -> str:
     fd = os.open(data_dir / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(signer.skey + "\n")
+        f.flush()
+        os.fsync(f.fileno())
     vkey: str = signer.verifier.vkey
     return vkey
 
@@ -736,7 +769,7 @@ async def soak(args: argparse.Namespace) -> int:
     data_dir = Path(args.data_dir) if args.data_dir else workdir / "data"
     journal_path = Path(args.journal) if args.journal else workdir / "journal.jsonl"
     journal_path.unlink(missing_ok=True)
-    fs = None if args.no_disk_faults else Tmpfs(data_dir, args.tmpfs_mb)
+    fs = None if args.no_disk_faults else DataFs(data_dir, args.fs_mb)
     stats = Stats()
     began = time.monotonic()
     if fs is not None:
@@ -763,7 +796,7 @@ async def soak(args: argparse.Namespace) -> int:
         plan = run.schedule(args.kills, fs is not None)
         print(
             f"soak: {args.clients} clients for {seconds:.0f} s on {server.url}, data on "
-            f"{'tmpfs ' + str(args.tmpfs_mb) + ' MiB' if fs else 'disk'} at {data_dir}; "
+            f"{f'ext4 {args.fs_mb} MiB ({fs.device})' if fs else 'disk'} at {data_dir}; "
             f"journal {journal_path}; chaos plan: {len(plan)} actions",
             flush=True,
         )
@@ -807,8 +840,7 @@ async def soak(args: argparse.Namespace) -> int:
         if fs is not None:
             with contextlib.suppress(SoakError):
                 fs.remount("rw")
-            fs.free()
-            fs.unmount()
+            fs.close()
     elapsed = time.monotonic() - began
     if result is not None and result["lost"]:
         stats.failures.append(
@@ -834,7 +866,7 @@ async def soak(args: argparse.Namespace) -> int:
         f"({stats.kills_while_full} while disk full), "
         f"{stats.sigterms} SIGTERM; server starts {server.starts}",
         f"fault phases:        disk full {stats.disk_full_phases}, "
-        f"read-only {stats.readonly_phases}",
+        f"read-only {stats.readonly_phases}, read-only live {stats.readonly_live_phases}",
         f"orchestrations:      {result['orchestrations'] if result else 0} acknowledged; "
         + (
             f"{result['terminal_first']} terminal, {result['resumed']} resumed then terminal, "
@@ -878,11 +910,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--journal", help="the client-side journal file (default: in a temp dir)")
     p.add_argument("--data-dir", help="the server's data dir (default: in a temp dir)")
-    p.add_argument("--tmpfs-mb", type=int, default=1024, help="tmpfs size (default 1024)")
+    p.add_argument(
+        "--fs-mb",
+        "--tmpfs-mb",
+        dest="fs_mb",
+        type=int,
+        default=1024,
+        help="size of the data filesystem, an ext4 image on a tmpfs (default 1024)",
+    )
     p.add_argument(
         "--no-disk-faults",
         action="store_true",
-        help="no tmpfs, no disk-full or read-only phases (needs no root)",
+        help="data on the disk: no disk-full or read-only phases (needs no root)",
     )
     args = p.parse_args(argv)
     try:
