@@ -1,6 +1,9 @@
 """The SQLite backend of :class:`~ledger.store.EventStore` (aiosqlite, WAL).
 
 Durability: WAL with ``synchronous=FULL``, so a commit is on disk when it returns.
+After a write error the writer drops the files' cached pages before writing again, or
+a later commit could be written through pages the device never took and be lost at the
+next crash despite a successful fsync (``ledger/pagecache.py``).
 Append-only: triggers abort any UPDATE or DELETE on events, tree hashes and
 checkpoints. One writer: an exclusive ``flock`` on ``<db>.lock`` keeps a second writer
 process out; read-only openers (``fsck``, ``export``) do not take it. Reads use their
@@ -35,6 +38,7 @@ import aiosqlite
 import structlog
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
+from ledger.pagecache import WritebackWatch, forget_cached_pages
 from ledger.store import Batch, CheckpointRecord, HashRow, StoredEvent
 
 __all__ = ["SQLiteEventStore"]
@@ -140,6 +144,7 @@ class SQLiteEventStore:
         self._rows_per_insert = 1
         self._reader: aiosqlite.Connection | None = None
         self._lock_fd: int | None = None
+        self._db_watch: WritebackWatch | None = None
 
     async def open(self) -> None:
         if self._reader is not None:
@@ -167,9 +172,34 @@ class SQLiteEventStore:
             raise StorageUnavailableError(
                 "the store is open read-only" if self.read_only else "the store is not open"
             )
-        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._thread, self._in_writer, fn, *args
+        )
+
+    # -- after a write error (see ledger/pagecache.py) -----------------------------------
+
+    def _files(self) -> list[Path]:
+        return [self.path, self.path.with_name(self.path.name + "-wal")]
+
+    def _in_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn`` on the writer thread; after a failed write, or a checkpoint SQLite
+        ran and failed silently, drop the files' cached pages before anything is
+        written again, so no later commit is written through them."""
+        try:
+            result = fn(*args)
+        except sqlite3.Error as e:
+            if isinstance(_unavailable(e), StorageUnavailableError):
+                _logger.warning("store.write_failed_dropping_cache", error=str(e))
+                forget_cached_pages(self._files())
+            raise
+        if self._db_watch is not None and self._db_watch.failed():
+            _logger.warning("store.writeback_failed_dropping_cache", file=str(self.path))
+            forget_cached_pages(self._files())
+        return result
 
     def _open_writer(self) -> tuple[int, int]:
+        # A previous process may have died between a failed write and dropping the pages.
+        forget_cached_pages(self._files())
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._writer = conn
         # 8 bound values a row; builds differ (999 before SQLite 3.32, 32,766 after).
@@ -198,6 +228,7 @@ class SQLiteEventStore:
         )
         conn.execute("UPDATE index_progress SET upto = ?", (committed,))
         conn.execute("COMMIT")
+        self._db_watch = WritebackWatch(self.path)
         return int(committed), int(committed)
 
     def _conn(self) -> sqlite3.Connection:
@@ -207,8 +238,13 @@ class SQLiteEventStore:
 
     def _close_writer(self) -> None:
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close()  # the last connection checkpoints: watch that too
             self._writer = None
+        if self._db_watch is not None:
+            if self._db_watch.failed():
+                forget_cached_pages(self._files())
+            self._db_watch.close()
+            self._db_watch = None
 
     def _take_lock(self) -> None:
         lock_path = self.path.with_name(self.path.name + ".lock")
@@ -327,25 +363,24 @@ class SQLiteEventStore:
 
     def _index_sync(self, lo: int, hi: int) -> None:
         w = self._conn()
-        # Derived data: no fsync of its own; the next event commit syncs the WAL.
-        w.execute("PRAGMA synchronous=OFF")
+        # Synced like any commit, though the index is derived: a pass that committed
+        # unsynced and then failed to reach the device would leave a hole in the WAL
+        # that every later (synced, acknowledged) commit sits behind, and WAL recovery
+        # stops at the hole.
+        w.execute("BEGIN IMMEDIATE")
         try:
-            w.execute("BEGIN IMMEDIATE")
-            try:
-                w.execute(
-                    "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
-                    "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
-                    "WHERE leaf_index >= ? AND leaf_index < ?",
-                    (lo, hi),
-                )
-                w.execute("UPDATE index_progress SET upto = ?", (hi,))
-                w.execute("COMMIT")
-            except BaseException:
-                with contextlib.suppress(sqlite3.Error):
-                    w.execute("ROLLBACK")
-                raise
-        finally:
-            w.execute("PRAGMA synchronous=FULL")
+            w.execute(
+                "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
+                "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
+                "WHERE leaf_index >= ? AND leaf_index < ?",
+                (lo, hi),
+            )
+            w.execute("UPDATE index_progress SET upto = ?", (hi,))
+            w.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                w.execute("ROLLBACK")
+            raise
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # One hop that runs and finishes the statement, so no open statement keeps an
