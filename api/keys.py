@@ -14,13 +14,14 @@ takes effect at once. Lookups are primary-key point reads (microseconds).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
 import secrets
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ import msgspec
 
 from api.errors import KeyStoreError
 from ledger.errors import StorageUnavailableError
+from ledger.pagecache import WritebackWatch, forget_cached_pages
 
 __all__ = [
     "ALL_SCOPES",
@@ -139,20 +141,41 @@ class KeyStore:
         self._now = now
         self._token = token_bytes
         self._lock = threading.Lock()
+        self._files = [self._path, self._path.with_name(self._path.name + "-wal")]
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            forget_cached_pages(self._files)  # see _writing
             self._db = sqlite3.connect(
                 self._path, timeout=5.0, isolation_level=None, check_same_thread=False
             )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
-        except sqlite3.Error as e:
+            self._watch = WritebackWatch(self._path)
+        except (sqlite3.Error, OSError) as e:
             raise KeyStoreError(f"cannot open the key store {self._path}: {e}") from e
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            if self._watch.failed():
+                forget_cached_pages(self._files)
+            self._watch.close()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """One write under the lock. After a failed write, or a checkpoint SQLite ran and
+        failed silently, drop the file's cached pages before the next write, or a later
+        one could be written through pages the device never took and be lost at the next
+        crash despite a successful fsync (``ledger/pagecache.py``)."""
+        with self._lock:
+            try:
+                yield
+            except sqlite3.OperationalError:
+                forget_cached_pages(self._files)
+                raise
+            if self._watch.failed():
+                forget_cached_pages(self._files)
 
     # -- keys --------------------------------------------------------------------------
 
@@ -164,7 +187,7 @@ class KeyStore:
         key_id = self._token(8).hex()
         secret = base64.urlsafe_b64encode(self._token(32)).decode("ascii").rstrip("=")
         try:
-            with self._lock:
+            with self._writing():
                 self._db.execute(
                     "INSERT INTO api_keys(key_id, tenant_id, scopes, secret_hash, label,"
                     " created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -228,7 +251,7 @@ class KeyStore:
         m = _KEY_RE.match(key_id)
         if m:
             key_id = m.group(1)
-        with self._lock:
+        with self._writing():
             self._db.execute(
                 "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
                 (_now_text(self._now()), key_id),
@@ -262,7 +285,7 @@ class KeyStore:
         self, tenant_id: str, route: str, key: str, body_hash: bytes, orchestration_id: str
     ) -> None:
         try:
-            with self._lock:
+            with self._writing():
                 self._db.execute(
                     "INSERT OR IGNORE INTO idempotency(tenant_id, route, idem_key, body_hash,"
                     " orchestration_id, created_at) VALUES (?, ?, ?, ?, ?, ?)",
