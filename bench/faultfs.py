@@ -23,6 +23,7 @@ device behind.
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import tempfile
@@ -57,10 +58,18 @@ class Ext4:
     when the device's writes must be made to fail (:meth:`fail_writes`).
     """
 
-    def __init__(self, mountpoint: Path, size_mb: int, *, backing: Path | None = None) -> None:
+    def __init__(
+        self,
+        mountpoint: Path,
+        size_mb: int,
+        *,
+        backing: Path | None = None,
+        options: str = "errors=remount-ro",
+    ) -> None:
         self.mountpoint = mountpoint
         self.size_mb = size_mb
         self._backing = backing
+        self.options = options
         self.image: Path | None = None
         self.device = ""
         self.filler = mountpoint / ".fault-filler"
@@ -104,7 +113,7 @@ class Ext4:
         self.device = _run("losetup", "--find", "--show", str(image))
         self._undo.append(lambda: _run("losetup", "--detach", self.device))
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        _run("mount", "-o", "errors=remount-ro", self.device, str(self.mountpoint))
+        _run("mount", "-o", self.options, self.device, str(self.mountpoint))
         self._undo.append(lambda: _run("umount", str(self.mountpoint)))
 
     @staticmethod
@@ -128,19 +137,25 @@ class Ext4:
         """Unmount and mount again (nothing may be open on it): the page cache goes with
         the mount, so what is read afterwards is what reached the device."""
         _run("umount", str(self.mountpoint))
-        _run("mount", "-o", "errors=remount-ro", self.device, str(self.mountpoint))
+        _run("mount", "-o", self.options, self.device, str(self.mountpoint))
 
     def remount(self, mode: str) -> None:
         _run("mount", "-o", f"remount,{mode}", str(self.mountpoint))
 
-    def read_only_now(self) -> bool:
-        """True if the kernel has the filesystem read-only (e.g. ext4 aborted its journal
-        after write errors, which ``errors=remount-ro`` turns into a read-only mount)."""
-        for line in Path("/proc/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) > 3 and fields[1] == str(self.mountpoint):
-                return "ro" in fields[3].split(",")
-        raise FaultError(f"{self.mountpoint} is not mounted")
+    def refuses_writes(self) -> bool:
+        """True if the filesystem refuses to create a file (``EROFS``): ext4 turned itself
+        read-only, e.g. it aborted its journal after a write error (``errors=remount-ro``;
+        recent kernels do that with an internal flag, so ``/proc/mounts`` may still say
+        ``rw``)."""
+        probe = self.mountpoint / ".fault-probe"
+        try:
+            probe.touch()
+        except OSError as e:
+            if e.errno == errno.EROFS:
+                return True
+            raise
+        probe.unlink()
+        return False
 
     # -- faults ---------------------------------------------------------------------
 

@@ -9,127 +9,34 @@ Needs root (mount, losetup, chattr): it fails, loudly, rather than skip.
 
 from __future__ import annotations
 
-import base64
-import json
+import os
 import signal
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
+from fault_helpers import Api, assert_unavailable, external, serving, size, steps, verify_all
 
-import verifier
 from bench import faultfs
-from bench.soak import ServerProc, _create_key, _free_port, _fsck, _write_signing_key
+from bench.soak import ServerProc, _fsck
 
-TENANT = "soak"  # bench.soak's key belongs to this tenant
 SLOW_SECONDS = 2.0
-
-
-class Api:
-    """Just enough of an HTTP client: (status, headers, decoded body or raw text)."""
-
-    def __init__(self, url: str, api_key: str) -> None:
-        self.url = url
-        self.headers = {"X-API-Key": api_key, "X-Tenant-ID": TENANT}
-
-    def call(
-        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
-    ) -> tuple[int, dict[str, str], Any]:
-        data = None if body is None else json.dumps(body).encode()
-        req = urllib.request.Request(
-            self.url + path,
-            data=data,
-            method=method,
-            headers={**self.headers, **(headers or {}), "Content-Type": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=30) as resp:
-                status, hdrs, raw = resp.status, dict(resp.headers), resp.read()
-        except urllib.error.HTTPError as e:
-            status, hdrs, raw = e.code, dict(e.headers), e.read()
-        try:
-            return status, hdrs, json.loads(raw)
-        except ValueError:
-            return status, hdrs, raw.decode(errors="replace")
-
-    def ok(self, method: str, path: str, body: Any = None, want: int = 200) -> Any:
-        status, _, data = self.call(method, path, body)
-        assert status == want, (method, path, status, data)
-        return data
 
 
 @pytest.fixture
 def ledger_on_ext4(tmp_path: Path) -> Iterator[tuple[faultfs.Ext4, ServerProc, Api, str]]:
     """A server over a data dir on its own ext4; everything is undone even on failure."""
-    assert faultfs.os.geteuid() == 0, "this test needs root (mount, losetup, chattr)"
+    assert os.geteuid() == 0, "this test needs root (mount, losetup, chattr)"
     fs = faultfs.Ext4(tmp_path / "data", 64)
     fs.mount()
-    server = ServerProc(fs.mountpoint, _free_port(), tmp_path / "server.log")
     try:
-        vkey = _write_signing_key(fs.mountpoint)
-        api = Api(server.url, _create_key(fs.mountpoint))
-        server.start()
-        yield fs, server, api, vkey
+        with serving(fs.mountpoint, tmp_path / "server.log") as (server, api, vkey):
+            yield fs, server, api, vkey
     finally:
-        if server.proc is not None:
-            server.stop(signal.SIGKILL)
         fs.close()
-
-
-def _external(api: Api) -> tuple[str, list[str]]:
-    body = {"executor": "external", "agent_id": None, "input": {}}
-    created = api.ok("POST", "/v1/orchestrations", body, want=202)
-    return created["orchestration_id"], list(created["receipts"])
-
-
-def _steps(step_id: str, agent_id: str) -> dict[str, Any]:
-    started = {
-        "step_id": step_id,
-        "agent_id": agent_id,
-        "action": "decision",
-        "attempt": 1,
-        "inputs": {},
-    }
-    completed = {"step_id": step_id, "attempt": 1, "output": "ok"}
-    return {
-        "events": [
-            {"type": "step.started", "payload": started},
-            {"type": "step.completed", "payload": completed},
-        ]
-    }
-
-
-def _size(note: str) -> int:
-    """The tree size of a checkpoint note (its second line)."""
-    return int(note.splitlines()[1])
-
-
-def _assert_unavailable(answer: tuple[int, dict[str, str], Any]) -> None:
-    status, headers, body = answer
-    assert status == 503, answer
-    assert headers.get("Content-Type", "").startswith("application/problem+json"), answer
-    assert body["status"] == 503, answer
-    assert body["type"].endswith("/unavailable"), answer
-    assert "Retry-After" in headers, answer
-
-
-def _verify_all(api: Api, vkey: str, orchestrations: list[str], acked: set[str]) -> int:
-    """Every acknowledged receipt is stored and verifies offline; returns how many."""
-    leaves = {}
-    for oid in orchestrations:
-        for event in api.ok("GET", f"/v1/orchestrations/{oid}/events")["events"]:
-            leaves[event["receipt_id"]] = base64.b64decode(event["leaf"])
-    missing = acked - leaves.keys()
-    assert not missing, f"acknowledged but not stored: {sorted(missing)[:5]}"
-    for rid in acked:
-        receipt = api.ok("GET", f"/v1/receipts/{rid}")
-        verifier.verify_receipt(receipt, leaves[rid], vkey)
-    return len(acked)
 
 
 @pytest.mark.slow
@@ -166,7 +73,7 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
     orchestrations: list[str] = []
     acked: set[str] = set()
     for _ in range(5):
-        oid, receipts = _external(api)
+        oid, receipts = external(api)
         orchestrations.append(oid)
         acked.update(receipts)
     before = api.ok("GET", "/v1/log/checkpoint")
@@ -201,7 +108,7 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
                 {"executor": "external", "input": {"k": 1}},
                 {"Idempotency-Key": "during-the-fault"},
             ),
-            ("POST", f"/v1/orchestrations/{orchestrations[0]}/steps", _steps("s1", agent), None),
+            ("POST", f"/v1/orchestrations/{orchestrations[0]}/steps", steps("s1", agent), None),
             (
                 "POST",
                 "/v1/orchestrations/execute",
@@ -213,7 +120,7 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
         with ThreadPoolExecutor(len(writes)) as pool:
             answers = list(pool.map(lambda w: api.call(*w), writes))
         for answer in answers:
-            _assert_unavailable(answer)
+            assert_unavailable(answer)
         status, _, ready = api.call("GET", "/readyz")
         assert status == 503, ready
         assert ready["ready"] is False
@@ -246,18 +153,19 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
     assert [e["type"] for e in events].count("step.completed") == 1
     acked.update(e["receipt_id"] for e in events)
     # Writes work again, from the same process.
-    oid, receipts = _external(api)
+    oid, receipts = external(api)
     orchestrations.append(oid)
     acked.update(receipts)
-    steps = _steps("s1", agent)
-    answer = api.ok("POST", f"/v1/orchestrations/{orchestrations[0]}/steps", steps, 201)
+    answer = api.ok(
+        "POST", f"/v1/orchestrations/{orchestrations[0]}/steps", steps("s1", agent), 201
+    )
     acked.update(r["receipt_id"] for r in answer["receipts"])
     assert server.proc is not None
     assert server.proc.pid == pid
     assert server.proc.poll() is None
     assert server.starts == 1
-    assert _size(api.ok("GET", "/v1/log/checkpoint")) > _size(before)
-    assert _verify_all(api, vkey, orchestrations, acked) == len(acked)
+    assert size(api.ok("GET", "/v1/log/checkpoint")) > size(before)
+    assert verify_all(api, vkey, orchestrations, acked) == len(acked)
 
     # What reached the device: SIGKILL, drop the page cache, fsck, and look again.
     server.stop(signal.SIGKILL)
@@ -265,4 +173,4 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
     report = _fsck(fs.mountpoint)
     assert report["ok"], report
     server.start()
-    assert _verify_all(api, vkey, orchestrations, acked) == len(acked)
+    assert verify_all(api, vkey, orchestrations, acked) == len(acked)
