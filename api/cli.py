@@ -26,6 +26,7 @@ from api.config import ENV_VARS, Config
 from api.demo import DemoInfo, demo_instructions, seed_demo
 from api.errors import ApiError
 from api.keys import ALL_SCOPES, KeyStore
+from api.server import BoundedSite
 from api.services import Services
 from ledger.bundle import write_bundle
 from ledger.errors import LedgerError
@@ -98,7 +99,13 @@ async def _serve(config: Config, out: TextIO) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
-        site = web.TCPSite(runner, config.host, config.port, reuse_address=True)
+        site = BoundedSite(
+            runner,
+            config.host,
+            config.port,
+            header_timeout=config.header_timeout_seconds,
+            max_connections=config.max_connections,
+        )
         await site.start()
         host, port = runner.addresses[0][:2]
         base = f"http://{host}:{port}"
@@ -284,6 +291,12 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--shutdown-grace-seconds", type=float, help=_help("shutdown_grace_seconds", "default 5")
     )
+    s.add_argument(
+        "--header-timeout-seconds",
+        type=float,
+        help=_help("header_timeout_seconds", "a request head must arrive within; default 20"),
+    )
+    s.add_argument("--max-connections", type=int, help=_help("max_connections", "default 1000"))
     s.add_argument("--log-level", help=_help("log_level", "default info"))
     s.add_argument(
         "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")

@@ -29,6 +29,8 @@ ENV_VARS: dict[str, str] = {
     "jwt_hs256_secret": "MAIP_JWT_HS256_SECRET",
     "jwt_eddsa_public_key": "MAIP_JWT_EDDSA_PUBLIC_KEY",
     "shutdown_grace_seconds": "MAIP_SHUTDOWN_GRACE_SECONDS",
+    "header_timeout_seconds": "MAIP_HEADER_TIMEOUT_SECONDS",
+    "max_connections": "MAIP_MAX_CONNECTIONS",
     "demo": "MAIP_DEMO",
     "log_level": "MAIP_LOG_LEVEL",
 }
@@ -54,6 +56,12 @@ class Config:
     jwt_hs256_secret: str | None = field(default=None, repr=False)
     jwt_eddsa_public_key: str | None = None
     shutdown_grace_seconds: float = 5.0
+    #: A connection must deliver a complete request head (request line and headers)
+    #: within this many seconds of opening, or of its previous response; else it is
+    #: closed (408 if part of a head arrived). Bounds slowloris and idle keep-alive.
+    header_timeout_seconds: float = 20.0
+    #: Connections held at once; one more is answered 503 and closed.
+    max_connections: int = 1000
     demo: bool = False
     log_level: str = "info"
 
@@ -89,6 +97,10 @@ class Config:
             raise ConfigError("rate limit and burst must be >= 0")
         if self.shutdown_grace_seconds < 0:
             raise ConfigError("shutdown grace must be >= 0")
+        if not self.header_timeout_seconds > 0:
+            raise ConfigError("the header timeout must be > 0 seconds")
+        if self.max_connections < 1:
+            raise ConfigError("max connections must be >= 1")
         if self.jwt_hs256_secret is not None and len(self.jwt_hs256_secret.encode()) < 32:
             raise ConfigError("the HS256 JWT secret must be at least 32 bytes")
 

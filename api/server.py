@@ -1,0 +1,180 @@
+"""The listening side of ``maip-ledger serve``: aiohttp's HTTP/1.1 protocol with the two
+bounds it lacks.
+
+* **Request heads must arrive in time.** aiohttp reads a request line and headers for as
+  long as the client cares to send them (only an *idle* connection is closed, after an
+  hour), so a client trickling a header byte at a time held a connection and its buffers
+  forever (slowloris). Here a connection must deliver a complete request head within
+  ``header_timeout`` seconds of opening, and again of each response it was kept open
+  for; otherwise it is closed — with a 408 problem+json if part of a head had arrived.
+  So an idle kept-alive connection is closed after the same time. Once a head is in, the
+  bound stops: bodies have their own (``BODY_READ_TIMEOUT_SECONDS``), and a handler may
+  take as long as it takes (``Prefer: wait``, event streams).
+* **At most ``max_connections`` at once.** One more is answered 503 problem+json and
+  closed before anything of its request is read, instead of running the process out of
+  file descriptors (which SQLite needs too).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from api.problems import PROBLEM_TYPE_BASE
+
+__all__ = ["BoundedSite"]
+
+
+def _raw_problem(status: int, reason: str, slug: str, detail: str, **headers: str) -> bytes:
+    """A whole HTTP/1.1 problem response, for when there is no request to answer."""
+    body = msgspec.json.encode(
+        {"type": PROBLEM_TYPE_BASE + slug, "title": reason, "status": status, "detail": detail}
+    )
+    lines = [
+        f"HTTP/1.1 {status} {reason}",
+        "Content-Type: application/problem+json",
+        f"Content-Length: {len(body)}",
+        "Connection: close",
+        *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+class _BoundedRequestHandler(web.RequestHandler):
+    def __init__(
+        self,
+        manager: web.Server,
+        *,
+        header_timeout: float,
+        max_connections: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(manager, **kwargs)
+        self._server = manager
+        self._header_timeout = header_timeout
+        self._max_connections = max_connections
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._answered = 0
+        self._partial_head = False
+
+    # aiohttp counts the request heads it has parsed in _request_count; a request head
+    # is awaited whenever every parsed request has been answered.
+
+    def _awaiting_head(self) -> bool:
+        return self._answered >= self._request_count
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._partial_head = False
+        self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if not self._awaiting_head() or self.transport is None:
+            return
+        if self._partial_head:
+            self.transport.write(
+                _raw_problem(
+                    408,
+                    "Request Timeout",
+                    "request-timeout",
+                    f"the request head did not arrive within {self._header_timeout:g} s",
+                )
+            )
+        self.force_close()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if len(self._server.connections) > self._max_connections:
+            if self.transport is not None:
+                self.transport.write(
+                    _raw_problem(
+                        503,
+                        "Service Unavailable",
+                        "too-many-connections",
+                        f"the server holds its limit of {self._max_connections} connections",
+                        Retry_After="1",
+                    )
+                )
+            self.force_close()
+            return
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        heads = self._request_count
+        super().data_received(data)
+        if self._request_count != heads:
+            self._disarm()
+        elif data and self._head_timer is not None:
+            self._partial_head = True
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    async def _handle_request(
+        self,
+        request: web.BaseRequest,
+        start_time: float | None,
+        request_handler: Callable[[web.BaseRequest], Awaitable[web.StreamResponse]],
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super()._handle_request(request, start_time, request_handler)
+        finally:
+            # The response is written: a kept-alive connection owes the next head in time.
+            self._answered += 1
+            if self._awaiting_head() and self.transport is not None:
+                self._arm()
+
+
+class BoundedSite(web.BaseSite):
+    """A TCP site whose connections get :class:`_BoundedRequestHandler`'s bounds."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        *,
+        header_timeout: float,
+        max_connections: int,
+        reuse_address: bool = True,
+    ) -> None:
+        super().__init__(runner)
+        self._host = host
+        self._port = port
+        self._header_timeout = header_timeout
+        self._max_connections = max_connections
+        self._reuse_address = reuse_address
+
+    @property
+    def name(self) -> str:
+        return f"http://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+
+        def protocol() -> _BoundedRequestHandler:
+            return _BoundedRequestHandler(
+                server,
+                loop=loop,
+                access_log=None,
+                header_timeout=self._header_timeout,
+                max_connections=self._max_connections,
+            )
+
+        self._server = await loop.create_server(
+            protocol, self._host, self._port, reuse_address=self._reuse_address
+        )
