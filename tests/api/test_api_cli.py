@@ -58,6 +58,20 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     assert "MAIP_PORT" in r.stderr
 
 
+def test_serve_rejects_a_bad_header_timeout_or_connection_cap(tmp_path: Path) -> None:
+    d = str(tmp_path)
+    for args, env, named in [
+        (("--header-timeout-seconds", "0"), {}, "header timeout"),
+        ((), {"MAIP_HEADER_TIMEOUT_SECONDS": "soon"}, "MAIP_HEADER_TIMEOUT_SECONDS"),
+        (("--max-connections", "0"), {}, "max connections"),
+        ((), {"MAIP_MAX_CONNECTIONS": "many"}, "MAIP_MAX_CONNECTIONS"),
+    ]:
+        r = cli("serve", "--data-dir", d, *args, env=env)
+        assert r.returncode == 2, (args, env, r.stderr)
+        assert r.stderr.count("\n") == 1
+        assert named in r.stderr
+
+
 @pytest.mark.slow
 def test_end_to_end_serve_keys_fsck_export_and_restart(tmp_path: Path) -> None:
     vkey = write_signing_key(tmp_path)
