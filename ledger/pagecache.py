@@ -28,9 +28,11 @@ __all__ = ["WritebackWatch", "forget_cached_pages"]
 _SYNC_FILE_RANGE_WAIT_BEFORE = 1
 
 
-def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
+def _sync_file_range(
+    dll: type[ctypes.CDLL] = ctypes.CDLL,
+) -> Callable[[int, int, int, int], int] | None:
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = dll(None, use_errno=True).sync_file_range
     except (AttributeError, OSError):  # not Linux
         return None
     fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
@@ -39,7 +41,13 @@ def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     return sync
 
 
+# Two bindings of one call: _SFR lets other threads run while it waits for writeback;
+# _SFR_PEEK keeps the GIL, because after every commit the writer thread only peeks (no
+# page of the database file is under writeback then, so it returns at once), and handing
+# the GIL to the event loop and back would cost the commit pipeline up to a switch
+# interval each time.
 _SFR = _sync_file_range()
+_SFR_PEEK = _sync_file_range(ctypes.PyDLL)
 
 
 def forget_cached_pages(paths: Iterable[Path]) -> None:
@@ -71,12 +79,12 @@ class WritebackWatch:
     ``WAIT_BEFORE`` returns this descriptor's unseen writeback error (Linux)."""
 
     def __init__(self, path: Path) -> None:
-        self._fd: int | None = os.open(path, os.O_RDONLY) if _SFR is not None else None
+        self._fd: int | None = os.open(path, os.O_RDONLY) if _SFR_PEEK is not None else None
 
     def failed(self) -> bool:
-        if self._fd is None or _SFR is None:
+        if self._fd is None or _SFR_PEEK is None:
             return False
-        if _SFR(self._fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) == 0:
+        if _SFR_PEEK(self._fd, 0, 0, _SYNC_FILE_RANGE_WAIT_BEFORE) == 0:
             return False
         return ctypes.get_errno() not in (errno.EINVAL, errno.ENOSYS, errno.ESPIPE)
 
