@@ -105,6 +105,8 @@ def _batch_insert(rows: int) -> str:
     return "INSERT INTO batch_rows VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
 
 
+_INDEX_PASS_ROWS = 512
+
 _APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
 _TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
 
@@ -355,7 +357,9 @@ class SQLiteEventStore:
     async def _index_tail(self) -> None:
         """Copy committed events into the stream index, one bounded pass at a time."""
         while self._committed_upto > self._indexed_upto:
-            upto = min(self._committed_upto, self._indexed_upto + 4 * self._index_every)
+            # Small passes: each holds the writer thread, so commits queued meanwhile
+            # wait for at most one pass, not for the whole backlog.
+            upto = min(self._committed_upto, self._indexed_upto + _INDEX_PASS_ROWS)
             try:
                 await self._write(self._index_sync, self._indexed_upto, upto)
             except (sqlite3.Error, StorageUnavailableError) as e:
