@@ -4,14 +4,18 @@ Append protocol (``specs/log-format.md`` §3, §4):
 
 1. An appender's events are encoded to canonical leaf bytes in its own task.
 2. One writer task takes every pending append (a *batch*), checks each stream's
-   expected sequence, extends the tree (:class:`~ledger.tlog.Frontier`) and signs one
-   C2SP checkpoint over the new root.
-3. The batch — events, new tree hashes and checkpoint — is committed in one durable
-   transaction. Only then are the in-memory tree, stream heads and latest checkpoint
+   expected sequence, extends the tree in one pass (:func:`~ledger.tlog.extend`: new
+   stored hashes, root and every new leaf's inclusion proof), signs one C2SP
+   checkpoint over the new root and builds the receipts.
+3. The batch — events, new tree hashes and checkpoint — is queued to be committed in
+   one durable transaction, behind at most one batch still being written. Only after
+   its own commit are the in-memory tree, stream heads and latest checkpoint
    advanced, and each appender receives its receipts.
 
 A batch whose commit fails is discarded whole: its checkpoint never leaves the
 process, nothing is acknowledged, and the next batch reuses the same tree positions.
+A batch queued behind it fails too (the store refuses a batch that does not continue
+the log), and nothing of it is acknowledged either.
 """
 
 from __future__ import annotations

@@ -5,16 +5,17 @@ Append-only: triggers abort any UPDATE or DELETE on events, tree hashes and
 checkpoints. One writer: an exclusive ``flock`` on ``<db>.lock`` keeps a second writer
 process out; read-only openers (``fsck``, ``export``) do not take it. Reads use their
 own connection (aiosqlite) so they never queue behind a commit's fsync; writes run
-on one dedicated thread, each whole transaction in a single hop from the event loop.
+on one dedicated thread in the order they were queued, each batch one INSERT into the
+``batch_rows`` view whose trigger routes rows to their tables — one statement, so one
+transaction and one release of the interpreter lock per commit.
 
 Stream index: finding a stream's events needs an index keyed by (tenant, stream,
 seq), and inserting into it lands at a random B-tree position per stream — the
 costliest part of a commit. So the index is *derived*: a background pass copies
-committed events into ``stream_index`` a few thousand at a time, recording how far it
+committed events into ``stream_index`` a few hundred at a time, recording how far it
 got in the same transaction. The writing process remembers its unindexed tail in
 memory; a read-only process scans it. Either way reads see every committed event.
-Losing an index pass in a
-crash loses nothing: it is rebuilt from the events.
+Losing an index pass in a crash loses nothing: it is rebuilt from the events.
 """
 
 from __future__ import annotations
