@@ -43,13 +43,24 @@ _TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
 
 
+# The text of recent whole seconds: each second's prefix is rendered once, not once per
+# event. Bounded, and only ever holds values a pure function would return.
+_SECOND_TEXT: dict[tuple[int, int, int, int, int, int], str] = {}
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 UTC with microseconds and a ``Z`` suffix: one form, so bytes are stable."""
     if moment.tzinfo is None:
         raise InvalidEventError("timestamps must be timezone-aware")
-    if moment.utcoffset():
+    if moment.tzinfo is not UTC and moment.utcoffset():
         moment = moment.astimezone(UTC)
-    return moment.replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    key = (moment.second, moment.minute, moment.hour, moment.day, moment.month, moment.year)
+    prefix = _SECOND_TEXT.get(key)
+    if prefix is None:
+        if len(_SECOND_TEXT) >= 4096:
+            _SECOND_TEXT.clear()
+        prefix = _SECOND_TEXT[key] = moment.replace(microsecond=0, tzinfo=None).isoformat()
+    return f"{prefix}.{moment.microsecond:06d}Z"
 
 
 def parse_time(text: str) -> datetime:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-__all__ = ["new_ulid_bytes", "ulid_bytes", "ulid_str", "uuid_str"]
+__all__ = ["UlidMint", "new_ulid_bytes", "ulid_bytes", "ulid_str", "uuid_str"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two base32 digits (10 bits) per lookup: 13 lookups render a 128-bit ULID.
@@ -20,6 +20,11 @@ _SHIFTS = range(120, -1, -10)
 # Crockford digits as Python's base-32 digits, so int(text, 32) decodes in C.
 _ULID_CHARS = frozenset(_CROCKFORD + _CROCKFORD.lower())
 _TO_INT32 = str.maketrans(_CROCKFORD + _CROCKFORD.lower(), "0123456789abcdefghijklmnopqrstuv" * 2)
+_ENTROPY_BLOCK = 1024
+# One random byte -> one digit: its low five bits, as an int(..., 32) digit. 256 is a
+# multiple of 32, so each digit is uniform.
+_BYTE_TO_DIGIT32 = bytes(b"0123456789abcdefghijklmnopqrstuv"[b & 31] for b in range(256))
+_DIGIT32_TO_CROCKFORD = bytes.maketrans(b"0123456789abcdefghijklmnopqrstuv", _CROCKFORD.encode())
 
 
 def new_ulid_bytes(moment: datetime, entropy: Callable[[int], bytes]) -> bytes:
@@ -31,6 +36,46 @@ def ulid_str(raw: bytes) -> str:
     """Crockford base32 of 16 bytes, 26 characters (the ULID text form)."""
     n = int.from_bytes(raw, "big")
     return "".join([_PAIRS[(n >> shift) & 1023] for shift in _SHIFTS])
+
+
+class UlidMint:
+    """New ULIDs, as bytes and text, for one writer.
+
+    A ULID's text splits exactly at the time/random boundary: 10 digits hold the 48-bit
+    millisecond time (with two zero bits on top) and 16 digits the 80 random bits. So
+    the time digits are rendered once per millisecond, and randomness is drawn from
+    ``entropy`` in blocks rather than one system call per id.
+    """
+
+    __slots__ = ("_block", "_entropy", "_ms", "_pos", "_prefix", "_time_text")
+
+    def __init__(self, entropy: Callable[[int], bytes]) -> None:
+        self._entropy = entropy
+        self._block = b""
+        self._pos = 0
+        self._ms: int | None = None
+        self._prefix = b""
+        self._time_text = ""
+
+    def mint(self, ms: int) -> tuple[bytes, str]:
+        """A new ULID for Unix time ``ms`` (milliseconds): its 16 bytes and its text."""
+        if ms != self._ms:
+            if not 0 <= ms < 1 << 48:
+                raise ValueError(f"{ms} ms is outside the ULID time range")
+            self._ms, self._prefix = ms, ms.to_bytes(6, "big")
+            self._time_text = (
+                _PAIRS[ms >> 40] + _PAIRS[(ms >> 30) & 1023] + _PAIRS[(ms >> 20) & 1023]
+                + _PAIRS[(ms >> 10) & 1023] + _PAIRS[ms & 1023]
+            )  # fmt: skip
+        pos = self._pos
+        if pos + 16 > len(self._block):
+            self._block, pos = self._entropy(_ENTROPY_BLOCK), 0
+        # The 16 random digits are drawn as digits (five bits from each of 16 bytes),
+        # so both forms come from C-level translate and int() rather than a digit loop.
+        digits = self._block[pos : pos + 16].translate(_BYTE_TO_DIGIT32)
+        self._pos = pos + 16
+        raw = self._prefix + int(digits, 32).to_bytes(10, "big")
+        return raw, self._time_text + digits.translate(_DIGIT32_TO_CROCKFORD).decode()
 
 
 def uuid_str(raw: bytes) -> str:

@@ -4,23 +4,29 @@ Append protocol (``specs/log-format.md`` §3, §4):
 
 1. An appender's events are encoded to canonical leaf bytes in its own task.
 2. One writer task takes every pending append (a *batch*), checks each stream's
-   expected sequence, extends the tree (:class:`~ledger.tlog.Frontier`) and signs one
-   C2SP checkpoint over the new root.
-3. The batch — events, new tree hashes and checkpoint — is committed in one durable
-   transaction. Only then are the in-memory tree, stream heads and latest checkpoint
+   expected sequence, extends the tree in one pass (:func:`~ledger.tlog.extend`: new
+   stored hashes, root and every new leaf's inclusion proof), signs one C2SP
+   checkpoint over the new root and builds the receipts.
+3. The batch — events, new tree hashes and checkpoint — is queued to be committed in
+   one durable transaction, behind at most one batch still being written. Only after
+   its own commit are the in-memory tree, stream heads and latest checkpoint
    advanced, and each appender receives its receipts.
 
 A batch whose commit fails is discarded whole: its checkpoint never leaves the
 process, nothing is acknowledged, and the next batch reuses the same tree positions.
+A batch queued behind it fails too (the store refuses a batch that does not continue
+the log), and nothing of it is acknowledged either.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import os
 import re
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -48,7 +54,7 @@ from ledger.events import (
     encode_leaf,
     format_time,
 )
-from ledger.ids import new_ulid_bytes, ulid_str, uuid_str
+from ledger.ids import UlidMint, ulid_str, uuid_str
 from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
@@ -57,6 +63,7 @@ from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEve
 __all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
 
 _log = structlog.get_logger()
+_sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the append path
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 
@@ -95,7 +102,7 @@ class _Append:
 class _Prepared:
     epoch: int
     accepted: list[tuple[_Append, int]]
-    start: int
+    receipts: list[list[Receipt]]
     frontier: tlog.Frontier
     heads: dict[tuple[str, str], int]
     row: HashRow
@@ -133,7 +140,8 @@ class Log:
         self._verifier: NoteVerifier = signer.verifier
         self._catalog = catalog
         self._now = now or (lambda: datetime.now(UTC))
-        self._entropy = entropy
+        self._ids = UlidMint(entropy)
+        self._known_ids: set[str] = set()
         self._max_batch = max_batch
         self._hashes = HashCache(hash_cache_bytes)
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
@@ -148,6 +156,7 @@ class Log:
         self._latest: SignedCheckpoint | None = None
         self._pending: list[_Append] = []
         self._wake = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._listeners: list[Listener] = []
@@ -279,44 +288,59 @@ class Log:
         """
         if self._closing:
             raise StorageUnavailableError("the log is shutting down")
-        _check_id("tenant_id", tenant_id)
-        _check_id("stream_id", stream_id)
+        known = self._known_ids
+        if tenant_id not in known or stream_id not in known:
+            _check_id("tenant_id", tenant_id)
+            _check_id("stream_id", stream_id)
+            if len(known) >= 65536:
+                known.clear()
+            known.add(tenant_id)
+            known.add(stream_id)
         if not events:
             raise InvalidEventError("an append needs at least one event")
-        if not isinstance(expected_seq, int) or expected_seq < 0:
+        if type(expected_seq) is not int or expected_seq < 0:
             raise InvalidEventError(f"expected_seq {expected_seq!r} must be an integer >= 0")
         moment = now or self._now()
         default_time = format_time(moment)
+        ms = int(moment.timestamp() * 1000)
+        mint = self._ids.mint
+        coerce = self._catalog.coerce
         built: list[Event] = []
         leaves: list[bytes] = []
         ids: list[bytes] = []
-        for i, new in enumerate(events):
-            ids.append(new_ulid_bytes(moment, self._entropy))
+        hashes: list[bytes] = []
+        seq = expected_seq
+        for new in events:
+            raw, text = mint(ms)
+            seq += 1
             event = Event(
-                v=LEAF_VERSION,
-                event_id=ulid_str(ids[-1]),
-                tenant_id=tenant_id,
-                stream_id=stream_id,
-                stream_seq=expected_seq + 1 + i,
-                type=new.type,
-                occurred_at=format_time(new.occurred_at) if new.occurred_at else default_time,
-                payload=self._catalog.coerce(new.type, new.payload),
-                causation_id=new.causation_id,
-                correlation_id=new.correlation_id,
+                LEAF_VERSION,
+                text,
+                tenant_id,
+                stream_id,
+                seq,
+                new.type,
+                format_time(new.occurred_at) if new.occurred_at else default_time,
+                coerce(new.type, new.payload),
+                new.causation_id,
+                new.correlation_id,
             )
-            leaves.append(encode_leaf(event))
+            leaf = encode_leaf(event)
             built.append(event)
+            leaves.append(leaf)
+            ids.append(raw)
+            hashes.append(_sha256(b"\x00" + leaf).digest())
         key = (tenant_id, stream_id)
         if key not in self._heads:
             head = await self._store.stream_head(tenant_id, stream_id)
             # The writer may have advanced the head meanwhile; its value wins.
             self._heads.setdefault(key, head)
-        future: asyncio.Future[list[Receipt]] = asyncio.get_running_loop().create_future()
-        hashes = [leaf_hash(leaf) for leaf in leaves]
+        future: asyncio.Future[list[Receipt]] = self._loop.create_future()
         self._pending.append(
             _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, hashes, future)
         )
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
         # A cancelled caller cancels only its wait: the writer skips done futures, and
         # the events, once committed, stay committed.
         return await future
@@ -349,8 +373,11 @@ class Log:
                     _fail(batch, e if isinstance(e, LedgerError) else LedgerError(str(e)))
                     continue
                 if prepared is not None:
+                    # Queued now, so the store starts it as soon as the batch before
+                    # it is written; acknowledging still waits for that batch's fate.
+                    written = self._store.commit(prepared.batch)
                     prev = self._chain[-1] if self._chain else None
-                    task = asyncio.create_task(self._finish(prepared, prev))
+                    task = asyncio.create_task(self._finish(prepared, written, prev))
                     self._chain.append(task)
             if self._closing and not self._pending and not self._chain:
                 return
@@ -362,11 +389,12 @@ class Log:
         return head
 
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
-        frontier = self._tip.copy()
-        start_size = frontier.size
+        """Check, hash, sign and build receipts for a batch on the provisional tip."""
+        frontier = self._tip
+        start_size = size = frontier.size
         overlay: dict[tuple[str, str], int] = {}
         accepted: list[tuple[_Append, int]] = []
-        new_hashes: list[bytes] = []
+        leaves: list[bytes] = []
         for req in batch:
             key = (req.tenant, req.stream)
             current = overlay.get(key)
@@ -378,45 +406,56 @@ class Log:
                 if not req.future.done():
                     req.future.set_exception(ConflictError(req.stream, req.expected, current))
                 continue
-            accepted.append((req, frontier.size))
-            for h in req.hashes:
-                new_hashes.extend(frontier.append(h))
-            overlay[key] = current + len(req.events)
+            accepted.append((req, size))
+            leaves.extend(req.hashes)
+            size += len(req.hashes)
+            overlay[key] = current + len(req.hashes)
         if not accepted:
             return None
-        size = frontier.size
-        root = frontier.root()
-        note = Checkpoint(self._signer.name, size, root).sign(self._signer)
-        row = HashRow(tlog.stored_hash_count(start_size), b"".join(new_hashes))
-        stored = [
-            StoredEvent(
-                leaf_index=first + i,
-                event_id=event_id,
-                tenant_id=req.tenant,
-                stream_id=req.stream,
-                stream_seq=event.stream_seq,
-                type=event.type,
-                tree_size=size,
-                leaf=leaf,
-            )
-            for req, first in accepted
-            for i, (event, leaf, event_id) in enumerate(
-                zip(req.events, req.leaves, req.ids, strict=True)
-            )
-        ]
+        ext = tlog.extend(frontier, leaves)
+        note = Checkpoint(self._signer.name, size, ext.root).sign(self._signer)
+        row = HashRow(tlog.stored_hash_count(start_size), ext.stored)
+        stored: list[StoredEvent] = []
+        receipts: list[list[Receipt]] = []
+        proofs = ext.proofs
+        for req, first in accepted:
+            tenant, stream = req.tenant, req.stream
+            mine: list[Receipt] = []
+            index = first
+            for event, leaf, event_id, h in zip(
+                req.events, req.leaves, req.ids, req.hashes, strict=True
+            ):
+                stored.append(
+                    StoredEvent(
+                        index, event_id, tenant, stream, event.stream_seq, event.type, size, leaf
+                    )
+                )
+                mine.append(
+                    Receipt(
+                        uuid_str(event_id),
+                        event.event_id,
+                        index,
+                        h,
+                        size,
+                        proofs[index - start_size],
+                        note,
+                    )
+                )
+                index += 1
+            receipts.append(mine)
         # The next batch's proofs need this row before it is committed; it leaves the
         # cache again if the commit fails.
         self._hashes.add([row])
-        self._tip = frontier
+        self._tip = ext.frontier
         self._tip_heads.update(overlay)
         return _Prepared(
             epoch=self._epoch,
             accepted=accepted,
-            start=start_size,
-            frontier=frontier,
+            receipts=receipts,
+            frontier=ext.frontier,
             heads=overlay,
             row=row,
-            batch=Batch(stored, row, CheckpointRecord(size, root, note)),
+            batch=Batch(stored, row, CheckpointRecord(size, ext.root, note)),
         )
 
     def _abandon(self, prepared: _Prepared) -> None:
@@ -427,25 +466,26 @@ class Log:
             self._tip = self._frontier.copy()
             self._tip_heads.clear()
 
-    async def _finish(self, prepared: _Prepared, prev: asyncio.Task[None] | None) -> None:
+    async def _finish(
+        self, prepared: _Prepared, written: Awaitable[None], prev: asyncio.Task[None] | None
+    ) -> None:
         try:
-            await self._finish_in_order(prepared, prev)
+            await self._finish_in_order(prepared, written, prev)
         finally:
             self._chain.remove(asyncio.current_task())  # type: ignore[arg-type]
             self._wake.set()
 
-    async def _finish_in_order(self, p: _Prepared, prev: asyncio.Task[None] | None) -> None:
+    async def _finish_in_order(
+        self, p: _Prepared, written: Awaitable[None], prev: asyncio.Task[None] | None
+    ) -> None:
         cp = p.batch.checkpoint
-        # Proofs are computed while the previous batch's commit is still running.
-        receipts: list[list[Receipt]] = []
-        receipt_error: Exception | None = None
-        try:
-            receipts = await self._receipts(p.accepted, p.start, cp.tree_size, cp.note)
-        except Exception as e:  # noqa: BLE001 — delivered below, once the commit's fate is known
-            receipt_error = e
         if prev is not None:
             await asyncio.wait([prev])
         if p.epoch != self._epoch:
+            # Built on a batch that failed: the store refuses it (it would leave a gap),
+            # and whatever it says, nothing of it is acknowledged.
+            with contextlib.suppress(Exception):
+                await written
             self._hashes.discard(p.row.start)
             _fail(
                 [req for req, _ in p.accepted],
@@ -453,7 +493,7 @@ class Log:
             )
             return
         try:
-            await self._store.commit(p.batch)
+            await written
         except StorageUnavailableError as e:
             self._abandon(p)
             self._healthy = False
@@ -471,22 +511,19 @@ class Log:
         self._healthy = True
         self._frontier = p.frontier
         self._latest = SignedCheckpoint(cp.tree_size, cp.root, cp.note)
+        heads, tip_heads = self._heads, self._tip_heads
         for key, head in p.heads.items():
-            self._heads[key] = head
-            self._heads.move_to_end(key)
-            if self._tip_heads.get(key) == head:
-                del self._tip_heads[key]
-        while len(self._heads) > self._stream_cache:
-            self._heads.popitem(last=False)
-        if receipt_error is not None:
-            _log.error("log.receipts_failed", error=str(receipt_error))
-            _fail([req for req, _ in p.accepted], LedgerError(f"receipts failed: {receipt_error}"))
-            return
-        for (req, _), receipts_for in zip(p.accepted, receipts, strict=True):
+            heads[key] = head
+            heads.move_to_end(key)
+            if tip_heads.get(key) == head:
+                del tip_heads[key]
+        while len(heads) > self._stream_cache:
+            heads.popitem(last=False)
+        for (req, _), receipts_for in zip(p.accepted, p.receipts, strict=True):
             if not req.future.done():
                 req.future.set_result(receipts_for)
         if self._listeners:
-            self._notify(p.accepted, receipts, cp.tree_size)
+            self._notify(p.accepted, p.receipts, cp.tree_size)
 
     def _notify(
         self, accepted: list[tuple[_Append, int]], receipts: list[list[Receipt]], size: int
@@ -501,34 +538,6 @@ class Log:
                 listener(recorded)
             except Exception:  # noqa: BLE001 — one broken listener must not stop the log
                 _log.exception("log.listener_failed")
-
-    async def _receipts(
-        self, accepted: list[tuple[_Append, int]], start: int, size: int, note: str
-    ) -> list[list[Receipt]]:
-        """Every accepted append's receipts; their leaves are exactly [start, size)."""
-        leaves = [h for req, _ in accepted for h in req.hashes]
-        proofs = tlog.tail_inclusion_proofs(
-            start, size, leaves, await self._read_hashes(tlog.tail_neighbour_indexes(start, size))
-        )
-        out = []
-        for req, first in accepted:
-            receipts = []
-            for i, (event, h, event_id) in enumerate(
-                zip(req.events, req.hashes, req.ids, strict=True)
-            ):
-                receipts.append(
-                    Receipt(
-                        receipt_id=uuid_str(event_id),
-                        event_id=event.event_id,
-                        leaf_index=first + i,
-                        leaf_hash=h,
-                        tree_size=size,
-                        inclusion_proof=proofs[first + i - start],
-                        checkpoint=note,
-                    )
-                )
-            out.append(receipts)
-        return out
 
     # -- reading -----------------------------------------------------------------------
 

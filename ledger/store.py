@@ -11,7 +11,7 @@ index of the first.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from typing import Protocol
 
 import msgspec
@@ -61,11 +61,15 @@ class EventStore(Protocol):
 
     async def close(self) -> None: ...
 
-    async def commit(self, batch: Batch) -> None:
-        """Durably write the whole batch in one transaction.
+    def commit(self, batch: Batch) -> Awaitable[None]:
+        """Queue the whole batch to be written durably in one transaction.
 
-        Raises ``ConflictError``-free errors only: :class:`StorageUnavailableError` when
-        the medium cannot take writes (nothing of the batch is then visible).
+        Batches are written in the order ``commit`` is called, so a caller may queue the
+        next batch before the last one has finished. A batch must continue exactly
+        where the log's stored events end: one queued behind a batch that failed is
+        refused (:class:`IntegrityError`) rather than written with a gap before it.
+        The awaitable raises :class:`StorageUnavailableError` when the medium cannot
+        take writes; nothing of a failed batch is then visible.
         """
 
     async def latest_checkpoint(self) -> CheckpointRecord | None: ...

@@ -24,14 +24,14 @@ from ledger.errors import ProofError
 from ledger.merkle import EMPTY_ROOT, node_hash
 
 __all__ = [
+    "Extension",
     "Frontier",
     "ProofPlan",
     "consistency_indexes",
     "consistency_proof",
+    "extend",
     "stored_hash_count",
     "stored_hash_index",
-    "tail_inclusion_proofs",
-    "tail_neighbour_indexes",
     "tree_hash",
     "tree_hash_indexes",
 ]
@@ -186,59 +186,98 @@ class Frontier:
         return h
 
 
-def tail_neighbour_indexes(first: int, tree_size: int) -> list[int]:
-    """Stored hashes :func:`tail_inclusion_proofs` needs: one left neighbour per level."""
-    if not 0 <= first < tree_size:
-        raise ProofError(f"leaf {first} is not inside a tree of size {tree_size}")
-    need = []
-    level = 0
-    while (tree_size - 1) >> level:
-        j = first >> level
-        if j & 1:
-            need.append(stored_hash_index(level, j - 1))
-        level += 1
-    return need
+class Extension:
+    """What appending a batch of leaves to a tree produces (see :func:`extend`)."""
+
+    __slots__ = ("frontier", "proofs", "root", "stored")
+
+    def __init__(
+        self, frontier: Frontier, stored: bytes, root: bytes, proofs: list[list[bytes]]
+    ) -> None:
+        self.frontier = frontier
+        self.stored = stored
+        self.root = root
+        self.proofs = proofs
 
 
-def tail_inclusion_proofs(
-    first: int, tree_size: int, leaves: Sequence[bytes], neighbours: Sequence[bytes]
-) -> list[list[bytes]]:
-    """PATH(i, D[tree_size]) for every leaf i in [first, tree_size): the newest leaves.
+def extend(frontier: Frontier, leaves: Sequence[bytes]) -> Extension:
+    """Append ``leaves`` (leaf hashes) to the tree whose right edge is ``frontier``.
 
-    ``leaves`` are those leaves' hashes and ``neighbours`` the stored hashes named by
-    :func:`tail_neighbour_indexes`. The tree is rebuilt level by level over just the
-    tail; at the ragged right edge a node without a sibling moves up unchanged, which
-    is exactly RFC 6962's split at the largest power of two. O(k + log n) hashes.
+    Returns the new frontier and root, the stored hashes the batch creates (Go tlog
+    order, concatenated), and PATH(i, D[new size]) for every new leaf i (RFC 6962
+    §2.1.1). The batch is hashed once, level by level: at each level the nodes over the
+    batch's range are paired up, a left neighbour that lies before the batch is a
+    complete subtree the frontier already holds, and a last node without a sibling (the
+    tree's ragged right edge) moves up unchanged, which is exactly RFC 6962's split at
+    the largest power of two. O(k + log n) hashes, no store reads.
     """
-    count = tree_size - first
-    if len(leaves) != count:
-        raise ProofError(f"{len(leaves)} leaf hashes for {count} leaves")
-    proofs: list[list[bytes]] = [[] for _ in range(count)]
-    left = iter(neighbours)
+    first = frontier.size
+    size = first + len(leaves)
+    if size == first:
+        raise ProofError("a batch needs at least one leaf")
+    # The frontier's subtrees by level: one per set bit of its size, largest first.
+    old = dict(zip(_set_bits_desc(first), frontier._hashes, strict=True))
+    # levels[L] = (index of the first node held, node hashes) over the batch's range.
+    levels: list[tuple[int, list[bytes]]] = []
     nodes = list(leaves)
-    lo = first  # nodes[k] is node lo + k at this level
+    lo = first
     level = 0
-    while (tree_size - 1) >> level:
-        last = (tree_size - 1) >> level
+    while (size - 1) >> level:
         if lo & 1:
-            nodes.insert(0, next(left))
+            nodes.insert(0, old[level])
             lo -= 1
-        for j in range(first >> level, last + 1):
-            sibling = j ^ 1
-            if sibling > last:
-                continue
-            h = nodes[sibling - lo]
-            for i in range(
-                max(first, j << level) - first, min(tree_size, (j + 1) << level) - first
-            ):
-                proofs[i].append(h)
-        nodes = [
-            node_hash(nodes[k], nodes[k + 1]) if k + 1 < len(nodes) else nodes[k]
-            for k in range(0, len(nodes), 2)
-        ]
+        levels.append((lo, nodes))
+        n = len(nodes)
+        up = [node_hash(nodes[k], nodes[k + 1]) for k in range(0, n - 1, 2)]
+        if n & 1:
+            up.append(nodes[-1])
+        nodes = up
         lo >>= 1
         level += 1
-    return proofs
+    root = nodes[0]
+    levels.append((lo, nodes))
+    top = len(levels) - 1
+
+    # Stored hashes: each leaf, then every subtree it completes, bottom up.
+    stored: list[bytes] = []
+    for i in range(first, size):
+        stored.append(leaves[i - first])
+        m, level = i + 1, 1
+        while not m & 1:
+            base, held = levels[level]
+            stored.append(held[(m >> 1) - 1 - base])
+            m >>= 1
+            level += 1
+
+    # The new frontier: the complete subtree for each set bit of the new size.
+    right = []
+    for level in _set_bits_desc(size):
+        j = (size >> level) - 1
+        if level > top or j < levels[level][0]:
+            right.append(old[level])
+        else:
+            base, held = levels[level]
+            right.append(held[j - base])
+
+    # Proofs top-down: a node's path is its sibling followed by its parent's path, so
+    # the levels every new leaf shares are built once and each level below costs one
+    # short list per node.
+    paths: list[list[bytes]] = [[]]
+    for level in range(top - 1, -1, -1):
+        base, held = levels[level]
+        last = (size - 1) >> level
+        lo = first >> level  # paths[] covers nodes lo.. here and lo >> 1.. one level up
+        below: list[list[bytes]] = []
+        for j in range(lo, last + 1):
+            parent = paths[(j >> 1) - (lo >> 1)]
+            sibling = j ^ 1
+            below.append([held[sibling - base], *parent] if sibling <= last else parent)
+        paths = below
+    return Extension(Frontier(size, right), b"".join(stored), root, paths)
+
+
+def _set_bits_desc(n: int) -> list[int]:
+    return [level for level in range(n.bit_length() - 1, -1, -1) if n >> level & 1]
 
 
 class ProofPlan:

@@ -20,6 +20,7 @@ Syntax (also in ``specs/workflows.md`` §3):
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any, Final
@@ -87,24 +88,35 @@ def parse_path(text: str) -> Reference:
 
 def _parse_expression(body: str) -> tuple[list[Reference], Any]:
     """Alternatives of one placeholder, plus an optional trailing literal (or _MISSING)."""
+    refs, fallback = _parsed(body)
+    # The literal is decoded afresh each time: a cached dict or list handed to one
+    # step could otherwise be mutated under the next.
+    return list(refs), _MISSING if fallback is None else msgspec.json.decode(fallback)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(body: str) -> tuple[tuple[Reference, ...], bytes | None]:
+    # Templates are rendered for every step of every run, but are few and immutable
+    # once registered: parse each placeholder once. Errors are not cached.
     parts = [p.strip() for p in body.split("??")]
     refs: list[Reference] = []
-    fallback: Any = _MISSING
+    fallback: bytes | None = None
     for i, part in enumerate(parts):
         root = _ROOT.match(part)
         is_reference = root is not None and root.group(0) in ROOTS
         if i == len(parts) - 1 and i > 0 and not is_reference:
             try:
-                fallback = msgspec.json.decode(part)
+                msgspec.json.decode(part)
             except msgspec.DecodeError:
                 raise TemplateError(
                     f"fallback {part!r} is not a reference or a JSON literal", reference=part
                 ) from None
+            fallback = part.encode()
             continue
         refs.append(parse_path(part))
     if not refs:
         raise TemplateError(f"placeholder {{{{{body}}}}} has no reference", reference=body)
-    return refs, fallback
+    return tuple(refs), fallback
 
 
 def _walk_strings(value: Any) -> Iterator[str]:
@@ -151,7 +163,7 @@ def _lookup(ref: Reference, context: Mapping[str, Any]) -> Any:
                 return _MISSING
             value = value[seg]
         else:
-            if not isinstance(value, Mapping) or seg not in value:
+            if not (type(value) is dict or isinstance(value, Mapping)) or seg not in value:
                 return _MISSING
             value = value[seg]
     return value
@@ -189,7 +201,7 @@ def render(value: Any, context: Mapping[str, Any]) -> Any:
     """``value`` with every placeholder replaced (see the module docstring)."""
     if isinstance(value, str):
         return _render_string(value, context)
-    if isinstance(value, Mapping):
+    if type(value) is dict or isinstance(value, Mapping):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [render(v, context) for v in value]

@@ -208,3 +208,17 @@ def test_condition_type_mismatch_and_missing_path_are_errors() -> None:
         evaluate({"lt": ["input.text", 3]}, CTX, {})
     with pytest.raises(ConditionError, match=r"input\.missing"):
         evaluate({"eq": ["input.missing", 3]}, CTX, {})
+
+
+def test_regression_a_cached_fallback_literal_is_never_shared_between_renders() -> None:
+    """Placeholders are parsed once and cached; a JSON fallback must still be a fresh
+    value each time, or one step mutating it would change what the next step sees."""
+    first = render('{{ input.absent ?? {"tags": []} }}', CTX)
+    first["tags"].append("mutated")
+    assert render('{{ input.absent ?? {"tags": []} }}', CTX) == {"tags": []}
+
+
+def test_a_bad_placeholder_fails_every_time_not_only_the_first() -> None:
+    for _ in range(2):
+        with pytest.raises(TemplateError, match="must start with one of"):
+            render("{{ nowhere.x }}", CTX)

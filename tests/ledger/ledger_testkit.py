@@ -12,6 +12,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.events import EventCatalog
+from ledger.fsck import FsckReport, fsck
 from ledger.log import Log
 from ledger.note import NoteSigner
 from ledger.sqlite_store import SQLiteEventStore
@@ -46,3 +47,13 @@ def b64(text: str) -> bytes:
 
 async def open_log(path: Path, **options: object) -> Log:
     return await Log.open(SQLiteEventStore(path), signer(), CATALOG, **options)
+
+
+async def fsck_path(path: Path) -> FsckReport:
+    """fsck as the CLI runs it: read-only, beside any writer."""
+    store = SQLiteEventStore(path, read_only=True)
+    await store.open()
+    try:
+        return await fsck(store, signer().verifier)
+    finally:
+        await store.close()

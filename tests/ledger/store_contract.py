@@ -6,12 +6,13 @@ Subclass :class:`EventStoreContract` once per backend and implement ``make_store
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 import pytest
 
-from ledger.errors import LedgerError
+from ledger.errors import IntegrityError, LedgerError
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 
 
@@ -96,6 +97,39 @@ class EventStoreContract(ABC):
         assert latest is not None
         assert latest.tree_size == 1
         assert [r.start for r in await store.hash_rows([2, 3])] == [0]
+        await store.close()
+
+    async def test_queued_batches_are_written_in_call_order(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        queued = [
+            store.commit(_batch([_event(i)], 2 * i, i + 1)) for i in range(5)
+        ]  # none awaited yet
+        await asyncio.gather(*queued)
+        assert [e.leaf_index for e in await store.read_log(0, 10)] == [0, 1, 2, 3, 4]
+        assert [c.tree_size for c in await store.checkpoints(0, 10)] == [1, 2, 3, 4, 5]
+        await store.close()
+
+    async def test_a_batch_that_would_leave_a_gap_is_refused(self, tmp_path: Path) -> None:
+        """A batch queued behind one that failed must not be written after the hole."""
+        store = await self.make_store(tmp_path)
+        await store.commit(_batch([_event(0)], 0, 1))
+        failing = _event(1)
+        clash = StoredEvent(
+            **{
+                **{f: getattr(failing, f) for f in failing.__struct_fields__},
+                "event_id": (0).to_bytes(16, "big"),
+            }
+        )
+        first = store.commit(_batch([clash], 2, 2))
+        behind = store.commit(_batch([_event(2)], 3, 3))
+        with pytest.raises(LedgerError):
+            await first
+        with pytest.raises(IntegrityError, match="does not continue the log"):
+            await behind
+        assert await store.event_count() == 1
+        # The log continues from where it really ends.
+        await store.commit(_batch([_event(1)], 2, 2))
+        assert [e.leaf_index for e in await store.read_log(0, 10)] == [0, 1]
         await store.close()
 
     async def test_data_survives_reopen(self, tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import msgspec
 import pytest
 from hypothesis import given
@@ -9,7 +11,14 @@ from hypothesis import strategies as st
 from ledger_testkit import CATALOG, Count, Note
 
 from ledger.errors import InvalidEventError, PayloadTooLargeError, UnknownEventTypeError
-from ledger.events import LEAF_VERSION, Event, decode_leaf, encode_leaf
+from ledger.events import (
+    LEAF_VERSION,
+    Event,
+    decode_leaf,
+    encode_leaf,
+    format_time,
+    parse_time,
+)
 
 texts = st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=60)
 
@@ -77,3 +86,22 @@ def test_unknown_leaf_version_is_refused_not_guessed() -> None:
     leaf = encode_leaf(_event(Note("x"), v=2))
     with pytest.raises(InvalidEventError, match="version 2 is not supported"):
         decode_leaf(leaf, CATALOG)
+
+
+@given(
+    st.datetimes(
+        min_value=datetime(1, 1, 2),
+        max_value=datetime(9999, 12, 30),
+        timezones=st.timezones(),
+    )
+)
+def test_format_time_is_rfc3339_utc_with_microseconds(moment: datetime) -> None:
+    """The per-second cache renders exactly what isoformat would, in UTC."""
+    expected = moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds")
+    assert format_time(moment) == expected + "Z"
+    assert parse_time(format_time(moment)) == moment.astimezone(UTC)
+
+
+def test_format_time_refuses_naive_timestamps() -> None:
+    with pytest.raises(InvalidEventError, match="timezone-aware"):
+        format_time(datetime(2026, 1, 1))

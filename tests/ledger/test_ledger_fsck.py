@@ -5,11 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from ledger_testkit import Note, open_log, signer
+from ledger_testkit import Note, fsck_path, open_log
 
 from ledger.events import NewEvent
-from ledger.fsck import FsckReport, fsck
-from ledger.sqlite_store import SQLiteEventStore
 
 
 async def _build(path: Path, n: int = 40) -> None:
@@ -22,15 +20,6 @@ async def _build(path: Path, n: int = 40) -> None:
     await log.close()
 
 
-async def _fsck(path: Path) -> FsckReport:
-    store = SQLiteEventStore(path, read_only=True)
-    await store.open()
-    try:
-        return await fsck(store, signer().verifier)
-    finally:
-        await store.close()
-
-
 def _checkpointed(path: Path) -> bytes:
     conn = sqlite3.connect(path)
     conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -40,7 +29,7 @@ def _checkpointed(path: Path) -> bytes:
 
 async def test_a_clean_log_passes(tmp_path: Path) -> None:
     await _build(tmp_path / "l.db")
-    report = await _fsck(tmp_path / "l.db")
+    report = await fsck_path(tmp_path / "l.db")
     assert report.ok, report.problems
     assert (report.events, report.tree_size, report.first_bad_index) == (40, 40, None)
     assert report.checkpoints == 40
@@ -52,7 +41,7 @@ async def test_one_changed_byte_in_an_event_is_reported_at_its_index(tmp_path: P
     data = _checkpointed(path)
     assert data.count(b"value-0017") == 1
     path.write_bytes(data.replace(b"value-0017", b"value-0018"))
-    report = await _fsck(path)
+    report = await fsck_path(path)
     assert not report.ok
     assert report.first_bad_index == 17
     assert any("leaf 17 does not match its stored tree hashes" in p for p in report.problems)
@@ -66,7 +55,7 @@ async def test_a_forged_checkpoint_note_is_reported(tmp_path: Path) -> None:
     marker = b"test.maip.local/log\n3\n"
     assert data.count(marker) == 1
     path.write_bytes(data.replace(marker, b"test.maip.local/log\n8\n"))
-    report = await _fsck(path)
+    report = await fsck_path(path)
     assert not report.ok
     assert any("checkpoint at size 3 does not verify" in p for p in report.problems)
     assert report.first_bad_index == 2

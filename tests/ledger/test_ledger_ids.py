@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from random import Random
 
 import pytest
 from hypothesis import given
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from ulid import ULID
 
 from ledger.errors import NotFoundError
-from ledger.ids import ulid_bytes, ulid_str, uuid_str
+from ledger.ids import UlidMint, ulid_bytes, ulid_str, uuid_str
 from ledger.receipt import event_id_bytes, receipt_id_for
 
 
@@ -38,3 +39,27 @@ def test_regression_letters_outside_crockford_are_not_a_ulid(letter: str) -> Non
 def test_a_ulid_above_128_bits_is_refused() -> None:
     with pytest.raises(ValueError, match="is not a ULID"):
         ulid_bytes("8" + "0" * 25)
+
+
+@given(st.integers(0, (1 << 48) - 1), st.integers(0, 2**32))
+def test_minted_ulids_carry_their_time_and_agree_with_python_ulid(ms: int, seed: int) -> None:
+    mint = UlidMint(Random(seed).randbytes)
+    seen = set()
+    for _ in range(200):  # crosses entropy-block boundaries
+        raw, text = mint.mint(ms)
+        assert text == str(ULID.from_bytes(raw))
+        assert ulid_bytes(text) == raw
+        assert int.from_bytes(raw[:6], "big") == ms
+        seen.add(raw)
+    assert len(seen) == 200
+
+
+def test_minting_is_deterministic_under_injected_entropy() -> None:
+    a, b = UlidMint(Random(3).randbytes), UlidMint(Random(3).randbytes)
+    assert [a.mint(i // 7) for i in range(300)] == [b.mint(i // 7) for i in range(300)]
+
+
+@pytest.mark.parametrize("ms", [-1, 1 << 48])
+def test_a_time_outside_48_bits_is_refused(ms: int) -> None:
+    with pytest.raises(ValueError, match="outside the ULID time range"):
+        UlidMint(Random(0).randbytes).mint(ms)

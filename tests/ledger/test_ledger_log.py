@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import random
 import sqlite3
 from pathlib import Path
 
 import pytest
-from ledger_testkit import CATALOG, FIXED_TIME, Note, open_log, signer
+from ledger_testkit import CATALOG, FIXED_TIME, Note, fsck_path, open_log, signer
 
 from ledger import merkle
 from ledger.checkpoint import open_checkpoint
@@ -16,6 +17,7 @@ from ledger.errors import (
     ConflictError,
     IntegrityError,
     InvalidEventError,
+    LedgerError,
     NotFoundError,
     ProofError,
     UnknownEventTypeError,
@@ -146,10 +148,7 @@ async def test_other_tenants_receipts_are_not_found(tmp_path: Path) -> None:
 
 async def test_injected_time_and_entropy_make_the_log_deterministic(tmp_path: Path) -> None:
     async def run(path: Path) -> tuple[bytes, list[bytes]]:
-        counter = itertools.count()
-        log = await open_log(
-            path, now=lambda: FIXED_TIME, entropy=lambda n: next(counter).to_bytes(n, "big")
-        )
+        log = await open_log(path, now=lambda: FIXED_TIME, entropy=random.Random(7).randbytes)
         for i in range(5):
             await log.append("t1", "s", i, [note(str(i))])
         out = (await log.root_at(5), [r.leaf for r in await log.read_log(0, 10)])
@@ -225,3 +224,49 @@ async def test_regression_concurrent_proofs_with_a_small_cache(tmp_path: Path) -
     for i, proof in zip(indexes, proofs, strict=True):
         merkle.verify_inclusion(leaves[i], i, 400, proof, root)
     await log.close()
+
+
+async def test_a_failed_batch_fails_every_batch_built_on_it_and_the_log_goes_on(
+    tmp_path: Path,
+) -> None:
+    """A commit refused mid-pipeline: nothing of it, or of batches queued behind it, is
+    acknowledged or stored, and appends after it land where the log really ends."""
+    rng = random.Random(11)
+    blocks = 0
+
+    def entropy(n: int) -> bytes:
+        # The first two ids minted are equal (same fixed millisecond, same digits), so
+        # the batch holding the second one breaks the event_id UNIQUE constraint.
+        nonlocal blocks
+        blocks += 1
+        block = rng.randbytes(n)
+        return block[:16] * 2 + block[32:] if blocks == 1 else block
+
+    path = tmp_path / "l.db"
+    # Small batches, so batches are queued behind the failing one.
+    log = await open_log(path, now=lambda: FIXED_TIME, entropy=entropy, max_batch=4)
+
+    async def appender(w: int) -> list[tuple[Receipt, bytes] | None]:
+        out: list[tuple[Receipt, bytes] | None] = []
+        seq = 0
+        for i in range(20):
+            try:
+                (receipt,) = await log.append("t1", f"s{w}", seq, [note(f"{w}.{i}")])
+            except LedgerError:
+                out.append(None)
+                continue
+            recorded = await log.recorded(receipt.event_id)
+            out.append((receipt, recorded.leaf))
+            seq += 1
+        return out
+
+    results = [r for rs in await asyncio.gather(*(appender(w) for w in range(32))) for r in rs]
+    acknowledged = [r for r in results if r is not None]
+    assert len(acknowledged) < len(results)  # the collision really failed something
+    assert log.size == len(acknowledged)
+    for receipt, leaf in acknowledged:
+        verify_receipt_offline(receipt, leaf)
+    assert sorted(r.leaf_index for r, _ in acknowledged) == list(range(log.size))
+    await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems

@@ -156,10 +156,23 @@ def test_bounds_and_hash_sizes_are_checked_first() -> None:
         merkle.verify_consistency(5, root, 4, root, [])
 
 
-def test_tail_proofs_equal_single_proofs_for_every_range() -> None:
-    leaves, stored = _tree(77)
-    for size in range(1, 78):
-        for first in range(size):
-            neighbours = [stored[x] for x in tlog.tail_neighbour_indexes(first, size)]
-            got = tlog.tail_inclusion_proofs(first, size, leaves[first:size], neighbours)
-            assert got == [merkle.inclusion_proof(i, leaves[:size]) for i in range(first, size)]
+def test_extend_matches_one_leaf_appends_and_the_reference_for_every_batch() -> None:
+    """A batch appended at once: the same stored hashes, frontier and root as appending
+    leaf by leaf, and every new leaf's proof equal to RFC 6962's PATH."""
+    leaves, _ = _tree(77)
+    for first in range(77):
+        before = tlog.Frontier()
+        for h in leaves[:first]:
+            before.append(h)
+        for size in range(first + 1, 78):
+            one_by_one = before.copy()
+            created: list[bytes] = []
+            for h in leaves[first:size]:
+                created.extend(one_by_one.append(h))
+            ext = tlog.extend(before.copy(), leaves[first:size])
+            assert ext.stored == b"".join(created)
+            assert ext.root == merkle.root_hash(leaves[:size]) == one_by_one.root()
+            assert ext.frontier.size == size
+            assert ext.frontier.root() == ext.root
+            expected = [merkle.inclusion_proof(i, leaves[:size]) for i in range(first, size)]
+            assert ext.proofs == expected
