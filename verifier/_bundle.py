@@ -4,7 +4,7 @@ A bundle is JSON Lines: a header, checkpoint lines, event lines, a state trailer
 read line by line, so memory does not grow with the number of events:
 
 - inclusion proofs against the header checkpoint, and receipt proofs against their
-  per-batch checkpoints, go through :class:`~verifier._merkle.PathMemo` (bounded);
+  per-batch checkpoints, go through :class:`~verifier._merkle.PathCursor` (bounded);
 - each checkpoint line's signature is verified once; only its root is kept;
 - the replay keeps the state (O(steps)) and a digest of the receipts list;
 - the state trailer, whose ``receipts`` has one id per event, is parsed as a stream
@@ -36,7 +36,7 @@ from verifier._errors import (
 from verifier._ids import receipt_id_for
 from verifier._jsonstream import STREAMED, parse_stream
 from verifier._leaf import ENVELOPE_DECODER, LEAF_VERSION, MAX_LEAF_BYTES, decode, decode_leaf
-from verifier._merkle import PathMemo, verify_consistency
+from verifier._merkle import PathCursor, verify_consistency
 from verifier._note import VerifierKey, parse_vkey
 from verifier._projection import (
     FOLDED_TYPES,
@@ -71,7 +71,7 @@ __all__ = [
 BUNDLE_FORMAT = "maip-bundle/v1"
 LINE_LIMIT = 1 << 20
 _BLOCK = 1 << 20
-_RECEIPT_MEMOS = 8
+_RECEIPT_CURSORS = 8
 _PROGRESS_EVERY = 4096
 
 STEP_CHECKPOINT = "§6.1 step 1 (checkpoint)"
@@ -181,9 +181,9 @@ class _Run:
         self.progress = progress
         self.event_hook = on_event
         self.header: BundleHeader | None = None
-        self.header_memo: PathMemo | None = None
+        self.header_cursor: PathCursor | None = None
         self.checkpoint_roots: dict[int, bytes] = {}
-        self.receipt_memos: dict[int, PathMemo] = {}
+        self.receipt_cursors: dict[int, PathCursor] = {}
         self.checkpoints_verified = 0
         self.events = 0
         self.next_seq = 1
@@ -204,16 +204,16 @@ class _Run:
         if h.event_count < 0:
             raise MalformedInput(f"header event_count {h.event_count} is negative")
         self.header = h
-        self.header_memo = PathMemo(checkpoint.size, checkpoint.root)
+        self.header_cursor = PathCursor(checkpoint.size, checkpoint.root)
         # A receipt issued at the header's own size uses the header checkpoint.
         self.checkpoint_roots[checkpoint.size] = checkpoint.root
         self.checkpoints_verified = 1
 
     def on_checkpoint(self, line: BundleCheckpoint) -> None:
-        assert self.header_memo is not None
+        assert self.header_cursor is not None
         # 1. Each checkpoint line: its signature, and its consistency to the header.
         checkpoint = verify_checkpoint(line.checkpoint, self.key)
-        head = self.header_memo
+        head = self.header_cursor
         if checkpoint.size > head.tree_size:
             raise BundleIncomplete(
                 f"checkpoint of size {checkpoint.size} is newer than the header checkpoint "
@@ -229,21 +229,21 @@ class _Run:
         self.checkpoints_verified += 1
 
     # ---- §6.1 steps 2-5, per event ----------------------------------------------------
-    def receipt_memo(self, tree_size: int) -> PathMemo:
-        """The memo for the receipt checkpoint of ``tree_size`` (a few are kept)."""
-        memo = self.receipt_memos.get(tree_size)
-        if memo is None:
+    def receipt_cursor(self, tree_size: int) -> PathCursor:
+        """The cursor for the receipt checkpoint of ``tree_size`` (a few are kept)."""
+        cursor = self.receipt_cursors.get(tree_size)
+        if cursor is None:
             root = self.checkpoint_roots.get(tree_size)
             if root is None:
                 raise BundleIncomplete(
                     f"the receipt's checkpoint (tree size {tree_size}) is not among "
                     "the checkpoint lines before it"
                 )
-            memo = PathMemo(tree_size, root)
-            if len(self.receipt_memos) >= _RECEIPT_MEMOS:
-                del self.receipt_memos[next(iter(self.receipt_memos))]
-            self.receipt_memos[tree_size] = memo
-        return memo
+            cursor = PathCursor(tree_size, root)
+            if len(self.receipt_cursors) >= _RECEIPT_CURSORS:
+                del self.receipt_cursors[next(iter(self.receipt_cursors))]
+            self.receipt_cursors[tree_size] = cursor
+        return cursor
 
     def events_from(self, lines: Iterator[bytes | Iterator[bytes]], first: BundleEvent) -> Any:
         """§6.1 steps 2-5 for a run of event lines starting with ``first``.
@@ -251,7 +251,7 @@ class _Run:
         The hot loop: everything it needs is a local. Returns the first line that is
         not an event (decoded, or a long-line iterator), or None at the end.
         """
-        header, head = self.header, self.header_memo
+        header, head = self.header, self.header_cursor
         assert header is not None
         assert head is not None
         tenant, stream, count = header.tenant_id, header.orchestration_id, header.event_count
@@ -275,8 +275,7 @@ class _Run:
                 leaf = line.leaf
                 lh = sha256(b"\x00" + leaf).digest()
                 index = line.leaf_index
-                head_raw = bytes(line.inclusion_proof)
-                head_verify(lh, index, head_raw)
+                head_verify(lh, index, bytes(line.inclusion_proof))
                 #    The receipt: same leaf_index and leaf_hash, and its proof against
                 #    its own checkpoint's root.
                 r = line.receipt
@@ -287,9 +286,9 @@ class _Run:
                 if r.leaf_hash != lh:
                     raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
                 if r.tree_size != receipt_size:
-                    receipt_verify = self.receipt_memo(r.tree_size).verify_sharing
+                    receipt_verify = self.receipt_cursor(r.tree_size).verify_sharing
                     receipt_size = r.tree_size
-                receipt_verify(lh, index, bytes(r.inclusion_proof), head, head_raw)
+                receipt_verify(lh, index, bytes(r.inclusion_proof), head)
                 # 3. Belonging: a known v, this tenant and orchestration, matching ids.
                 step = STEP_BELONGING
                 try:
@@ -372,7 +371,7 @@ class _Run:
 
     # ---- end of §6.1 steps 4 and 5 -----------------------------------------------------
     def on_state(self, claimed: Any, matcher: ReceiptsMatcher) -> Report:
-        header, head = self.header, self.header_memo
+        header, head = self.header, self.header_cursor
         assert header is not None
         assert head is not None
         # 4. event_count equals N; the last event is terminal, or the report says running.

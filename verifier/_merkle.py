@@ -6,9 +6,9 @@ the hash nearest the leaf first. Every routine checks bounds and hash sizes *bef
 hashes anything, then checks that the proof has exactly the length the tree shape needs
 (so a proof for another tree size is named as such), then folds.
 
-:class:`PathMemo` is the bundle verifier's fast path for many inclusion proofs against
-one root: it remembers the authenticated nodes of earlier verified paths and stops
-folding a new proof at the first of them (see its docstring for why that is sound).
+:class:`PathCursor` is the bundle verifier's fast path for many inclusion proofs against
+one root, for leaves in increasing order: it folds only the levels where a proof
+differs from the previous one (see its docstring for why that is sound).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from verifier._errors import MalformedInput, ProofInvalid
 
 __all__ = [
     "HASH_SIZE",
-    "PathMemo",
+    "PathCursor",
     "decode_proof",
     "inclusion_proof_length",
     "leaf_hash",
@@ -209,10 +209,11 @@ def verify_consistency(
         raise ProofInvalid(f"consistency proof does not lead to the new root at size {new_size}")
 
 
-_MAX_LEVELS = 65
-_NO_NODE: tuple[int, bytes, bytes, int] = (-1, b"", b"", 0)
-_STRIDE = 47  # len('"' + 44 base64 chars + '",')
+_STRIDE = 47  # one hash in a compact proof array: '"' + 44 base64 characters + '",'
+_SEP = b'","'
 _PROOF = msgspec.json.Decoder(tuple[bytes, ...])
+_encode = msgspec.json.encode
+_a2b = binascii.a2b_base64
 
 
 def decode_proof(raw: bytes | msgspec.Raw, what: str) -> tuple[bytes, ...]:
@@ -223,32 +224,43 @@ def decode_proof(raw: bytes | msgspec.Raw, what: str) -> tuple[bytes, ...]:
         raise MalformedInput(f"{what} is not a list of base64 hashes: {e}") from e
 
 
-class PathMemo:
-    """Many RFC 9162 §2.1.3.2 inclusion checks against one ``(tree_size, root)``.
+class PathCursor:
+    """Many RFC 9162 §2.1.3.2 inclusion checks against one ``(tree_size, root)``, for
+    leaves that arrive in increasing index order (a bundle's events do).
 
-    A node is named by ``(shift, fn)``: after the fold has consumed some proof hashes,
-    ``r`` is the hash of the subtree covering leaves ``[fn << shift, (fn + 1) << shift)``
-    (clipped to the tree), so one name always denotes one subtree. Once a proof has been
-    folded all the way to the verified root, every node on its path is authenticated,
-    and so is the rest of the proof from each node up (the siblings of the nodes above
-    it). A later proof may therefore stop at the first node it shares with an earlier
-    verified path: its running hash must equal the remembered one and its remaining
-    hashes must equal the remembered path's remaining hashes. That is exactly as strong
-    as folding to the root, at ~2 hashes per leaf for consecutive leaves instead of
-    ~log2(n).
+    Name the ancestor of leaf ``i`` at level ``l`` by ``i >> l``. Below level
+    ``inner(i) = bit_length(i ^ (tree_size - 1))`` every ancestor is a complete subtree
+    and the proof holds one sibling per level, nearest first; the hashes after those
+    fold the tree's right border. The cursor keeps, for the last leaf ``p`` it accepted,
+    the proof's text and the running hash of its RFC 9162 fold at each level up to
+    ``inner(p)`` (``_nodes[l]``; ``_nodes[0]`` is the leaf hash).
 
-    Proofs arrive as the raw JSON array text of a bundle line. The hot path reads the
-    compact layout msgspec writes (hash i's base64 at a fixed offset) and decodes only
-    the hashes it folds; the remaining text is compared as bytes with the text of an
-    already-authenticated path from the same node up. Anything unusual (whitespace,
-    escapes, a wrong size, a mismatch) falls back to :meth:`_slow`: a strict decode and
-    a full :func:`verify_inclusion`, which also gives the precise error.
+    For the next leaf ``i > p``, let ``d = bit_length(i ^ p)``: ``i`` and ``p`` share
+    every ancestor from level ``d`` up, and at level ``d - 1`` ``p``'s ancestor is the
+    left sibling of ``i``'s. If ``d < inner(i)`` the shared ancestor is complete, so a
+    valid proof for ``i`` is ``d`` siblings followed by exactly ``p``'s remaining
+    hashes. The cursor checks that the text after the first ``d`` hashes equals
+    ``p``'s, folds ``i``'s leaf hash with the first ``d - 1`` siblings and then, rather
+    than hashing once more, checks the two inputs of the step to level ``d``: ``i``'s
+    sibling at level ``d - 1`` must be ``p``'s running hash there, and ``i``'s running
+    hash must be the hash ``p``'s proof holds at level ``d - 1``. That step then gives
+    ``p``'s running hash at level ``d``, and the rest of the fold is ``p``'s, which
+    reached the root. A run of consecutive leaves costs about one hash per leaf (the
+    tree's own internal nodes), against ``log2(tree_size)`` for a full fold.
 
-    The memo keeps one node per level (the most recently authenticated), so it is
-    bounded: at most 65 entries whatever the number of proofs.
+    Proofs arrive as the JSON array text of a bundle line. The fast path reads the
+    compact layout msgspec writes (hash ``k``'s base64 at ``2 + 47k``), checks the
+    separators and the strict base64 of every hash it reads, and compares the rest of
+    the text with the previous accepted proof's: everything it accepts, a strict
+    decode and :func:`verify_inclusion` accept. Anything else (the first proof,
+    another layout, a gap that reaches the right border, a mismatch) goes to
+    :meth:`_verify_in_full`, which is exactly the strict decode and
+    :func:`verify_inclusion`, and raises their precise error.
+
+    The state is one proof and at most 65 hashes, whatever the number of proofs.
     """
 
-    __slots__ = ("_nodes", "root", "tree_size")
+    __slots__ = ("_d", "_from", "_last", "_nodes", "_prev", "_raw", "root", "tree_size")
 
     def __init__(self, tree_size: int, root: bytes) -> None:
         _check_size("root hash", root)
@@ -256,128 +268,108 @@ class PathMemo:
             raise ProofInvalid(f"tree size {tree_size} does not fit in 64 bits")
         self.tree_size = tree_size
         self.root = root
-        # Per level (shift): (fn, hash, proof tokens, hashes consumed) of the last
-        # authenticated node there.
-        self._nodes: list[tuple[int, bytes, bytes, int]] = [_NO_NODE] * _MAX_LEVELS
+        self._last = tree_size - 1
+        # The last accepted leaf (-1: none yet), its proof text and running hashes.
+        self._prev = -1
+        self._raw = b""
+        self._nodes: list[bytes] = [b""] * 65
+        # How the last leaf was accepted: from which earlier leaf, with which d
+        # (-1: in full). verify_sharing reuses it for the same leaf in a smaller tree.
+        self._from = -1
+        self._d = 0
 
-    def verify(self, leaf: bytes, index: int, raw_proof: bytes | msgspec.Raw) -> None:
-        """:func:`verify_inclusion` of ``leaf`` at ``index`` against this memo's root,
-        with the proof given as its JSON array text. Returns None or raises.
+    def verify(self, leaf: bytes, index: int, raw: bytes) -> None:
+        """:func:`verify_inclusion` of ``leaf`` at ``index`` against this cursor's root,
+        with the proof given as its JSON array text. Returns None or raises."""
+        prev = self._prev
+        if 0 <= prev < index < self.tree_size and len(leaf) == HASH_SIZE:
+            d = (index ^ prev).bit_length()
+            cut = _STRIDE * d
+            old = self._raw
+            if (
+                (index ^ self._last) >> d
+                and len(raw) == len(old)
+                and raw[cut:] == old[cut:]
+                and raw[:2] == b'["'
+            ):
+                # Levels below d - 1: fold i's own side, recording the running hashes.
+                up = [leaf]
+                r, at = leaf, 2
+                try:
+                    for level in range(d - 1):
+                        p = _a2b(raw[at : at + 44], strict_mode=True)
+                        if len(p) != HASH_SIZE or raw[at + 44 : at + 47] != _SEP:
+                            break
+                        if index >> level & 1:
+                            r = _sha256(b"\x01" + p + r).digest()
+                        else:
+                            r = _sha256(b"\x01" + r + p).digest()
+                        up.append(r)
+                        at += _STRIDE
+                    else:
+                        # Level d - 1: i's sibling is p's running hash there, and p's
+                        # sibling there is what i's side folded to.
+                        nodes = self._nodes
+                        if (
+                            raw[at + 44 : at + 47] == _SEP
+                            and _a2b(raw[at : at + 44], strict_mode=True) == nodes[d - 1]
+                            and _a2b(old[at : at + 44], strict_mode=True) == r
+                        ):
+                            nodes[:d] = up
+                            self._from, self._d, self._prev, self._raw = prev, d, index, raw
+                            return
+                except binascii.Error:
+                    pass
+        self._verify_in_full(leaf, index, raw)
 
-        Only the hashes folded are decoded (strict base64, 32 bytes). The fold is a proof
-        of inclusion whatever the surrounding JSON says, so it needs no other parsing;
-        a remaining token that equals an authenticated one is authenticated. Anything
-        else goes to :meth:`_slow`, which parses strictly and names the fault.
+    def verify_sharing(self, leaf: bytes, index: int, raw: bytes, other: PathCursor) -> None:
+        """:meth:`verify`, reusing ``other``'s acceptance of the same leaf at the same
+        index (a receipt's proof in its checkpoint's tree, after the header checkpoint's
+        proof of the same event).
+
+        If ``other`` accepted ``index`` on its fast path from the leaf this cursor
+        accepted last, with some ``d``, the ``d`` siblings below level ``d`` are the
+        same complete subtrees in both trees: this proof must hold the same first ``d``
+        hashes as ``other``'s, whose fold ``other`` has checked, and the fold there
+        must equal this cursor's running hash at level ``d``; the rest is this
+        cursor's previous proof. Otherwise: :meth:`verify`.
         """
-        tree_size = self.tree_size
-        # 1. Bounds first.
-        if not 0 <= index < tree_size:
-            raise ProofInvalid(f"leaf index {index} is outside a tree of size {tree_size}")
-        raw = raw_proof if type(raw_proof) is bytes else bytes(raw_proof)
-        # A compact array of n base64 hashes: '["' + 44 chars + '"' per hash, joined by
-        # commas, then ']'. Hash i's base64 is raw[2 + 47i : 46 + 47i].
-        n, extra = divmod(len(raw) - 1, _STRIDE)
-        if extra or (n == 0 and raw != b"[]"):
-            self._slow(leaf, index, raw)
-            return
-        nodes = self._nodes
-        a2b, sha256 = binascii.a2b_base64, _sha256
-        # 2. fn = leaf_index, sn = tree_size - 1, r = leaf hash. Nodes are recorded as they
-        #    are computed; if the proof then fails, _slow resets the memo before raising.
-        fn, sn, r, shift, k = index, tree_size - 1, leaf, 0, 0
-        while True:
-            node = nodes[shift]
-            if node[0] == fn:
-                # An authenticated node: the rest must agree with the verified path.
-                if node[1] != r or raw[_STRIDE * k :] != node[2][_STRIDE * node[3] :]:
-                    self._slow(leaf, index, raw)
+        prev = self._prev
+        if (
+            0 <= prev == other._from
+            and other._prev == index < self.tree_size
+            and other._nodes[0] == leaf
+        ):
+            d = other._d
+            cut = _STRIDE * d
+            old, nodes, theirs = self._raw, self._nodes, other._nodes
+            if (
+                (index ^ self._last) >> d
+                and len(raw) == len(old)
+                and raw[cut:] == old[cut:]
+                and raw[:cut] == other._raw[:cut]
+                and nodes[d] == theirs[d]
+            ):
+                nodes[:d] = theirs[:d]
+                self._from, self._d, self._prev, self._raw = prev, d, index, raw
                 return
-            if k:
-                nodes[shift] = (fn, r, raw, k)
-            if k == n:
-                # 4. sn must be 0 and r must equal the root.
-                if sn != 0 or r != self.root:
-                    self._slow(leaf, index, raw)
-                return
-            # 3a. A proof longer than the tree is deep fails; each hash is 32 bytes.
-            at = 2 + _STRIDE * k
-            try:
-                p = a2b(raw[at : at + 44], strict_mode=True)
-            except binascii.Error:
-                p = b""
-            if sn == 0 or len(p) != HASH_SIZE:
-                self._slow(leaf, index, raw)
-                return
-            # 3b-c. Fold the next proof hash in.
-            k += 1
-            if fn & 1 or fn == sn:
-                r = sha256(b"\x01" + p + r).digest()
-                if not fn & 1:
-                    while fn and not fn & 1:
-                        fn >>= 1
-                        sn >>= 1
-                        shift += 1
-            else:
-                r = sha256(b"\x01" + r + p).digest()
-            fn >>= 1
-            sn >>= 1
-            shift += 1
-
-    def verify_sharing(
-        self,
-        leaf: bytes,
-        index: int,
-        raw_proof: bytes | msgspec.Raw,
-        other: PathMemo,
-        other_raw: bytes | msgspec.Raw,
-    ) -> None:
-        """:meth:`verify`, reusing ``other``'s verification of the same leaf at the same
-        index (a receipt's proof after the header checkpoint's proof of one event).
-
-        Below the level where the two trees differ, both proofs hold the same complete
-        subtrees. If this proof's first ``j`` hashes are byte-equal to ``other``'s, and
-        the subtree at level ``j`` over ``index`` is complete in this tree, then folding
-        them gives that subtree's hash, which ``other`` has already authenticated: so
-        this fold can start at level ``j`` with ``other``'s hash there, and stop at once
-        if this memo holds the same node (the usual case). Otherwise: :meth:`verify`.
-        """
-        raw = raw_proof if type(raw_proof) is bytes else bytes(raw_proof)
-        other_bytes = other_raw if type(other_raw) is bytes else bytes(other_raw)
-        nodes, theirs, size = self._nodes, other._nodes, self.tree_size
-        if 0 <= index < size and len(raw) == len(raw) // _STRIDE * _STRIDE + 1:
-            for j in range(1, len(raw) // _STRIDE + 1):
-                fn = index >> j
-                if (fn + 1) << j > size:
-                    break  # the subtree at level j is not complete in this tree
-                node = nodes[j]
-                if node[0] != fn:
-                    continue
-                their = theirs[j]
-                if (
-                    their[0] == fn
-                    and their[1] == node[1]
-                    and raw[: _STRIDE * j] == other_bytes[: _STRIDE * j]
-                    and raw[_STRIDE * j :] == node[2][_STRIDE * node[3] :]
-                ):
-                    return
-                break
         self.verify(leaf, index, raw)
 
-    def _reset(self) -> None:
-        self._nodes[:] = [_NO_NODE] * _MAX_LEVELS
+    def _verify_in_full(self, leaf: bytes, index: int, raw: bytes) -> None:
+        """Strict decode and a full RFC 9162 fold; raises with the precise fault, if any.
 
-    def _slow(self, leaf: bytes, index: int, raw_proof: bytes) -> None:
-        """Full decode and full RFC 9162 fold; raises with the precise fault, if any.
-
-        Whatever the fast path recorded for this proof is authenticated only if this
-        succeeds; on failure the memo is reset, so nothing unverified is ever trusted.
+        On success the cursor moves to this leaf, provided the text is the compact
+        layout the fast path reads (otherwise the next proof is checked in full too).
         """
-        try:
-            proof = decode_proof(raw_proof, "inclusion proof")
-            verify_inclusion(leaf, index, self.tree_size, proof, self.root)
-        except BaseException:
-            self._reset()
-            raise
-        # Verified in full: the fast path's records for this proof are authenticated,
-        # but they may hold non-canonical tokens; start over rather than reason about it.
-        self._reset()
+        proof = decode_proof(raw, "inclusion proof")
+        verify_inclusion(leaf, index, self.tree_size, proof, self.root)
+        if _encode(proof) != raw:
+            self._prev = -1
+            return
+        nodes = self._nodes
+        nodes[0] = r = leaf
+        for level in range((index ^ self._last).bit_length()):
+            p = proof[level]
+            r = node_hash(p, r) if index >> level & 1 else node_hash(r, p)
+            nodes[level + 1] = r
+        self._from, self._d, self._prev, self._raw = -1, 0, index, raw

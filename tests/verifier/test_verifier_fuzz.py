@@ -1,11 +1,13 @@
 """Hypothesis: the verifier never crashes on hostile bytes (any error is a clean
-VerificationError), and the PathMemo fast path agrees with full RFC 9162 verification."""
+VerificationError), and the PathCursor fast path agrees with full RFC 9162 verification."""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import contextlib
 import copy
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -24,7 +26,7 @@ from verifier import (
     verify_receipt,
 )
 from verifier._jsonstream import STREAMED, parse_stream
-from verifier._merkle import PathMemo
+from verifier._merkle import PathCursor, decode_proof
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 GOOD = kit.build_bundle(kit.scenario(n_steps=2, extra_per_step=1), batch=3)
@@ -117,54 +119,191 @@ def test_random_vkey_never_crashes(text: str) -> None:
         parse_vkey(text)
 
 
-# ---- the memo is exactly as strong as a full fold ------------------------------------
+# ---- the cursor is exactly as strong as a full fold ----------------------------------
+
+
+def _enc(proof: list[bytes]) -> bytes:
+    return msgspec.json.encode([base64.b64encode(h).decode() for h in proof])
+
+
+def _full(leaf: bytes, index: int, size: int, raw: bytes, root: bytes) -> str | None:
+    """What a strict decode and verify_inclusion say about one proof text."""
+    try:
+        verify_inclusion(leaf, index, size, decode_proof(raw, "inclusion proof"), root)
+    except VerificationError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _outcome(verify: Callable[..., None], *args: object) -> str | None:
+    try:
+        verify(*args)
+    except VerificationError as e:
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+# (kind, position, value): how one proof text is damaged; kinds 0 and 9-15 leave it
+# alone, so that runs of good proofs keep the fast path going between damaged ones.
+DAMAGE = st.tuples(st.integers(0, 15), st.integers(0, 10**6), st.integers(0, 255))
+# The step to the next leaf: mostly the next few leaves, as in a bundle; 40: back to 0.
+GAP = st.integers(0, 3) | st.integers(0, 40)
+
+
+def _damage(tree: kit.Tree, index: int, size: int, how: tuple[int, int, int]) -> tuple[int, bytes]:
+    """(claimed index, proof text) for the leaf at ``index``, damaged as ``how`` says."""
+    kind, pos, value = how
+    proof = tree.inclusion(index, size)
+    raw = _enc(proof)
+    if kind == 1 and proof:  # one bit of one hash
+        k = pos % len(proof)
+        h = proof[k]
+        proof[k] = h[: value % 32] + bytes([h[value % 32] ^ 1 << value % 8]) + h[value % 32 + 1 :]
+        raw = _enc(proof)
+    elif kind == 2:  # a proof for another index
+        return (index + 1 + value) % size, raw
+    elif kind == 3:  # a proof for another tree size
+        raw = _enc(tree.inclusion(index, len(tree.leaves)))
+    elif kind == 4:  # any one byte of the text (separators, brackets, base64)
+        i = pos % len(raw)
+        raw = raw[:i] + bytes([value]) + raw[i + 1 :]
+    elif kind == 5 and proof:  # the same hashes, not in the compact layout
+        raw = ("[ " + ", ".join(f'"{kit.b64(h)}"' for h in proof) + " ]").encode()
+    elif kind == 6 and proof:  # last base64 digit: often non-zero padding bits, same hash
+        k = pos % len(proof)
+        at = 2 + 47 * k + 42
+        raw = raw[:at] + bytes([raw[at] ^ 1]) + raw[at + 1 :]
+    elif kind == 7 and proof:  # one hash dropped, or one repeated
+        raw = _enc(proof[:-1] if value % 2 else [*proof, proof[-1]])
+    elif kind == 8 and len(proof) > 1:  # two hashes joined into one JSON string
+        k = pos % (len(proof) - 1)
+        at = 46 + 47 * k
+        raw = raw[:at] + b"xyz" + raw[at + 3 :]
+    return index, raw
 
 
 @FUZZ
 @given(
     st.integers(1, 300),
-    st.lists(st.tuples(st.integers(0, 299), st.integers(-1, 12), st.integers(0, 31)), max_size=40),
+    st.integers(0, 300),
+    st.lists(st.tuples(GAP, DAMAGE), max_size=60),
 )
-def test_memo_agrees_with_full_verification(size: int, checks: list[tuple[int, int, int]]) -> None:
-    """Sequences of proofs, some corrupted (a flipped byte at a position, or a wrong
-    index): the memo accepts exactly what verify_inclusion accepts."""
-    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
+def test_cursor_agrees_with_full_verification(
+    size: int, start: int, steps: list[tuple[int, tuple[int, int, int]]]
+) -> None:
+    """Leaves in increasing order (as in a bundle, with gaps; sometimes back to the
+    start), each proof possibly damaged: the cursor accepts exactly what a strict decode
+    and verify_inclusion accept, and fails with the same error."""
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size + 64)])
     root = tree.root(size)
-    memo = PathMemo(size, root)
-    for raw_index, corrupt_at, bit in checks:
-        index = raw_index % size
-        proof = tree.inclusion(index, size)
-        claimed = index
-        if corrupt_at >= len(proof):
-            claimed = (index + 1 + bit) % size  # a proof for another index
-        elif corrupt_at >= 0:
-            h = proof[corrupt_at]
-            proof[corrupt_at] = h[:bit] + bytes([h[bit] ^ 1]) + h[bit + 1 :]
-        raw = msgspec.json.encode([base64.b64encode(h).decode() for h in proof])
-        try:
-            verify_inclusion(tree.leaves[index], claimed, size, proof, root)
-            expected = None
-        except ProofInvalid as e:
-            expected = str(e)
-        try:
-            memo.verify(tree.leaves[index], claimed, raw)
-            got = None
-        except ProofInvalid as e:
-            got = str(e)
-        assert got == expected
+    cursor = PathCursor(size, root)
+    index = start % size
+    for gap, how in steps:
+        index = (index + gap) % size if gap < 40 else 0
+        claimed, raw = _damage(tree, index, size, how)
+        leaf = tree.leaves[index]
+        expected = _full(leaf, claimed, size, raw, root)
+        assert _outcome(cursor.verify, leaf, claimed, raw) == expected
 
 
-def test_memo_accepts_non_compact_proof_json() -> None:
+@FUZZ
+@given(
+    st.integers(2, 300),
+    st.integers(1, 300),
+    st.integers(0, 300),
+    st.lists(st.tuples(GAP, DAMAGE, st.booleans()), max_size=60),
+)
+def test_shared_receipt_cursor_agrees_with_full_verification(
+    size: int, batch: int, start: int, steps: list[tuple[int, tuple[int, int, int], bool]]
+) -> None:
+    """verify_sharing (a receipt's proof in a smaller tree, after the header proof of the
+    same leaf, itself possibly damaged) accepts exactly what verify_inclusion accepts for
+    the receipt proof."""
+    small = min(batch, size)
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
+    head = PathCursor(size, tree.root(size))
+    cursor = PathCursor(small, tree.root(small))
+    index = start % small
+    for gap, how, damage_head in steps:
+        index = (index + gap) % small if gap < 40 else 0
+        leaf = tree.leaves[index]
+        head_claimed, head_raw = _damage(tree, index, size, how if damage_head else (0, 0, 0))
+        with contextlib.suppress(VerificationError):
+            head.verify(leaf, head_claimed, head_raw)
+        claimed, raw = _damage(tree, index, small, (0, 0, 0) if damage_head else how)
+        expected = _full(leaf, claimed, small, raw, tree.root(small))
+        assert _outcome(cursor.verify_sharing, leaf, claimed, raw, head) == expected
+
+
+def test_cursor_accepts_non_compact_proof_json() -> None:
     """Regression: the fast path reads msgspec's compact layout; pretty-printed JSON must
-    still verify (through the strict slow path), and the memo keep working after it."""
+    still verify (through the strict path), and the cursor keep working after it."""
     tree = kit.Tree([kit.leaf_hash(bytes([i])) for i in range(13)])
-    memo = PathMemo(13, tree.root(13))
-    for index in (4, 5, 6):
-        proof = [base64.b64encode(h).decode() for h in tree.inclusion(index, 13)]
-        memo.verify(
+    cursor = PathCursor(13, tree.root(13))
+    for index in (4, 5, 6, 7):
+        proof = [kit.b64(h) for h in tree.inclusion(index, 13)]
+        cursor.verify(
             tree.leaves[index], index, ("[ " + ", ".join(f'"{p}"' for p in proof) + " ]").encode()
         )
-        memo.verify(tree.leaves[index], index, msgspec.json.encode(proof))
+    for index in (8, 9, 10, 11, 12):
+        cursor.verify(tree.leaves[index], index, _enc(tree.inclusion(index, 13)))
+
+
+def test_cursor_takes_the_fast_path_in_a_sequential_run(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fast path is taken: of 1,000 consecutive leaves of a 1,000-leaf tree, only the
+    first and a few near the right border are checked in full; and a changed hash in
+    the middle of the run is still caught at its leaf."""
+    size = 1000
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
+    cursor = PathCursor(size, tree.root(size))
+    in_full: list[int] = []
+    full = PathCursor._verify_in_full
+
+    def spy(self: PathCursor, leaf: bytes, index: int, raw: bytes) -> None:
+        in_full.append(index)
+        full(self, leaf, index, raw)
+
+    monkeypatch.setattr(PathCursor, "_verify_in_full", spy)
+    for index in range(size):
+        cursor.verify(tree.leaves[index], index, _enc(tree.inclusion(index, size)))
+    assert len(in_full) < 10
+    assert in_full[0] == 0
+    cursor = PathCursor(size, tree.root(size))
+    for index in range(600):
+        cursor.verify(tree.leaves[index], index, _enc(tree.inclusion(index, size)))
+    proof = tree.inclusion(600, size)
+    assert (600 ^ 599).bit_length() == 4
+    proof[1] = bytes(32)  # one of the 4 siblings below where 600's path leaves 599's
+    with pytest.raises(ProofInvalid, match="index 600 does not lead to the root"):
+        cursor.verify(tree.leaves[600], 600, _enc(proof))
+    proof = tree.inclusion(601, size)
+    proof[-1] = bytes(32)  # a hash 599's proof has too
+    with pytest.raises(ProofInvalid, match="index 601 does not lead to the root"):
+        cursor.verify(tree.leaves[601], 601, _enc(proof))
+
+
+@FUZZ
+@given(
+    st.text(
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=",
+        min_size=44,
+        max_size=44,
+    )
+)
+def test_fast_path_base64_agrees_with_the_strict_decoder(token: str) -> None:
+    """The fast path decodes one 44-character hash with binascii in strict mode; the
+    strict path decodes the whole array with msgspec. They agree on every such token."""
+    try:
+        fast: bytes | None = binascii.a2b_base64(token.encode(), strict_mode=True)
+    except binascii.Error:
+        fast = None
+    try:
+        (strict,) = msgspec.json.decode(f'["{token}"]'.encode(), type=tuple[bytes, ...])
+    except msgspec.ValidationError:
+        strict = None
+    assert fast == strict
 
 
 # ---- the streaming trailer parser ---------------------------------------------------
@@ -204,45 +343,3 @@ def test_stream_parser_rejects_garbage_cleanly(data: bytes, chunk: int) -> None:
     chunks = iter([data[i : i + chunk] for i in range(0, len(data), chunk)])
     with contextlib.suppress(VerificationError):
         parse_stream(chunks, ("state", "receipts"), lambda _x: None, lambda _b: None)
-
-
-@FUZZ
-@given(
-    st.integers(2, 300),
-    st.integers(1, 300),
-    st.lists(st.tuples(st.integers(0, 299), st.integers(-1, 12), st.integers(0, 31)), max_size=40),
-)
-def test_shared_receipt_memo_agrees_with_full_verification(
-    size: int, batch_size: int, checks: list[tuple[int, int, int]]
-) -> None:
-    """verify_sharing (a receipt proof after the header proof of the same leaf) accepts
-    exactly what verify_inclusion accepts for the receipt proof."""
-    small = min(batch_size, size)
-    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
-    head = PathMemo(size, tree.root(size))
-    memo = PathMemo(small, tree.root(small))
-
-    def enc(proof: list[bytes]) -> bytes:
-        return msgspec.json.encode([base64.b64encode(h).decode() for h in proof])
-
-    for raw_index, corrupt_at, bit in checks:
-        index = raw_index % small
-        head_raw = enc(tree.inclusion(index, size))
-        head.verify(tree.leaves[index], index, head_raw)
-        proof = tree.inclusion(index, small)
-        if 0 <= corrupt_at < len(proof):
-            h = proof[corrupt_at]
-            proof[corrupt_at] = h[:bit] + bytes([h[bit] ^ 1]) + h[bit + 1 :]
-        elif corrupt_at >= len(proof):
-            proof = tree.inclusion(index, size)  # the header's proof, for another size
-        try:
-            verify_inclusion(tree.leaves[index], index, small, proof, tree.root(small))
-            expected = None
-        except ProofInvalid as e:
-            expected = str(e)
-        try:
-            memo.verify_sharing(tree.leaves[index], index, enc(proof), head, head_raw)
-            got = None
-        except ProofInvalid as e:
-            got = str(e)
-        assert got == expected
