@@ -1,5 +1,6 @@
 """Hypothesis: the verifier never crashes on hostile bytes (any error is a clean
-VerificationError), and the PathCursor fast path agrees with full RFC 9162 verification."""
+VerificationError), the PathCursor fast path agrees with full RFC 9162 verification, and
+the line reader with bytes.split."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import base64
 import binascii
 import contextlib
 import copy
+import io
 from collections.abc import Callable
+from unittest import mock
 
 import msgspec
 import pytest
@@ -15,6 +18,7 @@ import verifier_testkit as kit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import verifier._bundle as bundle_mod
 from verifier import (
     ProofInvalid,
     VerificationError,
@@ -343,3 +347,33 @@ def test_stream_parser_rejects_garbage_cleanly(data: bytes, chunk: int) -> None:
     chunks = iter([data[i : i + chunk] for i in range(0, len(data), chunk)])
     with contextlib.suppress(VerificationError):
         parse_stream(chunks, ("state", "receipts"), lambda _x: None, lambda _b: None)
+
+
+# ---- the line reader ------------------------------------------------------------------
+
+
+@FUZZ
+@given(
+    st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=30),
+    st.booleans(),
+    st.integers(1, 50),
+    st.integers(1, 60),
+)
+def test_line_reader_gives_the_lines_split_gives(
+    lines: list[bytes], final_newline: bool, block: int, limit: int
+) -> None:
+    """Lines cut at any block boundary, and lines longer than the limit (handed out as
+    chunks), come out as ``split(b"\\n")`` gives them; a final newline adds no line."""
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    expected = data.split(b"\n")
+    if expected[-1] == b"":
+        expected.pop()
+    with (
+        mock.patch.object(bundle_mod, "_BLOCK", block),
+        mock.patch.object(bundle_mod, "LINE_LIMIT", limit),
+    ):
+        got = [
+            item if isinstance(item, bytes) else b"".join(item)
+            for item in bundle_mod._lines(io.BytesIO(data))
+        ]
+    assert got == expected
