@@ -260,7 +260,7 @@ class PathCursor:
     The state is one proof and at most 65 hashes, whatever the number of proofs.
     """
 
-    __slots__ = ("_d", "_from", "_last", "_nodes", "_prev", "_raw", "root", "tree_size")
+    __slots__ = ("_d", "_from", "_last", "_nodes", "_prev", "_raw", "_sibs", "root", "tree_size")
 
     def __init__(self, tree_size: int, root: bytes) -> None:
         _check_size("root hash", root)
@@ -273,6 +273,9 @@ class PathCursor:
         self._prev = -1
         self._raw = b""
         self._nodes: list[bytes] = [b""] * 65
+        # The last accepted proof's hashes below inner(p), decoded (_sibs[l] is the
+        # sibling at level l).
+        self._sibs: list[bytes] = [b""] * 64
         # How the last leaf was accepted: from which earlier leaf, with which d
         # (-1: in full). verify_sharing reuses it for the same leaf in a smaller tree.
         self._from = -1
@@ -292,31 +295,39 @@ class PathCursor:
                 and raw[cut:] == old[cut:]
                 and raw[:2] == b'["'
             ):
-                # Levels below d - 1: fold i's own side, recording the running hashes.
-                up = [leaf]
-                r, at = leaf, 2
+                nodes, sibs = self._nodes, self._sibs
+                # The state below level d is rewritten in place: until this proof is
+                # accepted, the cursor holds no leaf.
+                self._prev = -1
+                r, at, level = leaf, 2, 0
                 try:
-                    for level in range(d - 1):
+                    # Below level d - 1: fold i's own side. Separators: '"', ',', '"'.
+                    while level < d - 1:
                         p = _a2b(raw[at : at + 44], strict_mode=True)
-                        if len(p) != HASH_SIZE or raw[at + 44 : at + 47] != _SEP:
+                        if (
+                            len(p) != HASH_SIZE
+                            or raw[at + 44] != 34
+                            or raw[at + 45] != 44
+                            or raw[at + 46] != 34
+                        ):
                             break
+                        nodes[level] = r
+                        sibs[level] = p
                         if index >> level & 1:
                             r = _sha256(b"\x01" + p + r).digest()
                         else:
                             r = _sha256(b"\x01" + r + p).digest()
-                        up.append(r)
                         at += _STRIDE
+                        level += 1
                     else:
                         # Level d - 1: i's sibling is p's running hash there, and p's
-                        # sibling there is what i's side folded to.
-                        nodes = self._nodes
-                        if (
-                            raw[at + 44 : at + 47] == _SEP
-                            and _a2b(raw[at : at + 44], strict_mode=True) == nodes[d - 1]
-                            and _a2b(old[at : at + 44], strict_mode=True) == r
-                        ):
-                            nodes[:d] = up
-                            self._from, self._d, self._prev, self._raw = prev, d, index, raw
+                        # sibling there is what i's side folded to. (The ',"' after this
+                        # hash is in the text compared above.)
+                        p = _a2b(raw[at : at + 44], strict_mode=True)
+                        if p == nodes[level] and r == sibs[level] and raw[at + 44] == 34:
+                            nodes[level] = r
+                            sibs[level] = p
+                            self._prev, self._raw, self._from, self._d = index, raw, prev, d
                             return
                 except binascii.Error:
                     pass
@@ -335,14 +346,11 @@ class PathCursor:
         cursor's previous proof. Otherwise: :meth:`verify`.
         """
         prev = self._prev
-        if (
-            0 <= prev == other._from
-            and other._prev == index < self.tree_size
-            and other._nodes[0] == leaf
-        ):
+        theirs = other._nodes
+        if 0 <= prev == other._from and other._prev == index < self.tree_size and theirs[0] == leaf:
             d = other._d
             cut = _STRIDE * d
-            old, nodes, theirs = self._raw, self._nodes, other._nodes
+            old, nodes = self._raw, self._nodes
             if (
                 (index ^ self._last) >> d
                 and len(raw) == len(old)
@@ -351,7 +359,8 @@ class PathCursor:
                 and nodes[d] == theirs[d]
             ):
                 nodes[:d] = theirs[:d]
-                self._from, self._d, self._prev, self._raw = prev, d, index, raw
+                self._sibs[:d] = other._sibs[:d]
+                self._prev, self._raw, self._from, self._d = index, raw, prev, d
                 return
         self.verify(leaf, index, raw)
 
@@ -366,10 +375,12 @@ class PathCursor:
         if _encode(proof) != raw:
             self._prev = -1
             return
-        nodes = self._nodes
-        nodes[0] = r = leaf
-        for level in range((index ^ self._last).bit_length()):
-            p = proof[level]
+        nodes, sibs = self._nodes, self._sibs
+        inner = (index ^ self._last).bit_length()
+        r = leaf
+        for level in range(inner):
+            p = sibs[level] = proof[level]
+            nodes[level] = r
             r = node_hash(p, r) if index >> level & 1 else node_hash(r, p)
-            nodes[level + 1] = r
-        self._from, self._d, self._prev, self._raw = -1, 0, index, raw
+        nodes[inner] = r
+        self._prev, self._raw, self._from, self._d = index, raw, -1, 0
