@@ -33,14 +33,14 @@ from verifier._errors import (
     StateMismatch,
     VerificationError,
 )
-from verifier._ids import receipt_id_for
+from verifier._ids import receipt_id_for, receipt_id_matches
 from verifier._jsonstream import STREAMED, parse_stream
 from verifier._leaf import ENVELOPE_DECODER, LEAF_VERSION, MAX_LEAF_BYTES, decode, decode_leaf
 from verifier._merkle import PathCursor, verify_consistency
 from verifier._note import VerifierKey, parse_vkey
 from verifier._projection import (
     FOLDED_TYPES,
-    RECEIPTS_KEPT,
+    RECEIPTS_BATCH,
     TERMINAL_TYPES,
     Projection,
     ReceiptsMatcher,
@@ -51,6 +51,7 @@ from verifier._wire import (
     BundleEvent,
     BundleHeader,
     BundleLine,
+    BundleReceipt,
     BundleState,
     Envelope,
 )
@@ -156,6 +157,31 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
         if len(buf) > LINE_LIMIT:
             rest, buf = buf, b""
             yield long_line(rest)
+
+
+def _receipt_leaf_error(r: BundleReceipt, index: int) -> ReceiptMismatch:
+    if r.leaf_index != index:
+        return ReceiptMismatch(f"receipt leaf_index {r.leaf_index} is not the event's {index}")
+    return ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
+
+
+def _belonging_error(
+    env: Envelope, r: BundleReceipt, tenant: str, stream: str
+) -> VerificationError:
+    if env.tenant_id != tenant:
+        return EventMismatch(f"event tenant_id {env.tenant_id!r} is not the bundle's {tenant!r}")
+    if env.stream_id != stream:
+        return EventMismatch(
+            f"event stream_id {env.stream_id!r} is not the bundle's orchestration {stream!r}"
+        )
+    return ReceiptMismatch(f"leaf event_id {env.event_id!r} is not the receipt's {r.event_id!r}")
+
+
+def _receipt_id_error(event_id: str, receipt_id: str) -> VerificationError:
+    expected = receipt_id_for(event_id)  # raises MalformedInput if event_id is not a ULID
+    return ReceiptMismatch(
+        f"receipt_id {receipt_id!r} is not derived from event {event_id} (expected {expected!r})"
+    )
 
 
 def _sequence_error(seq: int, expected: int) -> BundleIncomplete:
@@ -269,11 +295,12 @@ class _Run:
         tenant, stream, count = header.tenant_id, header.orchestration_id, header.event_count
         head_verify = head.verify
         projection = self.projection
-        fold, receipts = projection.apply, projection.receipts
-        receipts_update = receipts.hasher.update
+        fold, created, receipts = projection.apply, projection.created, projection.receipts
+        pending = receipts.pending
         envelope_decode = ENVELOPE_DECODER.decode
         progress, hook = self.progress, self.event_hook
         sha256, line_decoder, event_type = _sha256, _LINE.decode, BundleEvent
+        folded = FOLDED_TYPES
         receipt_size, receipt_verify = -1, head.verify_sharing
         events, next_seq, last_type = self.events, self.next_seq, self.last_type
         line_no = self.line_no
@@ -291,12 +318,8 @@ class _Run:
                 #    The receipt: same leaf_index and leaf_hash, and its proof against
                 #    its own checkpoint's root.
                 r = line.receipt
-                if r.leaf_index != index:
-                    raise ReceiptMismatch(
-                        f"receipt leaf_index {r.leaf_index} is not the event's {index}"
-                    )
-                if r.leaf_hash != lh:
-                    raise ReceiptMismatch("receipt leaf_hash is not the hash of the event's leaf")
+                if r.leaf_index != index or r.leaf_hash != lh:
+                    raise _receipt_leaf_error(r, index)
                 if r.tree_size != receipt_size:
                     receipt_verify = self.receipt_cursor(r.tree_size).verify_sharing
                     receipt_size = r.tree_size
@@ -309,25 +332,11 @@ class _Run:
                     env = decode_leaf(leaf)  # raises the precise error
                 if env.v != LEAF_VERSION or len(leaf) > MAX_LEAF_BYTES:
                     env = decode_leaf(leaf)  # raises the precise error
-                if env.tenant_id != tenant:
-                    raise EventMismatch(
-                        f"event tenant_id {env.tenant_id!r} is not the bundle's {tenant!r}"
-                    )
-                if env.stream_id != stream:
-                    raise EventMismatch(
-                        f"event stream_id {env.stream_id!r} is not the bundle's orchestration "
-                        f"{stream!r}"
-                    )
-                if env.event_id != r.event_id:
-                    raise ReceiptMismatch(
-                        f"leaf event_id {env.event_id!r} is not the receipt's {r.event_id!r}"
-                    )
-                receipt_id = receipt_id_for(env.event_id)
-                if r.receipt_id != receipt_id:
-                    raise ReceiptMismatch(
-                        f"receipt_id {r.receipt_id!r} is not derived from event {env.event_id} "
-                        f"(expected {receipt_id!r})"
-                    )
+                event_id, receipt_id = env.event_id, r.receipt_id
+                if env.tenant_id != tenant or env.stream_id != stream or event_id != r.event_id:
+                    raise _belonging_error(env, r, tenant, stream)
+                if not receipt_id_matches(event_id, receipt_id):
+                    raise _receipt_id_error(event_id, receipt_id)
                 # 4. Completeness: stream_seq runs 1, 2, ... with no gap or repeat.
                 step = STEP_COMPLETENESS
                 seq = env.stream_seq
@@ -341,7 +350,7 @@ class _Run:
                 # 5. Replay: fold the event (§7.3).
                 step = STEP_REPLAY
                 last_type = env.type
-                if last_type in FOLDED_TYPES or not projection.created:
+                if last_type in folded or not created:
                     fold(
                         seq,
                         last_type,
@@ -350,12 +359,12 @@ class _Run:
                         payload=env.payload,
                         receipt_id=receipt_id,
                     )
+                    created = True  # apply() raises until orchestration.created is folded
                 else:
                     # LLM, tool, decision events change no field but ``receipts``.
-                    if receipts.count < RECEIPTS_KEPT:
-                        receipts.first.append(receipt_id)
-                    receipts.count += 1
-                    receipts_update(receipt_id.encode() + b"\n")
+                    pending.append(receipt_id)
+                    if len(pending) >= RECEIPTS_BATCH:
+                        receipts.flush()
                 if hook is not None:
                     hook(line, env)
                 if progress is not None and not events % _PROGRESS_EVERY:

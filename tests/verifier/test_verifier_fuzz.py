@@ -1,6 +1,7 @@
 """Hypothesis: the verifier never crashes on hostile bytes (any error is a clean
-VerificationError), the PathCursor fast path agrees with full RFC 9162 verification, and
-the line reader with bytes.split."""
+VerificationError), and the bundle loop's shortcuts agree with what they replace: the
+PathCursor fast path with full RFC 9162 verification, the line reader with bytes.split,
+the receipt id check with receipt_id_for."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 
 import verifier._bundle as bundle_mod
 from verifier import (
+    MalformedInput,
     ProofInvalid,
     VerificationError,
     open_note,
@@ -29,6 +31,7 @@ from verifier import (
     verify_inclusion,
     verify_receipt,
 )
+from verifier._ids import receipt_id_for, receipt_id_matches
 from verifier._jsonstream import STREAMED, parse_stream
 from verifier._merkle import PathCursor, decode_proof
 
@@ -377,3 +380,56 @@ def test_line_reader_gives_the_lines_split_gives(
             for item in bundle_mod._lines(io.BytesIO(data))
         ]
     assert got == expected
+
+
+# ---- the receipt id check -------------------------------------------------------------
+
+
+def _expected_match(event_id: str, receipt_id: str) -> bool:
+    try:
+        return receipt_id == receipt_id_for(event_id)
+    except MalformedInput:
+        return False
+
+
+@FUZZ
+@given(
+    st.integers(0, 2**130 - 1),
+    st.integers(0, 7),
+    st.integers(0, 40),
+    st.characters(codec="utf-8") | st.sampled_from("abcdefILOUilou_ -+0123456789ABCDEF"),
+    st.text(max_size=40),
+)
+def test_receipt_id_check_agrees_with_the_derivation(
+    n: int, kind: int, pos: int, char: str, text: str
+) -> None:
+    """receipt_id_matches (the bundle loop's check, which compares digits) says yes
+    exactly when the receipt id is receipt_id_for's text, for ULIDs of up to 130 bits
+    and receipt ids or event ids with one thing changed."""
+    event_id = kit.ulid_from_int(n)
+    receipt_id = kit.uuid_from_ulid_int(n % 2**128)
+    if kind == 1:  # one character of the receipt id
+        i = pos % len(receipt_id)
+        receipt_id = receipt_id[:i] + char + receipt_id[i + 1 :]
+    elif kind == 2:  # one character of the event id
+        i = pos % len(event_id)
+        event_id = event_id[:i] + char + event_id[i + 1 :]
+    elif kind == 3:  # upper case
+        receipt_id = receipt_id.upper()
+    elif kind == 4:  # hyphens: all but one dropped, all dropped, one more, one moved
+        digits = receipt_id.replace("-", "")
+        i = pos % 33
+        h = [8, 13, 18, 23][pos % 4]
+        receipt_id = [
+            digits[:i] + "-" + digits[i:],
+            digits,
+            receipt_id + "-",
+            receipt_id[:h] + receipt_id[h + 1] + "-" + receipt_id[h + 2 :],
+        ][pos % 4]
+    elif kind == 5:  # an event id a character short (a leading "0": the same number)
+        event_id = event_id[1:] if pos % 2 else event_id[:-1]
+    elif kind == 6:
+        receipt_id = text
+    elif kind == 7:
+        event_id = text
+    assert receipt_id_matches(event_id, receipt_id) == _expected_match(event_id, receipt_id)
