@@ -260,7 +260,19 @@ class PathCursor:
     The state is one proof and at most 65 hashes, whatever the number of proofs.
     """
 
-    __slots__ = ("_d", "_from", "_last", "_nodes", "_prev", "_raw", "_sibs", "root", "tree_size")
+    __slots__ = (
+        "_d",
+        "_from",
+        "_last",
+        "_mirror",
+        "_nodes",
+        "_prev",
+        "_raw",
+        "_shared",
+        "_sibs",
+        "root",
+        "tree_size",
+    )
 
     def __init__(self, tree_size: int, root: bytes) -> None:
         _check_size("root hash", root)
@@ -280,6 +292,10 @@ class PathCursor:
         # (-1: in full). verify_sharing reuses it for the same leaf in a smaller tree.
         self._from = -1
         self._d = 0
+        # verify_sharing: the cursor whose running hashes stand in for this one's, and
+        # the last leaf accepted that way (-1: none; then _prev is -1 meanwhile).
+        self._mirror: PathCursor | None = None
+        self._shared = -1
 
     def verify(self, leaf: bytes, index: int, raw: bytes) -> None:
         """:func:`verify_inclusion` of ``leaf`` at ``index`` against this cursor's root,
@@ -334,35 +350,43 @@ class PathCursor:
         self._verify_in_full(leaf, index, raw)
 
     def verify_sharing(self, leaf: bytes, index: int, raw: bytes, other: PathCursor) -> None:
-        """:meth:`verify`, reusing ``other``'s acceptance of the same leaf at the same
-        index (a receipt's proof in its checkpoint's tree, after the header checkpoint's
-        proof of the same event).
+        """:meth:`verify` of a receipt's proof, right after ``other`` (the header
+        checkpoint's cursor, of a larger tree) accepted the same leaf at the same index.
 
-        If ``other`` accepted ``index`` on its fast path from the leaf this cursor
-        accepted last, with some ``d``, the ``d`` siblings below level ``d`` are the
-        same complete subtrees in both trees: this proof must hold the same first ``d``
-        hashes as ``other``'s, whose fold ``other`` has checked, and the fold there
-        must equal this cursor's running hash at level ``d``; the rest is this
-        cursor's previous proof. Otherwise: :meth:`verify`.
+        Below level ``inner(i)`` of this tree both trees hold the same complete subtrees,
+        so both folds have the same running hashes there. Once this cursor has accepted a
+        proof in full and found those hashes equal to ``other``'s for the same leaf, it
+        mirrors ``other`` and keeps none of its own. Then, if ``other`` accepted ``index``
+        on its fast path, with some ``d``, from the leaf this cursor accepted last, a
+        valid proof here is ``other``'s first ``d`` hashes (``other`` folded them to its
+        running hash at level ``d``, so to this cursor's) followed by the rest of this
+        cursor's previous proof, provided ``d < inner(i)`` here too. Anything else is
+        checked in full.
         """
-        prev = self._prev
-        theirs = other._nodes
-        if 0 <= prev == other._from and other._prev == index < self.tree_size and theirs[0] == leaf:
+        shared = self._shared
+        if (
+            0 <= shared == other._from
+            and other._prev == index <= self._last
+            and self._mirror is other
+            and other._nodes[0] == leaf
+        ):
             d = other._d
             cut = _STRIDE * d
-            old, nodes = self._raw, self._nodes
+            old = self._raw
             if (
                 (index ^ self._last) >> d
                 and len(raw) == len(old)
                 and raw[cut:] == old[cut:]
                 and raw[:cut] == other._raw[:cut]
-                and nodes[d] == theirs[d]
             ):
-                nodes[:d] = theirs[:d]
-                self._sibs[:d] = other._sibs[:d]
-                self._prev, self._raw, self._from, self._d = index, raw, prev, d
+                self._shared, self._raw = index, raw
                 return
-        self.verify(leaf, index, raw)
+        self._verify_in_full(leaf, index, raw)
+        if self._prev == index == other._prev and other is not self:
+            inner = (index ^ self._last).bit_length()
+            if self._nodes[:inner] == other._nodes[:inner]:
+                # Mirror from here: this cursor's own state goes stale as it advances.
+                self._mirror, self._shared, self._prev = other, index, -1
 
     def _verify_in_full(self, leaf: bytes, index: int, raw: bytes) -> None:
         """Strict decode and a full RFC 9162 fold; raises with the precise fault, if any.
@@ -373,7 +397,7 @@ class PathCursor:
         proof = decode_proof(raw, "inclusion proof")
         verify_inclusion(leaf, index, self.tree_size, proof, self.root)
         if _encode(proof) != raw:
-            self._prev = -1
+            self._prev = self._shared = -1
             return
         nodes, sibs = self._nodes, self._sibs
         inner = (index ^ self._last).bit_length()
@@ -384,3 +408,4 @@ class PathCursor:
             r = node_hash(p, r) if index >> level & 1 else node_hash(r, p)
         nodes[inner] = r
         self._prev, self._raw, self._from, self._d = index, raw, -1, 0
+        self._mirror, self._shared = None, -1

@@ -218,28 +218,69 @@ def test_cursor_agrees_with_full_verification(
     st.integers(2, 300),
     st.integers(1, 300),
     st.integers(0, 300),
+    st.none() | st.integers(0, 300),
     st.lists(st.tuples(GAP, DAMAGE, st.booleans()), max_size=60),
 )
 def test_shared_receipt_cursor_agrees_with_full_verification(
-    size: int, batch: int, start: int, steps: list[tuple[int, tuple[int, int, int], bool]]
+    size: int,
+    batch: int,
+    start: int,
+    fork: int | None,
+    steps: list[tuple[int, tuple[int, int, int], bool]],
 ) -> None:
     """verify_sharing (a receipt's proof in a smaller tree, after the header proof of the
-    same leaf, itself possibly damaged) accepts exactly what verify_inclusion accepts for
-    the receipt proof."""
+    same leaf, itself possibly damaged, or from a header tree that forked from this one at
+    some leaf) accepts exactly what verify_inclusion accepts for the receipt proof."""
     small = min(batch, size)
     tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
-    head = PathCursor(size, tree.root(size))
+    head_tree = tree
+    if fork is not None:
+        head_tree = kit.Tree(
+            [tree.leaves[i] if i < fork else kit.leaf_hash(b"fork%d" % i) for i in range(size)]
+        )
+    head = PathCursor(size, head_tree.root(size))
     cursor = PathCursor(small, tree.root(small))
     index = start % small
+    last, last_raw = -1, b""
     for gap, how, damage_head in steps:
         index = (index + gap) % small if gap < 40 else 0
         leaf = tree.leaves[index]
-        head_claimed, head_raw = _damage(tree, index, size, how if damage_head else (0, 0, 0))
+        head_claimed, head_raw = _damage(head_tree, index, size, how if damage_head else (0, 0, 0))
         with contextlib.suppress(VerificationError):
             head.verify(leaf, head_claimed, head_raw)
         claimed, raw = _damage(tree, index, small, (0, 0, 0) if damage_head else how)
+        if how[0] >= 13 and 0 <= last < index:
+            # Forged: the header proof's lower hashes spliced onto the previous receipt
+            # proof's upper ones, which is what the shared check reads.
+            cut = 47 * (index ^ last).bit_length()
+            raw = head_raw[:cut] + last_raw[cut:]
         expected = _full(leaf, claimed, small, raw, tree.root(small))
+        if expected is None:
+            last, last_raw = index, raw
         assert _outcome(cursor.verify_sharing, leaf, claimed, raw, head) == expected
+
+
+def test_receipt_cursor_does_not_mirror_a_header_tree_that_differs_below() -> None:
+    """A header tree that forked at leaf 21 has other subtrees over leaves 16-23 than the
+    receipt's tree. A receipt proof for leaf 20 spliced from the header proof's lower
+    hashes and the previous receipt proof's upper ones passes the shared check's text
+    comparisons; only the running hashes compared before mirroring stop it."""
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(64)])
+    forked = kit.Tree(
+        [tree.leaves[i] if i < 21 else kit.leaf_hash(b"fork%d" % i) for i in range(64)]
+    )
+    head = PathCursor(64, forked.root(64))
+    cursor = PathCursor(32, tree.root(32))
+    for index in range(16, 20):
+        head.verify(tree.leaves[index], index, _enc(forked.inclusion(index, 64)))
+        cursor.verify_sharing(tree.leaves[index], index, _enc(tree.inclusion(index, 32)), head)
+    head_raw = _enc(forked.inclusion(20, 64))
+    head.verify(tree.leaves[20], 20, head_raw)
+    cut = 47 * (20 ^ 19).bit_length()
+    spliced = head_raw[:cut] + _enc(tree.inclusion(19, 32))[cut:]
+    assert _full(tree.leaves[20], 20, 32, spliced, tree.root(32)) is not None
+    with pytest.raises(ProofInvalid, match="index 20 does not lead to the root"):
+        cursor.verify_sharing(tree.leaves[20], 20, spliced, head)
 
 
 def test_cursor_accepts_non_compact_proof_json() -> None:
