@@ -214,6 +214,9 @@ _SEP = b'","'
 _PROOF = msgspec.json.Decoder(tuple[bytes, ...])
 _encode = msgspec.json.encode
 _a2b = binascii.a2b_base64
+# Copying a started SHA-256 context costs less than setting up a new one with OpenSSL
+# 3 (about 0.1-0.2 µs less per hash on the bench machine).
+_NODE_HASHER = hashlib.sha256(b"\x01")
 
 
 def decode_proof(raw: bytes | msgspec.Raw, what: str) -> tuple[bytes, ...]:
@@ -329,10 +332,9 @@ class PathCursor:
                             break
                         nodes[level] = r
                         sibs[level] = p
-                        if index >> level & 1:
-                            r = _sha256(b"\x01" + p + r).digest()
-                        else:
-                            r = _sha256(b"\x01" + r + p).digest()
+                        h = _NODE_HASHER.copy()
+                        h.update(p + r if index >> level & 1 else r + p)
+                        r = h.digest()
                         at += _STRIDE
                         level += 1
                     else:
