@@ -31,10 +31,11 @@ def _not_a_ulid(event_id: str) -> MalformedInput:
 
 
 def _ulid_digits(event_id: str) -> str:
-    """The ULID's 128 bits as 32 lowercase hex digits ("" if it has other characters)."""
+    """The ULID's 128 bits as 32 lowercase hex digits ("" if it has other characters or
+    more than 128 bits)."""
     try:
-        return "%032x" % int(event_id.encode().translate(_TO_BASE32HEX), 32)  # noqa: UP031
-    except ValueError:  # not base32, or not encodable (a lone surrogate)
+        return int(event_id.encode().translate(_TO_BASE32HEX), 32).to_bytes(16, "big").hex()
+    except (ValueError, OverflowError):  # not base32 or not encodable; over 128 bits
         return ""
 
 
@@ -54,11 +55,11 @@ def receipt_id_matches(event_id: str, receipt_id: str) -> bool:
 
     The 32 digits of ``receipt_id`` without its hyphens must be the ULID's, and the
     hyphens exactly the four of the 8-4-4-4-12 layout. A 26-character ULID of more than
-    128 bits (first character above "7") has 33 digits, so it matches nothing.
+    128 bits (first character above "7") matches nothing.
     """
     try:
-        digits = "%032x" % int(event_id.encode().translate(_TO_BASE32HEX), 32)  # noqa: UP031
-    except ValueError:
+        digits = int(event_id.encode().translate(_TO_BASE32HEX), 32).to_bytes(16, "big").hex()
+    except (ValueError, OverflowError):
         return False
     return (
         len(event_id) == 26
