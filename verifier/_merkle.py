@@ -210,7 +210,6 @@ def verify_consistency(
 
 
 _STRIDE = 47  # one hash in a compact proof array: '"' + 44 base64 characters + '",'
-_SEP = b'","'
 _PROOF = msgspec.json.Decoder(tuple[bytes, ...])
 _encode = msgspec.json.encode
 _a2b = binascii.a2b_base64
@@ -260,7 +259,7 @@ class PathCursor:
     :meth:`_verify_in_full`, which is exactly the strict decode and
     :func:`verify_inclusion`, and raises their precise error.
 
-    The state is one proof and at most 65 hashes, whatever the number of proofs.
+    The state is one proof and at most 129 hashes, whatever the number of proofs.
     """
 
     __slots__ = (
