@@ -303,7 +303,9 @@ class _Run:
         progress, hook = self.progress, self.event_hook
         leaf_hasher, line_decoder, event_type = _LEAF_HASHER, _LINE.decode, BundleEvent
         folded = FOLDED_TYPES
-        receipt_size, receipt_verify = -1, head.verify_sharing
+        # None: no receipt cursor yet (a receipt's tree_size may be any integer).
+        receipt_size: int | None = None
+        receipt_verify = head.verify_sharing
         events, next_seq, last_type = self.events, self.next_seq, self.last_type
         line_no = self.line_no
         line: Any = first
