@@ -303,9 +303,10 @@ class _Run:
         progress, hook = self.progress, self.event_hook
         leaf_hasher, line_decoder, event_type = _LEAF_HASHER, _LINE.decode, BundleEvent
         folded = FOLDED_TYPES
+        verify_with_receipt = head.verify_with_receipt
         # None: no receipt cursor yet (a receipt's tree_size may be any integer).
         receipt_size: int | None = None
-        receipt_verify = head.verify_sharing
+        receipt = head
         events, next_seq, last_type = self.events, self.next_seq, self.last_type
         line_no = self.line_no
         line: Any = first
@@ -320,16 +321,23 @@ class _Run:
                 h.update(leaf)
                 lh = h.digest()
                 index = line.leaf_index
-                head_verify(lh, index, bytes(line.inclusion_proof))
                 #    The receipt: same leaf_index and leaf_hash, and its proof against
-                #    its own checkpoint's root.
+                #    its own checkpoint's root (checked with the header proof, which
+                #    shares its lower hashes; the header proof's fault comes first).
                 r = line.receipt
                 if r.leaf_index != index or r.leaf_hash != lh:
+                    head_verify(lh, index, bytes(line.inclusion_proof))
                     raise _receipt_leaf_error(r, index)
                 if r.tree_size != receipt_size:
-                    receipt_verify = self.receipt_cursor(r.tree_size).verify_sharing
+                    try:
+                        receipt = self.receipt_cursor(r.tree_size)
+                    except VerificationError:
+                        head_verify(lh, index, bytes(line.inclusion_proof))
+                        raise
                     receipt_size = r.tree_size
-                receipt_verify(lh, index, bytes(r.inclusion_proof), head)
+                verify_with_receipt(
+                    lh, index, bytes(line.inclusion_proof), receipt, bytes(r.inclusion_proof)
+                )
                 # 3. Belonging: a known v, this tenant and orchestration, matching ids.
                 step = STEP_BELONGING
                 try:

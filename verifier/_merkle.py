@@ -263,8 +263,6 @@ class PathCursor:
     """
 
     __slots__ = (
-        "_d",
-        "_from",
         "_last",
         "_mirror",
         "_nodes",
@@ -290,29 +288,46 @@ class PathCursor:
         # The last accepted proof's hashes below inner(p), decoded (_sibs[l] is the
         # sibling at level l).
         self._sibs: list[bytes] = [b""] * 64
-        # How the last leaf was accepted: from which earlier leaf, with which d
-        # (-1: in full). verify_sharing reuses it for the same leaf in a smaller tree.
-        self._from = -1
-        self._d = 0
-        # verify_sharing: the cursor whose running hashes stand in for this one's, and
-        # the last leaf accepted that way (-1: none; then _prev is -1 meanwhile).
+        # As a receipt's cursor: the cursor whose running hashes stand in for this
+        # one's, and the last leaf accepted that way (-1: none; _prev is -1 meanwhile).
         self._mirror: PathCursor | None = None
         self._shared = -1
 
     def verify(self, leaf: bytes, index: int, raw: bytes) -> None:
         """:func:`verify_inclusion` of ``leaf`` at ``index`` against this cursor's root,
         with the proof given as its JSON array text. Returns None or raises."""
+        self.verify_with_receipt(leaf, index, raw, None, b"")
+
+    def verify_with_receipt(
+        self,
+        leaf: bytes,
+        index: int,
+        raw: bytes,
+        receipt: PathCursor | None,
+        receipt_raw: bytes,
+    ) -> None:
+        """:meth:`verify`; then, if ``receipt`` is given, the same for ``receipt_raw``
+        against ``receipt``'s root: a receipt's proof of the same leaf in a smaller tree
+        of the same log. Returns None or raises (this proof's fault first).
+
+        Below level ``inner(i)`` of the smaller tree both trees hold the same complete
+        subtrees, so both folds have the same running hashes there. Once ``receipt`` has
+        accepted a proof in full and found those hashes equal to this cursor's for the
+        same leaf, it mirrors this cursor and keeps none of its own. Then, if this
+        cursor accepts ``index`` on its fast path, with some ``d``, from the leaf
+        ``receipt`` accepted last, a valid receipt proof is this proof's first ``d``
+        hashes (folded here to this cursor's running hash at level ``d``, so to
+        ``receipt``'s) followed by the rest of ``receipt``'s previous proof, provided
+        ``d < inner(i)`` there too. Anything else is checked in full.
+        """
         prev = self._prev
-        if 0 <= prev < index < self.tree_size and len(leaf) == HASH_SIZE:
+        if 0 <= prev < index and len(leaf) == HASH_SIZE:
             d = (index ^ prev).bit_length()
             cut = _STRIDE * d
             old = self._raw
-            if (
-                (index ^ self._last) >> d
-                and len(raw) == len(old)
-                and raw[cut:] == old[cut:]
-                and raw[:2] == b'["'
-            ):
+            # d < inner(i) (which also puts i inside the tree, since p is); then the old
+            # proof has more than d hashes, so equal text from there means equal length.
+            if (index ^ self._last) >> d and raw[cut:] == old[cut:] and raw[:2] == b'["':
                 nodes, sibs = self._nodes, self._sibs
                 # The state below level d is rewritten in place: until this proof is
                 # accepted, the cursor holds no leaf.
@@ -344,50 +359,37 @@ class PathCursor:
                         if p == nodes[level] and r == sibs[level] and raw[at + 44] == 34:
                             nodes[level] = r
                             sibs[level] = p
-                            self._prev, self._raw, self._from, self._d = index, raw, prev, d
+                            self._prev, self._raw = index, raw
+                            if receipt is None:
+                                return
+                            if (
+                                receipt._shared == prev
+                                and receipt._mirror is self
+                                and (index ^ receipt._last) >> d
+                                and receipt_raw[cut:] == receipt._raw[cut:]
+                                and receipt_raw[:cut] == raw[:cut]
+                            ):
+                                receipt._shared, receipt._raw = index, receipt_raw
+                                return
+                            receipt._verify_receipt_in_full(leaf, index, receipt_raw, self)
                             return
                 except binascii.Error:
                     pass
         self._verify_in_full(leaf, index, raw)
+        if receipt is not None:
+            receipt._verify_receipt_in_full(leaf, index, receipt_raw, self)
 
-    def verify_sharing(self, leaf: bytes, index: int, raw: bytes, other: PathCursor) -> None:
-        """:meth:`verify` of a receipt's proof, right after ``other`` (the header
-        checkpoint's cursor, of a larger tree) accepted the same leaf at the same index.
-
-        Below level ``inner(i)`` of this tree both trees hold the same complete subtrees,
-        so both folds have the same running hashes there. Once this cursor has accepted a
-        proof in full and found those hashes equal to ``other``'s for the same leaf, it
-        mirrors ``other`` and keeps none of its own. Then, if ``other`` accepted ``index``
-        on its fast path, with some ``d``, from the leaf this cursor accepted last, a
-        valid proof here is ``other``'s first ``d`` hashes (``other`` folded them to its
-        running hash at level ``d``, so to this cursor's) followed by the rest of this
-        cursor's previous proof, provided ``d < inner(i)`` here too. Anything else is
-        checked in full.
-        """
-        shared = self._shared
-        if (
-            0 <= shared == other._from
-            and other._prev == index <= self._last
-            and self._mirror is other
-            and other._nodes[0] == leaf
-        ):
-            d = other._d
-            cut = _STRIDE * d
-            old = self._raw
-            if (
-                (index ^ self._last) >> d
-                and len(raw) == len(old)
-                and raw[cut:] == old[cut:]
-                and raw[:cut] == other._raw[:cut]
-            ):
-                self._shared, self._raw = index, raw
-                return
+    def _verify_receipt_in_full(
+        self, leaf: bytes, index: int, raw: bytes, header: PathCursor
+    ) -> None:
+        """:meth:`_verify_in_full`; then mirror ``header`` if it holds the same leaf with
+        the same running hashes below ``inner(index)`` of this tree."""
         self._verify_in_full(leaf, index, raw)
-        if self._prev == index == other._prev and other is not self:
+        if self._prev == index == header._prev and header is not self:
             inner = (index ^ self._last).bit_length()
-            if self._nodes[:inner] == other._nodes[:inner]:
-                # Mirror from here: this cursor's own state goes stale as it advances.
-                self._mirror, self._shared, self._prev = other, index, -1
+            if self._nodes[:inner] == header._nodes[:inner]:
+                # From here this cursor's own state goes stale as it advances.
+                self._mirror, self._shared, self._prev = header, index, -1
 
     def _verify_in_full(self, leaf: bytes, index: int, raw: bytes) -> None:
         """Strict decode and a full RFC 9162 fold; raises with the precise fault, if any.
@@ -408,5 +410,5 @@ class PathCursor:
             nodes[level] = r
             r = node_hash(p, r) if index >> level & 1 else node_hash(r, p)
         nodes[inner] = r
-        self._prev, self._raw, self._from, self._d = index, raw, -1, 0
+        self._prev, self._raw = index, raw
         self._mirror, self._shared = None, -1

@@ -228,9 +228,10 @@ def test_shared_receipt_cursor_agrees_with_full_verification(
     fork: int | None,
     steps: list[tuple[int, tuple[int, int, int], bool]],
 ) -> None:
-    """verify_sharing (a receipt's proof in a smaller tree, after the header proof of the
-    same leaf, itself possibly damaged, or from a header tree that forked from this one at
-    some leaf) accepts exactly what verify_inclusion accepts for the receipt proof."""
+    """verify_with_receipt (the header checkpoint's proof of a leaf, then a receipt's
+    proof of it in a smaller tree, either possibly damaged, or from a header tree that
+    forked from the receipt's at some leaf) accepts exactly what verify_inclusion
+    accepts for the two proofs, and fails with the first one's error."""
     small = min(batch, size)
     tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(size)])
     head_tree = tree
@@ -245,19 +246,21 @@ def test_shared_receipt_cursor_agrees_with_full_verification(
     for gap, how, damage_head in steps:
         index = (index + gap) % small if gap < 40 else 0
         leaf = tree.leaves[index]
-        head_claimed, head_raw = _damage(head_tree, index, size, how if damage_head else (0, 0, 0))
-        with contextlib.suppress(VerificationError):
-            head.verify(leaf, head_claimed, head_raw)
-        claimed, raw = _damage(tree, index, small, (0, 0, 0) if damage_head else how)
+        claimed, head_raw = _damage(head_tree, index, size, how if damage_head else (0, 0, 0))
+        receipt_claimed, raw = _damage(tree, index, small, (0, 0, 0) if damage_head else how)
+        claimed = claimed if damage_head else receipt_claimed  # one index for both
         if how[0] >= 13 and 0 <= last < index:
             # Forged: the header proof's lower hashes spliced onto the previous receipt
             # proof's upper ones, which is what the shared check reads.
             cut = 47 * (index ^ last).bit_length()
             raw = head_raw[:cut] + last_raw[cut:]
-        expected = _full(leaf, claimed, small, raw, tree.root(small))
+        expected = _full(leaf, claimed, size, head_raw, head_tree.root(size))
         if expected is None:
-            last, last_raw = index, raw
-        assert _outcome(cursor.verify_sharing, leaf, claimed, raw, head) == expected
+            expected = _full(leaf, claimed, small, raw, tree.root(small))
+            if expected is None:
+                last, last_raw = index, raw
+        got = _outcome(head.verify_with_receipt, leaf, claimed, head_raw, cursor, raw)
+        assert got == expected
 
 
 def test_receipt_cursor_does_not_mirror_a_header_tree_that_differs_below() -> None:
@@ -272,15 +275,72 @@ def test_receipt_cursor_does_not_mirror_a_header_tree_that_differs_below() -> No
     head = PathCursor(64, forked.root(64))
     cursor = PathCursor(32, tree.root(32))
     for index in range(16, 20):
-        head.verify(tree.leaves[index], index, _enc(forked.inclusion(index, 64)))
-        cursor.verify_sharing(tree.leaves[index], index, _enc(tree.inclusion(index, 32)), head)
+        head.verify_with_receipt(
+            tree.leaves[index],
+            index,
+            _enc(forked.inclusion(index, 64)),
+            cursor,
+            _enc(tree.inclusion(index, 32)),
+        )
     head_raw = _enc(forked.inclusion(20, 64))
-    head.verify(tree.leaves[20], 20, head_raw)
     cut = 47 * (20 ^ 19).bit_length()
     spliced = head_raw[:cut] + _enc(tree.inclusion(19, 32))[cut:]
     assert _full(tree.leaves[20], 20, 32, spliced, tree.root(32)) is not None
-    with pytest.raises(ProofInvalid, match="index 20 does not lead to the root"):
-        cursor.verify_sharing(tree.leaves[20], 20, spliced, head)
+    with pytest.raises(
+        ProofInvalid, match="index 20 does not lead to the root of the tree of size 32"
+    ):
+        head.verify_with_receipt(tree.leaves[20], 20, head_raw, cursor, spliced)
+
+
+def test_receipt_cursor_shares_nothing_at_its_right_border() -> None:
+    """From leaf 15 to 16 the header tree (64 leaves) folds 5 levels before the paths
+    meet, but in a receipt tree of 20 leaves leaf 16 has only 2 complete levels under
+    it and a 3-hash proof. A 5-hash receipt proof spliced from the header proof and the
+    previous receipt proof has the old proof's length and text; it must still fail."""
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(64)])
+    head, cursor = PathCursor(64, tree.root(64)), PathCursor(20, tree.root(20))
+    for index in (14, 15):
+        head.verify_with_receipt(
+            tree.leaves[index],
+            index,
+            _enc(tree.inclusion(index, 64)),
+            cursor,
+            _enc(tree.inclusion(index, 20)),
+        )
+    head_raw = _enc(tree.inclusion(16, 64))
+    spliced = head_raw[: 47 * 5] + _enc(tree.inclusion(15, 20))[47 * 5 :]
+    with pytest.raises(ProofInvalid, match="has 5 hashes, but index 16 in a tree of size 20"):
+        head.verify_with_receipt(tree.leaves[16], 16, head_raw, cursor, spliced)
+
+
+def test_receipt_cursor_shares_only_with_the_cursor_it_mirrors() -> None:
+    """A receipt cursor that mirrors one header cursor takes nothing from another one
+    (here of a tree that forked at leaf 21) that reached the same leaf."""
+    tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(64)])
+    forked = kit.Tree(
+        [tree.leaves[i] if i < 21 else kit.leaf_hash(b"fork%d" % i) for i in range(64)]
+    )
+    head, other, cursor = (
+        PathCursor(64, tree.root(64)),
+        PathCursor(64, forked.root(64)),
+        PathCursor(32, tree.root(32)),
+    )
+    for index in range(16, 20):
+        head.verify_with_receipt(
+            tree.leaves[index],
+            index,
+            _enc(tree.inclusion(index, 64)),
+            cursor,
+            _enc(tree.inclusion(index, 32)),
+        )
+        other.verify(tree.leaves[index], index, _enc(forked.inclusion(index, 64)))
+    other_raw = _enc(forked.inclusion(20, 64))
+    cut = 47 * (20 ^ 19).bit_length()
+    spliced = other_raw[:cut] + _enc(tree.inclusion(19, 32))[cut:]
+    with pytest.raises(
+        ProofInvalid, match="index 20 does not lead to the root of the tree of size 32"
+    ):
+        other.verify_with_receipt(tree.leaves[20], 20, other_raw, cursor, spliced)
 
 
 def test_cursor_accepts_non_compact_proof_json() -> None:
