@@ -39,6 +39,7 @@ import aiosqlite
 import msgspec
 import structlog
 
+from ledger._wal_checkpointer import WalCheckpointer
 from ledger._writer_thread import WriterThread
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.pagecache import WritebackWatch, forget_cached_pages
@@ -112,6 +113,8 @@ def _batch_insert(rows: int) -> str:
 
 
 _INDEX_PASS_ROWS = 512
+# Events between background WAL checkpoints: about 1-2 MiB of WAL.
+_CHECKPOINT_EVERY = 1024
 
 _APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
 _TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
@@ -170,6 +173,8 @@ class SQLiteEventStore:
         self._tail_order: deque[tuple[int, list[tuple[str, str]]]] = deque()
         self._writer: sqlite3.Connection | None = None
         self._thread: WriterThread | None = None
+        self._checkpointer: WalCheckpointer | None = None
+        self._since_checkpoint = 0
         self._rows_per_insert = 1
         self._writer_end = 0  # one past the last committed leaf; the writer thread's own
         self._reader: aiosqlite.Connection | None = None
@@ -188,6 +193,8 @@ class SQLiteEventStore:
                 self._take_lock()
                 self._thread = WriterThread("ledger-sqlite-writer")
                 self._indexed_upto, self._committed_upto = await self._write(self._open_writer)
+                self._checkpointer = WalCheckpointer(self.path)
+                await self._checkpointer.open()
             uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
             self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
             await self._reader.execute("PRAGMA busy_timeout=5000")
@@ -238,6 +245,9 @@ class SQLiteEventStore:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA cache_size=-65536")
+        # Checkpoints run in the background (ledger._wal_checkpointer); this is only the
+        # backstop should that fall behind: 64 MiB of WAL.
+        conn.execute("PRAGMA wal_autocheckpoint=16384")
         conn.executescript(_SCHEMA + _triggers() + _BATCH_VIEW)
         conn.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
@@ -292,6 +302,9 @@ class SQLiteEventStore:
             with contextlib.suppress(Exception):
                 await self._indexer
             self._indexer = None
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+            self._checkpointer = None
         if self._thread is not None:
             with contextlib.suppress(sqlite3.Error):
                 await self._write(self._close_writer)
@@ -359,6 +372,10 @@ class SQLiteEventStore:
             entries.append((event.stream_seq, event.leaf_index))
             keys.append(key)
         self._tail_order.append((events[0].leaf_index, keys))
+        self._since_checkpoint += len(events)
+        if self._since_checkpoint >= _CHECKPOINT_EVERY and self._checkpointer is not None:
+            self._since_checkpoint = 0
+            self._checkpointer.poke()
         if self._committed_upto - self._indexed_upto >= self._index_every and (
             self._indexer is None or self._indexer.done()
         ):

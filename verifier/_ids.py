@@ -10,16 +10,17 @@ import re
 
 from verifier._errors import MalformedInput
 
-__all__ = ["orchestration_display_id", "receipt_id_for"]
+__all__ = ["orchestration_display_id", "receipt_id_for", "receipt_id_matches"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# Crockford base32 digits -> the digits int(x, 32) understands (0-9, a-v); every other
-# character that int() would accept (a-z, I, L, O, U, "_", spaces) -> "!", which it rejects.
-_TO_BASE32HEX = str.maketrans(
-    {
-        **dict.fromkeys("abcdefghijklmnopqrstuvwxyzILOU_ \t\n\r\f\v+-", "!"),
-        **dict(zip(_CROCKFORD, "0123456789abcdefghijklmnopqrstuv", strict=True)),
-    }
+# For bytes.translate: Crockford base32 digits -> the digits int(x, 32) understands (0-9,
+# a-v); every other byte -> "!", which int() rejects (it would accept a-z, I, L, O, U,
+# "_", signs and spaces).
+_TO_BASE32HEX = bytes(
+    ord("0123456789abcdefghijklmnopqrstuv"[_CROCKFORD.index(chr(b))])
+    if chr(b) in _CROCKFORD
+    else ord("!")
+    for b in range(256)
 )
 _ULID_RE = re.compile(r"[0-7][0-9A-HJKMNP-TV-Z]{25}")
 _UUID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", re.I)
@@ -29,15 +30,43 @@ def _not_a_ulid(event_id: str) -> MalformedInput:
     return MalformedInput(f"event id {event_id[:40]!r} is not a 26-character ULID")
 
 
+def _ulid_digits(event_id: str) -> str:
+    """The ULID's 128 bits as 32 lowercase hex digits ("" if it has other characters or
+    more than 128 bits)."""
+    try:
+        return int(event_id.encode().translate(_TO_BASE32HEX), 32).to_bytes(16, "big").hex()
+    except (ValueError, OverflowError):  # not base32 or not encodable; over 128 bits
+        return ""
+
+
 def receipt_id_for(event_id: str) -> str:
     """The receipt UUID of an event ULID (§4), or :class:`MalformedInput`."""
     if len(event_id) != 26 or event_id[0] > "7" or not event_id.isascii():
         raise _not_a_ulid(event_id)
-    try:
-        h = "%032x" % int(event_id.translate(_TO_BASE32HEX), 32)  # noqa: UP031 - hot path
-    except ValueError:
-        raise _not_a_ulid(event_id) from None
+    h = _ulid_digits(event_id)
+    if not h:
+        raise _not_a_ulid(event_id)
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def receipt_id_matches(event_id: str, receipt_id: str) -> bool:
+    """``receipt_id == receipt_id_for(event_id)``, without building the UUID text, and
+    False (never an error) when ``event_id`` is not a ULID.
+
+    The 32 digits of ``receipt_id`` without its hyphens must be the ULID's, and the
+    hyphens exactly the four of the 8-4-4-4-12 layout. A 26-character ULID of more than
+    128 bits (first character above "7") matches nothing.
+    """
+    try:  # _ulid_digits, inline: this runs once per event of a bundle
+        digits = int(event_id.encode().translate(_TO_BASE32HEX), 32).to_bytes(16, "big").hex()
+    except (ValueError, OverflowError):
+        return False
+    return (
+        len(event_id) == 26
+        and receipt_id.replace("-", "") == digits
+        and len(receipt_id) == 36
+        and receipt_id[8:24:5] == "----"
+    )
 
 
 def orchestration_display_id(orchestration_id: str) -> str:

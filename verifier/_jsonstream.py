@@ -30,6 +30,7 @@ _LITERALS = {b"t": (b"true", True), b"f": (b"false", False), b"n": (b"null", Non
 # Fast path for arrays of plain strings (no escapes): a run of items each followed by a
 # comma, then one item and the separator after it.
 _PLAIN_RUN = re.compile(rb'(?:[ \t\n\r]*"[^"\\\x00-\x1f]*"[ \t\n\r]*,)+')
+_NOT_PLAIN = bytes(range(0x20)) + b"\\"
 _PLAIN_ITEM = re.compile(rb'[ \t\n\r]*"([^"\\\x00-\x1f]*)"[ \t\n\r]*([,\]])')
 
 
@@ -70,6 +71,26 @@ class _Parser:
                 return m
             if not self._fill():
                 return regex.match(self.buf, self.pos)
+
+    def _compact_run(self) -> list[bytes] | None:
+        """What ``_PLAIN_RUN`` matches at ``pos`` when it is in msgspec's compact layout
+        (``"a","b",`` up to the buffer's last ``",``), found with bytes operations, which
+        cost a third of the regex on a large receipts list; None if there is no such run.
+
+        The region is a run of plain strings exactly when, split at ``","``, it holds two
+        quotes per item (so no item has one) and no backslash or control character.
+        """
+        buf, pos = self.buf, self.pos
+        end = buf.rfind(b'",', pos) + 2
+        if end < pos + 3 or buf[pos] != 34:  # 34: '"'
+            return None
+        region = buf[pos:end]
+        items = region[1:-2].split(b'","')
+        plain = len(region.translate(None, _NOT_PLAIN)) == len(region)
+        if not plain or region.count(b'"') != 2 * len(items):
+            return None
+        self.pos = end
+        return items
 
     def _peek(self) -> bytes:
         """The next non-whitespace byte (not consumed), reading chunks as needed."""
@@ -139,6 +160,10 @@ class _Parser:
                 return STREAMED if streamed else items
             while True:
                 if streamed:
+                    compact = self._compact_run()
+                    if compact is not None:
+                        self.on_plain(compact)
+                        continue
                     run = _PLAIN_RUN.match(self.buf, self.pos)
                     if run is not None:
                         # Complete items only, so a run may end at the buffer's end.

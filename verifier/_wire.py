@@ -13,7 +13,7 @@ reference cycles), which keeps the garbage collector out of the per-event hot pa
 
 ``bytes`` fields are standard base64 with padding on the wire; msgspec decodes them.
 The bundle's per-event proofs stay ``msgspec.Raw`` (the JSON array text): the verifier
-decodes only the hashes it folds (see :class:`verifier._merkle.PathMemo`) and decodes
+decodes only the hashes it folds (see :class:`verifier._merkle.PathCursor`) and decodes
 the whole array, strictly, whenever anything does not match.
 """
 

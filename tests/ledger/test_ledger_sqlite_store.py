@@ -6,9 +6,11 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from ledger_testkit import Note, fsck_path, open_log
 from store_contract import EventStoreContract
 
 from ledger.errors import StorageUnavailableError
+from ledger.events import NewEvent
 from ledger.sqlite_store import SQLiteEventStore
 
 
@@ -68,3 +70,20 @@ async def test_probe_is_a_durable_write_and_fails_where_writes_would(tmp_path: P
             await reader.close()
     finally:
         await store.close()
+
+
+async def test_background_checkpoints_keep_the_wal_small(tmp_path: Path) -> None:
+    """Commits never checkpoint themselves (the backstop is 64 MiB of WAL); the store's
+    own passive checkpoints must keep the WAL far below that."""
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    text = "x" * 1000
+    for i in range(30):
+        await log.append("t1", "s", i * 1000, [NewEvent("note.added", Note(text))] * 1000)
+    wal = path.with_name(path.name + "-wal")
+    # 30,000 events of ~1.2 KiB went through the WAL; without background checkpoints
+    # it would now hold all of them.
+    assert wal.stat().st_size < 16 * 2**20
+    await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems

@@ -1,9 +1,10 @@
 """§7.3 fold semantics (hand-written expected states), agreement with the engine's own
-fold (``ledger.orchestration.state``: a second implementation), and the streamed
-state trailer of bundles larger than the line limit."""
+fold (``ledger.orchestration.state``: a second implementation), the streamed state
+trailer of bundles larger than the line limit, and the replayed receipts digest."""
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -13,6 +14,7 @@ import verifier_testkit as kit
 import verifier._bundle as bundle_mod
 from verifier import ReplayInvalid, StateMismatch, verify_bundle
 from verifier._jsonstream import STREAMED, parse_stream
+from verifier._projection import RECEIPTS_BATCH, RECEIPTS_KEPT, ReceiptsDigest, ReceiptsMatcher
 
 ORCH = kit.ORCH_ID
 
@@ -269,3 +271,29 @@ def test_deeply_nested_values_are_compared_without_recursion_error() -> None:
     (difference,) = diff_state({"input": claimed}, {"input": replay})
     assert difference.startswith("state.input[0][0]")
     assert difference.endswith("claimed and replayed values differ (or nest too deep to compare)")
+
+
+# ---- the receipts digest ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [0, 1, RECEIPTS_BATCH - 1, RECEIPTS_BATCH, 2 * RECEIPTS_BATCH + 3])
+def test_receipts_digest_hashed_in_batches_equals_one_id_at_a_time(n: int) -> None:
+    """Batching is invisible: count, the first ids kept and the digest are those of
+    hashing every id followed by a newline, whichever way ids were added."""
+    ids = [kit.uuid_from_ulid_int(i * 7919) for i in range(n)]
+    digest = ReceiptsDigest()
+    for i, rid in enumerate(ids):
+        if i % 3:
+            digest.add(rid)
+        else:
+            digest.pending.append(rid)  # as the bundle loop does, flushing by itself
+            if len(digest.pending) >= RECEIPTS_BATCH:
+                digest.flush()
+    assert digest.count == n
+    assert digest.digest() == hashlib.sha256(b"".join(r.encode() + b"\n" for r in ids)).digest()
+    assert digest.first == ids[:RECEIPTS_KEPT]
+    assert digest.count == n
+    matcher = ReceiptsMatcher(digest)
+    for rid in ids:
+        matcher.feed(rid)
+    assert matcher.differences() == []
