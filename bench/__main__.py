@@ -7,6 +7,8 @@ import importlib
 import sys
 import time
 
+from ledger.log import SWITCH_INTERVAL
+
 SUITES = ["ledger_log", "engine", "verify_bundle", "api"]
 
 
@@ -16,6 +18,8 @@ def main() -> int:
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], help="run only these")
     args = parser.parse_args()
     started = time.perf_counter()
+    # As ``maip-ledger serve`` does: the log's writer thread needs the lock back quickly.
+    sys.setswitchinterval(SWITCH_INTERVAL)
     for name in args.suites or SUITES:
         print(f"\n== bench.{name} ==", flush=True)
         importlib.import_module(f"bench.{name}").run(args.quick)

@@ -14,7 +14,13 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["WriterThread"]
+__all__ = ["SWITCH_INTERVAL", "WriterThread"]
+
+#: The interpreter switch interval a process hosting a :class:`~ledger.log.Log` should
+#: set at its entry point (``sys.setswitchinterval``). A commit needs the interpreter
+#: lock back after SQLite's step; with the default 5 ms, a busy event loop can hold it
+#: that long, several times the commit itself, while every appender waits.
+SWITCH_INTERVAL = 0.001
 
 _T = TypeVar("_T")
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]

@@ -35,6 +35,7 @@ import structlog
 
 from ledger import tlog
 from ledger._hash_cache import HashCache, hash_from_rows
+from ledger._writer_thread import SWITCH_INTERVAL
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import (
     ConflictError,
@@ -60,7 +61,7 @@ from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 
-__all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
+__all__ = ["SWITCH_INTERVAL", "Log", "RecordedEvent", "SignedCheckpoint"]
 
 _log = structlog.get_logger()
 _sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the append path
