@@ -215,3 +215,23 @@ async def test_key_store_keeps_only_a_hash(keys: KeyStore, tenant_a: Tenant) -> 
     raw = b"".join(p.read_bytes() for p in keys._path.parent.glob("keys.db*"))
     assert secret.encode() not in raw
     assert tenant_a.api_key.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("scopes", "read", "write"),
+    [
+        (("admin",), 200, 422),
+        (("orchestrations:read",), 200, 403),
+        (("orchestrations:write",), 403, 422),
+        (("orchestrations:read", "orchestrations:write"), 200, 422),
+        (("agents:write", "workflows:write"), 403, 403),
+    ],
+)
+async def test_scopes_decide_reads_and_writes(
+    client: TestClient, keys: KeyStore, scopes: tuple[str, ...], read: int, write: int
+) -> None:
+    caller = new_tenant(keys, "tenant-a", scopes)
+    assert (await client.get(PATH, headers=caller.headers)).status == read
+    # An empty body passes authorization and then fails validation (422).
+    resp = await client.post(f"{PATH}/execute", json={}, headers=caller.headers)
+    assert resp.status == write, await resp.text()
