@@ -10,6 +10,11 @@ process with 64 connections.
 
 Both report p50 and p99 latency. Quick mode runs a few seconds each.
 
+The GET run cycles through up to 20,000 receipt ids in order, so its first pass asks for
+each receipt for the first time: the server reads it from the ledger and builds its
+proof, then caches the answer. A full run is a mix of first and repeat fetches; a quick
+run is almost all first fetches.
+
 The load generator is ``wrk`` (one thread, driven by ``bench/api_wrk.lua``) when it is on
 PATH, else a Python aiohttp client in its own process; every figure line names the one
 that ran (``MAIP_BENCH_LOADGEN=python`` forces the fallback). Either way a response is
