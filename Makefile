@@ -23,10 +23,21 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
+# The api bench drives the server with wrk when it is on PATH. Install it if we can (root
+# with apt); if we cannot, say so and go on: the bench falls back to its Python client.
+WRK_INSTALL = command -v wrk >/dev/null 2>&1 \
+	|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	     && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1 \
+	          || { apt-get update -qq >/dev/null 2>&1 \
+	               && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null 2>&1; }; }; } \
+	|| echo "make: wrk is not installed (needs root and apt); the api bench uses its Python load generator"
+
 bench: $(STAMP)
+	@$(WRK_INSTALL)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
+	@$(WRK_INSTALL)
 	$(BIN)/python -m bench --quick
 
 soak: $(STAMP)

@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import re
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -25,6 +24,7 @@ from api.auth import Authenticator
 from api.config import Config
 from api.errors import ProblemError
 from api.keys import KeyStore
+from api.logctx import new_request_id, start_request
 from api.metrics import Metrics, TimedLog
 from api.problems import from_ledger_error, problem_response
 from api.routes import register_routes
@@ -82,11 +82,10 @@ _SHUTTING_DOWN = ProblemError(
 
 @web.middleware
 async def _middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request_id = request.headers.get("X-Request-ID", "")
-    if not _REQUEST_ID_RE.match(request_id):
-        request_id = uuid.uuid4().hex
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(request_id=request_id)
+    request_id = request.headers.get("X-Request-ID")
+    if request_id is None or not _REQUEST_ID_RE.match(request_id):
+        request_id = new_request_id()
+    start_request(request_id)
     metrics = request.app[METRICS]
     services = request.app.get(SERVICES)
     start = time.perf_counter()
@@ -116,13 +115,13 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     route = _route_name(request)
     if not response.prepared:
         response.headers["X-Request-ID"] = request_id
-    metrics.requests.labels(request.method, route, str(response.status)).inc()
-    metrics.latency.labels(route).observe(elapsed)
+    status = response.status
+    metrics.observe_request(request.method, route, status, elapsed)
     _log.info(
         "request",
         method=request.method,
         route=route,
-        status=response.status,
+        status=status,
         ms=round(elapsed * 1000, 2),
     )
     return response

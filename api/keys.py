@@ -7,8 +7,12 @@ compared with :func:`hmac.compare_digest`. The plaintext key is returned once, a
 creation, and never stored or logged.
 
 The file is WAL-mode SQLite, so ``maip-ledger keys create|revoke`` may write it while
-the server runs; the server reads the row on every request, so a new or revoked key
-takes effect at once. Lookups are primary-key point reads (microseconds).
+the server runs, and a new or revoked key takes effect on the very next request: the
+server keeps the key rows it has read in memory, but asks SQLite on every request
+whether any other connection has committed to the file since (``PRAGMA data_version``,
+a read of the WAL index) and drops them all if so; its own writes drop them directly,
+since data_version does not count a connection's own commits. The secret is hashed and
+compared in constant time on every request, cached row or not.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ ALL_SCOPES = (
     "admin",
 )
 _PREFIX = "mlk"
+#: Key rows kept in memory (known key ids only, so random ids cannot grow it).
+_CACHE_ROWS = 4096
 _KEY_RE = re.compile(r"^mlk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 
@@ -142,6 +148,9 @@ class KeyStore:
         self._token = token_bytes
         self._lock = threading.Lock()
         self._files = [self._path, self._path.with_name(self._path.name + "-wal")]
+        # key_id -> (secret hash, the active record or None if revoked)
+        self._rows: dict[str, tuple[bytes, KeyRecord | None]] = {}
+        self._version = -1
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
             forget_cached_pages(self._files)  # see _writing
@@ -169,6 +178,8 @@ class KeyStore:
         one could be written through pages the device never took and be lost at the next
         crash despite a successful fsync (``ledger/pagecache.py``)."""
         with self._lock:
+            # Every write drops the cached key rows (see authenticate).
+            self._rows.clear()
             try:
                 yield
             except sqlite3.OperationalError:
@@ -212,18 +223,39 @@ class KeyStore:
         key_id, secret = m.groups()
         try:
             with self._lock:
-                row = self._db.execute(
-                    "SELECT key_id, tenant_id, scopes, label, created_at, revoked_at, secret_hash"
-                    " FROM api_keys WHERE key_id = ?",
-                    (key_id,),
-                ).fetchone()
+                entry = self._cached(key_id)
         except sqlite3.Error as e:
             raise KeyStoreError(f"cannot read the key store: {e}") from e
-        # Hash and compare even when the id is unknown, so timing does not reveal ids.
-        stored = row[6] if row is not None else b"\0" * 32
-        if not hmac.compare_digest(_hash(secret), stored) or row is None or row[5] is not None:
+        # Hash and compare even when the id is unknown, so the secret's check costs the
+        # same either way. (Whether an id's row is in memory may show in the timing; ids
+        # are public, secrets are not.)
+        stored, record = entry if entry is not None else (b"\0" * 32, None)
+        if not hmac.compare_digest(_hash(secret), stored) or record is None:
             return None
-        return self._record(row)
+        return record
+
+    def _cached(self, key_id: str) -> tuple[bytes, KeyRecord | None] | None:
+        """The row for ``key_id`` as (secret hash, active record or None), read through the
+        in-memory rows; ``None`` if there is no such key. Call with the lock held."""
+        version = self._db.execute("PRAGMA data_version").fetchone()[0]
+        if version != self._version:
+            self._rows.clear()
+            self._version = version
+        entry = self._rows.get(key_id)
+        if entry is not None:
+            return entry
+        row = self._db.execute(
+            "SELECT key_id, tenant_id, scopes, label, created_at, revoked_at, secret_hash"
+            " FROM api_keys WHERE key_id = ?",
+            (key_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        entry = (bytes(row[6]), self._record(row) if row[5] is None else None)
+        if len(self._rows) >= _CACHE_ROWS:
+            self._rows.clear()
+        self._rows[key_id] = entry
+        return entry
 
     @staticmethod
     def _record(row: tuple[object, ...]) -> KeyRecord:

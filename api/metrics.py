@@ -87,6 +87,22 @@ class Metrics:
         self.ended: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0}
         self.engine: Engine | None = None
         self.registry.register(_StatusCollector(self))
+        # labels() validates and looks its arguments up under a lock on every call; the
+        # children it returns are stable, so each request's pair is looked up once.
+        self._per_request: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        """Count one request under its method, route template and status; time it."""
+        key = (method, route, status)
+        children = self._per_request.get(key)
+        if children is None:
+            children = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(route),
+            )
+            self._per_request[key] = children
+        children[0].inc()
+        children[1].observe(seconds)
 
     def attach(self, log: Log, engine: Engine) -> None:
         self.engine = engine

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-import structlog
 from aiohttp import web
 
 from api.auth import Authenticator, Principal
 from api.config import Config
 from api.keys import KeyStore
+from api.logctx import bind_tenant
 from api.metrics import Metrics
 from api.sse import StreamHub
 from ledger.log import Log
@@ -46,7 +46,7 @@ class Services:
     def authorize(self, request: web.Request, *scopes: str) -> Principal:
         """The caller, if it has any of ``scopes``; binds its tenant to the log context."""
         principal = self.auth.authorize(request, *scopes)
-        structlog.contextvars.bind_contextvars(tenant_id=principal.tenant_id)
+        bind_tenant(principal.tenant_id)
         return principal
 
     def cache_checkpoint(self, size: int, note: str) -> None:

@@ -9,11 +9,11 @@ import re
 from typing import Any
 
 import msgspec
-import structlog
 from aiohttp import web
 
 from api.auth import Principal
 from api.errors import ProblemError
+from api.logctx import bind_orchestration
 from api.problems import bad_request
 from api.routes._common import convert, int_query, orchestration_id, read_json, services
 from api.services import Services, encode, json_response
@@ -98,7 +98,7 @@ async def _idempotent(
     key = request.headers.get("Idempotency-Key")
     if key is None:
         state = await start(None)
-        structlog.contextvars.bind_contextvars(orchestration_id=state.orchestration_id)
+        bind_orchestration(state.orchestration_id)
         return await _answer(s, request, tenant, state, replayed=False)
     if not _IDEMPOTENCY_RE.match(key):
         raise bad_request(
@@ -118,7 +118,7 @@ async def _idempotent(
                         "Conflict",
                         "this Idempotency-Key was used with a different request body",
                     )
-                structlog.contextvars.bind_contextvars(orchestration_id=seen.orchestration_id)
+                bind_orchestration(seen.orchestration_id)
                 try:
                     state = await s.engine.get_state(tenant, seen.orchestration_id)
                 except NotFoundError:
@@ -131,7 +131,7 @@ async def _idempotent(
     finally:
         if not lock.locked():
             s.idempotency_locks.pop(lock_key, None)
-    structlog.contextvars.bind_contextvars(orchestration_id=state.orchestration_id)
+    bind_orchestration(state.orchestration_id)
     return await _answer(s, request, tenant, state, replayed=False)
 
 
@@ -234,7 +234,7 @@ def _on_orchestration(request: web.Request, scope: str) -> tuple[Services, Princ
     s = services(request)
     principal = s.authorize(request, scope)
     oid = orchestration_id(request)
-    structlog.contextvars.bind_contextvars(orchestration_id=oid)
+    bind_orchestration(oid)
     return s, principal, oid
 
 

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient
 from api_helpers import Tenant, eddsa_token, hs256_token, new_tenant
+from api_server import cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.keys import KeyStore
@@ -59,6 +62,81 @@ async def test_revoked_key_is_401_at_once(
     finally:
         other.close()
     await problem(client, tenant_a.headers, 401)
+
+
+async def _warm(client: TestClient, tenant: Tenant) -> None:
+    """Authenticate a few times, so the server holds the key's row in memory."""
+    for _ in range(3):
+        assert (await client.get(PATH, headers=tenant.headers)).status == 200
+
+
+async def test_key_cache_key_revoked_by_the_cli_is_refused_on_the_next_request(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore
+) -> None:
+    await _warm(client, tenant_a)
+    data_dir = Path(keys._path).parent
+    revoked = cli("keys", "revoke", tenant_a.key_id, "--data-dir", str(data_dir))
+    assert revoked.returncode == 0, revoked.stderr
+    await problem(client, tenant_a.headers, 401)
+
+
+async def test_key_cache_key_revoked_by_the_servers_own_store_is_refused_at_once(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore
+) -> None:
+    # SQLite's data_version ignores a connection's own commits: the store must drop its
+    # rows itself when it writes.
+    await _warm(client, tenant_a)
+    keys.revoke(tenant_a.key_id)
+    await problem(client, tenant_a.headers, 401)
+
+
+async def test_key_cache_row_changed_by_another_connection_is_reread(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore
+) -> None:
+    await _warm(client, tenant_a)
+    # No command narrows a key's scopes; a direct write stands for any other writer.
+    with sqlite3.connect(keys._path) as db:
+        db.execute(
+            "UPDATE api_keys SET scopes = 'agents:write' WHERE key_id = ?", (tenant_a.key_id,)
+        )
+    await problem(client, tenant_a.headers, 403)
+    with sqlite3.connect(keys._path) as db:
+        db.execute(
+            "UPDATE api_keys SET secret_hash = zeroblob(32) WHERE key_id = ?", (tenant_a.key_id,)
+        )
+    await problem(client, tenant_a.headers, 401)
+
+
+async def test_key_cache_key_created_by_another_connection_works_at_once(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore
+) -> None:
+    await _warm(client, tenant_a)
+    other = KeyStore(keys._path)
+    try:
+        late = new_tenant(other, "tenant-a")
+    finally:
+        other.close()
+    assert (await client.get(PATH, headers=late.headers)).status == 200
+
+
+async def test_key_cache_still_checks_the_secret(client: TestClient, tenant_a: Tenant) -> None:
+    await _warm(client, tenant_a)
+    forged = tenant_a.api_key[:-4] + ("AAAA" if not tenant_a.api_key.endswith("AAAA") else "BBBB")
+    await problem(client, {"X-API-Key": forged, "X-Tenant-ID": "tenant-a"}, 401)
+    assert (await client.get(PATH, headers=tenant_a.headers)).status == 200
+
+
+def test_key_store_sees_a_revocation_from_another_connection(tmp_path: Path) -> None:
+    first, second = KeyStore(tmp_path / "keys.db"), KeyStore(tmp_path / "keys.db")
+    try:
+        key = first.create("t", ["orchestrations:read"])
+        assert second.authenticate(key.api_key) is not None
+        assert second.authenticate(key.api_key) is not None
+        first.revoke(key.key_id)
+        assert second.authenticate(key.api_key) is None
+    finally:
+        first.close()
+        second.close()
 
 
 async def test_missing_scope_is_403(client: TestClient, keys: KeyStore) -> None:
@@ -137,3 +215,23 @@ async def test_key_store_keeps_only_a_hash(keys: KeyStore, tenant_a: Tenant) -> 
     raw = b"".join(p.read_bytes() for p in keys._path.parent.glob("keys.db*"))
     assert secret.encode() not in raw
     assert tenant_a.api_key.encode() not in raw
+
+
+@pytest.mark.parametrize(
+    ("scopes", "read", "write"),
+    [
+        (("admin",), 200, 422),
+        (("orchestrations:read",), 200, 403),
+        (("orchestrations:write",), 403, 422),
+        (("orchestrations:read", "orchestrations:write"), 200, 422),
+        (("agents:write", "workflows:write"), 403, 403),
+    ],
+)
+async def test_scopes_decide_reads_and_writes(
+    client: TestClient, keys: KeyStore, scopes: tuple[str, ...], read: int, write: int
+) -> None:
+    caller = new_tenant(keys, "tenant-a", scopes)
+    assert (await client.get(PATH, headers=caller.headers)).status == read
+    # An empty body passes authorization and then fails validation (422).
+    resp = await client.post(f"{PATH}/execute", json={}, headers=caller.headers)
+    assert resp.status == write, await resp.text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import structlog
 import yaml
 from aiohttp.test_utils import TestClient
 from api_helpers import Tenant, json_ok, setup_workflow
@@ -125,3 +126,57 @@ def test_every_route_is_documented() -> None:
         path = route.resource.canonical if route.resource else ""
         assert path in documented, path
         assert route.method.lower() in documented[path], (route.method, path)
+
+
+def _sample(text: str, name: str) -> float:
+    """The value of one sample line ``name value`` in a Prometheus text exposition."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name} in the metrics")
+
+
+async def test_request_metrics_count_every_request(client: TestClient) -> None:
+    ok = 'maip_http_requests_total{method="GET",route="/healthz",status="200"}'
+    missing = 'maip_http_requests_total{method="GET",route="unmatched",status="404"}'
+    took = 'maip_http_request_duration_seconds_count{route="/healthz"}'
+    for _ in range(3):
+        assert (await client.get("/healthz")).status == 200
+    assert (await client.get("/no/such/route")).status == 404
+    text = await (await client.get("/metrics")).text()
+    assert (_sample(text, ok), _sample(text, missing), _sample(text, took)) == (3.0, 1.0, 3.0)
+    for _ in range(2):
+        assert (await client.get("/healthz")).status == 200
+    text = await (await client.get("/metrics")).text()
+    assert (_sample(text, ok), _sample(text, took)) == (5.0, 5.0)
+
+
+async def test_request_ids_are_echoed_or_made_unique(client: TestClient) -> None:
+    given = await client.get("/healthz", headers={"X-Request-ID": "trace-42.a:b"})
+    assert given.headers["X-Request-ID"] == "trace-42.a:b"
+    made = set()
+    for headers in ({}, {"X-Request-ID": "bad id with spaces"}, {"X-Request-ID": ""}, {}):
+        resp = await client.get("/healthz", headers=headers)
+        made.add(resp.headers["X-Request-ID"])
+    assert len(made) == 4
+    assert all(len(rid) == 32 and int(rid, 16) >= 0 for rid in made)
+
+
+async def test_log_lines_carry_only_their_own_requests_context(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    capture = structlog.testing.LogCapture()
+    saved = structlog.get_config()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        headers = {**tenant_a.headers, "X-Request-ID": "first-request"}
+        assert (await client.get("/v1/orchestrations", headers=headers)).status == 200
+        anonymous = await client.get("/v1/orchestrations", headers={"X-Request-ID": "second"})
+        assert anonymous.status == 401
+    finally:
+        structlog.configure(**saved)
+    lines = {e["request_id"]: e for e in capture.entries if e["event"] == "request"}
+    assert lines["first-request"]["tenant_id"] == "tenant-a"
+    assert lines["first-request"]["status"] == 200
+    assert "tenant_id" not in lines["second"]
+    assert lines["second"]["status"] == 401

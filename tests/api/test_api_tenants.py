@@ -111,3 +111,19 @@ async def test_a_key_for_b_header_is_403(
         headers={"X-API-Key": tenant_a.api_key, "X-Tenant-ID": "tenant-b"},
     )
     assert resp.status == 403
+
+
+async def test_receipt_cache_is_per_tenant(
+    client: TestClient, tenant_a: Tenant, tenant_b: Tenant, b_world: dict[str, str]
+) -> None:
+    # B's own reads put its receipt in the server's cache, in every accepted spelling;
+    # A asking for the same ids must still be refused.
+    spellings = (b_world["receipt"], b_world["receipt"].upper(), b_world["event"])
+    for rid in spellings:
+        owner = await client.get(f"/v1/receipts/{rid}", headers=tenant_b.headers)
+        assert owner.status == 200
+        assert (await owner.json())["receipt_id"] == b_world["receipt"]
+    for rid in spellings:
+        other = await client.get(f"/v1/receipts/{rid}", headers=tenant_a.headers)
+        assert other.status == 404, rid
+        assert other.content_type == "application/problem+json"

@@ -117,3 +117,22 @@ async def test_hostile_sse_client_that_never_reads_does_not_block_writes(hostile
         await writer.wait_closed()
     state = await client.get(f"/v1/orchestrations/{oid}/events", headers=headers)
     assert len((await state.json())["events"]) >= 101
+
+
+async def test_hostile_body_in_two_parts_within_the_timeout_is_read_whole(
+    hostile: Ctx, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timed read is for bodies still arriving when the handler starts; a body that
+    completes in time is read whole, not cut at what had arrived."""
+    client, headers, ids = hostile
+    monkeypatch.setattr(_common, "BODY_READ_TIMEOUT_SECONDS", 5.0)
+    before = client.app[SERVICES].log.size
+    body = b'{"workflow_id": "' + ids["workflow_id"].encode() + b'", "agents": []}'
+    answer = await _raw(
+        client,
+        _head(client, headers, "/v1/orchestrations/execute", len(body)) + body[:10],
+        then=body[10:],
+        wait=0.3,
+    )
+    assert answer.startswith(b"HTTP/1.1 202"), answer[:300]
+    assert client.app[SERVICES].log.size > before
