@@ -410,6 +410,19 @@ class Run:
             await asyncio.sleep(0.1)
         return None
 
+    async def _unready_while_refused(self, c: Client, phase: str, seconds: float) -> Any:
+        """/readyz answering 503 while writes are being refused. A full disk can still
+        take a write now and then (SQLite reuses pages a checkpoint freed), and each
+        success rightly makes the server ready again, so readiness is checked right
+        after a refused write rather than once, seconds later."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            status, data, _ctype = await c.call("GET", "/readyz", None, self.headers)
+            if status == 503:
+                return data if data is not None else {}
+            await self._writes_until_refused(c, phase)
+        return None
+
     async def _writes_until_refused(self, c: Client, phase: str) -> int:
         """Create external orchestrations, 16 at a time, until one answers 503
         problem+json; journal any acknowledged meanwhile (they must survive). Returns how
@@ -448,7 +461,7 @@ class Run:
             # Drive writes until one is refused: SQLite may first reuse space it already
             # holds (free pages, a reset WAL), so the first writes can still succeed.
             await self._writes_until_refused(c, "disk full")
-            ready = await self._poll(c, "/readyz", 503, 10)
+            ready = await self._unready_while_refused(c, "disk full", 10)
             if ready is None or ready.get("ready") is not False:
                 self.stats.failures.append("disk full: /readyz did not turn false")
             await asyncio.sleep(1.0)
