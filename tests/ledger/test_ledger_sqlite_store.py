@@ -78,12 +78,14 @@ async def test_background_checkpoints_keep_the_wal_small(tmp_path: Path) -> None
     path = tmp_path / "l.db"
     log = await open_log(path)
     text = "x" * 1000
-    for i in range(30):
+    for i in range(48):
         await log.append("t1", "s", i * 1000, [NewEvent("note.added", Note(text))] * 1000)
     wal = path.with_name(path.name + "-wal")
-    # 30,000 events of ~1.2 KiB went through the WAL; without background checkpoints
-    # it would now hold all of them.
-    assert wal.stat().st_size < 16 * 2**20
+    # 48,000 events of ~1.2 KiB went through the WAL: without background checkpoints it
+    # would hold all of them (~65 MiB, where the backstop finally checkpoints). With them it is
+    # restarted every thousand events or so; a loaded machine can let a few restarts
+    # slip, hence the wide margin.
+    assert wal.stat().st_size < 32 * 2**20
     await log.close()
     report = await fsck_path(path)
     assert report.ok, report.problems
