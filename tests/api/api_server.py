@@ -27,8 +27,8 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-def admin_key_headers(data_dir: Path, tenant: str) -> dict[str, str]:
-    """Request headers with a new ``admin`` key for ``tenant``, made by ``keys create``."""
+def key_headers(data_dir: Path, tenant: str, scopes: str) -> dict[str, str]:
+    """Request headers with a new key for ``tenant``, made by ``keys create``."""
     made = cli(
         "keys",
         "create",
@@ -37,10 +37,15 @@ def admin_key_headers(data_dir: Path, tenant: str) -> dict[str, str]:
         "--tenant",
         tenant,
         "--scopes",
-        "admin",
+        scopes,
         "--json",
     )
     return {"X-API-Key": json.loads(made.stdout)["api_key"], "X-Tenant-ID": tenant}
+
+
+def admin_key_headers(data_dir: Path, tenant: str) -> dict[str, str]:
+    """Request headers with a new ``admin`` key for ``tenant``."""
+    return key_headers(data_dir, tenant, "admin")
 
 
 class Server:

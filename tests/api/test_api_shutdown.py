@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import time
 from pathlib import Path
@@ -10,31 +9,15 @@ from pathlib import Path
 import jwt
 import pytest
 from api_helpers import THREE_STEP, scripted, write_signing_key
-from api_server import Server, cli
+from api_server import Server, key_headers
 
 SCOPES = "orchestrations:write,orchestrations:read,agents:write,workflows:write"
-
-
-def _key(data_dir: Path, tenant: str) -> dict[str, str]:
-    made = cli(
-        "keys",
-        "create",
-        "--data-dir",
-        str(data_dir),
-        "--tenant",
-        tenant,
-        "--scopes",
-        SCOPES,
-        "--json",
-    )
-    return json.loads(made.stdout)  # type: ignore[no-any-return]
 
 
 @pytest.mark.slow
 def test_sigterm_stops_runs_at_a_step_boundary_and_they_resume(tmp_path: Path) -> None:
     write_signing_key(tmp_path)
-    key = _key(tmp_path, "acme")
-    h = {"X-API-Key": key["api_key"], "X-Tenant-ID": "acme"}
+    h = key_headers(tmp_path, "acme", SCOPES)
     server = Server(tmp_path)
     try:
         slow = server.json(
@@ -73,7 +56,7 @@ def test_sigterm_stops_runs_at_a_step_boundary_and_they_resume(tmp_path: Path) -
 @pytest.mark.slow
 def test_log_lines_never_carry_a_credential(tmp_path: Path) -> None:
     write_signing_key(tmp_path)
-    key = _key(tmp_path, "acme")
+    h = key_headers(tmp_path, "acme", SCOPES)
     secret = "s" * 40
     token = jwt.encode(
         {"tenant": "acme", "scope": SCOPES.replace(",", " "), "exp": int(time.time()) + 60},
@@ -83,9 +66,9 @@ def test_log_lines_never_carry_a_credential(tmp_path: Path) -> None:
     server = Server(tmp_path, env={"MAIP_LOG_LEVEL": "debug", "MAIP_JWT_HS256_SECRET": secret})
     try:
         for headers in (
-            {"X-API-Key": key["api_key"], "X-Tenant-ID": "acme"},
+            h,
             {"Authorization": f"Bearer {token}", "X-Tenant-ID": "acme"},
-            {"X-API-Key": key["api_key"] + "x", "X-Tenant-ID": "acme"},  # a failed attempt too
+            {**h, "X-API-Key": h["X-API-Key"] + "x"},  # a failed attempt too
         ):
             server.request("GET", "/v1/orchestrations", headers=headers)
             server.request("POST", "/v1/agents", {"name": "a", "provider": scripted()}, headers)
@@ -94,6 +77,6 @@ def test_log_lines_never_carry_a_credential(tmp_path: Path) -> None:
         out, err = server.proc.communicate(timeout=30)
     logs = out + err
     assert '"event"' in logs  # the server did log, as JSON lines, at debug level
-    secret_part = key["api_key"].rsplit("_", 1)[1]
+    secret_part = h["X-API-Key"].rsplit("_", 1)[1]
     for leaked in (secret_part, token, token.split(".")[2], secret):
         assert leaked not in logs
