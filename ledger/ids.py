@@ -9,9 +9,8 @@ because it runs once per appended event.
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 
-__all__ = ["UlidMint", "new_ulid_bytes", "ulid_bytes", "ulid_str", "uuid_str"]
+__all__ = ["UlidMint", "ulid_bytes", "ulid_str", "uuid_str"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two base32 digits (10 bits) per lookup: 13 lookups render a 128-bit ULID.
@@ -25,11 +24,6 @@ _ENTROPY_BLOCK = 1024
 # multiple of 32, so each digit is uniform.
 _BYTE_TO_DIGIT32 = bytes(b"0123456789abcdefghijklmnopqrstuv"[b & 31] for b in range(256))
 _DIGIT32_TO_CROCKFORD = bytes.maketrans(b"0123456789abcdefghijklmnopqrstuv", _CROCKFORD.encode())
-
-
-def new_ulid_bytes(moment: datetime, entropy: Callable[[int], bytes]) -> bytes:
-    ms = int(moment.timestamp() * 1000)
-    return ms.to_bytes(6, "big") + entropy(10)
 
 
 def ulid_str(raw: bytes) -> str:
