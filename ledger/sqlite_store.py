@@ -206,10 +206,13 @@ class SQLiteEventStore:
 
     async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
         if self._thread is None:
-            raise StorageUnavailableError(
-                "the store is open read-only" if self.read_only else "the store is not open"
-            )
+            raise self._not_writable()
         return await self._thread.submit(self._in_writer, fn, *args)
+
+    def _not_writable(self) -> StorageUnavailableError:
+        return StorageUnavailableError(
+            "the store is open read-only" if self.read_only else "the store is not open"
+        )
 
     # -- after a write error (see ledger/pagecache.py) -----------------------------------
 
@@ -347,11 +350,7 @@ class SQLiteEventStore:
 
     def _refuse(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None]:
         refused: asyncio.Future[None] = loop.create_future()
-        refused.set_exception(
-            StorageUnavailableError(
-                "the store is open read-only" if self.read_only else "the store is not open"
-            )
-        )
+        refused.set_exception(self._not_writable())
         return refused
 
     async def _committed(self, written: Awaitable[None], events: Sequence[StoredEvent]) -> None:
