@@ -1,14 +1,20 @@
-"""Background WAL checkpoints, so no commit ever pays for one.
+"""Background WAL checkpoints, so no commit waits for the bulk of one.
 
 SQLite copies the write-ahead log back into the database file (a *checkpoint*) when
 the WAL passes ``wal_autocheckpoint`` pages — inside whichever commit crossed the
 line, which then takes tens of milliseconds and delays every batch queued behind it.
-Here a second connection on its own thread checkpoints every thousand or so events
-instead: first ``PASSIVE``, which never blocks the writer or readers (SQLite
-wal.html, "Checkpointing"), then ``RESTART`` for the few frames committed meanwhile,
-which lets the next commit start the WAL again from its beginning. A passive
-checkpoint alone would never catch up with a busy writer, so the WAL would grow
-without bound. The writer keeps a high ``wal_autocheckpoint`` as a backstop.
+Here, every thousand or so events, a second connection on its own thread first runs a
+``PASSIVE`` checkpoint, which never blocks the writer or readers (SQLite wal.html,
+"Checkpointing"), and copies the bulk. Then the writer itself runs ``RESTART`` between
+two of its commits, which copies only the few frames committed meanwhile and lets the
+next commit start the WAL again from its beginning.
+
+Why the writer runs the restart: a ``RESTART`` from another connection must take the
+write lock, and against a writer that commits back to back its busy handler keeps
+waking up to find the lock taken again — it starved for hundreds of milliseconds
+while the WAL grew by tens of megabytes. A passive checkpoint alone would never catch
+up with a busy writer either. The writer keeps a high ``wal_autocheckpoint`` as a
+backstop.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import structlog
@@ -29,11 +36,20 @@ _log = structlog.get_logger()
 
 
 class WalCheckpointer:
-    def __init__(self, path: Path) -> None:
+    """``restart`` runs ``PRAGMA wal_checkpoint(RESTART)`` on the writer's connection,
+    in its commit order, and must not wait for readers (busy timeout 0)."""
+
+    def __init__(self, path: Path, restart: Callable[[], Awaitable[object]]) -> None:
         self._path = path
+        self._restart = restart
         self._thread = WriterThread("ledger-sqlite-checkpoint")
         self._conn: sqlite3.Connection | None = None
-        self._running: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # A poke that arrives while a checkpoint runs is remembered, not dropped: one
+        # checkpoint can span several pokes, and dropping them let the WAL grow by that
+        # many commits before the next restart.
+        self._again = False
+        self._closing = False
 
     async def open(self) -> None:
         await self._thread.submit(self._open)
@@ -46,21 +62,31 @@ class WalCheckpointer:
         self._conn = conn
 
     def poke(self) -> None:
-        """Start a passive checkpoint unless one is already running."""
-        if self._conn is None or (self._running is not None and not self._running.done()):
+        """Checkpoint now, or again as soon as the running checkpoint ends."""
+        if self._conn is None or self._closing:
             return
-        self._running = self._thread.submit(self._checkpoint)
-        self._running.add_done_callback(_report)
+        self._again = True
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name="ledger-wal-checkpoint")
 
-    def _checkpoint(self) -> None:
+    async def _run(self) -> None:
+        while self._again and not self._closing:
+            self._again = False
+            try:
+                await self._thread.submit(self._passive)
+                # If a reader still needs old frames the restart gives up at once; the
+                # next poke tries again, when that reader has most likely finished.
+                await self._restart()
+            except Exception as e:  # noqa: BLE001 — logged; the next poke tries again
+                # Nothing is lost: the frames stay in the WAL and the next checkpoint (or
+                # the writer's own backstop) copies them.
+                _log.warning("store.checkpoint_failed", error=str(e))
+
+    def _passive(self) -> None:
         if self._conn is None:
             return
-        # Copy the bulk without blocking anyone, then restart the WAL: that must wait
-        # for the writer's current commit and copies only the frames committed
-        # meanwhile, so the writer is held up for about one commit's worth of frames.
         try:
             self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            self._conn.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
         except sqlite3.Error:
             # What it wrote may sit in the page cache without being on the device; the
             # next checkpoint must not write the same pages through that cache, or they
@@ -69,9 +95,10 @@ class WalCheckpointer:
             raise
 
     async def close(self) -> None:
-        if self._running is not None:
+        self._closing = True
+        if self._task is not None:
             with contextlib.suppress(Exception):
-                await self._running
+                await self._task
         with contextlib.suppress(sqlite3.Error):
             await self._thread.submit(self._close)
         self._thread.shutdown()
@@ -80,10 +107,3 @@ class WalCheckpointer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-
-
-def _report(done: asyncio.Future[None]) -> None:
-    if not done.cancelled() and (error := done.exception()) is not None:
-        # Nothing is lost: the frames stay in the WAL and the next checkpoint (or the
-        # writer's own backstop) copies them.
-        _log.warning("store.checkpoint_failed", error=str(error))

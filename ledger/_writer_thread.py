@@ -9,6 +9,7 @@ the event loop's thread waits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -55,9 +56,15 @@ class WriterThread:
             try:
                 result = fn(*args)
             except BaseException as e:  # noqa: BLE001 — delivered to the awaiting task
-                loop.call_soon_threadsafe(_resolve, future, e, None)
+                error: BaseException | None = e
+                result = None
             else:
-                loop.call_soon_threadsafe(_resolve, future, None, result)
+                error = None
+            # RuntimeError: the loop closed without closing the store (a crashed or
+            # abandoned owner). Nobody is left to await the outcome, and the write itself
+            # is as durable as SQLite made it.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_resolve, future, error, result)
 
     def shutdown(self) -> None:
         """Run every job already submitted, then stop the thread."""

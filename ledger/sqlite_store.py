@@ -193,7 +193,9 @@ class SQLiteEventStore:
                 self._take_lock()
                 self._thread = WriterThread("ledger-sqlite-writer")
                 self._indexed_upto, self._committed_upto = await self._write(self._open_writer)
-                self._checkpointer = WalCheckpointer(self.path)
+                self._checkpointer = WalCheckpointer(
+                    self.path, lambda: self._write(self._restart_wal)
+                )
                 await self._checkpointer.open()
             uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
             self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -272,6 +274,18 @@ class SQLiteEventStore:
         self._writer_end = int(committed)
         self._db_watch = WritebackWatch(self.path)
         return int(committed), int(committed)
+
+    def _restart_wal(self) -> None:
+        w = self._conn()
+        # Between two commits, after a passive checkpoint copied the bulk: this copies
+        # the frames committed since and restarts the WAL (ledger/_wal_checkpointer.py).
+        # A reader still on old frames makes it return busy at once instead of holding
+        # up every commit behind it; the next checkpoint tries again.
+        w.execute("PRAGMA busy_timeout=0")
+        try:
+            w.execute("PRAGMA wal_checkpoint(RESTART)").fetchall()
+        finally:
+            w.execute("PRAGMA busy_timeout=5000")
 
     def _conn(self) -> sqlite3.Connection:
         if self._writer is None:
