@@ -42,27 +42,30 @@ class HashCache:
             del self._starts[bisect.bisect_left(self._starts, start)]
             self._bytes -= len(row.hashes)
 
-    def _row(self, index: int) -> HashRow | None:
-        pos = bisect.bisect_right(self._starts, index) - 1
-        if pos < 0:
-            return None
-        row = self._rows[self._starts[pos]]
-        return row if index < row.start + len(row.hashes) // 32 else None
-
     def lookup(self, indexes: Sequence[int]) -> list[bytes | None]:
         """The cached hash at each index, or None where its row is not cached."""
+        # A proof's indexes cluster: the low levels' siblings share the leaf's row, so
+        # the row found last is tried before searching again.
+        rows, starts = self._rows, self._starts
         out: list[bytes | None] = []
-        touched = set()
+        touched: list[int] = []
+        lo = hi = 0
+        hashes = b""
         for i in indexes:
-            row = self._row(i)
-            if row is None:
-                out.append(None)
-                continue
-            touched.add(row.start)
-            off = (i - row.start) * 32
-            out.append(row.hashes[off : off + 32])
+            if not lo <= i < hi:
+                pos = bisect.bisect_right(starts, i) - 1
+                row = rows[starts[pos]] if pos >= 0 else None
+                if row is None or i >= row.start + len(row.hashes) // 32:
+                    out.append(None)
+                    lo = hi = 0
+                    continue
+                lo, hashes = row.start, row.hashes
+                hi = lo + len(hashes) // 32
+                touched.append(lo)
+            off = (i - lo) * 32
+            out.append(hashes[off : off + 32])
         for start in touched:
-            self._rows.move_to_end(start)
+            rows.move_to_end(start)
         return out
 
 

@@ -287,15 +287,21 @@ class ProofPlan:
     the ragged node on the tree's right edge. Ragged nodes depend only on the tree size,
     so a plan computes them once (:meth:`edge_indexes`, :meth:`set_edge`) and every
     proof after that is one stored-hash lookup per level.
+
+    Above level ``split`` a sibling depends only on which of at most ``blocks`` aligned
+    blocks of leaves holds the leaf, so each block's upper path is kept once found: a
+    proof then looks up only its ``split`` lowest levels.
     """
 
-    __slots__ = ("_edge", "size")
+    __slots__ = ("_edge", "_upper", "size", "split")
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, blocks: int = 1024) -> None:
         if size < 1:
             raise ProofError(f"tree size {size} has no leaves")
         self.size = size
+        self.split = max(0, (size - 1).bit_length() - max(0, blocks.bit_length() - 1))
         self._edge: dict[int, bytes] | None = None
+        self._upper: dict[int, list[bytes]] = {}
 
     def _ragged_levels(self) -> list[tuple[int, int]]:
         t, out, level = self.size, [], 0
@@ -326,9 +332,10 @@ class ProofPlan:
         """Stored hashes the proof for ``index`` needs, leaf end first."""
         t = self.size
         _check_leaf(index, t)
+        top = self.split if index >> self.split in self._upper else t.bit_length()
         need = []
         level = 0
-        while (t - 1) >> level:
+        while (t - 1) >> level and level < top:
             s = (index >> level) ^ 1
             if s <= (t - 1) >> level and (s + 1) << level <= t:
                 m = ((s + 1) << level) - 1
@@ -338,15 +345,24 @@ class ProofPlan:
 
     def proof(self, index: int, hashes: Sequence[bytes]) -> list[bytes]:
         """PATH(index, D[size]) from the hashes named by :meth:`indexes`."""
-        if self._edge is None:
+        edge = self._edge
+        if edge is None:
             raise ProofError("set_edge() must run before proofs")
         t = self.size
-        out = []
+        split = self.split
+        upper = self._upper.get(index >> split)
+        out: list[bytes] = []
         it = iter(hashes)
         level = 0
         while (t - 1) >> level:
+            if level == split:
+                if upper is not None:
+                    return out + upper
+                upper_start = len(out)
             s = (index >> level) ^ 1
             if s <= (t - 1) >> level:
-                out.append(next(it) if (s + 1) << level <= t else self._edge[level])
+                out.append(next(it) if (s + 1) << level <= t else edge[level])
             level += 1
+        if split < level:
+            self._upper[index >> split] = out[upper_start:]
         return out

@@ -80,12 +80,14 @@ def test_every_inclusion_proof_verifies_and_matches_stored_hashes(
     n: int, data: st.DataObject
 ) -> None:
     leaves, stored = _tree(n)
-    i = data.draw(st.integers(0, n - 1))
-    proof = merkle.inclusion_proof(i, leaves)
-    plan = tlog.ProofPlan(n)
+    # Several leaves from one plan, so later proofs reuse the upper paths earlier ones
+    # kept; a small block count puts the split inside these small trees.
+    plan = tlog.ProofPlan(n, blocks=data.draw(st.sampled_from([1, 2, 4, 16, 1024])))
     plan.set_edge([stored[x] for x in plan.edge_indexes()])
-    assert plan.proof(i, [stored[x] for x in plan.indexes(i)]) == proof
-    merkle.verify_inclusion(leaves[i], i, n, proof, merkle.root_hash(leaves))
+    for i in data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=6)):
+        proof = merkle.inclusion_proof(i, leaves)
+        assert plan.proof(i, [stored[x] for x in plan.indexes(i)]) == proof
+        merkle.verify_inclusion(leaves[i], i, n, proof, merkle.root_hash(leaves))
 
 
 @given(n=sizes, data=st.data())
