@@ -32,8 +32,9 @@ from ledger.bundle import write_bundle
 from ledger.errors import LedgerError
 from ledger.fsck import fsck
 from ledger.keys import KEY_FILE, load_signer
-from ledger.log import SWITCH_INTERVAL, Log
+from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS
+from ledger.runtime import settle_interpreter
 from ledger.sqlite_store import SQLiteEventStore
 
 __all__ = ["configure_logging", "main"]
@@ -123,7 +124,7 @@ async def _serve(config: Config, out: TextIO) -> None:
 def _cmd_serve(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = _config(args, env)
     configure_logging(config.log_level)
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    settle_interpreter()
     asyncio.run(_serve(config, sys.stdout))
     return 0
 

@@ -7,7 +7,7 @@ import importlib
 import sys
 import time
 
-from ledger.log import SWITCH_INTERVAL
+from ledger.runtime import settle_interpreter
 
 SUITES = ["ledger_log", "engine", "verify_bundle", "api"]
 
@@ -18,8 +18,8 @@ def main() -> int:
     parser.add_argument("suites", nargs="*", choices=[[], *SUITES], help="run only these")
     args = parser.parse_args()
     started = time.perf_counter()
-    # As ``maip-ledger serve`` does: the log's writer thread needs the lock back quickly.
-    sys.setswitchinterval(SWITCH_INTERVAL)
+    # As ``maip-ledger serve`` does (ledger/runtime.py).
+    settle_interpreter()
     for name in args.suites or SUITES:
         print(f"\n== bench.{name} ==", flush=True)
         importlib.import_module(f"bench.{name}").run(args.quick)

@@ -15,13 +15,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-__all__ = ["SWITCH_INTERVAL", "WriterThread"]
-
-#: The interpreter switch interval a process hosting a :class:`~ledger.log.Log` should
-#: set at its entry point (``sys.setswitchinterval``). A commit needs the interpreter
-#: lock back after SQLite's step; with the default 5 ms, a busy event loop can hold it
-#: that long, several times the commit itself, while every appender waits.
-SWITCH_INTERVAL = 0.001
+__all__ = ["WriterThread"]
 
 _T = TypeVar("_T")
 _Job = tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any], asyncio.AbstractEventLoop]

@@ -35,7 +35,6 @@ import structlog
 
 from ledger import tlog
 from ledger._hash_cache import HashCache, hash_from_rows
-from ledger._writer_thread import SWITCH_INTERVAL
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import (
     ConflictError,
@@ -61,7 +60,7 @@ from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 
-__all__ = ["SWITCH_INTERVAL", "Log", "RecordedEvent", "SignedCheckpoint"]
+__all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
 
 _log = structlog.get_logger()
 _sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the append path
@@ -146,6 +145,8 @@ class Log:
         self._max_batch = max_batch
         self._hashes = HashCache(hash_cache_bytes)
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self._heads_wanted: dict[tuple[str, str], list[asyncio.Future[int]]] = {}
+        self._head_reader: asyncio.Task[None] | None = None
         self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
         # The provisional tip: the committed tree plus every batch prepared but not yet
@@ -333,9 +334,7 @@ class Log:
             hashes.append(_sha256(b"\x00" + leaf).digest())
         key = (tenant_id, stream_id)
         if key not in self._heads:
-            head = await self._store.stream_head(tenant_id, stream_id)
-            # The writer may have advanced the head meanwhile; its value wins.
-            self._heads.setdefault(key, head)
+            await self._head(key)
         future: asyncio.Future[list[Receipt]] = self._loop.create_future()
         self._pending.append(
             _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, hashes, future)
@@ -385,9 +384,33 @@ class Log:
 
     async def _head(self, key: tuple[str, str]) -> int:
         head = self._heads.get(key)
-        if head is None:
-            head = await self._store.stream_head(*key)
-        return head
+        if head is not None:
+            return head
+        # Streams first seen in the same moment (a burst of new orchestrations) share one
+        # read, instead of queueing one store round trip each.
+        waiter: asyncio.Future[int] = self._loop.create_future()
+        self._heads_wanted.setdefault(key, []).append(waiter)
+        if self._head_reader is None or self._head_reader.done():
+            self._head_reader = asyncio.create_task(self._read_heads(), name="log-stream-heads")
+        return await waiter
+
+    async def _read_heads(self) -> None:
+        while self._heads_wanted:
+            wanted, self._heads_wanted = self._heads_wanted, {}
+            try:
+                heads = await self._store.stream_heads(list(wanted))
+            except Exception as e:  # noqa: BLE001 — every waiter gets the store's error
+                for waiters in wanted.values():
+                    for waiter in waiters:
+                        if not waiter.done():
+                            waiter.set_exception(e)
+                continue
+            for key, waiters in wanted.items():
+                # The writer may have advanced the head meanwhile; its value wins.
+                head = self._heads.setdefault(key, heads[key])
+                for waiter in waiters:
+                    if not waiter.done():
+                        waiter.set_result(head)
 
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
         """Check, hash, sign and build receipts for a batch on the provisional tip."""

@@ -113,6 +113,8 @@ def _batch_insert(rows: int) -> str:
 
 
 _INDEX_PASS_ROWS = 512
+# Streams per head read: two bound parameters each, well under SQLite's limit.
+_HEADS_PER_READ = 256
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
 
@@ -515,25 +517,35 @@ class SQLiteEventStore:
         )
         return [HashRow(start, hashes) for start, hashes in rows]
 
-    async def stream_head(self, tenant_id: str, stream_id: str) -> int:
-        if self._thread is None:  # another process writes: scan its unindexed tail
-            row = await self._one(
-                "SELECT max(s) FROM (SELECT max(stream_seq) AS s FROM stream_index "
-                "WHERE tenant_id = ? AND stream_id = ? "
-                f"UNION ALL SELECT max(stream_seq) FROM events WHERE {_TAIL} "
-                "AND tenant_id = ? AND stream_id = ?)",
-                (tenant_id, stream_id, tenant_id, stream_id),
-            )
-            return int(row[0] or 0)
-        # Look at the tail before the index: an entry leaves the tail only after its
-        # index pass committed, so it is in one or the other.
-        tail = self._tail.get((tenant_id, stream_id))
-        in_tail = tail[-1][0] if tail else 0
-        row = await self._one(
-            "SELECT max(stream_seq) FROM stream_index WHERE tenant_id = ? AND stream_id = ?",
-            (tenant_id, stream_id),
-        )
-        return max(in_tail, int(row[0] or 0))
+    async def stream_heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        wanted = list(dict.fromkeys(keys))
+        heads: dict[tuple[str, str], int] = {}
+        for lo in range(0, len(wanted), _HEADS_PER_READ):
+            chunk = wanted[lo : lo + _HEADS_PER_READ]
+            values = ",".join(["(?,?)"] * len(chunk))
+            params = [part for key in chunk for part in key]
+            if self._thread is None:  # another process writes: scan its unindexed tail too
+                sql = (
+                    f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, max("
+                    "coalesce((SELECT max(stream_seq) FROM stream_index WHERE tenant_id = t "
+                    "AND stream_id = s), 0), "
+                    f"coalesce((SELECT max(stream_seq) FROM events WHERE {_TAIL} "
+                    "AND tenant_id = t AND stream_id = s), 0)) FROM q"
+                )
+            else:
+                sql = (
+                    f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, "
+                    "(SELECT max(stream_seq) FROM stream_index WHERE tenant_id = t "
+                    "AND stream_id = s) FROM q"
+                )
+            # Taken before the read: an entry leaves the tail only after its index pass
+            # committed, so it is in one or the other.
+            for key in chunk:
+                tail = self._tail.get(key)
+                heads[key] = tail[-1][0] if tail else 0
+            for t, s, indexed in await self._all(sql, params):
+                heads[(t, s)] = max(heads[(t, s)], int(indexed or 0))
+        return heads
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None

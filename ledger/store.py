@@ -81,8 +81,9 @@ class EventStore(Protocol):
     async def hash_rows(self, indexes: Sequence[int]) -> list[HashRow]:
         """The rows that hold each stored index (deduplicated; order unspecified)."""
 
-    async def stream_head(self, tenant_id: str, stream_id: str) -> int:
-        """The last ``stream_seq`` of a stream, 0 when it has no events."""
+    async def stream_heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """The last ``stream_seq`` of each ``(tenant_id, stream_id)``, 0 for a stream with
+        no events; one read for them all."""
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int, limit: int | None

@@ -55,9 +55,12 @@ class EventStoreContract(ABC):
         assert [e.stream_seq for e in await store.read_stream("t1", "s1", 0, None)] == [1, 2]
         assert [e.stream_seq for e in await store.read_stream("t1", "s1", 1, None)] == [2]
         assert await store.read_stream("t1", "s2", 0, None) == []  # other tenant's stream
-        assert await store.stream_head("t1", "s1") == 2
-        assert await store.stream_head("t2", "s2") == 1
-        assert await store.stream_head("t1", "nope") == 0
+        assert await store.stream_heads([("t1", "s1"), ("t2", "s2"), ("t1", "nope")]) == {
+            ("t1", "s1"): 2,
+            ("t2", "s2"): 1,
+            ("t1", "nope"): 0,
+        }
+        assert await store.stream_heads([("t2", "s1"), ("t2", "s1")]) == {("t2", "s1"): 0}
         assert (await store.event((1).to_bytes(16, "big"))) == _event(1)
         assert await store.event(b"\xff" * 16) is None
         latest = await store.latest_checkpoint()
@@ -138,7 +141,7 @@ class EventStoreContract(ABC):
         await store.close()
         again = await self.make_store(tmp_path)
         assert await again.event_count() == 2
-        assert await again.stream_head("t1", "s1") == 2
+        assert await again.stream_heads([("t1", "s1")]) == {("t1", "s1"): 2}
         await again.close()
 
     async def test_snapshots_overwrite(self, tmp_path: Path) -> None:
@@ -186,10 +189,14 @@ class EventStoreContract(ABC):
             probe = f"s{b % 11}"
             got = await store.read_stream("t1", probe, 0, None)
             assert [e.stream_seq for e in got] == list(range(1, seqs[probe] + 1))
+            assert await store.stream_heads([("t1", probe)]) == {("t1", probe): seqs[probe]}
         await store.close()
         store = await self.make_store(tmp_path)
+        # More streams than one read takes, so the reads are chunked.
+        keys = [("t1", stream) for stream in seqs] + [("t1", f"x{i}") for i in range(600)]
+        heads = await store.stream_heads(keys)
+        assert heads == {key: seqs.get(key[1], 0) for key in keys}
         for stream, head in seqs.items():
-            assert await store.stream_head("t1", stream) == head
             got = await store.read_stream("t1", stream, 3, 5)
             assert [e.stream_seq for e in got] == list(range(4, min(head, 8) + 1))
         await store.close()

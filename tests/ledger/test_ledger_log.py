@@ -270,3 +270,32 @@ async def test_a_failed_batch_fails_every_batch_built_on_it_and_the_log_goes_on(
     await log.close()
     report = await fsck_path(path)
     assert report.ok, report.problems
+
+
+async def test_streams_first_seen_together_each_get_their_own_head(tmp_path: Path) -> None:
+    """Heads of streams first seen in one moment are read together; each append must
+    still be checked against its own stream's head."""
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    for i in range(40):
+        await log.append("t1", f"s{i}", 0, [NewEvent("note.added", Note("x"))] * 2)
+    await log.close()
+    log = await open_log(path)
+
+    async def one(stream: str, expected: int) -> int | str:
+        try:
+            receipts = await log.append("t1", stream, expected, [NewEvent("note.added", Note("y"))])
+        except ConflictError:
+            return "conflict"
+        return receipts[0].leaf_index
+
+    results = await asyncio.gather(
+        *(one(f"s{i}", 2 if i % 2 == 0 else 0) for i in range(40)),
+        *(one(f"new{i}", 0) for i in range(40)),
+    )
+    assert results[1:40:2] == ["conflict"] * 20
+    assert sorted(r for r in results if r != "conflict") == list(range(80, 140))
+    assert await log.stream_head("t1", "s0") == 3
+    assert await log.stream_head("t1", "s1") == 2
+    assert await log.stream_head("t1", "new7") == 1
+    await log.close()

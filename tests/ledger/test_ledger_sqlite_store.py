@@ -8,12 +8,13 @@ import threading
 from pathlib import Path
 
 import pytest
-from ledger_testkit import Note, fsck_path, open_log
+from ledger_testkit import CATALOG, Note, fsck_path, open_log, signer
 from store_contract import EventStoreContract
 
 from ledger._writer_thread import WriterThread
 from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
+from ledger.log import Log
 from ledger.sqlite_store import SQLiteEventStore
 
 
@@ -120,3 +121,24 @@ def test_a_write_that_ends_after_its_loop_closed_leaves_the_thread_quiet() -> No
     finally:
         threading.excepthook = before
     assert errors == []
+
+
+async def test_a_reader_beside_the_writer_sees_heads_indexed_or_not(tmp_path: Path) -> None:
+    """A read-only store cannot see the writer's in-memory tail, so its stream_heads
+    reads both the stream index and the events past the index's progress."""
+    path = tmp_path / "l.db"
+    log = await Log.open(SQLiteEventStore(path, index_every=1), signer(), CATALOG)
+    await log.append("t1", "a", 0, [NewEvent("note.added", Note("x"))] * 3)
+    await log.append("t1", "b", 0, [NewEvent("note.added", Note("x"))] * 2)
+    await log.close()
+    log = await Log.open(SQLiteEventStore(path, index_every=10**9), signer(), CATALOG)
+    await log.append("t1", "a", 3, [NewEvent("note.added", Note("x"))] * 2)  # not indexed
+    await log.append("t1", "c", 0, [NewEvent("note.added", Note("x"))])
+    reader = SQLiteEventStore(path, read_only=True)
+    await reader.open()
+    try:
+        keys = [("t1", "a"), ("t1", "b"), ("t1", "c"), ("t1", "d"), ("t2", "a")]
+        assert await reader.stream_heads(keys) == dict(zip(keys, [5, 2, 1, 0, 0], strict=True))
+    finally:
+        await reader.close()
+        await log.close()
