@@ -180,6 +180,7 @@ def create_app(
         try:
             resumed = await engine.start()
             services = Services(config, keys, auth, log, engine, metrics, hub)
+            log.add_receipt_listener(services.receipts_issued)
             app[SERVICES] = services
             watch = asyncio.create_task(_watch_storage(log, engine), name="storage-watch")
             _log.info("server.ready", tree_size=log.size, resumed=len(resumed))

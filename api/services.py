@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,10 +19,12 @@ from api.metrics import Metrics
 from api.sse import StreamHub
 from ledger.log import Log
 from ledger.orchestration import Engine
+from ledger.receipt import Receipt
 
 __all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
 
-_RECEIPT_CACHE = 200_000
+# Entries, each an encoded receipt or an issued one (~1-2 KB either way).
+_RECEIPT_CACHE = 65_536
 _CHECKPOINT_CACHE = 10_000
 
 
@@ -38,7 +40,11 @@ class Services:
     metrics: Metrics
     hub: StreamHub
     shutting_down: bool = False
-    receipts: OrderedDict[tuple[str, str], bytes] = field(default_factory=OrderedDict)
+    #: By (tenant, receipt id): the encoded answer, or the receipt as the log issued it
+    #: (with its orchestration id), encoded on first fetch. Receipts are immutable.
+    receipts: OrderedDict[tuple[str, str], bytes | tuple[str, Receipt]] = field(
+        default_factory=OrderedDict
+    )
     idempotency_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     #: Signed notes by tree size (immutable once issued).
     checkpoint_notes: OrderedDict[int, str] = field(default_factory=OrderedDict)
@@ -58,6 +64,15 @@ class Services:
         self.receipts[key] = body
         if len(self.receipts) > _RECEIPT_CACHE:
             self.receipts.popitem(last=False)
+
+    def receipts_issued(self, issued: Sequence[tuple[str, str, Receipt]]) -> None:
+        """Keep receipts as they are issued: clients and auditors fetch recent ones
+        first, and each would otherwise cost a ledger read and a proof."""
+        receipts = self.receipts
+        for tenant, stream, receipt in issued:
+            receipts[(tenant, receipt.receipt_id)] = (stream, receipt)
+        while len(receipts) > _RECEIPT_CACHE:
+            receipts.popitem(last=False)
 
 
 SERVICES: web.AppKey[Services] = web.AppKey("services", Services)

@@ -29,6 +29,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import structlog
@@ -60,7 +61,7 @@ from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 
-__all__ = ["Log", "RecordedEvent", "SignedCheckpoint"]
+__all__ = ["Listener", "Log", "ReceiptListener", "RecordedEvent", "SignedCheckpoint"]
 
 _log = structlog.get_logger()
 _sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the append path
@@ -68,6 +69,8 @@ _sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the appe
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
 
 Listener = Callable[[Sequence["RecordedEvent"]], None]
+#: Called with each committed batch's receipts, as (tenant_id, stream_id, receipt).
+ReceiptListener = Callable[[Sequence[tuple[str, str, Receipt]]], None]
 
 
 class RecordedEvent(msgspec.Struct, frozen=True):
@@ -162,6 +165,7 @@ class Log:
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
         self._listeners: list[Listener] = []
+        self._receipt_listeners: list[ReceiptListener] = []
         self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
         self._healthy = True
 
@@ -273,6 +277,10 @@ class Log:
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""
         self._listeners.append(listener)
+
+    def add_receipt_listener(self, listener: ReceiptListener) -> None:
+        """Call ``listener`` with every committed batch's receipts, in log order."""
+        self._receipt_listeners.append(listener)
 
     async def append(
         self,
@@ -546,20 +554,32 @@ class Log:
         for (req, _), receipts_for in zip(p.accepted, p.receipts, strict=True):
             if not req.future.done():
                 req.future.set_result(receipts_for)
-        if self._listeners:
+        if self._listeners or self._receipt_listeners:
             self._notify(p.accepted, p.receipts, cp.tree_size)
 
     def _notify(
         self, accepted: list[tuple[_Append, int]], receipts: list[list[Receipt]], size: int
     ) -> None:
-        recorded = [
-            RecordedEvent(event, leaf, first + i, receipt.receipt_id, size)
-            for (req, first), rs in zip(accepted, receipts, strict=True)
-            for i, (event, leaf, receipt) in enumerate(zip(req.events, req.leaves, rs, strict=True))
-        ]
-        for listener in self._listeners:
+        calls: list[tuple[Callable[[Any], None], Sequence[Any]]] = []
+        if self._listeners:
+            recorded = [
+                RecordedEvent(event, leaf, first + i, receipt.receipt_id, size)
+                for (req, first), rs in zip(accepted, receipts, strict=True)
+                for i, (event, leaf, receipt) in enumerate(
+                    zip(req.events, req.leaves, rs, strict=True)
+                )
+            ]
+            calls += [(listener, recorded) for listener in self._listeners]
+        if self._receipt_listeners:
+            issued = [
+                (req.tenant, req.stream, receipt)
+                for (req, _), rs in zip(accepted, receipts, strict=True)
+                for receipt in rs
+            ]
+            calls += [(listener, issued) for listener in self._receipt_listeners]
+        for listener, batch in calls:
             try:
-                listener(recorded)
+                listener(batch)
             except Exception:  # noqa: BLE001 — one broken listener must not stop the log
                 _log.exception("log.listener_failed")
 

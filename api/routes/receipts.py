@@ -1,6 +1,8 @@
 """``GET /v1/receipts/{receipt_id}``: a receipt (spec §4) plus its orchestration id.
 
-Receipts are immutable, so an encoded receipt is cached per (tenant, receipt id).
+Receipts are immutable, so an encoded receipt is cached per (tenant, receipt id); those
+the log issues are kept as issued (``Services.receipts_issued``) and encoded on first
+fetch, the rest are read from the ledger.
 """
 
 from __future__ import annotations
@@ -9,11 +11,11 @@ from aiohttp import web
 
 from api.problems import not_found
 from api.routes._common import services
-from api.services import encode
+from api.services import Services, encode
 from api.wire import ReceiptOut
 from ledger.errors import NotFoundError
 from ledger.merkle import leaf_hash
-from ledger.receipt import receipt_id_for
+from ledger.receipt import Receipt, receipt_id_for
 
 __all__ = ["routes"]
 
@@ -27,31 +29,51 @@ async def receipt(request: web.Request) -> web.Response:
     raw = request.match_info["receipt_id"]
     # The cache is keyed by canonical ids only, so a hit on the id as given is the hit
     # its canonical form would be; clients mostly send the canonical form.
-    body = s.receipts.get((principal.tenant_id, raw))
-    if body is not None:
-        return web.Response(body=body, content_type="application/json")
+    hit = s.receipts.get((principal.tenant_id, raw))
+    if type(hit) is bytes:
+        return web.Response(body=hit, content_type="application/json")
     try:
         canonical = receipt_id_for(raw)
     except NotFoundError:
         raise not_found(f"no receipt {raw!r}") from None
     key = (principal.tenant_id, canonical)
-    body = s.receipts.get(key)
-    if body is None:
-        rec = await s.log.recorded(canonical, principal.tenant_id)
-        note = s.checkpoint_notes.get(rec.tree_size)
-        if note is None:
-            note = (await s.log.checkpoint_at(rec.tree_size)).note
-            s.cache_checkpoint(rec.tree_size, note)
-        out = ReceiptOut(
-            receipt_id=rec.receipt_id,
-            orchestration_id=rec.event.stream_id,
-            event_id=rec.event.event_id,
-            leaf_index=rec.leaf_index,
-            leaf_hash=leaf_hash(rec.leaf),
-            tree_size=rec.tree_size,
-            inclusion_proof=await s.log.inclusion_proof(rec.leaf_index, rec.tree_size),
-            checkpoint=note,
-        )
+    hit = s.receipts.get(key)
+    if isinstance(hit, bytes):
+        body = hit
+    else:
+        out = _issued(hit) if hit is not None else await _from_ledger(s, canonical, key[0])
         body = encode(out)
         s.cache_receipt(key, body)
     return web.Response(body=body, content_type="application/json")
+
+
+def _issued(hit: tuple[str, Receipt]) -> ReceiptOut:
+    stream, r = hit
+    return ReceiptOut(
+        receipt_id=r.receipt_id,
+        orchestration_id=stream,
+        event_id=r.event_id,
+        leaf_index=r.leaf_index,
+        leaf_hash=r.leaf_hash,
+        tree_size=r.tree_size,
+        inclusion_proof=r.inclusion_proof,
+        checkpoint=r.checkpoint,
+    )
+
+
+async def _from_ledger(s: Services, receipt_id: str, tenant_id: str) -> ReceiptOut:
+    rec = await s.log.recorded(receipt_id, tenant_id)
+    note = s.checkpoint_notes.get(rec.tree_size)
+    if note is None:
+        note = (await s.log.checkpoint_at(rec.tree_size)).note
+        s.cache_checkpoint(rec.tree_size, note)
+    return ReceiptOut(
+        receipt_id=rec.receipt_id,
+        orchestration_id=rec.event.stream_id,
+        event_id=rec.event.event_id,
+        leaf_index=rec.leaf_index,
+        leaf_hash=leaf_hash(rec.leaf),
+        tree_size=rec.tree_size,
+        inclusion_proof=await s.log.inclusion_proof(rec.leaf_index, rec.tree_size),
+        checkpoint=note,
+    )

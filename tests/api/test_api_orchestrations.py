@@ -17,6 +17,7 @@ from ulid import ULID
 import verifier
 from api.config import Config
 from api.keys import KeyStore
+from api.services import SERVICES
 
 
 async def vkey(client: TestClient) -> str:
@@ -388,3 +389,29 @@ async def test_regression_reserved_idempotency_key_never_starts_a_second_run(
     assert r2.headers["Idempotent-Replayed"] == "true"
     listed = await json_ok(client, "GET", "/v1/orchestrations", 200, headers=tenant_a.headers)
     assert [item["orchestration_id"] for item in listed["items"]] == [reserved]
+
+
+async def test_a_receipt_kept_as_issued_reads_as_the_ledger_would_build_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """Receipts are cached as the log issues them; the answer must be byte for byte the
+    one built from the ledger (event row, stored proof, checkpoint) after the cache is
+    gone, as after a restart."""
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(
+        client, tenant_a, {"workflow_id": wf, "agents": [agent]}, headers={"Prefer": "wait=10"}
+    )
+    receipts = client.app[SERVICES].receipts
+    assert all(isinstance(receipts[(tenant_a.tenant_id, rid)], tuple) for rid in state["receipts"])
+
+    async def fetch_all() -> list[bytes]:
+        out = []
+        for rid in state["receipts"]:
+            resp = await client.get(f"/v1/receipts/{rid}", headers=tenant_a.headers)
+            assert resp.status == 200
+            out.append(await resp.read())
+        return out
+
+    issued = await fetch_all()
+    receipts.clear()
+    assert await fetch_all() == issued
