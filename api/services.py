@@ -25,7 +25,6 @@ __all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
 
 # Entries, each an encoded receipt or an issued one (~1-2 KB either way).
 _RECEIPT_CACHE = 65_536
-_CHECKPOINT_CACHE = 10_000
 
 
 @dataclass
@@ -46,19 +45,12 @@ class Services:
         default_factory=OrderedDict
     )
     idempotency_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
-    #: Signed notes by tree size (immutable once issued).
-    checkpoint_notes: OrderedDict[int, str] = field(default_factory=OrderedDict)
 
     def authorize(self, request: web.Request, *scopes: str) -> Principal:
         """The caller, if it has any of ``scopes``; binds its tenant to the log context."""
         principal = self.auth.authorize(request, *scopes)
         bind_tenant(principal.tenant_id)
         return principal
-
-    def cache_checkpoint(self, size: int, note: str) -> None:
-        self.checkpoint_notes[size] = note
-        if len(self.checkpoint_notes) > _CHECKPOINT_CACHE:
-            self.checkpoint_notes.popitem(last=False)
 
     def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:
         self.receipts[key] = body

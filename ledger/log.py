@@ -167,6 +167,7 @@ class Log:
         self._listeners: list[Listener] = []
         self._receipt_listeners: list[ReceiptListener] = []
         self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
+        self._checkpoints: OrderedDict[int, SignedCheckpoint] = OrderedDict()
         self._healthy = True
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -610,10 +611,18 @@ class Log:
         return self._latest
 
     async def checkpoint_at(self, tree_size: int) -> SignedCheckpoint:
+        cached = self._checkpoints.get(tree_size)
+        if cached is not None:
+            return cached
         record = await self._store.checkpoint(tree_size)
         if record is None:
             raise NotFoundError(f"no checkpoint was issued at tree size {tree_size}")
-        return SignedCheckpoint(record.tree_size, record.root, record.note)
+        checkpoint = SignedCheckpoint(record.tree_size, record.root, record.note)
+        # Immutable once issued; receipts of one batch all ask for the same one.
+        self._checkpoints[tree_size] = checkpoint
+        if len(self._checkpoints) > 4096:
+            self._checkpoints.popitem(last=False)
+        return checkpoint
 
     def _check_size(self, tree_size: int) -> None:
         if not 0 < tree_size <= self.size:
@@ -675,9 +684,15 @@ class Log:
 
     async def get_receipt(self, identifier: str, tenant_id: str | None = None) -> Receipt:
         """The receipt issued for an event, by receipt UUID or event ULID."""
+        return (await self.stream_receipt(identifier, tenant_id))[1]
+
+    async def stream_receipt(
+        self, identifier: str, tenant_id: str | None = None
+    ) -> tuple[str, Receipt]:
+        """:meth:`get_receipt` with its event's stream id, without decoding the event."""
         row = await self._event_row(identifier, tenant_id)
         checkpoint = await self.checkpoint_at(row.tree_size)
-        return Receipt(
+        return row.stream_id, Receipt(
             receipt_id=uuid_str(row.event_id),
             event_id=ulid_str(row.event_id),
             leaf_index=row.leaf_index,

@@ -11,10 +11,9 @@ from aiohttp import web
 
 from api.problems import not_found
 from api.routes._common import services
-from api.services import Services, encode
+from api.services import encode
 from api.wire import ReceiptOut
 from ledger.errors import NotFoundError
-from ledger.merkle import leaf_hash
 from ledger.receipt import Receipt, receipt_id_for
 
 __all__ = ["routes"]
@@ -41,13 +40,13 @@ async def receipt(request: web.Request) -> web.Response:
     if isinstance(hit, bytes):
         body = hit
     else:
-        out = _issued(hit) if hit is not None else await _from_ledger(s, canonical, key[0])
+        out = _receipt_out(hit if hit is not None else await s.log.stream_receipt(canonical, key[0]))
         body = encode(out)
         s.cache_receipt(key, body)
     return web.Response(body=body, content_type="application/json")
 
 
-def _issued(hit: tuple[str, Receipt]) -> ReceiptOut:
+def _receipt_out(hit: tuple[str, Receipt]) -> ReceiptOut:
     stream, r = hit
     return ReceiptOut(
         receipt_id=r.receipt_id,
@@ -58,22 +57,4 @@ def _issued(hit: tuple[str, Receipt]) -> ReceiptOut:
         tree_size=r.tree_size,
         inclusion_proof=r.inclusion_proof,
         checkpoint=r.checkpoint,
-    )
-
-
-async def _from_ledger(s: Services, receipt_id: str, tenant_id: str) -> ReceiptOut:
-    rec = await s.log.recorded(receipt_id, tenant_id)
-    note = s.checkpoint_notes.get(rec.tree_size)
-    if note is None:
-        note = (await s.log.checkpoint_at(rec.tree_size)).note
-        s.cache_checkpoint(rec.tree_size, note)
-    return ReceiptOut(
-        receipt_id=rec.receipt_id,
-        orchestration_id=rec.event.stream_id,
-        event_id=rec.event.event_id,
-        leaf_index=rec.leaf_index,
-        leaf_hash=leaf_hash(rec.leaf),
-        tree_size=rec.tree_size,
-        inclusion_proof=await s.log.inclusion_proof(rec.leaf_index, rec.tree_size),
-        checkpoint=note,
     )
