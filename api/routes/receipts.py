@@ -40,8 +40,9 @@ async def receipt(request: web.Request) -> web.Response:
     if isinstance(hit, bytes):
         body = hit
     else:
-        out = _receipt_out(hit if hit is not None else await s.log.stream_receipt(canonical, key[0]))
-        body = encode(out)
+        if hit is None:
+            hit = await s.log.stream_receipt(canonical, principal.tenant_id)
+        body = encode(_receipt_out(hit))
         s.cache_receipt(key, body)
     return web.Response(body=body, content_type="application/json")
 
