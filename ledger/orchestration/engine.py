@@ -80,6 +80,8 @@ class _Recorded(Protocol):
     def event(self) -> Event: ...
     @property
     def leaf_index(self) -> int: ...
+    @property
+    def receipt_id(self) -> str: ...
 
 
 class EngineLog(Protocol):
@@ -202,7 +204,7 @@ class Engine:
                 if not isinstance(event.payload, ev.OrchestrationCreated):
                     continue
                 fold = self._projection.initial()
-            self._live[key] = self._projection.apply(fold, event)
+            self._live[key] = self._projection.apply(fold, event, rec.receipt_id)
             self._live.move_to_end(key)
             if len(self._live) > _LIVE_STATES:
                 self._live.popitem(last=False)

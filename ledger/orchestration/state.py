@@ -96,7 +96,9 @@ def _definition_step(created_def: dict[str, Any] | None, step_id: str) -> dict[s
     return {}
 
 
-def _created(event: Event, p: ev.OrchestrationCreated) -> OrchestrationState:
+def _created(
+    event: Event, p: ev.OrchestrationCreated, receipt_id: str | None
+) -> OrchestrationState:
     return OrchestrationState(
         orchestration_id=p.orchestration_id,
         id=orchestration_display_id(p.orchestration_id),
@@ -113,7 +115,7 @@ def _created(event: Event, p: ev.OrchestrationCreated) -> OrchestrationState:
         reason=None,
         steps=(),
         results=None,
-        receipts=(receipt_id_for(event.event_id),),
+        receipts=(receipt_id or receipt_id_for(event.event_id),),
         created_at=event.occurred_at,
         started_at=None,
         completed_at=None,
@@ -124,16 +126,18 @@ def apply(
     state: OrchestrationState | None,
     event: Event,
     definition: dict[str, Any] | None = None,
+    receipt_id: str | None = None,
 ) -> OrchestrationState | None:
     """The state after ``event``. ``definition`` is the one ``orchestration.created``
     recorded (callers that fold a whole stream get it from :class:`OrchestrationProjection`).
+    ``receipt_id``, when the caller has it, saves deriving it from the event id.
     """
     p = event.payload
     if state is None:
         if isinstance(p, ev.OrchestrationCreated):
-            return _created(event, p)
+            return _created(event, p, receipt_id)
         return None
-    receipts = (*state.receipts, receipt_id_for(event.event_id))
+    receipts = (*state.receipts, receipt_id or receipt_id_for(event.event_id))
     at = event.occurred_at
     rep = msgspec.structs.replace
     if isinstance(p, ev.OrchestrationStarted):
@@ -198,13 +202,16 @@ class OrchestrationProjection:
         return OrchestrationProjection.FoldState()
 
     def apply(
-        self, fold: OrchestrationProjection.FoldState, event: Event
+        self,
+        fold: OrchestrationProjection.FoldState,
+        event: Event,
+        receipt_id: str | None = None,
     ) -> OrchestrationProjection.FoldState:
         definition = fold.definition
         if fold.state is None and isinstance(event.payload, ev.OrchestrationCreated):
             definition = event.payload.definition
         return OrchestrationProjection.FoldState(
-            state=apply(fold.state, event, definition), definition=definition
+            state=apply(fold.state, event, definition, receipt_id), definition=definition
         )
 
 
