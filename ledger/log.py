@@ -124,7 +124,14 @@ def _check_id(name: str, value: str) -> None:
 
 
 class Log:
-    """One append-only Merkle log over an :class:`~ledger.store.EventStore`."""
+    """One append-only Merkle log over an :class:`~ledger.store.EventStore`.
+
+    ``hash_cache_bytes`` bounds the stored tree hashes kept in memory for proofs. A
+    tree stores about 64 bytes per leaf, so the default 128 MiB holds every hash of a
+    log of about two million entries; beyond that, proofs of old leaves read their
+    rows from the store (about 9k proofs/s at 1.3M entries with half that cache,
+    against ~14k with all of it, on the 2-core bench machine).
+    """
 
     def __init__(
         self,
@@ -135,7 +142,7 @@ class Log:
         now: Callable[[], datetime] | None = None,
         entropy: Callable[[int], bytes] = os.urandom,
         max_batch: int = 2048,
-        hash_cache_bytes: int = 64 << 20,
+        hash_cache_bytes: int = 128 << 20,
         stream_cache: int = 200_000,
     ) -> None:
         self._store = store
@@ -150,6 +157,8 @@ class Log:
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._heads_wanted: dict[tuple[str, str], list[asyncio.Future[int]]] = {}
         self._head_reader: asyncio.Task[None] | None = None
+        self._rows_wanted: list[tuple[list[int], asyncio.Future[list[HashRow]]]] = []
+        self._rows_reader: asyncio.Task[None] | None = None
         self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
         # The provisional tip: the committed tree plus every batch prepared but not yet
@@ -593,8 +602,7 @@ class Log:
             return found  # type: ignore[return-value]  # no None left
         # Resolve from the fetched rows themselves: while this read awaited, another
         # reader's rows may have evicted them (or others) from the cache.
-        rows = sorted(await self._store.hash_rows(missing), key=lambda r: r.start)
-        self._hashes.add(rows)
+        rows = await self._hash_rows(missing)
         out = []
         for i, cached in zip(indexes, found, strict=True):
             h = cached if cached is not None else hash_from_rows(rows, i)
@@ -602,6 +610,31 @@ class Log:
                 raise IntegrityError(f"stored tree hash {i} is missing")
             out.append(h)
         return out
+
+    async def _hash_rows(self, indexes: list[int]) -> list[HashRow]:
+        """The rows holding ``indexes``, sorted by start. Misses of concurrent readers
+        share one store read, instead of queueing one round trip each."""
+        waiter: asyncio.Future[list[HashRow]] = self._loop.create_future()
+        self._rows_wanted.append((indexes, waiter))
+        if self._rows_reader is None or self._rows_reader.done():
+            self._rows_reader = asyncio.create_task(self._read_rows(), name="log-hash-rows")
+        return await waiter
+
+    async def _read_rows(self) -> None:
+        while self._rows_wanted:
+            wanted, self._rows_wanted = self._rows_wanted, []
+            try:
+                rows = await self._store.hash_rows([i for indexes, _ in wanted for i in indexes])
+            except Exception as e:  # noqa: BLE001 — every waiter gets the store's error
+                for _, waiter in wanted:
+                    if not waiter.done():
+                        waiter.set_exception(e)
+                continue
+            rows.sort(key=lambda r: r.start)
+            self._hashes.add(rows)
+            for _, waiter in wanted:
+                if not waiter.done():
+                    waiter.set_result(rows)
 
     @property
     def size(self) -> int:
