@@ -35,6 +35,7 @@ import msgspec
 import structlog
 
 from ledger import tlog
+from ledger._batched_reads import BatchedReads
 from ledger._hash_cache import HashCache, hash_from_rows
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import (
@@ -155,10 +156,9 @@ class Log:
         self._max_batch = max_batch
         self._hashes = HashCache(hash_cache_bytes)
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._heads_wanted: dict[tuple[str, str], list[asyncio.Future[int]]] = {}
-        self._head_reader: asyncio.Task[None] | None = None
-        self._rows_wanted: list[tuple[list[int], asyncio.Future[list[HashRow]]]] = []
-        self._rows_reader: asyncio.Task[None] | None = None
+        self._head_reads = BatchedReads(self._read_heads, "log-stream-heads")
+        self._row_reads = BatchedReads(self._read_rows, "log-hash-rows")
+        self._event_reads = BatchedReads(self._store.events_by_id, "log-events-by-id")
         self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
         # The provisional tip: the committed tree plus every batch prepared but not yet
@@ -405,30 +405,13 @@ class Log:
         if head is not None:
             return head
         # Streams first seen in the same moment (a burst of new orchestrations) share one
-        # read, instead of queueing one store round trip each.
-        waiter: asyncio.Future[int] = self._loop.create_future()
-        self._heads_wanted.setdefault(key, []).append(waiter)
-        if self._head_reader is None or self._head_reader.done():
-            self._head_reader = asyncio.create_task(self._read_heads(), name="log-stream-heads")
-        return await waiter
+        # read (ledger/_batched_reads.py).
+        return (await self._head_reads.get((key,)))[key]
 
-    async def _read_heads(self) -> None:
-        while self._heads_wanted:
-            wanted, self._heads_wanted = self._heads_wanted, {}
-            try:
-                heads = await self._store.stream_heads(list(wanted))
-            except Exception as e:  # noqa: BLE001 — every waiter gets the store's error
-                for waiters in wanted.values():
-                    for waiter in waiters:
-                        if not waiter.done():
-                            waiter.set_exception(e)
-                continue
-            for key, waiters in wanted.items():
-                # The writer may have advanced the head meanwhile; its value wins.
-                head = self._heads.setdefault(key, heads[key])
-                for waiter in waiters:
-                    if not waiter.done():
-                        waiter.set_result(head)
+    async def _read_heads(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        heads = await self._store.stream_heads(keys)
+        # The writer may have advanced a head meanwhile; its value wins.
+        return {key: self._heads.setdefault(key, head) for key, head in heads.items()}
 
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
         """Check, hash, sign and build receipts for a batch on the provisional tip."""
@@ -602,7 +585,7 @@ class Log:
             return found  # type: ignore[return-value]  # no None left
         # Resolve from the fetched rows themselves: while this read awaited, another
         # reader's rows may have evicted them (or others) from the cache.
-        rows = await self._hash_rows(missing)
+        rows = await self._row_reads.get(missing)
         out = []
         for i, cached in zip(indexes, found, strict=True):
             h = cached if cached is not None else hash_from_rows(rows, i)
@@ -611,30 +594,10 @@ class Log:
             out.append(h)
         return out
 
-    async def _hash_rows(self, indexes: list[int]) -> list[HashRow]:
-        """The rows holding ``indexes``, sorted by start. Misses of concurrent readers
-        share one store read, instead of queueing one round trip each."""
-        waiter: asyncio.Future[list[HashRow]] = self._loop.create_future()
-        self._rows_wanted.append((indexes, waiter))
-        if self._rows_reader is None or self._rows_reader.done():
-            self._rows_reader = asyncio.create_task(self._read_rows(), name="log-hash-rows")
-        return await waiter
-
-    async def _read_rows(self) -> None:
-        while self._rows_wanted:
-            wanted, self._rows_wanted = self._rows_wanted, []
-            try:
-                rows = await self._store.hash_rows([i for indexes, _ in wanted for i in indexes])
-            except Exception as e:  # noqa: BLE001 — every waiter gets the store's error
-                for _, waiter in wanted:
-                    if not waiter.done():
-                        waiter.set_exception(e)
-                continue
-            rows.sort(key=lambda r: r.start)
-            self._hashes.add(rows)
-            for _, waiter in wanted:
-                if not waiter.done():
-                    waiter.set_result(rows)
+    async def _read_rows(self, indexes: list[int]) -> list[HashRow]:
+        rows = sorted(await self._store.hash_rows(indexes), key=lambda r: r.start)
+        self._hashes.add(rows)
+        return rows
 
     @property
     def size(self) -> int:
@@ -706,7 +669,9 @@ class Log:
         return [self._recorded(r) for r in rows]
 
     async def _event_row(self, identifier: str, tenant_id: str | None) -> StoredEvent:
-        row = await self._store.event(event_id_bytes(identifier))
+        event_id = event_id_bytes(identifier)
+        # Concurrent lookups (receipt fetches) share one read (ledger/_batched_reads.py).
+        row = (await self._event_reads.get((event_id,))).get(event_id)
         if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
             raise NotFoundError(f"no event or receipt {identifier!r}")
         return row

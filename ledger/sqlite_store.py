@@ -115,6 +115,7 @@ def _batch_insert(rows: int) -> str:
 _INDEX_PASS_ROWS = 512
 # Streams per head read: two bound parameters each, well under SQLite's limit.
 _HEADS_PER_READ = 256
+_EVENTS_PER_READ = 512
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
 
@@ -595,11 +596,20 @@ class SQLiteEventStore:
         )
         return [_stored(r) for r in rows]
 
-    async def event(self, event_id: bytes) -> StoredEvent | None:
-        row = await self._one(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id = ?", (event_id,)
-        )
-        return _stored(row) if row else None
+    async def events_by_id(self, event_ids: Sequence[bytes]) -> dict[bytes, StoredEvent]:
+        wanted = list(dict.fromkeys(event_ids))
+        found: dict[bytes, StoredEvent] = {}
+        for lo in range(0, len(wanted), _EVENTS_PER_READ):
+            chunk = wanted[lo : lo + _EVENTS_PER_READ]
+            rows = await self._all(
+                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN "
+                f"({','.join(['?'] * len(chunk))})",
+                chunk,
+            )
+            for row in rows:
+                event = _stored(row)
+                found[event.event_id] = event
+        return found
 
     async def event_count(self) -> int:
         row = await self._one("SELECT coalesce(max(leaf_index) + 1, 0) FROM events")

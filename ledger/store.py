@@ -91,7 +91,8 @@ class EventStore(Protocol):
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]: ...
 
-    async def event(self, event_id: bytes) -> StoredEvent | None: ...
+    async def events_by_id(self, event_ids: Sequence[bytes]) -> dict[bytes, StoredEvent]:
+        """The events with these ids; an unknown id is absent from the answer."""
 
     async def event_count(self) -> int: ...
 

@@ -61,8 +61,11 @@ class EventStoreContract(ABC):
             ("t1", "nope"): 0,
         }
         assert await store.stream_heads([("t2", "s1"), ("t2", "s1")]) == {("t2", "s1"): 0}
-        assert (await store.event((1).to_bytes(16, "big"))) == _event(1)
-        assert await store.event(b"\xff" * 16) is None
+        one, two = (1).to_bytes(16, "big"), (2).to_bytes(16, "big")
+        assert await store.events_by_id([one]) == {one: _event(1)}
+        assert await store.events_by_id([b"\xff" * 16]) == {}
+        many = [one, b"\xff" * 16, two, one] + [i.to_bytes(16, "big") for i in range(9, 600)]
+        assert await store.events_by_id(many) == {one: _event(1), two: _event(2, "s2", 1, "t2")}
         latest = await store.latest_checkpoint()
         assert latest is not None
         assert latest.tree_size == 3
