@@ -12,10 +12,11 @@ tenant's ids are simply not found.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -138,7 +139,8 @@ class Engine:
         #: Runs a write refused for lack of storage stopped; resumed once it is back.
         self._stalled: set[tuple[str, str]] = set()
         self._writers: dict[tuple[str, str], StreamWriter] = {}
-        self._external_locks: dict[tuple[str, str], asyncio.Lock] = {}
+        # Per orchestration, while anyone holds or awaits it: (lock, holders + waiters).
+        self._external_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
         self._projection = OrchestrationProjection()
         self._indexed_from = 0
@@ -593,11 +595,23 @@ class Engine:
 
     # -- external executors ----------------------------------------------------------
 
-    def _external_lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        lock = self._external_locks.get(key)
-        if lock is None:
-            lock = self._external_locks[key] = asyncio.Lock()
-        return lock
+    @contextlib.asynccontextmanager
+    async def _external_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
+        """Serializes one orchestration's external writes (steps, cancel). The lock is
+        dropped when its last user leaves, so one per orchestration ever touched does
+        not pile up for the life of the process."""
+        entry = self._external_locks.get(key)
+        if entry is None:
+            entry = self._external_locks[key] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._external_locks[key]
 
     async def create_external(
         self,

@@ -405,3 +405,33 @@ async def test_cancel_external_orchestration(engine: Engine) -> None:
     state = await engine.create_external(TENANT, input=None)
     cancelled = await engine.cancel(TENANT, state.orchestration_id, requested_by="ops")
     assert (cancelled.status, cancelled.reason) == ("cancelled", "cancelled")
+
+
+async def test_regression_external_write_locks_do_not_pile_up(engine: Engine) -> None:
+    """Each orchestration's external writes are serialized by a lock, which was kept
+    for the life of the process: one per orchestration ever written to."""
+    oids = [(await engine.create_external(TENANT)).orchestration_id for _ in range(4)]
+
+    def started(i: int) -> list[tuple[str, dict[str, object]]]:
+        return [
+            (
+                "step.started",
+                {
+                    "step_id": f"s{i}",
+                    "agent_id": None,
+                    "action": "tool",
+                    "attempt": 1,
+                    "inputs": {},
+                },
+            )
+        ]
+
+    # Concurrent writes to one orchestration: serialized, each on the head the last left.
+    await asyncio.gather(
+        *(engine.record_step(TENANT, o, started(i)) for o in oids for i in range(3))
+    )
+    for oid in oids:
+        state = await engine.get_state(TENANT, oid)
+        assert sorted(s.step_id for s in state.steps) == ["s0", "s1", "s2"]
+    await engine.cancel(TENANT, oids[0])
+    assert engine._external_locks == {}
