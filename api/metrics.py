@@ -53,6 +53,9 @@ class _StatusCollector(Collector):
         return [family]
 
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
@@ -93,6 +96,10 @@ class Metrics:
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         """Count one request under its method, route template and status; time it."""
+        if method not in _METHODS:
+            # The client chooses the method: each made-up one would be a new time series
+            # kept for the life of the process.
+            method = "other"
         key = (method, route, status)
         children = self._per_request.get(key)
         if children is None:

@@ -180,3 +180,14 @@ async def test_log_lines_carry_only_their_own_requests_context(
     assert lines["first-request"]["status"] == 200
     assert "tenant_id" not in lines["second"]
     assert lines["second"]["status"] == 401
+
+
+async def test_regression_made_up_methods_share_one_metrics_series(client: TestClient) -> None:
+    """The method label took whatever method reached the app: aiohttp's parser admits
+    some thirty (WebDAV's, RTSP's, ...), each a time series kept for the process's life."""
+    for method in ("PROPFIND", "MKCOL", "LOCK", "PURGE"):
+        resp = await client.request(method, "/v1/log/checkpoint")
+        assert resp.status == 405
+    text = await (await client.get("/metrics")).text()
+    assert "PROPFIND" not in text
+    assert 'maip_http_requests_total{method="other",route="unmatched",status="405"} 4.0' in text
