@@ -63,6 +63,14 @@ def load_or_create_signer(
                 f.write(signer.skey + "\n")
                 f.flush()
                 os.fsync(f.fileno())
+            # The file's directory entry too: without it a crash can lose the key file
+            # after checkpoints signed with the key were committed, and the next start
+            # would make a new key that no earlier checkpoint verifies under.
+            dir_fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dir_fd)
+            finally:
+                os.close(dir_fd)
     if signer.name != origin:
         raise SignatureError(
             f"the signing key is for origin {signer.name!r}, but the log's origin is {origin!r}"
