@@ -10,7 +10,7 @@ import binascii
 import contextlib
 import copy
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from unittest import mock
 
 import msgspec
@@ -131,6 +131,25 @@ def test_random_vkey_never_crashes(text: str) -> None:
 
 def _enc(proof: list[bytes]) -> bytes:
     return msgspec.json.encode([base64.b64encode(h).decode() for h in proof])
+
+
+def _walk(
+    head: PathCursor,
+    head_tree: kit.Tree,
+    cursor: PathCursor,
+    tree: kit.Tree,
+    indexes: Iterable[int],
+) -> None:
+    """Verify ``indexes`` in order, each against the header tree and its receipt tree,
+    as a bundle's events are."""
+    for index in indexes:
+        head.verify_with_receipt(
+            tree.leaves[index],
+            index,
+            _enc(head_tree.inclusion(index, head.tree_size)),
+            cursor,
+            _enc(tree.inclusion(index, cursor.tree_size)),
+        )
 
 
 def _full(leaf: bytes, index: int, size: int, raw: bytes, root: bytes) -> str | None:
@@ -274,14 +293,7 @@ def test_receipt_cursor_does_not_mirror_a_header_tree_that_differs_below() -> No
     )
     head = PathCursor(64, forked.root(64))
     cursor = PathCursor(32, tree.root(32))
-    for index in range(16, 20):
-        head.verify_with_receipt(
-            tree.leaves[index],
-            index,
-            _enc(forked.inclusion(index, 64)),
-            cursor,
-            _enc(tree.inclusion(index, 32)),
-        )
+    _walk(head, forked, cursor, tree, range(16, 20))
     head_raw = _enc(forked.inclusion(20, 64))
     cut = 47 * (20 ^ 19).bit_length()
     spliced = head_raw[:cut] + _enc(tree.inclusion(19, 32))[cut:]
@@ -299,14 +311,7 @@ def test_receipt_cursor_shares_nothing_at_its_right_border() -> None:
     previous receipt proof has the old proof's length and text; it must still fail."""
     tree = kit.Tree([kit.leaf_hash(i.to_bytes(4, "big")) for i in range(64)])
     head, cursor = PathCursor(64, tree.root(64)), PathCursor(20, tree.root(20))
-    for index in (14, 15):
-        head.verify_with_receipt(
-            tree.leaves[index],
-            index,
-            _enc(tree.inclusion(index, 64)),
-            cursor,
-            _enc(tree.inclusion(index, 20)),
-        )
+    _walk(head, tree, cursor, tree, (14, 15))
     head_raw = _enc(tree.inclusion(16, 64))
     spliced = head_raw[: 47 * 5] + _enc(tree.inclusion(15, 20))[47 * 5 :]
     with pytest.raises(ProofInvalid, match="has 5 hashes, but index 16 in a tree of size 20"):
@@ -326,13 +331,7 @@ def test_receipt_cursor_shares_only_with_the_cursor_it_mirrors() -> None:
         PathCursor(32, tree.root(32)),
     )
     for index in range(16, 20):
-        head.verify_with_receipt(
-            tree.leaves[index],
-            index,
-            _enc(tree.inclusion(index, 64)),
-            cursor,
-            _enc(tree.inclusion(index, 32)),
-        )
+        _walk(head, tree, cursor, tree, (index,))
         other.verify(tree.leaves[index], index, _enc(forked.inclusion(index, 64)))
     other_raw = _enc(forked.inclusion(20, 64))
     cut = 47 * (20 ^ 19).bit_length()
