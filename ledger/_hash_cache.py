@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 from ledger.store import HashRow
 
-__all__ = ["HashCache", "hash_from_rows"]
+__all__ = ["HashCache", "hashes_from_rows"]
 
 
 class HashCache:
@@ -69,11 +69,16 @@ class HashCache:
         return out
 
 
-def hash_from_rows(rows: Sequence[HashRow], index: int) -> bytes | None:
-    """The hash at ``index`` from rows sorted by start, or None if none holds it."""
-    pos = bisect.bisect_right([r.start for r in rows], index) - 1
-    if pos < 0:
-        return None
-    row = rows[pos]
-    off = (index - row.start) * 32
-    return row.hashes[off : off + 32] if off < len(row.hashes) else None
+def hashes_from_rows(rows: Sequence[HashRow], indexes: Sequence[int]) -> list[bytes | None]:
+    """The hash at each index from rows sorted by start, or None where none holds it."""
+    starts = [r.start for r in rows]
+    out: list[bytes | None] = []
+    for index in indexes:
+        pos = bisect.bisect_right(starts, index) - 1
+        if pos < 0:
+            out.append(None)
+            continue
+        row = rows[pos]
+        off = (index - row.start) * 32
+        out.append(row.hashes[off : off + 32] if off < len(row.hashes) else None)
+    return out

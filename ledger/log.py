@@ -36,7 +36,7 @@ import structlog
 
 from ledger import tlog
 from ledger._batched_reads import BatchedReads
-from ledger._hash_cache import HashCache, hash_from_rows
+from ledger._hash_cache import HashCache, hashes_from_rows
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import (
     ConflictError,
@@ -585,10 +585,10 @@ class Log:
             return found  # type: ignore[return-value]  # no None left
         # Resolve from the fetched rows themselves: while this read awaited, another
         # reader's rows may have evicted them (or others) from the cache.
-        rows = await self._row_reads.get(missing)
+        fetched = iter(hashes_from_rows(await self._row_reads.get(missing), missing))
         out = []
         for i, cached in zip(indexes, found, strict=True):
-            h = cached if cached is not None else hash_from_rows(rows, i)
+            h = cached if cached is not None else next(fetched)
             if h is None:
                 raise IntegrityError(f"stored tree hash {i} is missing")
             out.append(h)
