@@ -424,11 +424,17 @@ class SQLiteEventStore:
         self._writer_end += count
 
     async def _index_tail(self) -> None:
-        """Copy committed events into the stream index, one bounded pass at a time."""
-        while self._committed_upto > self._indexed_upto:
-            # Small passes: each holds the writer thread, so commits queued meanwhile
+        """Copy the backlog committed so far into the stream index, a bounded pass at a time.
+
+        Only up to where the log stood when the backlog was found: chasing the tip would
+        turn one large pass into a small one after every commit, each dirtying as many
+        index pages as a large one and holding the writer thread as long.
+        """
+        target = self._committed_upto
+        while target > self._indexed_upto:
+            # Bounded passes: each holds the writer thread, so commits queued meanwhile
             # wait for at most one pass, not for the whole backlog.
-            upto = min(self._committed_upto, self._indexed_upto + _INDEX_PASS_ROWS)
+            upto = min(target, self._indexed_upto + _INDEX_PASS_ROWS)
             try:
                 await self._write(self._index_sync, self._indexed_upto, upto)
             except (sqlite3.Error, StorageUnavailableError) as e:

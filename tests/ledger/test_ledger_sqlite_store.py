@@ -142,3 +142,29 @@ async def test_a_reader_beside_the_writer_sees_heads_indexed_or_not(tmp_path: Pa
     finally:
         await reader.close()
         await log.close()
+
+
+async def test_regression_an_index_pass_does_not_chase_the_tip(tmp_path: Path) -> None:
+    """The stream index is brought up to where the log stood when its backlog reached
+    ``index_every``, then waits for the next backlog. It used to chase the tip in a pass
+    after every commit, each pass dirtying as many index pages as a large one."""
+    path = tmp_path / "l.db"
+    log = await Log.open(SQLiteEventStore(path, index_every=256), signer(), CATALOG)
+    watch = sqlite3.connect(path)
+    progress: list[int] = []
+
+    async def writer(w: int) -> None:
+        for seq in range(30):
+            await log.append("t1", f"s{w}", seq, [NewEvent("note.added", Note("x"))])
+            (upto,) = watch.execute("SELECT upto FROM index_progress").fetchone()
+            if not progress or upto != progress[-1]:
+                progress.append(upto)
+
+    try:
+        await asyncio.gather(*(writer(w) for w in range(64)))
+    finally:
+        watch.close()
+        await log.close()
+    steps = [b - a for a, b in zip([0, *progress], progress, strict=False) if b != a]
+    assert steps, "the index never moved"
+    assert min(steps) >= 256, steps
