@@ -90,6 +90,9 @@ class SignedCheckpoint(msgspec.Struct, frozen=True):
     note: str
 
 
+_MIN_SPLIT = 16
+
+
 @dataclass(slots=True)
 class _Append:
     tenant: str
@@ -379,8 +382,13 @@ class Log:
                 # or the group splits into ever smaller batches (a group-commit convoy).
                 for _ in range(2):
                     await asyncio.sleep(0)
+                limit = self._max_batch
+                if not self._chain:
+                    pending = sum(len(req.events) for req in self._pending)
+                    if pending >= 2 * _MIN_SPLIT:
+                        limit = min(limit, (pending + 1) // 2)
                 take, count = 0, 0
-                while take < len(self._pending) and count < self._max_batch:
+                while take < len(self._pending) and count < limit:
                     count += len(self._pending[take].events)
                     take += 1
                 batch, self._pending = self._pending[:take], self._pending[take:]

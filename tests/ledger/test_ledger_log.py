@@ -299,3 +299,29 @@ async def test_streams_first_seen_together_each_get_their_own_head(tmp_path: Pat
     assert await log.stream_head("t1", "s1") == 2
     assert await log.stream_head("t1", "new7") == 1
     await log.close()
+
+
+async def test_a_burst_met_by_an_idle_writer_is_split_so_two_commits_overlap(
+    tmp_path: Path,
+) -> None:
+    """With nothing in flight, a burst goes as two batches: the second is prepared and
+    queued while the first commits, and the first half's appenders come back while the
+    second commits. One batch of everything would leave the writer idle while the next
+    burst is prepared (a closed loop of appenders never gets out of lockstep)."""
+    log = await open_log(tmp_path / "l.db")
+    for i in range(64):
+        await log.append("t1", f"s{i}", 0, [note("first")])
+    receipts = await asyncio.gather(*(log.append("t1", f"s{i}", 1, [note("x")]) for i in range(64)))
+    sizes = [r[0].tree_size for r in receipts]
+    assert sorted(set(sizes)) == [96, 128]
+    assert sizes.count(96) == 32
+    await log.close()
+
+
+async def test_a_burst_below_the_split_size_is_one_batch(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(20):
+        await log.append("t1", f"s{i}", 0, [note("first")])
+    receipts = await asyncio.gather(*(log.append("t1", f"s{i}", 1, [note("x")]) for i in range(20)))
+    assert {r[0].tree_size for r in receipts} == {40}
+    await log.close()
