@@ -126,4 +126,12 @@ def build_created(
         started_by=started_by,
         request_shape=request_shape,
         definition=definition,
+        agent_revisions={a: _revision(registry, tenant_id, a) for a in given},
     )
+
+
+def _revision(registry: Registry, tenant_id: str, agent_id: str) -> int:
+    record = registry.agent(tenant_id, agent_id)
+    if record is None:  # every agent in ``given`` was resolved through the registry
+        raise AgentNotFoundError(f"no agent {agent_id!r}")
+    return record.revision

@@ -228,10 +228,13 @@ class Engine:
 
         return get
 
-    def _collaborators(self, tenant_id: str, agent_ids: Sequence[str]) -> Collaborators:
+    def _collaborators(self, tenant_id: str, created: ev.OrchestrationCreated) -> Collaborators:
+        """What a run needs, with each agent as the registration it started with (the
+        latest, in leaves written before runs recorded it)."""
+        revisions = created.agent_revisions or {}
         agents = {}
-        for agent_id in agent_ids:
-            record = self.registry.agent(tenant_id, agent_id)
+        for agent_id in created.agents:
+            record = self.registry.agent(tenant_id, agent_id, revisions.get(agent_id))
             if record is not None:
                 agents[agent_id] = record
         return Collaborators(
@@ -406,7 +409,7 @@ class Engine:
             writer,
             created,
             [],
-            self._collaborators(tenant_id, created.agents),
+            self._collaborators(tenant_id, created),
             started_at=started_at,
         )
         self._launch(tenant_id, oid, runner)
@@ -485,7 +488,7 @@ class Engine:
             fold = self._projection.apply(fold, e)
         self._live[(tenant_id, oid)] = fold
         writer = self._writer(tenant_id, oid, events[-1].stream_seq)
-        runner = Runner(writer, created, events, self._collaborators(tenant_id, created.agents))
+        runner = Runner(writer, created, events, self._collaborators(tenant_id, created))
         if runner.was_terminal:
             return
         _log.info("orchestration.resuming", orchestration_id=oid, seq=events[-1].stream_seq)

@@ -120,6 +120,10 @@ class OrchestrationCreated(_Payload, frozen=True, forbid_unknown_fields=True):
     #: The workflow definition the orchestration runs (§7.2), so a replay needs no
     #: registry lookup; ``null`` in agent-loop and external orchestrations.
     definition: dict[str, Any] | None = None
+    #: Each of ``agents`` by the registration it runs as (the agent stream's sequence
+    #: number), so a run resumed after the agent was re-registered still runs as the
+    #: agent it started with. ``null`` in leaves written before it was recorded.
+    agent_revisions: dict[str, int] | None = None
 
 
 class OrchestrationStarted(_Payload, frozen=True, forbid_unknown_fields=True):

@@ -67,6 +67,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._agents: dict[tuple[str, str], AgentRecord] = {}
+        #: Every registration of each agent, by revision: runs record the one they use.
+        self._agent_revisions: dict[tuple[str, str], dict[int, AgentRecord]] = {}
         self._workflows: dict[tuple[str, str], list[WorkflowRecord]] = {}
         self._orchs: dict[tuple[str, str], OrchestrationSummary] = {}
         #: Per tenant, orchestration ids in ascending order (ULID-derived: creation order).
@@ -82,7 +84,7 @@ class Registry:
         p = event.payload
         tenant = event.tenant_id
         if isinstance(p, ev.AgentRegistered):
-            self._agents[(tenant, p.agent_id)] = AgentRecord(
+            record = AgentRecord(
                 agent_id=p.agent_id,
                 name=p.name,
                 provider=p.provider,
@@ -92,6 +94,8 @@ class Registry:
                 revision=event.stream_seq,
                 registered_at=event.occurred_at,
             )
+            self._agents[(tenant, p.agent_id)] = record
+            self._agent_revisions.setdefault((tenant, p.agent_id), {})[record.revision] = record
         elif isinstance(p, ev.WorkflowRegistered):
             self._workflows.setdefault((tenant, p.workflow_id), []).append(
                 WorkflowRecord(
@@ -142,8 +146,13 @@ class Registry:
 
     # -- queries ---------------------------------------------------------------------
 
-    def agent(self, tenant_id: str, agent_id: str) -> AgentRecord | None:
-        return self._agents.get((tenant_id, agent_id))
+    def agent(
+        self, tenant_id: str, agent_id: str, revision: int | None = None
+    ) -> AgentRecord | None:
+        """The agent's latest registration, or the one at ``revision``."""
+        if revision is None:
+            return self._agents.get((tenant_id, agent_id))
+        return self._agent_revisions.get((tenant_id, agent_id), {}).get(revision)
 
     def agents(self, tenant_id: str) -> list[AgentRecord]:
         return sorted(

@@ -8,7 +8,9 @@ from typing import Any
 
 from engine_helpers import TENANT, Harness, scripted
 
-from ledger.orchestration import Engine, ToolRegistry
+from ledger.log import Log
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
+from ledger.sqlite_store import SQLiteEventStore
 
 
 async def test_close_stops_at_step_boundary_and_resume_completes(harness: Harness) -> None:
@@ -40,6 +42,63 @@ async def test_close_stops_at_step_boundary_and_resume_completes(harness: Harnes
     assert state.status == "completed", state
     assert calls == [0, 1, 2, 3]  # no completed step ran twice
     assert state.results == {"s0": 0, "s1": 1, "s2": 2, "s3": 3}
+
+
+async def test_regression_a_resumed_run_runs_as_the_agent_it_started_with(
+    harness: Harness,
+) -> None:
+    """A run resumed after its agent was re-registered used the latest registration:
+    the second half of one orchestration ran as a different agent from the first, and
+    the record of the start did not say which. Now the start records each agent's
+    revision, and a resumed run looks that revision up."""
+    gate = asyncio.Event()
+
+    async def wait_for_gate(args: Any) -> Any:
+        await gate.wait()
+        return "done"
+
+    tools = ToolRegistry()
+    tools.register("gate", wait_for_gate)
+    engine = await harness.open(tools=tools)
+    first = await engine.register_agent(
+        TENANT, name="bot", provider=scripted({"content": "as registered first"})
+    )
+    defn = {
+        "steps": [
+            {"id": "wait", "action": "tool", "tool": "gate", "inputs": {}},
+            {"id": "think", "action": "llm", "agent": "bot", "depends_on": ["wait"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)  # type: ignore[union-attr]
+    assert records[0].event.payload.agent_revisions == {first.agent_id: first.revision}
+    closing = asyncio.create_task(harness.close())
+    await asyncio.sleep(0.05)
+    gate.set()  # the tool step ends; close starts nothing new
+    await closing
+
+    # Re-registered while the run is stopped (an engine that resumes nothing).
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    registrar = Engine(log)
+    assert await registrar.start(resume=False) == []
+    second = await registrar.register_agent(
+        TENANT,
+        name="bot",
+        agent_id=first.agent_id,
+        provider=scripted({"content": "as registered later"}),
+    )
+    assert second.revision > first.revision
+    await registrar.close()
+    await log.close()
+
+    engine = await harness.open(tools=tools)  # start() resumes the run
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert state.results["think"]["content"] == "as registered first"
+    later = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await engine.wait(TENANT, later.orchestration_id)
+    assert state.results["think"]["content"] == "as registered later"
 
 
 async def test_step_timeout_is_retried_then_fails(engine: Engine) -> None:
