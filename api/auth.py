@@ -14,16 +14,19 @@ from pathlib import Path
 
 import jwt
 import msgspec
+import structlog
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from api.config import Config
-from api.errors import ConfigError, ProblemError
+from api.errors import ConfigError, KeyStoreError, ProblemError
 from api.keys import KeyStore
-from api.problems import bad_request, forbidden, unauthorized
+from api.problems import bad_request, forbidden, unauthorized, unavailable
 
 __all__ = ["Authenticator", "Principal", "RateLimiter"]
+
+_log = structlog.get_logger()
 
 _HEADER_KEY = "X-API-Key"
 _HEADER_TENANT = "X-Tenant-ID"
@@ -111,7 +114,11 @@ class Authenticator:
         """The caller's principal; raises a 401 :class:`ProblemError`."""
         api_key = request.headers.get(_HEADER_KEY)
         if api_key is not None:
-            record = self._keys.authenticate(api_key.strip())
+            try:
+                record = self._keys.authenticate(api_key.strip())
+            except KeyStoreError as e:
+                _log.error("auth.key_store_unreadable", error=str(e))
+                raise unavailable("API keys cannot be checked right now; retry later") from e
             if record is None:
                 raise unauthorized("the API key is not valid (unknown, malformed or revoked)")
             return Principal(record.tenant_id, frozenset(record.scopes), f"key:{record.key_id}")

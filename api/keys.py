@@ -164,6 +164,19 @@ class KeyStore:
         except (sqlite3.Error, OSError) as e:
             raise KeyStoreError(f"cannot open the key store {self._path}: {e}") from e
 
+    def check(self) -> None:
+        """Raise :class:`KeyStoreError` unless the file opens and reads as the key store,
+        through a connection of its own: the server's long-lived one answers from pages
+        it cached, and would not notice the file replaced or unreadable."""
+        try:
+            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=1.0)
+            try:
+                conn.execute("SELECT count(*) FROM api_keys").fetchone()
+            finally:
+                conn.close()
+        except sqlite3.Error as e:
+            raise KeyStoreError(f"cannot read the key store {self._path}: {e}") from e
+
     def close(self) -> None:
         with self._lock:
             self._db.close()

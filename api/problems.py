@@ -37,6 +37,7 @@ __all__ = [
     "not_found",
     "problem_response",
     "unauthorized",
+    "unavailable",
     "unprocessable",
 ]
 
@@ -83,6 +84,12 @@ def unauthorized(detail: str) -> ProblemError:
 
 def forbidden(detail: str) -> ProblemError:
     return ProblemError(403, "forbidden", "Forbidden", detail)
+
+
+def unavailable(detail: str, retry_after: int = 5) -> ProblemError:
+    return ProblemError(
+        503, "unavailable", "Service unavailable", detail, headers={"Retry-After": str(retry_after)}
+    )
 
 
 def not_found(detail: str) -> ProblemError:
@@ -152,13 +159,7 @@ def from_ledger_error(e: LedgerError) -> ProblemError:
     if isinstance(e, ProofError):
         return ProblemError(422, "proof", "Proof not available", str(e))
     if isinstance(e, StorageUnavailableError):
-        return ProblemError(
-            503,
-            "unavailable",
-            "Service unavailable",
-            "the ledger cannot durably write right now; retry later",
-            headers={"Retry-After": "5"},
-        )
+        return unavailable("the ledger cannot durably write right now; retry later")
     return ProblemError(
         500, "internal", "Internal server error", "an unexpected ledger error occurred"
     )

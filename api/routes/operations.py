@@ -9,6 +9,7 @@ import importlib.resources
 import yaml
 from aiohttp import web
 
+from api.errors import KeyStoreError
 from api.metrics import CONTENT_TYPE
 from api.routes._common import services
 from api.services import METRICS, encode, json_response
@@ -33,8 +34,18 @@ async def healthz(request: web.Request) -> web.Response:
 @routes.get("/readyz")
 async def readyz(request: web.Request) -> web.Response:
     s = services(request)
-    ready = s.log.healthy and not s.shutting_down
-    body = {"ready": ready, "log_healthy": s.log.healthy, "tree_size": s.log.size}
+    try:
+        s.keys.check()
+        keys_readable = True
+    except KeyStoreError:
+        keys_readable = False
+    ready = s.log.healthy and keys_readable and not s.shutting_down
+    body = {
+        "ready": ready,
+        "log_healthy": s.log.healthy,
+        "keys_readable": keys_readable,
+        "tree_size": s.log.size,
+    }
     return json_response(body, status=200 if ready else 503)
 
 

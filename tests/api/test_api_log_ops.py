@@ -105,6 +105,43 @@ async def test_health_readiness_and_metrics(
         services.log._healthy = True
 
 
+async def test_readiness_reports_a_key_store_that_no_longer_opens(
+    client: TestClient, services: Services
+) -> None:
+    """The key store's files moved away under the running server: its open connection
+    still answers from the files it holds, but nothing else (the CLI, the next start)
+    can open the store, and readiness says so now."""
+    path = services.config.keys_path
+    files = [f for f in path.parent.iterdir() if f.name.startswith(path.name)]
+    aside = path.parent / "aside"
+    aside.mkdir()
+    for f in files:
+        f.rename(aside / f.name)
+    try:
+        not_ready = await client.get("/readyz")
+        body = await not_ready.json()
+        assert not_ready.status == 503
+        assert (body["ready"], body["keys_readable"], body["log_healthy"]) == (False, False, True)
+    finally:
+        for f in files:
+            (aside / f.name).rename(f)
+    body = await json_ok(client, "GET", "/readyz", 200)
+    assert (body["ready"], body["keys_readable"]) == (True, True)
+
+
+async def test_regression_a_key_store_that_cannot_be_read_is_a_503_not_a_500(
+    client: TestClient, tenant_a: Tenant, services: Services
+) -> None:
+    """A key check that failed in SQLite reached the catch-all and answered 500."""
+    assert (await client.get("/v1/orchestrations", headers=tenant_a.headers)).status == 200
+    services.keys.close()
+    response = await client.get("/v1/orchestrations", headers=tenant_a.headers)
+    assert response.status == 503
+    assert response.headers["Content-Type"] == "application/problem+json"
+    assert response.headers["Retry-After"] == "5"
+    assert (await response.json())["type"].endswith("/unavailable")
+
+
 async def test_openapi_served_and_packaged_copy_identical(client: TestClient) -> None:
     spec = ROOT / "specs" / "openapi.yaml"
     packaged = ROOT / "api" / "openapi.yaml"
