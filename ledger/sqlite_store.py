@@ -197,7 +197,7 @@ class SQLiteEventStore:
                 self._thread = WriterThread("ledger-sqlite-writer")
                 self._indexed_upto, self._committed_upto = await self._write(self._open_writer)
                 self._checkpointer = WalCheckpointer(
-                    self.path, lambda: self._write(self._restart_wal)
+                    self.path, lambda: self._write(self._restart_wal, background=True)
                 )
                 await self._checkpointer.open()
             uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
@@ -209,10 +209,12 @@ class SQLiteEventStore:
             await self.close()
             raise StorageUnavailableError(f"cannot open {self.path}: {e}") from e
 
-    async def _write(self, fn: Callable[..., _T], *args: Any) -> _T:
+    async def _write(self, fn: Callable[..., _T], *args: Any, background: bool = False) -> _T:
+        """Run ``fn`` on the writer thread; ``background`` for upkeep that may wait for
+        a gap between commits (ledger/_writer_thread.py)."""
         if self._thread is None:
             raise self._not_writable()
-        return await self._thread.submit(self._in_writer, fn, *args)
+        return await self._thread.submit(self._in_writer, fn, *args, background=background)
 
     def _not_writable(self) -> StorageUnavailableError:
         return StorageUnavailableError(
@@ -436,7 +438,7 @@ class SQLiteEventStore:
             # wait for at most one pass, not for the whole backlog.
             upto = min(target, self._indexed_upto + _INDEX_PASS_ROWS)
             try:
-                await self._write(self._index_sync, self._indexed_upto, upto)
+                await self._write(self._index_sync, self._indexed_upto, upto, background=True)
             except (sqlite3.Error, StorageUnavailableError) as e:
                 # The tail stays readable unindexed; the next commit tries again.
                 _logger.warning("store.index_pass_failed", error=str(e))

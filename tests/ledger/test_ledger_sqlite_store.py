@@ -168,3 +168,47 @@ async def test_regression_an_index_pass_does_not_chase_the_tip(tmp_path: Path) -
     steps = [b - a for a, b in zip([0, *progress], progress, strict=False) if b != a]
     assert steps, "the index never moved"
     assert min(steps) >= 256, steps
+
+
+async def test_commits_go_before_upkeep_and_upkeep_still_gets_its_turn() -> None:
+    """Background jobs (index passes, WAL restarts) wait for a gap between foreground
+    ones (commits), or for four of them to pass; shutdown still runs everything."""
+    writer = WriterThread("test-writer")
+    gate = threading.Event()
+    holding = threading.Event()
+    ran: list[str] = []
+
+    def job(name: str) -> None:
+        ran.append(name)
+
+    def hold() -> None:
+        holding.set()
+        gate.wait()
+
+    async def hold_the_thread() -> asyncio.Future[None]:
+        """A job that runs until ``gate`` opens, taken before anything else is queued."""
+        holding.clear()
+        held = writer.submit(hold)
+        await asyncio.to_thread(holding.wait)
+        return held
+
+    blocker = await hold_the_thread()
+    jobs = [writer.submit(job, "upkeep-1", background=True)]
+    jobs += [writer.submit(job, f"commit-{i}") for i in range(1, 7)]
+    jobs.append(writer.submit(job, "upkeep-2", background=True))
+    gate.set()
+    await asyncio.gather(blocker, *jobs)
+    expected = ["commit-1", "commit-2", "commit-3", "commit-4", "upkeep-1"]
+    assert ran == [*expected, "commit-5", "commit-6", "upkeep-2"]
+
+    ran.clear()
+    gate.clear()
+    blocker = await hold_the_thread()
+    late = [writer.submit(job, "upkeep-3", background=True), writer.submit(job, "commit-7")]
+    gate.set()
+    await asyncio.gather(blocker, *late)
+    assert ran == ["commit-7", "upkeep-3"]
+    last = writer.submit(job, "upkeep-4", background=True)
+    await asyncio.to_thread(writer.shutdown)
+    assert ran[-1] == "upkeep-4"
+    assert last.done()
