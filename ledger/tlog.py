@@ -313,20 +313,34 @@ class ProofPlan:
         return out
 
     def edge_indexes(self) -> list[int]:
-        """Stored hashes the right-edge nodes need (empty once :meth:`set_edge` ran)."""
+        """Stored hashes the right-edge nodes need (empty once :meth:`set_edge` ran):
+        the complete subtrees the tree decomposes into, one per set bit of its size,
+        as :func:`tree_hash_indexes` names them."""
         if self._edge is not None:
             return []
-        need: list[int] = []
-        for level, last in self._ragged_levels():
-            _subtree_indexes(last << level, self.size, need)
-        return need
+        return tree_hash_indexes(self.size)
 
     def set_edge(self, hashes: Sequence[bytes]) -> None:
-        it = iter(hashes)
-        self._edge = {
-            level: _subtree_hash(last << level, self.size, it)
-            for level, last in self._ragged_levels()
-        }
+        # The ragged node at level L covers [size with its low L bits cleared, size):
+        # exactly the decomposition's subtrees below level L. So every ragged node is
+        # a prefix of one right-to-left fold over them, each subtree joining as L
+        # passes its level: one hash per subtree, not one decomposition per level.
+        size = self.size
+        parts = [level for level in range(size.bit_length()) if size >> level & 1]
+        by_level = list(reversed(hashes))  # ascending level, as ``parts``
+        if len(by_level) != len(parts):
+            raise ProofError(f"a tree of size {size} has {len(parts)} edge subtrees")
+        edge: dict[int, bytes] = {}
+        acc = b""
+        j = 0
+        # Every ragged level lies above the lowest set bit, so the first pass of the
+        # inner loop always takes parts[0].
+        for level, _ in self._ragged_levels():
+            while j < len(parts) and parts[j] < level:
+                acc = by_level[0] if j == 0 else node_hash(by_level[j], acc)
+                j += 1
+            edge[level] = acc
+        self._edge = edge
 
     def indexes(self, index: int) -> list[int]:
         """Stored hashes the proof for ``index`` needs, leaf end first."""
