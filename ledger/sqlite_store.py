@@ -14,9 +14,10 @@ transaction and one release of the interpreter lock per commit.
 
 Stream index: finding a stream's events needs an index keyed by (tenant, stream,
 seq), and inserting into it lands at a random B-tree position per stream — the
-costliest part of a commit. So the index is *derived*: a background pass copies
-committed events into ``stream_index`` a few hundred at a time, recording how far it
-got in the same transaction. The writing process remembers its unindexed tail in
+costliest part of a commit. So the index is *derived*: once a few thousand events are
+unindexed, background passes copy them into ``stream_index``, each at most 512 rows of
+at most 128 streams (about a page each) and recording how far it got in the same
+transaction; commits go ahead of waiting passes (``ledger/_writer_thread.py``). The writing process remembers its unindexed tail in
 memory; a read-only process scans it. Either way reads see every committed event.
 Losing an index pass in a crash loses nothing: it is rebuilt from the events.
 """
@@ -113,6 +114,8 @@ def _batch_insert(rows: int) -> str:
 
 
 _INDEX_PASS_ROWS = 512
+# Streams an index pass may touch: about one index page each (see _pass_end).
+_INDEX_PASS_STREAMS = 128
 # Streams per head read: two bound parameters each, well under SQLite's limit.
 _HEADS_PER_READ = 256
 _EVENTS_PER_READ = 512
@@ -436,7 +439,7 @@ class SQLiteEventStore:
         while target > self._indexed_upto:
             # Bounded passes: each holds the writer thread, so commits queued meanwhile
             # wait for at most one pass, not for the whole backlog.
-            upto = min(target, self._indexed_upto + _INDEX_PASS_ROWS)
+            upto = self._pass_end(self._indexed_upto, target)
             try:
                 await self._write(self._index_sync, self._indexed_upto, upto, background=True)
             except (sqlite3.Error, StorageUnavailableError) as e:
@@ -445,6 +448,22 @@ class SQLiteEventStore:
                 return
             self._indexed_upto = upto
             self._forget_tail(upto)
+
+    def _pass_end(self, lo: int, target: int) -> int:
+        """Where an index pass from ``lo`` ends: after at most ``_INDEX_PASS_ROWS`` rows
+        of at most ``_INDEX_PASS_STREAMS`` streams. A pass costs about one index page
+        per stream it touches, so rows of a few busy streams go in large passes and
+        rows of many streams in small ones, and no pass holds the writer for long."""
+        hi = min(target, lo + _INDEX_PASS_ROWS)
+        streams: set[tuple[str, str]] = set()
+        for first, keys in self._tail_order:
+            if first >= hi:
+                break
+            for i in range(max(lo, first), min(hi, first + len(keys))):
+                streams.add(keys[i - first])
+                if len(streams) > _INDEX_PASS_STREAMS:
+                    return max(i, lo + 1)
+        return hi
 
     def _forget_tail(self, upto: int) -> None:
         order, tail = self._tail_order, self._tail

@@ -212,3 +212,24 @@ async def test_commits_go_before_upkeep_and_upkeep_still_gets_its_turn() -> None
     await asyncio.to_thread(writer.shutdown)
     assert ran[-1] == "upkeep-4"
     assert last.done()
+
+
+async def test_an_index_pass_ends_after_128_streams_or_512_rows(tmp_path: Path) -> None:
+    """A pass costs about one index page per stream it touches: the rows of many streams
+    go in passes of 128 streams, so no pass holds commits up for long, and the rows of
+    a few busy streams in passes of 512 rows."""
+    store = SQLiteEventStore(tmp_path / "l.db", index_every=10**9)
+    log = await Log.open(store, signer(), CATALOG)
+    try:
+        for i in range(300):
+            await log.append("t1", f"many-{i}", 0, [NewEvent("note.added", Note("x"))])
+        for seq in range(0, 600, 100):
+            await log.append("t1", "busy", seq, [NewEvent("note.added", Note("x"))] * 100)
+        assert store._pass_end(0, 300) == 128
+        assert store._pass_end(128, 300) == 256
+        assert store._pass_end(256, 300) == 300
+        assert store._pass_end(250, 900) == 762  # 51 streams: the row bound ends it
+        assert store._pass_end(300, 900) == 812
+        assert store._pass_end(812, 900) == 900
+    finally:
+        await log.close()
