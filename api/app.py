@@ -161,7 +161,12 @@ def create_app(
         try:
             auth = Authenticator(config, keys)
             signer = load_or_create_signer(config.data_dir, config.origin, config.key_file)
-            log = await Log.open(SQLiteEventStore(config.ledger_path), signer, ORCHESTRATION_EVENTS)
+            log = await Log.open(
+                SQLiteEventStore(config.ledger_path),
+                signer,
+                ORCHESTRATION_EVENTS,
+                hash_cache_bytes=config.hash_cache_mib << 20,
+            )
         except BaseException:
             keys.close()
             raise

@@ -299,6 +299,16 @@ def _parser() -> argparse.ArgumentParser:
         help=_help("header_timeout_seconds", "a request head must arrive within; default 20"),
     )
     s.add_argument("--max-connections", type=int, help=_help("max_connections", "default 1000"))
+    s.add_argument(
+        "--hash-cache-mib",
+        type=int,
+        help=_help("hash_cache_mib", "tree hashes kept for proofs, MiB; default 128"),
+    )
+    s.add_argument(
+        "--receipt-cache-entries",
+        type=int,
+        help=_help("receipt_cache_entries", "receipts kept for GET; default 65536"),
+    )
     s.add_argument("--log-level", help=_help("log_level", "default info"))
     s.add_argument(
         "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")

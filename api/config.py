@@ -31,6 +31,8 @@ ENV_VARS: dict[str, str] = {
     "shutdown_grace_seconds": "MAIP_SHUTDOWN_GRACE_SECONDS",
     "header_timeout_seconds": "MAIP_HEADER_TIMEOUT_SECONDS",
     "max_connections": "MAIP_MAX_CONNECTIONS",
+    "hash_cache_mib": "MAIP_HASH_CACHE_MIB",
+    "receipt_cache_entries": "MAIP_RECEIPT_CACHE_ENTRIES",
     "demo": "MAIP_DEMO",
     "log_level": "MAIP_LOG_LEVEL",
 }
@@ -62,6 +64,13 @@ class Config:
     header_timeout_seconds: float = 20.0
     #: Connections held at once; one more is answered 503 and closed.
     max_connections: int = 1000
+    #: Memory for stored tree hashes kept for proofs: 32 bytes a hash, about two hashes
+    #: a leaf, so the default holds every hash of a log of about 2M entries; beyond
+    #: that, cold proofs read their hashes from SQLite.
+    hash_cache_mib: int = 128
+    #: Receipts kept for GET /v1/receipts (about 1-2 KB each): those issued recently,
+    #: and those fetched. Older ones are rebuilt from the ledger on their next fetch.
+    receipt_cache_entries: int = 65_536
     demo: bool = False
     log_level: str = "info"
 
@@ -101,6 +110,10 @@ class Config:
             raise ConfigError("the header timeout must be > 0 seconds")
         if self.max_connections < 1:
             raise ConfigError("max connections must be >= 1")
+        if self.hash_cache_mib < 1:
+            raise ConfigError("the hash cache must be at least 1 MiB")
+        if self.receipt_cache_entries < 0:
+            raise ConfigError("the receipt cache size must be >= 0")
         if self.jwt_hs256_secret is not None and len(self.jwt_hs256_secret.encode()) < 32:
             raise ConfigError("the HS256 JWT secret must be at least 32 bytes")
 

@@ -23,9 +23,6 @@ from ledger.receipt import Receipt
 
 __all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
 
-# Entries, each an encoded receipt or an issued one (~1-2 KB either way).
-_RECEIPT_CACHE = 65_536
-
 
 @dataclass
 class Services:
@@ -54,7 +51,7 @@ class Services:
 
     def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:
         self.receipts[key] = body
-        if len(self.receipts) > _RECEIPT_CACHE:
+        while len(self.receipts) > self.config.receipt_cache_entries:
             self.receipts.popitem(last=False)
 
     def receipts_issued(self, issued: Sequence[tuple[str, str, Receipt]]) -> None:
@@ -63,7 +60,7 @@ class Services:
         receipts = self.receipts
         for tenant, stream, receipt in issued:
             receipts[(tenant, receipt.receipt_id)] = (stream, receipt)
-        while len(receipts) > _RECEIPT_CACHE:
+        while len(receipts) > self.config.receipt_cache_entries:
             receipts.popitem(last=False)
 
 

@@ -58,13 +58,17 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     assert "MAIP_PORT" in r.stderr
 
 
-def test_serve_rejects_a_bad_header_timeout_or_connection_cap(tmp_path: Path) -> None:
+def test_serve_rejects_bad_bounds_and_cache_sizes(tmp_path: Path) -> None:
     d = str(tmp_path)
     for args, env, named in [
         (("--header-timeout-seconds", "0"), {}, "header timeout"),
         ((), {"MAIP_HEADER_TIMEOUT_SECONDS": "soon"}, "MAIP_HEADER_TIMEOUT_SECONDS"),
         (("--max-connections", "0"), {}, "max connections"),
         ((), {"MAIP_MAX_CONNECTIONS": "many"}, "MAIP_MAX_CONNECTIONS"),
+        (("--hash-cache-mib", "0"), {}, "hash cache"),
+        ((), {"MAIP_HASH_CACHE_MIB": "lots"}, "MAIP_HASH_CACHE_MIB"),
+        (("--receipt-cache-entries", "-1"), {}, "receipt cache"),
+        ((), {"MAIP_RECEIPT_CACHE_ENTRIES": "1e9"}, "MAIP_RECEIPT_CACHE_ENTRIES"),
     ]:
         r = cli("serve", "--data-dir", d, *args, env=env)
         assert r.returncode == 2, (args, env, r.stderr)

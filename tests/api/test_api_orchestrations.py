@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import uuid
 from contextlib import closing
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from api_helpers import Tenant, json_ok, scripted, setup_workflow
+from api_helpers import Tenant, json_ok, new_tenant, scripted, setup_workflow
 from ulid import ULID
 
 import verifier
@@ -415,3 +416,30 @@ async def test_a_receipt_kept_as_issued_reads_as_the_ledger_would_build_it(
     issued = await fetch_all()
     receipts.clear()
     assert await fetch_all() == issued
+
+
+async def test_a_small_receipt_cache_stays_bounded_and_evicted_receipts_still_serve(
+    config: Config, make_client: Any
+) -> None:
+    """``receipt_cache_entries`` bounds the receipts kept for GET; one that left the
+    cache is rebuilt from the ledger, byte for byte the answer it had while cached."""
+    small = dataclasses.replace(config, receipt_cache_entries=3)
+    async with make_client(small) as client:
+        services = client.app[SERVICES]
+        tenant = new_tenant(services.keys, "tenant-c")
+        agent, wf = await setup_workflow(client, tenant)
+        _, state = await execute(
+            client, tenant, {"workflow_id": wf, "agents": [agent]}, headers={"Prefer": "wait=10"}
+        )
+        ids = state["receipts"]
+        assert len(ids) > 3
+        assert len(services.receipts) == 3  # the newest three issued
+        first = []
+        for rid in ids:
+            resp = await client.get(f"/v1/receipts/{rid}", headers=tenant.headers)
+            assert resp.status == 200
+            first.append(await resp.read())
+            assert len(services.receipts) <= 3
+        for rid, body in zip(ids, first, strict=True):  # all evicted by now but the last 3
+            resp = await client.get(f"/v1/receipts/{rid}", headers=tenant.headers)
+            assert await resp.read() == body
