@@ -18,8 +18,9 @@ costliest part of a commit. So the index is *derived*: once a few thousand event
 unindexed, background passes copy them into ``stream_index``, each at most 512 rows of
 at most 128 streams (about a page each) and recording how far it got in the same
 transaction; commits go ahead of waiting passes (``ledger/_writer_thread.py``). The
-writing process remembers its unindexed tail in memory; a read-only process scans it. Either way reads see every committed event.
-Losing an index pass in a crash loses nothing: it is rebuilt from the events.
+writing process remembers its unindexed tail in memory; a read-only process scans it.
+Either way reads see every committed event. Losing an index pass in a crash loses
+nothing: it is rebuilt from the events.
 """
 
 from __future__ import annotations
