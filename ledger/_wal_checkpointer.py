@@ -37,7 +37,8 @@ _log = structlog.get_logger()
 
 class WalCheckpointer:
     """``restart`` runs ``PRAGMA wal_checkpoint(RESTART)`` on the writer's connection,
-    in its commit order, and must not wait for readers (busy timeout 0)."""
+    between two of its commits (in the writer thread's background lane), and must not
+    wait for readers (busy timeout 0)."""
 
     def __init__(self, path: Path, restart: Callable[[], Awaitable[object]]) -> None:
         self._path = path

@@ -90,6 +90,8 @@ class SignedCheckpoint(msgspec.Struct, frozen=True):
     note: str
 
 
+# A burst is split in two only if each half has at least this many events: below it,
+# a second commit (one more fsync and signature) costs more than the overlap saves.
 _MIN_SPLIT = 16
 
 

@@ -432,12 +432,18 @@ class SQLiteEventStore:
     async def _index_tail(self) -> None:
         """Copy the backlog committed so far into the stream index, a bounded pass at a time.
 
-        Only up to where the log stood when the backlog was found: chasing the tip would
-        turn one large pass into a small one after every commit, each dirtying as many
-        index pages as a large one and holding the writer thread as long.
+        Up to where the log stood when the backlog was found, then again only while
+        what was committed meanwhile is a whole backlog (``index_every``): chasing the
+        tip would turn one large pass into a small one after every commit, each dirtying
+        as many index pages as a large one and holding the writer thread as long.
         """
         target = self._committed_upto
-        while target > self._indexed_upto:
+        while True:
+            if target <= self._indexed_upto:
+                # Commits during this run found it busy and started none of their own.
+                if self._committed_upto - self._indexed_upto < self._index_every:
+                    return
+                target = self._committed_upto
             # Bounded passes: each holds the writer thread, so commits queued meanwhile
             # wait for at most one pass, not for the whole backlog.
             upto = self._pass_end(self._indexed_upto, target)

@@ -233,3 +233,29 @@ async def test_an_index_pass_ends_after_128_streams_or_512_rows(tmp_path: Path) 
         assert store._pass_end(812, 900) == 900
     finally:
         await log.close()
+
+
+async def test_regression_a_burst_leaves_less_than_one_backlog_unindexed(
+    tmp_path: Path,
+) -> None:
+    """Commits that land while the index is being brought up to date start no run of
+    their own; the running one used to stop at the end it first saw and leave them
+    behind — thousands of rows after a burst over many streams, for every later read
+    by another process to scan and the next start to index in one go."""
+    path = tmp_path / "l.db"
+    log = await Log.open(SQLiteEventStore(path, index_every=256), signer(), CATALOG)
+
+    async def writer(w: int) -> None:
+        for seq in range(0, 40, 4):
+            await log.append("t1", f"s{w}", seq, [NewEvent("note.added", Note("x"))] * 4)
+
+    await asyncio.gather(*(writer(w) for w in range(200)))
+    await log.close()  # waits for the index run in progress
+    conn = sqlite3.connect(path)
+    try:
+        (upto,) = conn.execute("SELECT upto FROM index_progress").fetchone()
+        (count,) = conn.execute("SELECT count(*) FROM events").fetchone()
+    finally:
+        conn.close()
+    assert count == 8000
+    assert count - upto < 256, f"{count - upto} rows left unindexed"
