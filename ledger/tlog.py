@@ -314,11 +314,12 @@ class ProofPlan:
 
     def edge_indexes(self) -> list[int]:
         """Stored hashes the right-edge nodes need (empty once :meth:`set_edge` ran):
-        the complete subtrees the tree decomposes into, one per set bit of its size,
-        as :func:`tree_hash_indexes` names them."""
+        the complete subtrees the tree decomposes into, one per set bit of its size, as
+        :func:`tree_hash_indexes` names them, but for the largest, which is left of
+        every ragged node (and all of a tree whose size is a power of two)."""
         if self._edge is not None:
             return []
-        return tree_hash_indexes(self.size)
+        return tree_hash_indexes(self.size)[1:]
 
     def set_edge(self, hashes: Sequence[bytes]) -> None:
         # The ragged node at level L covers [size with its low L bits cleared, size):
@@ -326,7 +327,7 @@ class ProofPlan:
         # a prefix of one right-to-left fold over them, each subtree joining as L
         # passes its level: one hash per subtree, not one decomposition per level.
         size = self.size
-        parts = [level for level in range(size.bit_length()) if size >> level & 1]
+        parts = [level for level in range(size.bit_length() - 1) if size >> level & 1]
         by_level = list(reversed(hashes))  # ascending level, as ``parts``
         if len(by_level) != len(parts):
             raise ProofError(f"a tree of size {size} has {len(parts)} edge subtrees")
