@@ -171,7 +171,7 @@ class KeyStore:
         try:
             conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, timeout=1.0)
             try:
-                conn.execute("SELECT count(*) FROM api_keys").fetchone()
+                conn.execute("SELECT 1 FROM api_keys LIMIT 1").fetchone()
             finally:
                 conn.close()
         except sqlite3.Error as e:
@@ -318,12 +318,16 @@ class KeyStore:
     # -- idempotency -------------------------------------------------------------------
 
     def idempotency(self, tenant_id: str, route: str, key: str) -> IdempotencyRecord | None:
-        with self._lock:
-            row = self._db.execute(
-                "SELECT body_hash, orchestration_id FROM idempotency"
-                " WHERE tenant_id = ? AND route = ? AND idem_key = ?",
-                (tenant_id, route, key),
-            ).fetchone()
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT body_hash, orchestration_id FROM idempotency"
+                    " WHERE tenant_id = ? AND route = ? AND idem_key = ?",
+                    (tenant_id, route, key),
+                ).fetchone()
+        except sqlite3.Error as e:
+            # As for remember(): 503, and the client retries with the same key.
+            raise StorageUnavailableError(f"cannot read the Idempotency-Key record: {e}") from e
         return None if row is None else IdempotencyRecord(bytes(row[0]), str(row[1]))
 
     def remember(

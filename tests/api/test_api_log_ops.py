@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 import yaml
 from aiohttp.test_utils import TestClient
-from api_helpers import Tenant, json_ok, setup_workflow
+from api_helpers import Tenant, hs256_token, json_ok, setup_workflow
 
 import verifier
 from api.services import Services
@@ -228,3 +228,21 @@ async def test_regression_made_up_methods_share_one_metrics_series(client: TestC
     text = await (await client.get("/metrics")).text()
     assert "PROPFIND" not in text
     assert 'maip_http_requests_total{method="other",route="unmatched",status="405"} 4.0' in text
+
+
+async def test_regression_an_idempotency_record_that_cannot_be_read_is_a_503(
+    client: TestClient, services: Services
+) -> None:
+    """With the key store unreadable, a JWT caller still authenticates, and the
+    Idempotency-Key lookup used to reach the catch-all and answer 500."""
+    tenant = "tenant-j"
+    token = hs256_token(tenant, "orchestrations:write")
+    headers = {"Authorization": f"Bearer {token}", "X-Tenant-ID": tenant}
+    services.keys.close()
+    response = await client.post(
+        "/v1/orchestrations/execute",
+        json={"agent_id": "00000000-0000-4000-8000-000000000000", "input": "x"},
+        headers={**headers, "Idempotency-Key": "k-1"},
+    )
+    assert response.status == 503, await response.text()
+    assert response.headers["Content-Type"] == "application/problem+json"
