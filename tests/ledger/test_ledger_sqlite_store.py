@@ -167,7 +167,9 @@ async def test_regression_an_index_pass_does_not_chase_the_tip(tmp_path: Path) -
         await log.close()
     steps = [b - a for a, b in zip([0, *progress], progress, strict=False) if b != a]
     assert steps, "the index never moved"
-    assert min(steps) >= 256, steps
+    # Every pass covers a whole backlog, but for the remainder after a full 512-row pass.
+    short = [b for a, b in zip([None, *steps], steps, strict=False) if b < 256 and a != 512]
+    assert not short, steps
 
 
 async def test_commits_go_before_upkeep_and_upkeep_still_gets_its_turn() -> None:
