@@ -313,8 +313,11 @@ async def test_a_burst_met_by_an_idle_writer_is_split_so_two_commits_overlap(
         await log.append("t1", f"s{i}", 0, [note("first")])
     receipts = await asyncio.gather(*(log.append("t1", f"s{i}", 1, [note("x")]) for i in range(64)))
     sizes = [r[0].tree_size for r in receipts]
-    assert sorted(set(sizes)) == [96, 128]
+    # Two halves; a machine slow enough to finish the first commit before the second
+    # half is taken may split that half again.
+    assert len(set(sizes)) >= 2
     assert sizes.count(96) == 32
+    assert max(sizes.count(size) for size in set(sizes)) <= 32
     await log.close()
 
 
