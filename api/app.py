@@ -41,6 +41,9 @@ __all__ = ["create_app"]
 _log = structlog.get_logger("api")
 #: While storage refuses writes, how often it is probed (a small durable write).
 STORAGE_RECHECK_SECONDS = 1.0
+#: With nothing written for this long, the server probes storage itself (one small
+#: durable write), so /readyz turns false on a medium that failed while idle.
+STORAGE_IDLE_PROBE_SECONDS = 5.0
 _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -131,10 +134,12 @@ async def _watch_storage(log: Log, engine: Engine) -> None:
     """Recovery without a restart: once a commit failed for lack of storage (disk full,
     read-only, I/O error), probe it every ``STORAGE_RECHECK_SECONDS``. When a probe
     commits, ``/readyz`` turns true again and the runs the failure stopped resume,
-    whether or not any client write arrives meanwhile."""
+    whether or not any client write arrives meanwhile. Detection without a write: an
+    idle server probes every ``STORAGE_IDLE_PROBE_SECONDS``."""
     while True:
         await asyncio.sleep(STORAGE_RECHECK_SECONDS)
         try:
+            await log.check_idle_storage(STORAGE_IDLE_PROBE_SECONDS)
             if await log.recheck_storage() and engine.stalled:
                 await engine.resume_stalled()
         except Exception:  # noqa: BLE001 — the watch must outlive any one failed round

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import os
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -183,6 +184,8 @@ class Log:
         self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
         self._checkpoints: OrderedDict[int, SignedCheckpoint] = OrderedDict()
         self._healthy = True
+        #: When a write last reached the store (time.monotonic): a commit or a probe.
+        self._last_written = time.monotonic()
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -286,8 +289,26 @@ class Log:
             _log.info("log.storage_still_unavailable", error=str(e))
             return False
         self._healthy = True
+        self._last_written = time.monotonic()
         _log.info("log.storage_available_again")
         return True
+
+    async def check_idle_storage(self, idle_seconds: float, *, now: float | None = None) -> None:
+        """While healthy but idle for ``idle_seconds`` (no commit, no probe), probe the
+        store with one small durable write. A medium that went read-only or full while
+        nothing was written is then seen at once, not by the next client's write: a
+        failed probe marks the log unhealthy until :meth:`recheck_storage` succeeds."""
+        moment = time.monotonic() if now is None else now
+        if not self._healthy or moment - self._last_written < idle_seconds:
+            return
+        try:
+            await self._store.probe()
+        except StorageUnavailableError as e:
+            if self._healthy:
+                self._healthy = False
+                _log.warning("log.idle_probe_failed", error=str(e))
+            return
+        self._last_written = time.monotonic()
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""
@@ -544,6 +565,7 @@ class Log:
             )
             return
         self._healthy = True
+        self._last_written = time.monotonic()
         self._frontier = p.frontier
         self._latest = SignedCheckpoint(cp.tree_size, cp.root, cp.note)
         heads, tip_heads = self._heads, self._tip_heads

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import random
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -328,3 +329,33 @@ async def test_a_burst_below_the_split_size_is_one_batch(tmp_path: Path) -> None
     receipts = await asyncio.gather(*(log.append("t1", f"s{i}", 1, [note("x")]) for i in range(20)))
     assert {r[0].tree_size for r in receipts} == {40}
     await log.close()
+
+
+async def test_an_idle_log_probes_its_storage_and_a_busy_one_does_not(tmp_path: Path) -> None:
+    """``check_idle_storage`` writes one probe once nothing was written for the idle time
+    (a failing medium is then seen without a client's write; the read-only filesystem
+    test in tests/soak shows that end to end), and never while commits are recent."""
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+
+    def probes() -> list[str]:
+        conn = sqlite3.connect(path)
+        try:
+            rows = conn.execute("SELECT value FROM meta WHERE key = 'storage_probe'")
+            return [str(r[0]) for r in rows]
+        finally:
+            conn.close()
+
+    try:
+        await log.append("t1", "s", 0, [note("a")])
+        await log.check_idle_storage(10, now=time.monotonic() + 5)
+        assert probes() == []
+        await log.check_idle_storage(10, now=time.monotonic() + 11)
+        first = probes()
+        assert len(first) == 1
+        # The probe counts as a write: just after it, the log is not idle.
+        await log.check_idle_storage(10, now=time.monotonic() + 5)
+        assert probes() == first
+        assert log.healthy
+    finally:
+        await log.close()

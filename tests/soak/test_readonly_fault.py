@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from fault_helpers import Api, assert_unavailable, external, serving, size, steps, verify_all
 
+from api.app import STORAGE_IDLE_PROBE_SECONDS, STORAGE_RECHECK_SECONDS
 from bench import faultfs
 from bench.soak import ServerProc, _fsck
 
@@ -174,3 +175,30 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
     assert report["ok"], report
     server.start()
     assert verify_all(api, vkey, orchestrations, acked) == len(acked)
+
+
+def test_readonly_fault_on_an_idle_server_is_seen_without_a_write(
+    ledger_on_ext4: tuple[faultfs.Ext4, ServerProc, Api, str],
+) -> None:
+    """No client writes while the files turn read-only: the server's own idle probe
+    takes it out of readiness, and back in once the files are writable again."""
+    fs, _, api, _ = ledger_on_ext4
+    oid, _ = external(api)
+    before = api.ok("GET", f"/v1/orchestrations/{oid}")
+    assert api.call("GET", "/readyz")[0] == 200
+    frozen = faultfs.freeze(fs.mountpoint)
+    try:
+        deadline = time.monotonic() + STORAGE_IDLE_PROBE_SECONDS + STORAGE_RECHECK_SECONDS + 5
+        while (answer := api.call("GET", "/readyz"))[0] != 503:
+            assert time.monotonic() < deadline, answer
+            time.sleep(0.1)
+        assert answer[2]["log_healthy"] is False
+        assert api.call("GET", "/healthz")[0] == 200
+        assert api.ok("GET", f"/v1/orchestrations/{oid}") == before  # reads go on
+    finally:
+        faultfs.thaw(frozen)
+    deadline = time.monotonic() + 10
+    while api.call("GET", "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "not ready 10 s after the files were writable"
+        time.sleep(0.1)
+    external(api)  # and writes work again
