@@ -139,8 +139,7 @@ async def _watch_storage(log: Log, engine: Engine) -> None:
     while True:
         await asyncio.sleep(STORAGE_RECHECK_SECONDS)
         try:
-            await log.check_idle_storage(STORAGE_IDLE_PROBE_SECONDS)
-            if await log.recheck_storage() and engine.stalled:
+            if await log.check_storage(STORAGE_IDLE_PROBE_SECONDS) and engine.stalled:
                 await engine.resume_stalled()
         except Exception:  # noqa: BLE001 — the watch must outlive any one failed round
             _log.exception("storage.watch_failed")

@@ -277,38 +277,31 @@ class Log:
         """False after a commit failed for lack of storage, until one succeeds again."""
         return self._healthy
 
-    async def recheck_storage(self) -> bool:
-        """After a failed commit, probe the store with one small durable write; healthy
-        again if it takes. Otherwise only the next successful commit would say so, and a
-        server that ``/readyz`` took out of rotation might never be sent that write."""
-        if self._healthy:
-            return True
-        try:
-            await self._store.probe()
-        except StorageUnavailableError as e:
-            _log.info("log.storage_still_unavailable", error=str(e))
-            return False
-        self._healthy = True
-        self._last_written = time.monotonic()
-        _log.info("log.storage_available_again")
-        return True
+    async def check_storage(self, idle_seconds: float, *, now: float | None = None) -> bool:
+        """Probe the store with one small durable write if a commit failed for lack of
+        storage, or if nothing was written for ``idle_seconds``; whether it is healthy.
 
-    async def check_idle_storage(self, idle_seconds: float, *, now: float | None = None) -> None:
-        """While healthy but idle for ``idle_seconds`` (no commit, no probe), probe the
-        store with one small durable write. A medium that went read-only or full while
-        nothing was written is then seen at once, not by the next client's write: a
-        failed probe marks the log unhealthy until :meth:`recheck_storage` succeeds."""
+        After a failure, only the next successful commit would otherwise say storage is
+        back, and a server ``/readyz`` took out of rotation might never be sent that
+        write. While idle, no commit fails, so a medium that went read-only or full
+        would otherwise be seen only by the next client's write."""
         moment = time.monotonic() if now is None else now
-        if not self._healthy or moment - self._last_written < idle_seconds:
-            return
+        if self._healthy and moment - self._last_written < idle_seconds:
+            return True
         try:
             await self._store.probe()
         except StorageUnavailableError as e:
             if self._healthy:
                 self._healthy = False
-                _log.warning("log.idle_probe_failed", error=str(e))
-            return
+                _log.warning("log.storage_probe_failed", error=str(e))
+            else:
+                _log.info("log.storage_still_unavailable", error=str(e))
+            return False
         self._last_written = time.monotonic()
+        if not self._healthy:
+            self._healthy = True
+            _log.info("log.storage_available_again")
+        return True
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""

@@ -332,7 +332,7 @@ async def test_a_burst_below_the_split_size_is_one_batch(tmp_path: Path) -> None
 
 
 async def test_an_idle_log_probes_its_storage_and_a_busy_one_does_not(tmp_path: Path) -> None:
-    """``check_idle_storage`` writes one probe once nothing was written for the idle time
+    """``check_storage`` writes one probe once nothing was written for the idle time
     (a failing medium is then seen without a client's write; the read-only filesystem
     test in tests/soak shows that end to end), and never while commits are recent."""
     path = tmp_path / "l.db"
@@ -348,13 +348,13 @@ async def test_an_idle_log_probes_its_storage_and_a_busy_one_does_not(tmp_path: 
 
     try:
         await log.append("t1", "s", 0, [note("a")])
-        await log.check_idle_storage(10, now=time.monotonic() + 5)
+        assert await log.check_storage(10, now=time.monotonic() + 5)
         assert probes() == []
-        await log.check_idle_storage(10, now=time.monotonic() + 11)
+        assert await log.check_storage(10, now=time.monotonic() + 11)
         first = probes()
         assert len(first) == 1
         # The probe counts as a write: just after it, the log is not idle.
-        await log.check_idle_storage(10, now=time.monotonic() + 5)
+        assert await log.check_storage(10, now=time.monotonic() + 5)
         assert probes() == first
         assert log.healthy
     finally:
