@@ -142,10 +142,7 @@ def test_readonly_fault_under_a_running_server_is_503_then_recovers_without_rest
         faultfs.thaw(frozen)
 
     # No client write is needed to notice: the server probes storage by itself.
-    deadline = time.monotonic() + 10
-    while api.call("GET", "/readyz")[0] != 200:
-        assert time.monotonic() < deadline, "not ready 10 s after the files were writable"
-        time.sleep(0.1)
+    _await_ready(api, 200, 10)
     # The stalled run resumes from the log and completes, its step recorded once.
     done = api.ok("GET", f"/v1/orchestrations/{run['orchestration_id']}?wait=20")
     assert done["status"] == "completed", done
@@ -188,17 +185,20 @@ def test_readonly_fault_on_an_idle_server_is_seen_without_a_write(
     assert api.call("GET", "/readyz")[0] == 200
     frozen = faultfs.freeze(fs.mountpoint)
     try:
-        deadline = time.monotonic() + STORAGE_IDLE_PROBE_SECONDS + STORAGE_RECHECK_SECONDS + 5
-        while (answer := api.call("GET", "/readyz"))[0] != 503:
-            assert time.monotonic() < deadline, answer
-            time.sleep(0.1)
-        assert answer[2]["log_healthy"] is False
+        ready = _await_ready(api, 503, STORAGE_IDLE_PROBE_SECONDS + STORAGE_RECHECK_SECONDS + 5)
+        assert ready["log_healthy"] is False
         assert api.call("GET", "/healthz")[0] == 200
         assert api.ok("GET", f"/v1/orchestrations/{oid}") == before  # reads go on
     finally:
         faultfs.thaw(frozen)
-    deadline = time.monotonic() + 10
-    while api.call("GET", "/readyz")[0] != 200:
-        assert time.monotonic() < deadline, "not ready 10 s after the files were writable"
-        time.sleep(0.1)
+    _await_ready(api, 200, 10)
     external(api)  # and writes work again
+
+
+def _await_ready(api: Api, status: int, seconds: float) -> Any:
+    """Poll /readyz until it answers ``status``; its body."""
+    deadline = time.monotonic() + seconds
+    while (answer := api.call("GET", "/readyz"))[0] != status:
+        assert time.monotonic() < deadline, f"/readyz not {status} within {seconds:g} s: {answer}"
+        time.sleep(0.1)
+    return answer[2]
