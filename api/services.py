@@ -51,8 +51,7 @@ class Services:
 
     def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:
         self.receipts[key] = body
-        while len(self.receipts) > self.config.receipt_cache_entries:
-            self.receipts.popitem(last=False)
+        self._trim_receipts()
 
     def receipts_issued(self, issued: Sequence[tuple[str, str, Receipt]]) -> None:
         """Keep receipts as they are issued: clients and auditors fetch recent ones
@@ -60,7 +59,12 @@ class Services:
         receipts = self.receipts
         for tenant, stream, receipt in issued:
             receipts[(tenant, receipt.receipt_id)] = (stream, receipt)
-        while len(receipts) > self.config.receipt_cache_entries:
+        self._trim_receipts()
+
+    def _trim_receipts(self) -> None:
+        """Drop the oldest entries beyond ``receipt_cache_entries``."""
+        receipts, cap = self.receipts, self.config.receipt_cache_entries
+        while len(receipts) > cap:
             receipts.popitem(last=False)
 
 
