@@ -261,3 +261,19 @@ async def test_regression_a_burst_leaves_less_than_one_backlog_unindexed(
         conn.close()
     assert count == 8000
     assert count - upto < 256, f"{count - upto} rows left unindexed"
+
+
+async def test_a_failing_background_job_reports_to_its_caller_and_the_thread_goes_on() -> None:
+    writer = WriterThread("test-writer")
+
+    def fail() -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    failed = writer.submit(fail, background=True)
+    later = writer.submit(lambda: "after", background=True)
+    first = writer.submit(lambda: "foreground")
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        await failed
+    assert await first == "foreground"
+    assert await later == "after"
+    await asyncio.to_thread(writer.shutdown)
