@@ -130,6 +130,10 @@ class Runner(CallRecorder):
         self._cancel: tuple[str, str | None] | None = None
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: The task running a step inline (:meth:`_inline_step`), and whether
+        #: :meth:`request_cancel` has cancelled it.
+        self._inline: asyncio.Task[Any] | None = None
+        self._inline_cancelled = False
         self._inflight: dict[str, int] = {}
         self._steps_started = sum(1 for h in self.history.values() if h.attempts > 0)
 
@@ -140,6 +144,9 @@ class Runner(CallRecorder):
             self._cancel = (reason, requested_by)
         for t in self._tasks:
             t.cancel()
+        if self._inline is not None and not self._inline_cancelled:
+            self._inline_cancelled = True
+            self._inline.cancel()
 
     def request_stop(self) -> None:
         self._stopping = True
@@ -232,6 +239,23 @@ class Runner(CallRecorder):
             if f.interrupted:
                 raise _Terminate("interrupted", str(f)) from None
             raise _Terminate("provider_error" if f.provider else "step_failed", str(f)) from None
+
+    async def _inline_step(self, step: StepDef, outputs: dict[str, Any]) -> Any:
+        """Run a workflow step in the orchestration's own task. :meth:`request_cancel`
+        reaches its in-flight call by cancelling this task, and only that cancellation
+        becomes ``cancelled``: a timeout's or the engine's passes through as before."""
+        task = asyncio.current_task()
+        assert task is not None
+        self._inline = task
+        try:
+            return await self._dag_step(step, dict(outputs))
+        except asyncio.CancelledError:
+            if self._inline_cancelled and task.uncancel() == 0:
+                raise _Terminate("cancelled", None) from None
+            raise
+        finally:
+            self._inline = None
+            self._inline_cancelled = False
 
     async def _in_task(self, coro: Awaitable[Any]) -> Any:
         """Run one step as a task, so cancellation can reach an in-flight call."""
@@ -378,6 +402,7 @@ class Runner(CallRecorder):
         outputs: dict[str, Any] = {}
         branch_skipped: set[str] = set()
         running: dict[asyncio.Task[Any], StepDef] = {}
+        ready: list[StepDef] = []
         try:
             while True:
                 self._boundary_unless_stopping(running)
@@ -408,19 +433,29 @@ class Runner(CallRecorder):
                                 f"step {step.id!r} would exceed max_steps={self.created.max_steps}",
                             )
                         status[step.id] = "running"
+                        ready.append(step)
+                        progressed = True
+                finished: list[tuple[StepDef, Any]] = []
+                if len(ready) == 1 and not running:
+                    # A chain, the common shape: the one runnable step runs in this
+                    # task, with no task of its own to create, schedule and wait for.
+                    step = ready.pop()
+                    finished.append((step, await self._inline_step(step, outputs)))
+                else:
+                    for step in ready:
                         task = asyncio.ensure_future(self._dag_step(step, dict(outputs)))
                         running[task] = step
                         self._tasks.add(task)
-                        progressed = True
-                if not running:
-                    break
-                done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    step = running.pop(task)
-                    self._tasks.discard(task)
-                    if task.cancelled():
-                        continue
-                    output = task.result()  # raises _StepFailed
+                    ready.clear()
+                    if not running:
+                        break
+                    done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        step = running.pop(task)
+                        self._tasks.discard(task)
+                        if not task.cancelled():
+                            finished.append((step, task.result()))  # raises _StepFailed
+                for step, output in finished:
                     status[step.id] = "completed"
                     outputs[step.id] = output
                     if step.action == "decision" and isinstance(output, dict):

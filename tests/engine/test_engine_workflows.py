@@ -435,3 +435,57 @@ async def test_regression_external_write_locks_do_not_pile_up(engine: Engine) ->
         assert sorted(s.step_id for s in state.steps) == ["s0", "s1", "s2"]
     await engine.cancel(TENANT, oids[0])
     assert engine._external_locks == {}
+
+
+async def _chain_blocked_in_a_tool(engine: Engine, **options: Any) -> tuple[str, list[str]]:
+    """A two-step chain whose first step blocks until cancelled: it runs in the
+    orchestration's own task (Runner._inline_step), not a task of its own."""
+    entered: list[str] = []
+
+    async def block(args: Any) -> Any:
+        entered.append("first")
+        await asyncio.Event().wait()  # only cancellation ends it
+        return args
+
+    engine.tools.register("block", block)
+    defn = {
+        "steps": [
+            {"id": "first", "action": "tool", "tool": "block"},
+            {"id": "second", "action": "tool", "tool": "echo", "depends_on": ["first"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="chain", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, **options)
+    for _ in range(100):
+        if entered:
+            break
+        await asyncio.sleep(0.01)
+    assert entered == ["first"]
+    return started.orchestration_id, entered
+
+
+async def test_cancel_reaches_the_one_step_of_a_chain_in_flight(
+    engine: Engine, harness: Harness
+) -> None:
+    oid, _ = await _chain_blocked_in_a_tool(engine)
+    state = await asyncio.wait_for(
+        engine.cancel(TENANT, oid, reason="user asked", requested_by="alice"), 10
+    )
+    assert (state.status, state.reason) == ("cancelled", "user asked")
+    assert [(s.step_id, s.status) for s in state.steps] == [("first", "failed")]
+    assert state.steps[0].result == {"error": "cancelled"}
+    types = await _types(harness, oid)
+    assert "tool.completed" not in types
+    assert types[-1] == "orchestration.cancelled"
+    assert await engine.get_state(TENANT, oid) == state
+
+
+async def test_timeout_reaches_the_one_step_of_a_chain_in_flight(
+    engine: Engine, harness: Harness
+) -> None:
+    oid, _ = await _chain_blocked_in_a_tool(engine, timeout_seconds=0.3)
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.reason) == ("failed", "timed_out")
+    assert [(s.step_id, s.status) for s in state.steps] == [("first", "failed")]
+    assert state.steps[0].result == {"error": "timed out"}
+    assert (await _types(harness, oid))[-1] == "orchestration.failed"
