@@ -7,6 +7,7 @@ size, and orchestrations by status.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -153,11 +154,19 @@ class TimedLog:
     async def append(
         self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
     ) -> list[Receipt]:
+        return await (await self.submit(tenant_id, stream_id, expected_seq, events))
+
+    async def submit(
+        self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
+    ) -> asyncio.Future[list[Receipt]]:
         start = self._clock()
         try:
-            return await self._log.append(tenant_id, stream_id, expected_seq, events)
-        finally:
+            outcome = await self._log.submit(tenant_id, stream_id, expected_seq, events)
+        except BaseException:
             self._histogram.observe(self._clock() - start)
+            raise
+        outcome.add_done_callback(lambda _: self._histogram.observe(self._clock() - start))
+        return outcome
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None

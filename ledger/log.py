@@ -96,6 +96,14 @@ class SignedCheckpoint(msgspec.Struct, frozen=True):
 _MIN_SPLIT = 16
 
 
+class _Outcome(asyncio.Future[list[Receipt]]):
+    """An append's outcome, which a cancelled awaiter cannot cancel: asyncio then
+    delivers the awaiting task's ``CancelledError`` when the outcome is set."""
+
+    def cancel(self, msg: Any | None = None) -> bool:
+        return False
+
+
 @dataclass(slots=True)
 class _Append:
     tenant: str
@@ -323,7 +331,28 @@ class Log:
         """Append ``events`` to a stream that is at ``expected_seq``; one receipt each.
 
         Returns once the events are durable and covered by a signed checkpoint. Raises
-        :class:`ConflictError` (and writes nothing) if the stream has moved on.
+        :class:`ConflictError` (and writes nothing) if the stream has moved on. A caller
+        cancelled once the append is queued hears of it when the append's outcome is
+        decided (see :meth:`submit`).
+        """
+        return await (await self.submit(tenant_id, stream_id, expected_seq, events, now=now))
+
+    async def submit(
+        self,
+        tenant_id: str,
+        stream_id: str,
+        expected_seq: int,
+        events: Sequence[NewEvent],
+        *,
+        now: datetime | None = None,
+    ) -> asyncio.Future[list[Receipt]]:
+        """Check, encode and queue an append; its outcome, as :meth:`append` has it.
+
+        The outcome cannot be cancelled: a task cancelled while awaiting it gets its
+        ``CancelledError`` once the outcome is decided, and the outcome stays on the
+        future. So a caller that must know whether its events were written (a stream
+        writer tracking its sequence) always can, without a task or a shield of its own.
+        A caller cancelled before this returns queued nothing.
         """
         if self._closing:
             raise StorageUnavailableError("the log is shutting down")
@@ -372,15 +401,13 @@ class Log:
         key = (tenant_id, stream_id)
         if key not in self._heads:
             await self._head(key)
-        future: asyncio.Future[list[Receipt]] = self._loop.create_future()
+        future: asyncio.Future[list[Receipt]] = _Outcome(loop=self._loop)
         self._pending.append(
             _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, hashes, future)
         )
         if not self._wake.is_set():
             self._wake.set()
-        # A cancelled caller cancels only its wait: the writer skips done futures, and
-        # the events, once committed, stay committed.
-        return await future
+        return future
 
     async def _run(self) -> None:
         """Take batches and chain their commits, at most two in flight.

@@ -95,6 +95,9 @@ class EngineLog(Protocol):
     async def append(
         self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
     ) -> list[Receipt]: ...
+    async def submit(
+        self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
+    ) -> asyncio.Future[list[Receipt]]: ...
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> Sequence[Any]: ...

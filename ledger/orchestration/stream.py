@@ -12,7 +12,7 @@ is simply redone, with the same result.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -28,13 +28,13 @@ MAX_BUFFER = 64
 
 
 class AppendLog(Protocol):
-    async def append(
+    async def submit(
         self,
         tenant_id: str,
         stream_id: str,
         expected_seq: int,
-        events: list[NewEvent],
-    ) -> list[Receipt]: ...
+        events: Sequence[NewEvent],
+    ) -> asyncio.Future[list[Receipt]]: ...
 
 
 class StreamWriter:
@@ -70,20 +70,27 @@ class StreamWriter:
     async def flush(self) -> list[Receipt]:
         """Append everything emitted so far; returns once it is durable.
 
-        The append runs in its own task, shielded: a caller cancelled mid-flush does not
-        leave the writer unsure whether the batch committed.
+        A caller cancelled mid-flush never leaves the writer unsure whether the batch
+        was written: once queued, an append's outcome cannot be cancelled, and the
+        cancellation arrives after it (``Log.submit``). Written, the sequence moves on;
+        not written, the events go back in front of the buffer.
         """
-        return await asyncio.shield(asyncio.ensure_future(self._flush_locked()))
-
-    async def _flush_locked(self) -> list[Receipt]:
         async with self._lock:
             if not self._buffer:
                 return []
             batch, self._buffer = self._buffer, []
             try:
-                receipts = await self._log.append(self.tenant_id, self.stream_id, self.seq, batch)
+                outcome = await self._log.submit(self.tenant_id, self.stream_id, self.seq, batch)
             except BaseException:
                 self._buffer = batch + self._buffer
+                raise
+            try:
+                receipts = await outcome
+            except BaseException:
+                if outcome.done() and outcome.exception() is None:
+                    self.seq += len(batch)  # written; only the wait was cancelled
+                else:
+                    self._buffer = batch + self._buffer
                 raise
             self.seq += len(batch)
             return receipts

@@ -359,3 +359,39 @@ async def test_an_idle_log_probes_its_storage_and_a_busy_one_does_not(tmp_path: 
         assert log.healthy
     finally:
         await log.close()
+
+
+async def test_a_cancelled_appender_hears_of_it_once_its_append_is_decided(
+    tmp_path: Path,
+) -> None:
+    log = await open_log(tmp_path / "l.db")
+    outcome = await log.submit("t1", "s1", 0, [note("a")])
+    seen: list[bool] = []
+
+    async def wait() -> None:
+        try:
+            await outcome
+        except asyncio.CancelledError:
+            seen.append(outcome.done())
+            raise
+
+    waiter = asyncio.create_task(wait())
+    await asyncio.sleep(0)  # the waiter now awaits the outcome
+    assert not outcome.done()
+    waiter.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert seen == [True]  # delivered after the outcome, which the cancel left alone
+    (receipt,) = outcome.result()
+    assert [r.receipt_id for r in await log.read_stream("t1", "s1")] == [receipt.receipt_id]
+    # The same through append: the caller is cancelled, the events are written once.
+    appending = asyncio.create_task(log.append("t1", "s1", 1, [note("b")]))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    appending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await appending
+    await log.append("t1", "s1", await log.stream_head("t1", "s1"), [note("c")])
+    texts = [r.event.payload.text for r in await log.read_stream("t1", "s1")]
+    assert texts in (["a", "b", "c"], ["a", "c"])
+    await log.close()
