@@ -6,6 +6,7 @@ scope (403). A resource of another tenant is reported by the route as 404.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import OrderedDict
@@ -21,7 +22,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from api.config import Config
 from api.errors import ConfigError, KeyStoreError, ProblemError
-from api.keys import KeyStore
+from api.keys import KeyRecord, KeyStore
 from api.problems import bad_request, forbidden, unauthorized, unavailable
 
 __all__ = ["Authenticator", "Principal", "RateLimiter"]
@@ -109,19 +110,51 @@ class Authenticator:
         )
         self._clock = clock
         self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
+        self._rechecked = False
+        self._principals: dict[str, tuple[KeyRecord, Principal]] = {}
+
+    def _recheck_keys(self) -> bool:
+        """Whether this request must look for key changes made by other processes.
+
+        Once per turn of the event loop: every request handled in a turn arrived before
+        the turn began (its bytes were waiting when the loop polled), so a key created or
+        revoked after that check was still committed after the request arrived — the
+        same answer as checking per request, without a SQLite call per request.
+        """
+        if self._rechecked:
+            return False
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return True  # no loop, no turns: check every time
+        self._rechecked = True
+        loop.call_soon(self._next_turn)  # runs in the loop's next turn, not this one
+        return True
+
+    def _next_turn(self) -> None:
+        self._rechecked = False
 
     def authenticate(self, request: web.Request) -> Principal:
         """The caller's principal; raises a 401 :class:`ProblemError`."""
         api_key = request.headers.get(_HEADER_KEY)
         if api_key is not None:
             try:
-                record = self._keys.authenticate(api_key.strip())
+                record = self._keys.authenticate(api_key.strip(), recheck=self._recheck_keys())
             except KeyStoreError as e:
                 _log.error("auth.key_store_unreadable", error=str(e))
                 raise unavailable("API keys cannot be checked right now; retry later") from e
             if record is None:
                 raise unauthorized("the API key is not valid (unknown, malformed or revoked)")
-            return Principal(record.tenant_id, frozenset(record.scopes), f"key:{record.key_id}")
+            cached = self._principals.get(record.key_id)
+            if cached is not None and cached[0] is record:
+                return cached[1]
+            principal = Principal(
+                record.tenant_id, frozenset(record.scopes), f"key:{record.key_id}"
+            )
+            if len(self._principals) >= 4096:
+                self._principals.clear()
+            self._principals[record.key_id] = (record, principal)
+            return principal
         auth = request.headers.get("Authorization")
         if auth is not None:
             scheme, _, token = auth.partition(" ")

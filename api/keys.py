@@ -228,15 +228,20 @@ class KeyStore:
             raise KeyStoreError(f"cannot store the key: {e}") from e
         return NewKey(f"{_PREFIX}_{key_id}_{secret}", key_id, tenant_id, parsed)
 
-    def authenticate(self, api_key: str) -> KeyRecord | None:
-        """The active key record for a presented key, else ``None`` (constant-time check)."""
+    def authenticate(self, api_key: str, *, recheck: bool = True) -> KeyRecord | None:
+        """The active key record for a presented key, else ``None`` (constant-time check).
+
+        ``recheck=False`` trusts the rows in memory as of the last check for changes by
+        other connections (``keys create``/``revoke``); a caller passes it only when that
+        check happened after the request arrived (see ``api.auth``).
+        """
         m = _KEY_RE.match(api_key)
         if m is None:
             return None
         key_id, secret = m.groups()
         try:
             with self._lock:
-                entry = self._cached(key_id)
+                entry = self._cached(key_id, recheck)
         except sqlite3.Error as e:
             raise KeyStoreError(f"cannot read the key store: {e}") from e
         # Hash and compare even when the id is unknown, so the secret's check costs the
@@ -247,13 +252,14 @@ class KeyStore:
             return None
         return record
 
-    def _cached(self, key_id: str) -> tuple[bytes, KeyRecord | None] | None:
+    def _cached(self, key_id: str, recheck: bool = True) -> tuple[bytes, KeyRecord | None] | None:
         """The row for ``key_id`` as (secret hash, active record or None), read through the
         in-memory rows; ``None`` if there is no such key. Call with the lock held."""
-        version = self._db.execute("PRAGMA data_version").fetchone()[0]
-        if version != self._version:
-            self._rows.clear()
-            self._version = version
+        if recheck:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._version:
+                self._rows.clear()
+                self._version = version
         entry = self._rows.get(key_id)
         if entry is not None:
             return entry

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import time
 from pathlib import Path
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, make_mocked_request
 from api_helpers import Tenant, eddsa_token, hs256_token, new_tenant
 from api_server import cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from api.auth import Authenticator
+from api.config import Config
 from api.keys import KeyStore
+from api.problems import ProblemError
 
 PATH = "/v1/orchestrations"
 
@@ -235,3 +239,34 @@ async def test_scopes_decide_reads_and_writes(
     # An empty body passes authorization and then fails validation (422).
     resp = await client.post(f"{PATH}/execute", json={}, headers=caller.headers)
     assert resp.status == write, await resp.text()
+
+
+async def test_key_changes_by_another_process_count_from_the_next_loop_turn(
+    tmp_path: Path,
+) -> None:
+    """The key store is checked for changes once per event-loop turn: requests handled
+    in a turn arrived before it began, so none of them can tell the difference."""
+    keys, other = KeyStore(tmp_path / "keys.db"), KeyStore(tmp_path / "keys.db")
+    try:
+        key = other.create("t", ["orchestrations:read"])
+        auth = Authenticator(Config(data_dir=tmp_path), keys)
+        request = make_mocked_request(
+            "GET", "/v1/orchestrations", headers={"X-API-Key": key.api_key}
+        )
+        assert auth.authenticate(request).tenant_id == "t"  # this turn's check
+        other.revoke(key.key_id)
+        assert auth.authenticate(request).tenant_id == "t"  # same turn: not read again
+        await asyncio.sleep(0)
+        with pytest.raises(ProblemError) as refused:
+            auth.authenticate(request)
+        assert refused.value.status == 401
+        # A key made in the meantime works from the next turn on, too.
+        late = other.create("t", ["orchestrations:read"])
+        await asyncio.sleep(0)
+        late_request = make_mocked_request(
+            "GET", "/v1/orchestrations", headers={"X-API-Key": late.api_key}
+        )
+        assert auth.authenticate(late_request).subject == f"key:{late.key_id}"
+    finally:
+        keys.close()
+        other.close()
