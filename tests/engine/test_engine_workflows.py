@@ -489,3 +489,32 @@ async def test_timeout_reaches_the_one_step_of_a_chain_in_flight(
     assert [(s.step_id, s.status) for s in state.steps] == [("first", "failed")]
     assert state.steps[0].result == {"error": "timed out"}
     assert (await _types(harness, oid))[-1] == "orchestration.failed"
+
+
+async def test_a_step_that_cancels_its_own_orchestration_ends_it_cancelled(
+    engine: Engine, harness: Harness
+) -> None:
+    """The one step of a chain runs in the orchestration's own task; a tool awaiting
+    the cancel of that same orchestration must neither deadlock nor escape as an
+    engine stop."""
+
+    async def cancel_myself(args: Any) -> Any:
+        (summary,) = [
+            s for s in engine.list_orchestrations(TENANT)[0] if s.status in ("pending", "running")
+        ]
+        await engine.cancel(TENANT, summary.orchestration_id, reason="tool quit")
+        return args
+
+    engine.tools.register("cancel_myself", cancel_myself)
+    defn = {
+        "steps": [
+            {"id": "quit", "action": "tool", "tool": "cancel_myself"},
+            {"id": "after", "action": "tool", "tool": "echo", "depends_on": ["quit"]},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="self-cancel", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await asyncio.wait_for(engine.wait(TENANT, started.orchestration_id), 10)
+    assert (state.status, state.reason) == ("cancelled", "tool quit")
+    assert [(s.step_id, s.status) for s in state.steps] == [("quit", "failed")]
+    assert (await _types(harness, started.orchestration_id))[-1] == "orchestration.cancelled"
