@@ -456,7 +456,7 @@ async def _chain_blocked_in_a_tool(engine: Engine, **options: Any) -> tuple[str,
     }
     wf = await engine.register_workflow(TENANT, name="chain", definition=defn)
     started = await engine.execute(TENANT, workflow_id=wf.workflow_id, **options)
-    for _ in range(100):
+    for _ in range(1000):
         if entered:
             break
         await asyncio.sleep(0.01)
