@@ -183,6 +183,8 @@ class Log:
         self._chain: list[asyncio.Task[None]] = []
         self._latest: SignedCheckpoint | None = None
         self._pending: list[_Append] = []
+        #: The batch the writer has taken from ``_pending`` and not yet handed on.
+        self._taken: list[_Append] = []
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._writer: asyncio.Task[None] | None = None
@@ -214,7 +216,25 @@ class Log:
             await store.close()
             raise
         log._writer = asyncio.create_task(log._run(), name="ledger-log-writer")
+        log._writer.add_done_callback(log._writer_ended)
         return log
+
+    def _writer_ended(self, writer: asyncio.Task[None]) -> None:
+        """If the writer task died, refuse further appends and fail the queued ones:
+        their outcomes cannot be cancelled (:meth:`submit`), so nothing else would ever
+        end their callers' waits."""
+        if not writer.cancelled() and writer.exception() is None:
+            return  # closed normally, with every queued append finished
+        _log.error(
+            "log.writer_died",
+            error=repr(writer.exception()) if not writer.cancelled() else "cancelled",
+        )
+        self._closing = True
+        stranded = self._taken + self._pending
+        self._taken, self._pending = [], []
+        _fail(
+            stranded, StorageUnavailableError("the log's writer stopped; nothing more is written")
+        )
 
     async def _recover(self) -> None:
         """The O(log n) startup check: stored tree == last signed checkpoint."""
@@ -262,7 +282,9 @@ class Log:
         self._closing = True
         self._wake.set()
         if self._writer is not None:
-            await self._writer
+            # A writer that died has been reported (_writer_ended); the store still closes.
+            with contextlib.suppress(Exception):
+                await self._writer
             self._writer = None
         await self._store.close()
 
@@ -435,6 +457,7 @@ class Log:
                     count += len(self._pending[take].events)
                     take += 1
                 batch, self._pending = self._pending[:take], self._pending[take:]
+                self._taken = batch
                 try:
                     prepared = await self._prepare(batch)
                 except Exception as e:  # noqa: BLE001 — a writer that dies would strand every appender
@@ -448,6 +471,7 @@ class Log:
                     prev = self._chain[-1] if self._chain else None
                     task = asyncio.create_task(self._finish(prepared, written, prev))
                     self._chain.append(task)
+                self._taken = []
             if self._closing and not self._pending and not self._chain:
                 return
 

@@ -7,6 +7,7 @@ import itertools
 import random
 import sqlite3
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -21,12 +22,14 @@ from ledger.errors import (
     LedgerError,
     NotFoundError,
     ProofError,
+    StorageUnavailableError,
     UnknownEventTypeError,
 )
 from ledger.events import NewEvent
 from ledger.log import Log, RecordedEvent
 from ledger.receipt import Receipt
 from ledger.sqlite_store import SQLiteEventStore
+from ledger.store import Batch
 
 
 def note(text: str) -> NewEvent:
@@ -394,4 +397,30 @@ async def test_a_cancelled_appender_hears_of_it_once_its_append_is_decided(
     await log.append("t1", "s1", await log.stream_head("t1", "s1"), [note("c")])
     texts = [r.event.payload.text for r in await log.read_stream("t1", "s1")]
     assert texts in (["a", "b", "c"], ["a", "c"])
+    await log.close()
+
+
+class _CommitRaises(SQLiteEventStore):
+    """The real store, with a commit that raises at once instead of failing through its
+    awaitable: a defect, which the writer task does not survive."""
+
+    def commit(self, batch: Batch) -> Awaitable[None]:
+        raise RuntimeError("defect in commit")
+
+
+async def test_regression_appends_queued_when_the_writer_dies_fail_instead_of_hanging(
+    tmp_path: Path,
+) -> None:
+    # An append's outcome cannot be cancelled (Log.submit), so a writer task that died
+    # with appends queued would leave their callers waiting for ever.
+    log = await Log.open(_CommitRaises(tmp_path / "l.db"), signer(), CATALOG)
+    first = asyncio.ensure_future(log.append("t1", "s1", 0, [note("a")]))
+    second = asyncio.ensure_future(log.append("t1", "s2", 0, [note("b")]))
+    done, _ = await asyncio.wait([first, second], timeout=10)
+    assert len(done) == 2
+    for task in (first, second):
+        with pytest.raises(LedgerError):
+            task.result()
+    with pytest.raises(StorageUnavailableError):
+        await log.append("t1", "s3", 0, [note("c")])
     await log.close()
