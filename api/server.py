@@ -189,7 +189,7 @@ class BoundedSite(web.BaseSite):
 
     async def _sweep(self, server: web.Server) -> None:
         loop = asyncio.get_running_loop()
-        tick = min(1.0, self._header_timeout / 8)
+        tick = min(1.0, max(0.01, self._header_timeout / 8))  # a floor: never a busy loop
         while True:
             await asyncio.sleep(tick)
             now = loop.time()
