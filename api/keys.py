@@ -232,8 +232,8 @@ class KeyStore:
         """The active key record for a presented key, else ``None`` (constant-time check).
 
         ``recheck=False`` trusts the rows in memory as of the last check for changes by
-        other connections (``keys create``/``revoke``); a caller passes it only when that
-        check happened after the request arrived (see ``api.auth``).
+        other connections (``keys create``/``revoke``); the server checks once per
+        event-loop turn (``api.auth``).
         """
         m = _KEY_RE.match(api_key)
         if m is None:

@@ -244,8 +244,8 @@ async def test_scopes_decide_reads_and_writes(
 async def test_key_changes_by_another_process_count_from_the_next_loop_turn(
     tmp_path: Path,
 ) -> None:
-    """The key store is checked for changes once per event-loop turn: requests handled
-    in a turn arrived before it began, so none of them can tell the difference."""
+    """The key store is checked for changes once per event-loop turn, so a change made
+    by another process counts from the next turn on."""
     keys, other = KeyStore(tmp_path / "keys.db"), KeyStore(tmp_path / "keys.db")
     try:
         key = other.create("t", ["orchestrations:read"])
