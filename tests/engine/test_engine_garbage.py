@@ -12,33 +12,16 @@ from typing import Any
 
 from engine_helpers import TENANT
 
+# The benchmark's workflow (llm -> tool -> decision): the hot path this guards.
+from bench.engine import WORKFLOW
 from ledger.orchestration import Engine
-
-TRIAGE: dict[str, Any] = {
-    "steps": [
-        {"id": "classify", "action": "llm", "prompt": "Classify: {{ input.text }}"},
-        {
-            "id": "lookup",
-            "action": "tool",
-            "tool": "json_extract",
-            "depends_on": ["classify"],
-            "inputs": {"data": "{{ steps.classify.output.json }}", "path": "label"},
-        },
-        {
-            "id": "route",
-            "action": "decision",
-            "depends_on": ["lookup"],
-            "condition": {"eq": ["steps.lookup.output", "spam"]},
-        },
-    ]
-}
 
 
 async def test_completed_orchestrations_leave_no_cyclic_garbage(
     engine: Engine, make_agent: Any
 ) -> None:
     agent_id = await make_agent({"content": '{"label": "spam"}'})
-    wf = await engine.register_workflow(TENANT, name="triage", definition=TRIAGE)
+    wf = await engine.register_workflow(TENANT, name="triage", definition=WORKFLOW)
 
     async def one() -> None:
         started = await engine.execute(
