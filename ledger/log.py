@@ -463,6 +463,7 @@ class Log:
                 except Exception as e:  # noqa: BLE001 — a writer that dies would strand every appender
                     _log.exception("log.batch_failed")
                     _fail(batch, e if isinstance(e, LedgerError) else LedgerError(str(e)))
+                    self._taken = []
                     continue
                 if prepared is not None:
                     # Queued now, so the store starts it as soon as the batch before
