@@ -26,6 +26,7 @@ from ledger.events import EventCatalog, NewEvent
 from ledger.log import Log, RecordedEvent
 from ledger.orchestration import Engine
 from ledger.receipt import Receipt
+from ledger.store import EventStore
 
 __all__ = ["CONTENT_TYPE", "Metrics", "TimedLog"]
 
@@ -221,3 +222,10 @@ class TimedLog:
 
     def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None:
         self._log.add_listener(listener)
+
+    @property
+    def store(self) -> EventStore:
+        return self._log.store
+
+    async def root_at(self, tree_size: int) -> bytes:
+        return await self._log.root_at(tree_size)

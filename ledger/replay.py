@@ -19,8 +19,17 @@ import msgspec
 
 from ledger.events import Event
 from ledger.log import Log
+from ledger.store import EventStore
 
-__all__ = ["Projection", "fold", "fold_log", "fold_stream", "save_snapshot"]
+__all__ = [
+    "Projection",
+    "SnapshotLog",
+    "fold",
+    "fold_log",
+    "fold_stream",
+    "load_snapshot",
+    "save_snapshot",
+]
 
 S = TypeVar("S")
 
@@ -53,25 +62,47 @@ async def fold_stream(log: Log, tenant_id: str, stream_id: str, projection: Proj
     return fold((r.event for r in await log.read_stream(tenant_id, stream_id)), projection)
 
 
+class SnapshotLog(Protocol):
+    """What snapshots need of a log: its size, its roots and its store."""
+
+    @property
+    def size(self) -> int: ...
+    @property
+    def store(self) -> EventStore: ...
+    async def root_at(self, tree_size: int) -> bytes: ...
+
+
 class _Snapshot(msgspec.Struct, frozen=True):
     log_size: int
     root: bytes
     state: bytes
 
 
+async def load_snapshot(
+    log: SnapshotLog, projection: Projection[S], *, upto: int | None = None
+) -> tuple[S, int] | None:
+    """The projection's saved state and the log size it covers, if it is still valid:
+    it covers at most ``upto`` leaves (default: the whole log), and the log's root at
+    that size is the one the snapshot recorded. ``None`` otherwise: fold from the start.
+    """
+    saved = await log.store.load_snapshot(projection.name)
+    if saved is None:
+        return None
+    snapshot = msgspec.msgpack.decode(saved[1], type=_Snapshot)
+    limit = log.size if upto is None else min(upto, log.size)
+    if not 0 < snapshot.log_size <= limit:
+        return None
+    if await log.root_at(snapshot.log_size) != snapshot.root:
+        return None
+    return projection.decode(snapshot.state), snapshot.log_size
+
+
 async def fold_log(log: Log, projection: Projection[S], *, use_snapshot: bool = True) -> S:
     """Fold the whole log, starting from a still-valid snapshot if there is one."""
     state = projection.initial()
     index = 0
-    if use_snapshot:
-        saved = await log.store.load_snapshot(projection.name)
-        if saved is not None:
-            snapshot = msgspec.msgpack.decode(saved[1], type=_Snapshot)
-            if 0 < snapshot.log_size <= log.size and (
-                await log.root_at(snapshot.log_size) == snapshot.root
-            ):
-                state = projection.decode(snapshot.state)
-                index = snapshot.log_size
+    if use_snapshot and (loaded := await load_snapshot(log, projection)) is not None:
+        state, index = loaded
     while batch := await log.read_log(index, _BATCH):
         for recorded in batch:
             state = projection.apply(state, recorded.event)
@@ -79,7 +110,14 @@ async def fold_log(log: Log, projection: Projection[S], *, use_snapshot: bool = 
     return state
 
 
-async def save_snapshot(log: Log, projection: Projection[S], state: S, log_size: int) -> None:
-    """Remember ``state`` as the fold of the first ``log_size`` leaves."""
-    snapshot = _Snapshot(log_size, await log.root_at(log_size), projection.encode(state))
+async def save_snapshot(
+    log: SnapshotLog, projection: Projection[S], state: S, log_size: int
+) -> None:
+    """Remember ``state`` as the fold of the first ``log_size`` leaves.
+
+    The state is encoded before anything is awaited: a live projection may fold newer
+    events meanwhile, and its snapshot must hold exactly the first ``log_size``.
+    """
+    data = projection.encode(state)
+    snapshot = _Snapshot(log_size, await log.root_at(log_size), data)
     await log.store.save_snapshot(projection.name, log_size, msgspec.msgpack.encode(snapshot))

@@ -43,6 +43,7 @@ from ledger.orchestration.registry import (
     AgentRecord,
     OrchestrationSummary,
     Registry,
+    RegistryProjection,
     WorkflowRecord,
 )
 from ledger.orchestration.runner import Runner
@@ -51,6 +52,8 @@ from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.tools import ToolRegistry
 from ledger.orchestration.workflow import definition_hash, validate_definition
 from ledger.receipt import Receipt
+from ledger.replay import load_snapshot, save_snapshot
+from ledger.store import EventStore
 
 __all__ = ["EXTERNAL_EVENT_TYPES", "Engine", "EngineLog"]
 
@@ -74,6 +77,10 @@ EXTERNAL_EVENT_TYPES = frozenset(
     }
 )
 _LIVE_STATES = 10_000
+_REGISTRY = RegistryProjection()
+# A start that had to fold at least this many events saves a snapshot at once, so a
+# process that keeps crashing does not fold the same long tail every time.
+_SNAPSHOT_AFTER_REPLAY = 100_000
 
 
 class _Recorded(Protocol):
@@ -103,6 +110,9 @@ class EngineLog(Protocol):
     ) -> Sequence[Any]: ...
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]: ...
     def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
+    @property
+    def store(self) -> EventStore: ...
+    async def root_at(self, tree_size: int) -> bytes: ...
 
 
 def _uuid_from(ulid: ULID) -> str:
@@ -147,6 +157,12 @@ class Engine:
         self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
         self._projection = OrchestrationProjection()
         self._indexed_from = 0
+        #: The registry is the fold of the first ``_registry_upto`` leaves (once started).
+        self._registry_upto = 0
+        self._registry_ready = False
+        #: The log size the stored registry snapshot covers (0: none).
+        self._snapshot_upto = 0
+        self._replayed_at_start = 0
         self._started = False
         self._closing = False
 
@@ -160,9 +176,15 @@ class Engine:
         if self._started:
             return []
         self._started = True
-        self._indexed_from = self._log.size
+        loaded = await load_snapshot(self._log, _REGISTRY)
+        # No await from here to the listener: every leaf is either folded below (before
+        # ``_indexed_from``) or by the listener (from it on), never both or neither.
+        self._indexed_from = self._registry_upto = self._log.size
         self._log.add_listener(self._on_commit)
         index = 0
+        if loaded is not None:
+            self.registry, index = loaded
+        first = self._snapshot_upto = index
         while index < self._indexed_from:
             page = await self._log.read_log(index, min(1000, self._indexed_from - index))
             if not page:
@@ -170,6 +192,15 @@ class Engine:
             for rec in page:
                 self.registry.apply(rec.event)
             index += len(page)
+        self._registry_ready = True
+        self._replayed_at_start = index - first
+        _log.info(
+            "engine.registry_built",
+            snapshot_size=first if loaded is not None else None,
+            replayed_events=self._replayed_at_start,
+        )
+        if self._replayed_at_start >= _SNAPSHOT_AFTER_REPLAY:
+            await self._save_registry()
         if not resume:
             return []
         resumed = []
@@ -196,8 +227,30 @@ class Engine:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
+        if self._registry_ready:
+            await self._save_registry()
+
+    @property
+    def replayed_at_start(self) -> int:
+        """How many events :meth:`start` folded into the registry after its snapshot."""
+        return self._replayed_at_start
+
+    async def _save_registry(self) -> None:
+        """Snapshot the registry, so the next start folds only what follows. A failure
+        costs the next start time, never correctness: it is logged and let go."""
+        upto = self._registry_upto
+        if upto == self._snapshot_upto:
+            return  # nothing new since the stored one
+        try:
+            await save_snapshot(self._log, _REGISTRY, self.registry, upto)
+        except LedgerError as e:
+            _log.warning("engine.registry_snapshot_failed", error=str(e))
+        else:
+            self._snapshot_upto = upto
 
     def _on_commit(self, batch: Sequence[_Recorded]) -> None:
+        if batch:
+            self._registry_upto = max(self._registry_upto, batch[-1].leaf_index + 1)
         for rec in batch:
             if rec.leaf_index < self._indexed_from:
                 continue

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import msgspec
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from ledger_testkit import Count, Note, open_log
 
 from ledger.events import Event, NewEvent
-from ledger.replay import fold, fold_log, fold_stream, save_snapshot
+from ledger.replay import fold, fold_log, fold_stream, load_snapshot, save_snapshot
 
 
 class Totals(msgspec.Struct, frozen=True):
@@ -101,4 +102,55 @@ async def test_snapshot_resumes_the_fold_and_is_checked_against_the_log(tmp_path
         ),
     )
     assert await fold_log(log, TotalsProjection()) == full
+    await log.close()
+
+
+async def test_a_snapshot_beyond_the_asked_bound_is_not_loaded(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(6):
+        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    state = await fold_log(log, TotalsProjection())
+    await save_snapshot(log, TotalsProjection(), state, 6)
+    assert await load_snapshot(log, TotalsProjection()) == (state, 6)
+    assert await load_snapshot(log, TotalsProjection(), upto=6) == (state, 6)
+    # A caller folding only the first five leaves cannot start from a fold of six.
+    assert await load_snapshot(log, TotalsProjection(), upto=5) is None
+    await log.close()
+
+
+class _Growing:
+    """A projection whose state is one mutable list, folded in place."""
+
+    name = "growing/v1"
+
+    def initial(self) -> list[int]:
+        return []
+
+    def apply(self, state: list[int], event: Event) -> list[int]:
+        state.append(event.stream_seq)
+        return state
+
+    def encode(self, state: list[int]) -> bytes:
+        return msgspec.msgpack.encode(state)
+
+    def decode(self, data: bytes) -> list[int]:
+        return msgspec.msgpack.decode(data, type=list[int])
+
+
+async def test_regression_a_snapshot_holds_the_state_as_of_its_call_not_later_folds(
+    tmp_path: Path,
+) -> None:
+    """save_snapshot encoded the state only after awaiting the log's root, so a live
+    projection folded in place could take in newer commits meanwhile: the snapshot then
+    named one size and held more, and a restart folded those events twice."""
+    # A cache of one row: the root is read from the store, so the save really waits.
+    log = await open_log(tmp_path / "l.db", hash_cache_bytes=1)
+    for i in range(5):  # the root at 5 needs rows 4 and 5, and only row 5 is cached
+        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    live = await fold_log(log, _Growing())
+    saving = asyncio.create_task(save_snapshot(log, _Growing(), live, log.size))
+    await asyncio.sleep(0)  # the save is now waiting for the root at size 5
+    live.append(6)  # meanwhile the live fold takes in leaf 6
+    await saving
+    assert await load_snapshot(log, _Growing()) == ([1, 2, 3, 4, 5], 5)
     await log.close()

@@ -122,8 +122,9 @@ def _refuses(data: Path, *words: str) -> None:
 def test_soak_corrupt_newest_leaf_refuses_to_start(tmp_path: Path, ledger: Ledger) -> None:
     skey, db = ledger
     data = _data_dir(tmp_path, skey)
-    assert db.count(b"agent-corrupt-0005") == 1
-    (data / "ledger.db").write_bytes(db.replace(b"agent-corrupt-0005", b"agent-corrupt-0009"))
+    # Quoted: the leaf's JSON text, not the registry snapshot's copy of the name.
+    assert db.count(b'"agent-corrupt-0005"') == 1
+    (data / "ledger.db").write_bytes(db.replace(b'"agent-corrupt-0005"', b'"agent-corrupt-0009"'))
     index = _leaf_index(data, "agent-corrupt-0009")
     _refuses(data, f"leaf {index} does not match")
 
@@ -150,8 +151,9 @@ def test_soak_corrupt_checkpoint_signed_by_another_key_refuses(
 def test_soak_corrupt_older_leaf_fsck_names_first_bad_index(tmp_path: Path, ledger: Ledger) -> None:
     skey, db = ledger
     data = _data_dir(tmp_path, skey)
-    assert db.count(b"agent-corrupt-0002") == 1
-    (data / "ledger.db").write_bytes(db.replace(b"agent-corrupt-0002", b"agent-corrupt-0008"))
+    # Quoted: the leaf's JSON text, not the registry snapshot's copy of the name.
+    assert db.count(b'"agent-corrupt-0002"') == 1
+    (data / "ledger.db").write_bytes(db.replace(b'"agent-corrupt-0002"', b'"agent-corrupt-0008"'))
     index = _leaf_index(data, "agent-corrupt-0008")
     out = _run("fsck", "--data-dir", str(data))
     assert out.returncode == 1, out.stdout + out.stderr

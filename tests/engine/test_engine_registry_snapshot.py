@@ -1,0 +1,124 @@
+"""The registry snapshot: a restart folds only the events after it, and ends with the
+registry a fold of the whole log would give (ledger/replay.py, snapshots)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
+
+from ledger.log import Log
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
+from ledger.orchestration.registry import Registry, RegistryProjection
+from ledger.replay import fold_log
+from ledger.sqlite_store import SQLiteEventStore
+
+CHAIN = {"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
+
+
+async def _work(engine: Engine, runs: int) -> None:
+    """Agents and workflows with several registrations each, and finished runs."""
+    for tenant in (TENANT, OTHER_TENANT):
+        agent = await engine.register_agent(tenant, name="bot", provider=scripted())
+        await engine.register_agent(
+            tenant, name="bot", provider=scripted(), model="m2", agent_id=agent.agent_id
+        )
+        await engine.register_workflow(tenant, name="w", definition=CHAIN)
+        wf = await engine.register_workflow(
+            tenant,
+            name="w",
+            definition={"steps": [{"id": "a", "action": "llm", "prompt": "again"}]},
+        )
+        for _ in range(runs):
+            started = await engine.execute(
+                tenant, workflow_id=wf.workflow_id, agents=[agent.agent_id]
+            )
+            assert (await engine.wait(tenant, started.orchestration_id)).status == "completed"
+
+
+async def _full_fold(log: Log) -> Registry:
+    return await fold_log(log, RegistryProjection(), use_snapshot=False)
+
+
+def _views(registry: Registry) -> object:
+    """Everything the registry answers, for both tenants, as the API would render it
+    (a provider's settings are free-form JSON: arrays are lists after a decode and
+    tuples in the payload an engine just wrote)."""
+    out: list[object] = [registry.unfinished()]
+    for tenant in (TENANT, OTHER_TENANT):
+        out += [
+            registry.agents(tenant),
+            registry.workflows(tenant),
+            registry.list_orchestrations(tenant, limit=1000),
+        ]
+        for agent in registry.agents(tenant):
+            out += [registry.agent(tenant, agent.agent_id, r) for r in range(1, 4)]
+        for wf in registry.workflows(tenant):
+            out += [registry.workflow(tenant, wf.workflow_id, v) for v in range(1, 4)]
+    return msgspec.json.decode(msgspec.json.encode(out))
+
+
+async def test_a_restart_folds_only_the_events_after_the_registry_snapshot(
+    harness: Harness,
+) -> None:
+    engine = await harness.open()
+    assert engine.replayed_at_start == 0
+    await _work(engine, runs=3)
+    assert harness.log is not None
+    snapshot_size = harness.log.size
+    await harness.close()  # a clean stop snapshots the registry
+
+    engine = await harness.open()
+    assert engine.replayed_at_start == 0  # the snapshot covered the whole log
+    await _work(engine, runs=2)
+    # A crash: the log stops, and the engine never snapshots what this session did.
+    assert harness.log is not None
+    await harness.log.close()
+    harness.log, harness.engine = None, None
+
+    engine = await harness.open()
+    assert harness.log is not None
+    assert harness.log.size > snapshot_size
+    assert engine.replayed_at_start == harness.log.size - snapshot_size
+    # Compared as rendered: a live payload's dicts keep their keys' insertion order,
+    # and the same dicts decoded from the canonical leaf bytes have them sorted.
+    assert _views(engine.registry) == _views(await _full_fold(harness.log))
+
+
+async def test_the_registry_survives_its_snapshot_unchanged(harness: Harness) -> None:
+    engine = await harness.open()
+    await _work(engine, runs=2)
+    restored = Registry.from_snapshot(engine.registry.snapshot())
+    assert restored.snapshot() == engine.registry.snapshot()
+    assert _views(restored) == _views(engine.registry)
+    # The latest registration is the one served without a revision.
+    bot = next(a for a in restored.agents(TENANT) if a.name == "bot")
+    assert bot.model == "m2"
+
+
+async def test_a_snapshot_that_is_not_of_this_log_is_ignored(tmp_path: Path) -> None:
+    first = Harness(tmp_path / "a.db")
+    engine = await first.open()
+    await _work(engine, runs=1)
+    await first.close()
+    second = Harness(tmp_path / "b.db")
+    engine = await second.open()
+    await _work(engine, runs=2)
+    await second.close()
+
+    # Log b's store now holds log a's snapshot, under the registry's name.
+    log_a = await Log.open(SQLiteEventStore(tmp_path / "a.db"), first.signer, ORCHESTRATION_EVENTS)
+    saved = await log_a.store.load_snapshot(RegistryProjection.name)
+    await log_a.close()
+    assert saved is not None
+    log_b = await Log.open(SQLiteEventStore(tmp_path / "b.db"), second.signer, ORCHESTRATION_EVENTS)
+    await log_b.store.save_snapshot(RegistryProjection.name, *saved)
+    engine = Engine(log_b)
+    await engine.start(resume=False)
+    try:
+        assert engine.replayed_at_start == log_b.size  # folded from the start
+        assert _views(engine.registry) == _views(await _full_fold(log_b))
+    finally:
+        await engine.close()
+        await log_b.close()
