@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import os
 import re
 import time
@@ -90,6 +91,8 @@ class SignedCheckpoint(msgspec.Struct, frozen=True):
     root: bytes
     note: str
 
+
+_SEAL_PURPOSE = b"maip-ledger/local-seal/v1"
 
 # A burst is split in two only if each half has at least this many events: below it,
 # a second commit (one more fsync and signature) costs more than the overlap saves.
@@ -163,6 +166,7 @@ class Log:
         self._store = store
         self._signer = signer
         self._verifier: NoteVerifier = signer.verifier
+        self._seal_key = signer.derive_secret(_SEAL_PURPOSE)
         self._catalog = catalog
         self._now = now or (lambda: datetime.now(UTC))
         self._ids = UlidMint(entropy)
@@ -297,6 +301,12 @@ class Log:
     @property
     def verifier(self) -> NoteVerifier:
         return self._verifier
+
+    def seal(self, data: bytes) -> bytes:
+        """An HMAC-SHA256 tag of ``data`` under a secret derived from the signing key:
+        for what this log keeps about itself outside the tree (snapshots), so that an
+        edit to it is noticed by anyone who could not also forge checkpoints."""
+        return hmac.new(self._seal_key, data, hashlib.sha256).digest()
 
     @property
     def catalog(self) -> EventCatalog:

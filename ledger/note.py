@@ -22,7 +22,9 @@ import hashlib
 import struct
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from ledger.errors import SignatureError
 
@@ -135,6 +137,13 @@ class NoteSigner:
 
     def sign(self, message: bytes) -> bytes:
         return self._key.sign(message)
+
+    def derive_secret(self, purpose: bytes) -> bytes:
+        """A 32-byte secret for ``purpose``, derived from the signing key (HKDF-SHA256,
+        RFC 5869): whoever cannot sign checkpoints cannot compute it either, and no
+        two purposes share one."""
+        hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose)
+        return hkdf.derive(self._key.private_bytes_raw())
 
 
 def generate_signer(name: str) -> NoteSigner:

@@ -6,16 +6,21 @@ stream or the whole log is the only way state is built.
 
 Snapshots are an optimisation, not a source of truth: a snapshot records a
 projection's state together with the log position it covers and the tree root at that
-position. It is used only if that root still matches the log, so a snapshot can never
-smuggle in history the log does not hold; the fold then continues from there.
+position, sealed by the log (:meth:`ledger.log.Log.seal`). It is used only if the seal
+verifies and that root still matches the log, so a snapshot can never smuggle in history
+the log does not hold, nor a state someone edited in the database; the fold then
+continues from there. A snapshot that fails either check is ignored, and the fold
+starts from the first event.
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Iterable
 from typing import Protocol, TypeVar
 
 import msgspec
+import structlog
 
 from ledger.events import Event
 from ledger.log import Log
@@ -32,6 +37,8 @@ __all__ = [
 ]
 
 S = TypeVar("S")
+
+_log = structlog.get_logger()
 
 _BATCH = 5000
 
@@ -70,12 +77,20 @@ class SnapshotLog(Protocol):
     @property
     def store(self) -> EventStore: ...
     async def root_at(self, tree_size: int) -> bytes: ...
+    def seal(self, data: bytes) -> bytes: ...
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
     log_size: int
     root: bytes
     state: bytes
+    #: ``log.seal`` of :func:`_sealed`.
+    seal: bytes
+
+
+def _sealed(name: str, log_size: int, root: bytes, state: bytes) -> bytes:
+    # The name holds no newline and the root is 32 bytes: one reading only.
+    return b"%s\n%d\n%s%s" % (name.encode(), log_size, root, state)
 
 
 async def load_snapshot(
@@ -85,14 +100,24 @@ async def load_snapshot(
     it covers at most ``upto`` leaves (default: the whole log), and the log's root at
     that size is the one the snapshot recorded. ``None`` otherwise: fold from the start.
     """
-    saved = await log.store.load_snapshot(projection.name)
+    name = projection.name
+    saved = await log.store.load_snapshot(name)
     if saved is None:
         return None
-    snapshot = msgspec.msgpack.decode(saved[1], type=_Snapshot)
+    try:
+        snapshot = msgspec.msgpack.decode(saved[1], type=_Snapshot)
+    except msgspec.DecodeError as e:  # an older format, or a damaged row
+        _log.warning("replay.snapshot_ignored", projection=name, reason=f"unreadable: {e}")
+        return None
     limit = log.size if upto is None else min(upto, log.size)
     if not 0 < snapshot.log_size <= limit:
         return None
+    expected = log.seal(_sealed(name, snapshot.log_size, snapshot.root, snapshot.state))
+    if not hmac.compare_digest(expected, snapshot.seal):
+        _log.warning("replay.snapshot_ignored", projection=name, reason="seal does not verify")
+        return None
     if await log.root_at(snapshot.log_size) != snapshot.root:
+        _log.warning("replay.snapshot_ignored", projection=name, reason="not of this log")
         return None
     return projection.decode(snapshot.state), snapshot.log_size
 
@@ -119,5 +144,7 @@ async def save_snapshot(
     events meanwhile, and its snapshot must hold exactly the first ``log_size``.
     """
     data = projection.encode(state)
-    snapshot = _Snapshot(log_size, await log.root_at(log_size), data)
+    root = await log.root_at(log_size)
+    seal = log.seal(_sealed(projection.name, log_size, root, data))
+    snapshot = _Snapshot(log_size, root, data, seal)
     await log.store.save_snapshot(projection.name, log_size, msgspec.msgpack.encode(snapshot))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 
 import pytest
@@ -11,7 +12,7 @@ from ledger_testkit import ORIGIN, signer, vectors
 
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError, SignatureError
-from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
+from ledger.note import NoteSigner, NoteVerifier, generate_signer, open_note, sign_note
 
 NOTES = vectors("signed-note.json")["notes"]
 
@@ -89,3 +90,16 @@ def test_open_note_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
 def test_open_checkpoint_never_crashes_on_arbitrary_text(text: str) -> None:
     with contextlib.suppress(LedgerError):
         open_checkpoint(text, signer(1).verifier)
+
+
+def test_derived_secrets_are_per_key_and_per_purpose() -> None:
+    key = signer()
+    same = NoteSigner.from_skey(key.skey)
+    a = key.derive_secret(b"maip-ledger/local-seal/v1")
+    assert len(a) == 32
+    assert same.derive_secret(b"maip-ledger/local-seal/v1") == a
+    assert key.derive_secret(b"another purpose") != a
+    assert generate_signer(ORIGIN).derive_secret(b"maip-ledger/local-seal/v1") != a
+    seed = base64.b64decode(key.skey.rsplit("+", 1)[1])[1:]
+    assert len(seed) == 32
+    assert a != seed  # a secret from the key, not the key

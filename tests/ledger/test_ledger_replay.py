@@ -91,16 +91,16 @@ async def test_snapshot_resumes_the_fold_and_is_checked_against_the_log(tmp_path
         await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
     full = await fold_log(log, TotalsProjection(), use_snapshot=False)
     assert await fold_log(log, TotalsProjection()) == full == Totals(15, sum(range(15)))
-    # A snapshot whose root is not this log's is ignored, not trusted.
-    lying = Totals(999, 999)
-    await save_snapshot(log, TotalsProjection(), lying, 10)
-    await log.store.save_snapshot(
-        "totals/v1",
-        10,
-        msgspec.msgpack.encode(
-            {"log_size": 10, "root": b"\x00" * 32, "state": TotalsProjection().encode(lying)}
-        ),
-    )
+    # A snapshot sealed under this log's key, but of another log, is ignored.
+    other = await open_log(tmp_path / "other.db")
+    for i in range(10):
+        await other.append("t", "s", i, [NewEvent("count.added", Count(100 + i))])
+    await save_snapshot(other, TotalsProjection(), Totals(999, 999), 10)
+    theirs = await other.store.load_snapshot("totals/v1")
+    await other.close()
+    assert theirs is not None
+    await log.store.save_snapshot("totals/v1", *theirs)
+    assert await load_snapshot(log, TotalsProjection()) is None
     assert await fold_log(log, TotalsProjection()) == full
     await log.close()
 
@@ -153,4 +153,35 @@ async def test_regression_a_snapshot_holds_the_state_as_of_its_call_not_later_fo
     live.append(6)  # meanwhile the live fold takes in leaf 6
     await saving
     assert await load_snapshot(log, _Growing()) == ([1, 2, 3, 4, 5], 5)
+    await log.close()
+
+
+async def test_regression_a_snapshot_edited_in_the_database_is_ignored(tmp_path: Path) -> None:
+    """Snapshots were checked only against the log's root at their size, which says
+    nothing of their state: an edit to the stored state (say, an orchestration's status
+    in the engine's registry) was loaded as the fold of the log. Now a snapshot is
+    sealed under a key derived from the signing key, and one whose seal fails is ignored."""
+    log = await open_log(tmp_path / "l.db")
+    for i in range(6):
+        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    state = await fold_log(log, TotalsProjection())
+    await save_snapshot(log, TotalsProjection(), state, 6)
+    assert await load_snapshot(log, TotalsProjection()) == (state, 6)
+    saved = await log.store.load_snapshot("totals/v1")
+    assert saved is not None
+    stored = msgspec.msgpack.decode(saved[1])
+    stored["state"] = TotalsProjection().encode(Totals(999, 999))
+    await log.store.save_snapshot("totals/v1", 6, msgspec.msgpack.encode(stored))
+    assert await load_snapshot(log, TotalsProjection()) is None
+    assert await fold_log(log, TotalsProjection()) == state
+    # Not even the same bytes under another projection's name.
+    await save_snapshot(log, TotalsProjection(), state, 6)
+    saved = await log.store.load_snapshot("totals/v1")
+    assert saved is not None
+    await log.store.save_snapshot("renamed/v1", *saved)
+
+    class Renamed(TotalsProjection):
+        name = "renamed/v1"
+
+    assert await load_snapshot(log, Renamed()) is None
     await log.close()
