@@ -94,6 +94,9 @@ class Registry:
         self._orchs: dict[tuple[str, str], OrchestrationSummary] = {}
         #: Per tenant, orchestration ids in ascending order (ULID-derived: creation order).
         self._order: dict[str, list[str]] = {}
+        #: Engine-run orchestrations still pending or running: the few a restart resumes
+        #: and a metrics scrape counts, found without a pass over every summary.
+        self._unfinished: set[tuple[str, str]] = set()
 
     # -- folding ---------------------------------------------------------------------
 
@@ -145,6 +148,8 @@ class Registry:
                 seq=event.stream_seq,
             )
             bisect.insort(self._order.setdefault(tenant, []), p.orchestration_id)
+            if p.executor == "engine":
+                self._unfinished.add(key)
         else:
             key = (tenant, event.stream_id)
             old = self._orchs.get(key)
@@ -152,8 +157,13 @@ class Registry:
                 return
             rep = msgspec.structs.replace
             if isinstance(p, ev.OrchestrationStarted):
+                # As in the orchestration's own fold (state.py), the last status event
+                # wins, even one after an end the engine itself never writes.
                 self._orchs[key] = rep(old, status="running", seq=event.stream_seq)
+                if old.executor == "engine":
+                    self._unfinished.add(key)
             elif event.type in _TERMINAL_STATUS:
+                self._unfinished.discard(key)
                 reason = getattr(p, "reason", None)
                 self._orchs[key] = rep(
                     old,
@@ -196,8 +206,11 @@ class Registry:
         for tenant, workflow in snapshot.workflows:
             registry._workflows.setdefault((tenant, workflow.workflow_id), []).append(workflow)
         for summary in snapshot.orchestrations:
-            registry._orchs[(summary.tenant_id, summary.orchestration_id)] = summary
+            key = (summary.tenant_id, summary.orchestration_id)
+            registry._orchs[key] = summary
             registry._order.setdefault(summary.tenant_id, []).append(summary.orchestration_id)
+            if summary.executor == "engine" and summary.status in ("pending", "running"):
+                registry._unfinished.add(key)
         for ids in registry._order.values():
             ids.sort()
         return registry
@@ -245,12 +258,9 @@ class Registry:
 
     def unfinished(self) -> list[OrchestrationSummary]:
         """Engine-run orchestrations that are pending or running, in creation order."""
-        out = [
-            s
-            for s in self._orchs.values()
-            if s.executor == "engine" and s.status in ("pending", "running")
-        ]
-        return sorted(out, key=lambda s: s.orchestration_id)
+        return sorted(
+            (self._orchs[key] for key in self._unfinished), key=lambda s: s.orchestration_id
+        )
 
     def list_orchestrations(
         self,
