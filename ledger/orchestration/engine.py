@@ -161,6 +161,8 @@ class Engine:
         #: The registry is the fold of the first ``_registry_upto`` leaves (once started).
         self._registry_upto = 0
         self._registry_ready = False
+        #: Events committed while start() folds the older log: folded after it, in order.
+        self._early: list[Event] = []
         #: The log size the stored registry snapshot covers (0: none).
         self._snapshot_upto = 0
         self._replayed_at_start = 0
@@ -193,6 +195,8 @@ class Engine:
             for rec in page:
                 self.registry.apply(rec.event)
             index += len(page)
+        self.registry.apply_all(self._early)
+        self._early = []
         self._registry_ready = True
         self._replayed_at_start = index - first
         _log.info(
@@ -256,7 +260,10 @@ class Engine:
             if rec.leaf_index < self._indexed_from:
                 continue
             event = rec.event
-            self.registry.apply(event)
+            if self._registry_ready:
+                self.registry.apply(event)
+            else:
+                self._early.append(event)
             key = (event.tenant_id, event.stream_id)
             fold = self._live.get(key)
             if fold is None:

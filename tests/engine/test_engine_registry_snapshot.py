@@ -3,13 +3,17 @@ registry a fold of the whole log would give (ledger/replay.py, snapshots)."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import msgspec
 from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
 
+from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
+from ledger.orchestration import events as ev
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -122,3 +126,55 @@ async def test_a_snapshot_that_is_not_of_this_log_is_ignored(tmp_path: Path) -> 
     finally:
         await engine.close()
         await log_b.close()
+
+
+class _AppendsDuringFirstRead:
+    """The real log, except that its first ``read_log`` first commits ``append``: a
+    write that lands while the engine's start is still folding."""
+
+    def __init__(self, log: Log, append: Callable[[], Awaitable[object]]) -> None:
+        self._log = log
+        self._append: Callable[[], Awaitable[object]] | None = append
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]:
+        if self._append is not None:
+            append, self._append = self._append, None
+            await append()
+        return await self._log.read_log(from_index, limit)
+
+
+async def test_regression_an_event_committed_while_start_folds_is_not_lost(
+    harness: Harness,
+) -> None:
+    """The listener folded new commits into the registry at once, while start() was
+    still folding the older log: an orchestration's end that landed then came before
+    its creation, found no summary, and was dropped, so the orchestration stayed
+    "pending" in every listing. Commits during the fold now wait for it to finish."""
+    engine = await harness.open()
+    created = await engine.create_external(TENANT)
+    oid = created.orchestration_id
+    assert harness.log is not None
+    log = harness.log
+    await log.close()  # a crash: no snapshot of this session
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    end = NewEvent(ev.ORCHESTRATION_COMPLETED, ev.OrchestrationCompleted(oid, results=None))
+
+    async def finish() -> None:
+        await log.append(TENANT, oid, await log.stream_head(TENANT, oid), [end])
+
+    racing = _AppendsDuringFirstRead(log, finish)
+    engine = Engine(racing)  # type: ignore[arg-type]  # the real log behind one seam
+    try:
+        await engine.start(resume=False)
+        assert engine.replayed_at_start == log.size - 1  # the end came through the listener
+        summary = engine.registry.orchestration(TENANT, oid)
+        assert summary is not None
+        assert summary.status == "completed"
+        assert engine.registry.unfinished() == []
+    finally:
+        await engine.close()
+        await log.close()
