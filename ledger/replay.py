@@ -119,7 +119,14 @@ async def load_snapshot(
     if await log.root_at(snapshot.log_size) != snapshot.root:
         _log.warning("replay.snapshot_ignored", projection=name, reason="not of this log")
         return None
-    return projection.decode(snapshot.state), snapshot.log_size
+    try:
+        state = projection.decode(snapshot.state)
+    except Exception as e:  # noqa: BLE001 — a state this code cannot read is no snapshot
+        # Sealed by this key, so written by some version of this code: one whose state
+        # had another shape under the same name. Folding from the start is always right.
+        _log.warning("replay.snapshot_ignored", projection=name, reason=f"state: {e}")
+        return None
+    return state, snapshot.log_size
 
 
 async def fold_log(log: Log, projection: Projection[S], *, use_snapshot: bool = True) -> S:

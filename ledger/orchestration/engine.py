@@ -248,8 +248,8 @@ class Engine:
             return  # nothing new since the stored one
         try:
             await save_snapshot(self._log, _REGISTRY, self.registry, upto)
-        except LedgerError as e:
-            _log.warning("engine.registry_snapshot_failed", error=str(e))
+        except Exception as e:  # noqa: BLE001 — storage or encoding: a slower next start
+            _log.warning("engine.registry_snapshot_failed", error=f"{type(e).__name__}: {e}")
         else:
             self._snapshot_upto = upto
 

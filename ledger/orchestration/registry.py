@@ -79,8 +79,10 @@ class _RegistrySnapshot(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     orchestrations: list[OrchestrationSummary]
 
 
-_SNAPSHOT_ENCODER = msgspec.msgpack.Encoder()
-_SNAPSHOT_DECODER = msgspec.msgpack.Decoder(_RegistrySnapshot)
+# JSON, as the leaves are: whatever a leaf can hold (an integer beyond 64 bits in a
+# workflow definition, say), the snapshot can too. MessagePack cannot.
+_SNAPSHOT_ENCODER = msgspec.json.Encoder()
+_SNAPSHOT_DECODER = msgspec.json.Decoder(_RegistrySnapshot)
 
 
 class Registry:
@@ -300,7 +302,7 @@ class RegistryProjection:
     ignored and the registry is rebuilt from the log.
     """
 
-    name = "orchestration-registry/1"
+    name = "orchestration-registry/2"
 
     def initial(self) -> Registry:
         return Registry()

@@ -178,3 +178,20 @@ async def test_regression_an_event_committed_while_start_folds_is_not_lost(
     finally:
         await engine.close()
         await log.close()
+
+
+async def test_regression_a_registry_holding_a_big_integer_still_snapshots(
+    harness: Harness,
+) -> None:
+    """Registry snapshots were MessagePack, which stops at 64-bit integers, while a
+    leaf (JSON) holds any integer: after a workflow definition with 2**70 in it, every
+    clean stop raised OverflowError, and so did any start long enough to save one."""
+    engine = await harness.open()
+    definition = {"steps": [*CHAIN["steps"]], "output": {"n": 2**70}}
+    wf = await engine.register_workflow(TENANT, name="big", definition=definition)
+    await harness.close()  # saves the snapshot
+    engine = await harness.open()
+    assert engine.replayed_at_start == 0  # started from it
+    stored = engine.registry.workflow(TENANT, wf.workflow_id)
+    assert stored is not None
+    assert stored.definition["output"] == {"n": 2**70}
