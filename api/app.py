@@ -202,9 +202,15 @@ def create_app(
                 with contextlib.suppress(asyncio.CancelledError):
                     await watch
             hub.close()
-            await engine.close()
-            await log.close()
-            keys.close()
+            try:
+                await engine.close()
+            finally:
+                # Whatever the engine's stop raised, the log still finishes what it
+                # accepted and closes its files.
+                try:
+                    await log.close()
+                finally:
+                    keys.close()
             _log.info("server.stopped")
 
     async def on_shutdown(app: web.Application) -> None:

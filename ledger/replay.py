@@ -89,8 +89,10 @@ class _Snapshot(msgspec.Struct, frozen=True):
 
 
 def _sealed(name: str, log_size: int, root: bytes, state: bytes) -> bytes:
-    # The name holds no newline and the root is 32 bytes: one reading only.
-    return b"%s\n%d\n%s%s" % (name.encode(), log_size, root, state)
+    """What a snapshot's seal covers: a domain tag, then each field length-prefixed,
+    so no two snapshots (and nothing else ``Log.seal`` may ever cover) share bytes."""
+    fields = [name.encode(), str(log_size).encode(), root, state]
+    return b"maip-ledger snapshot\n" + b"".join(len(f).to_bytes(8, "big") + f for f in fields)
 
 
 async def load_snapshot(

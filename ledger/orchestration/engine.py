@@ -25,7 +25,13 @@ import msgspec
 import structlog
 from ulid import ULID
 
-from ledger.errors import ConflictError, InvalidEventError, LedgerError, StorageUnavailableError
+from ledger.errors import (
+    ConflictError,
+    IntegrityError,
+    InvalidEventError,
+    LedgerError,
+    StorageUnavailableError,
+)
 from ledger.events import Event, EventCatalog, NewEvent
 from ledger.orchestration import events as ev
 from ledger.orchestration.binding import build_created
@@ -165,6 +171,7 @@ class Engine:
         self._early: list[Event] = []
         #: The log size the stored registry snapshot covers (0: none).
         self._snapshot_upto = 0
+        self._saving = asyncio.Lock()
         self._replayed_at_start = 0
         self._started = False
         self._closing = False
@@ -179,7 +186,11 @@ class Engine:
         if self._started:
             return []
         self._started = True
-        loaded = await load_snapshot(self._log, _REGISTRY)
+        try:
+            loaded = await load_snapshot(self._log, _REGISTRY)
+        except LedgerError as e:  # the snapshot is only a shortcut: fold from the start
+            _log.warning("engine.registry_snapshot_unreadable", error=str(e))
+            loaded = None
         # No await from here to the listener: every leaf is either folded below (before
         # ``_indexed_from``) or by the listener (from it on), never both or neither.
         self._indexed_from = self._registry_upto = self._log.size
@@ -190,11 +201,15 @@ class Engine:
         first = self._snapshot_upto = index
         while index < self._indexed_from:
             page = await self._log.read_log(index, min(1000, self._indexed_from - index))
-            if not page:
-                break
+            if not page or page[0].leaf_index != index:
+                # A registry short of the log must never be marked whole and snapshotted.
+                raise IntegrityError(
+                    f"the log holds no leaf {index} below its size {self._indexed_from}",
+                    index=index,
+                )
             for rec in page:
                 self.registry.apply(rec.event)
-            index += len(page)
+            index = page[-1].leaf_index + 1
         self.registry.apply_all(self._early)
         self._early = []
         self._registry_ready = True
@@ -243,19 +258,19 @@ class Engine:
     async def _save_registry(self) -> None:
         """Snapshot the registry, so the next start folds only what follows. A failure
         costs the next start time, never correctness: it is logged and let go."""
-        upto = self._registry_upto
-        if upto == self._snapshot_upto:
-            return  # nothing new since the stored one
-        try:
-            await save_snapshot(self._log, _REGISTRY, self.registry, upto)
-        except Exception as e:  # noqa: BLE001 — storage or encoding: a slower next start
-            _log.warning("engine.registry_snapshot_failed", error=f"{type(e).__name__}: {e}")
-        else:
-            self._snapshot_upto = upto
+        async with self._saving:  # one at a time, so a newer one is never overwritten
+            upto = self._registry_upto
+            if upto <= self._snapshot_upto:
+                return  # nothing new since the stored one
+            try:
+                # Encodes the registry before its first await: exactly ``upto`` leaves.
+                await save_snapshot(self._log, _REGISTRY, self.registry, upto)
+            except Exception as e:  # noqa: BLE001 — storage or encoding: a slower next start
+                _log.warning("engine.registry_snapshot_failed", error=f"{type(e).__name__}: {e}")
+            else:
+                self._snapshot_upto = upto
 
     def _on_commit(self, batch: Sequence[_Recorded]) -> None:
-        if batch:
-            self._registry_upto = max(self._registry_upto, batch[-1].leaf_index + 1)
         for rec in batch:
             if rec.leaf_index < self._indexed_from:
                 continue
@@ -264,6 +279,9 @@ class Engine:
                 self.registry.apply(event)
             else:
                 self._early.append(event)
+            # Per event, once folded: if a later one raised, a snapshot still names
+            # exactly what the registry holds.
+            self._registry_upto = rec.leaf_index + 1
             key = (event.tenant_id, event.stream_id)
             fold = self._live.get(key)
             if fold is None:

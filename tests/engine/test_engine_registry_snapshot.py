@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import pytest
 from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
 
 from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
+from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
@@ -107,6 +109,7 @@ async def test_a_snapshot_that_is_not_of_this_log_is_ignored(tmp_path: Path) -> 
     await _work(engine, runs=1)
     await first.close()
     second = Harness(tmp_path / "b.db")
+    second.signer = first.signer  # so the seal verifies, and only the root can refuse it
     engine = await second.open()
     await _work(engine, runs=2)
     await second.close()
@@ -195,3 +198,29 @@ async def test_regression_a_registry_holding_a_big_integer_still_snapshots(
     stored = engine.registry.workflow(TENANT, wf.workflow_id)
     assert stored is not None
     assert stored.definition["output"] == {"n": 2**70}
+
+
+async def test_a_start_that_folds_a_long_tail_saves_a_snapshot_at_once(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So a process that keeps crashing does not fold the same tail on every start."""
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_AFTER_REPLAY", 10)
+    engine = await harness.open()
+    await _work(engine, runs=2)
+    for _ in range(2):  # two crashes in a row: neither session stops cleanly
+        assert harness.log is not None
+        await harness.log.close()
+        harness.log, harness.engine = None, None
+        engine = await harness.open()
+    assert engine.replayed_at_start == 0  # the first restart saved what it folded
+
+
+async def test_a_snapshot_that_cannot_be_saved_does_not_stop_the_engine_closing(
+    harness: Harness,
+) -> None:
+    engine = await harness.open()
+    await _work(engine, runs=1)
+    assert harness.log is not None
+    await harness.log.store.close()  # the save at close finds no store to write to
+    await engine.close()  # logged, not raised
+    harness.engine = None

@@ -205,3 +205,16 @@ async def test_regression_a_sealed_snapshot_whose_state_does_not_decode_is_ignor
     assert await load_snapshot(log, TotalsProjection()) is None
     assert await fold_log(log, TotalsProjection()) == Totals(3, 3)
     await log.close()
+
+
+async def test_a_snapshot_row_in_an_older_format_is_ignored(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(3):
+        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    unsealed = {"log_size": 3, "root": await log.root_at(3), "state": b"\x93\x00\x00\x90"}
+    await log.store.save_snapshot("totals/v1", 3, msgspec.msgpack.encode(unsealed))
+    assert await load_snapshot(log, TotalsProjection()) is None
+    await log.store.save_snapshot("totals/v1", 3, b"\xc1 not msgpack")
+    assert await load_snapshot(log, TotalsProjection()) is None
+    assert await fold_log(log, TotalsProjection()) == Totals(3, 3)
+    await log.close()

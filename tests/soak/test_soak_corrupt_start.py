@@ -93,6 +93,10 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
     assert code == 0, err
     db = sqlite3.connect(data / "ledger.db")
     try:
+        # The engine's registry snapshot repeats each agent's name; these tests change
+        # a name in its leaf, so the leaf must be the one place it is written.
+        db.execute("DELETE FROM snapshots")
+        db.commit()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
         db.close()
@@ -122,7 +126,6 @@ def _refuses(data: Path, *words: str) -> None:
 def test_soak_corrupt_newest_leaf_refuses_to_start(tmp_path: Path, ledger: Ledger) -> None:
     skey, db = ledger
     data = _data_dir(tmp_path, skey)
-    # Quoted: the leaf's JSON text, not the registry snapshot's copy of the name.
     assert db.count(b'"agent-corrupt-0005"') == 1
     (data / "ledger.db").write_bytes(db.replace(b'"agent-corrupt-0005"', b'"agent-corrupt-0009"'))
     index = _leaf_index(data, "agent-corrupt-0009")
@@ -151,7 +154,6 @@ def test_soak_corrupt_checkpoint_signed_by_another_key_refuses(
 def test_soak_corrupt_older_leaf_fsck_names_first_bad_index(tmp_path: Path, ledger: Ledger) -> None:
     skey, db = ledger
     data = _data_dir(tmp_path, skey)
-    # Quoted: the leaf's JSON text, not the registry snapshot's copy of the name.
     assert db.count(b'"agent-corrupt-0002"') == 1
     (data / "ledger.db").write_bytes(db.replace(b'"agent-corrupt-0002"', b'"agent-corrupt-0008"'))
     index = _leaf_index(data, "agent-corrupt-0008")
