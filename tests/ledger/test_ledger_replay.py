@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from ledger_testkit import Count, Note, open_log
 
 from ledger.events import Event, NewEvent
+from ledger.log import Log
 from ledger.replay import fold, fold_log, fold_stream, load_snapshot, save_snapshot
 
 
@@ -40,6 +41,13 @@ class TotalsProjection:
 
     def decode(self, data: bytes) -> Totals:
         return msgspec.msgpack.decode(data, type=Totals)
+
+
+async def _count_up(log: Log, stop: int, *, start: int = 0, plus: int = 0) -> None:
+    """Append ``count.added`` events for sequences ``start`` .. ``stop - 1`` to one stream,
+    each counting its sequence (plus ``plus``)."""
+    for i in range(start, stop):
+        await log.append("t", "s", i, [NewEvent("count.added", Count(i + plus))])
 
 
 def _event(seq: int, payload: msgspec.Struct) -> Event:
@@ -83,18 +91,15 @@ def test_live_fold_equals_replay_from_the_log(tmp_path_factory: object, values: 
 
 async def test_snapshot_resumes_the_fold_and_is_checked_against_the_log(tmp_path: Path) -> None:
     log = await open_log(tmp_path / "l.db")
-    for i in range(10):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 10)
     state = await fold_log(log, TotalsProjection())
     await save_snapshot(log, TotalsProjection(), state, log.size)
-    for i in range(10, 15):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 15, start=10)
     full = await fold_log(log, TotalsProjection(), use_snapshot=False)
     assert await fold_log(log, TotalsProjection()) == full == Totals(15, sum(range(15)))
     # A snapshot sealed under this log's key, but of another log, is ignored.
     other = await open_log(tmp_path / "other.db")
-    for i in range(10):
-        await other.append("t", "s", i, [NewEvent("count.added", Count(100 + i))])
+    await _count_up(other, 10, plus=100)
     await save_snapshot(other, TotalsProjection(), Totals(999, 999), 10)
     theirs = await other.store.load_snapshot("totals/v1")
     await other.close()
@@ -107,8 +112,7 @@ async def test_snapshot_resumes_the_fold_and_is_checked_against_the_log(tmp_path
 
 async def test_a_snapshot_beyond_the_asked_bound_is_not_loaded(tmp_path: Path) -> None:
     log = await open_log(tmp_path / "l.db")
-    for i in range(6):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 6)
     state = await fold_log(log, TotalsProjection())
     await save_snapshot(log, TotalsProjection(), state, 6)
     assert await load_snapshot(log, TotalsProjection()) == (state, 6)
@@ -145,8 +149,7 @@ async def test_regression_a_snapshot_holds_the_state_as_of_its_call_not_later_fo
     named one size and held more, and a restart folded those events twice."""
     # A cache of one row: the root is read from the store, so the save really waits.
     log = await open_log(tmp_path / "l.db", hash_cache_bytes=1)
-    for i in range(5):  # the root at 5 needs rows 4 and 5, and only row 5 is cached
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 5)  # the root at 5 needs rows 4 and 5, and only row 5 is cached
     live = await fold_log(log, _Growing())
     saving = asyncio.create_task(save_snapshot(log, _Growing(), live, log.size))
     await asyncio.sleep(0)  # the save is now waiting for the root at size 5
@@ -162,8 +165,7 @@ async def test_regression_a_snapshot_edited_in_the_database_is_ignored(tmp_path:
     in the engine's registry) was loaded as the fold of the log. Now a snapshot is
     sealed under a key derived from the signing key, and one whose seal fails is ignored."""
     log = await open_log(tmp_path / "l.db")
-    for i in range(6):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 6)
     state = await fold_log(log, TotalsProjection())
     await save_snapshot(log, TotalsProjection(), state, 6)
     assert await load_snapshot(log, TotalsProjection()) == (state, 6)
@@ -199,8 +201,7 @@ async def test_regression_a_sealed_snapshot_whose_state_does_not_decode_is_ignor
             return msgspec.msgpack.encode(["totals", "in", "another", "shape"])
 
     log = await open_log(tmp_path / "l.db")
-    for i in range(3):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 3)
     await save_snapshot(log, OtherShape(), Totals(), 3)
     assert await load_snapshot(log, TotalsProjection()) is None
     assert await fold_log(log, TotalsProjection()) == Totals(3, 3)
@@ -209,8 +210,7 @@ async def test_regression_a_sealed_snapshot_whose_state_does_not_decode_is_ignor
 
 async def test_a_snapshot_row_in_an_older_format_is_ignored(tmp_path: Path) -> None:
     log = await open_log(tmp_path / "l.db")
-    for i in range(3):
-        await log.append("t", "s", i, [NewEvent("count.added", Count(i))])
+    await _count_up(log, 3)
     unsealed = {"log_size": 3, "root": await log.root_at(3), "state": b"\x93\x00\x00\x90"}
     await log.store.save_snapshot("totals/v1", 3, msgspec.msgpack.encode(unsealed))
     assert await load_snapshot(log, TotalsProjection()) is None
