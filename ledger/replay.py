@@ -99,8 +99,9 @@ async def load_snapshot(
     log: SnapshotLog, projection: Projection[S], *, upto: int | None = None
 ) -> tuple[S, int] | None:
     """The projection's saved state and the log size it covers, if it is still valid:
-    it covers at most ``upto`` leaves (default: the whole log), and the log's root at
-    that size is the one the snapshot recorded. ``None`` otherwise: fold from the start.
+    it covers at most ``upto`` leaves (default: the whole log), its seal verifies, the
+    log's root at that size is the one it recorded, and its state decodes. ``None``
+    otherwise: fold from the start.
     """
     name = projection.name
     saved = await log.store.load_snapshot(name)
