@@ -9,10 +9,12 @@ Unlike the O(log n) startup check, this reads everything:
    equal the rebuilt one;
 3. every stored checkpoint must verify under the log's key and its root must equal
    the rebuilt tree's root at its size — so each checkpoint is consistent with the
-   next, and the stored tree matches the last one.
+   next, and the stored tree matches the last one;
+4. the lookup structures the backend derives from the events (the stream index) must
+   agree with them (:meth:`~ledger.store.EventStore.index_problems`).
 
 The first bad leaf index is reported; a tampered byte anywhere in an event, a tree
-hash or a checkpoint is found.
+hash or a checkpoint is found, and so is an index row that points at the wrong event.
 """
 
 from __future__ import annotations
@@ -161,6 +163,10 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
             f"checkpoint at size {next_checkpoint.tree_size} covers leaves that are not stored",
             index,
         )
+    # 4. Derived indexes: step 1 tied each event's columns to its bytes, so an index
+    #    that agrees with the columns agrees with the leaves.
+    for at, problem in await store.index_problems(max_problems):
+        bad(problem, at)
     if checkpoints and checkpoints[-1].tree_size != index:
         bad(
             f"{index} events are stored but the last checkpoint covers {checkpoints[-1].tree_size}",

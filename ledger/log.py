@@ -740,6 +740,14 @@ class Log:
 
     def _recorded(self, row: StoredEvent) -> RecordedEvent:
         event = decode_leaf(row.leaf, self._catalog)
+        # Reads select by the row's columns; the leaf bytes, which the tree covers, must
+        # say the same, or an edited column would hand one tenant another's event.
+        if event.tenant_id != row.tenant_id or event.stream_id != row.stream_id:
+            raise IntegrityError(
+                f"leaf {row.leaf_index} is stored under tenant {row.tenant_id!r}, stream "
+                f"{row.stream_id!r}, but its bytes name another",
+                index=row.leaf_index,
+            )
         return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
 
     async def read_stream(

@@ -125,6 +125,10 @@ _CHECKPOINT_EVERY = 1024
 
 _APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
 _TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
+# The stream index is derived, and rows can be inserted behind the store's back: a row
+# naming another stream's event must not put that event (another tenant's) in the
+# answer, so the events found through it are checked against their own columns.
+_OWNED = "tenant_id = ?1 AND stream_id = ?2"
 
 _EVENT_COLUMNS = "leaf_index, event_id, tenant_id, stream_id, stream_seq, type, tree_size, leaf"
 
@@ -588,27 +592,19 @@ class SQLiteEventStore:
         if self._thread is None:  # another process writes: one statement, one snapshot
             rows = await self._all(
                 f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
-                "SELECT leaf_index FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
-                "AND stream_seq > ?) "
+                "SELECT leaf_index FROM stream_index WHERE tenant_id = ?1 AND stream_id = ?2 "
+                f"AND stream_seq > ?3) AND {_OWNED} "
                 f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
-                "AND tenant_id = ? AND stream_id = ? AND stream_seq > ? "
-                "ORDER BY stream_seq LIMIT ?",
-                (
-                    tenant_id,
-                    stream_id,
-                    after_seq,
-                    tenant_id,
-                    stream_id,
-                    after_seq,
-                    -1 if limit is None else limit,
-                ),
+                "AND tenant_id = ?1 AND stream_id = ?2 AND stream_seq > ?3 "
+                "ORDER BY stream_seq LIMIT ?4",
+                (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
             )
             return [_stored(r) for r in rows]
         tail = [i for seq, i in self._tail.get((tenant_id, stream_id), ()) if seq > after_seq]
         rows = await self._all(
             f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
-            "SELECT leaf_index FROM stream_index WHERE tenant_id = ? AND stream_id = ? "
-            "AND stream_seq > ? ORDER BY stream_seq LIMIT ?)",
+            "SELECT leaf_index FROM stream_index WHERE tenant_id = ?1 AND stream_id = ?2 "
+            f"AND stream_seq > ?3 ORDER BY stream_seq LIMIT ?4) AND {_OWNED}",
             (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
         )
         if tail and (limit is None or len(rows) < limit):
@@ -621,6 +617,39 @@ class SQLiteEventStore:
                 )
         events = sorted((_stored(r) for r in rows), key=lambda e: e.stream_seq)
         return events if limit is None else events[:limit]
+
+    async def index_problems(self, limit: int) -> list[tuple[int, str]]:
+        # Every index row must name an event of its own stream and sequence, and every
+        # event the index claims to cover must have its row (ledger/fsck.py step 4).
+        wrong = await self._all(
+            "SELECT s.leaf_index, s.tenant_id, s.stream_id, s.stream_seq, e.leaf_index "
+            "FROM stream_index s LEFT JOIN events e ON e.leaf_index = s.leaf_index "
+            "WHERE e.leaf_index IS NULL OR e.tenant_id != s.tenant_id "
+            "OR e.stream_id != s.stream_id OR e.stream_seq != s.stream_seq "
+            "ORDER BY s.leaf_index LIMIT ?",
+            (limit,),
+        )
+        problems = [
+            (
+                leaf,
+                f"the stream index names leaf {leaf} as seq {seq} of stream {stream!r} "
+                f"(tenant {tenant!r}), "
+                + ("which is not stored" if found is None else "which is another event"),
+            )
+            for leaf, tenant, stream, seq, found in wrong
+        ]
+        unindexed = await self._all(
+            "SELECT e.leaf_index FROM events e "
+            "WHERE e.leaf_index < (SELECT upto FROM index_progress) AND NOT EXISTS ("
+            "SELECT 1 FROM stream_index s WHERE s.tenant_id = e.tenant_id "
+            "AND s.stream_id = e.stream_id AND s.stream_seq = e.stream_seq "
+            "AND s.leaf_index = e.leaf_index) ORDER BY e.leaf_index LIMIT ?",
+            (limit,),
+        )
+        problems += [
+            (leaf, f"leaf {leaf} is missing from the stream index") for (leaf,) in unindexed
+        ]
+        return sorted(problems)[:limit]
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(

@@ -91,6 +91,12 @@ class EventStore(Protocol):
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]: ...
 
+    async def index_problems(self, limit: int) -> list[tuple[int, str]]:
+        """Check the lookup structures the backend derives from the events itself (the
+        SQLite backend's stream index) against the events: at most ``limit`` problems,
+        each with the leaf index it concerns. ``[]`` for a backend whose indexes its
+        database keeps."""
+
     async def events_by_id(self, event_ids: Sequence[bytes]) -> dict[bytes, StoredEvent]:
         """The events with these ids; an unknown id is absent from the answer."""
 

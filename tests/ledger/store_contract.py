@@ -77,6 +77,17 @@ class EventStoreContract(ABC):
         assert [c.tree_size for c in await store.checkpoints(2, 10)] == [3]
         await store.close()
 
+    async def test_indexes_agree_with_the_events(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        for i in range(200):
+            await store.commit(_batch([_event(i, f"s{i % 7}", i // 7 + 1)], 2 * i, i + 1))
+        assert await store.index_problems(10) == []
+        await store.close()
+        store = await self.make_store(tmp_path)  # reopened: every event is indexed
+        assert await store.index_problems(10) == []
+        assert len(await store.read_stream("t1", "s3", 0, None)) == len(range(3, 200, 7))
+        await store.close()
+
     async def test_hash_rows_find_the_row_holding_each_index(self, tmp_path: Path) -> None:
         store = await self.make_store(tmp_path)
         await store.commit(_batch([_event(0)], 0, 1))

@@ -59,3 +59,36 @@ async def test_a_forged_checkpoint_note_is_reported(tmp_path: Path) -> None:
     assert not report.ok
     assert any("checkpoint at size 3 does not verify" in p for p in report.problems)
     assert report.first_bad_index == 2
+
+
+async def test_a_stream_index_row_naming_another_event_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    await _build(path, 9)
+    await (await open_log(path)).close()  # the stream index now covers every event
+    assert (await fsck_path(path)).ok
+    conn = sqlite3.connect(path)
+    # Leaf 4 is seq 2 of stream s1; file it as seq 7 of s0 too.
+    conn.execute("INSERT INTO stream_index VALUES ('t1', 's0', 7, 4)")
+    conn.commit()
+    conn.close()
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 4
+    assert report.problems == [
+        "the stream index names leaf 4 as seq 7 of stream 's0' (tenant 't1'), "
+        "which is another event"
+    ]
+
+
+async def test_an_event_missing_from_the_stream_index_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    await _build(path, 9)
+    await (await open_log(path)).close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER stream_index_no_delete")
+    conn.execute("DELETE FROM stream_index WHERE leaf_index = 5")
+    conn.commit()
+    conn.close()
+    report = await fsck_path(path)
+    assert report.problems == ["leaf 5 is missing from the stream index"]
+    assert report.first_bad_index == 5
