@@ -223,6 +223,9 @@ class TimedLog:
     def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None:
         self._log.add_listener(listener)
 
+    def remove_listener(self, listener: Callable[[Sequence[Any]], None]) -> None:
+        self._log.remove_listener(listener)
+
     @property
     def store(self) -> EventStore:
         return self._log.store

@@ -347,6 +347,11 @@ class Log:
         """Call ``listener`` with every committed batch's events, in log order."""
         self._listeners.append(listener)
 
+    def remove_listener(self, listener: Listener) -> None:
+        """Stop calling ``listener`` (added by :meth:`add_listener`); no error if absent."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
     def add_receipt_listener(self, listener: ReceiptListener) -> None:
         """Call ``listener`` with every committed batch's receipts, in log order."""
         self._receipt_listeners.append(listener)

@@ -87,6 +87,10 @@ _REGISTRY = RegistryProjection()
 # A start that had to fold at least this many events saves a snapshot at once, so a
 # process that keeps crashing does not fold the same long tail every time.
 _SNAPSHOT_AFTER_REPLAY = 100_000
+# A running engine snapshots its registry every this many events as well, in the
+# background: a crash then costs the next start at most this much folding, not all
+# the log written since the last clean stop.
+_SNAPSHOT_EVERY = 1_000_000
 
 
 class _Recorded(Protocol):
@@ -116,6 +120,7 @@ class EngineLog(Protocol):
     ) -> Sequence[Any]: ...
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]: ...
     def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
+    def remove_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
     @property
     def store(self) -> EventStore: ...
     async def root_at(self, tree_size: int) -> bytes: ...
@@ -172,6 +177,9 @@ class Engine:
         #: The log size the stored registry snapshot covers (0: none).
         self._snapshot_upto = 0
         self._saving = asyncio.Lock()
+        #: The background snapshot in flight, and where the log must reach for the next.
+        self._snapshotting: asyncio.Task[None] | None = None
+        self._next_snapshot_at = 0
         self._replayed_at_start = 0
         self._started = False
         self._closing = False
@@ -186,6 +194,26 @@ class Engine:
         if self._started:
             return []
         self._started = True
+        try:
+            await self._build_registry()
+        except BaseException:
+            # Nothing half-built stays behind: a later start() begins again.
+            self._log.remove_listener(self._on_commit)
+            self._started = self._registry_ready = False
+            self._early = []
+            self.registry = Registry()
+            raise
+        if not resume:
+            return []
+        resumed = []
+        for summary in self.registry.unfinished():
+            await self._resume(summary)
+            resumed.append(summary.orchestration_id)
+        if resumed:
+            _log.info("engine.resumed", count=len(resumed))
+        return resumed
+
+    async def _build_registry(self) -> None:
         try:
             loaded = await load_snapshot(self._log, _REGISTRY)
         except LedgerError as e:  # the snapshot is only a shortcut: fold from the start
@@ -219,17 +247,9 @@ class Engine:
             snapshot_size=first if loaded is not None else None,
             replayed_events=self._replayed_at_start,
         )
+        self._next_snapshot_at = self._registry_upto + _SNAPSHOT_EVERY
         if self._replayed_at_start >= _SNAPSHOT_AFTER_REPLAY:
             await self._save_registry()
-        if not resume:
-            return []
-        resumed = []
-        for summary in self.registry.unfinished():
-            await self._resume(summary)
-            resumed.append(summary.orchestration_id)
-        if resumed:
-            _log.info("engine.resumed", count=len(resumed))
-        return resumed
 
     async def close(self) -> None:
         """Stop every running orchestration at its next step boundary (it resumes after a
@@ -247,6 +267,8 @@ class Engine:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
+        if self._snapshotting is not None:
+            await asyncio.wait([self._snapshotting])
         if self._registry_ready:
             await self._save_registry()
 
@@ -292,6 +314,18 @@ class Engine:
             self._live.move_to_end(key)
             if len(self._live) > _LIVE_STATES:
                 self._live.popitem(last=False)
+        if (
+            self._registry_ready
+            and self._registry_upto >= self._next_snapshot_at
+            and not self._closing
+            and (self._snapshotting is None or self._snapshotting.done())
+        ):
+            # The next one is due a whole interval on, whether this one succeeds or not:
+            # a store that refuses snapshots must not be asked again at every commit.
+            self._next_snapshot_at = self._registry_upto + _SNAPSHOT_EVERY
+            self._snapshotting = asyncio.create_task(
+                self._save_registry(), name="engine-registry-snapshot"
+            )
 
     # -- collaborators ---------------------------------------------------------------
 

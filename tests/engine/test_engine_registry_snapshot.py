@@ -3,14 +3,16 @@ registry a fold of the whole log would give (ledger/replay.py, snapshots)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import msgspec
 import pytest
-from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
+from engine_helpers import OTHER_TENANT, TENANT, Harness, no_sleep, scripted
 
+from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
@@ -224,3 +226,80 @@ async def test_a_snapshot_that_cannot_be_saved_does_not_stop_the_engine_closing(
     await harness.log.store.close()  # the save at close finds no store to write to
     await engine.close()  # logged, not raised
     harness.engine = None
+
+
+async def test_a_running_engine_snapshots_its_registry_every_interval(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So a crash after a long run folds at most one interval, not everything since
+    the last clean stop."""
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 25)
+    engine = await harness.open()
+    await _work(engine, runs=4)
+    assert harness.log is not None
+    store = harness.log.store
+    # Saved in the background: wait (a bounded while) for the one due last to land.
+    due = harness.log.size - 25
+    for _ in range(500):
+        saved = await store.load_snapshot(RegistryProjection.name)
+        if saved is not None and saved[0] > due:
+            break
+        await asyncio.sleep(0.01)
+    assert saved is not None
+    assert saved[0] > due
+    size = harness.log.size
+    await harness.log.close()  # a crash: the engine never stops cleanly
+    harness.log, harness.engine = None, None
+    engine = await harness.open()
+    assert 0 < engine.replayed_at_start < 25 + 1
+    assert engine.replayed_at_start == size - saved[0]
+    assert harness.log is not None
+    assert _views(engine.registry) == _views(await _full_fold(harness.log))
+
+
+class _FirstReadFails:
+    """The real log, except that its first ``read_log`` fails as a storage error."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.failed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]:
+        if not self.failed:
+            self.failed = True
+            raise StorageUnavailableError("the disk went away")
+        return await self._log.read_log(from_index, limit)
+
+
+async def test_regression_a_start_that_failed_can_be_started_again(harness: Harness) -> None:
+    """A start whose fold failed stayed marked started and left its listener on the
+    log: the next start() returned at once with an empty registry, and the listener
+    went on folding commits into it."""
+    engine = await harness.open()
+    await _work(engine, runs=1)
+    assert harness.log is not None
+    await harness.log.close()  # a crash, so no snapshot spares the next start its fold
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    flaky = _FirstReadFails(log)
+    engine = Engine(flaky, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        with pytest.raises(StorageUnavailableError):
+            await engine.start()
+        await engine.start()
+        assert engine.replayed_at_start == log.size
+        assert _views(engine.registry) == _views(await _full_fold(log))
+        (agent, *_) = engine.registry.agents(TENANT)
+        (wf, *_) = engine.registry.workflows(TENANT)
+        before = len(engine.registry.list_orchestrations(TENANT, limit=1000)[0])
+        started = await engine.execute(TENANT, workflow_id=wf.workflow_id, agents=[agent.agent_id])
+        await engine.wait(TENANT, started.orchestration_id)
+        # Folded once, by the one listener the second start attached.
+        assert len(engine.registry.list_orchestrations(TENANT, limit=1000)[0]) == before + 1
+        assert _views(engine.registry) == _views(await _full_fold(log))
+    finally:
+        await engine.close()
+        await log.close()
