@@ -55,6 +55,7 @@ from ledger.events import (
     EventCatalog,
     NewEvent,
     decode_leaf,
+    decode_leaf_envelope,
     encode_leaf,
     format_time,
 )
@@ -134,6 +135,17 @@ def _fail(requests: Sequence[_Append], error: BaseException) -> None:
     for req in requests:
         if not req.future.done():
             req.future.set_exception(error)
+
+
+def _check_filed(row: StoredEvent, tenant_id: str, stream_id: str) -> None:
+    """Reads select by a row's columns; the leaf bytes, which the tree covers, must say
+    the same, or an edited column would hand one tenant another's event or receipt."""
+    if tenant_id != row.tenant_id or stream_id != row.stream_id:
+        raise IntegrityError(
+            f"leaf {row.leaf_index} is stored under tenant {row.tenant_id!r}, stream "
+            f"{row.stream_id!r}, but its bytes name another",
+            index=row.leaf_index,
+        )
 
 
 def _check_id(name: str, value: str) -> None:
@@ -745,14 +757,7 @@ class Log:
 
     def _recorded(self, row: StoredEvent) -> RecordedEvent:
         event = decode_leaf(row.leaf, self._catalog)
-        # Reads select by the row's columns; the leaf bytes, which the tree covers, must
-        # say the same, or an edited column would hand one tenant another's event.
-        if event.tenant_id != row.tenant_id or event.stream_id != row.stream_id:
-            raise IntegrityError(
-                f"leaf {row.leaf_index} is stored under tenant {row.tenant_id!r}, stream "
-                f"{row.stream_id!r}, but its bytes name another",
-                index=row.leaf_index,
-            )
+        _check_filed(row, event.tenant_id, event.stream_id)
         return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
 
     async def read_stream(
@@ -789,6 +794,11 @@ class Log:
     ) -> tuple[str, Receipt]:
         """:meth:`get_receipt` with its event's stream id, without decoding the event."""
         row = await self._event_row(identifier, tenant_id)
+        try:
+            envelope = decode_leaf_envelope(row.leaf)
+        except LedgerError as e:
+            raise IntegrityError(f"leaf {row.leaf_index} does not decode: {e}") from e
+        _check_filed(row, envelope.tenant_id, envelope.stream_id)
         checkpoint = await self.checkpoint_at(row.tree_size)
         return row.stream_id, Receipt(
             receipt_id=uuid_str(row.event_id),

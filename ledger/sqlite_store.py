@@ -126,11 +126,21 @@ _CHECKPOINT_EVERY = 1024
 _APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
 _TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
 # The stream index is derived, and rows can be inserted behind the store's back: a row
-# naming another stream's event must not put that event (another tenant's) in the
-# answer, so the events found through it are checked against their own columns.
-_OWNED = "tenant_id = ?1 AND stream_id = ?2"
+# naming another stream's event (another tenant's) must not put that event in an answer,
+# nor take a place in a page or a head, so every read through the index joins the events
+# it names and keeps only those of the stream and sequence the row claims.
+_INDEXED = (
+    "FROM stream_index s JOIN events e ON e.leaf_index = s.leaf_index "
+    "AND e.tenant_id = s.tenant_id AND e.stream_id = s.stream_id "
+    "AND e.stream_seq = s.stream_seq "
+)
 
 _EVENT_COLUMNS = "leaf_index, event_id, tenant_id, stream_id, stream_seq, type, tree_size, leaf"
+_HEAD = (
+    f"SELECT s.stream_seq {_INDEXED} WHERE s.tenant_id = q.t AND s.stream_id = q.s "
+    "ORDER BY s.stream_seq DESC LIMIT 1"
+)
+_E_COLUMNS = ", ".join("e." + c for c in _EVENT_COLUMNS.split(", "))
 
 
 def _triggers() -> str:
@@ -566,17 +576,12 @@ class SQLiteEventStore:
             if self._thread is None:  # another process writes: scan its unindexed tail too
                 sql = (
                     f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, max("
-                    "coalesce((SELECT max(stream_seq) FROM stream_index WHERE tenant_id = t "
-                    "AND stream_id = s), 0), "
+                    f"coalesce(({_HEAD}), 0), "
                     f"coalesce((SELECT max(stream_seq) FROM events WHERE {_TAIL} "
                     "AND tenant_id = t AND stream_id = s), 0)) FROM q"
                 )
             else:
-                sql = (
-                    f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, "
-                    "(SELECT max(stream_seq) FROM stream_index WHERE tenant_id = t "
-                    "AND stream_id = s) FROM q"
-                )
+                sql = f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, ({_HEAD}) FROM q"
             # Taken before the read: an entry leaves the tail only after its index pass
             # committed, so it is in one or the other.
             for key in chunk:
@@ -591,9 +596,8 @@ class SQLiteEventStore:
     ) -> list[StoredEvent]:
         if self._thread is None:  # another process writes: one statement, one snapshot
             rows = await self._all(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
-                "SELECT leaf_index FROM stream_index WHERE tenant_id = ?1 AND stream_id = ?2 "
-                f"AND stream_seq > ?3) AND {_OWNED} "
+                f"SELECT {_E_COLUMNS} {_INDEXED} WHERE s.tenant_id = ?1 AND s.stream_id = ?2 "
+                "AND s.stream_seq > ?3 AND s.leaf_index < (SELECT upto FROM index_progress) "
                 f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
                 "AND tenant_id = ?1 AND stream_id = ?2 AND stream_seq > ?3 "
                 "ORDER BY stream_seq LIMIT ?4",
@@ -602,9 +606,8 @@ class SQLiteEventStore:
             return [_stored(r) for r in rows]
         tail = [i for seq, i in self._tail.get((tenant_id, stream_id), ()) if seq > after_seq]
         rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ("
-            "SELECT leaf_index FROM stream_index WHERE tenant_id = ?1 AND stream_id = ?2 "
-            f"AND stream_seq > ?3 ORDER BY stream_seq LIMIT ?4) AND {_OWNED}",
+            f"SELECT {_E_COLUMNS} {_INDEXED} WHERE s.tenant_id = ?1 AND s.stream_id = ?2 "
+            "AND s.stream_seq > ?3 ORDER BY s.stream_seq LIMIT ?4",
             (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
         )
         if tail and (limit is None or len(rows) < limit):

@@ -94,3 +94,56 @@ async def test_regression_an_event_filed_under_another_tenant_is_refused_not_ser
             await log.recorded(secret_id, "a")
     finally:
         await log.close()
+
+
+async def test_regression_a_receipt_is_not_served_under_an_edited_tenant_column(
+    tmp_path: Path,
+) -> None:
+    """Receipt lookups selected by the tenant column alone and never read the leaf: with
+    that one column edited, tenant a was served tenant b's receipt and stream id."""
+    path = tmp_path / "l.db"
+    secret_leaf, secret_id = await _two_tenants(path)
+    _sql(
+        path,
+        "DROP TRIGGER events_no_update",
+        f"UPDATE events SET tenant_id = 'a' WHERE leaf_index = {secret_leaf}",
+    )
+    log = await open_log(path)
+    try:
+        with pytest.raises(IntegrityError, match="its bytes name another"):
+            await log.stream_receipt(secret_id, "a")
+    finally:
+        await log.close()
+
+
+async def test_regression_a_forged_index_row_neither_shortens_a_page_nor_moves_a_head(
+    tmp_path: Path,
+) -> None:
+    """The page limit was applied to index rows before they were checked, so a forged
+    row took a place and a full stream read as ended early; a stream's head was the
+    highest index row, forged or not."""
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    await log.append("a", "x", 0, [NewEvent("note.added", Note(f"{i}")) for i in range(3)])
+    (secret,) = await log.append("b", "y", 0, [NewEvent("note.added", Note(SECRET))])
+    await log.close()
+    await (await open_log(path)).close()  # the stream index now covers every event
+    _sql(
+        path,
+        "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
+        f"VALUES ('a', 'x', 0, {secret.leaf_index}), ('a', 'x', 9, {secret.leaf_index})",
+    )
+    log = await open_log(path)
+    try:
+        page = await log.read_stream("a", "x", after_seq=-1, limit=2)
+        assert [e.event.stream_seq for e in page] == [1, 2]
+        assert await log.stream_head("a", "x") == 3
+    finally:
+        await log.close()
+    reader = SQLiteEventStore(path, read_only=True)
+    await reader.open()
+    try:
+        assert [r.stream_seq for r in await reader.read_stream("a", "x", -1, 2)] == [1, 2]
+        assert await reader.stream_heads([("a", "x")]) == {("a", "x"): 3}
+    finally:
+        await reader.close()
