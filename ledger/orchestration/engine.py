@@ -197,21 +197,33 @@ class Engine:
         try:
             await self._build_registry()
         except BaseException:
-            # Nothing half-built stays behind: a later start() begins again.
-            self._log.remove_listener(self._on_commit)
-            self._started = self._registry_ready = False
-            self._early = []
-            self.registry = Registry()
+            await self._forget_start()
             raise
         if not resume:
             return []
         resumed = []
         for summary in self.registry.unfinished():
+            if self._closing:  # close() came while the registry was being built
+                break
             await self._resume(summary)
             resumed.append(summary.orchestration_id)
         if resumed:
             _log.info("engine.resumed", count=len(resumed))
         return resumed
+
+    async def _forget_start(self) -> None:
+        """Undo a start that failed, so a later start() begins again from nothing."""
+        self._log.remove_listener(self._on_commit)
+        self._started = self._registry_ready = False
+        snapshotting, self._snapshotting = self._snapshotting, None
+        if snapshotting is not None:  # it saves nothing once the registry is not ready
+            snapshotting.cancel()
+            await asyncio.wait([snapshotting])
+        self._early = []
+        self.registry = Registry()
+        self._live.clear()  # commits while no listener was attached never reached it
+        self._indexed_from = self._registry_upto = self._snapshot_upto = 0
+        self._replayed_at_start = self._next_snapshot_at = 0
 
     async def _build_registry(self) -> None:
         try:
@@ -281,6 +293,8 @@ class Engine:
         """Snapshot the registry, so the next start folds only what follows. A failure
         costs the next start time, never correctness: it is logged and let go."""
         async with self._saving:  # one at a time, so a newer one is never overwritten
+            if not self._registry_ready:
+                return  # a start that failed: nothing whole to save
             upto = self._registry_upto
             if upto <= self._snapshot_upto:
                 return  # nothing new since the stored one

@@ -18,6 +18,7 @@ from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
 from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
+from ledger.orchestration.binding import build_created
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -302,4 +303,133 @@ async def test_regression_a_start_that_failed_can_be_started_again(harness: Harn
         assert _views(engine.registry) == _views(await _full_fold(log))
     finally:
         await engine.close()
+        await log.close()
+
+
+class _CommitsDuringFirstRootRead:
+    """The real log, except that its first ``root_at`` (start's own snapshot save reads
+    it) first runs ``hook``."""
+
+    def __init__(self, log: Log, hook: Callable[[], Awaitable[None]]) -> None:
+        self._log = log
+        self._hook: Callable[[], Awaitable[None]] | None = hook
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def root_at(self, tree_size: int) -> bytes:
+        if self._hook is not None:
+            hook, self._hook = self._hook, None
+            await hook()
+        return await self._log.root_at(tree_size)
+
+
+async def test_regression_a_cancelled_start_seals_no_empty_registry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start cancelled during its own snapshot save emptied the registry, while a
+    background save a commit had scheduled meanwhile was still to run: it sealed the
+    empty registry as the fold of the whole log, and the next start lost every agent."""
+    engine = await harness.open()
+    agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
+    assert harness.log is not None
+    await harness.log.close()  # a crash: the next start has to fold, and then saves
+    harness.log, harness.engine = None, None
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_AFTER_REPLAY", 0)
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    starting: asyncio.Task[list[str]] | None = None
+
+    async def commit_then_cancel() -> None:
+        started = ev.OrchestrationStarted(orchestration_id="o-1")
+        await log.append(TENANT, "o-1", 0, [NewEvent(ev.ORCHESTRATION_STARTED, started)])
+        assert starting is not None
+        starting.cancel()
+
+    seam = _CommitsDuringFirstRootRead(log, commit_then_cancel)
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    starting = asyncio.create_task(engine.start(resume=False))
+    with pytest.raises(asyncio.CancelledError):
+        await starting
+    await engine.close()
+    fresh = Engine(log, sleep=no_sleep)
+    try:
+        await fresh.start(resume=False)
+        assert [a.agent_id for a in fresh.registry.agents(TENANT)] == [agent.agent_id]
+        assert _views(fresh.registry) == _views(await _full_fold(log))
+    finally:
+        await fresh.close()
+        await log.close()
+
+
+class _ReadWaitsForGate:
+    """The real log, except that ``read_log`` waits until the gate opens."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._log.read_log(from_index, limit)
+
+
+async def test_regression_a_start_that_close_overtook_resumes_nothing(
+    harness: Harness,
+) -> None:
+    """close() during start()'s fold returned at once, and start() then went on to
+    resume unfinished runs that nothing would ever stop or await."""
+    engine = await harness.open()
+    agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
+    wf = await engine.register_workflow(TENANT, name="w", definition=CHAIN)
+    created = build_created(
+        engine.registry,
+        TENANT,
+        engine.new_orchestration_id(),
+        executor="engine",
+        workflow_id=wf.workflow_id,
+        workflow_version=None,
+        agent_id=None,
+        agents=[agent.agent_id],
+        input=None,
+        parameters=None,
+        model=None,
+        max_steps=10,
+        timeout_seconds=300.0,
+        started_by="test",
+        request_shape=None,
+    )
+    oid = created.orchestration_id
+    assert harness.log is not None
+    started = ev.OrchestrationStarted(orchestration_id=oid)
+    await harness.log.append(
+        TENANT,
+        oid,
+        0,
+        [
+            NewEvent(ev.ORCHESTRATION_CREATED, created),
+            NewEvent(ev.ORCHESTRATION_STARTED, started),
+        ],
+    )
+    await harness.log.close()  # a crash: the run is left unfinished, for a start to resume
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    seam = _ReadWaitsForGate(log)
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        starting = asyncio.create_task(engine.start())
+        await seam.entered.wait()
+        await engine.close()
+        seam.gate.set()
+        assert await starting == []
+        head = await log.stream_head(TENANT, oid)
+        for _ in range(20):  # a resumed run would write within a few loop turns
+            await asyncio.sleep(0)
+        assert await log.stream_head(TENANT, oid) == head
+    finally:
         await log.close()
