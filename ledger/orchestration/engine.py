@@ -205,8 +205,9 @@ class Engine:
         for summary in self.registry.unfinished():
             if self._closing:  # close() came while the registry was being built
                 break
-            await self._resume(summary)
-            resumed.append(summary.orchestration_id)
+            # One run that cannot be resumed must not keep the others from resuming.
+            if await self._resume_or_stall(summary):
+                resumed.append(summary.orchestration_id)
         if resumed:
             _log.info("engine.resumed", count=len(resumed))
         return resumed
@@ -595,16 +596,27 @@ class Engine:
             summary = self.registry.orchestration(*key)
             if self._closing or key in self._tasks or summary is None:
                 continue
-            try:
-                await self._resume(summary)
-            except StorageUnavailableError:
-                self._stalled.add(key)
-                continue
-            if key in self._tasks:  # not if it had ended meanwhile (e.g. cancelled)
-                resumed.append(key[1])
+            if await self._resume_or_stall(summary) and key in self._tasks:
+                resumed.append(key[1])  # not if it had ended meanwhile (e.g. cancelled)
         if resumed:
             _log.info("engine.resumed_stalled", count=len(resumed))
         return resumed
+
+    async def _resume_or_stall(self, summary: OrchestrationSummary) -> bool:
+        """:meth:`_resume`; whether it went ahead. A run whose history cannot be read
+        for lack of storage waits for :meth:`resume_stalled`; one whose history does
+        not read back whole (fsck tells where) is logged and left for the next start."""
+        key = (summary.tenant_id, summary.orchestration_id)
+        try:
+            await self._resume(summary)
+        except StorageUnavailableError as e:
+            _log.warning("orchestration.stalled", orchestration_id=key[1], error=str(e))
+            self._stalled.add(key)
+            return False
+        except LedgerError as e:
+            _log.error("orchestration.resume_failed", orchestration_id=key[1], error=str(e))
+            return False
+        return True
 
     async def _resume(self, summary: OrchestrationSummary) -> None:
         tenant_id, oid = summary.tenant_id, summary.orchestration_id

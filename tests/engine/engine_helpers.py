@@ -11,9 +11,12 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.note import generate_signer
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
+from ledger.orchestration import events as ev
+from ledger.orchestration.binding import build_created
 from ledger.sqlite_store import SQLiteEventStore
 
 TENANT = "tenant-a"
@@ -22,6 +25,40 @@ OTHER_TENANT = "tenant-b"
 
 async def no_sleep(_: float) -> None:
     return None
+
+
+async def append_unfinished_run(engine: Engine, log: Log, tenant: str = TENANT) -> str:
+    """Write a created and started engine run with no step yet, as a process that
+    crashed right after starting it would have left it; its orchestration id."""
+    agent = await engine.register_agent(tenant, name="bot", provider=scripted())
+    chain = {"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
+    wf = await engine.register_workflow(tenant, name="w", definition=chain)
+    created = build_created(
+        engine.registry,
+        tenant,
+        engine.new_orchestration_id(),
+        executor="engine",
+        workflow_id=wf.workflow_id,
+        workflow_version=None,
+        agent_id=None,
+        agents=[agent.agent_id],
+        input=None,
+        parameters=None,
+        model=None,
+        max_steps=10,
+        timeout_seconds=300.0,
+        started_by="test",
+        request_shape=None,
+    )
+    oid = created.orchestration_id
+    started = ev.OrchestrationStarted(orchestration_id=oid)
+    await log.append(
+        tenant,
+        oid,
+        0,
+        [NewEvent(ev.ORCHESTRATION_CREATED, created), NewEvent(ev.ORCHESTRATION_STARTED, started)],
+    )
+    return oid
 
 
 class Harness:

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine_helpers import TENANT, Harness, scripted
+from engine_helpers import TENANT, Harness, append_unfinished_run, no_sleep, scripted
 
+from ledger.errors import StorageUnavailableError
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
 from ledger.sqlite_store import SQLiteEventStore
@@ -158,3 +159,47 @@ async def test_regression_user_tool_raising_any_exception_fails_the_step(engine:
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert "RuntimeError: boom" in state.steps[0].result["error"]
     assert state.steps[0].attempts == 1
+
+
+class _OneStreamUnreadable:
+    """The real log, except that reading ``stream`` fails for lack of storage while
+    ``failing`` is set."""
+
+    def __init__(self, log: Log, stream: str) -> None:
+        self._log = log
+        self._stream = stream
+        self.failing = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_stream(self, tenant_id: str, stream_id: str, *args: Any) -> Any:
+        if self.failing and stream_id == self._stream:
+            raise StorageUnavailableError("the disk went away")
+        return await self._log.read_stream(tenant_id, stream_id, *args)
+
+
+async def test_regression_one_run_that_cannot_be_resumed_does_not_stop_the_others(
+    harness: Harness,
+) -> None:
+    """start() resumed runs one after another and gave up at the first that raised:
+    the runs after it stayed stopped, and start() stayed marked done."""
+    engine = await harness.open()
+    assert harness.log is not None
+    first = await append_unfinished_run(engine, harness.log)
+    second = await append_unfinished_run(engine, harness.log)
+    await harness.log.close()  # a crash, with both runs unfinished
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    seam = _OneStreamUnreadable(log, min(first, second))
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        assert await engine.start() == [max(first, second)]
+        assert engine.stalled == 1
+        assert (await engine.wait(TENANT, max(first, second))).status == "completed"
+        seam.failing = False  # storage is back
+        assert await engine.resume_stalled() == [min(first, second)]
+        assert (await engine.wait(TENANT, min(first, second))).status == "completed"
+    finally:
+        await engine.close()
+        await log.close()

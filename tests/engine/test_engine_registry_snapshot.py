@@ -10,7 +10,14 @@ from typing import Any
 
 import msgspec
 import pytest
-from engine_helpers import OTHER_TENANT, TENANT, Harness, no_sleep, scripted
+from engine_helpers import (
+    OTHER_TENANT,
+    TENANT,
+    Harness,
+    append_unfinished_run,
+    no_sleep,
+    scripted,
+)
 
 from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
@@ -18,7 +25,6 @@ from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
 from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
-from ledger.orchestration.binding import build_created
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -385,37 +391,8 @@ async def test_regression_a_start_that_close_overtook_resumes_nothing(
     """close() during start()'s fold returned at once, and start() then went on to
     resume unfinished runs that nothing would ever stop or await."""
     engine = await harness.open()
-    agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
-    wf = await engine.register_workflow(TENANT, name="w", definition=CHAIN)
-    created = build_created(
-        engine.registry,
-        TENANT,
-        engine.new_orchestration_id(),
-        executor="engine",
-        workflow_id=wf.workflow_id,
-        workflow_version=None,
-        agent_id=None,
-        agents=[agent.agent_id],
-        input=None,
-        parameters=None,
-        model=None,
-        max_steps=10,
-        timeout_seconds=300.0,
-        started_by="test",
-        request_shape=None,
-    )
-    oid = created.orchestration_id
     assert harness.log is not None
-    started = ev.OrchestrationStarted(orchestration_id=oid)
-    await harness.log.append(
-        TENANT,
-        oid,
-        0,
-        [
-            NewEvent(ev.ORCHESTRATION_CREATED, created),
-            NewEvent(ev.ORCHESTRATION_STARTED, started),
-        ],
-    )
+    oid = await append_unfinished_run(engine, harness.log)
     await harness.log.close()  # a crash: the run is left unfinished, for a start to resume
     harness.log, harness.engine = None, None
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
