@@ -792,7 +792,8 @@ class Log:
     async def stream_receipt(
         self, identifier: str, tenant_id: str | None = None
     ) -> tuple[str, Receipt]:
-        """:meth:`get_receipt` with its event's stream id, without decoding the event."""
+        """:meth:`get_receipt` with its event's stream id; of the leaf it decodes only
+        the envelope, to check the columns it was found by."""
         row = await self._event_row(identifier, tenant_id)
         try:
             envelope = decode_leaf_envelope(row.leaf)

@@ -39,6 +39,15 @@ def _sql(path: Path, *statements: str) -> None:
         conn.close()
 
 
+def _refile(path: Path, leaf: int, columns: str) -> None:
+    """Edit a stored event's columns (``columns``: an SQL SET list), past its trigger."""
+    _sql(
+        path,
+        "DROP TRIGGER events_no_update",
+        f"UPDATE events SET {columns} WHERE leaf_index = {leaf}",
+    )
+
+
 def _forge_index_row(path: Path, leaf: int) -> None:
     # Inserts are how the index grows, so no trigger stops this one: a row filing the
     # secret as seq 2 of tenant a's stream.
@@ -79,12 +88,7 @@ async def test_regression_an_event_filed_under_another_tenant_is_refused_not_ser
     secret_leaf, secret_id = await _two_tenants(path)
     # Columns and index both edited to file the secret under tenant a's stream: only
     # the leaf bytes, which the signed tree covers, still say whose it is.
-    _sql(
-        path,
-        "DROP TRIGGER events_no_update",
-        f"UPDATE events SET tenant_id = 'a', stream_id = 'x', stream_seq = 2 "
-        f"WHERE leaf_index = {secret_leaf}",
-    )
+    _refile(path, secret_leaf, "tenant_id = 'a', stream_id = 'x', stream_seq = 2")
     _forge_index_row(path, secret_leaf)
     log = await open_log(path)
     try:
@@ -103,11 +107,7 @@ async def test_regression_a_receipt_is_not_served_under_an_edited_tenant_column(
     that one column edited, tenant a was served tenant b's receipt and stream id."""
     path = tmp_path / "l.db"
     secret_leaf, secret_id = await _two_tenants(path)
-    _sql(
-        path,
-        "DROP TRIGGER events_no_update",
-        f"UPDATE events SET tenant_id = 'a' WHERE leaf_index = {secret_leaf}",
-    )
+    _refile(path, secret_leaf, "tenant_id = 'a'")
     log = await open_log(path)
     try:
         with pytest.raises(IntegrityError, match="its bytes name another"):
