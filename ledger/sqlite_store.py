@@ -683,7 +683,9 @@ class SQLiteEventStore:
 
     async def save_snapshot(self, name: str, log_index: int, state: bytes) -> None:
         try:
-            await self._write(self._snapshot_sync, name, log_index, state)
+            # Upkeep, like an index pass: a snapshot can be tens of MiB, and commits
+            # queued meanwhile go first (ledger/_writer_thread.py).
+            await self._write(self._snapshot_sync, name, log_index, state, background=True)
         except sqlite3.Error as e:
             raise _unavailable(e) from e
 

@@ -100,6 +100,11 @@ class Registry:
         #: and a metrics scrape counts, found without a pass over every summary.
         self._unfinished: set[tuple[str, str]] = set()
 
+    @property
+    def orchestration_count(self) -> int:
+        """How many orchestrations the registry holds a summary of."""
+        return len(self._orchs)
+
     # -- folding ---------------------------------------------------------------------
 
     def apply_all(self, events: Iterable[Event]) -> None:

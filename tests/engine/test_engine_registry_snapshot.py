@@ -241,6 +241,7 @@ async def test_a_running_engine_snapshots_its_registry_every_interval(
     """So a crash after a long run folds at most one interval, not everything since
     the last clean stop."""
     monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 25)
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RUN", 1)  # 8 runs: below 25
     engine = await harness.open()
     await _work(engine, runs=4)
     assert harness.log is not None
@@ -410,3 +411,37 @@ async def test_regression_a_start_that_close_overtook_resumes_nothing(
         assert await log.stream_head(TENANT, oid) == head
     finally:
         await log.close()
+
+
+async def test_the_snapshot_interval_grows_with_the_registry(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each snapshot encodes and writes every summary, so with many orchestrations
+    they are taken less often."""
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RUN", 1000)
+    engine = await harness.open()
+    assert harness.log is not None
+    store = harness.log.store
+
+    async def saved_size(expected: int | None = None) -> int | None:
+        """The size the stored snapshot covers, once it is ``expected`` (a bounded
+        wait: saves run in the background), or after a short while if not given."""
+        for _ in range(200):
+            saved = await store.load_snapshot(RegistryProjection.name)
+            size = None if saved is None else saved[0]
+            if expected is not None and size == expected:
+                break
+            await asyncio.sleep(0.01 if expected is not None else 0.002)
+        return size
+
+    # Snapshots follow every commit while the registry holds no orchestration...
+    await engine.register_agent(TENANT, name="bot", provider=scripted())
+    assert await saved_size(harness.log.size) == harness.log.size
+    # ...and, once it holds some, only after 1,000 events for each.
+    await _work(engine, runs=2)
+    first = await saved_size()
+    assert first is not None
+    await _work(engine, runs=2)
+    assert harness.log.size - first < 1000
+    assert await saved_size() == first
