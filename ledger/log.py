@@ -137,13 +137,19 @@ def _fail(requests: Sequence[_Append], error: BaseException) -> None:
             req.future.set_exception(error)
 
 
-def _check_filed(row: StoredEvent, tenant_id: str, stream_id: str) -> None:
+def _check_filed(row: StoredEvent, event_id: str, tenant_id: str, stream_id: str) -> None:
     """Reads select by a row's columns; the leaf bytes, which the tree covers, must say
     the same, or an edited column would hand one tenant another's event or receipt."""
     if tenant_id != row.tenant_id or stream_id != row.stream_id:
         raise IntegrityError(
             f"leaf {row.leaf_index} is stored under tenant {row.tenant_id!r}, stream "
             f"{row.stream_id!r}, but its bytes name another",
+            index=row.leaf_index,
+        )
+    if event_id != ulid_str(row.event_id):
+        raise IntegrityError(
+            f"leaf {row.leaf_index} is stored as event {ulid_str(row.event_id)}, but its "
+            f"bytes say {event_id}",
             index=row.leaf_index,
         )
 
@@ -757,7 +763,7 @@ class Log:
 
     def _recorded(self, row: StoredEvent) -> RecordedEvent:
         event = decode_leaf(row.leaf, self._catalog)
-        _check_filed(row, event.tenant_id, event.stream_id)
+        _check_filed(row, event.event_id, event.tenant_id, event.stream_id)
         return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
 
     async def read_stream(
@@ -799,7 +805,7 @@ class Log:
             envelope = decode_leaf_envelope(row.leaf)
         except LedgerError as e:
             raise IntegrityError(f"leaf {row.leaf_index} does not decode: {e}") from e
-        _check_filed(row, envelope.tenant_id, envelope.stream_id)
+        _check_filed(row, envelope.event_id, envelope.tenant_id, envelope.stream_id)
         checkpoint = await self.checkpoint_at(row.tree_size)
         return row.stream_id, Receipt(
             receipt_id=uuid_str(row.event_id),

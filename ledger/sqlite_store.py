@@ -347,7 +347,8 @@ class SQLiteEventStore:
             self._checkpointer = None
         if self._thread is not None:
             with contextlib.suppress(sqlite3.Error):
-                await self._write(self._close_writer)
+                # Behind any upkeep still queued (a snapshot), which would else fail.
+                await self._write(self._close_writer, background=True)
             self._thread.shutdown()
             self._thread = None
         if self._reader is not None:

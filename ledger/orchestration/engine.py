@@ -220,7 +220,7 @@ class Engine:
     async def _forget_start(self) -> None:
         """Undo a start that failed, so a later start() begins again from nothing."""
         self._log.remove_listener(self._on_commit)
-        self._started = self._registry_ready = False
+        self._registry_ready = False
         snapshotting, self._snapshotting = self._snapshotting, None
         if snapshotting is not None:  # it saves nothing once the registry is not ready
             snapshotting.cancel()
@@ -230,6 +230,7 @@ class Engine:
         self._live.clear()  # commits while no listener was attached never reached it
         self._indexed_from = self._registry_upto = self._snapshot_upto = 0
         self._replayed_at_start = self._next_snapshot_at = 0
+        self._started = False  # last: a start() now may build while nothing is reset
 
     async def _build_registry(self) -> None:
         try:
@@ -611,12 +612,13 @@ class Engine:
         return resumed
 
     async def _resume_or_stall(self, summary: OrchestrationSummary) -> bool:
-        """:meth:`_resume`; whether it went ahead. A run whose history cannot be read
-        for lack of storage waits for :meth:`resume_stalled`; one whose history does
-        not read back whole (fsck tells where) is logged and left for the next start."""
+        """:meth:`_resume`; whether it launched the run. A run whose history cannot be
+        read for lack of storage waits for :meth:`resume_stalled`; one whose history
+        does not read back whole (fsck tells where) is logged and left for the next
+        start."""
         key = (summary.tenant_id, summary.orchestration_id)
         try:
-            await self._resume(summary)
+            return await self._resume(summary)
         except StorageUnavailableError as e:
             _log.warning("orchestration.stalled", orchestration_id=key[1], error=str(e))
             self._stalled.add(key)
@@ -624,14 +626,16 @@ class Engine:
         except LedgerError as e:
             _log.error("orchestration.resume_failed", orchestration_id=key[1], error=str(e))
             return False
-        return True
 
-    async def _resume(self, summary: OrchestrationSummary) -> None:
+    async def _resume(self, summary: OrchestrationSummary) -> bool:
+        """Run an unfinished orchestration on from its history; whether it was launched."""
         tenant_id, oid = summary.tenant_id, summary.orchestration_id
         records = await self._log.read_stream(tenant_id, oid)
+        if self._closing:  # close() came during the read and found nothing to stop
+            return False
         events = [r.event for r in records]
         if not events or not isinstance(events[0].payload, ev.OrchestrationCreated):
-            return
+            return False
         created: ev.OrchestrationCreated = events[0].payload
         fold = self._projection.initial()
         for e in events:
@@ -640,9 +644,10 @@ class Engine:
         writer = self._writer(tenant_id, oid, events[-1].stream_seq)
         runner = Runner(writer, created, events, self._collaborators(tenant_id, created))
         if runner.was_terminal:
-            return
+            return False
         _log.info("orchestration.resuming", orchestration_id=oid, seq=events[-1].stream_seq)
         self._launch(tenant_id, oid, runner)
+        return True
 
     def _state_now(self, tenant_id: str, oid: str) -> OrchestrationState:
         fold = self._live.get((tenant_id, oid))

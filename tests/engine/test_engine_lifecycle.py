@@ -203,3 +203,47 @@ async def test_regression_one_run_that_cannot_be_resumed_does_not_stop_the_other
     finally:
         await engine.close()
         await log.close()
+
+
+class _StreamReadWaitsForGate:
+    """The real log, except that ``read_stream`` waits until the gate opens."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_stream(self, *args: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self._log.read_stream(*args)
+
+
+async def test_regression_close_during_a_resume_read_stops_that_run_too(
+    harness: Harness,
+) -> None:
+    """close() while start() read a run's history found nothing to stop and returned;
+    start() then launched the run, which went on writing after the engine closed."""
+    engine = await harness.open()
+    assert harness.log is not None
+    oid = await append_unfinished_run(engine, harness.log)
+    await harness.log.close()  # a crash, with the run unfinished
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    seam = _StreamReadWaitsForGate(log)
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        starting = asyncio.create_task(engine.start())
+        await seam.entered.wait()
+        await engine.close()
+        head = await log.stream_head(TENANT, oid)
+        seam.gate.set()
+        assert await starting == []
+        for _ in range(20):  # a launched run would write within a few loop turns
+            await asyncio.sleep(0)
+        assert await log.stream_head(TENANT, oid) == head
+    finally:
+        await log.close()

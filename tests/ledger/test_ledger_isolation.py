@@ -147,3 +147,17 @@ async def test_regression_a_forged_index_row_neither_shortens_a_page_nor_moves_a
         assert await reader.stream_heads([("a", "x")]) == {("a", "x"): 3}
     finally:
         await reader.close()
+
+
+async def test_an_edited_event_id_column_is_refused_not_served(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    secret_leaf, secret_id = await _two_tenants(path)
+    _refile(path, secret_leaf, f"event_id = x'{'00' * 15}01'")
+    log = await open_log(path)
+    try:
+        with pytest.raises(IntegrityError, match=f"leaf {secret_leaf} is stored as event"):
+            await log.read_stream("b", "y")
+        with pytest.raises(IntegrityError, match=f"but its bytes say {secret_id}"):
+            await log.stream_receipt("00000000000000000000000001", "b")
+    finally:
+        await log.close()

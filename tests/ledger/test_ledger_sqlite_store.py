@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from ledger_testkit import CATALOG, Note, fsck_path, open_log, signer
-from store_contract import EventStoreContract
+from store_contract import EventStoreContract, _batch, _event
 
 from ledger._writer_thread import WriterThread
 from ledger.errors import StorageUnavailableError
@@ -277,3 +277,24 @@ async def test_a_failing_background_job_reports_to_its_caller_and_the_thread_goe
     assert await first == "foreground"
     assert await later == "after"
     await asyncio.to_thread(writer.shutdown)
+
+
+async def test_regression_a_snapshot_queued_before_close_is_written(tmp_path: Path) -> None:
+    """Closing the writer went ahead of upkeep still queued: a snapshot saved just
+    before close() (the engine's last) failed with 'the store's writer is closed'."""
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    events = [_event(i, f"s{i % 50}", i // 50 + 1) for i in range(3000)]
+    # A large commit holds the writer thread while the snapshot and the close queue.
+    committing = store.commit(_batch(events, 0, len(events)))
+    saving = asyncio.create_task(store.save_snapshot("registry", 3000, b"state"))
+    await asyncio.sleep(0)
+    await store.close()
+    await committing
+    await saving
+    reopened = SQLiteEventStore(tmp_path / "ledger.db", read_only=True)
+    await reopened.open()
+    try:
+        assert await reopened.load_snapshot("registry") == (3000, b"state")
+    finally:
+        await reopened.close()
