@@ -144,6 +144,16 @@ class Metrics:
         self.tree_size = Gauge(
             "maip_log_tree_size", "Leaves in the Merkle tree", registry=self.registry
         )
+        self.stalled_runs = Gauge(
+            "maip_engine_stalled_runs",
+            "Runs stopped for lack of storage, waiting for it to take writes again",
+            registry=self.registry,
+        )
+        self.unresumable_runs = Gauge(
+            "maip_engine_unresumable_runs",
+            "Runs this process could not resume: their history did not read back whole",
+            registry=self.registry,
+        )
         self.ended: dict[str, int] = {"completed": 0, "failed": 0, "cancelled": 0}
         self.engine: Engine | None = None
         self.registry.register(_StatusCollector(self))
@@ -159,6 +169,8 @@ class Metrics:
     def attach(self, log: Log, engine: Engine) -> None:
         self.engine = engine
         self.tree_size.set_function(lambda: float(log.size))
+        self.stalled_runs.set_function(lambda: float(engine.stalled))
+        self.unresumable_runs.set_function(lambda: float(engine.unresumable))
         log.add_listener(self._on_commit)
 
     def _on_commit(self, batch: Sequence[RecordedEvent]) -> None:

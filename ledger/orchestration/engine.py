@@ -168,6 +168,8 @@ class Engine:
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: Runs a write refused for lack of storage stopped; resumed once it is back.
         self._stalled: set[tuple[str, str]] = set()
+        #: Runs whose history did not read back whole when they were to be resumed.
+        self._unresumable = 0
         self._writers: dict[tuple[str, str], StreamWriter] = {}
         # Per orchestration, while anyone holds or awaits it: (lock, holders + waiters).
         self._external_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
@@ -596,6 +598,12 @@ class Engine:
         """How many runs are waiting for storage to take writes again."""
         return len(self._stalled)
 
+    @property
+    def unresumable(self) -> int:
+        """How many runs this process could not resume because their history did not
+        read back whole (``maip-ledger fsck`` says where); they stay unfinished."""
+        return self._unresumable
+
     async def resume_stalled(self) -> list[str]:
         """Resume, from the log, every run a storage failure stopped; call once storage
         takes writes again. Returns the orchestration ids resumed."""
@@ -625,6 +633,7 @@ class Engine:
             return False
         except LedgerError as e:
             _log.error("orchestration.resume_failed", orchestration_id=key[1], error=str(e))
+            self._unresumable += 1
             return False
 
     async def _resume(self, summary: OrchestrationSummary) -> bool:

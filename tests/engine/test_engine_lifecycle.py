@@ -8,7 +8,7 @@ from typing import Any
 
 from engine_helpers import TENANT, Harness, append_unfinished_run, no_sleep, scripted
 
-from ledger.errors import StorageUnavailableError
+from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
 from ledger.sqlite_store import SQLiteEventStore
@@ -162,12 +162,13 @@ async def test_regression_user_tool_raising_any_exception_fails_the_step(engine:
 
 
 class _OneStreamUnreadable:
-    """The real log, except that reading ``stream`` fails for lack of storage while
-    ``failing`` is set."""
+    """The real log, except that reading ``stream`` raises ``error`` while ``failing``
+    is set."""
 
-    def __init__(self, log: Log, stream: str) -> None:
+    def __init__(self, log: Log, stream: str, error: LedgerError) -> None:
         self._log = log
         self._stream = stream
+        self._error = error
         self.failing = True
 
     def __getattr__(self, name: str) -> Any:
@@ -175,7 +176,7 @@ class _OneStreamUnreadable:
 
     async def read_stream(self, tenant_id: str, stream_id: str, *args: Any) -> Any:
         if self.failing and stream_id == self._stream:
-            raise StorageUnavailableError("the disk went away")
+            raise self._error
         return await self._log.read_stream(tenant_id, stream_id, *args)
 
 
@@ -191,11 +192,13 @@ async def test_regression_one_run_that_cannot_be_resumed_does_not_stop_the_other
     await harness.log.close()  # a crash, with both runs unfinished
     harness.log, harness.engine = None, None
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    seam = _OneStreamUnreadable(log, min(first, second))
+    seam = _OneStreamUnreadable(
+        log, min(first, second), StorageUnavailableError("the disk went away")
+    )
     engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
     try:
         assert await engine.start() == [max(first, second)]
-        assert engine.stalled == 1
+        assert (engine.stalled, engine.unresumable) == (1, 0)
         assert (await engine.wait(TENANT, max(first, second))).status == "completed"
         seam.failing = False  # storage is back
         assert await engine.resume_stalled() == [min(first, second)]
@@ -246,4 +249,29 @@ async def test_regression_close_during_a_resume_read_stops_that_run_too(
             await asyncio.sleep(0)
         assert await log.stream_head(TENANT, oid) == head
     finally:
+        await log.close()
+
+
+async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfinished(
+    harness: Harness,
+) -> None:
+    engine = await harness.open()
+    assert harness.log is not None
+    first = await append_unfinished_run(engine, harness.log)
+    second = await append_unfinished_run(engine, harness.log)
+    await harness.log.close()  # a crash, with both runs unfinished
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    broken = IntegrityError("leaf 3 is stored under tenant 'x', stream 'y', but its bytes ...")
+    seam = _OneStreamUnreadable(log, min(first, second), broken)
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        assert await engine.start() == [max(first, second)]
+        assert (engine.stalled, engine.unresumable) == (0, 1)
+        assert (await engine.wait(TENANT, max(first, second))).status == "completed"
+        summary = engine.registry.orchestration(TENANT, min(first, second))
+        assert summary is not None
+        assert summary.status == "running"  # left as it was, for the next start
+    finally:
+        await engine.close()
         await log.close()
