@@ -61,6 +61,36 @@ async def append_unfinished_run(engine: Engine, log: Log, tenant: str = TENANT) 
     return oid
 
 
+async def crash_with_unfinished_runs(harness: Harness, count: int) -> tuple[Log, list[str]]:
+    """Leave ``count`` unfinished engine runs in a crashed process (the engine never
+    stops); the log as the next process opens it, and the runs' ids, sorted."""
+    engine = await harness.open()
+    assert harness.log is not None
+    oids = [await append_unfinished_run(engine, harness.log) for _ in range(count)]
+    await harness.log.close()
+    harness.log, harness.engine = None, None
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    return log, sorted(oids)
+
+
+class GatedRead:
+    """The real log, except that calls of its ``method`` wait until ``gate`` opens."""
+
+    def __init__(self, log: Log, method: str) -> None:
+        self._log = log
+        self._method = method
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return self._gated if name == self._method else getattr(self._log, name)
+
+    async def _gated(self, *args: Any) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await getattr(self._log, self._method)(*args)
+
+
 class Harness:
     """A log and an engine over one SQLite file; close + open simulates a restart."""
 

@@ -6,7 +6,15 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from engine_helpers import TENANT, Harness, append_unfinished_run, no_sleep, scripted
+import pytest
+from engine_helpers import (
+    TENANT,
+    GatedRead,
+    Harness,
+    crash_with_unfinished_runs,
+    no_sleep,
+    scripted,
+)
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.log import Log
@@ -185,58 +193,28 @@ async def test_regression_one_run_that_cannot_be_resumed_does_not_stop_the_other
 ) -> None:
     """start() resumed runs one after another and gave up at the first that raised:
     the runs after it stayed stopped, and start() stayed marked done."""
-    engine = await harness.open()
-    assert harness.log is not None
-    first = await append_unfinished_run(engine, harness.log)
-    second = await append_unfinished_run(engine, harness.log)
-    await harness.log.close()  # a crash, with both runs unfinished
-    harness.log, harness.engine = None, None
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    seam = _OneStreamUnreadable(
-        log, min(first, second), StorageUnavailableError("the disk went away")
-    )
+    log, (first, second) = await crash_with_unfinished_runs(harness, 2)
+    seam = _OneStreamUnreadable(log, first, StorageUnavailableError("the disk went away"))
     engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
     try:
-        assert await engine.start() == [max(first, second)]
+        assert await engine.start() == [second]
         assert (engine.stalled, engine.unresumable) == (1, 0)
-        assert (await engine.wait(TENANT, max(first, second))).status == "completed"
+        assert (await engine.wait(TENANT, second)).status == "completed"
         seam.failing = False  # storage is back
-        assert await engine.resume_stalled() == [min(first, second)]
-        assert (await engine.wait(TENANT, min(first, second))).status == "completed"
+        assert await engine.resume_stalled() == [first]
+        assert (await engine.wait(TENANT, first)).status == "completed"
     finally:
         await engine.close()
         await log.close()
 
 
-class _StreamReadWaitsForGate:
-    """The real log, except that ``read_stream`` waits until the gate opens."""
-
-    def __init__(self, log: Log) -> None:
-        self._log = log
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
-
-    async def read_stream(self, *args: Any) -> Any:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._log.read_stream(*args)
-
-
-async def test_regression_close_during_a_resume_read_stops_that_run_too(
-    harness: Harness,
-) -> None:
-    """close() while start() read a run's history found nothing to stop and returned;
-    start() then launched the run, which went on writing after the engine closed."""
-    engine = await harness.open()
-    assert harness.log is not None
-    oid = await append_unfinished_run(engine, harness.log)
-    await harness.log.close()  # a crash, with the run unfinished
-    harness.log, harness.engine = None, None
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    seam = _StreamReadWaitsForGate(log)
+@pytest.mark.parametrize("read", ["read_log", "read_stream"])  # the fold; a run's history
+async def test_regression_a_close_during_start_resumes_nothing(harness: Harness, read: str) -> None:
+    """close() while start() still read (the log, to build the registry, or a run's
+    history, to resume it) found nothing to stop and returned; start() then launched
+    the run, which went on writing after the engine closed."""
+    log, (oid,) = await crash_with_unfinished_runs(harness, 1)
+    seam = GatedRead(log, read)
     engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
     try:
         starting = asyncio.create_task(engine.start())
@@ -255,21 +233,15 @@ async def test_regression_close_during_a_resume_read_stops_that_run_too(
 async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfinished(
     harness: Harness,
 ) -> None:
-    engine = await harness.open()
-    assert harness.log is not None
-    first = await append_unfinished_run(engine, harness.log)
-    second = await append_unfinished_run(engine, harness.log)
-    await harness.log.close()  # a crash, with both runs unfinished
-    harness.log, harness.engine = None, None
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    log, (first, second) = await crash_with_unfinished_runs(harness, 2)
     broken = IntegrityError("leaf 3 is stored under tenant 'x', stream 'y', but its bytes ...")
-    seam = _OneStreamUnreadable(log, min(first, second), broken)
+    seam = _OneStreamUnreadable(log, first, broken)
     engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
     try:
-        assert await engine.start() == [max(first, second)]
+        assert await engine.start() == [second]
         assert (engine.stalled, engine.unresumable) == (0, 1)
-        assert (await engine.wait(TENANT, max(first, second))).status == "completed"
-        summary = engine.registry.orchestration(TENANT, min(first, second))
+        assert (await engine.wait(TENANT, second)).status == "completed"
+        summary = engine.registry.orchestration(TENANT, first)
         assert summary is not None
         assert summary.status == "running"  # left as it was, for the next start
     finally:

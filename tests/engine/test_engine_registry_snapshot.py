@@ -14,7 +14,6 @@ from engine_helpers import (
     OTHER_TENANT,
     TENANT,
     Harness,
-    append_unfinished_run,
     no_sleep,
     scripted,
 )
@@ -366,50 +365,6 @@ async def test_regression_a_cancelled_start_seals_no_empty_registry(
         assert _views(fresh.registry) == _views(await _full_fold(log))
     finally:
         await fresh.close()
-        await log.close()
-
-
-class _ReadWaitsForGate:
-    """The real log, except that ``read_log`` waits until the gate opens."""
-
-    def __init__(self, log: Log) -> None:
-        self._log = log
-        self.gate = asyncio.Event()
-        self.entered = asyncio.Event()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
-
-    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]:
-        self.entered.set()
-        await self.gate.wait()
-        return await self._log.read_log(from_index, limit)
-
-
-async def test_regression_a_start_that_close_overtook_resumes_nothing(
-    harness: Harness,
-) -> None:
-    """close() during start()'s fold returned at once, and start() then went on to
-    resume unfinished runs that nothing would ever stop or await."""
-    engine = await harness.open()
-    assert harness.log is not None
-    oid = await append_unfinished_run(engine, harness.log)
-    await harness.log.close()  # a crash: the run is left unfinished, for a start to resume
-    harness.log, harness.engine = None, None
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    seam = _ReadWaitsForGate(log)
-    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
-    try:
-        starting = asyncio.create_task(engine.start())
-        await seam.entered.wait()
-        await engine.close()
-        seam.gate.set()
-        assert await starting == []
-        head = await log.stream_head(TENANT, oid)
-        for _ in range(20):  # a resumed run would write within a few loop turns
-            await asyncio.sleep(0)
-        assert await log.stream_head(TENANT, oid) == head
-    finally:
         await log.close()
 
 
