@@ -19,12 +19,18 @@ from ledger.orchestration import events as ev
 from ledger.orchestration.state import Status
 
 __all__ = [
+    "MAX_EXAMINED",
     "AgentRecord",
     "OrchestrationSummary",
     "Registry",
     "RegistryProjection",
     "WorkflowRecord",
 ]
+
+
+#: The most orchestrations one listing page examines (see
+#: :meth:`Registry.list_orchestrations`): a few milliseconds of the event loop.
+MAX_EXAMINED = 10_000
 
 
 class AgentRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -278,14 +284,22 @@ class Registry:
         workflow_id: str | None = None,
         cursor: str | None = None,
         limit: int = 50,
+        examine: int = MAX_EXAMINED,
     ) -> tuple[list[OrchestrationSummary], str | None]:
-        """Newest first. ``cursor`` is the last id of the previous page; returns the page
-        and the next cursor (``None`` at the end)."""
+        """Newest first. ``cursor`` is the next cursor of the previous page; returns the
+        page and the next cursor (``None`` at the end).
+
+        A page examines at most ``examine`` orchestrations: a filter that few match
+        would otherwise walk a tenant's whole history on the event loop, in one call.
+        So a filtered page can hold fewer than ``limit`` (even none) and still have a
+        next cursor; the listing is at its end only when the cursor is ``None``.
+        """
         order = self._order.get(tenant_id, [])
         end = bisect.bisect_left(order, cursor) if cursor is not None else len(order)
         page: list[OrchestrationSummary] = []
         i = end - 1
-        while i >= 0 and len(page) < limit:
+        stop = max(-1, end - 1 - max(limit, examine))
+        while i > stop and len(page) < limit:
             s = self._orchs[(tenant_id, order[i])]
             if (
                 (status is None or s.status == status)
@@ -294,8 +308,8 @@ class Registry:
             ):
                 page.append(s)
             i -= 1
-        more = i >= 0 and len(page) == limit
-        return page, (page[-1].orchestration_id if more and page else None)
+        # Everything above ``i`` was examined; the next page starts below it.
+        return page, (order[i + 1] if i >= 0 else None)
 
 
 class RegistryProjection:

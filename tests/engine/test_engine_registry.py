@@ -100,3 +100,58 @@ def test_unfinished_is_every_engine_run_that_has_not_ended(
     restored = RegistryProjection().decode(RegistryProjection().encode(registry))
     assert restored.unfinished() == expected
     assert _all_summaries(restored) == _all_summaries(registry)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    _histories,
+    st.integers(0, 50),
+    st.sampled_from([None, "pending", "running", "completed", "failed", "cancelled"]),
+    st.integers(1, 4),
+    st.integers(1, 5),
+)
+def test_bounded_pages_walk_to_exactly_the_filtered_listing(
+    histories: list[tuple[str, str, list[str]]],
+    interleave: int,
+    status: str | None,
+    limit: int,
+    examine: int,
+) -> None:
+    """However few orchestrations a page may examine, following next_cursor until it is
+    None yields every match once, newest first, and no page exceeds its limit."""
+    registry = _fold(histories, interleave)
+    for tenant in ("t1", "t2"):
+        expected, _ = registry.list_orchestrations(tenant, status=status, limit=10_000)
+        walked: list[Any] = []
+        cursor: str | None = None
+        for _ in range(len(histories) + 2):  # each page examines at least one
+            page, cursor = registry.list_orchestrations(
+                tenant, status=status, cursor=cursor, limit=limit, examine=examine
+            )
+            assert len(page) <= limit
+            walked += page
+            if cursor is None:
+                break
+        assert cursor is None
+        assert walked == expected
+        ids = [s.orchestration_id for s in expected]
+        assert ids == sorted(ids, reverse=True)
+
+
+def test_a_rare_filter_ends_a_page_early_with_a_cursor() -> None:
+    """One failed run under many completed: a page stops after ``examine`` summaries
+    instead of scanning everything, and its cursor leads on to the match."""
+    histories = [("engine", "t1", [ev.ORCHESTRATION_FAILED])] + [
+        ("engine", "t1", [ev.ORCHESTRATION_COMPLETED])
+    ] * 30
+    registry = _fold(histories, 0)
+    page, cursor = registry.list_orchestrations("t1", status="failed", limit=5, examine=10)
+    assert page == []
+    assert cursor == "00000000-0000-0000-0000-000000000021"  # the tenth from the newest
+    found: list[Any] = []
+    while cursor is not None:
+        page, cursor = registry.list_orchestrations(
+            "t1", status="failed", cursor=cursor, limit=5, examine=10
+        )
+        found += page
+    assert [s.orchestration_id for s in found] == ["00000000-0000-0000-0000-000000000000"]
