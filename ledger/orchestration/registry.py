@@ -30,7 +30,7 @@ __all__ = [
 
 #: The most orchestrations one listing page examines (see
 #: :meth:`Registry.list_orchestrations`): a few milliseconds of the event loop.
-MAX_EXAMINED = 10_000
+MAX_EXAMINED = 5_000
 
 
 class AgentRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
