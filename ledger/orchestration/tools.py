@@ -5,27 +5,24 @@ Built-ins: ``echo`` (returns its arguments), ``json_extract`` (``{"data": ..., "
 
 The ``http`` tool POSTs its JSON arguments to a configured URL. SSRF guard: the URL's
 host must be in ``allow_hosts``; every address the host resolves to must be public
-(not private, loopback, link-local, multicast, reserved or unspecified) unless the host
-is also in ``allow_private_hosts``; the connection goes to the checked address (the
-check runs in the resolver, so DNS rebinding cannot swap it); redirects are followed
-only to allow-listed hosts, at most 3 times; the response is capped in size and time.
+(``_net.is_public_address``) unless the host is also in ``allow_private_hosts``; the
+connection goes to the checked address (the check runs in the resolver, so DNS
+rebinding cannot swap it); redirects are followed only to allow-listed hosts, at most 3
+times; the response is capped in size and time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
-import socket
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
 import msgspec
-from aiohttp.abc import AbstractResolver, ResolveResult
-from aiohttp.resolver import DefaultResolver
 
+from ledger.orchestration._net import GuardedResolver, check_url, is_public_address, read_capped
 from ledger.orchestration.calculator import calculate
 from ledger.orchestration.errors import SSRFBlockedError, TemplateError, ToolError
 from ledger.orchestration.templates import parse_path, resolve_path
@@ -135,53 +132,6 @@ class ToolRegistry:
         return sorted(self._tools)
 
 
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address)
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return not (
-        ip.is_private
-        or ip.is_loopback
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or (isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local)
-    )
-
-
-class GuardedResolver(AbstractResolver):
-    """Resolves, then refuses hosts not allow-listed and non-public addresses."""
-
-    def __init__(
-        self,
-        allow_hosts: frozenset[str],
-        allow_private_hosts: frozenset[str],
-        inner: AbstractResolver | None = None,
-    ) -> None:
-        self._allow = allow_hosts
-        self._private = allow_private_hosts
-        self._inner = inner or DefaultResolver()
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        host_l = host.lower().rstrip(".")
-        if host_l not in self._allow:
-            raise SSRFBlockedError(f"host {host!r} is not in the allow-list")
-        results = await self._inner.resolve(host, port, family)
-        if host_l not in self._private:
-            for r in results:
-                if not is_public_address(r["host"]):
-                    raise SSRFBlockedError(
-                        f"host {host!r} resolves to non-public address {r['host']}"
-                    )
-        return results
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-
 class HttpTool:
     """A configured ``http`` tool. Call :meth:`close` (or use the engine, which does)."""
 
@@ -205,20 +155,6 @@ class HttpTool:
         self._resolver = GuardedResolver(self.allow_hosts, self._private)
         self._session: aiohttp.ClientSession | None = None
 
-    def _check_url(self, url: str) -> None:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https"):
-            raise SSRFBlockedError(f"scheme {parts.scheme!r} is not allowed")
-        host = (parts.hostname or "").lower()
-        if host not in self.allow_hosts:
-            raise SSRFBlockedError(f"host {parts.hostname!r} is not in the allow-list")
-        try:
-            literal = ipaddress.ip_address(host)
-        except ValueError:
-            return  # a name: the resolver checks its addresses at connect time
-        if host not in self._private and not is_public_address(str(literal)):
-            raise SSRFBlockedError(f"address {host} is not public and not allow-listed as such")
-
     async def __call__(self, args: Any) -> Any:
         if self._session is None:
             connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False)
@@ -228,7 +164,7 @@ class HttpTool:
         try:
             async with asyncio.timeout(self.timeout_seconds):
                 for _ in range(self.max_redirects + 1):
-                    self._check_url(url)
+                    check_url(url, self.allow_hosts, self._private)
                     async with self._session.post(
                         url,
                         data=body,
@@ -238,7 +174,7 @@ class HttpTool:
                         if resp.status in (301, 302, 303, 307, 308):
                             url = urljoin(url, resp.headers.get("Location", ""))
                             continue
-                        raw = await resp.content.read(self.max_response_bytes + 1)
+                        raw = await read_capped(resp, self.max_response_bytes)
                         status = resp.status
                         break
                 else:
@@ -253,9 +189,12 @@ class HttpTool:
             raise ToolError(f"http tool connection failed: {e.os_error}", transient=True) from None
         except SSRFBlockedError:
             raise
+        except aiohttp.InvalidURL as e:
+            # Retrying cannot mend a URL (a redirect's Location, say).
+            raise ToolError(f"http tool got an unusable URL: {type(e).__name__}") from None
         except aiohttp.ClientError as e:
             raise ToolError(f"http tool failed: {type(e).__name__}", transient=True) from None
-        if len(raw) > self.max_response_bytes:
+        if raw is None:
             raise ToolError(f"response exceeds {self.max_response_bytes} bytes")
         if status == 429 or status >= 500:
             raise ToolError(f"http tool got HTTP {status}", transient=True)

@@ -154,11 +154,23 @@ def completion(
     }
 
 
+async def send_in_two_writes(request: web.Request, body: bytes) -> web.StreamResponse:
+    """Answer with ``body`` split across two writes, so a reader sees it arrive in parts."""
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    await resp.write(body[: len(body) // 2])
+    await asyncio.sleep(0.05)
+    await resp.write(body[len(body) // 2 :])
+    await resp.write_eof()
+    return resp
+
+
 @dataclass
 class FakeOpenAI:
     """A real OpenAI-compatible HTTP server on loopback. ``script`` is consumed one item
     per request: a dict (JSON 200 body), an int (that HTTP status), ``("sleep", s)``,
-    or ``("raw", bytes)``. When empty, it answers ``completion("done")``."""
+    ``("raw", bytes)``, ``("chunked", bytes)`` (sent in two writes, a pause between) or
+    ``("status", code, bytes)``. When empty, it answers ``completion("done")``."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -177,6 +189,10 @@ class FakeOpenAI:
             return web.json_response(completion("late"))
         if isinstance(item, tuple) and item[0] == "raw":
             return web.Response(body=item[1], content_type="application/json")
+        if isinstance(item, tuple) and item[0] == "status":
+            return web.Response(status=item[1], body=item[2], content_type="application/json")
+        if isinstance(item, tuple) and item[0] == "chunked":
+            return await send_in_two_writes(request, item[1])
         return web.json_response(item)
 
     async def start(self) -> str:

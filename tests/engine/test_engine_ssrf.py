@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import msgspec
 import pytest
 from aiohttp import web
-from engine_helpers import TENANT
+from engine_helpers import TENANT, send_in_two_writes
 
 from ledger.orchestration import Engine, HttpTool, SSRFBlockedError, ToolError
 
@@ -31,6 +32,10 @@ class Target:
     async def big(self, request: web.Request) -> web.Response:
         return web.json_response({"blob": "x" * 10_000})
 
+    async def in_parts(self, request: web.Request) -> web.StreamResponse:
+        size = int(request.query["size"])
+        return await send_in_two_writes(request, msgspec.json.encode({"blob": "x" * size}))
+
 
 @pytest.fixture
 async def target() -> AsyncIterator[Target]:
@@ -40,6 +45,7 @@ async def target() -> AsyncIterator[Target]:
     app.router.add_post("/redirect", t.redirect)
     app.router.add_post("/redirect-same", t.redirect_same)
     app.router.add_post("/big", t.big)
+    app.router.add_post("/in-parts", t.in_parts)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -139,3 +145,23 @@ async def test_blocked_http_tool_fails_the_step_without_retry(
     assert state.steps[0].attempts == 1
     assert "non-public address" in state.steps[0].result["error"]
     assert target.hits == []
+
+
+def _in_parts(target: Target, size: int, cap: int) -> HttpTool:
+    return HttpTool(
+        f"http://127.0.0.1:{target.port}/in-parts?size={size}",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+        max_response_bytes=cap,
+    )
+
+
+async def test_regression_a_body_sent_in_parts_is_read_whole(target: Target) -> None:
+    """One ``read(n)`` returned only what had arrived: half the JSON, kept as a string."""
+    assert await _call(_in_parts(target, 3000, 10_000), {}) == {"blob": "x" * 3000}
+
+
+async def test_regression_the_size_cap_holds_for_a_body_sent_in_parts(target: Target) -> None:
+    """The cap was checked against the first part only, so a larger body got through."""
+    with pytest.raises(ToolError, match="exceeds"):
+        await _call(_in_parts(target, 20_000, 15_000), {})

@@ -1,0 +1,142 @@
+"""Outbound HTTP guards shared by the ``http`` tool and the ``openai`` provider.
+
+Both connect to URLs that whoever registers an agent or a workflow chose, so both
+need the same three defences (OWASP SSRF Prevention Cheat Sheet, "Application layer"):
+
+1. :func:`check_url`: the scheme is ``http``/``https``, the host is allow-listed (or any
+   host may be, as the caller decides), and a literal address is public;
+2. :class:`GuardedResolver`: a name's addresses are checked where aiohttp connects to
+   them, so a DNS answer that changes between check and connect (rebinding) is caught;
+3. :func:`read_capped`: the body is read whole, however it is chunked, and no further
+   than its cap.
+
+"Public" follows the IANA special-purpose registries (RFC 6890) through
+:attr:`ipaddress.IPv4Address.is_global`, with IPv4 embedded in IPv6 (mapped, 6to4,
+Teredo, NAT64) judged by the embedded address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+
+from ledger.orchestration.errors import SSRFBlockedError
+
+__all__ = ["GuardedResolver", "check_url", "is_public_address", "read_capped", "url_host"]
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_READ_CHUNK = 64 * 1024
+
+
+def _embedded(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    return None
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is globally routable: not private, loopback, link-local,
+    shared (100.64.0.0/10, where cloud metadata services live), multicast, reserved or
+    unspecified, also when an IPv6 address carries an IPv4 one."""
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address):
+        ip = _embedded(ip) or ip
+    return ip.is_global and not (
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local
+    )
+
+
+def _host(hostname: str | None) -> str:
+    return (hostname or "").lower().rstrip(".")
+
+
+def url_host(url: str) -> str:
+    """The host of an ``http``/``https`` ``url``, lower-cased; refuses any other URL."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 — raises on a port that is not a number in range
+    except ValueError as e:
+        raise SSRFBlockedError(f"{url!r} is not a valid URL: {e}") from e
+    if parts.scheme not in ("http", "https"):
+        raise SSRFBlockedError(f"scheme {parts.scheme!r} is not allowed")
+    host = _host(parts.hostname)
+    if not host:
+        raise SSRFBlockedError(f"{url!r} names no host")
+    return host
+
+
+def check_url(
+    url: str, allow_hosts: frozenset[str] | None, allow_private_hosts: frozenset[str]
+) -> str:
+    """Step 1: refuse ``url`` unless its scheme, host and (literal) address pass; returns
+    its host. ``allow_hosts`` ``None`` lets any host through to the address check."""
+    host = url_host(url)
+    if allow_hosts is not None and host not in allow_hosts:
+        raise SSRFBlockedError(f"host {host!r} is not in the allow-list")
+    try:
+        literal = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # a name: the resolver checks its addresses at connect time
+    if host not in allow_private_hosts and not is_public_address(str(literal)):
+        raise SSRFBlockedError(f"address {host} is not public and not allow-listed as such")
+    return host
+
+
+class GuardedResolver(AbstractResolver):
+    """Step 2: resolves, then refuses hosts not allow-listed (unless ``allow_hosts`` is
+    ``None``) and non-public addresses of hosts not in ``allow_private_hosts``."""
+
+    def __init__(
+        self,
+        allow_hosts: frozenset[str] | None,
+        allow_private_hosts: frozenset[str],
+        inner: AbstractResolver | None = None,
+    ) -> None:
+        self._allow = allow_hosts
+        self._private = allow_private_hosts
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        name = _host(host)
+        if self._allow is not None and name not in self._allow:
+            raise SSRFBlockedError(f"host {host!r} is not in the allow-list")
+        results = await self._inner.resolve(host, port, family)
+        if name not in self._private:
+            for r in results:
+                if not is_public_address(r["host"]):
+                    raise SSRFBlockedError(
+                        f"host {host!r} resolves to non-public address {r['host']}"
+                    )
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+async def read_capped(resp: aiohttp.ClientResponse, cap: int) -> bytes | None:
+    """Step 3: the whole body, or ``None`` once it exceeds ``cap`` bytes.
+
+    ``StreamReader.read(n)`` returns what has arrived so far, not ``n`` bytes, so one
+    call would cut a body sent in pieces short, and let a larger one past the cap.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        total += len(chunk)
+        if total > cap:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
