@@ -175,7 +175,10 @@ def create_app(
             keys.close()
             raise
         hub = StreamHub()
-        engine_options: dict[str, Any] = {"stop_grace_seconds": config.shutdown_grace_seconds}
+        engine_options: dict[str, Any] = {
+            "stop_grace_seconds": config.shutdown_grace_seconds,
+            "provider_policy": config.provider_policy(),
+        }
         if env is not None:
             engine_options["env"] = env
         if now is not None:

@@ -311,6 +311,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--log-level", help=_help("log_level", "default info"))
     s.add_argument(
+        "--provider-hosts",
+        help=_help("provider_hosts", "hosts agents' providers may reach; default any public"),
+    )
+    s.add_argument(
+        "--provider-private-hosts",
+        help=_help("provider_private_hosts", "of those, hosts that may be private or loopback"),
+    )
+    s.add_argument(
+        "--provider-keys",
+        help=_help("provider_keys", "key variables and their hosts: NAME=host,host;NAME2=host"),
+    )
+    s.add_argument(
         "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")
     )
     s.set_defaults(func=_cmd_serve)

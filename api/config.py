@@ -6,6 +6,7 @@ Precedence: an explicit flag, else the environment variable, else the default.
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 from api.errors import ConfigError
 from ledger.keys import DEFAULT_ORIGIN
+from ledger.orchestration import ProviderPolicy
 
 __all__ = ["ENV_VARS", "Config"]
 
@@ -35,6 +37,9 @@ ENV_VARS: dict[str, str] = {
     "receipt_cache_entries": "MAIP_RECEIPT_CACHE_ENTRIES",
     "demo": "MAIP_DEMO",
     "log_level": "MAIP_LOG_LEVEL",
+    "provider_hosts": "MAIP_PROVIDER_HOSTS",
+    "provider_private_hosts": "MAIP_PROVIDER_PRIVATE_HOSTS",
+    "provider_keys": "MAIP_PROVIDER_KEYS",
 }
 
 _LEDGER_FILE = "ledger.db"
@@ -73,6 +78,15 @@ class Config:
     receipt_cache_entries: int = 65_536
     demo: bool = False
     log_level: str = "info"
+    #: Where tenants' ``openai`` agents may connect (ledger/orchestration/providers/
+    #: policy.py). Comma-separated hosts; unset: any host whose addresses are public.
+    provider_hosts: str | None = None
+    #: Comma-separated hosts that may be private or loopback (a local vLLM or Ollama).
+    provider_private_hosts: str = ""
+    #: The only environment variables an agent's API key may come from, each with the
+    #: hosts it may be sent to: ``OPENAI_API_KEY=api.openai.com;LOCAL=127.0.0.1,localhost``.
+    #: Unset: agents send no key.
+    provider_keys: str = ""
 
     @property
     def ledger_path(self) -> Path:
@@ -116,6 +130,35 @@ class Config:
             raise ConfigError("the receipt cache size must be >= 0")
         if self.jwt_hs256_secret is not None and len(self.jwt_hs256_secret.encode()) < 32:
             raise ConfigError("the HS256 JWT secret must be at least 32 bytes")
+        self.provider_policy()
+
+    def provider_policy(self) -> ProviderPolicy:
+        """The policy for tenants' providers; :class:`ConfigError` if a setting is bad."""
+        keys: dict[str, list[str]] = {}
+        for entry in filter(None, (e.strip() for e in self.provider_keys.split(";"))):
+            name, sep, hosts = entry.partition("=")
+            name = name.strip()
+            if not sep or not _ENV_NAME.fullmatch(name) or not _host_list(hosts):
+                raise ConfigError(
+                    f"provider_keys ({ENV_VARS['provider_keys']}): {entry!r} is not "
+                    "NAME=host[,host]"
+                )
+            if name.startswith("MAIP_"):
+                # The server's own settings and secrets live there.
+                raise ConfigError(f"provider_keys: {name} is a server setting, not a key")
+            keys[name] = _host_list(hosts)
+        return ProviderPolicy.of(
+            allow_hosts=None if self.provider_hosts is None else _host_list(self.provider_hosts),
+            allow_private_hosts=_host_list(self.provider_private_hosts),
+            keys=keys,
+        )
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _host_list(text: str) -> list[str]:
+    return [h.strip() for h in text.split(",") if h.strip()]
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -22,6 +22,7 @@ from ledger.orchestration.errors import (
     WorkflowValidationError,
 )
 from ledger.orchestration.events import ORCHESTRATION_EVENTS, TERMINAL_TYPES
+from ledger.orchestration.providers import ProviderPolicy
 from ledger.orchestration.redaction import RedactionPolicy, commitment
 from ledger.orchestration.registry import AgentRecord, OrchestrationSummary, WorkflowRecord
 from ledger.orchestration.state import (
@@ -57,6 +58,7 @@ __all__ = [
     "OrchestrationStateError",
     "OrchestrationSummary",
     "ProviderError",
+    "ProviderPolicy",
     "RedactionPolicy",
     "SSRFBlockedError",
     "StepDef",

@@ -43,7 +43,13 @@ from ledger.orchestration.errors import (
     WorkflowNotFoundError,
     WorkflowValidationError,
 )
-from ledger.orchestration.providers import Provider, make_provider, parse_provider_config
+from ledger.orchestration.providers import (
+    OpenAIConfig,
+    Provider,
+    ProviderPolicy,
+    make_provider,
+    parse_provider_config,
+)
 from ledger.orchestration.redaction import RedactionPolicy
 from ledger.orchestration.registry import (
     AgentRecord,
@@ -149,6 +155,7 @@ class Engine:
         redaction: RedactionPolicy | None = None,
         sleep: Callable[[float], Any] = asyncio.sleep,
         stop_grace_seconds: float = 5.0,
+        provider_policy: ProviderPolicy | None = None,
     ) -> None:
         for name in ev.ORCHESTRATION_EVENTS.names():
             log.catalog.payload_type(name)  # raises UnknownEventTypeError if missing
@@ -160,6 +167,10 @@ class Engine:
         self._now = now or (lambda: datetime.now(UTC))
         self._new_ulid = new_ulid
         self._redaction = redaction
+        #: Where agents' providers may connect and which keys they may send (``None``:
+        #: whoever registers agents is trusted). An injected ``session`` should resolve
+        #: through ``provider_policy.resolver()``, as the engine's own session does.
+        self._provider_policy = provider_policy
         self._sleep = sleep
         self._grace = stop_grace_seconds
         self.registry = Registry()
@@ -362,9 +373,17 @@ class Engine:
             if provider is None:
                 config = parse_provider_config(agent.provider)
                 if config.__struct_config__.tag == "openai" and self._session is None:
-                    self._session = aiohttp.ClientSession()
+                    policy = self._provider_policy
+                    connector = (
+                        None
+                        if policy is None
+                        else aiohttp.TCPConnector(resolver=policy.resolver(), use_dns_cache=False)
+                    )
+                    self._session = aiohttp.ClientSession(connector=connector)
                     self._own_session = True
-                provider = make_provider(config, session=self._session, env=self._env)
+                provider = make_provider(
+                    config, session=self._session, env=self._env, policy=self._provider_policy
+                )
                 self._providers[key] = provider
             return provider
 
@@ -404,6 +423,8 @@ class Engine:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise WorkflowValidationError("a name of 1-200 characters is required", field="name")
         config = parse_provider_config(dict(provider))
+        if self._provider_policy is not None and isinstance(config, OpenAIConfig):
+            self._provider_policy.check(config)
         for i, tool in enumerate(tools):
             if tool not in self.tools:
                 raise WorkflowValidationError(f"unknown tool {tool!r}", field=f"tools[{i}]")

@@ -7,9 +7,11 @@ from collections.abc import Mapping
 import aiohttp
 import msgspec
 
-from ledger.orchestration.errors import WorkflowValidationError
+from ledger.orchestration._net import url_host
+from ledger.orchestration.errors import SSRFBlockedError, WorkflowValidationError
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider, ToolCall
 from ledger.orchestration.providers.openai import OpenAIConfig, OpenAIProvider
+from ledger.orchestration.providers.policy import ProviderPolicy
 from ledger.orchestration.providers.scripted import (
     ScriptedConfig,
     ScriptedProvider,
@@ -24,6 +26,7 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "ProviderConfig",
+    "ProviderPolicy",
     "ScriptedConfig",
     "ScriptedProvider",
     "ScriptedResponse",
@@ -44,14 +47,23 @@ def parse_provider_config(raw: object) -> ProviderConfig:
         config: ProviderConfig = msgspec.convert(raw, ProviderConfig)
     except msgspec.ValidationError as e:
         raise WorkflowValidationError(str(e), field="provider") from None
+    if isinstance(config, OpenAIConfig):
+        try:  # scheme and host only: where it may connect is the policy's call
+            url_host(config.base_url)
+        except SSRFBlockedError as e:
+            raise WorkflowValidationError(str(e), field="provider.base_url") from None
     return config
 
 
 def make_provider(
-    config: ProviderConfig, *, session: aiohttp.ClientSession | None, env: Mapping[str, str]
+    config: ProviderConfig,
+    *,
+    session: aiohttp.ClientSession | None,
+    env: Mapping[str, str],
+    policy: ProviderPolicy | None = None,
 ) -> Provider:
     if isinstance(config, ScriptedConfig):
         return ScriptedProvider(config)
     if session is None:
         raise WorkflowValidationError("the openai provider needs an HTTP session", field="provider")
-    return OpenAIProvider(config, session, env)
+    return OpenAIProvider(config, session, env, policy)

@@ -14,22 +14,29 @@ not.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import msgspec
 import structlog
 
-from ledger.orchestration.errors import ProviderError
+from ledger.orchestration._net import read_capped
+from ledger.orchestration.errors import (
+    ProviderError,
+    SSRFBlockedError,
+    WorkflowValidationError,
+)
 from ledger.orchestration.providers.base import (
     LLMRequest,
     LLMResponse,
     ToolCall,
     assistant_message,
 )
+
+if TYPE_CHECKING:
+    from ledger.orchestration.providers.policy import ProviderPolicy
 
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
 
@@ -54,21 +61,40 @@ class OpenAIProvider:
         config: OpenAIConfig,
         session: aiohttp.ClientSession,
         env: Mapping[str, str],
+        policy: ProviderPolicy | None = None,
     ) -> None:
         self._config = config
         self._session = session
         self._env = env
+        self._policy = policy
 
     def _key(self) -> str | None:
         if self._config.api_key_env is None:
             return None
         return self._env.get(self._config.api_key_env) or None
 
-    def _scrub(self, text: str) -> str:
+    def _scrub(self, text: str, *, limit: int | None = None) -> str:
+        """``text`` without the key, cut to ``limit`` characters: cut only after the key
+        is replaced, so the cut cannot leave part of it behind."""
         key = self._key()
-        return text.replace(key, "[redacted]") if key else text
+        if key:
+            text = text.replace(key, "[redacted]")
+        if limit is None or len(text) <= limit:
+            return text
+        text = text[:limit]
+        # A key that went on past the cap of the body read is still cut off at its end.
+        for n in range(min(len(key or ""), len(text)), 0, -1):
+            if key and text.endswith(key[:n]):
+                return text[:-n]
+        return text
 
     async def complete(self, request: LLMRequest, *, time_limit: float) -> LLMResponse:
+        if self._policy is not None:
+            # Checked again here: the policy may have tightened since registration.
+            try:
+                self._policy.check(self._config)
+            except WorkflowValidationError as e:
+                raise ProviderError(str(e), transient=False) from None
         url = self._config.base_url.rstrip("/") + "/chat/completions"
         body: dict[str, Any] = {**request.parameters, "messages": list(request.messages)}
         if request.model is not None:
@@ -89,10 +115,20 @@ class OpenAIProvider:
                 timeout=aiohttp.ClientTimeout(total=limit),
                 allow_redirects=False,
             ) as resp:
-                raw = await resp.content.read(self._config.max_response_bytes + 1)
+                raw = await read_capped(resp, self._config.max_response_bytes)
                 status = resp.status
         except TimeoutError:
             raise ProviderError(f"provider timed out after {limit:g}s", transient=True) from None
+        except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, SSRFBlockedError):  # the policy's resolver refused
+                raise ProviderError(str(e.os_error), transient=False) from None
+            raise ProviderError(
+                self._scrub(f"provider connection failed: {type(e).__name__}"), transient=True
+            ) from None
+        except aiohttp.InvalidURL as e:
+            raise ProviderError(
+                f"provider URL is unusable: {type(e).__name__}", transient=False
+            ) from None
         except aiohttp.ClientError as e:
             raise ProviderError(
                 self._scrub(f"provider connection failed: {type(e).__name__}"), transient=True
@@ -100,13 +136,13 @@ class OpenAIProvider:
         _log.debug("llm.http", status=status, latency_ms=(time.monotonic() - started) * 1000)
         if status == 429 or status >= 500:
             raise ProviderError(f"provider returned HTTP {status}", transient=True, status=status)
+        if raw is None:
+            raise ProviderError("provider response is too large", transient=False)
         if status >= 300:
-            snippet = self._scrub(raw[:200].decode("utf-8", "replace"))
+            snippet = self._scrub(raw.decode("utf-8", "replace"), limit=200)
             raise ProviderError(
                 f"provider returned HTTP {status}: {snippet}", transient=False, status=status
             )
-        if len(raw) > self._config.max_response_bytes:
-            raise ProviderError("provider response is too large", transient=False)
         return _parse(raw)
 
 
@@ -164,6 +200,3 @@ def _parse(raw: bytes) -> LLMResponse:
 
 def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-_ = (asyncio, Literal)

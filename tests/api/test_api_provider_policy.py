@@ -1,0 +1,127 @@
+"""A tenant's ``openai`` agents reach only what the operator allows, and send only the
+keys the operator named, to the hosts named for them (``MAIP_PROVIDER_*``)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from api_helpers import Tenant, new_tenant
+
+from api.app import create_app
+from api.config import Config
+from api.errors import ConfigError
+from api.services import SERVICES
+
+SECRET = "server-secret-0123456789-abcdefghijklmnopqrstuvwxyz"
+
+
+class Provider:
+    """An OpenAI-compatible endpoint on loopback that notes each Authorization header."""
+
+    def __init__(self) -> None:
+        self.authorization: list[str | None] = []
+
+    async def complete(self, request: web.Request) -> web.Response:
+        self.authorization.append(request.headers.get("Authorization"))
+        return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
+
+
+async def _agent(client: TestClient, tenant: Tenant, **provider: Any) -> tuple[int, Any]:
+    resp = await client.post(
+        "/v1/agents",
+        json={"name": "a", "provider": {"kind": "openai", **provider}},
+        headers=tenant.headers,
+    )
+    return resp.status, await resp.json(content_type=None)
+
+
+async def _serve(config: Config, env: dict[str, str], check: Any) -> Provider:
+    provider = Provider()
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", provider.complete)
+    async with TestServer(app, host="127.0.0.1") as upstream:
+        base = str(upstream.make_url("/v1"))
+        server = TestServer(create_app(config, env=env), host="127.0.0.1")
+        async with TestClient(server) as client:
+            tenant = new_tenant(client.app[SERVICES].keys, "mallory")
+            await check(client, tenant, base)
+    return provider
+
+
+async def test_regression_a_tenant_cannot_send_a_server_secret_to_its_own_host(
+    config: Config,
+) -> None:
+    """Any variable of the server's environment could be named as an agent's key, and
+    was sent as a bearer token to the agent's base_url: the tenant's own host."""
+    env = {"MAIP_JWT_HS256_SECRET": SECRET}
+    config = dataclasses.replace(config, provider_private_hosts="127.0.0.1")
+
+    async def check(client: TestClient, tenant: Tenant, base: str) -> None:
+        status, body = await _agent(
+            client, tenant, base_url=base, api_key_env="MAIP_JWT_HS256_SECRET"
+        )
+        assert status == 422, body
+        assert body["errors"][0]["field"] == "$.provider.api_key_env"
+
+    provider = await _serve(config, env, check)
+    assert provider.authorization == []
+
+
+async def test_private_provider_hosts_need_the_operators_leave(config: Config) -> None:
+    async def check(client: TestClient, tenant: Tenant, base: str) -> None:
+        status, body = await _agent(client, tenant, base_url=base)
+        assert status == 422, body
+        assert body["errors"][0]["field"] == "$.provider.base_url"
+
+    await _serve(config, {}, check)
+
+
+async def test_a_named_key_reaches_its_named_host(config: Config) -> None:
+    config = dataclasses.replace(
+        config, provider_private_hosts="127.0.0.1", provider_keys="LLM_KEY=127.0.0.1"
+    )
+
+    async def check(client: TestClient, tenant: Tenant, base: str) -> None:
+        status, body = await _agent(client, tenant, base_url=base, api_key_env="LLM_KEY")
+        assert status == 201, body
+        resp = await client.post(
+            "/v1/orchestrations/execute",
+            json={"agent_id": body["agent_id"], "input": "hi"},
+            headers={**tenant.headers, "Prefer": "wait=10"},
+        )
+        assert (await resp.json())["status"] == "completed"
+
+    provider = await _serve(config, {"LLM_KEY": "sk-llm"}, check)
+    assert provider.authorization == ["Bearer sk-llm"]
+
+
+@pytest.mark.parametrize(
+    ("keys", "message"),
+    [
+        ("LLM_KEY", "is not NAME=host"),
+        ("LLM_KEY=", "is not NAME=host"),
+        ("1BAD=host", "is not NAME=host"),
+        ("MAIP_JWT_HS256_SECRET=api.example.com", "is a server setting"),
+    ],
+)
+def test_provider_key_settings_are_checked(keys: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Config.load({"MAIP_PROVIDER_KEYS": keys})
+
+
+def test_provider_settings_become_the_engines_policy() -> None:
+    config = Config.load(
+        {
+            "MAIP_PROVIDER_HOSTS": "api.example.com, Local.Host.",
+            "MAIP_PROVIDER_PRIVATE_HOSTS": "local.host",
+            "MAIP_PROVIDER_KEYS": "A=api.example.com; B=local.host,api.example.com",
+        }
+    )
+    policy = config.provider_policy()
+    assert policy.allow_hosts == {"api.example.com", "local.host"}
+    assert policy.allow_private_hosts == {"local.host"}
+    assert policy.keys == {"A": {"api.example.com"}, "B": {"local.host", "api.example.com"}}
