@@ -105,6 +105,8 @@ class Authenticator:
     ) -> None:
         self._keys = keys
         self._hs256 = config.jwt_hs256_secret
+        self._audience = config.jwt_audience
+        self._issuer = config.jwt_issuer
         self._eddsa = (
             _load_eddsa_key(config.jwt_eddsa_public_key) if config.jwt_eddsa_public_key else None
         )
@@ -177,12 +179,21 @@ class Authenticator:
             key = self._hs256
         else:
             raise unauthorized(f"JWT algorithm {alg!r} is not accepted here")
+        # RFC 8725 §3.9/§3.10: with an audience (and issuer) configured, a token minted
+        # for another service under the same key is refused here.
+        required = ["exp"]
+        if self._audience is not None:
+            required.append("aud")
+        if self._issuer is not None:
+            required.append("iss")
         try:
             claims = jwt.decode(
                 token,
                 key=key,
                 algorithms=[alg],
-                options={"require": ["exp"], "verify_aud": False},
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": required, "verify_aud": self._audience is not None},
                 leeway=_JWT_LEEWAY_SECONDS,
             )
         except jwt.ExpiredSignatureError:

@@ -290,6 +290,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--jwt-eddsa-public-key", help=_help("jwt_eddsa_public_key", "EdDSA JWT key (PEM)")
     )
+    s.add_argument("--jwt-audience", help=_help("jwt_audience", "required JWT aud"))
+    s.add_argument("--jwt-issuer", help=_help("jwt_issuer", "required JWT iss"))
     s.add_argument(
         "--shutdown-grace-seconds", type=float, help=_help("shutdown_grace_seconds", "default 5")
     )

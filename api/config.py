@@ -30,6 +30,8 @@ ENV_VARS: dict[str, str] = {
     "rate_burst": "MAIP_RATE_BURST",
     "jwt_hs256_secret": "MAIP_JWT_HS256_SECRET",
     "jwt_eddsa_public_key": "MAIP_JWT_EDDSA_PUBLIC_KEY",
+    "jwt_audience": "MAIP_JWT_AUDIENCE",
+    "jwt_issuer": "MAIP_JWT_ISSUER",
     "shutdown_grace_seconds": "MAIP_SHUTDOWN_GRACE_SECONDS",
     "header_timeout_seconds": "MAIP_HEADER_TIMEOUT_SECONDS",
     "max_connections": "MAIP_MAX_CONNECTIONS",
@@ -62,6 +64,10 @@ class Config:
     #: (PEM text or a path to a PEM file). Neither set: only API keys are accepted.
     jwt_hs256_secret: str | None = field(default=None, repr=False)
     jwt_eddsa_public_key: str | None = None
+    #: When set, a JWT must carry this ``aud`` (and ``iss``): a token the same key
+    #: signed for another service is then refused.
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
     shutdown_grace_seconds: float = 5.0
     #: A connection must deliver a complete request head (request line and headers)
     #: within this many seconds of opening, or of its previous response; else it is

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import jwt
 import pytest
@@ -270,3 +273,29 @@ async def test_key_changes_by_another_process_count_from_the_next_loop_turn(
     finally:
         keys.close()
         other.close()
+
+
+async def test_with_an_audience_configured_tokens_for_other_services_are_401(
+    config: Config, make_client: Callable[[Config], TestClient]
+) -> None:
+    """RFC 8725 §3.9: a token the shared key signed for another service must not work."""
+    from api_helpers import HS256_SECRET
+
+    config = dataclasses.replace(config, jwt_audience="maip-ledger", jwt_issuer="idp.example")
+
+    def token(**claims: Any) -> dict[str, str]:
+        body = {"tenant": "tenant-j", "scope": "admin", "exp": int(time.time()) + 300, **claims}
+        encoded = jwt.encode(body, HS256_SECRET, algorithm="HS256")
+        return {"Authorization": f"Bearer {encoded}", "X-Tenant-ID": "tenant-j"}
+
+    async with make_client(config) as client:
+        good = token(aud="maip-ledger", iss="idp.example")
+        assert (await client.get(PATH, headers=good)).status == 200
+        for claims in (
+            {},
+            {"iss": "idp.example"},
+            {"aud": "billing", "iss": "idp.example"},
+            {"aud": "maip-ledger"},
+            {"aud": "maip-ledger", "iss": "elsewhere"},
+        ):
+            await problem(client, token(**claims), 401)
