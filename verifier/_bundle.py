@@ -66,6 +66,7 @@ __all__ = [
     "STEP_REPLAY",
     "EventHook",
     "Report",
+    "bundle_lines",
     "verify_bundle",
 ]
 
@@ -159,6 +160,16 @@ def _lines(stream: IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
         if len(buf) > LINE_LIMIT:
             rest, buf = buf, b""
             yield long_line(rest)
+
+
+def bundle_lines(bundle: bytes | str | IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
+    """The lines of ``bundle`` exactly as :func:`verify_bundle` reads them (see ``_lines``).
+
+    A line ends at LF only: a CR is JSON whitespace inside a line (§6), so anything that
+    shows a bundle's lines must split them here, or it could show lines other than the
+    ones verified.
+    """
+    return _lines(_open(bundle))
 
 
 def _receipt_leaf_error(r: BundleReceipt, index: int) -> ReceiptMismatch:
@@ -489,7 +500,7 @@ def verify_bundle(
     key = parse_vkey(vkey)
     run = _Run(key, progress, on_event)
     report: Report | None = None
-    lines = _lines(_open(bundle))
+    lines = bundle_lines(bundle)
     pending: Any = None  # a line the event loop read ahead and handed back
     while True:
         if pending is None:

@@ -1,9 +1,11 @@
 """The auditor's timeline of a bundle (``maip-verify replay``), ``specs/log-format.md`` §6-§7.
 
-:func:`build_timeline` verifies the bundle (§6.1, :func:`verify_bundle`) and, in a second,
-tolerant pass, checks each event on its own (inclusion in the header checkpoint, its
-receipt against its checkpoint line, belonging) so that every step of the timeline
-carries its own verified or failed mark even when the bundle as a whole fails.
+:func:`build_timeline` verifies the bundle (§6.1, :func:`verify_bundle`). A verified
+bundle's timeline holds exactly the events verify_bundle verified, handed over by its
+``on_event`` hook. A bundle that fails gets a second, tolerant pass over the same lines
+(:func:`bundle_lines`, split at LF only) that checks each event on its own (inclusion in
+the header checkpoint, its receipt against its checkpoint line, belonging), so that
+every step of the timeline carries its own verified or failed mark.
 
 The timeline is liberal: it shows every payload field present, whatever the event type.
 Renderers: text, JSON, and one self-contained HTML page (inline CSS/JS, no network)
@@ -20,14 +22,21 @@ from typing import Any
 
 import msgspec
 
-from verifier._bundle import BUNDLE_FORMAT, verify_bundle
+from verifier._bundle import BUNDLE_FORMAT, LINE_LIMIT, bundle_lines, verify_bundle
 from verifier._checkpoint import Checkpoint, verify_checkpoint
 from verifier._errors import MalformedInput, ProofInvalid, ReceiptMismatch, VerificationError
 from verifier._ids import receipt_id_for
 from verifier._leaf import decode_leaf
 from verifier._merkle import decode_proof, leaf_hash, verify_consistency, verify_inclusion
 from verifier._note import VerifierKey, parse_vkey
-from verifier._wire import BundleCheckpoint, BundleEvent, BundleHeader, BundleLine, BundleState
+from verifier._wire import (
+    BundleCheckpoint,
+    BundleEvent,
+    BundleHeader,
+    BundleLine,
+    BundleState,
+    Envelope,
+)
 
 __all__ = ["Timeline", "TimelineEvent", "TimelineStep", "build_timeline", "render"]
 
@@ -137,22 +146,108 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
+def _event(leaf_index: int, env: Envelope, problem: str | None) -> TimelineEvent:
+    return TimelineEvent(
+        env.stream_seq,
+        env.type,
+        env.occurred_at,
+        env.event_id,
+        leaf_index,
+        problem is None,
+        problem,
+        _payload(env.payload),
+    )
+
+
 def build_timeline(bundle: bytes, vkey: str | VerifierKey) -> Timeline:
-    """Verify ``bundle`` and build its timeline; ``failure`` names the first failing step."""
+    """Verify ``bundle`` and build its timeline; ``failure`` names the first failing step.
+
+    A verified bundle's timeline is made of exactly the events :func:`verify_bundle`
+    verified (its ``on_event`` hook), so it cannot show any other. Only a bundle that
+    fails gets the tolerant second pass, over the same lines (:func:`bundle_lines`).
+    """
     key = parse_vkey(vkey)
-    failure: str | None = None
-    status: str | None = None
+    verified: list[TimelineEvent] = []
     try:
-        report = verify_bundle(bundle, key)
-        status = report.status
+        report = verify_bundle(
+            bundle,
+            key,
+            on_event=lambda line, env: verified.append(_event(line.leaf_index, env, None)),
+        )
     except VerificationError as e:
-        failure = str(e)
+        return _tolerant_timeline(bundle, key, str(e))
+    return _timeline(
+        origin=report.origin,
+        tenant_id=report.tenant_id,
+        orchestration_id=report.orchestration_id,
+        tree_size=report.tree_size,
+        status=report.status,
+        failure=None,
+        events=verified,
+    )
+
+
+def _timeline(
+    *,
+    origin: str | None,
+    tenant_id: str | None,
+    orchestration_id: str | None,
+    tree_size: int | None,
+    status: str | None,
+    failure: str | None,
+    events: list[TimelineEvent],
+) -> Timeline:
+    definition: dict[str, Any] | None = None
+    for e in events:
+        if e.type == "orchestration.created" and isinstance(e.payload, dict):
+            d = e.payload.get("definition")
+            definition = d if isinstance(d, dict) else None
+    return Timeline(
+        origin=origin,
+        tenant_id=tenant_id,
+        orchestration_id=orchestration_id,
+        tree_size=tree_size,
+        status=status,
+        verified=failure is None,
+        failure=failure,
+        orchestration=tuple(
+            e for e in events if not isinstance(e.payload, dict) or "step_id" not in e.payload
+        ),
+        steps=_steps(events, definition),
+    )
+
+
+def _tolerant_timeline(bundle: bytes, key: VerifierKey, failure: str) -> Timeline:
+    """The timeline of a bundle that failed: each event checked on its own."""
     header: BundleHeader | None = None
     head: Checkpoint | None = None
     roots: dict[int, bytes] = {}
     events: list[TimelineEvent] = []
-    definition: dict[str, Any] | None = None
-    for raw in bundle.splitlines():
+    for item in bundle_lines(bundle):
+        if isinstance(item, bytes):
+            raw = item
+        else:
+            # A line longer than LINE_LIMIT: verify_bundle allows only the state trailer
+            # to be that long, and the timeline does not show the trailer.
+            raw = b"".join(item)
+            try:
+                long_line = _LINE.decode(raw)
+            except (msgspec.DecodeError, ValueError, RecursionError):
+                long_line = None
+            if not isinstance(long_line, BundleState):
+                events.append(
+                    TimelineEvent(
+                        None,
+                        "(unreadable line)",
+                        None,
+                        None,
+                        -1,
+                        False,
+                        f"a line longer than {LINE_LIMIT} bytes that is not the state trailer",
+                        None,
+                    )
+                )
+            continue
         if not raw.strip():
             continue
         try:
@@ -193,39 +288,18 @@ def build_timeline(bundle: bytes, vkey: str | VerifierKey) -> Timeline:
                         base64.b64encode(line.leaf).decode(),
                     )
                 )
-                continue
-            payload = _payload(env.payload)
-            if env.type == "orchestration.created" and isinstance(payload, dict):
-                d = payload.get("definition")
-                definition = d if isinstance(d, dict) else None
-            events.append(
-                TimelineEvent(
-                    env.stream_seq,
-                    env.type,
-                    env.occurred_at,
-                    env.event_id,
-                    line.leaf_index,
-                    problem is None,
-                    problem,
-                    payload,
-                )
-            )
-        elif isinstance(line, BundleState):
-            pass
+            else:
+                events.append(_event(line.leaf_index, env, problem))
     if header is None:
         raise MalformedInput("the bundle has no header line")
-    return Timeline(
+    return _timeline(
         origin=header.origin,
         tenant_id=header.tenant_id,
         orchestration_id=header.orchestration_id,
         tree_size=head.size if head else None,
-        status=status,
-        verified=failure is None,
+        status=None,
         failure=failure,
-        orchestration=tuple(
-            e for e in events if not isinstance(e.payload, dict) or "step_id" not in e.payload
-        ),
-        steps=_steps(events, definition),
+        events=events,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 import verifier_testkit as kit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -9,6 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.note import NoteSigner, sign_note
 from verifier import BundleIncomplete, verify_bundle, verify_checkpoint
 from verifier._note import parse_vkey
+from verifier._replay import Timeline, build_timeline
 
 
 def _signer_whose_vkey_has_a_plus() -> NoteSigner:
@@ -40,3 +42,44 @@ def test_regression_receipt_of_tree_size_minus_one_is_not_checked_against_the_he
     first["receipt"]["inclusion_proof"] = first["inclusion_proof"]
     with pytest.raises(BundleIncomplete, match=r"the receipt's checkpoint \(tree size -1\)"):
         verify_bundle(b.encode(), b.vkey)
+
+
+def _bundle_with_an_event_hidden_behind_carriage_returns() -> kit.Bundle:
+    """A copy of event line k hidden in an unknown receipt field of event line j (§4:
+    verifiers ignore unknown receipt fields), framed by CRs: JSON whitespace inside
+    one LF-terminated line, but line breaks to ``bytes.splitlines``."""
+    b = kit.build_bundle(kit.scenario(n_steps=2, extra_per_step=2), batch=3)
+    ev = b.event_line_numbers()
+    j, k = ev[3], ev[4]
+    b.lines[j]["receipt"]["x"] = msgspec.Raw(b"\r" + msgspec.json.encode(b.lines[k]) + b"\r")
+    return b
+
+
+def _shown_seqs(timeline: Timeline) -> list[int]:
+    """Every event the timeline shows, by stream_seq (-1: an unreadable line or leaf)."""
+    shown = [*timeline.orchestration, *(e for s in timeline.steps for e in s.events)]
+    return sorted(e.seq if e.seq is not None else -1 for e in shown)
+
+
+def test_regression_replay_shows_the_lines_verify_bundle_verified() -> None:
+    """build_timeline split the bundle with ``bytes.splitlines`` (which breaks at CR),
+    verify_bundle at LF only: a verified bundle's timeline lost event 4, showed event 5
+    twice (both marked verified) and two unreadable lines."""
+    b = _bundle_with_an_event_hidden_behind_carriage_returns()
+    data = b.encode()
+    assert verify_bundle(data, b.vkey).event_count == 11
+    timeline = build_timeline(data, b.vkey)
+    assert timeline.verified
+    assert _shown_seqs(timeline) == list(range(1, 12))
+
+
+def test_regression_replay_of_a_failing_bundle_splits_lines_as_verify_bundle_does() -> None:
+    """The per-event marks of a bundle that fails (here at the state trailer) come from
+    the same lines verify_bundle read, not from another split of the bytes."""
+    b = _bundle_with_an_event_hidden_behind_carriage_returns()
+    b.lines[-1]["state"]["status"] = "completed-elsewhere"
+    timeline = build_timeline(b.encode(), b.vkey)
+    assert not timeline.verified
+    assert timeline.failure is not None
+    assert "claimed state differs from replay" in timeline.failure
+    assert _shown_seqs(timeline) == list(range(1, 12))
