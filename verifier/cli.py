@@ -11,6 +11,7 @@ import argparse
 import base64
 import binascii
 import contextlib
+import math
 import sys
 import time
 import urllib.error
@@ -40,6 +41,9 @@ from verifier._replay import build_timeline, render
 __all__ = ["main", "urllib_fetcher"]
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+# A monitor that looks less often than daily is better run from cron; the bound also
+# keeps --watch inside what time.sleep accepts.
+_MAX_WATCH = 86_400.0
 _PROGRESS_MIN_EVENTS = 10_000
 _FETCH_TIMEOUT = 10.0
 _MAX_RESPONSE = 1 << 20
@@ -59,6 +63,19 @@ def _read_bytes(path: str, what: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise _UsageError(f"cannot read {what} {path}: {e.strerror}") from e
+
+
+def _watch_seconds(arg: str) -> float:
+    """``--watch SECONDS``: argparse's float() also takes nan, inf and 1e300."""
+    try:
+        seconds = float(arg)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds <= _MAX_WATCH:  # also false for nan
+        raise argparse.ArgumentTypeError(
+            f"SECONDS must be a number above 0 and at most {_MAX_WATCH:.0f}, not {arg!r}"
+        )
+    return seconds
 
 
 def _vkey(arg: str) -> VerifierKey:
@@ -298,8 +315,6 @@ def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> in
     if args.watch is None:
         _show_monitor(monitor_once(fetch, key, state), args.json)
         return EXIT_OK
-    if args.watch <= 0:
-        raise _UsageError("--watch SECONDS must be positive")
     iterations = 0
     try:
         while args.max_iterations is None or iterations < args.max_iterations:
@@ -360,7 +375,12 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("monitor", help="check the log stays append-only")
     m.add_argument("--url", required=True, metavar="BASE_URL")
     m.add_argument("--state", required=True, metavar="STATE_FILE")
-    m.add_argument("--watch", type=float, metavar="SECONDS")
+    m.add_argument(
+        "--watch",
+        type=_watch_seconds,
+        metavar="SECONDS",
+        help=f"repeat every SECONDS (0 < SECONDS <= {_MAX_WATCH:.0f})",
+    )
     m.add_argument("--max-iterations", type=int, metavar="N")
 
     rp = sub.add_parser("replay", help="the auditor's timeline of a bundle")

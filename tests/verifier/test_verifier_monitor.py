@@ -13,7 +13,7 @@ import pytest
 import verifier_testkit as kit
 
 from ledger.checkpoint import Checkpoint as WriterCheckpoint
-from verifier import FetchFailed, ForkDetected, RollbackDetected, SignatureInvalid
+from verifier import FetchFailed, ForkDetected, RollbackDetected, SignatureInvalid, cli
 from verifier._monitor import CHECKPOINT_PATH, monitor_once
 from verifier.cli import main
 
@@ -202,3 +202,29 @@ def test_cli_monitor_unreachable_log_is_a_failure(
     )
     assert code == 1
     assert "GET http://127.0.0.1:9/v1/log/checkpoint" in capsys.readouterr().err
+
+
+# ---- named regressions ---------------------------------------------------------------
+
+
+def _monitor_args(tmp_path: Path, *extra: str, url: str = "http://127.0.0.1:9") -> list[str]:
+    state = str(tmp_path / "s.json")
+    return ["monitor", "--url", url, "--state", state, "--vkey", kit.signer().verifier.vkey, *extra]
+
+
+@pytest.mark.parametrize("watch", ["nan", "inf", "-inf", "1e300", "0", "-1"])
+def test_regression_monitor_watch_that_time_sleep_rejects_is_a_usage_error(
+    watch: str,
+    log: FakeLog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``--watch nan`` passed the ``<= 0`` check and crashed in time.sleep (ValueError;
+    inf and 1e300: OverflowError) with a traceback, after the first round."""
+    monkeypatch.setattr(cli, "urllib_fetcher", lambda url: log.fetch)
+    code = main(_monitor_args(tmp_path, "--watch", watch, "--max-iterations", "2"))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--watch" in err
