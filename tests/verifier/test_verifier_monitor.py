@@ -228,3 +228,67 @@ def test_regression_monitor_watch_that_time_sleep_rejects_is_a_usage_error(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "--watch" in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",
+        "http://127.0.0.1:abc",
+        "http://127.0.0.1:99999",
+        "http://a b/",
+        "http://a..b/",
+        "http:///no-host",
+        "http://127.0.0.1:9/base?query",
+        "ftp://127.0.0.1/",
+    ],
+)
+def test_regression_monitor_malformed_url_is_a_usage_error(
+    url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only the scheme was checked: the URL reached urllib, whose ValueError and
+    http.client.InvalidURL came out of main as a traceback."""
+    code = main(_monitor_args(tmp_path, url=url))
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--url" in err
+
+
+@pytest.fixture
+def misbehaving_server() -> Iterator[str]:
+    """Answers ``/garbage/...`` with bytes that are not HTTP, and ``/redirect/...`` with
+    a redirect to a URL that does not parse."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/garbage/"):
+                self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
+                return
+            self.send_response(302)
+            self.send_header("Location", "http://[::1/v1/log/checkpoint")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("prefix", ["/garbage", "/redirect"])
+def test_regression_fetch_translates_http_and_url_errors_to_fetch_failed(
+    prefix: str, misbehaving_server: str
+) -> None:
+    """urllib lets http.client.HTTPException (a reply that is not HTTP) and ValueError (a
+    redirect to a URL that does not parse) through; only OSError was translated."""
+    fetch = cli.urllib_fetcher(misbehaving_server + prefix)
+    with pytest.raises(FetchFailed, match=f"GET {misbehaving_server}{prefix}/v1/log/checkpoint"):
+        fetch(CHECKPOINT_PATH)
