@@ -48,9 +48,19 @@ def _b64decode(text: str, what: str) -> bytes:
         raise SignatureError(f"{what} is not valid base64") from e
 
 
+def _valid_name(name: str) -> bool:
+    # C2SP signed-note: a key name is non-empty well-formed UTF-8 with no Unicode spaces
+    # and no '+'. A Python str may hold lone surrogates, which UTF-8 cannot carry.
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return bool(name) and not any(c.isspace() or c == "+" for c in name)
+
+
 def _check_name(name: str) -> None:
-    if not name or any(c.isspace() or c == "+" for c in name):
-        raise SignatureError(f"invalid key name {name!r}: empty, or has a space or '+'")
+    if not _valid_name(name):
+        raise SignatureError(f"invalid key name {name!r}: empty, not UTF-8, or has a space or '+'")
 
 
 def _key_id(name: str, pubkey: bytes) -> int:

@@ -38,9 +38,20 @@ def _b64(text: str, what: str) -> bytes:
         raise MalformedInput(f"{what} is not valid base64") from e
 
 
+def _well_formed(text: str) -> bool:
+    # A Python str may hold lone surrogates (a non-UTF-8 byte in argv becomes one),
+    # which no UTF-8 text can carry.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _valid_name(name: str) -> bool:
-    # C2SP: a key name is non-empty and has no Unicode spaces and no plus sign.
-    return bool(name) and not any(c.isspace() or c == "+" for c in name)
+    # C2SP: a key name is non-empty well-formed UTF-8 with no Unicode spaces and no plus
+    # sign.
+    return bool(name) and _well_formed(name) and not any(c.isspace() or c == "+" for c in name)
 
 
 def key_id(name: str, public_key: bytes) -> int:
@@ -84,7 +95,9 @@ def parse_vkey(vkey: str | VerifierKey) -> VerifierKey:
         raise MalformedInput("a verifier key has the form <name>+<8 hex key ID>+<base64 key>")
     name, hex_id, b64 = parts
     if not _valid_name(name):
-        raise MalformedInput(f"verifier key name {name!r} is empty or has a space or '+'")
+        raise MalformedInput(
+            f"verifier key name {name!r} is empty, not UTF-8, or has a space or '+'"
+        )
     key = _b64(b64, "verifier key")
     if len(key) != 33 or key[0] != _ALG_ED25519:
         raise MalformedInput("verifier key is not an Ed25519 key (type 0x01 and 32 bytes)")

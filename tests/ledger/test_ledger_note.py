@@ -55,6 +55,14 @@ def test_vkey_with_wrong_key_id_is_rejected() -> None:
         NoteVerifier.from_vkey(f"{name}+00000000+{key}")
 
 
+def test_regression_vkey_name_with_a_lone_surrogate_raises_signature_error() -> None:
+    """C2SP signed-note: a key name is well-formed UTF-8. A lone surrogate passed the
+    name check and raised UnicodeEncodeError when the key ID was computed."""
+    rest = signer(1).verifier.vkey.split("+", 1)[1]
+    with pytest.raises(SignatureError, match="invalid key name"):
+        NoteVerifier.from_vkey("\udcff+" + rest)
+
+
 def test_checkpoint_round_trip_and_origin_binding() -> None:
     s = signer(1)
     cp = Checkpoint(ORIGIN, 42, bytes(range(32)))

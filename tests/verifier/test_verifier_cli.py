@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,30 @@ def test_usage_errors_exit_2_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert message in err
+
+
+def test_regression_vkey_with_a_non_utf8_byte_is_a_usage_error(files: dict[str, Path]) -> None:
+    """A non-UTF-8 byte in --vkey reaches parse_vkey as a lone surrogate, which raised
+    UnicodeEncodeError out of main (a traceback, exit 1)."""
+    rest = kit.signer().verifier.vkey.split("+", 1)[1]
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "verifier.cli",
+            b"bundle",
+            bytes(files["bundle"]),
+            b"--vkey",
+            b"\xff+" + rest.encode(),
+        ],
+        capture_output=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.count(b"\n") == 1
+    assert done.stderr.startswith(b"maip-verify: error: invalid vkey")
 
 
 def test_receipt_with_leaf_file_and_leaf_b64(

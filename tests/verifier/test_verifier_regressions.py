@@ -8,7 +8,7 @@ import verifier_testkit as kit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.note import NoteSigner, sign_note
-from verifier import BundleIncomplete, verify_bundle, verify_checkpoint
+from verifier import BundleIncomplete, MalformedInput, verify_bundle, verify_checkpoint
 from verifier._note import parse_vkey
 from verifier._replay import Timeline, build_timeline
 
@@ -83,3 +83,12 @@ def test_regression_replay_of_a_failing_bundle_splits_lines_as_verify_bundle_doe
     assert timeline.failure is not None
     assert "claimed state differs from replay" in timeline.failure
     assert _shown_seqs(timeline) == list(range(1, 12))
+
+
+def test_regression_vkey_name_with_a_lone_surrogate_is_malformed() -> None:
+    """C2SP signed-note: a key name is well-formed UTF-8. A lone surrogate (what Python
+    makes of a non-UTF-8 byte in argv) passed the name check and raised
+    UnicodeEncodeError when the key ID was computed."""
+    rest = kit.signer().verifier.vkey.split("+", 1)[1]
+    with pytest.raises(MalformedInput, match="verifier key name"):
+        parse_vkey("\udcff+" + rest)
