@@ -97,26 +97,33 @@ def load_state(path: Path, key: VerifierKey) -> TrustedState | None:
 
 
 def store_state(path: Path, checkpoint: Checkpoint) -> None:
-    """Write the trusted state atomically: temp file, fsync, os.replace, fsync dir."""
+    """Write the trusted state atomically: temp file, fsync, os.replace, fsync dir.
+
+    Raises :class:`MalformedInput` if it cannot (a missing directory, no permission, a
+    full disk): the state path is the user's input, as in :func:`load_state`.
+    """
     state = TrustedState(checkpoint.origin, checkpoint.size, checkpoint.root, checkpoint.note)
     data = msgspec.json.encode(state) + b"\n"
     directory = path.parent
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        raise MalformedInput(f"cannot write the state file {path}: {e.strerror or e}") from e
 
 
 def _check_echo(response: ConsistencyResponse, first: int, second: int) -> None:
@@ -129,7 +136,8 @@ def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> M
 
     Raises :class:`RollbackDetected`, :class:`ForkDetected` or :class:`SignatureInvalid`
     (each with ``evidence``: the trusted and the received checkpoint), or
-    :class:`FetchFailed`, or :class:`MalformedInput` for a bad state file.
+    :class:`FetchFailed`, or :class:`MalformedInput` for a state file that cannot be
+    read, verified or written.
     """
     key = parse_vkey(vkey)
     old = load_state(state_path, key)

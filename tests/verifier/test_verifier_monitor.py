@@ -13,7 +13,14 @@ import pytest
 import verifier_testkit as kit
 
 from ledger.checkpoint import Checkpoint as WriterCheckpoint
-from verifier import FetchFailed, ForkDetected, RollbackDetected, SignatureInvalid, cli
+from verifier import (
+    FetchFailed,
+    ForkDetected,
+    MalformedInput,
+    RollbackDetected,
+    SignatureInvalid,
+    cli,
+)
 from verifier._monitor import CHECKPOINT_PATH, monitor_once
 from verifier.cli import main
 
@@ -292,3 +299,23 @@ def test_regression_fetch_translates_http_and_url_errors_to_fetch_failed(
     fetch = cli.urllib_fetcher(misbehaving_server + prefix)
     with pytest.raises(FetchFailed, match=f"GET {misbehaving_server}{prefix}/v1/log/checkpoint"):
         fetch(CHECKPOINT_PATH)
+
+
+def test_regression_state_file_that_cannot_be_written_is_an_input_error(
+    log: FakeLog,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """store_state let the OSError of a --state in a missing directory out of main (a
+    traceback) after the checkpoint had been verified."""
+    state = tmp_path / "missing-dir" / "state.json"
+    with pytest.raises(MalformedInput, match="cannot write the state file"):
+        monitor_once(log.fetch, log.key.verifier.vkey, state)
+    monkeypatch.setattr(cli, "urllib_fetcher", lambda url: log.fetch)
+    args = ["monitor", "--url", "http://x", "--state", str(state), "--vkey", log.key.verifier.vkey]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("maip-verify: error: cannot write the state file")
+    assert not state.parent.exists()
