@@ -3,7 +3,7 @@
 ::
 
     <origin>\\n
-    <tree size, decimal, no leading zeros>\\n
+    <tree size, decimal, no leading zeros, below 2**64>\\n
     <base64 root hash>\\n
     [extension lines]\\n
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 
 import msgspec
 
@@ -23,6 +24,10 @@ from ledger.merkle import HASH_SIZE
 from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
 
 __all__ = ["Checkpoint", "open_checkpoint"]
+
+_SIZE = re.compile("0|[1-9][0-9]*")
+_MAX_SIZE = (1 << 64) - 1
+_MAX_SIZE_DIGITS = len(str(_MAX_SIZE))
 
 
 class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -51,8 +56,16 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         origin, size_text, root_text, *extensions = lines[:-1]
         if not origin:
             raise SignatureError("checkpoint origin is empty")
-        if not size_text.isascii() or not size_text.isdigit() or size_text != str(int(size_text)):
-            raise SignatureError(f"checkpoint tree size {size_text!r} is not a decimal number")
+        # Checked before int(), which takes "+1", " 1", "1_0" and non-ASCII digits and
+        # raises a bare ValueError past 4300 digits; C2SP sizes are uint64.
+        if (
+            len(size_text) > _MAX_SIZE_DIGITS
+            or not _SIZE.fullmatch(size_text)
+            or int(size_text) > _MAX_SIZE
+        ):
+            raise SignatureError(
+                f"checkpoint tree size {size_text[:40]!r} is not a decimal number below 2**64"
+            )
         try:
             root = base64.b64decode(root_text, validate=True)
         except (binascii.Error, ValueError) as e:

@@ -88,6 +88,26 @@ def test_malformed_checkpoint_bodies_are_rejected(body: str, message: str) -> No
         Checkpoint.parse(body)
 
 
+@pytest.mark.parametrize(
+    "size",
+    [str(1 << 64), "9" * 21, "9" * 5000],
+    ids=["2**64", "21 digits", "5000 digits"],
+)
+def test_regression_checkpoint_size_must_fit_in_64_bits(size: str) -> None:
+    """The size was checked only for digits: 2**64 and larger were accepted (the verifier
+    and Go reject them), and more than 4300 digits raised int()'s bare ValueError."""
+    s = signer(1)
+    note = sign_note(f"{ORIGIN}\n{size}\n" + "A" * 43 + "=\n", s)
+    with pytest.raises(SignatureError, match="not a decimal number below 2\\*\\*64"):
+        open_checkpoint(note, s.verifier)
+
+
+def test_checkpoint_sizes_0_and_2_to_the_64_minus_1_are_accepted() -> None:
+    body = f"{ORIGIN}\n{(1 << 64) - 1}\n" + "A" * 43 + "=\n"
+    assert Checkpoint.parse(body).size == (1 << 64) - 1
+    assert Checkpoint.parse(f"{ORIGIN}\n0\n" + "A" * 43 + "=\n").size == 0
+
+
 @given(st.binary(max_size=400))
 def test_open_note_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
     with contextlib.suppress(LedgerError):
