@@ -10,8 +10,10 @@ the text including its final newline.
 - Signer key (skey), as Go's ``sumdb/note`` writes it:
   ``PRIVATE+KEY+<name>+<hex key ID>+<base64(0x01 || seed)>``.
 
-Signatures from keys the verifier does not know are ignored; a known key whose
-signature fails rejects the whole note, as in Go's ``note.Open``.
+Key names are non-empty well-formed UTF-8 with no Unicode spaces and no ``+``.
+Signatures from keys the verifier does not know are ignored, but a signature line whose
+name breaks that rule is malformed; a known key whose signature fails rejects the whole
+note, as in Go's ``note.Open``.
 """
 
 from __future__ import annotations
@@ -192,6 +194,10 @@ def open_note(note: str | bytes, *verifiers: NoteVerifier) -> str:
             note = note.decode("utf-8")
         except UnicodeDecodeError as e:
             raise SignatureError("note is not valid UTF-8") from e
+    try:
+        note.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SignatureError("note is not valid Unicode (lone surrogate)") from e
     if any(ord(c) < 0x20 and c != "\n" for c in note):
         raise SignatureError("note contains control characters")
     split = note.rfind("\n\n")
@@ -210,7 +216,9 @@ def open_note(note: str | bytes, *verifiers: NoteVerifier) -> str:
         if not line.startswith(_SIG_PREFIX):
             raise SignatureError(f"malformed signature line {line[:40]!r}")
         name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        if not sep or not name or " " in b64:
+        # A bad name makes the line malformed even for a key we do not know, as in Go's
+        # note.Open: otherwise the writer accepts notes that verifiers reject.
+        if not sep or not _valid_name(name) or not b64 or " " in b64:
             raise SignatureError(f"malformed signature line {line[:40]!r}")
         blob = _b64decode(b64, "signature")
         if len(blob) < 5:

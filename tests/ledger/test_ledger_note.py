@@ -108,6 +108,33 @@ def test_checkpoint_sizes_0_and_2_to_the_64_minus_1_are_accepted() -> None:
     assert Checkpoint.parse(f"{ORIGIN}\n0\n" + "A" * 43 + "=\n").size == 0
 
 
+@pytest.mark.parametrize("bad_name", ["a+b", "a\u00a0b", "a\u2028b", "a\u3000b"])
+def test_regression_unknown_signature_with_an_invalid_key_name_is_malformed(
+    bad_name: str,
+) -> None:
+    """C2SP signed-note: key names have no Unicode spaces and no '+', and Go's note.Open
+    rejects such a signature line as malformed even for an unknown key; only an empty
+    name was rejected, so the writer accepted a note the verifier rejects."""
+    ours, theirs = signer(1), signer(2, "other.example")
+    note = sign_note("hello\n", theirs, ours).replace(
+        "\u2014 other.example ", f"\u2014 {bad_name} "
+    )
+    assert bad_name in note
+    with pytest.raises(SignatureError, match="malformed signature line"):
+        open_note(note, ours.verifier)
+
+
+def test_regression_note_text_with_a_lone_surrogate_raises_signature_error() -> None:
+    """A str note holding a lone surrogate raised UnicodeEncodeError when its text was
+    encoded to check the signature."""
+    ours = signer(1)
+    note = sign_note("hello\n", ours).replace("hello", "hell\udcff")
+    with pytest.raises(SignatureError, match="not valid Unicode"):
+        open_note(note, ours.verifier)
+    with pytest.raises(SignatureError, match="not valid Unicode"):
+        open_checkpoint("a\udcff\n\n\u2014 x AAAAAAAA\n", ours.verifier)
+
+
 @given(st.binary(max_size=400))
 def test_open_note_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
     with contextlib.suppress(LedgerError):
