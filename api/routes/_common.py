@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from typing import Any, TypeVar
 
@@ -14,12 +15,28 @@ from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found
 from api.services import SERVICES, Services
 
-__all__ = ["convert", "int_query", "orchestration_id", "read_json", "services"]
+__all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
 
 T = TypeVar("T")
 _DISPLAY_PREFIX = "maip-orch:"
 #: How long a request body may take to arrive in full (slowloris bound); 408 after.
 BODY_READ_TIMEOUT_SECONDS = 30.0
+_DECIMAL_RE = re.compile(r"[0-9]+")
+
+
+def decimal(raw: str, max_digits: int) -> int | None:
+    """``raw`` as an integer if it is ASCII digits, at most ``max_digits`` significant.
+
+    Not ``str.isdigit()`` or a bare ``int()``: both are Unicode-aware. isdigit() takes
+    "²", which int() then refuses (an uncaught ValueError, a 500); int() takes " 5",
+    "5_0" and U+0665 (Arabic-Indic five). A number in a URL or a header is ASCII digits.
+    """
+    if not _DECIMAL_RE.fullmatch(raw):
+        return None
+    significant = raw.lstrip("0")
+    if len(significant) > max_digits:
+        return None
+    return int(significant or "0")
 
 
 def services(request: web.Request) -> Services:
@@ -100,16 +117,15 @@ def orchestration_id(request: web.Request) -> str:
 def int_query(
     request: web.Request, name: str, *, default: int | None = None, low: int = 0, high: int
 ) -> int:
-    """An integer query parameter in ``low..high`` (400 otherwise)."""
+    """A non-negative integer query parameter in ``low..high`` (400 otherwise)."""
     raw = request.query.get(name)
     if raw is None:
         if default is None:
             raise bad_request(f"the query parameter {name!r} is required", field=name)
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise bad_request(f"{name} must be an integer", field=name) from None
-    if not low <= value <= high:
+    if not _DECIMAL_RE.fullmatch(raw):
+        raise bad_request(f"{name} must be an integer", field=name)
+    value = decimal(raw, len(str(high)))
+    if value is None or not low <= value <= high:
         raise bad_request(f"{name} must be in {low}..{high}", field=name)
     return value

@@ -6,7 +6,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.problems import not_found
-from api.routes._common import int_query, services
+from api.routes._common import decimal, int_query, services
 from api.services import json_response
 
 __all__ = ["routes"]
@@ -27,9 +27,10 @@ async def checkpoint(request: web.Request) -> web.Response:
 @routes.get("/v1/log/checkpoints/{size}")
 async def checkpoint_at(request: web.Request) -> web.Response:
     raw = request.match_info["size"]
-    if not raw.isdigit() or len(raw) > 18:
+    size = decimal(raw, 18)
+    if size is None:
         raise not_found(f"no checkpoint was issued at tree size {raw!r}")
-    cp = await services(request).log.checkpoint_at(int(raw))
+    cp = await services(request).log.checkpoint_at(size)
     return web.Response(text=cp.note, content_type=_NOTE, charset="utf-8")
 
 

@@ -15,7 +15,14 @@ from api.auth import Principal
 from api.errors import ProblemError
 from api.logctx import bind_orchestration
 from api.problems import bad_request
-from api.routes._common import convert, int_query, orchestration_id, read_json, services
+from api.routes._common import (
+    convert,
+    decimal,
+    int_query,
+    orchestration_id,
+    read_json,
+    services,
+)
 from api.services import Services, encode, json_response
 from api.sse import format_sse
 from api.wire import (
@@ -40,7 +47,7 @@ routes = web.RouteTableDef()
 _READ = "orchestrations:read"
 _WRITE = "orchestrations:write"
 _IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
-_PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=(\d{1,6})(?:$|[,;\s])")
+_PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=([0-9]{1,6})(?:$|[,;\s])")
 _MAX_WAIT_SECONDS = 60
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _SSE_HEARTBEAT_SECONDS = 15.0
@@ -279,9 +286,12 @@ async def events(request: web.Request) -> web.Response:
 
 def _last_event_id(request: web.Request) -> int:
     raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
-    if not raw.isdigit() or len(raw) > 12:
-        raise bad_request("Last-Event-ID must be a stream_seq (a non-negative integer)")
-    return int(raw)
+    seq = decimal(raw, 12)
+    if seq is None:
+        raise bad_request(
+            "Last-Event-ID must be a stream_seq (a non-negative integer)", field="Last-Event-ID"
+        )
+    return seq
 
 
 @routes.get("/v1/orchestrations/{id}/events/stream")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.problems import bad_request
-from api.routes._common import convert, read_json, services
+from api.routes._common import convert, decimal, read_json, services
 from api.services import json_response
 from api.wire import AgentRequest, WorkflowRequest
 
@@ -76,8 +76,8 @@ async def get_workflow(request: web.Request) -> web.Response:
     raw = request.query.get("version")
     version = None
     if raw is not None:
-        if not raw.isdigit() or not 1 <= int(raw) <= 1_000_000:
-            raise bad_request("version must be an integer >= 1", field="version")
-        version = int(raw)
+        version = decimal(raw, 7)
+        if version is None or not 1 <= version <= 1_000_000:
+            raise bad_request("version must be an integer in 1..1000000", field="version")
     record = s.engine.get_workflow(principal.tenant_id, request.match_info["workflow_id"], version)
     return json_response(record)

@@ -123,3 +123,61 @@ async def test_rate_limit_answers_429_with_retry_after(tmp_path: Path) -> None:
 async def test_rate_limit_off_by_default(client: TestClient, tenant_a: Tenant) -> None:
     for _ in range(30):
         assert (await client.get("/v1/orchestrations", headers=tenant_a.headers)).status == 200
+
+
+async def test_regression_a_unicode_digit_in_a_checkpoint_size_is_404_not_500(
+    client: TestClient,
+) -> None:
+    # "²" passed str.isdigit() and then made int() raise.
+    for size in ("%C2%B2", "%D9%A5", "%201", "1_0"):
+        resp = await client.get(f"/v1/log/checkpoints/{size}")
+        assert resp.status == 404, (size, resp.status)
+        assert resp.content_type == "application/problem+json"
+
+
+async def test_regression_a_unicode_digit_in_a_workflow_version_is_400_naming_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    _, wf = await setup_workflow(client, tenant_a)
+    for version in ("%C2%B2", "%D9%A1", "%201", "1_0", "0"):
+        resp = await client.get(f"/v1/workflows/{wf}?version={version}", headers=tenant_a.headers)
+        assert resp.status == 400, (version, resp.status)
+        assert (await resp.json(content_type=None))["errors"][0]["field"] == "version"
+    resp = await client.get(f"/v1/workflows/{wf}?version=01", headers=tenant_a.headers)
+    assert resp.status == 200
+
+
+async def test_regression_a_unicode_digit_in_last_event_id_is_400_naming_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    agent, _ = await setup_workflow(client, tenant_a)
+    created = await client.post(
+        "/v1/orchestrations",
+        json={"executor": "external", "agent_id": agent, "input": None},
+        headers=tenant_a.headers,
+    )
+    oid = (await created.json())["orchestration_id"]
+    for last in ("\u00b2", "\u0665", "1_0", "+1"):
+        resp = await client.get(
+            f"/v1/orchestrations/{oid}/events/stream",
+            headers={**tenant_a.headers, "Last-Event-ID": last},
+        )
+        assert resp.status == 400, (last, resp.status)
+        assert resp.content_type == "application/problem+json"
+        assert (await resp.json(content_type=None))["errors"][0]["field"] == "Last-Event-ID"
+
+
+async def test_regression_integer_query_parameters_are_ascii_digits_only(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # int() took " 5", "5_0" and U+0665 (Arabic-Indic five) as numbers.
+    for limit in ("%205", "5_0", "%D9%A5", "%C2%B2", "+5", "-5"):
+        resp = await client.get(f"/v1/orchestrations?limit={limit}", headers=tenant_a.headers)
+        assert resp.status == 400, (limit, resp.status)
+        assert (await resp.json(content_type=None))["errors"][0]["field"] == "limit"
+    for limit in ("5", "005"):
+        resp = await client.get(f"/v1/orchestrations?limit={limit}", headers=tenant_a.headers)
+        assert resp.status == 200, (limit, resp.status)
+    resp = await client.get("/v1/orchestrations?limit=" + "9" * 5000, headers=tenant_a.headers)
+    assert resp.status == 400
+    assert "1..500" in (await resp.json(content_type=None))["detail"]
