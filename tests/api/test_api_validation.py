@@ -181,3 +181,32 @@ async def test_regression_integer_query_parameters_are_ascii_digits_only(
     resp = await client.get("/v1/orchestrations?limit=" + "9" * 5000, headers=tenant_a.headers)
     assert resp.status == 400
     assert "1..500" in (await resp.json(content_type=None))["detail"]
+
+
+async def test_regression_invalid_utf8_inside_a_json_string_is_400_on_every_post_route(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # msgspec raises UnicodeDecodeError, not DecodeError, for bad UTF-8 in a string.
+    agent, _ = await setup_workflow(client, tenant_a)
+    created = await client.post(
+        "/v1/orchestrations",
+        json={"executor": "external", "agent_id": agent, "input": None},
+        headers=tenant_a.headers,
+    )
+    oid = (await created.json())["orchestration_id"]
+    for route in (
+        EXECUTE,
+        "/v1/orchestrations",
+        "/v1/agents",
+        "/v1/workflows",
+        f"/v1/orchestrations/{oid}/steps",
+        f"/v1/orchestrations/{oid}/cancel",
+    ):
+        for data in (b'{"workflow_id": "\xff"}', b'{"\xc3": 1}', b'"\xed\xa0\x80"'):
+            resp = await client.post(
+                route, data=data, headers={**tenant_a.headers, "Content-Type": "application/json"}
+            )
+            assert resp.status == 400, (route, data, resp.status)
+            assert resp.content_type == "application/problem+json"
+            body = await resp.json(content_type=None)
+            assert body["type"].endswith("/malformed-json")
