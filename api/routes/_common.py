@@ -8,7 +8,7 @@ import uuid
 from typing import Any, TypeVar
 
 import msgspec
-from aiohttp import web
+from aiohttp import hdrs, web
 from ulid import ULID
 
 from api.errors import ProblemError
@@ -22,6 +22,9 @@ _DISPLAY_PREFIX = "maip-orch:"
 #: How long a request body may take to arrive in full (slowloris bound); 408 after.
 BODY_READ_TIMEOUT_SECONDS = 30.0
 _DECIMAL_RE = re.compile(r"[0-9]+")
+#: Content codings aiohttp undoes for us (it would also take br and zstd, but only with
+#: optional packages this server does not install).
+_CODINGS = frozenset({"identity", "gzip", "deflate"})
 
 
 def decimal(raw: str, max_digits: int) -> int | None:
@@ -44,7 +47,8 @@ def services(request: web.Request) -> Services:
 
 
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
-    """The JSON body: 415 for another content type, 413 over the limit, 400 if malformed."""
+    """The JSON body: 415 for another content type or coding, 413 over the limit, 400 if
+    malformed (or if it does not decompress)."""
     if not request.body_exists:
         if optional:
             return None
@@ -58,6 +62,18 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             "unsupported-media-type",
             "Unsupported media type",
             f"the body must be application/json, not {ctype or 'unspecified'}",
+        )
+    codings = request.headers.getall(hdrs.CONTENT_ENCODING, [])
+    if codings and not (
+        len(codings) == 1 and codings[0].isascii() and codings[0].lower() in _CODINGS
+    ):
+        # aiohttp hands over a body in a coding it does not know as it came, still coded.
+        raise ProblemError(
+            415,
+            "unsupported-media-type",
+            "Unsupported media type",
+            "the body's Content-Encoding must be one of gzip, deflate or identity",
+            headers={"Accept-Encoding": "gzip, deflate"},
         )
     try:
         if request.content.is_eof():
@@ -76,6 +92,17 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
             f"the request body did not arrive within {BODY_READ_TIMEOUT_SECONDS:g} s",
             headers={"Connection": "close"},
         ) from None
+    except web.RequestPayloadError as e:
+        # A body that does not decompress, or broken chunked framing. Either way where
+        # the next request on this connection would start is in doubt: close it.
+        raise ProblemError(
+            400,
+            "malformed-body",
+            "Bad request",
+            "the request body could not be read: it does not match its Content-Encoding "
+            "or Transfer-Encoding",
+            headers={"Connection": "close"},
+        ) from e
     if not raw.strip() and optional:
         return None
     try:
