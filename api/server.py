@@ -16,19 +16,36 @@ bounds it lacks.
 * **At most ``max_connections`` at once.** One more is answered 503 problem+json and
   closed before anything of its request is read, instead of running the process out of
   file descriptors (which SQLite needs too).
+
+And what aiohttp answers itself, for a request its parser refuses (a garbage request
+line, a bad header, an unreadable Content-Length, a head too large), is problem+json
+too: 400, or 431 for a head too large. aiohttp's own answer was text/plain quoting the
+offending bytes back, and it logged a traceback per malformed request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import msgspec
+import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import (
+    BadStatusLine,
+    ContentEncodingError,
+    HttpProcessingError,
+    InvalidURLError,
+    LineTooLong,
+    PayloadEncodingError,
+)
 
-from api.problems import PROBLEM_TYPE_BASE
+from api.errors import ProblemError
+from api.problems import PROBLEM_TYPE_BASE, problem_response
 
 __all__ = ["BoundedSite"]
 
@@ -46,6 +63,40 @@ def _raw_problem(status: int, reason: str, slug: str, detail: str, **headers: st
         *(f"{name.replace('_', '-')}: {value}" for name, value in headers.items()),
     ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii") + body
+
+
+_log = structlog.get_logger("api")
+#: llhttp's reason for a refused head, as aiohttp's C parser words its message:
+#: "<reason>:\n\n  <the offending bytes>\n  <a caret>". Only the reason is kept.
+_PARSER_REASON_RE = re.compile(r"([A-Za-z][A-Za-z' -]{0,79}):\n\n")
+
+
+def _protocol_problem(exc: HttpProcessingError) -> ProblemError:
+    """The problem for a request aiohttp's parser refused, in words of our own: its
+    message quotes the request's bytes."""
+    if isinstance(exc, LineTooLong) or exc.message.startswith("Too many headers"):
+        return ProblemError(
+            431,
+            "request-header-fields-too-large",
+            "Request header fields too large",
+            "the request line or a header field is too long, or there are too many headers",
+        )
+    if isinstance(exc, ContentEncodingError):
+        detail = "the request body does not decode as its Content-Encoding (gzip or deflate)"
+        return ProblemError(400, "malformed-body", "Bad request", detail)
+    if isinstance(exc, PayloadEncodingError):
+        detail = "the request body does not match its Content-Length or chunked framing"
+        return ProblemError(400, "malformed-body", "Bad request", detail)
+    if isinstance(exc, InvalidURLError):
+        detail = "the request target is not a valid URL"
+    elif isinstance(exc, BadStatusLine):
+        detail = "the request line is not a valid HTTP/1.1 request line"
+    else:
+        detail = "the request head is not valid HTTP/1.1"
+    reason = _PARSER_REASON_RE.match(exc.message)
+    if reason:
+        detail = f"{detail}: {reason.group(1).lower()}"
+    return ProblemError(400, "malformed-request", "Bad request", detail)
 
 
 class _BoundedRequestHandler(web.RequestHandler):
@@ -126,6 +177,52 @@ class _BoundedRequestHandler(web.RequestHandler):
     def connection_lost(self, exc: BaseException | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's answer for what never reached the app: a request its parser refused
+        # (status 400, exc the parser's error), or a handler error past the middleware.
+        if not isinstance(exc, HttpProcessingError):
+            super().handle_error(request, status, exc, message)  # logs; refuses if sent
+            try:
+                title = HTTPStatus(status).phrase.capitalize()
+            except ValueError:
+                title = "Error"
+            problem = ProblemError(
+                status,
+                "internal" if status >= 500 else "http-error",
+                title,
+                "an unexpected error occurred" if status >= 500 else title,
+            )
+        else:
+            if request.writer.output_size > 0:
+                raise ConnectionError("a response is already under way; cannot send another")
+            problem = _protocol_problem(exc)
+            # A client's malformed request is not a server fault: one line, no traceback.
+            _log.info(
+                "request.malformed",
+                status=problem.status,
+                error=type(exc).__name__,
+                detail=problem.detail,
+            )
+        response = problem_response(problem)
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        # aiohttp drains an unread body after the answer; a body that broke off or did
+        # not decompress fails that read, and it logs a traceback. The client was
+        # answered (400 if the handler read the body) and the connection is closed.
+        if isinstance(kw.get("exc_info"), web.RequestPayloadError):
+            cause = kw["exc_info"].__cause__
+            _log.info("request.body_unreadable", error=type(cause or kw["exc_info"]).__name__)
+            return
+        super().log_exception(*args, **kw)
 
     async def _handle_request(
         self,

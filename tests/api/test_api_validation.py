@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gzip
 import json
+import logging
 import zlib
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from api_helpers import Tenant, new_tenant, setup_workflow
 
 from api.app import create_app
 from api.config import Config
+from api.server import BoundedSite
 from api.services import SERVICES
 
 EXECUTE = "/v1/orchestrations/execute"
@@ -276,3 +283,96 @@ async def test_regression_a_body_in_an_unknown_content_coding_is_415(
         },
     )
     assert resp.status == 201
+
+
+@contextlib.asynccontextmanager
+async def _bounded_server(config: Config) -> AsyncIterator[tuple[int, Tenant]]:
+    """The app behind the listening side ``serve`` uses; yields (port, a tenant)."""
+    runner = web.AppRunner(create_app(config), handle_signals=False, access_log=None)
+    await runner.setup()
+    try:
+        site = BoundedSite(runner, "127.0.0.1", 0, header_timeout=10, max_connections=16)
+        await site.start()
+        tenant = new_tenant(runner.app[SERVICES].keys, "tenant-p")
+        yield runner.addresses[0][1], tenant
+    finally:
+        await runner.cleanup()
+
+
+async def _exchange(port: int, raw: bytes) -> tuple[bytes, bytes]:
+    """Send ``raw`` on a fresh connection and read to EOF: (head, body)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(raw)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_regression_malformed_http_is_answered_in_problem_json_without_echoing_it(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp answered text/plain quoting the bytes back, and logged a traceback each.
+    post = "POST /v1/agents HTTP/1.1\r\nHost: x\r\n"
+    cases = [
+        (b"GARBAGE-XYZZY\r\n\r\n", 400, "malformed-request"),
+        (b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad XYZZY: y\r\n\r\n", 400, "malformed-request"),
+        (f"{post}Content-Length: XYZZY\r\n\r\n".encode(), 400, "malformed-request"),
+        (f"{post}Transfer-Encoding: chunked\r\n\r\nXYZZY\r\n".encode(), 400, "malformed-request"),
+        (
+            b"GET /healthz?XYZZY HTTP/1.1\r\nHost: x\r\nX-Big: " + b"z" * 100_000 + b"\r\n\r\n",
+            431,
+            "request-header-fields-too-large",
+        ),
+        (
+            b"GET /XYZZY" + b"z" * 100_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+            431,
+            "request-header-fields-too-large",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-XYZZY: y\r\n" * 500 + b"\r\n",
+            431,
+            "request-header-fields-too-large",
+        ),
+    ]
+    body = zlib.compress(b'{"name": "XYZZY"}')[:-8]  # cut short: fails at its end
+    cut = f"{post}Content-Type: application/json\r\nContent-Encoding: deflate\r\n"
+    cases.append(
+        (f"{cut}Content-Length: {len(body)}\r\n\r\n".encode() + body, 400, "malformed-body")
+    )
+    brotli = f"{post}Content-Encoding: br\r\nContent-Length: 5\r\n\r\nXYZZY".encode()
+    cases.append((brotli, 400, "malformed-body"))
+    async with _bounded_server(config) as (port, _):
+        with caplog.at_level(logging.ERROR, logger="aiohttp"):
+            for raw, status, slug in cases:
+                head, body = await _exchange(port, raw)
+                status_line = head.split(b"\r\n", 1)[0]
+                assert status_line.split(b" ")[1] == str(status).encode(), (raw[:60], head)
+                assert b"content-type: application/problem+json" in head.lower(), head
+                assert b"XYZZY" not in head + body, (raw[:60], body)
+                problem = json.loads(body)
+                assert (problem["status"], problem["type"].rsplit("/", 1)[1]) == (status, slug)
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+async def test_regression_a_body_that_does_not_decompress_logs_no_traceback(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp drains an unread body after the answer; that read failed too, and logged
+    # an "Unhandled exception" traceback per request.
+    async with _bounded_server(config) as (port, tenant):
+        headers = "".join(f"{k}: {v}\r\n" for k, v in tenant.headers.items())
+        data = b"definitely not gzip"
+        raw = (
+            f"POST /v1/agents HTTP/1.1\r\nHost: x\r\n{headers}"
+            f"Content-Type: application/json\r\nContent-Encoding: gzip\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n"
+        ).encode() + data
+        with caplog.at_level(logging.ERROR, logger="aiohttp"):
+            head, body = await _exchange(port, raw)
+        assert head.startswith(b"HTTP/1.1 400 "), head
+        assert json.loads(body)["type"].endswith("/malformed-body")
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
