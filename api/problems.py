@@ -32,6 +32,7 @@ __all__ = [
     "PROBLEM_TYPE_BASE",
     "bad_request",
     "forbidden",
+    "from_definition_error",
     "from_ledger_error",
     "from_validation_error",
     "not_found",
@@ -44,6 +45,8 @@ __all__ = [
 PROBLEM_TYPE_BASE = "https://maip-ledger.dev/problems/"
 _CONTENT_TYPE = "application/problem+json"
 _AT_RE = re.compile(r"^(?P<message>.*?)(?: - at `(?P<path>[^`]*)`)?$", re.S)
+_NAMED_FIELD_RE = re.compile(r"Object (?:contains unknown|missing required) field `([^`]*)`")
+_DEFINITION = "$.definition"
 _encoder = msgspec.json.Encoder()
 
 
@@ -111,6 +114,13 @@ def _validation_failed(detail: str, field: str, message: str) -> ProblemError:
     )
 
 
+def _named_field(message: str) -> str | None:
+    """The field msgspec's "Object contains unknown field `x`" or "Object missing required
+    field `x`" names: it sits one level below the object the message is reported at."""
+    m = _NAMED_FIELD_RE.match(message)
+    return m.group(1) if m else None
+
+
 def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> ProblemError:
     """msgspec's message ``"Expected `int`, got `str` - at `$.max_steps`"`` → 422."""
     m = _AT_RE.match(str(e))
@@ -118,11 +128,28 @@ def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> Prob
     path = (m.group("path") if m else None) or "$"
     if prefix != "$" and path.startswith("$"):
         path = prefix + path[1:]
-    # "Object contains unknown field `x`" names the field itself, one level down.
-    unknown = re.match(r"Object contains unknown field `([^`]*)`", message)
-    if unknown:
-        path = f"{path}.{unknown.group(1)}"
+    named = _named_field(message)
+    if named is not None:
+        path = f"{path}.{named}"
     return _validation_failed(f"{message} at {path}", path, message)
+
+
+def _step_path(e: WorkflowValidationError) -> str:
+    step = f"{_DEFINITION}.steps[{e.step_id}]"
+    field = e.field or _named_field(e.detail)
+    return f"{step}.{field}" if field else step
+
+
+def from_definition_error(e: WorkflowValidationError) -> ProblemError:
+    """An error in a request's workflow ``definition``: the engine names fields relative
+    to the definition, so they are placed under ``$.definition``."""
+    if e.step_id is not None:
+        path = _step_path(e)
+    elif e.field in ("", "definition"):
+        path = _DEFINITION
+    else:
+        path = f"{_DEFINITION}.{e.field}"
+    return _validation_failed(str(e), path, e.detail)
 
 
 def _engine_field(field: str) -> str:
@@ -134,12 +161,10 @@ def _engine_field(field: str) -> str:
 def from_ledger_error(e: LedgerError) -> ProblemError:
     """Translate a ledger or engine error into the problem a client should see."""
     if isinstance(e, WorkflowValidationError):
-        path = _engine_field(e.field)
-        if e.step_id is not None:
-            path = f"$.definition.steps[{e.step_id}].{e.field}" if e.field else path
+        path = _step_path(e) if e.step_id is not None else _engine_field(e.field)
         return _validation_failed(str(e), path, e.detail)
     if isinstance(e, TemplateError | ConditionError):
-        return _validation_failed(str(e), "$.definition", str(e))
+        return _validation_failed(str(e), _DEFINITION, str(e))
     if isinstance(e, NotFoundError):
         return not_found(str(e))
     if isinstance(e, OrchestrationStateError) and e.status == "closing":

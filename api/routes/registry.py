@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from api.problems import bad_request
+from api.problems import bad_request, from_definition_error
 from api.routes._common import convert, decimal, read_json, services
 from api.services import json_response
 from api.wire import AgentRequest, WorkflowRequest
+from ledger.orchestration import WorkflowValidationError, validate_definition
 
 __all__ = ["routes"]
 
@@ -51,6 +52,13 @@ async def register_workflow(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, "workflows:write")
     body = convert(await read_json(request), WorkflowRequest)
+    try:
+        # Checked here as well as in the engine, whose errors name a definition's fields
+        # relative to the definition and the request's own ones (name) relative to the
+        # body: only here is it known which one failed.
+        validate_definition(body.definition)
+    except WorkflowValidationError as e:
+        raise from_definition_error(e) from e
     record = await s.engine.register_workflow(
         principal.tenant_id,
         name=body.name,

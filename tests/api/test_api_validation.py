@@ -376,3 +376,53 @@ async def test_regression_a_body_that_does_not_decompress_logs_no_traceback(
         assert head.startswith(b"HTTP/1.1 400 "), head
         assert json.loads(body)["type"].endswith("/malformed-body")
         assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+async def _field(client: TestClient, tenant: Tenant, path: str, body: object) -> str:
+    resp = await client.post(path, json=body, headers=tenant.headers)
+    assert resp.status == 422, (resp.status, await resp.text())
+    return str((await resp.json())["errors"][0]["field"])
+
+
+async def test_regression_workflow_definition_errors_are_placed_under_definition(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # The engine names a definition's fields relative to the definition: "$.steps".
+    step = {"id": "a", "action": "llm", "prompt": "x"}
+    for definition, field in (
+        ({}, "$.definition.steps"),
+        ({"steps": [step], "colour": 1}, "$.definition.colour"),
+        ({"steps": [step], "output": "{{ steps.nope.output }}"}, "$.definition.output"),
+        ({"steps": [{"id": "a", "prompt": "x"}]}, "$.definition.steps[a].action"),
+        ({"steps": [{**step, "colour": 1}]}, "$.definition.steps[a].colour"),
+        ({"steps": [{**step, "max_attempts": 0}]}, "$.definition.steps[a].max_attempts"),
+        ({"steps": [1]}, "$.definition.steps[#0]"),
+    ):
+        got = await _field(
+            client, tenant_a, "/v1/workflows", {"name": "w", "definition": definition}
+        )
+        assert got == field, (definition, got)
+    # The request's own fields stay where they are.
+    got = await _field(
+        client, tenant_a, "/v1/workflows", {"name": " ", "definition": {"steps": [step]}}
+    )
+    assert got == "$.name"
+
+
+async def test_regression_a_missing_required_field_is_named_in_its_path(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # msgspec reports "Object missing required field `x`" at the object, "$".
+    assert await _field(client, tenant_a, EXECUTE, {"input": 1}) == "$.agent_id"
+    assert await _field(client, tenant_a, "/v1/workflows", {"name": "w"}) == "$.definition"
+    agent, _ = await setup_workflow(client, tenant_a)
+    created = await client.post(
+        "/v1/orchestrations",
+        json={"executor": "external", "agent_id": agent, "input": None},
+        headers=tenant_a.headers,
+    )
+    oid = (await created.json())["orchestration_id"]
+    steps = f"/v1/orchestrations/{oid}/steps"
+    assert (
+        await _field(client, tenant_a, steps, {"events": [{"type": "x"}]}) == "$.events[0].payload"
+    )
