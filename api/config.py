@@ -6,6 +6,7 @@ Precedence: an explicit flag, else the environment variable, else the default.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -118,6 +119,12 @@ class Config:
         return config
 
     def check(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            # float() takes "nan" and "inf": nan passes every comparison below unnoticed,
+            # and inf turns into an OverflowError wherever it meets an int or a timer.
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{f.name} ({ENV_VARS[f.name]}) must be a finite number")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is outside 0..65535")
         if self.max_body_bytes < 1024:

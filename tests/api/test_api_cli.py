@@ -200,3 +200,20 @@ def test_serve_demo_prints_working_key_and_is_idempotent(tmp_path: Path) -> None
         assert done["status"] == "completed"
     finally:
         server.stop()
+
+
+def test_regression_serve_refuses_nan_and_inf_settings_in_one_line(tmp_path: Path) -> None:
+    # float() takes "nan" and "inf"; nan slipped past every bound, inf ended in a traceback.
+    d = str(tmp_path)
+    for args, env, named in [
+        (("--rate-limit", "nan"), {}, "MAIP_RATE_LIMIT"),
+        (("--rate-limit", "inf"), {}, "MAIP_RATE_LIMIT"),
+        ((), {"MAIP_RATE_LIMIT": "-inf"}, "MAIP_RATE_LIMIT"),
+        (("--shutdown-grace-seconds", "inf"), {}, "MAIP_SHUTDOWN_GRACE_SECONDS"),
+        ((), {"MAIP_HEADER_TIMEOUT_SECONDS": "NaN"}, "MAIP_HEADER_TIMEOUT_SECONDS"),
+    ]:
+        r = cli("serve", "--data-dir", d, "--port", "0", *args, env=env)
+        assert r.returncode == 2, (args, env, r.stderr[-400:])
+        assert r.stderr.count("\n") == 1, r.stderr[-400:]
+        assert named in r.stderr
+        assert "finite" in r.stderr
