@@ -90,6 +90,10 @@ def _load_eddsa_key(value: str) -> Ed25519PublicKey:
             text = Path(value).read_text(encoding="ascii")
         except OSError as e:
             raise ConfigError(f"cannot read the EdDSA JWT public key {value}: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(
+                f"the EdDSA JWT public key {value} is not a PEM public key: it is not ASCII text"
+            ) from e
     try:
         key = load_pem_public_key(text.encode("ascii"))
     except ValueError as e:

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.auth import Authenticator
 from api.config import Config
+from api.errors import ConfigError
 from api.keys import KeyStore
 from api.problems import ProblemError
 
@@ -299,3 +300,27 @@ async def test_with_an_audience_configured_tokens_for_other_services_are_401(
             {"aud": "maip-ledger", "iss": "elsewhere"},
         ):
             await problem(client, token(**claims), 401)
+
+
+def test_regression_an_eddsa_key_file_that_is_not_ascii_is_a_config_error(tmp_path: Path) -> None:
+    # The file was read as ASCII and the UnicodeDecodeError escaped: a traceback, exit 1.
+    pem = tmp_path / "key.pem"
+    pem.write_bytes(b"\xff\xfe not a key")
+    keys = KeyStore(tmp_path / "keys.db")
+    try:
+        with pytest.raises(ConfigError, match="not ASCII"):
+            Authenticator(Config(jwt_eddsa_public_key=str(pem)), keys)
+    finally:
+        keys.close()
+    r = cli(
+        "serve",
+        "--data-dir",
+        str(tmp_path / "d"),
+        "--port",
+        "0",
+        "--jwt-eddsa-public-key",
+        str(pem),
+    )
+    assert r.returncode == 2, r.stderr[-400:]
+    assert r.stderr.count("\n") == 1, r.stderr[-400:]
+    assert "not ASCII" in r.stderr
