@@ -293,8 +293,11 @@ class KeyStore:
         if tenant_id is not None:
             query += " WHERE tenant_id = ?"
             args = (tenant_id,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY created_at, key_id", args).fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute(query + " ORDER BY created_at, key_id", args).fetchall()
+        except sqlite3.Error as e:
+            raise KeyStoreError(f"cannot read the key store: {e}") from e
         return [self._record(r) for r in rows]
 
     def revoke(self, key_id: str) -> KeyRecord:
@@ -302,23 +305,29 @@ class KeyStore:
         m = _KEY_RE.match(key_id)
         if m:
             key_id = m.group(1)
-        with self._writing():
-            self._db.execute(
-                "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
-                (_now_text(self._now()), key_id),
-            )
-            row = self._db.execute(
-                "SELECT key_id, tenant_id, scopes, label, created_at, revoked_at FROM api_keys"
-                " WHERE key_id = ?",
-                (key_id,),
-            ).fetchone()
+        try:
+            with self._writing():
+                self._db.execute(
+                    "UPDATE api_keys SET revoked_at = ? WHERE key_id = ? AND revoked_at IS NULL",
+                    (_now_text(self._now()), key_id),
+                )
+                row = self._db.execute(
+                    "SELECT key_id, tenant_id, scopes, label, created_at, revoked_at"
+                    " FROM api_keys WHERE key_id = ?",
+                    (key_id,),
+                ).fetchone()
+        except sqlite3.Error as e:
+            raise KeyStoreError(f"cannot revoke the key: {e}") from e
         if row is None:
             raise KeyStoreError(f"no key with id {key_id!r}")
         return self._record(row)
 
     def tenants(self) -> list[str]:
-        with self._lock:
-            rows = self._db.execute("SELECT DISTINCT tenant_id FROM api_keys").fetchall()
+        try:
+            with self._lock:
+                rows = self._db.execute("SELECT DISTINCT tenant_id FROM api_keys").fetchall()
+        except sqlite3.Error as e:
+            raise KeyStoreError(f"cannot read the key store: {e}") from e
         return sorted(str(r[0]) for r in rows)
 
     # -- idempotency -------------------------------------------------------------------

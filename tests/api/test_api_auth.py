@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from api.auth import Authenticator
 from api.config import Config
-from api.errors import ConfigError
+from api.errors import ConfigError, KeyStoreError
 from api.keys import KeyStore
 from api.problems import ProblemError
 
@@ -324,3 +324,15 @@ def test_regression_an_eddsa_key_file_that_is_not_ascii_is_a_config_error(tmp_pa
     assert r.returncode == 2, r.stderr[-400:]
     assert r.stderr.count("\n") == 1, r.stderr[-400:]
     assert "not ASCII" in r.stderr
+
+
+def test_regression_key_store_reads_and_revokes_that_fail_in_sqlite_are_key_store_errors(
+    tmp_path: Path,
+) -> None:
+    # list_keys, tenants and revoke let sqlite3 errors out: a traceback from the CLI.
+    store = KeyStore(tmp_path / "keys.db")
+    key = store.create("t", ["orchestrations:read"])
+    store.close()  # every call now fails inside sqlite3
+    for call in (store.list_keys, store.tenants, lambda: store.revoke(key.key_id)):
+        with pytest.raises(KeyStoreError):
+            call()

@@ -217,3 +217,18 @@ def test_regression_serve_refuses_nan_and_inf_settings_in_one_line(tmp_path: Pat
         assert r.stderr.count("\n") == 1, r.stderr[-400:]
         assert named in r.stderr
         assert "finite" in r.stderr
+
+
+def test_regression_keys_revoke_on_a_locked_key_store_is_one_line_exit_2(tmp_path: Path) -> None:
+    made = cli("keys", "create", "--data-dir", str(tmp_path), "--tenant", "t", "--json")
+    key_id = json.loads(made.stdout)["key_id"]
+    holder = sqlite3.connect(tmp_path / "keys.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another writer holds the file past the 5 s timeout
+    try:
+        r = cli("keys", "revoke", key_id, "--data-dir", str(tmp_path))
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert r.returncode == 2, r.stderr[-400:]
+    assert r.stderr.count("\n") == 1, r.stderr[-400:]
+    assert "locked" in r.stderr
