@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
-from contextlib import closing
+from contextlib import closing, suppress
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -256,9 +256,16 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         sys.stdout.buffer.flush()
     else:
         tmp = Path(args.output + ".tmp")
-        with tmp.open("wb") as f:
-            count = asyncio.run(_export(config, oid, tenants, f))
-        os.replace(tmp, args.output)
+        try:
+            with tmp.open("wb") as f:
+                count = asyncio.run(_export(config, oid, tenants, f))
+            os.replace(tmp, args.output)
+        except BaseException:
+            # Whatever stopped the export (no such orchestration, a bad ledger, ^C), a
+            # partial bundle must not stay behind to be mistaken for one.
+            with suppress(OSError):
+                tmp.unlink()
+            raise
         sys.stderr.write(f"wrote {count} events to {args.output}\n")
     return 0
 

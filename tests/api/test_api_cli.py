@@ -232,3 +232,18 @@ def test_regression_keys_revoke_on_a_locked_key_store_is_one_line_exit_2(tmp_pat
     assert r.returncode == 2, r.stderr[-400:]
     assert r.stderr.count("\n") == 1, r.stderr[-400:]
     assert "locked" in r.stderr
+
+
+def test_regression_a_failed_export_leaves_no_partial_file(tmp_path: Path) -> None:
+    data = tmp_path / "d"
+    write_signing_key(data)
+    admin_key_headers(data, "t")
+    Server(data).stop()  # creates ledger.db
+    out = tmp_path / "bundle.jsonl"
+    r = cli(
+        *("export", "3c90c3cc-0d44-4b50-8888-8dd25736052a", "--data-dir", str(data)),
+        *("--tenant", "t", "-o", str(out)),
+    )
+    assert r.returncode == 2, r.stderr[-400:]
+    assert r.stderr.count("\n") == 1, r.stderr[-400:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "partial output left behind"
