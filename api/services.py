@@ -21,7 +21,17 @@ from ledger.log import Log
 from ledger.orchestration import Engine
 from ledger.receipt import Receipt
 
-__all__ = ["METRICS", "SERVICES", "Services", "encode", "json_response"]
+__all__ = ["METRICS", "SERVICES", "KeyLock", "Services", "encode", "json_response"]
+
+
+@dataclass(slots=True)
+class KeyLock:
+    """One Idempotency-Key's lock, and how many requests hold or await it: the lock is
+    dropped from the map at zero, and not when it merely looks unlocked, which it does
+    between a release and the woken waiter taking it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 @dataclass
@@ -41,7 +51,8 @@ class Services:
     receipts: OrderedDict[tuple[str, str], bytes | tuple[str, Receipt]] = field(
         default_factory=OrderedDict
     )
-    idempotency_locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    #: By (tenant, route, Idempotency-Key), while a request holds or awaits it.
+    idempotency_locks: dict[tuple[str, str, str], KeyLock] = field(default_factory=dict)
 
     def authorize(self, request: web.Request, *scopes: str) -> Principal:
         """The caller, if it has any of ``scopes``; binds its tenant to the log context."""

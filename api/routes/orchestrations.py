@@ -23,7 +23,7 @@ from api.routes._common import (
     read_json,
     services,
 )
-from api.services import Services, encode, json_response
+from api.services import KeyLock, Services, encode, json_response
 from api.sse import format_sse
 from api.wire import (
     CancelRequest,
@@ -113,9 +113,12 @@ async def _idempotent(
         )
     digest = _body_hash(route, body)
     lock_key = (tenant, route, key)
-    lock = s.idempotency_locks.setdefault(lock_key, asyncio.Lock())
+    held = s.idempotency_locks.get(lock_key)
+    if held is None:
+        held = s.idempotency_locks[lock_key] = KeyLock()
+    held.users += 1
     try:
-        async with lock:
+        async with held.lock:
             seen = s.keys.idempotency(tenant, route, key)
             if seen is not None:
                 if seen.body_hash != digest:
@@ -136,8 +139,9 @@ async def _idempotent(
             s.keys.remember(tenant, route, key, digest, reserved)
             state = await start(reserved)
     finally:
-        if not lock.locked():
-            s.idempotency_locks.pop(lock_key, None)
+        held.users -= 1
+        if held.users == 0:
+            del s.idempotency_locks[lock_key]
     bind_orchestration(state.orchestration_id)
     return await _answer(s, request, tenant, state, replayed=False)
 

@@ -443,3 +443,65 @@ async def test_a_small_receipt_cache_stays_bounded_and_evicted_receipts_still_se
         for rid, body in zip(ids, first, strict=True):  # all evicted by now but the last 3
             resp = await client.get(f"/v1/receipts/{rid}", headers=tenant.headers)
             assert await resp.read() == body
+
+
+async def test_regression_an_idempotency_key_lock_is_kept_while_a_request_waits_for_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # The holder dropped the key's lock from the map on release if it looked unlocked,
+    # which it does between the release and the waiter's wake-up: a third request then
+    # made a new lock and ran beside the waiter, both starting the same reservation.
+    from aiohttp.test_utils import make_mocked_request
+
+    from api.routes.orchestrations import _idempotent
+    from ledger.errors import StorageUnavailableError
+
+    gates: list[asyncio.Event] = []
+    inside = most = 0
+
+    async def start(_: str | None) -> Any:
+        nonlocal inside, most
+        gate = asyncio.Event()
+        gates.append(gate)
+        inside += 1
+        most = max(most, inside)
+        try:
+            await gate.wait()
+        finally:
+            inside -= 1
+        # Storage refused the write: the reservation stays for a retry to start.
+        raise StorageUnavailableError("disk full")
+
+    def request() -> asyncio.Task[Any]:
+        mocked = make_mocked_request(
+            "POST", "/v1/orchestrations", headers={"Idempotency-Key": "k"}, app=client.app
+        )
+        return asyncio.ensure_future(
+            _idempotent(mocked, tenant_a.tenant_id, "create", {"n": 1}, start)
+        )
+
+    async def until(condition: Any) -> None:
+        for _ in range(1000):
+            if condition():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("never happened")
+
+    a = request()
+    await until(lambda: len(gates) == 1)
+    b = request()  # waits for a's lock
+    await asyncio.sleep(0)
+    gates[0].set()  # a fails; b takes the lock and starts the reservation again
+    await until(lambda: len(gates) == 2)
+    c = request()  # must wait for b
+    await until(a.done)
+    for _ in range(20):
+        await asyncio.sleep(0)
+    for gate in gates:
+        gate.set()
+    await until(lambda: len(gates) == 3)
+    gates[2].set()
+    results = await asyncio.gather(a, b, c, return_exceptions=True)
+    assert all(isinstance(r, StorageUnavailableError) for r in results), results
+    assert most == 1, "two requests with one Idempotency-Key ran at once"
+    assert client.app[SERVICES].idempotency_locks == {}
