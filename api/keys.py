@@ -359,3 +359,15 @@ class KeyStore:
             # Disk full or read-only: the API answers 503 (not 500) and the client retries
             # with the same key. The orchestration itself is already in the ledger.
             raise StorageUnavailableError(f"cannot record the Idempotency-Key: {e}") from e
+
+    def forget(self, tenant_id: str, route: str, key: str, orchestration_id: str) -> None:
+        """Drop the key's record if it still names ``orchestration_id``."""
+        try:
+            with self._writing():
+                self._db.execute(
+                    "DELETE FROM idempotency WHERE tenant_id = ? AND route = ? AND idem_key = ?"
+                    " AND orchestration_id = ?",
+                    (tenant_id, route, key, orchestration_id),
+                )
+        except sqlite3.Error as e:
+            raise StorageUnavailableError(f"cannot release the Idempotency-Key: {e}") from e

@@ -4,6 +4,7 @@ list, events, SSE stream, cancel, external steps and the offline bundle."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 from typing import Any
@@ -14,7 +15,7 @@ from aiohttp import web
 from api.auth import Principal
 from api.errors import ProblemError
 from api.logctx import bind_orchestration
-from api.problems import bad_request
+from api.problems import bad_request, from_ledger_error
 from api.routes._common import (
     convert,
     decimal,
@@ -35,7 +36,7 @@ from api.wire import (
     StepsRequest,
 )
 from ledger.bundle import write_bundle
-from ledger.errors import NotFoundError
+from ledger.errors import LedgerError, NotFoundError, StorageUnavailableError
 from ledger.log import RecordedEvent
 from ledger.orchestration import OrchestrationState
 from ledger.orchestration.errors import OrchestrationNotFoundError
@@ -132,18 +133,36 @@ async def _idempotent(
                 try:
                     state = await s.engine.get_state(tenant, seen.orchestration_id)
                 except NotFoundError:
-                    state = await start(seen.orchestration_id)
+                    state = await _start_reserved(s, lock_key, seen.orchestration_id, start)
                     return await _answer(s, request, tenant, state, replayed=False)
                 return await _answer(s, request, tenant, state, replayed=True)
             reserved = s.engine.new_orchestration_id()
             s.keys.remember(tenant, route, key, digest, reserved)
-            state = await start(reserved)
+            state = await _start_reserved(s, lock_key, reserved, start)
     finally:
         held.users -= 1
         if held.users == 0:
             del s.idempotency_locks[lock_key]
     bind_orchestration(state.orchestration_id)
     return await _answer(s, request, tenant, state, replayed=False)
+
+
+async def _start_reserved(
+    s: Services, idempotency: tuple[str, str, str], reserved: str, start: Any
+) -> OrchestrationState:
+    """``start(reserved)``; if it refuses the request (404, 422) and nothing was started,
+    the key's reservation is released, so the corrected request may use the same key."""
+    try:
+        state: OrchestrationState = await start(reserved)
+    except LedgerError as e:
+        refused = from_ledger_error(e).status in (404, 422)
+        tenant = idempotency[0]
+        if refused and s.engine.registry.orchestration(tenant, reserved) is None:
+            # Not being able to release costs only that: the key stays with this body.
+            with contextlib.suppress(StorageUnavailableError):
+                s.keys.forget(*idempotency, reserved)
+        raise
+    return state
 
 
 @routes.post("/v1/orchestrations/execute")

@@ -445,6 +445,31 @@ async def test_a_small_receipt_cache_stays_bounded_and_evicted_receipts_still_se
             assert await resp.read() == body
 
 
+async def test_regression_a_refused_request_does_not_use_up_its_idempotency_key(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # The key was reserved before start() and kept when start() refused the request, so
+    # the corrected retry with the same key was a 409 "used with a different body".
+    agent, wf = await setup_workflow(client, tenant_a)
+    h = {**tenant_a.headers, "Idempotency-Key": "fix-and-retry"}
+    wrong = {"workflow_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "agents": [agent]}
+    for _ in range(2):
+        refused = await client.post("/v1/orchestrations/execute", json=wrong, headers=h)
+        assert refused.status == 404
+    no_agent = {"workflow_id": wf, "agents": []}  # its llm step has no agent to run on
+    refused = await client.post("/v1/orchestrations/execute", json=no_agent, headers=h)
+    assert refused.status == 422
+    right = {"workflow_id": wf, "agents": [agent]}
+    first = await client.post("/v1/orchestrations/execute", json=right, headers=h)
+    assert first.status == 202, await first.text()
+    again = await client.post("/v1/orchestrations/execute", json=right, headers=h)
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert (await again.json())["orchestration_id"] == (await first.json())["orchestration_id"]
+    # Once a request started something, the key is bound to its body.
+    other = await client.post("/v1/orchestrations/execute", json=wrong, headers=h)
+    assert other.status == 409
+
+
 async def test_regression_an_idempotency_key_lock_is_kept_while_a_request_waits_for_it(
     client: TestClient, tenant_a: Tenant
 ) -> None:
