@@ -239,7 +239,7 @@ def validate_definition(raw: Any) -> WorkflowDefinition:
     parsed = [_convert_step(i, s) for i, s in enumerate(raw_steps)]
     steps: dict[str, StepDef] = {}
     for step in parsed:
-        if not _STEP_ID.match(step.id):
+        if not _STEP_ID.fullmatch(step.id):  # `$` alone would let "a\n" through
             raise WorkflowValidationError(
                 f"step id must match {_STEP_ID.pattern}", step_id=step.id, field="id"
             )

@@ -222,3 +222,10 @@ def test_a_bad_placeholder_fails_every_time_not_only_the_first() -> None:
     for _ in range(2):
         with pytest.raises(TemplateError, match="must start with one of"):
             render("{{ nowhere.x }}", CTX)
+
+
+@pytest.mark.parametrize("step_id", ["a\n", "a\nb", "\na"])
+def test_regression_a_step_id_with_a_newline_is_rejected(step_id: str) -> None:
+    # `$` also matches before a trailing newline: the id must match as a whole.
+    err = _invalid(_wf({"id": step_id, "action": "tool", "tool": "echo"}))
+    assert (err.step_id, err.field) == (step_id, "id")
