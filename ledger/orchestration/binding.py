@@ -57,7 +57,11 @@ def build_created(
 ) -> ev.OrchestrationCreated:
     if isinstance(max_steps, bool) or not isinstance(max_steps, int) or not 1 <= max_steps <= 1000:
         raise WorkflowValidationError("must be an integer in 1..1000", field="max_steps")
-    if not isinstance(timeout_seconds, int | float) or not 0 < timeout_seconds <= 86_400:
+    if (
+        isinstance(timeout_seconds, bool)
+        or not isinstance(timeout_seconds, int | float)
+        or not 0 < timeout_seconds <= 86_400
+    ):
         raise WorkflowValidationError("must be in (0, 86400]", field="timeout_seconds")
     if parameters is not None and not isinstance(parameters, Mapping):
         raise WorkflowValidationError("must be an object", field="parameters")

@@ -518,3 +518,14 @@ async def test_a_step_that_cancels_its_own_orchestration_ends_it_cancelled(
     assert (state.status, state.reason) == ("cancelled", "tool quit")
     assert [(s.step_id, s.status) for s in state.steps] == [("quit", "failed")]
     assert (await _types(harness, started.orchestration_id))[-1] == "orchestration.cancelled"
+
+
+@pytest.mark.parametrize("timeout", [True, False])
+async def test_regression_a_bool_timeout_is_rejected(
+    engine: Engine, make_agent: Any, timeout: bool
+) -> None:
+    # bool is an int to Python; max_steps already refuses it, timeout_seconds must too.
+    agent = await make_agent()
+    with pytest.raises(WorkflowValidationError) as info:
+        await engine.execute(TENANT, agent_id=agent, input="x", timeout_seconds=timeout)
+    assert info.value.field == "timeout_seconds"
