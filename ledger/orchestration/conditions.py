@@ -12,7 +12,9 @@ A condition is a JSON object with exactly one operator key (``specs/workflows.md
 - ``{"and": [c1, c2, ...]}``, ``{"or": [...]}``, ``{"not": c}``.
 
 ``lt``/``le``/``gt``/``ge`` compare two numbers or two strings; other pairs, or a path
-that does not resolve outside ``exists``, are a :class:`ConditionError`.
+that does not resolve outside ``exists``, are a :class:`ConditionError`. Conditions nest
+at most :data:`~ledger.orchestration.templates.MAX_NESTING` levels deep, and so do the
+arrays and objects of a literal.
 """
 
 from __future__ import annotations
@@ -21,7 +23,13 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 from ledger.orchestration.errors import ConditionError, TemplateError
-from ledger.orchestration.templates import Reference, parse_path, resolve_path
+from ledger.orchestration.templates import (
+    MAX_NESTING,
+    Reference,
+    nested_deeper_than,
+    parse_path,
+    resolve_path,
+)
 
 __all__ = ["COMPARISONS", "condition_references", "evaluate", "validate_condition"]
 
@@ -91,13 +99,20 @@ def _path(text: Any) -> Reference:
 
 def condition_references(cond: Any) -> list[Reference]:
     """Every path a condition reads; validates its shape (raises :class:`ConditionError`)."""
+    return _references(cond, 1)
+
+
+def _references(cond: Any, depth: int) -> list[Reference]:
+    # Bounded before recursing: evaluation, hashing and encoding recurse over it too.
+    if depth > MAX_NESTING:
+        raise ConditionError(f"a condition is nested more than {MAX_NESTING} levels deep")
     op, arg = _operator(cond)
     if op in ("and", "or"):
         if not isinstance(arg, list | tuple) or not arg:
             raise ConditionError(f"{op!r} needs a non-empty list of conditions")
-        return [ref for sub in arg for ref in condition_references(sub)]
+        return [ref for sub in arg for ref in _references(sub, depth + 1)]
     if op == "not":
-        return condition_references(arg)
+        return _references(arg, depth + 1)
     if op == "exists":
         return [_path(arg)]
     if not isinstance(arg, list | tuple) or len(arg) != 2:
@@ -106,6 +121,8 @@ def condition_references(cond: Any) -> list[Reference]:
     right = arg[1]
     if isinstance(right, Mapping) and set(right) == {"path"}:
         refs.append(_path(right["path"]))
+    elif nested_deeper_than(right, MAX_NESTING):
+        raise ConditionError(f"the value of {op!r} is nested more than {MAX_NESTING} levels deep")
     return refs
 
 

@@ -16,6 +16,7 @@ Syntax (also in ``specs/workflows.md`` §3):
   interpolated: strings as they are, everything else as compact JSON.
 - A reference that does not resolve is an error that names it. There is no escape
   for a literal ``{{``; there are no filters, calls or expressions.
+- Arrays and objects in a template nest at most :data:`MAX_NESTING` levels deep.
 """
 
 from __future__ import annotations
@@ -30,15 +31,21 @@ import msgspec
 from ledger.orchestration.errors import TemplateError
 
 __all__ = [
+    "MAX_NESTING",
     "ROOTS",
     "Reference",
     "find_references",
+    "nested_deeper_than",
     "parse_path",
     "render",
     "resolve_path",
 ]
 
 ROOTS: Final = ("input", "parameters", "steps")
+#: How deeply arrays and objects may nest in a template (and conditions in a condition):
+#: far more than any definition needs, and far below Python's recursion limit, which a
+#: definition built in Python could otherwise reach in validation, hashing or rendering.
+MAX_NESTING: Final = 64
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
 _ROOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -119,15 +126,37 @@ def _parsed(body: str) -> tuple[tuple[Reference, ...], bytes | None]:
     return tuple(refs), fallback
 
 
-def _walk_strings(value: Any) -> Iterator[str]:
+def nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects in ``value`` nest more than ``limit`` levels deep."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:  # a loop, not recursion: the value may be nested beyond Python's limit
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _walk_strings(value: Any, depth: int = 0) -> Iterator[str]:
     if isinstance(value, str):
         yield value
-    elif isinstance(value, Mapping):
-        for item in value.values():
-            yield from _walk_strings(item)
+        return
+    if isinstance(value, Mapping):
+        items: Any = value.values()
     elif isinstance(value, list | tuple):
-        for item in value:
-            yield from _walk_strings(item)
+        items = value
+    else:
+        return
+    if depth >= MAX_NESTING:
+        raise TemplateError(f"a template is nested more than {MAX_NESTING} levels deep")
+    for item in items:
+        yield from _walk_strings(item, depth + 1)
 
 
 def find_references(value: Any) -> list[Reference]:

@@ -229,3 +229,46 @@ def test_regression_a_step_id_with_a_newline_is_rejected(step_id: str) -> None:
     # `$` also matches before a trailing newline: the id must match as a whole.
     err = _invalid(_wf({"id": step_id, "action": "tool", "tool": "echo"}))
     assert (err.step_id, err.field) == (step_id, "id")
+
+
+def _nested(leaf: Any, wrap: Any, depth: int) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = wrap(value)
+    return value
+
+
+@pytest.mark.parametrize("depth", [65, 3000])
+def test_regression_a_deeply_nested_condition_is_a_validation_error(depth: int) -> None:
+    cond = _nested({"exists": "input.x"}, lambda c: {"not": c}, depth)
+    err = _invalid(_wf({"id": "d", "action": "decision", "condition": cond}))
+    assert (err.step_id, err.field) == ("d", "condition")
+    assert "nested" in err.detail
+
+
+@pytest.mark.parametrize("depth", [65, 3000])
+def test_regression_deeply_nested_inputs_and_output_are_validation_errors(depth: int) -> None:
+    deep = _nested("{{ input.x }}", lambda v: [v], depth)
+    err = _invalid(_wf({"id": "t", "action": "tool", "tool": "echo", "inputs": deep}))
+    assert (err.step_id, err.field) == ("t", "inputs")
+    err = _invalid(_wf({"id": "t", "action": "tool", "tool": "echo"}, output=deep))
+    assert (err.step_id, err.field) == (None, "output")
+
+
+def test_nesting_up_to_the_limit_is_accepted() -> None:
+    cond = _nested({"exists": "input.x"}, lambda c: {"not": c}, 63)
+    inputs = _nested("{{ input.x }}", lambda v: {"k": v}, 63)
+    validate_definition(
+        _wf(
+            {"id": "d", "action": "decision", "condition": cond},
+            {"id": "t", "action": "tool", "tool": "echo", "inputs": inputs},
+        )
+    )
+    assert evaluate(cond, {"input": {"x": 1}}, {}) is False
+    assert render(inputs, {"input": {"x": 1}}) == _nested(1, lambda v: {"k": v}, 63)
+
+
+def test_regression_a_deeply_nested_condition_literal_is_a_validation_error() -> None:
+    cond = {"eq": ["input.x", _nested(1, lambda v: [v], 3000)]}
+    err = _invalid(_wf({"id": "d", "action": "decision", "condition": cond}))
+    assert (err.step_id, err.field) == ("d", "condition")
