@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 
 import msgspec
 import pytest
@@ -27,6 +28,38 @@ def test_calculator_arithmetic(expr: str, value: float) -> None:
 def test_calculator_rejects_unsafe_or_invalid(expr: str) -> None:
     with pytest.raises(ToolError):
         calculate(expr)
+
+
+@pytest.mark.parametrize(
+    "expr", ["1e999", "-1e999", "1e309 - 1e309", "1" + "0" * 101, "-" + "9" * 200, "1e101"]
+)
+def test_regression_calculator_bounds_number_literals(expr: str) -> None:
+    # A literal is a value like any other: infinity (which JSON stores as null) and
+    # magnitudes past the limit are errors, not results.
+    with pytest.raises(ToolError, match=r"too large|not finite"):
+        calculate(expr)
+
+
+@pytest.mark.parametrize(
+    "expr", ["-" * 998 + "1", "+-" * 499 + "1", "(" * 250 + "1" + ")" * 250, "1" + "+1" * 333]
+)
+def test_regression_calculator_bounds_nesting(expr: str) -> None:
+    with pytest.raises(ToolError, match=r"nested|cannot parse"):
+        calculate(expr)
+
+
+def test_calculator_accepts_moderate_nesting() -> None:
+    assert calculate("-" * 100 + "1") == 1
+    assert calculate("1" + "+1" * 199) == 200
+
+
+def test_regression_calculator_refuses_a_long_literal_before_raising_it_to_a_power() -> None:
+    started = time.process_time()
+    for expr in ("9" * 994 + "**999", "9" * 100 + "**999", "2**999 * 2**999"):
+        with pytest.raises(ToolError, match="too large"):
+            calculate(expr)
+    assert time.process_time() - started < 0.1  # 0.5 s for the first alone, unbounded
+    assert calculate("2**300 // 2**299") == 2
 
 
 async def test_builtins() -> None:
