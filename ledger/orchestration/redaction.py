@@ -13,6 +13,7 @@ the match.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -23,6 +24,7 @@ __all__ = ["RedactionPolicy", "SaltSource", "commitment"]
 SaltSource = Callable[[str], bytes]
 _ENCODER = msgspec.json.Encoder(order="sorted")
 _PREFIX = "redacted:sha256:"
+_COMMITMENT = re.compile(r"redacted:sha256:[0-9a-f]{64}")
 
 
 def commitment(salt: bytes, value: Any) -> str:
@@ -60,7 +62,9 @@ class RedactionPolicy:
 
 def _redact(value: Any, path: tuple[str, ...], salt: bytes) -> tuple[Any, bool]:
     if not path:
-        if isinstance(value, str) and value.startswith(_PREFIX):
+        # Already a commitment (a resumed run records again what the log holds): keep
+        # it. Only a whole one: a value that merely starts like one is still a secret.
+        if isinstance(value, str) and _COMMITMENT.fullmatch(value):
             return value, False
         return commitment(salt, value), True
     head, rest = path[0], path[1:]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import Any
 
 import msgspec
 import pytest
+from engine_helpers import TENANT
 
 from ledger.orchestration import RedactionPolicy, ToolError, ToolRegistry, commitment
 from ledger.orchestration import events as ev
@@ -91,3 +93,24 @@ def test_redaction_replaces_paths_with_salted_commitment() -> None:
     assert out.arguments == {"ssn": expected, "keep": 1}
     assert commitment(salt, "123-45-6789") == expected
     assert b"123-45-6789" not in msgspec.json.encode(out)
+
+
+def _invoked(arguments: Any) -> ev.ToolInvoked:
+    return ev.ToolInvoked(
+        orchestration_id="o",
+        step_id="s",
+        attempt=1,
+        gen_ai_tool_name="echo",
+        gen_ai_tool_call_id="call-1",
+        arguments=arguments,
+    )
+
+
+def test_regression_a_value_that_only_starts_like_a_commitment_is_still_redacted() -> None:
+    policy = RedactionPolicy(["tool.invoked:arguments.ssn"], lambda t: b"salt")
+    secret = "redacted:sha256: my real ssn is 078-05-1120"
+    out = policy.apply(TENANT, "tool.invoked", _invoked({"ssn": secret}))
+    assert out.arguments["ssn"] == commitment(b"salt", secret)
+    # A whole commitment (a resumed run re-recording what the log holds) is kept.
+    again = policy.apply(TENANT, "tool.invoked", out)
+    assert again.arguments == out.arguments
