@@ -13,6 +13,7 @@ __all__ = [
     "OrchestrationNotFoundError",
     "OrchestrationStateError",
     "ProviderError",
+    "RedactionPathError",
     "SSRFBlockedError",
     "TemplateError",
     "ToolError",
@@ -47,6 +48,11 @@ class TemplateError(OrchestrationError, ValueError):
 
 class ConditionError(OrchestrationError, ValueError):
     """A decision condition is malformed or cannot be evaluated over the values it read."""
+
+
+class RedactionPathError(OrchestrationError, ValueError):
+    """A redaction path is malformed, or addresses nothing or a value that a string
+    commitment cannot replace (names the path and why)."""
 
 
 class ProviderError(OrchestrationError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import time
 from typing import Any
@@ -10,7 +11,14 @@ import msgspec
 import pytest
 from engine_helpers import TENANT
 
-from ledger.orchestration import RedactionPolicy, ToolError, ToolRegistry, commitment
+from ledger.orchestration import (
+    OrchestrationError,
+    RedactionPathError,
+    RedactionPolicy,
+    ToolError,
+    ToolRegistry,
+    commitment,
+)
 from ledger.orchestration import events as ev
 from ledger.orchestration.calculator import calculate
 
@@ -114,3 +122,47 @@ def test_regression_a_value_that_only_starts_like_a_commitment_is_still_redacted
     # A whole commitment (a resumed run re-recording what the log holds) is kept.
     again = policy.apply(TENANT, "tool.invoked", out)
     assert again.arguments == out.arguments
+
+
+def test_regression_redaction_paths_can_address_keys_with_dots() -> None:
+    policy = RedactionPolicy(
+        [
+            'tool.invoked:arguments["user.email"]',
+            'tool.invoked:["gen_ai.tool.call.id"]',
+            'tool.invoked:arguments["a.b"]["*"].c',
+            'tool.invoked:arguments["say \\"hi\\""]',
+        ],
+        lambda t: b"salt",
+    )
+    args = {
+        "user.email": "bob@example.com",
+        "user": {"email": "kept"},
+        "a.b": {"*": {"c": "star", "d": "kept"}, "x": {"c": "kept"}},
+        'say "hi"': "quoted",
+    }
+    out = policy.apply(TENANT, "tool.invoked", _invoked(args))
+    c = functools.partial(commitment, b"salt")
+    assert out.arguments == {
+        "user.email": c("bob@example.com"),
+        "user": {"email": "kept"},
+        "a.b": {"*": {"c": c("star"), "d": "kept"}, "x": {"c": "kept"}},
+        'say "hi"': c("quoted"),
+    }
+    assert out.gen_ai_tool_call_id == c("call-1")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "tool.invoked:arguments..x",
+        "tool.invoked:arguments.",
+        'tool.invoked:arguments["x"',
+        'tool.invoked:arguments["x"]y',
+        "tool.invoked:arguments[x]",
+        'tool.invoked:arguments["\\q"]',
+    ],
+)
+def test_malformed_redaction_paths_are_rejected(path: str) -> None:
+    with pytest.raises(RedactionPathError, match="syntax") as info:
+        RedactionPolicy([path], lambda t: b"salt")
+    assert isinstance(info.value, OrchestrationError)
