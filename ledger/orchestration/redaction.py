@@ -9,6 +9,12 @@ is written quoted, as a JSON string in brackets: ``arguments["user.email"]``,
 ``*:input.customer.email``, ``llm.requested:messages.*.content``,
 ``tool.invoked:arguments["user.email"]``.
 
+A policy is checked against the payload schemas (``specs/log-format.md`` §7.2) when it
+is built: a rule must name an event type the engine records in an orchestration's
+stream (or ``*``), must address at least one field, and must address only values a
+string can replace (a string, or anything inside a field of any JSON type); so a
+redacted payload always has its type, and recording it cannot fail.
+
 A matched value is replaced by ``"redacted:sha256:<hex>"``, the SHA-256 of the
 tenant's salt followed by the value's canonical JSON (sorted keys, no whitespace).
 Salts live outside the log (supplied by a :data:`SaltSource`), so proofs stay valid
@@ -24,7 +30,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 import msgspec
+from msgspec import inspect as mi
 
+from ledger.orchestration import events as ev
 from ledger.orchestration.errors import RedactionPathError
 
 __all__ = ["RedactionPolicy", "SaltSource", "commitment", "parse_path"]
@@ -40,6 +48,14 @@ _BARE = re.compile(r"[^.\[\]]+")
 _QUOTED = re.compile(r'\["((?:[^"\\]|\\.)*)"\]')
 _INDEX = re.compile(r"\[([0-9]+)\]")
 _EVERY: Final = None
+#: What a policy applies to: the payloads the stream writer records. Registrations are
+#: appended as given, never through a policy.
+_NOT_REDACTED: Final = frozenset({ev.AGENT_REGISTERED, ev.WORKFLOW_REGISTERED})
+_SCHEMAS: Final[dict[str, mi.Type]] = {
+    name: mi.type_info(ev.ORCHESTRATION_EVENTS.payload_type(name))
+    for name in ev.ORCHESTRATION_EVENTS.names()
+    if name not in _NOT_REDACTED
+}
 
 
 def commitment(salt: bytes, value: Any) -> str:
@@ -91,9 +107,11 @@ class RedactionPolicy:
                     f"redaction path {spec!r} must be '<event type or *>:<path>'"
                 )
             try:
-                self._rules.append((event_type, parse_path(path)))
+                segments = parse_path(path)
+                _check_schema(event_type, segments)
             except RedactionPathError as e:
                 raise RedactionPathError(f"redaction path {spec!r}: {e}") from None
+            self._rules.append((event_type, segments))
         self._salts = salts
 
     def __bool__(self) -> bool:
@@ -113,6 +131,97 @@ class RedactionPolicy:
         if not changed:
             return payload
         return msgspec.convert(data, type(payload))
+
+
+def _check_schema(event_type: str, path: tuple[Segment, ...]) -> None:
+    if event_type == "*":
+        schemas = _SCHEMAS
+    elif event_type in _SCHEMAS:
+        schemas = {event_type: _SCHEMAS[event_type]}
+    elif event_type in _NOT_REDACTED:
+        raise RedactionPathError(
+            f"{event_type} is not written through a redaction policy (registrations "
+            "are stored as given)"
+        )
+    else:
+        raise RedactionPathError(f"unknown event type {event_type!r}")
+    matched = False
+    for name, schema in schemas.items():
+        hit, problem = _fits(path, schema)
+        if problem is not None:
+            raise RedactionPathError(
+                f"in {name} it {problem}, which a commitment (a string) cannot replace"
+            )
+        matched = matched or hit
+    if not matched:
+        raise RedactionPathError(
+            "addresses no field of " + ("any event" if event_type == "*" else event_type)
+        )
+
+
+def _fits(path: tuple[Segment, ...], t: mi.Type) -> tuple[bool, str | None]:
+    """Whether ``path`` can match inside a value of type ``t``, and what it would match
+    that a string cannot replace (``None``: nothing)."""
+    if not path:
+        return True, None if _takes_string(t) else f"holds {_describe(t)}"
+    if isinstance(t, mi.AnyType):
+        return True, None
+    if isinstance(t, mi.UnionType):
+        children = [(path, member) for member in t.types]
+    else:
+        head, rest = path[0], path[1:]
+        children = [(rest, child) for child in _children(t, head)]
+    matched = False
+    for sub, child in children:
+        hit, problem = _fits(sub, child)
+        if problem is not None:
+            return hit, problem
+        matched = matched or hit
+    return matched, None
+
+
+def _children(t: mi.Type, head: Segment) -> list[mi.Type]:
+    """The types a segment ``head`` can select inside a value of type ``t``."""
+    if isinstance(t, mi.StructType):
+        return [f.type for f in t.fields if head is _EVERY or f.encode_name == head]
+    if isinstance(t, mi.DictType):
+        return [t.value_type]
+    if isinstance(t, mi.ListType | mi.VarTupleType | mi.SetType | mi.FrozenSetType):
+        return [t.item_type] if head is _EVERY or _is_index(head) else []
+    if isinstance(t, mi.TupleType):
+        if head is _EVERY:
+            return list(t.item_types)
+        if _is_index(head) and int(head) < len(t.item_types):
+            return [t.item_types[int(head)]]
+    return []
+
+
+def _takes_string(t: mi.Type) -> bool:
+    if isinstance(t, mi.UnionType):
+        return any(_takes_string(member) for member in t.types)
+    if isinstance(t, mi.StrType):
+        return t.min_length is None and t.max_length is None and t.pattern is None
+    return isinstance(t, mi.AnyType)
+
+
+def _describe(t: mi.Type) -> str:
+    if isinstance(t, mi.UnionType):
+        return " or ".join(_describe(member) for member in t.types)
+    if isinstance(t, mi.LiteralType):
+        return f"one of {', '.join(map(repr, t.values))}"
+    names: list[tuple[type[mi.Type] | tuple[type[mi.Type], ...], str]] = [
+        ((mi.StructType, mi.DictType), "an object"),
+        ((mi.ListType, mi.VarTupleType, mi.TupleType, mi.SetType, mi.FrozenSetType), "an array"),
+        (mi.BoolType, "a boolean"),
+        (mi.IntType, "an integer"),
+        (mi.FloatType, "a number"),
+        (mi.NoneType, "null"),
+        (mi.StrType, "a constrained string"),
+    ]
+    for kinds, name in names:
+        if isinstance(t, kinds):
+            return name
+    return type(t).__name__
 
 
 def _redact(value: Any, path: tuple[Segment, ...], salt: bytes) -> tuple[Any, bool]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -166,3 +167,48 @@ def test_malformed_redaction_paths_are_rejected(path: str) -> None:
     with pytest.raises(RedactionPathError, match="syntax") as info:
         RedactionPolicy([path], lambda t: b"salt")
     assert isinstance(info.value, OrchestrationError)
+
+
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("decision.made:values", "holds an object"),
+        ("orchestration.created:parameters", "holds an object"),
+        ("*:parameters", "holds an object"),
+        ("step.started:attempt", "holds an integer"),
+        ("orchestration.failed:reason", "holds one of"),
+        ('llm.completed:["gen_ai.usage.input_tokens"]', "holds an integer or null"),
+        ("llm.requested:messages", "holds an array"),
+        ("step.failed:*", "holds an integer"),
+        ("step.failed:retrying", "holds a boolean"),
+        ("tool.invoked:argumentz.ssn", "addresses no field"),
+        ("*:nope", "addresses no field"),
+        ("tool.called:arguments", "unknown event type"),
+        ("agent.registered:instructions", "not written through"),
+    ],
+)
+def test_regression_a_redaction_path_that_cannot_hold_a_commitment_is_rejected(
+    path: str, why: str
+) -> None:
+    # Replacing such a value by a string made every emit of the event fail to convert,
+    # crashing the run, which then stayed "running" for ever.
+    with pytest.raises(RedactionPathError, match=re.escape(why)) as info:
+        RedactionPolicy([path], lambda t: b"salt")
+    assert path in str(info.value)
+
+
+def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
+    RedactionPolicy(
+        [
+            "*:input.email",
+            "*:input",
+            "llm.requested:messages.*.content",
+            "llm.completed:message",
+            "decision.made:values.*",
+            "orchestration.created:parameters.secret",
+            'llm.requested:["gen_ai.request.model"]',
+            "step.failed:error",
+            "orchestration.failed:error",
+        ],
+        lambda t: b"salt",
+    )

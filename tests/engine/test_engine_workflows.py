@@ -14,8 +14,10 @@ from ledger.orchestration import (
     Engine,
     OrchestrationNotFound,
     OrchestrationStateError,
+    RedactionPathError,
     RedactionPolicy,
     WorkflowValidationError,
+    commitment,
 )
 
 CLASSIFY = {"content": '{"label": "spam", "score": 0.93}'}
@@ -529,3 +531,28 @@ async def test_regression_a_bool_timeout_is_rejected(
     with pytest.raises(WorkflowValidationError) as info:
         await engine.execute(TENANT, agent_id=agent, input="x", timeout_seconds=timeout)
     assert info.value.field == "timeout_seconds"
+
+
+async def test_regression_redacting_inside_a_typed_field_keeps_the_run_going(
+    harness: Harness,
+) -> None:
+    # `decision.made:values` itself is refused when the policy is built (a dict cannot
+    # become a string); what is inside it can be redacted, and the run completes.
+    with pytest.raises(RedactionPathError, match="holds an object"):
+        RedactionPolicy(["decision.made:values"], lambda t: b"salt")
+    policy = RedactionPolicy(["decision.made:values.*", "*:input.ssn"], lambda t: b"salt")
+    engine = await harness.open(redaction=policy)
+    wf = await engine.register_workflow(
+        TENANT,
+        name="d",
+        definition={
+            "steps": [{"id": "d", "action": "decision", "condition": {"exists": "input.ssn"}}]
+        },
+    )
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, input={"ssn": "123"})
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=5)
+    assert (state.status, state.steps[0].result["branch"]) == ("completed", "then")
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    (made,) = [r.event.payload for r in records if r.event.type == "decision.made"]
+    assert made.values == {"input.ssn": commitment(b"salt", "123")}
