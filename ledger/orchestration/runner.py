@@ -135,7 +135,14 @@ class Runner(CallRecorder):
         self._inline: asyncio.Task[Any] | None = None
         self._inline_cancelled = False
         self._inflight: dict[str, int] = {}
+        #: Steps counted against ``max_steps``: those the history shows started, and
+        #: each new one when it is scheduled (a resumed run counts as the live one did).
         self._steps_started = sum(1 for h in self.history.values() if h.attempts > 0)
+        #: Attempts the history leaves open (in flight when the process stopped); each
+        #: is closed by :meth:`_step` when its step runs again, or when the run ends.
+        self._interrupted = {
+            sid: h.attempts for sid, h in self.history.items() if h.status == "running"
+        }
 
     # -- control ---------------------------------------------------------------------
 
@@ -222,8 +229,9 @@ class Runner(CallRecorder):
             await asyncio.wait(self._tasks)
         self._tasks.clear()
         if error is not None:
-            for step_id, attempt in sorted(self._inflight.items()):
+            for step_id, attempt in sorted((self._interrupted | self._inflight).items()):
                 self._failed(step_id, attempt, error, retrying=False)
+            self._interrupted.clear()
         self._inflight.clear()
 
     async def _body(self) -> Any:
@@ -296,6 +304,7 @@ class Runner(CallRecorder):
             if h.status == "failed":
                 raise _StepFailed(step_id, h.error or "failed")
             if h.status == "running":
+                self._interrupted.pop(step_id, None)
                 retrying = h.attempts < max_attempts
                 self._emit(
                     ev.STEP_FAILED,
@@ -310,8 +319,6 @@ class Runner(CallRecorder):
                 if not retrying:
                     raise _StepFailed(step_id, "interrupted", interrupted=True)
             first = h.attempts + 1
-        else:
-            self._steps_started += 1
         for attempt in range(first, max_attempts + 1):
             try:
                 inputs = make_inputs()
@@ -424,14 +431,17 @@ class Runner(CallRecorder):
                             continue
                         if self._stopping or self._cancel is not None:
                             continue
-                        if (
-                            step.id not in self.history
-                            and self._steps_started >= self.created.max_steps
-                        ):
-                            raise _Terminate(
-                                "max_steps_exceeded",
-                                f"step {step.id!r} would exceed max_steps={self.created.max_steps}",
-                            )
+                        h = self.history.get(step.id)
+                        if h is None or h.attempts == 0:
+                            # Counted now, not when it starts: the steps of one pass
+                            # start later, each in its own task, and must all fit.
+                            if self._steps_started >= self.created.max_steps:
+                                raise _Terminate(
+                                    "max_steps_exceeded",
+                                    f"step {step.id!r} would exceed "
+                                    f"max_steps={self.created.max_steps}",
+                                )
+                            self._steps_started += 1
                         status[step.id] = "running"
                         ready.append(step)
                         progressed = True

@@ -61,6 +61,57 @@ async def append_unfinished_run(engine: Engine, log: Log, tenant: str = TENANT) 
     return oid
 
 
+async def append_run(
+    engine: Engine,
+    log: Log,
+    definition: dict[str, Any],
+    history: Callable[[str], list[tuple[str, Any]]] = lambda oid: [],
+    *,
+    max_steps: int = 10,
+    tenant: str = TENANT,
+) -> str:
+    """Write an engine run of ``definition`` as a process that crashed after recording
+    ``history(orchestration_id)`` (after created and started) would have left it."""
+    wf = await engine.register_workflow(tenant, name="w", definition=definition)
+    created = build_created(
+        engine.registry,
+        tenant,
+        engine.new_orchestration_id(),
+        executor="engine",
+        workflow_id=wf.workflow_id,
+        workflow_version=None,
+        agent_id=None,
+        agents=[],
+        input=None,
+        parameters=None,
+        model=None,
+        max_steps=max_steps,
+        timeout_seconds=300.0,
+        started_by="test",
+        request_shape=None,
+    )
+    oid = created.orchestration_id
+    events = [
+        NewEvent(ev.ORCHESTRATION_CREATED, created),
+        NewEvent(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid)),
+        *(NewEvent(t, p) for t, p in history(oid)),
+    ]
+    await log.append(tenant, oid, 0, events)
+    return oid
+
+
+def step_started(oid: str, step_id: str, attempt: int = 1, inputs: Any = None) -> tuple[str, Any]:
+    payload = ev.StepStarted(
+        orchestration_id=oid,
+        step_id=step_id,
+        agent_id=None,
+        action="tool",
+        attempt=attempt,
+        inputs=inputs,
+    )
+    return ev.STEP_STARTED, payload
+
+
 async def crash_with_unfinished_runs(harness: Harness, count: int) -> tuple[Log, list[str]]:
     """Leave ``count`` unfinished engine runs in a crashed process (the engine never
     stops); the log as the next process opens it, and the runs' ids, sorted."""

@@ -6,7 +6,7 @@ import asyncio
 from typing import Any
 
 import pytest
-from engine_helpers import OTHER_TENANT, TENANT, Harness, scripted
+from engine_helpers import OTHER_TENANT, TENANT, Harness, append_run, scripted, step_started
 
 from ledger.errors import InvalidEventError
 from ledger.orchestration import (
@@ -556,3 +556,47 @@ async def test_regression_redacting_inside_a_typed_field_keeps_the_run_going(
     records = await harness.log.read_stream(TENANT, started.orchestration_id)
     (made,) = [r.event.payload for r in records if r.event.type == "decision.made"]
     assert made.values == {"input.ssn": commitment(b"salt", "123")}
+
+
+FANOUT = {
+    "steps": [
+        {"id": "a", "action": "tool", "tool": "echo", "inputs": {"n": 1}},
+        {"id": "b", "action": "tool", "tool": "echo", "inputs": {"n": 2}},
+        {"id": "c", "action": "tool", "tool": "echo", "inputs": {"n": 3}},
+    ]
+}
+
+
+@pytest.mark.parametrize("max_steps", [1, 2])
+async def test_regression_max_steps_bounds_steps_ready_together(
+    engine: Engine, harness: Harness, max_steps: int
+) -> None:
+    # Steps were counted when they started, after the whole pass was scheduled: three
+    # independent steps all ran under max_steps=1.
+    wf = await engine.register_workflow(TENANT, name="fanout", definition=FANOUT)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, max_steps=max_steps)
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "max_steps_exceeded")
+    assert len(state.steps) <= max_steps
+    types = await _types(harness, started.orchestration_id)
+    assert types.count("step.started") <= max_steps
+
+
+async def test_regression_a_resumed_run_counts_steps_as_the_live_one_did(
+    harness: Harness,
+) -> None:
+    # Crashed with `a` in flight; `b` and `c` are new. Counting `a` from the history and
+    # each new step when it is scheduled, `c` is one too many, as it was for the live run.
+    engine = await harness.open()
+    assert harness.log is not None
+    oid = await append_run(
+        engine, harness.log, FANOUT, lambda o: [step_started(o, "a")], max_steps=2
+    )
+    await harness.close()
+    engine = await harness.open()
+    state = await engine.wait(TENANT, oid)
+    assert (state.status, state.reason) == ("failed", "max_steps_exceeded")
+    types = await _types(harness, oid)
+    assert types.count("step.started") == 1  # only a's, from before the crash
+    # The attempt the crash interrupted is closed, not left running for ever.
+    assert [(s.step_id, s.status) for s in state.steps] == [("a", "failed")]
