@@ -39,8 +39,8 @@ class UnknownEventTypeError(InvalidEventError):
 class PayloadTooLargeError(InvalidEventError):
     """The canonical leaf bytes exceed the documented limit."""
 
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"event leaf is {size} bytes; the limit is {limit}")
+    def __init__(self, size: int, limit: int, *, what: str = "event leaf") -> None:
+        super().__init__(f"{what} is {size} bytes; the limit is {limit}")
         self.size = size
         self.limit = limit
 

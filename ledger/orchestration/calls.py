@@ -9,14 +9,16 @@ holds what every recorded call needs (the stream writer, the orchestration's
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Final, TypeVar
 
 import msgspec
 
+from ledger.errors import InvalidEventError
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ProviderError, ToolError
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
@@ -24,7 +26,13 @@ from ledger.orchestration.registry import AgentRecord
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.tools import ToolRegistry
 
-__all__ = ["CallRecorder", "Collaborators", "as_text", "const"]
+__all__ = ["MAX_ERROR_CHARS", "CallRecorder", "Collaborators", "as_text", "bounded", "const"]
+
+#: Recorded error texts are cut to this length: an exception's message is anyone's (a
+#: tool's, a server's), and an event that holds it must still fit in a leaf.
+MAX_ERROR_CHARS: Final = 4000
+
+_P = TypeVar("_P", bound=msgspec.Struct)
 
 
 @dataclass
@@ -45,6 +53,26 @@ def _json_or_none(text: str | None) -> Any:
         return None
 
 
+def bounded(error: str) -> str:
+    if len(error) <= MAX_ERROR_CHARS:
+        return error
+    return f"{error[:MAX_ERROR_CHARS]}… ({len(error) - MAX_ERROR_CHARS} more characters)"
+
+
+def _check_finite(result: Any) -> None:
+    """Raise :class:`ToolError` if ``result`` holds inf or nan, which JSON cannot hold
+    (they would be stored as null, and the run would go on with a value no replay sees)."""
+    stack = [result]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ToolError(f"the result holds {value}, which is not a JSON number")
+        if isinstance(value, Mapping):
+            stack.extend(value.values())
+        elif isinstance(value, list | tuple):
+            stack.extend(value)
+
+
 def const(value: Any) -> Callable[[], Any]:
     return lambda: value
 
@@ -62,8 +90,8 @@ class CallRecorder:
         self.oid = created.orchestration_id
         self.deps = deps
 
-    def _emit(self, event_type: str, payload: msgspec.Struct) -> None:
-        self.writer.emit(event_type, payload)
+    def _emit(self, event_type: str, payload: _P) -> _P:
+        return self.writer.emit(event_type, payload)
 
     def _agent(self, agent_id: str | None) -> AgentRecord:
         agent = self.deps.agents.get(agent_id) if agent_id else None
@@ -100,7 +128,12 @@ class CallRecorder:
         except ProviderError as e:
             self._llm_completed(step_id, attempt, None, started, str(e))
             raise
-        self._llm_completed(step_id, attempt, response, started, None)
+        try:
+            self._llm_completed(step_id, attempt, response, started, None)
+        except InvalidEventError as e:
+            error = f"the response cannot be recorded: {e}"
+            self._llm_completed(step_id, attempt, None, started, error)
+            raise ProviderError(error, transient=False) from None
         if not provider.deterministic:
             await self.writer.flush()
         return response
@@ -126,7 +159,7 @@ class CallRecorder:
                 gen_ai_usage_output_tokens=r.output_tokens if r else None,
                 message=r.message if r else None,
                 latency_ms=round((time.monotonic() - started) * 1000, 3),
-                error=error,
+                error=bounded(error) if error is not None else None,
             ),
         )
 
@@ -151,20 +184,25 @@ class CallRecorder:
             if not tool.pure:
                 await self.writer.flush()
             result = await tool.fn(arguments)
-            msgspec.json.encode(result)  # the result must be JSON
-        except (ToolError, TypeError) as e:
-            error = str(e)
-            transient = isinstance(e, ToolError) and e.transient
+            _check_finite(result)
+        except ToolError as e:
+            error = bounded(str(e))
             self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error, transient=transient) from None
+            raise ToolError(error, transient=e.transient) from None
         except Exception as e:  # noqa: BLE001 — user tool code may raise anything: record it
-            error = f"{type(e).__name__}: {e}"
+            error = bounded(f"{type(e).__name__}: {e}")
             self._tool_completed(step_id, attempt, name, call_id, None, error, started)
             raise ToolError(error) from None
-        self._tool_completed(step_id, attempt, name, call_id, result, None, started)
+        try:
+            recorded = self._tool_completed(step_id, attempt, name, call_id, result, None, started)
+        except InvalidEventError as e:  # not JSON, or too large for a leaf
+            error = bounded(f"the result cannot be recorded: {e}")
+            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
+            raise ToolError(error) from None
         if not tool.pure:
             await self.writer.flush()
-        return result
+        # As recorded, so the run goes on with what a replay or a resumed run reads.
+        return recorded.result
 
     def _tool_completed(  # noqa: PLR0917 — one positional per recorded field
         self,
@@ -175,8 +213,8 @@ class CallRecorder:
         result: Any,
         error: str | None,
         started: float,
-    ) -> None:
-        self._emit(
+    ) -> ev.ToolCompleted:
+        return self._emit(
             ev.TOOL_COMPLETED,
             ev.ToolCompleted(
                 orchestration_id=self.oid,

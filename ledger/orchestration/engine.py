@@ -563,11 +563,15 @@ class Engine:
             request_shape=request_shape,
         )
         oid = created.orchestration_id
-        writer = self._writer(tenant_id, oid, 0)
-        writer.emit(ev.ORCHESTRATION_CREATED, created)
+        # Kept only once its start is written: a refused start (an id already taken,
+        # an input too large for a leaf) must not displace or leave behind a writer.
+        writer = self._writer(tenant_id, oid, 0, keep=False)
+        # The run works on the input as recorded, as a resumed run or a replay reads it.
+        created = writer.emit(ev.ORCHESTRATION_CREATED, created)
         writer.emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))
         started_at = self._now()
         await writer.flush()
+        self._writers[(tenant_id, oid)] = writer
         runner = Runner(
             writer,
             created,
@@ -578,11 +582,12 @@ class Engine:
         self._launch(tenant_id, oid, runner)
         return self._state_now(tenant_id, oid)
 
-    def _writer(self, tenant_id: str, oid: str, seq: int) -> StreamWriter:
+    def _writer(self, tenant_id: str, oid: str, seq: int, *, keep: bool = True) -> StreamWriter:
         writer = StreamWriter(
             self._log, tenant_id, oid, seq, now=self._now, redaction=self._redaction
         )
-        self._writers[(tenant_id, oid)] = writer
+        if keep:
+            self._writers[(tenant_id, oid)] = writer
         return writer
 
     def _launch(self, tenant_id: str, oid: str, runner: Runner) -> None:
@@ -837,13 +842,14 @@ class Engine:
             request_shape=request_shape,
         )
         oid = created.orchestration_id
-        writer = self._writer(tenant_id, oid, 0)
+        writer = self._writer(tenant_id, oid, 0, keep=False)
         await writer.append_now(
             [
                 (ev.ORCHESTRATION_CREATED, created),
                 (ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid)),
             ]
         )
+        self._writers[(tenant_id, oid)] = writer
         return self._state_now(tenant_id, oid)
 
     async def record_step(

@@ -25,10 +25,10 @@ from typing import Any
 import msgspec
 import structlog
 
-from ledger.errors import LedgerError
+from ledger.errors import InvalidEventError, LedgerError
 from ledger.events import Event, parse_time
 from ledger.orchestration import events as ev
-from ledger.orchestration.calls import CallRecorder, Collaborators, as_text, const
+from ledger.orchestration.calls import CallRecorder, Collaborators, as_text, bounded, const
 from ledger.orchestration.conditions import evaluate
 from ledger.orchestration.errors import (
     ConditionError,
@@ -190,27 +190,34 @@ class Runner(CallRecorder):
                 raise _Terminate(
                     "timed_out", f"exceeded timeout_seconds={self.created.timeout_seconds:g}"
                 ) from None
-            self._emit(
-                ev.ORCHESTRATION_COMPLETED,
-                ev.OrchestrationCompleted(orchestration_id=self.oid, results=results),
-            )
+            except InvalidEventError as e:
+                # An event the writer refused (it buffers none it cannot write): the run
+                # ends failed rather than crashing and staying "running" for ever.
+                raise _Terminate("step_failed", f"an event cannot be recorded: {e}") from None
+            try:
+                self._emit(
+                    ev.ORCHESTRATION_COMPLETED,
+                    ev.OrchestrationCompleted(orchestration_id=self.oid, results=results),
+                )
+            except InvalidEventError as e:
+                raise _Terminate("step_failed", f"results: {e}") from None
         except _Terminate as t:
             await self._abort_steps(t.reason if t.reason != "cancelled" else "cancelled")
             if self._cancel is not None and t.reason in ("cancelled", "step_failed"):
                 reason, by = self._cancel
-                self._emit(
+                self._end(
                     ev.ORCHESTRATION_CANCELLED,
                     ev.OrchestrationCancelled(
                         orchestration_id=self.oid, reason=reason, requested_by=by
                     ),
                 )
             else:
-                self._emit(
+                self._end(
                     ev.ORCHESTRATION_FAILED,
                     ev.OrchestrationFailed(
                         orchestration_id=self.oid,
                         reason=t.reason,  # type: ignore[arg-type]
-                        error=t.error,
+                        error=bounded(t.error) if t.error is not None else None,
                     ),
                 )
         except _Stopped:
@@ -220,6 +227,21 @@ class Runner(CallRecorder):
             await self.writer.flush()
             raise
         await self.writer.flush()
+
+    def _end(self, event_type: str, payload: msgspec.Struct) -> None:
+        """Record the terminal event, or, if it cannot be written (a cancel reason too
+        large for a leaf, say), a failure saying so: a run always ends."""
+        try:
+            self._emit(event_type, payload)
+        except InvalidEventError as e:
+            self._emit(
+                ev.ORCHESTRATION_FAILED,
+                ev.OrchestrationFailed(
+                    orchestration_id=self.oid,
+                    reason="step_failed",
+                    error=bounded(f"{event_type} cannot be recorded: {e}"),
+                ),
+            )
 
     async def _abort_steps(self, error: str | None) -> None:
         """Cancel in-flight step tasks; record each in-flight step as failed (if ``error``)."""
@@ -321,12 +343,12 @@ class Runner(CallRecorder):
             first = h.attempts + 1
         for attempt in range(first, max_attempts + 1):
             try:
-                inputs = make_inputs()
-            except TemplateError as e:
+                inputs = self._started(step_id, agent_id, action, attempt, make_inputs())
+            except (TemplateError, InvalidEventError) as e:
+                error = str(e) if isinstance(e, TemplateError) else f"inputs: {e}"
                 self._started(step_id, agent_id, action, attempt, None)
-                self._failed(step_id, attempt, str(e), retrying=False)
-                raise _StepFailed(step_id, str(e)) from None
-            self._started(step_id, agent_id, action, attempt, inputs)
+                self._failed(step_id, attempt, error, retrying=False)
+                raise _StepFailed(step_id, error) from None
             transient = False
             provider = False
             timer = asyncio.timeout(step_timeout)
@@ -346,15 +368,23 @@ class Runner(CallRecorder):
             except LedgerError as e:
                 error = f"{type(e).__name__}: {e}"
             else:
-                self._emit(
-                    ev.STEP_COMPLETED,
-                    ev.StepCompleted(
-                        orchestration_id=self.oid, step_id=step_id, attempt=attempt, output=output
-                    ),
-                )
-                self._inflight.pop(step_id, None)
-                await self.writer.flush_if_large()
-                return output
+                try:
+                    completed = self._emit(
+                        ev.STEP_COMPLETED,
+                        ev.StepCompleted(
+                            orchestration_id=self.oid,
+                            step_id=step_id,
+                            attempt=attempt,
+                            output=output,
+                        ),
+                    )
+                except InvalidEventError as e:  # too large, say: no retry would change that
+                    error = f"output: {e}"
+                else:
+                    self._inflight.pop(step_id, None)
+                    await self.writer.flush_if_large()
+                    # As recorded, so later steps read what a resumed run would read.
+                    return completed.output
             retrying = transient and attempt < max_attempts
             self._failed(step_id, attempt, error, retrying=retrying)
             if not retrying:
@@ -366,9 +396,9 @@ class Runner(CallRecorder):
 
     def _started(
         self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any
-    ) -> None:
-        self._inflight[step_id] = attempt
-        self._emit(
+    ) -> Any:
+        """Record the attempt's start; its inputs as recorded."""
+        recorded = self._emit(
             ev.STEP_STARTED,
             ev.StepStarted(
                 orchestration_id=self.oid,
@@ -379,6 +409,8 @@ class Runner(CallRecorder):
                 inputs=inputs,
             ),
         )
+        self._inflight[step_id] = attempt
+        return recorded.inputs
 
     def _failed(self, step_id: str, attempt: int, error: str, *, retrying: bool) -> None:
         self._inflight.pop(step_id, None)
@@ -388,7 +420,7 @@ class Runner(CallRecorder):
                 orchestration_id=self.oid,
                 step_id=step_id,
                 attempt=attempt,
-                error=error,
+                error=bounded(error),
                 retrying=retrying,
             ),
         )

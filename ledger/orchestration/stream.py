@@ -7,6 +7,14 @@ provider, a non-pure tool) and right after it, so an effect is always preceded b
 durable request event; events of pure, deterministic work are buffered and flushed at
 the next such point, at the end, or when the buffer grows — after a crash that work
 is simply redone, with the same result.
+
+:meth:`StreamWriter.emit` takes an event only if it can be written: it encodes the
+payload, redacts it and checks the leaf's size at once, and raises
+:class:`~ledger.errors.InvalidEventError` otherwise, so the caller can record a failure
+instead; an event that can never be written never sits in the buffer. It returns the
+payload as the log will hold it (before redaction): decoded from its own JSON, so a
+tuple is a list, a dict's int keys are strings and inf is null, exactly as a replay
+will see it.
 """
 
 from __future__ import annotations
@@ -14,17 +22,47 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgspec
 
-from ledger.events import NewEvent
+from ledger.errors import InvalidEventError, PayloadTooLargeError
+from ledger.events import LEAF_VERSION, MAX_LEAF_BYTES, Event, NewEvent
 from ledger.orchestration.redaction import RedactionPolicy
 from ledger.receipt import Receipt
 
 __all__ = ["AppendLog", "StreamWriter"]
 
 MAX_BUFFER = 64
+
+_P = TypeVar("_P", bound=msgspec.Struct)
+# Not the leaf's sorted encoder, which refuses a dict with int keys: those become
+# strings here, so the payload that reaches the leaf encoder has none.
+_ENCODER = msgspec.json.Encoder()
+_DECODERS: dict[type[Any], msgspec.json.Decoder[Any]] = {}
+
+
+def _decoder(payload_type: type[_P]) -> msgspec.json.Decoder[_P]:
+    decoder = _DECODERS.get(payload_type)
+    if decoder is None:
+        decoder = _DECODERS[payload_type] = msgspec.json.Decoder(payload_type)
+    return decoder
+
+
+def _envelope_bytes(tenant_id: str, stream_id: str) -> int:
+    """A leaf's bytes besides its payload and type name, at their largest: the id, time
+    and sequence number are only known at the flush."""
+    event = Event(
+        LEAF_VERSION,
+        "0" * 26,  # a ULID
+        tenant_id,
+        stream_id,
+        2**63 - 1,
+        "",
+        "0000-00-00T00:00:00.000000Z",
+        None,
+    )
+    return len(_ENCODER.encode(event)) - len(b"null")
 
 
 class AppendLog(Protocol):
@@ -57,11 +95,36 @@ class StreamWriter:
         self._redaction = redaction
         self._buffer: list[NewEvent] = []
         self._lock = asyncio.Lock()
+        self._envelope = _envelope_bytes(tenant_id, stream_id)
 
-    def emit(self, event_type: str, payload: msgspec.Struct) -> None:
+    def emit(self, event_type: str, payload: _P) -> _P:
+        """Buffer an event; the payload as the log holds it, before redaction (see the
+        module docstring). Raises :class:`InvalidEventError` (and buffers nothing) if
+        the event cannot be written."""
+        new, normal = self._prepare(event_type, payload)
+        self._buffer.append(new)
+        return normal
+
+    def _prepare(self, event_type: str, payload: _P) -> tuple[NewEvent, _P]:
+        try:
+            data = _ENCODER.encode(payload)
+            normal = _decoder(type(payload)).decode(data)
+        except (TypeError, ValueError, OverflowError, RecursionError) as e:
+            raise InvalidEventError(f"the {event_type} event cannot be encoded: {e}") from e
+        stored: Any = normal
         if self._redaction:
-            payload = self._redaction.apply(self.tenant_id, event_type, payload)
-        self._buffer.append(NewEvent(event_type, payload, occurred_at=self._now()))
+            try:
+                stored = self._redaction.apply(self.tenant_id, event_type, normal)
+            except Exception as e:  # the salt source is the caller's code: anything goes
+                raise InvalidEventError(
+                    f"the {event_type} event cannot be redacted: {type(e).__name__}: {e}"
+                ) from e
+            if stored is not normal:
+                data = _ENCODER.encode(stored)
+        size = self._envelope + len(event_type) + len(data)
+        if size > MAX_LEAF_BYTES:
+            raise PayloadTooLargeError(size, MAX_LEAF_BYTES, what=f"the {event_type} event")
+        return NewEvent(event_type, stored, occurred_at=self._now()), normal
 
     @property
     def pending(self) -> int:
@@ -73,7 +136,9 @@ class StreamWriter:
         A caller cancelled mid-flush never leaves the writer unsure whether the batch
         was written: once queued, an append's outcome cannot be cancelled, and the
         cancellation arrives after it (``Log.submit``). Written, the sequence moves on;
-        not written, the events go back in front of the buffer.
+        not written, the events go back in front of the buffer — unless the log refused
+        them as invalid, which no retry would change: they are dropped, so the writer
+        can still record what happened next (the run's failure).
         """
         async with self._lock:
             if not self._buffer:
@@ -81,6 +146,8 @@ class StreamWriter:
             batch, self._buffer = self._buffer, []
             try:
                 outcome = await self._log.submit(self.tenant_id, self.stream_id, self.seq, batch)
+            except InvalidEventError:
+                raise
             except BaseException:
                 self._buffer = batch + self._buffer
                 raise
@@ -100,8 +167,9 @@ class StreamWriter:
             await self.flush()
 
     async def append_now(self, events: list[tuple[str, Any]]) -> list[Receipt]:
-        """Emit ``events`` and flush; the receipts of exactly those events."""
-        for event_type, payload in events:
-            self.emit(event_type, payload)
+        """Emit ``events`` and flush; the receipts of exactly those events. If one
+        cannot be written, none is buffered."""
+        prepared = [self._prepare(event_type, payload)[0] for event_type, payload in events]
+        self._buffer.extend(prepared)
         receipts = await self.flush()
         return receipts[len(receipts) - len(events) :] if events else []

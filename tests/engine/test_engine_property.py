@@ -11,7 +11,7 @@ from engine_helpers import TENANT, Harness, scripted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ledger.orchestration import replay, validate_definition
+from ledger.orchestration import ToolRegistry, replay, validate_definition
 
 
 @st.composite
@@ -32,7 +32,7 @@ def workflows(draw: st.DrawFn) -> tuple[dict[str, Any], list[bool]]:
             step["prompt"] = "text: {{ input.text }}"
         elif action == "tool":
             ref = f"{{{{ steps.{deps[0]}.output ?? null }}}}" if deps else "{{ input.text }}"
-            step["tool"] = draw(st.sampled_from(["echo", "calculator"]))
+            step["tool"] = draw(st.sampled_from(["echo", "calculator", "pairs"]))
             step["inputs"] = {"expression": "1+2"} if step["tool"] == "calculator" else {"v": ref}
         else:
             k = draw(st.integers(0, 2))
@@ -65,6 +65,12 @@ def workflows(draw: st.DrawFn) -> tuple[dict[str, Any], list[bool]]:
             then = [children[0]]
         step["then"], step["else"] = then, other
     return {"steps": steps}, flags
+
+
+async def _pairs(args: Any) -> Any:
+    """A result JSON does not keep as it is (a tuple, an int key): the live run, its
+    state and a replay must all see it as the log holds it."""
+    return {0: (args, "x"), "k": ("v",)}
 
 
 def _check_causal_order(events: list[Any], definition: dict[str, Any]) -> None:
@@ -112,7 +118,9 @@ async def test_replay_equals_live_and_events_are_causal(
     validate_definition(definition)
     with tempfile.TemporaryDirectory() as tmp:
         h = Harness(Path(tmp) / "p.db")
-        engine = await h.open()
+        tools = ToolRegistry()
+        tools.register("pairs", _pairs, pure=True)
+        engine = await h.open(tools=tools)
         try:
             agent = await engine.register_agent(
                 TENANT, name="a", provider=scripted({"content": '{"x": 1}'})

@@ -600,3 +600,183 @@ async def test_regression_a_resumed_run_counts_steps_as_the_live_one_did(
     assert types.count("step.started") == 1  # only a's, from before the crash
     # The attempt the crash interrupted is closed, not left running for ever.
     assert [(s.step_id, s.status) for s in state.steps] == [("a", "failed")]
+
+
+async def _live_equals_replay(engine: Engine, oid: str) -> Any:
+    live = await engine.wait(TENANT, oid, max_wait=10)
+    assert live.terminal, (live.status, [(s.step_id, s.status) for s in live.steps])
+    assert engine.live_state(TENANT, oid) == live
+    assert await engine.get_state(TENANT, oid) == live
+    return live
+
+
+async def test_regression_live_state_equals_replay_for_values_json_does_not_keep(
+    engine: Engine,
+) -> None:
+    # The live fold saw the payloads in memory (a tuple, int keys), the log their JSON:
+    # and the run itself went on with values no resumed run would read.
+    async def odd(args: Any) -> Any:
+        return {1: ("a", "b"), "n": {2: (3,)}}
+
+    engine.tools.register("odd", odd)
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "odd"},
+            {
+                "id": "b",
+                "action": "tool",
+                "tool": "echo",
+                "depends_on": ["a"],
+                "inputs": {"first": "{{ steps.a.output.1[0] }}"},
+            },
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, input={"t": (1, 2), 3: "x"})
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert state.status == "completed", state.steps
+    assert state.input == {"t": [1, 2], "3": "x"}
+    assert state.results == {"a": {"1": ["a", "b"], "n": {"2": [3]}}, "b": {"first": "a"}}
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+async def test_regression_a_tool_result_holding_inf_or_nan_fails_the_step(
+    engine: Engine, value: float
+) -> None:
+    async def bad(args: Any) -> Any:
+        return {"x": [1.0, value]}
+
+    engine.tools.register("bad", bad)
+    defn = {"steps": [{"id": "a", "action": "tool", "tool": "bad"}]}
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert "not a JSON number" in state.steps[0].result["error"]
+
+
+async def test_regression_a_calculator_overflow_fails_the_step_live_as_in_replay(
+    engine: Engine,
+) -> None:
+    inputs = {"expression": "1e999"}
+    defn = {"steps": [{"id": "c", "action": "tool", "tool": "calculator", "inputs": inputs}]}
+    wf = await engine.register_workflow(TENANT, name="calc", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.steps[0].result) == ("failed", {"error": "result is not finite"})
+
+
+BIG = "x" * 150_000
+
+
+async def test_regression_an_llm_answer_too_large_for_a_leaf_ends_the_run(
+    engine: Engine, make_agent: Any
+) -> None:
+    # The step's output holds the answer twice (content and message): over 256 KiB. The
+    # event stayed in the writer's buffer, every flush failed, the run never ended.
+    agent = await make_agent({"content": BIG})
+    started = await engine.execute(TENANT, agent_id=agent, input="hi")
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    error = state.steps[0].result["error"]
+    assert error.startswith("output: the step.completed event is ")
+    assert error.endswith("the limit is 262144")
+
+
+async def test_regression_a_tool_result_too_large_for_a_leaf_ends_the_run(
+    engine: Engine, harness: Harness
+) -> None:
+    async def big(args: Any) -> Any:
+        return {"blob": "x" * 300_000}
+
+    engine.tools.register("big", big)
+    defn = {"steps": [{"id": "b", "action": "tool", "tool": "big"}]}
+    wf = await engine.register_workflow(TENANT, name="big", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert "the result cannot be recorded: the tool.completed event is" in str(state.steps)
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    (done,) = [r.event.payload for r in records if r.event.type == "tool.completed"]
+    assert (done.result, done.error is not None) == (None, True)
+
+
+async def test_a_tool_result_too_large_for_a_leaf_is_an_error_the_model_sees(
+    engine: Engine, make_agent: Any
+) -> None:
+    async def big(args: Any) -> Any:
+        return {"blob": "x" * 300_000}
+
+    engine.tools.register("big", big)
+    agent = await make_agent(
+        {"tool_calls": [{"name": "big", "arguments": {}}]}, {"content": "done"}, tools=["big"]
+    )
+    started = await engine.execute(TENANT, agent_id=agent, input="hi")
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert state.status == "completed", state.steps
+    assert state.step("tool-1-1") is not None
+    assert state.step("tool-1-1").status == "failed"  # type: ignore[union-attr]
+
+
+async def _failure(harness: Harness, oid: str) -> str | None:
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, oid)
+    assert records[-1].event.type == "orchestration.failed"
+    error: str | None = records[-1].event.payload.error
+    return error
+
+
+@pytest.mark.parametrize(
+    ("second", "error"),
+    [
+        (  # reads a's output twice
+            {"tool": "echo", "depends_on": ["a"], "inputs": ["{{ steps.a.output }}"] * 2},
+            "step 'b' failed: inputs: the step.started event is ",
+        ),
+        ({"tool": "half"}, "results: the orchestration.completed event is "),
+    ],
+)
+async def test_regression_inputs_or_results_too_large_for_a_leaf_end_the_run(
+    engine: Engine, harness: Harness, second: dict[str, Any], error: str
+) -> None:
+    async def half(args: Any) -> Any:
+        return BIG
+
+    engine.tools.register("half", half)
+    defn = {
+        "steps": [
+            {"id": "a", "action": "tool", "tool": "half"},
+            {"id": "b", "action": "tool", **second},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert (await _failure(harness, started.orchestration_id) or "").startswith(error)
+
+
+async def test_regression_a_redaction_that_fails_ends_the_run(harness: Harness) -> None:
+    # The salt source is the caller's code: if it fails, the event cannot be written,
+    # and the run must end (failed) rather than crash and stay "running".
+    def salts(tenant: str) -> bytes:
+        raise RuntimeError("key service unavailable")
+
+    engine = await harness.open(redaction=RedactionPolicy(["tool.invoked:arguments"], salts))
+    defn = {"steps": [{"id": "a", "action": "tool", "tool": "echo", "inputs": {"n": 1}}]}
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert "key service unavailable" in state.steps[0].result["error"]
+
+
+async def test_a_start_too_large_for_a_leaf_is_refused_and_leaves_nothing(
+    engine: Engine, make_agent: Any
+) -> None:
+    agent = await make_agent()
+    with pytest.raises(InvalidEventError, match=r"orchestration\.created event is"):
+        await engine.execute(TENANT, agent_id=agent, input="x" * 300_000)
+    assert engine.list_orchestrations(TENANT) == ([], None)
+    assert not engine._writers
