@@ -3,9 +3,11 @@
 Replay-based resumption (as in Temporal): the runner is given the stream's events so
 far. Every step goes through :meth:`Runner._step`, which first consults that history:
 a completed step returns its recorded output without running again, a step that ended
-in failure fails again with its recorded error, and a step that was in flight when the
-process died is recorded as interrupted and retried (``step.failed`` with
-``retrying=true``) while its attempts last, else it fails. A decision's branch choice is
+in failure fails again with its recorded error, a tool step whose call completed (its
+``tool.completed`` written, its ``step.completed`` not) completes with the recorded
+result, the call not made again, and a step that was in flight when the process died
+is recorded as interrupted and retried (``step.failed`` with ``retrying=true``) while
+its attempts last, else it fails. A decision's branch choice is
 part of its recorded output, so a resumed run takes the same branches.
 
 Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
@@ -55,6 +57,8 @@ class StepHistory:
     output: Any = None
     error: str | None = None
     inputs: Any = None
+    #: The attempt and result of the step's last tool call that completed without error.
+    tool_result: tuple[int, Any] | None = None
 
 
 def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
@@ -82,6 +86,8 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
                 h.status = "retrying"
         elif isinstance(p, ev.StepSkipped):
             steps.setdefault(p.step_id, StepHistory()).status = "skipped"
+        elif isinstance(p, ev.ToolCompleted) and p.error is None:
+            steps.setdefault(p.step_id, StepHistory()).tool_result = (p.attempt, p.result)
     return steps, started, terminal
 
 
@@ -327,6 +333,11 @@ class Runner(CallRecorder):
                 raise _StepFailed(step_id, h.error or "failed")
             if h.status == "running":
                 self._interrupted.pop(step_id, None)
+                if action == "tool" and h.tool_result and h.tool_result[0] == h.attempts:
+                    # A tool step is its one call, and that call completed: calling again
+                    # would repeat its effect (a non-pure tool's tool.completed is written
+                    # at once, its step.completed later). Its recorded result is the output.
+                    return self._complete_recorded(step_id, h.attempts, h.tool_result[1])
                 retrying = h.attempts < max_attempts
                 self._emit(
                     ev.STEP_FAILED,
@@ -393,6 +404,19 @@ class Runner(CallRecorder):
             if delay:
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")
+
+    def _complete_recorded(self, step_id: str, attempt: int, output: Any) -> Any:
+        try:
+            completed = self._emit(
+                ev.STEP_COMPLETED,
+                ev.StepCompleted(
+                    orchestration_id=self.oid, step_id=step_id, attempt=attempt, output=output
+                ),
+            )
+        except InvalidEventError as e:
+            self._failed(step_id, attempt, f"output: {e}", retrying=False)
+            raise _StepFailed(step_id, f"output: {e}") from None
+        return completed.output
 
     def _started(
         self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any

@@ -11,14 +11,17 @@ from engine_helpers import (
     TENANT,
     GatedRead,
     Harness,
+    append_run,
     crash_with_unfinished_runs,
     no_sleep,
     scripted,
+    step_started,
 )
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
+from ledger.orchestration import events as ev
 from ledger.sqlite_store import SQLiteEventStore
 
 
@@ -247,3 +250,49 @@ async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfini
     finally:
         await engine.close()
         await log.close()
+
+
+def _tool_call(oid: str, result: Any, error: str | None = None) -> list[tuple[str, Any]]:
+    common = {"orchestration_id": oid, "step_id": "a", "attempt": 1}
+    names = {"gen_ai_tool_name": "effect", "gen_ai_tool_call_id": None}
+    return [
+        step_started(oid, "a", inputs={"n": 1}),
+        (ev.TOOL_INVOKED, ev.ToolInvoked(**common, **names, arguments={"n": 1})),
+        (ev.TOOL_COMPLETED, ev.ToolCompleted(**common, **names, result=result, error=error)),
+    ]
+
+
+@pytest.mark.parametrize("failed", [False, True])
+async def test_regression_a_resumed_run_does_not_repeat_a_completed_tool_call(
+    harness: Harness, failed: bool
+) -> None:
+    # A non-pure tool's tool.completed is written at once, its step.completed later: a
+    # crash in between re-ran the call (its effect) on resume. A completed call is not
+    # repeated; its recorded result completes the step. One that failed is retried.
+    calls: list[Any] = []
+
+    async def effect(args: Any) -> Any:
+        calls.append(args)
+        return {"charged": 2}
+
+    tools = ToolRegistry()
+    tools.register("effect", effect)
+    engine = await harness.open(tools=tools)
+    assert harness.log is not None
+    defn = {"steps": [{"id": "a", "action": "tool", "tool": "effect", "inputs": {"n": 1}}]}
+    error = "boom" if failed else None
+    oid = await append_run(
+        engine, harness.log, defn, lambda o: _tool_call(o, {"charged": 1}, error)
+    )
+    await harness.close()
+    engine = await harness.open(tools=tools)
+    state = await engine.wait(TENANT, oid)
+    assert state.status == "completed", state.steps
+    if failed:
+        assert (calls, state.results) == ([{"n": 1}], {"a": {"charged": 2}})
+        assert state.steps[0].attempts == 2
+    else:
+        assert (calls, state.results) == ([], {"a": {"charged": 1}})
+        assert state.steps[0].attempts == 1
+        types = [r.event.type for r in await harness.log.read_stream(TENANT, oid)]
+        assert types[-2:] == ["step.completed", "orchestration.completed"]
