@@ -7,8 +7,8 @@ in failure fails again with its recorded error, a tool step whose call completed
 ``tool.completed`` written, its ``step.completed`` not) completes with the recorded
 result, the call not made again, and a step that was in flight when the process died
 is recorded as interrupted and retried (``step.failed`` with ``retrying=true``) while
-its attempts last, else it fails. A decision's branch choice is
-part of its recorded output, so a resumed run takes the same branches.
+its attempts last, else it fails. A decision's branch choice is part of its recorded
+output, so a resumed run takes the same branches.
 
 Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
 loop), ``timeout_seconds`` (measured from ``orchestration.started``), per-step timeouts
@@ -147,7 +147,9 @@ class Runner(CallRecorder):
         #: Attempts the history leaves open (in flight when the process stopped); each
         #: is closed by :meth:`_step` when its step runs again, or when the run ends.
         self._interrupted = {
-            sid: h.attempts for sid, h in self.history.items() if h.status == "running"
+            sid: h.attempts
+            for sid, h in self.history.items()
+            if h.status == "running" and h.attempts > 0
         }
 
     # -- control ---------------------------------------------------------------------
