@@ -44,7 +44,7 @@ STORAGE_RECHECK_SECONDS = 1.0
 #: With nothing written for this long, the server probes storage itself (one small
 #: durable write), so /readyz turns false on a medium that failed while idle.
 STORAGE_IDLE_PROBE_SECONDS = 5.0
-_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}\Z")
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -55,8 +55,8 @@ ALL_SCOPES = (
 _PREFIX = "mlk"
 #: Key rows kept in memory (known key ids only, so random ids cannot grow it).
 _CACHE_ROWS = 4096
-_KEY_RE = re.compile(r"^mlk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
+_KEY_RE = re.compile(r"^mlk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})\Z")
+_TENANT_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}\Z")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS api_keys(

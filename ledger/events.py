@@ -39,8 +39,8 @@ LEAF_VERSION = 1
 MAX_LEAF_BYTES = 256 * 1024
 
 _ENCODER = msgspec.json.Encoder(order="sorted")
-_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z$")
-_NAME_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}$")
+_TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,9})?Z\Z")
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_.]{0,63}\Z")
 
 
 # The text of recent whole seconds: each second's prefix is rendered once, not once per

@@ -70,7 +70,7 @@ __all__ = ["Listener", "Log", "ReceiptListener", "RecordedEvent", "SignedCheckpo
 _log = structlog.get_logger()
 _sha256 = hashlib.sha256  # the leaf hash of RFC 6962 §2.1, inlined on the append path
 
-_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}\Z")
 
 Listener = Callable[[Sequence["RecordedEvent"]], None]
 #: Called with each committed batch's receipts, as (tenant_id, stream_id, receipt).

@@ -47,7 +47,7 @@ routes = web.RouteTableDef()
 
 _READ = "orchestrations:read"
 _WRITE = "orchestrations:write"
-_IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
+_IDEMPOTENCY_RE = re.compile(r"^[\x21-\x7e]{1,255}\Z")
 _PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=([0-9]{1,6})(?:$|[,;\s])")
 _MAX_WAIT_SECONDS = 60
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
@@ -56,7 +56,7 @@ _TERMINAL = frozenset(
     {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
 )
 _LEAF_PAYLOAD = msgspec.json.Decoder(LeafPayload)
-_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
 def _location(state: OrchestrationState) -> dict[str, str]:

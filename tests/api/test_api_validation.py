@@ -426,3 +426,13 @@ async def test_regression_a_missing_required_field_is_named_in_its_path(
     assert (
         await _field(client, tenant_a, steps, {"events": [{"type": "x"}]}) == "$.events[0].payload"
     )
+
+
+async def test_regression_a_cursor_ending_in_a_newline_is_400(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """The cursor pattern ended in ``$``, which also matches before a final newline."""
+    cursor = "3c90c3cc-0d44-4b50-8888-8dd25736052a%0A"
+    resp = await client.get(f"/v1/orchestrations?cursor={cursor}", headers=tenant_a.headers)
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json(content_type=None))["errors"][0]["field"] == "cursor"

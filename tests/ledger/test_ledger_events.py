@@ -14,6 +14,7 @@ from ledger.errors import InvalidEventError, PayloadTooLargeError, UnknownEventT
 from ledger.events import (
     LEAF_VERSION,
     Event,
+    EventCatalog,
     decode_leaf,
     encode_leaf,
     format_time,
@@ -105,3 +106,11 @@ def test_format_time_is_rfc3339_utc_with_microseconds(moment: datetime) -> None:
 def test_format_time_refuses_naive_timestamps() -> None:
     with pytest.raises(InvalidEventError, match="timezone-aware"):
         format_time(datetime(2026, 1, 1))
+
+
+def test_regression_names_and_times_ending_in_a_newline_are_refused() -> None:
+    """``$`` also matched before a final newline, so these passed."""
+    with pytest.raises(InvalidEventError):
+        parse_time("2026-11-29T12:00:00.000000Z\n")
+    with pytest.raises(InvalidEventError):
+        EventCatalog({"note.added\n": Note})

@@ -95,6 +95,17 @@ async def test_bad_input_gets_typed_errors(tmp_path: Path) -> None:
     await log.close()
 
 
+async def test_regression_an_id_ending_in_a_newline_is_refused(tmp_path: Path) -> None:
+    """The id patterns ended in ``$``, which also matches before a final newline."""
+    log = await open_log(tmp_path / "l.db")
+    with pytest.raises(InvalidEventError, match="tenant_id"):
+        await log.append("t1\n", "s1", 0, [note("x")])
+    with pytest.raises(InvalidEventError, match="stream_id"):
+        await log.append("t1", "s1\n", 0, [note("x")])
+    assert log.size == 0
+    await log.close()
+
+
 async def test_concurrent_appenders_share_batches_and_checkpoints_stay_consistent(
     tmp_path: Path,
 ) -> None:
