@@ -138,12 +138,22 @@ def convert(value: Any, type_: type[T]) -> T:
 def orchestration_id(request: web.Request) -> str:
     """The canonical UUID from ``{id}``: a UUID or ``maip-orch:<ULID>``; else 404."""
     raw = request.match_info["id"]
-    try:
-        if raw.startswith(_DISPLAY_PREFIX):
+    if raw.startswith(_DISPLAY_PREFIX):
+        try:
             return str(uuid.UUID(bytes=ULID.from_str(raw[len(_DISPLAY_PREFIX) :]).bytes))
+        except (ValueError, TypeError):
+            raise not_found(f"no orchestration {raw!r}") from None
+    return uuid_param(request, "id", "orchestration")
+
+
+def uuid_param(request: web.Request, name: str, what: str) -> str:
+    """The path parameter ``name`` as a canonical (lower-case) UUID; else 404: ids are
+    stored canonical, so ``ABC…`` and ``abc…`` must name the same resource."""
+    raw = request.match_info[name]
+    try:
         return str(uuid.UUID(raw))
     except (ValueError, TypeError):
-        raise not_found(f"no orchestration {raw!r}") from None
+        raise not_found(f"no {what} {raw!r}") from None
 
 
 def int_query(

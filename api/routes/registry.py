@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.problems import bad_request, from_definition_error
-from api.routes._common import convert, decimal, read_json, services
+from api.routes._common import convert, decimal, read_json, services, uuid_param
 from api.services import json_response
 from api.wire import AgentRequest, WorkflowRequest
 from ledger.orchestration import WorkflowValidationError, validate_definition
@@ -44,7 +44,8 @@ async def list_agents(request: web.Request) -> web.Response:
 async def get_agent(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, *_READ)
-    return json_response(s.engine.get_agent(principal.tenant_id, request.match_info["agent_id"]))
+    agent_id = uuid_param(request, "agent_id", "agent")
+    return json_response(s.engine.get_agent(principal.tenant_id, agent_id))
 
 
 @routes.post("/v1/workflows")
@@ -87,5 +88,6 @@ async def get_workflow(request: web.Request) -> web.Response:
         version = decimal(raw, 7)
         if version is None or not 1 <= version <= 1_000_000:
             raise bad_request("version must be an integer in 1..1000000", field="version")
-    record = s.engine.get_workflow(principal.tenant_id, request.match_info["workflow_id"], version)
+    workflow_id = uuid_param(request, "workflow_id", "workflow")
+    record = s.engine.get_workflow(principal.tenant_id, workflow_id, version)
     return json_response(record)

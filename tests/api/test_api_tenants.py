@@ -127,3 +127,16 @@ async def test_receipt_cache_is_per_tenant(
         other = await client.get(f"/v1/receipts/{rid}", headers=tenant_a.headers)
         assert other.status == 404, rid
         assert other.content_type == "application/problem+json"
+
+
+async def test_regression_agent_and_workflow_ids_are_case_insensitive(
+    client: TestClient, tenant_a: Tenant, b_world: dict[str, str]
+) -> None:
+    """Orchestration ids were canonicalised, agent and workflow ids were not: the same
+    UUID in upper case answered 404. A foreign id stays 404 in every spelling."""
+    agent, workflow = await setup_workflow(client, tenant_a)
+    for path in (f"/v1/agents/{agent.upper()}", f"/v1/workflows/{workflow.upper()}"):
+        resp = await client.get(path, headers=tenant_a.headers)
+        assert resp.status == 200, await resp.text()
+    for path in (f"/v1/agents/{b_world['agent'].upper()}", "/v1/agents/not-a-uuid"):
+        assert (await client.get(path, headers=tenant_a.headers)).status == 404
