@@ -329,7 +329,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--provider-keys",
-        help=_help("provider_keys", "key variables and their hosts: NAME=host,host;NAME2=host"),
+        help=_help(
+            "provider_keys", "key variables and their origins: NAME=https://h,http://h:p;N2=h"
+        ),
     )
     s.add_argument(
         "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")

@@ -91,7 +91,8 @@ class Config:
     #: Comma-separated hosts that may be private or loopback (a local vLLM or Ollama).
     provider_private_hosts: str = ""
     #: The only environment variables an agent's API key may come from, each with the
-    #: hosts it may be sent to: ``OPENAI_API_KEY=api.openai.com;LOCAL=127.0.0.1,localhost``.
+    #: origins it may be sent to (no scheme: ``https``), e.g.
+    #: ``OPENAI_API_KEY=https://api.openai.com;LOCAL=http://127.0.0.1:8000``.
     #: Unset: agents send no key.
     provider_keys: str = ""
 
@@ -154,17 +155,21 @@ class Config:
             if not sep or not _ENV_NAME.fullmatch(name) or not _host_list(hosts):
                 raise ConfigError(
                     f"provider_keys ({ENV_VARS['provider_keys']}): {entry!r} is not "
-                    "NAME=host[,host]"
+                    "NAME=origin[,origin]"
                 )
             if name.startswith("MAIP_"):
                 # The server's own settings and secrets live there.
                 raise ConfigError(f"provider_keys: {name} is a server setting, not a key")
             keys[name] = _host_list(hosts)
-        return ProviderPolicy.of(
-            allow_hosts=None if self.provider_hosts is None else _host_list(self.provider_hosts),
-            allow_private_hosts=_host_list(self.provider_private_hosts),
-            keys=keys,
-        )
+        allowed = self.provider_hosts
+        try:
+            return ProviderPolicy.of(
+                allow_hosts=None if allowed is None else _host_list(allowed),
+                allow_private_hosts=_host_list(self.provider_private_hosts),
+                keys=keys,
+            )
+        except ValueError as e:
+            raise ConfigError(f"provider_keys ({ENV_VARS['provider_keys']}): {e}") from e
 
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")

@@ -45,6 +45,10 @@ async def _serve(config: Config, env: dict[str, str], check: Any) -> Provider:
     app.router.add_post("/v1/chat/completions", provider.complete)
     async with TestServer(app, host="127.0.0.1") as upstream:
         base = str(upstream.make_url("/v1"))
+        # Settings may name the upstream's origin, known only now.
+        config = dataclasses.replace(
+            config, provider_keys=config.provider_keys.format(origin=base.removesuffix("/v1"))
+        )
         server = TestServer(create_app(config, env=env), host="127.0.0.1")
         async with TestClient(server) as client:
             tenant = new_tenant(client.app[SERVICES].keys, "mallory")
@@ -82,7 +86,7 @@ async def test_private_provider_hosts_need_the_operators_leave(config: Config) -
 
 async def test_a_named_key_reaches_its_named_host(config: Config) -> None:
     config = dataclasses.replace(
-        config, provider_private_hosts="127.0.0.1", provider_keys="LLM_KEY=127.0.0.1"
+        config, provider_private_hosts="127.0.0.1", provider_keys="LLM_KEY={origin}"
     )
 
     async def check(client: TestClient, tenant: Tenant, base: str) -> None:
@@ -102,9 +106,10 @@ async def test_a_named_key_reaches_its_named_host(config: Config) -> None:
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ("LLM_KEY", "is not NAME=host"),
-        ("LLM_KEY=", "is not NAME=host"),
-        ("1BAD=host", "is not NAME=host"),
+        ("LLM_KEY", "is not NAME=origin"),
+        ("LLM_KEY=", "is not NAME=origin"),
+        ("1BAD=host", "is not NAME=origin"),
+        ("LLM_KEY=ftp://host", "not an origin"),
         ("MAIP_JWT_HS256_SECRET=api.example.com", "is a server setting"),
     ],
 )
@@ -118,10 +123,13 @@ def test_provider_settings_become_the_engines_policy() -> None:
         {
             "MAIP_PROVIDER_HOSTS": "api.example.com, Local.Host.",
             "MAIP_PROVIDER_PRIVATE_HOSTS": "local.host",
-            "MAIP_PROVIDER_KEYS": "A=api.example.com; B=local.host,api.example.com",
+            "MAIP_PROVIDER_KEYS": "A=api.example.com; B=http://local.host:8000,api.example.com",
         }
     )
     policy = config.provider_policy()
     assert policy.allow_hosts == {"api.example.com", "local.host"}
     assert policy.allow_private_hosts == {"local.host"}
-    assert policy.keys == {"A": {"api.example.com"}, "B": {"local.host", "api.example.com"}}
+    assert policy.keys == {
+        "A": {"https://api.example.com:443"},
+        "B": {"http://local.host:8000", "https://api.example.com:443"},
+    }

@@ -14,7 +14,11 @@ from ledger.orchestration import Engine, ProviderPolicy, WorkflowValidationError
 from ledger.orchestration.tools import is_public_address
 
 SECRET = "sk-policy-SECRET-0123456789abcdef0123"
-LOOPBACK = ProviderPolicy.of(allow_private_hosts=["127.0.0.1"], keys={"KEY": ["127.0.0.1"]})
+
+
+def _loopback(server: FakeOpenAI) -> ProviderPolicy:
+    """Loopback may be reached, and KEY sent to the server's origin."""
+    return ProviderPolicy.of(allow_private_hosts=["127.0.0.1"], keys={"KEY": [server.url]})
 
 
 def _openai(server: FakeOpenAI, **extra: Any) -> dict[str, Any]:
@@ -37,7 +41,7 @@ async def test_regression_an_agent_cannot_name_a_server_variable_as_its_key(
     """A tenant named the server's JWT secret as its key and pointed the provider at its
     own host; the engine sent the secret there as a bearer token."""
     engine = await harness.open(
-        env={"MAIP_JWT_HS256_SECRET": SECRET, "KEY": "k"}, provider_policy=LOOPBACK
+        env={"MAIP_JWT_HS256_SECRET": SECRET, "KEY": "k"}, provider_policy=_loopback(fake_openai)
     )
     with pytest.raises(WorkflowValidationError) as refused:
         await engine.register_agent(
@@ -51,7 +55,7 @@ async def test_a_key_goes_only_to_the_hosts_it_is_allowed(
     harness: Harness, fake_openai: FakeOpenAI
 ) -> None:
     policy = ProviderPolicy.of(
-        allow_private_hosts=["127.0.0.1", "localhost"], keys={"KEY": ["api.example.com"]}
+        allow_private_hosts=["127.0.0.1", "localhost"], keys={"KEY": ["https://api.example.com"]}
     )
     engine = await harness.open(env={"KEY": SECRET}, provider_policy=policy)
     with pytest.raises(WorkflowValidationError) as refused:
@@ -69,13 +73,51 @@ async def test_a_key_goes_only_to_the_hosts_it_is_allowed(
 async def test_an_allowed_key_is_sent_to_its_host(
     harness: Harness, fake_openai: FakeOpenAI
 ) -> None:
-    engine = await harness.open(env={"KEY": SECRET}, provider_policy=LOOPBACK)
+    engine = await harness.open(env={"KEY": SECRET}, provider_policy=_loopback(fake_openai))
     agent = await engine.register_agent(
         TENANT, name="x", provider=_openai(fake_openai, api_key_env="KEY")
     )
     fake_openai.script = [completion("fine")]
     assert (await _run(engine, agent.agent_id)).status == "completed"
     assert fake_openai.headers[0]["Authorization"] == f"Bearer {SECRET}"
+
+
+@pytest.mark.parametrize(
+    "allowed",
+    [
+        "https://127.0.0.1:{port}",  # another scheme: the key would travel in clear
+        "http://127.0.0.1:1",  # another port of the same host
+        "127.0.0.1:{port}",  # no scheme means https
+    ],
+)
+async def test_regression_a_key_is_bound_to_an_origin_not_a_host(
+    harness: Harness, fake_openai: FakeOpenAI, allowed: str
+) -> None:
+    """Keys were bound to hosts: one allowed for https://api.openai.com went in clear to
+    http://api.openai.com, or to any other port of an allowed host."""
+    port = fake_openai.url.split(":")[2].split("/")[0]
+    policy = ProviderPolicy.of(
+        allow_private_hosts=["127.0.0.1"], keys={"KEY": [allowed.format(port=port)]}
+    )
+    engine = await harness.open(env={"KEY": SECRET}, provider_policy=policy)
+    with pytest.raises(WorkflowValidationError, match="may not be sent to") as refused:
+        await engine.register_agent(
+            TENANT, name="x", provider=_openai(fake_openai, api_key_env="KEY")
+        )
+    assert refused.value.field == "provider.base_url"
+
+
+def test_origins_are_normalised() -> None:
+    policy = ProviderPolicy.of(
+        keys={"K": ["API.example.com.", "http://h:80", "https://h:8443/ignored/path"]}
+    )
+    assert policy.keys["K"] == {
+        "https://api.example.com:443",
+        "http://h:80",
+        "https://h:8443",
+    }
+    with pytest.raises(ValueError, match="not an origin"):
+        ProviderPolicy.of(keys={"K": ["ftp://h"]})
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
