@@ -52,8 +52,9 @@ def is_public_address(address: str) -> bool:
     ip: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(address)
     if isinstance(ip, ipaddress.IPv6Address):
         ip = _embedded(ip) or ip
+    site_local = isinstance(ip, ipaddress.IPv6Address) and ip.is_site_local  # deprecated
     return ip.is_global and not (
-        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local
+        ip.is_multicast or ip.is_reserved or ip.is_unspecified or ip.is_link_local or site_local
     )
 
 

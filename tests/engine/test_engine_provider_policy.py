@@ -218,6 +218,7 @@ async def test_regression_no_part_of_the_key_survives_in_an_error_snippet(
         ("2002:a01:203::", False),  # 6to4 around 10.1.2.3
         ("64:ff9b::a9fe:a9fe", False),  # NAT64 around 169.254.169.254
         ("fd00::1", False),
+        ("fec0::1", False),  # site-local (deprecated, RFC 3879): private in practice
     ],
 )
 def test_regression_public_means_globally_routable(address: str, public: bool) -> None:
