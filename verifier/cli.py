@@ -31,6 +31,7 @@ from verifier._errors import (
     FetchFailed,
     ForkDetected,
     MalformedInput,
+    ProofInvalid,
     RollbackDetected,
     VerificationError,
 )
@@ -252,13 +253,20 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
             old_checkpoint=old.note,
             new_checkpoint=new.note,
         )
+    if old.size == new.size and old.root != new.root:
+        # Two signed trees of one size: that alone proves a fork, whatever the proof.
+        raise ForkDetected(
+            f"fork: two signed checkpoints of size {new.size} with different roots",
+            old_checkpoint=old.note,
+            new_checkpoint=new.note,
+        )
     try:
         verify_consistency(old.size, old.root, new.size, new.root, proof)
     except VerificationError as e:
-        raise ForkDetected(
-            f"the checkpoints are not consistent: {e.message}",
-            old_checkpoint=old.note,
-            new_checkpoint=new.note,
+        # Not proof of a fork: the log may have one that verifies, and this file not.
+        raise ProofInvalid(
+            f"the proof does not show that the tree of size {new.size} extends the tree "
+            f"of size {old.size}: {e.message}"
         ) from e
     if args.json:
         _print_json({"verified": True, "old_size": old.size, "new_size": new.size})

@@ -215,6 +215,34 @@ def test_consistency_accepts_server_json_and_a_list(
     assert main(["consistency", str(new), str(old), "--proof", str(as_obj), "--vkey", vkey]) == 2
 
 
+def test_regression_a_proof_that_does_not_verify_is_not_called_a_fork(
+    bundle: kit.Bundle,
+    files: dict[str, Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Any failed consistency proof was reported as a detected fork, although a wrong
+    proof file proves nothing about the log; two signed roots of one size do."""
+    from ledger.checkpoint import Checkpoint as WriterCheckpoint
+
+    tree, key, vkey = bundle.tree, kit.signer(), str(files["vkey"])
+    old, new, other = tmp_path / "old", tmp_path / "new", tmp_path / "other"
+    old.write_text(WriterCheckpoint(kit.ORIGIN, 5, tree.root(5)).sign(key))
+    new.write_text(WriterCheckpoint(kit.ORIGIN, 20, tree.root(20)).sign(key))
+    other.write_text(WriterCheckpoint(kit.ORIGIN, 5, tree.root(6)).sign(key))
+    wrong = tmp_path / "wrong.json"
+    wrong.write_bytes(msgspec.json.encode([kit.b64(h) for h in tree.consistency(4, 20)]))
+    capsys.readouterr()
+    assert main(["consistency", str(old), str(new), "--proof", str(wrong), "--vkey", vkey]) == 1
+    err = capsys.readouterr().err
+    assert "does not show that the tree of size 20 extends" in err
+    assert "fork" not in err.lower()
+    empty = tmp_path / "empty.json"
+    empty.write_bytes(b"[]")
+    assert main(["consistency", str(old), str(other), "--proof", str(empty), "--vkey", vkey]) == 1
+    assert "fork: two signed checkpoints of size 5" in capsys.readouterr().err
+
+
 def test_replay_text_json_and_html(
     files: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
