@@ -464,6 +464,13 @@ class Engine:
         if not isinstance(name, str) or not name.strip() or len(name) > 200:
             raise WorkflowValidationError("a name of 1-200 characters is required", field="name")
         parsed = validate_definition(definition)
+        for step in parsed.steps:
+            # As an agent's tools are checked when it is registered: a name the registry
+            # lacks would otherwise fail only once a run reaches the step.
+            if step.tool is not None and step.tool not in self.tools:
+                raise WorkflowValidationError(
+                    f"unknown tool {step.tool!r}", step_id=step.id, field="tool"
+                )
         data = parsed.to_json()
         digest = definition_hash(data)
         if workflow_id is None:

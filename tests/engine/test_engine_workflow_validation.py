@@ -5,10 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from engine_helpers import TENANT
 
 from ledger.errors import LedgerError
 from ledger.orchestration import (
     ConditionError,
+    Engine,
     TemplateError,
     WorkflowValidationError,
     definition_hash,
@@ -272,3 +274,17 @@ def test_regression_a_deeply_nested_condition_literal_is_a_validation_error() ->
     cond = {"eq": ["input.x", _nested(1, lambda v: [v], 3000)]}
     err = _invalid(_wf({"id": "d", "action": "decision", "condition": cond}))
     assert (err.step_id, err.field) == ("d", "condition")
+
+
+async def test_a_tool_step_naming_an_unknown_tool_is_rejected_at_registration(
+    engine: Engine,
+) -> None:
+    """As an agent's tools are: the run used to fail only once it reached the step."""
+    with pytest.raises(WorkflowValidationError) as refused:
+        await engine.register_workflow(
+            TENANT,
+            name="w",
+            definition=_wf({"id": "t", "action": "tool", "tool": "no_such_tool"}),
+        )
+    assert (refused.value.step_id, refused.value.field) == ("t", "tool")
+    assert "no_such_tool" in str(refused.value)
