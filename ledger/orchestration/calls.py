@@ -89,6 +89,8 @@ class CallRecorder:
         self.created = created
         self.oid = created.orchestration_id
         self.deps = deps
+        #: Each (step id, attempt)'s recorded tool call, until :meth:`recorded_call`.
+        self._calls: dict[tuple[str, int], ev.ToolCompleted] = {}
 
     def _emit(self, event_type: str, payload: _P) -> _P:
         return self.writer.emit(event_type, payload)
@@ -179,30 +181,48 @@ class CallRecorder:
             ),
         )
         started = time.monotonic()
+        pure = True  # an unknown tool is never called
         try:
             tool = self.deps.tools.get(name)
-            if not tool.pure:
+            pure = tool.pure
+            if not pure:
                 await self.writer.flush()
             result = await tool.fn(arguments)
             _check_finite(result)
         except ToolError as e:
-            error = bounded(str(e))
-            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error, transient=e.transient) from None
+            error, transient = bounded(str(e)), e.transient
         except Exception as e:  # noqa: BLE001 — user tool code may raise anything: record it
-            error = bounded(f"{type(e).__name__}: {e}")
-            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error) from None
-        try:
-            recorded = self._tool_completed(step_id, attempt, name, call_id, result, None, started)
-        except InvalidEventError as e:  # not JSON, or too large for a leaf
-            error = bounded(f"the result cannot be recorded: {e}")
-            self._tool_completed(step_id, attempt, name, call_id, None, error, started)
-            raise ToolError(error) from None
-        if not tool.pure:
+            error, transient = bounded(f"{type(e).__name__}: {e}"), False
+        else:
+            try:
+                done = self._tool_completed(step_id, attempt, name, call_id, result, None, started)
+            except InvalidEventError as e:  # not JSON, or too large for a leaf
+                error, transient = bounded(f"the result cannot be recorded: {e}"), False
+            else:
+                await self._after_call(step_id, attempt, done, pure=pure)
+                # As recorded, so the run goes on with what a replay or a resumed run reads.
+                return done.result
+        done = self._tool_completed(
+            step_id, attempt, name, call_id, None, error, started, transient=transient
+        )
+        await self._after_call(step_id, attempt, done, pure=pure)
+        raise ToolError(error, transient=transient)
+
+    async def _after_call(
+        self, step_id: str, attempt: int, done: ev.ToolCompleted, *, pure: bool
+    ) -> None:
+        """Make a non-pure call's outcome durable before anything else runs: its effect
+        happened, and a crash must find it recorded (a resumed run then decides from
+        the record rather than calling again). The outcome is also kept for
+        :meth:`recorded_call`, as a step timeout may fire during this flush."""
+        self._calls[step_id, attempt] = done
+        if not pure:
             await self.writer.flush()
-        # As recorded, so the run goes on with what a replay or a resumed run reads.
-        return recorded.result
+
+    def recorded_call(self, step_id: str, attempt: int) -> ev.ToolCompleted | None:
+        """The ``tool.completed`` this process recorded for the attempt, if any (the last,
+        for an ``llm`` step's loop); forgotten once read."""
+        return self._calls.pop((step_id, attempt), None)
 
     def _tool_completed(  # noqa: PLR0917 — one positional per recorded field
         self,
@@ -213,6 +233,8 @@ class CallRecorder:
         result: Any,
         error: str | None,
         started: float,
+        *,
+        transient: bool = False,
     ) -> ev.ToolCompleted:
         return self._emit(
             ev.TOOL_COMPLETED,
@@ -225,6 +247,7 @@ class CallRecorder:
                 result=result,
                 error=error,
                 latency_ms=round((time.monotonic() - started) * 1000, 3),
+                transient=transient,
             ),
         )
 

@@ -185,6 +185,9 @@ class ToolCompleted(_Payload, frozen=True, forbid_unknown_fields=True):
     result: Any = None
     error: str | None = None
     latency_ms: float = 0.0
+    #: Whether ``error`` is one the step's retry policy retries, so a resumed run
+    #: decides as the live run did; ``false`` in leaves written before it was recorded.
+    transient: bool = False
 
 
 class DecisionMade(_Payload, frozen=True, forbid_unknown_fields=True):

@@ -4,11 +4,14 @@ Replay-based resumption (as in Temporal): the runner is given the stream's event
 far. Every step goes through :meth:`Runner._step`, which first consults that history:
 a completed step returns its recorded output without running again, a step that ended
 in failure fails again with its recorded error, a tool step whose call completed (its
-``tool.completed`` written, its ``step.completed`` not) completes with the recorded
-result, the call not made again, and a step that was in flight when the process died
-is recorded as interrupted and retried (``step.failed`` with ``retrying=true``) while
-its attempts last, else it fails. A decision's branch choice is part of its recorded
-output, so a resumed run takes the same branches.
+``tool.completed`` written, its ``step.completed`` or ``step.failed`` not) ends that
+attempt as the live run did, with the recorded result or error (retried only if the
+error was transient), the call not made again, and a step that was in flight when the
+process died is recorded as interrupted and retried (``step.failed`` with
+``retrying=true``) while its attempts last, else it fails. A decision's branch choice
+is part of its recorded output, so a resumed run takes the same branches. Likewise a
+step timeout that fires after a tool step's call completed (while its outcome is being
+made durable) ends the attempt with that outcome, not with a retry.
 
 Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
 loop), ``timeout_seconds`` (measured from ``orchestration.started``), per-step timeouts
@@ -57,8 +60,8 @@ class StepHistory:
     output: Any = None
     error: str | None = None
     inputs: Any = None
-    #: The attempt and result of the step's last tool call that completed without error.
-    tool_result: tuple[int, Any] | None = None
+    #: The step's last recorded tool call (its ``tool.completed``).
+    tool_call: ev.ToolCompleted | None = None
 
 
 def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
@@ -86,9 +89,16 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
                 h.status = "retrying"
         elif isinstance(p, ev.StepSkipped):
             steps.setdefault(p.step_id, StepHistory()).status = "skipped"
-        elif isinstance(p, ev.ToolCompleted) and p.error is None:
-            steps.setdefault(p.step_id, StepHistory()).tool_result = (p.attempt, p.result)
+        elif isinstance(p, ev.ToolCompleted):
+            steps.setdefault(p.step_id, StepHistory()).tool_call = p
     return steps, started, terminal
+
+
+def _outcome(call: ev.ToolCompleted) -> Any:
+    """A recorded call's result, or its recorded error raised as the live call raised it."""
+    if call.error is not None:
+        raise ToolError(call.error, transient=call.transient)
+    return call.result
 
 
 class _Terminate(Exception):  # noqa: N818 — control flow, never escapes the runner
@@ -328,46 +338,68 @@ class Runner(CallRecorder):
     ) -> Any:
         h = self.history.get(step_id)
         first = 1
+        #: The open attempt's call, completed before the process stopped.
+        resumed: ev.ToolCompleted | None = None
         if h is not None:
             if h.status == "completed":
                 return h.output
             if h.status == "failed":
                 raise _StepFailed(step_id, h.error or "failed")
+            first = h.attempts + 1
             if h.status == "running":
                 self._interrupted.pop(step_id, None)
-                if action == "tool" and h.tool_result and h.tool_result[0] == h.attempts:
+                call = h.tool_call
+                if action == "tool" and call is not None and call.attempt == h.attempts:
                     # A tool step is its one call, and that call completed: calling again
                     # would repeat its effect (a non-pure tool's tool.completed is written
-                    # at once, its step.completed later). Its recorded result is the output.
-                    return self._complete_recorded(step_id, h.attempts, h.tool_result[1])
-                retrying = h.attempts < max_attempts
-                self._emit(
-                    ev.STEP_FAILED,
-                    ev.StepFailed(
-                        orchestration_id=self.oid,
-                        step_id=step_id,
-                        attempt=h.attempts,
-                        error="interrupted: the engine stopped while the step was in flight",
-                        retrying=retrying,
-                    ),
-                )
-                if not retrying:
-                    raise _StepFailed(step_id, "interrupted", interrupted=True)
-            first = h.attempts + 1
+                    # at once, its step.completed or step.failed later). The attempt ends
+                    # as it did live: completed with the recorded result, or failed with
+                    # the recorded error, retried only if that error was transient.
+                    resumed, first = call, h.attempts
+                else:
+                    retrying = h.attempts < max_attempts
+                    self._emit(
+                        ev.STEP_FAILED,
+                        ev.StepFailed(
+                            orchestration_id=self.oid,
+                            step_id=step_id,
+                            attempt=h.attempts,
+                            error="interrupted: the engine stopped while the step was in flight",
+                            retrying=retrying,
+                        ),
+                    )
+                    if not retrying:
+                        raise _StepFailed(step_id, "interrupted", interrupted=True)
         for attempt in range(first, max_attempts + 1):
-            try:
-                inputs = self._started(step_id, agent_id, action, attempt, make_inputs())
-            except (TemplateError, InvalidEventError) as e:
-                error = str(e) if isinstance(e, TemplateError) else f"inputs: {e}"
-                self._started(step_id, agent_id, action, attempt, None)
-                self._failed(step_id, attempt, error, retrying=False)
-                raise _StepFailed(step_id, error) from None
+            if resumed is None:
+                try:
+                    inputs = self._started(step_id, agent_id, action, attempt, make_inputs())
+                except (TemplateError, InvalidEventError) as e:
+                    error = str(e) if isinstance(e, TemplateError) else f"inputs: {e}"
+                    self._started(step_id, agent_id, action, attempt, None)
+                    self._failed(step_id, attempt, error, retrying=False)
+                    raise _StepFailed(step_id, error) from None
             transient = False
             provider = False
             timer = asyncio.timeout(step_timeout)
             try:
-                async with timer:
-                    output = await fn(attempt, inputs)
+                if resumed is not None:
+                    call, resumed = resumed, None
+                    output = _outcome(call)
+                else:
+                    try:
+                        async with timer:
+                            output = await fn(attempt, inputs)
+                    except TimeoutError:
+                        call = self.recorded_call(step_id, attempt) if action == "tool" else None
+                        if not timer.expired() or call is None:
+                            raise
+                        # The timer fired after the call completed (while its outcome
+                        # was being made durable): the call is not made again, as a
+                        # resumed run would not make it; its outcome is the attempt's.
+                        output = _outcome(call)
+                    finally:
+                        self.recorded_call(step_id, attempt)
             except TimeoutError:
                 if not timer.expired():
                     raise
@@ -406,19 +438,6 @@ class Runner(CallRecorder):
             if delay:
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")
-
-    def _complete_recorded(self, step_id: str, attempt: int, output: Any) -> Any:
-        try:
-            completed = self._emit(
-                ev.STEP_COMPLETED,
-                ev.StepCompleted(
-                    orchestration_id=self.oid, step_id=step_id, attempt=attempt, output=output
-                ),
-            )
-        except InvalidEventError as e:
-            self._failed(step_id, attempt, f"output: {e}", retrying=False)
-            raise _StepFailed(step_id, f"output: {e}") from None
-        return completed.output
 
     def _started(
         self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any

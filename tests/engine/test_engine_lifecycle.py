@@ -19,9 +19,10 @@ from engine_helpers import (
 )
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
-from ledger.log import Log
+from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
 from ledger.orchestration import events as ev
+from ledger.orchestration.errors import ToolError
 from ledger.sqlite_store import SQLiteEventStore
 
 
@@ -252,23 +253,27 @@ async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfini
         await log.close()
 
 
-def _tool_call(oid: str, result: Any, error: str | None = None) -> list[tuple[str, Any]]:
+def _tool_call(
+    oid: str, result: Any, error: str | None = None, *, transient: bool = False
+) -> list[tuple[str, Any]]:
     common = {"orchestration_id": oid, "step_id": "a", "attempt": 1}
     names = {"gen_ai_tool_name": "effect", "gen_ai_tool_call_id": None}
+    done = ev.ToolCompleted(**common, **names, result=result, error=error, transient=transient)
     return [
         step_started(oid, "a", inputs={"n": 1}),
         (ev.TOOL_INVOKED, ev.ToolInvoked(**common, **names, arguments={"n": 1})),
-        (ev.TOOL_COMPLETED, ev.ToolCompleted(**common, **names, result=result, error=error)),
+        (ev.TOOL_COMPLETED, done),
     ]
 
 
-@pytest.mark.parametrize("failed", [False, True])
+@pytest.mark.parametrize("failed", [None, "transient", "permanent"])
 async def test_regression_a_resumed_run_does_not_repeat_a_completed_tool_call(
-    harness: Harness, failed: bool
+    harness: Harness, failed: str | None
 ) -> None:
     # A non-pure tool's tool.completed is written at once, its step.completed later: a
     # crash in between re-ran the call (its effect) on resume. A completed call is not
-    # repeated; its recorded result completes the step. One that failed is retried.
+    # repeated: its recorded result completes the step; its recorded error fails it,
+    # retried only if the error was transient, as the live run would have done.
     calls: list[Any] = []
 
     async def effect(args: Any) -> Any:
@@ -282,17 +287,159 @@ async def test_regression_a_resumed_run_does_not_repeat_a_completed_tool_call(
     defn = {"steps": [{"id": "a", "action": "tool", "tool": "effect", "inputs": {"n": 1}}]}
     error = "boom" if failed else None
     oid = await append_run(
-        engine, harness.log, defn, lambda o: _tool_call(o, {"charged": 1}, error)
+        engine,
+        harness.log,
+        defn,
+        lambda o: _tool_call(o, {"charged": 1}, error, transient=failed == "transient"),
     )
     await harness.close()
     engine = await harness.open(tools=tools)
     state = await engine.wait(TENANT, oid)
-    assert state.status == "completed", state.steps
-    if failed:
+    if failed == "permanent":
+        assert (state.status, state.reason, calls) == ("failed", "step_failed", [])
+        assert state.steps[0].attempts == 1
+        records = await harness.log.read_stream(TENANT, oid)
+        failures = [r.event.payload for r in records if r.event.type == "step.failed"]
+        assert [(f.error, f.retrying) for f in failures] == [("boom", False)]
+    elif failed == "transient":
+        assert state.status == "completed", state.steps
         assert (calls, state.results) == ([{"n": 1}], {"a": {"charged": 2}})
         assert state.steps[0].attempts == 2
     else:
+        assert state.status == "completed", state.steps
         assert (calls, state.results) == ([], {"a": {"charged": 1}})
         assert state.steps[0].attempts == 1
         types = [r.event.type for r in await harness.log.read_stream(TENANT, oid)]
         assert types[-2:] == ["step.completed", "orchestration.completed"]
+
+
+class _Dying:
+    """The real log until ``dead`` is set: then nothing more is written, as after a
+    SIGKILL."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        if self.dead:
+            raise StorageUnavailableError("the process is gone")
+        return await self._log.submit(*args, **kw)
+
+
+async def test_regression_a_non_pure_call_whose_result_cannot_be_recorded_is_not_repeated(
+    harness: Harness,
+) -> None:
+    # The call's tool.completed (its error: the receipt is too large for a leaf) stayed
+    # buffered while the agent loop went on with pure work; the process died there, and
+    # the resumed run made the call (its effect) again.
+    calls: list[Any] = []
+    box: list[_Dying] = []
+
+    async def effect(args: Any) -> Any:  # "send the e-mail", then a large receipt
+        calls.append(args)
+        return {"receipt": "x" * 300_000}
+
+    async def probe(args: Any) -> Any:  # later pure work, during which the process dies
+        box[0].dead = True
+        return "ok"
+
+    def tools() -> ToolRegistry:
+        registry = ToolRegistry()
+        registry.register("effect", effect, pure=False)
+        registry.register("probe", probe, pure=True)
+        return registry
+
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    box.append(_Dying(log))
+    engine = Engine(box[0], tools=tools(), sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    asks = [{"name": "effect", "arguments": {"n": 1}}, {"name": "probe", "arguments": {}}]
+    agent = await engine.register_agent(
+        TENANT,
+        name="bot",
+        provider=scripted({"tool_calls": asks}, {"content": "done"}),
+        tools=["effect", "probe"],
+    )
+    started = await engine.execute(TENANT, agent_id=agent.agent_id, input="hi")
+    await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert box[0].dead
+    assert len(calls) == 1
+    await harness.close()
+
+    engine = await harness.open(tools=tools())
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert state.status == "completed", state
+    assert len(calls) == 1, f"the non-pure tool ran {len(calls)} times"
+    assert state.results["content"] == "done"
+
+
+class _SlowCommit:
+    """The real log; once ``slow`` is set, the next commit is acknowledged 0.5 s late (a
+    busy disk), its outcome uncancellable as the real log's is."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.slow = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        real = await self._log.submit(*args, **kw)
+        if not self.slow:
+            return real
+        self.slow = False
+        late: asyncio.Future[Any] = _Outcome(loop=asyncio.get_running_loop())
+
+        async def relay() -> None:
+            await asyncio.sleep(0.5)
+            try:
+                late.set_result(await real)
+            except Exception as e:  # handed on as the real outcome
+                late.set_exception(e)
+
+        self._relay = asyncio.ensure_future(relay())
+        return late
+
+
+@pytest.mark.parametrize("fails", [False, True])
+async def test_regression_a_step_timeout_after_a_non_pure_call_completed_does_not_repeat_it(
+    harness: Harness, fails: bool
+) -> None:
+    # The step timer fired while the call's tool.completed was being committed: the
+    # step was retried as timed out and the call (its effect) made again. The recorded
+    # outcome is the attempt's, as it is for a resumed run.
+    calls: list[Any] = []
+    box: list[_SlowCommit] = []
+
+    async def effect(args: Any) -> Any:  # "charge the card": done, and fast
+        calls.append(args)
+        box[0].slow = True
+        if fails:
+            raise ToolError("card declined")
+        return {"charged": True}
+
+    tools = ToolRegistry()
+    tools.register("effect", effect, pure=False)
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    box.append(_SlowCommit(log))
+    engine = Engine(box[0], tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    step = {"id": "pay", "action": "tool", "tool": "effect", "timeout_seconds": 0.2}
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": [step]})
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=20)
+    assert len(calls) == 1, f"the non-pure tool ran {len(calls)} times"
+    if fails:
+        assert (state.status, state.steps[0].attempts) == ("failed", 1)
+    else:
+        assert (state.status, state.results) == ("completed", {"pay": {"charged": True}})
+    assert state == await engine.get_state(TENANT, started.orchestration_id)
