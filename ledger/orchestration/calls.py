@@ -128,17 +128,22 @@ class CallRecorder:
         try:
             response = await provider.complete(request, time_limit=self.created.timeout_seconds)
         except ProviderError as e:
-            self._llm_completed(step_id, attempt, None, started, str(e))
-            raise
-        try:
-            self._llm_completed(step_id, attempt, response, started, None)
-        except InvalidEventError as e:
-            error = f"the response cannot be recorded: {e}"
-            self._llm_completed(step_id, attempt, None, started, error)
-            raise ProviderError(error, transient=False) from None
+            failure = e
+        else:
+            try:
+                self._llm_completed(step_id, attempt, response, started, None)
+            except InvalidEventError as e:
+                failure = ProviderError(f"the response cannot be recorded: {e}", transient=False)
+            else:
+                if not provider.deterministic:
+                    await self.writer.flush()
+                return response
+        self._llm_completed(step_id, attempt, None, started, str(failure))
+        # A failed call may still have been paid for: its record is made durable before
+        # the run goes on, as a successful one's is.
         if not provider.deterministic:
             await self.writer.flush()
-        return response
+        raise failure
 
     def _llm_completed(
         self,

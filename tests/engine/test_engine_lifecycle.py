@@ -443,3 +443,41 @@ async def test_regression_a_step_timeout_after_a_non_pure_call_completed_does_no
     else:
         assert (state.status, state.results) == ("completed", {"pay": {"charged": True}})
     assert state == await engine.get_state(TENANT, started.orchestration_id)
+
+
+class _Batches:
+    """The real log, noting the event types of each batch submitted."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.batches: list[list[str]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        self.batches.append([e.type for e in args[3]])
+        return await self._log.submit(*args, **kw)
+
+
+async def test_regression_a_failed_paid_llm_call_is_recorded_before_the_run_goes_on(
+    harness: Harness,
+) -> None:
+    # A call to a provider with outside effects (not deterministic) that failed left
+    # its llm.completed buffered with the rest of the run: a crash there lost the
+    # record of a call that may have been paid for.
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    batches = _Batches(log)
+    engine = Engine(batches, sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    agent = await engine.register_agent(
+        TENANT,
+        name="bot",  # no answer for this turn: the call fails (after its delay)
+        provider=scripted({"content": "x", "when": "never", "delay_seconds": 0.001}),
+    )
+    started = await engine.execute(TENANT, agent_id=agent.agent_id, input="hi")
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert (state.status, state.reason) == ("failed", "provider_error")
+    assert ["llm.completed"] in batches.batches, batches.batches
