@@ -13,7 +13,10 @@ A policy is checked against the payload schemas (``specs/log-format.md`` §7.2) 
 is built: a rule must name an event type the engine records in an orchestration's
 stream (or ``*``), must address at least one field, and must address only values a
 string can replace (a string, or anything inside a field of any JSON type); so a
-redacted payload always has its type, and recording it cannot fail.
+redacted payload always has its type, and recording it cannot fail. Nor may it reach
+into a field the engine reads back to resume a run or keys runs and steps on
+(``orchestration_id``, ``step_id``, ``attempt`` anywhere; ``orchestration.created``'s
+definition, agents, workflow and limits; ``step.started``'s ``agent_id``).
 
 A matched value is replaced by ``"redacted:sha256:<hex>"``, the SHA-256 of the
 tenant's salt followed by the value's canonical JSON (sorted keys, no whitespace).
@@ -55,6 +58,29 @@ _SCHEMAS: Final[dict[str, mi.Type]] = {
     name: mi.type_info(ev.ORCHESTRATION_EVENTS.payload_type(name))
     for name in ev.ORCHESTRATION_EVENTS.names()
     if name not in _NOT_REDACTED
+}
+#: Fields the engine reads back to resume a run, or that it and the registry key runs
+#: and steps on: a commitment in any of them, or anywhere inside one, would leave a
+#: resumed run unable to decode its own history (a definition whose steps are a
+#: string), or running as another agent, model or step.
+_STRUCTURAL_EVERYWHERE: Final = frozenset({"orchestration_id", "step_id", "attempt"})
+_STRUCTURAL: Final[dict[str, frozenset[str]]] = {
+    ev.ORCHESTRATION_CREATED: frozenset(
+        {
+            "executor",
+            "workflow_id",
+            "workflow_version",
+            "workflow_hash",
+            "agent_id",
+            "agents",
+            "agent_revisions",
+            "definition",
+            "model",
+            "max_steps",
+            "timeout_seconds",
+        }
+    ),
+    ev.STEP_STARTED: frozenset({"agent_id", "action"}),
 }
 
 
@@ -152,11 +178,29 @@ def _check_schema(event_type: str, path: tuple[Segment, ...]) -> None:
             raise RedactionPathError(
                 f"in {name} it {problem}, which a commitment (a string) cannot replace"
             )
+        field = _structural_field(name, path, schema)
+        if field is not None:
+            raise RedactionPathError(
+                f"in {name} it reaches {field!r}, which the engine reads back to resume "
+                "or identify the run"
+            )
         matched = matched or hit
     if not matched:
         raise RedactionPathError(
             "addresses no field of " + ("any event" if event_type == "*" else event_type)
         )
+
+
+def _structural_field(name: str, path: tuple[Segment, ...], t: mi.Type) -> str | None:
+    """The first structural field of ``name`` (see ``_STRUCTURAL``) that ``path`` can
+    match in or inside; ``None`` if none."""
+    structural = _STRUCTURAL_EVERYWHERE | _STRUCTURAL.get(name, frozenset())
+    assert isinstance(t, mi.StructType)
+    for f in t.fields:
+        selected = path[0] is _EVERY or path[0] == f.encode_name
+        if selected and f.encode_name in structural and _fits(path[1:], f.type)[0]:
+            return f.encode_name
+    return None
 
 
 def _fits(path: tuple[Segment, ...], t: mi.Type) -> tuple[bool, str | None]:

@@ -197,6 +197,34 @@ def test_regression_a_redaction_path_that_cannot_hold_a_commitment_is_rejected(
     assert path in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("orchestration.created:definition.steps", "definition"),
+        ("orchestration.created:definition.*", "definition"),
+        ("*:definition.steps.0.id", "definition"),
+        ("orchestration.created:agent_id", "agent_id"),
+        ("orchestration.created:agents.*", "agents"),
+        ("orchestration.created:workflow_id", "workflow_id"),
+        ("orchestration.created:workflow_hash", "workflow_hash"),
+        ("orchestration.created:model", "model"),
+        ("step.started:agent_id", "agent_id"),
+        ("step.completed:step_id", "step_id"),
+        ("*:step_id", "step_id"),
+        ("*:orchestration_id", "orchestration_id"),
+    ],
+)
+def test_regression_a_redaction_path_into_what_a_resumed_run_reads_back_is_rejected(
+    path: str, field: str
+) -> None:
+    # `orchestration.created:definition.steps` was accepted (the definition is an
+    # object of any JSON): a resumed run then read a commitment as its steps, failed to
+    # decode its definition and stayed "running" for ever.
+    with pytest.raises(RedactionPathError, match=f"reaches '{field}'") as info:
+        RedactionPolicy([path], lambda t: b"salt")
+    assert path in str(info.value)
+
+
 def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
     RedactionPolicy(
         [
