@@ -101,6 +101,21 @@ def _outcome(call: ev.ToolCompleted) -> Any:
     return call.result
 
 
+class _LoopToolCall(msgspec.Struct):
+    id: str
+    name: str
+    arguments: Any = None
+
+
+class _LoopRound(msgspec.Struct):
+    """The output of an agent loop's ``llm-N`` step, as the loop reads it."""
+
+    message: Any
+    content: str | None
+    json: Any = None
+    tool_calls: list[_LoopToolCall] = []
+
+
 class _Terminate(Exception):  # noqa: N818 — control flow, never escapes the runner
     def __init__(self, reason: str, error: str | None, *, cancelled_by: str | None = None):
         super().__init__(error or reason)
@@ -212,6 +227,13 @@ class Runner(CallRecorder):
                 # An event the writer refused (it buffers none it cannot write): the run
                 # ends failed rather than crashing and staying "running" for ever.
                 raise _Terminate("step_failed", f"an event cannot be recorded: {e}") from None
+            except msgspec.ValidationError as e:
+                # A resumed run reads its definition and outputs back from the log; one
+                # it cannot decode (written by another version, say) would crash the run
+                # on every start, leaving it "running" for ever.
+                raise _Terminate(
+                    "step_failed", f"the recorded history cannot be read back: {e}"
+                ) from None
             try:
                 self._emit(
                     ev.ORCHESTRATION_COMPLETED,
@@ -679,18 +701,17 @@ class Runner(CallRecorder):
                 ]
                 return out
 
-            out = await self._in_task(self._step(llm_id, "llm", agent.agent_id, lambda: None, call))
-            messages.append(out["message"])
-            if not out["tool_calls"]:
-                return {"content": out["content"], "json": out["json"]}
-            for i, tc in enumerate(out["tool_calls"], start=1):
+            out = msgspec.convert(
+                await self._in_task(self._step(llm_id, "llm", agent.agent_id, lambda: None, call)),
+                _LoopRound,  # it may be a resumed run's recorded output
+            )
+            messages.append(out.message)
+            if not out.tool_calls:
+                return {"content": out.content, "json": out.json}
+            for i, tc in enumerate(out.tool_calls, start=1):
                 self._boundary()
                 tool_id = f"tool-{rounds}-{i}"
-                inputs = {
-                    "tool_call_id": tc["id"],
-                    "name": tc["name"],
-                    "arguments": tc["arguments"],
-                }
+                inputs = {"tool_call_id": tc.id, "name": tc.name, "arguments": tc.arguments}
 
                 async def invoke(attempt: int, inp: Any, sid: str = tool_id) -> Any:
                     return await self._tool_call(
@@ -703,6 +724,4 @@ class Runner(CallRecorder):
                     )
                 except _StepFailed as f:
                     result = {"error": f.error}
-                messages.append(
-                    {"role": "tool", "tool_call_id": tc["id"], "content": as_text(result)}
-                )
+                messages.append({"role": "tool", "tool_call_id": tc.id, "content": as_text(result)})

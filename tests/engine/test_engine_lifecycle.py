@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
 from engine_helpers import (
     TENANT,
@@ -19,9 +20,11 @@ from engine_helpers import (
 )
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
+from ledger.events import NewEvent
 from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
 from ledger.orchestration import events as ev
+from ledger.orchestration.binding import build_created
 from ledger.orchestration.errors import ToolError
 from ledger.sqlite_store import SQLiteEventStore
 
@@ -481,3 +484,59 @@ async def test_regression_a_failed_paid_llm_call_is_recorded_before_the_run_goes
     state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
     assert (state.status, state.reason) == ("failed", "provider_error")
     assert ["llm.completed"] in batches.batches, batches.batches
+
+
+@pytest.mark.parametrize("mode", ["workflow", "agent loop"])
+async def test_regression_a_resumed_run_whose_history_cannot_be_read_back_ends_failed(
+    harness: Harness, mode: str
+) -> None:
+    # A run whose recorded definition (or a recorded agent-loop round) did not decode,
+    # as a redaction rule reaching into it once left it, crashed on every start and
+    # stayed "running" for ever.
+    engine = await harness.open()
+    assert harness.log is not None
+    commitment = "redacted:sha256:" + "0" * 64
+    agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
+    wf = await engine.register_workflow(
+        TENANT, name="w", definition={"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
+    )
+    workflow = mode == "workflow"
+    created = build_created(
+        engine.registry,
+        TENANT,
+        engine.new_orchestration_id(),
+        executor="engine",
+        workflow_id=wf.workflow_id if workflow else None,
+        workflow_version=None,
+        agent_id=None if workflow else agent.agent_id,
+        agents=[agent.agent_id],
+        input="hi",
+        parameters=None,
+        model=None,
+        max_steps=10,
+        timeout_seconds=300.0,
+        started_by="test",
+        request_shape=None,
+    )
+    oid = created.orchestration_id
+    events = [NewEvent(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))]
+    if workflow:
+        created = msgspec.structs.replace(created, definition={"steps": commitment})
+    else:
+        common = {"orchestration_id": oid, "step_id": "llm-1", "attempt": 1}
+        events += [
+            NewEvent(
+                ev.STEP_STARTED,
+                ev.StepStarted(**common, agent_id=agent.agent_id, action="llm", inputs=None),
+            ),
+            NewEvent(ev.STEP_COMPLETED, ev.StepCompleted(**common, output=commitment)),
+        ]
+    await harness.log.append(TENANT, oid, 0, [NewEvent(ev.ORCHESTRATION_CREATED, created), *events])
+    await harness.close()
+
+    engine = await harness.open()
+    state = await engine.wait(TENANT, oid, max_wait=10)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, oid)
+    assert "cannot be read back" in str(records[-1].event.payload.error)
