@@ -683,10 +683,11 @@ class Engine:
         for e in events:
             fold = self._projection.apply(fold, e)
         self._live[(tenant_id, oid)] = fold
-        writer = self._writer(tenant_id, oid, events[-1].stream_seq)
+        writer = self._writer(tenant_id, oid, events[-1].stream_seq, keep=False)
         runner = Runner(writer, created, events, self._collaborators(tenant_id, created))
         if runner.was_terminal:
-            return False
+            return False  # kept no writer: no run would ever drop it
+        self._writers[tenant_id, oid] = writer
         _log.info("orchestration.resuming", orchestration_id=oid, seq=events[-1].stream_seq)
         self._launch(tenant_id, oid, runner)
         return True

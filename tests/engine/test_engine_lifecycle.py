@@ -540,3 +540,17 @@ async def test_regression_a_resumed_run_whose_history_cannot_be_read_back_ends_f
     assert harness.log is not None
     records = await harness.log.read_stream(TENANT, oid)
     assert "cannot be read back" in str(records[-1].event.payload.error)
+
+
+async def test_regression_resuming_a_run_whose_history_is_terminal_keeps_no_writer(
+    engine: Engine, make_agent: Any
+) -> None:
+    # The run had ended (its registry entry lagging behind, say): nothing launched it,
+    # so nothing ever dropped the writer kept for it.
+    agent_id = await make_agent({"content": "done"})
+    started = await engine.execute(TENANT, agent_id=agent_id, input="hi")
+    await engine.wait(TENANT, started.orchestration_id)
+    summary = engine.registry.orchestration(TENANT, started.orchestration_id)
+    assert summary is not None
+    assert not await engine._resume(summary)
+    assert (TENANT, started.orchestration_id) not in engine._writers
