@@ -110,6 +110,20 @@ async def setup_workflow(
     return agent["agent_id"], wf["workflow_id"]
 
 
+async def external_orchestration(client: TestClient, tenant: Tenant) -> str:
+    """A scripted agent and an orchestration the caller executes itself; its id."""
+    agent, _ = await setup_workflow(client, tenant)
+    created = await json_ok(
+        client,
+        "POST",
+        "/v1/orchestrations",
+        202,
+        json={"executor": "external", "agent_id": agent, "input": None},
+        headers=tenant.headers,
+    )
+    return str(created["orchestration_id"])
+
+
 def write_signing_key(data_dir: Path, origin: str = DEFAULT_ORIGIN) -> str:
     """Pre-create the log's signing key; returns its vkey."""
     signer = generate_signer(origin)

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_helpers import Tenant, new_tenant, setup_workflow
+from api_helpers import Tenant, external_orchestration, new_tenant, setup_workflow
 
 from api.app import create_app
 from api.config import Config
@@ -160,13 +160,7 @@ async def test_regression_a_unicode_digit_in_a_workflow_version_is_400_naming_it
 async def test_regression_a_unicode_digit_in_last_event_id_is_400_naming_it(
     client: TestClient, tenant_a: Tenant
 ) -> None:
-    agent, _ = await setup_workflow(client, tenant_a)
-    created = await client.post(
-        "/v1/orchestrations",
-        json={"executor": "external", "agent_id": agent, "input": None},
-        headers=tenant_a.headers,
-    )
-    oid = (await created.json())["orchestration_id"]
+    oid = await external_orchestration(client, tenant_a)
     for last in ("\u00b2", "\u0665", "1_0", "+1"):
         resp = await client.get(
             f"/v1/orchestrations/{oid}/events/stream",
@@ -197,13 +191,7 @@ async def test_regression_invalid_utf8_inside_a_json_string_is_400_on_every_post
     client: TestClient, tenant_a: Tenant
 ) -> None:
     # msgspec raises UnicodeDecodeError, not DecodeError, for bad UTF-8 in a string.
-    agent, _ = await setup_workflow(client, tenant_a)
-    created = await client.post(
-        "/v1/orchestrations",
-        json={"executor": "external", "agent_id": agent, "input": None},
-        headers=tenant_a.headers,
-    )
-    oid = (await created.json())["orchestration_id"]
+    oid = await external_orchestration(client, tenant_a)
     for route in (
         EXECUTE,
         "/v1/orchestrations",
@@ -415,13 +403,7 @@ async def test_regression_a_missing_required_field_is_named_in_its_path(
     # msgspec reports "Object missing required field `x`" at the object, "$".
     assert await _field(client, tenant_a, EXECUTE, {"input": 1}) == "$.agent_id"
     assert await _field(client, tenant_a, "/v1/workflows", {"name": "w"}) == "$.definition"
-    agent, _ = await setup_workflow(client, tenant_a)
-    created = await client.post(
-        "/v1/orchestrations",
-        json={"executor": "external", "agent_id": agent, "input": None},
-        headers=tenant_a.headers,
-    )
-    oid = (await created.json())["orchestration_id"]
+    oid = await external_orchestration(client, tenant_a)
     steps = f"/v1/orchestrations/{oid}/steps"
     assert (
         await _field(client, tenant_a, steps, {"events": [{"type": "x"}]}) == "$.events[0].payload"

@@ -27,38 +27,42 @@ async def no_sleep(_: float) -> None:
     return None
 
 
+def new_created(
+    engine: Engine,
+    *,
+    tenant: str = TENANT,
+    workflow_id: str | None = None,
+    agent_id: str | None = None,
+    agents: list[str] | None = None,
+    input: Any = None,
+    max_steps: int = 10,
+) -> ev.OrchestrationCreated:
+    """An engine run's ``orchestration.created``, as ``execute`` would build it."""
+    return build_created(
+        engine.registry,
+        tenant,
+        engine.new_orchestration_id(),
+        executor="engine",
+        workflow_id=workflow_id,
+        workflow_version=None,
+        agent_id=agent_id,
+        agents=agents or [],
+        input=input,
+        parameters=None,
+        model=None,
+        max_steps=max_steps,
+        timeout_seconds=300.0,
+        started_by="test",
+        request_shape=None,
+    )
+
+
 async def append_unfinished_run(engine: Engine, log: Log, tenant: str = TENANT) -> str:
     """Write a created and started engine run with no step yet, as a process that
     crashed right after starting it would have left it; its orchestration id."""
     agent = await engine.register_agent(tenant, name="bot", provider=scripted())
     chain = {"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
-    wf = await engine.register_workflow(tenant, name="w", definition=chain)
-    created = build_created(
-        engine.registry,
-        tenant,
-        engine.new_orchestration_id(),
-        executor="engine",
-        workflow_id=wf.workflow_id,
-        workflow_version=None,
-        agent_id=None,
-        agents=[agent.agent_id],
-        input=None,
-        parameters=None,
-        model=None,
-        max_steps=10,
-        timeout_seconds=300.0,
-        started_by="test",
-        request_shape=None,
-    )
-    oid = created.orchestration_id
-    started = ev.OrchestrationStarted(orchestration_id=oid)
-    await log.append(
-        tenant,
-        oid,
-        0,
-        [NewEvent(ev.ORCHESTRATION_CREATED, created), NewEvent(ev.ORCHESTRATION_STARTED, started)],
-    )
-    return oid
+    return await append_run(engine, log, chain, agents=[agent.agent_id], tenant=tenant)
 
 
 async def append_run(
@@ -68,27 +72,14 @@ async def append_run(
     history: Callable[[str], list[tuple[str, Any]]] = lambda oid: [],
     *,
     max_steps: int = 10,
+    agents: list[str] | None = None,
     tenant: str = TENANT,
 ) -> str:
     """Write an engine run of ``definition`` as a process that crashed after recording
     ``history(orchestration_id)`` (after created and started) would have left it."""
     wf = await engine.register_workflow(tenant, name="w", definition=definition)
-    created = build_created(
-        engine.registry,
-        tenant,
-        engine.new_orchestration_id(),
-        executor="engine",
-        workflow_id=wf.workflow_id,
-        workflow_version=None,
-        agent_id=None,
-        agents=[],
-        input=None,
-        parameters=None,
-        model=None,
-        max_steps=max_steps,
-        timeout_seconds=300.0,
-        started_by="test",
-        request_shape=None,
+    created = new_created(
+        engine, tenant=tenant, workflow_id=wf.workflow_id, agents=agents, max_steps=max_steps
     )
     oid = created.orchestration_id
     events = [

@@ -14,6 +14,7 @@ from engine_helpers import (
     Harness,
     append_run,
     crash_with_unfinished_runs,
+    new_created,
     no_sleep,
     scripted,
     step_started,
@@ -24,7 +25,6 @@ from ledger.events import NewEvent
 from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
 from ledger.orchestration import events as ev
-from ledger.orchestration.binding import build_created
 from ledger.orchestration.errors import ToolError
 from ledger.sqlite_store import SQLiteEventStore
 
@@ -501,22 +501,12 @@ async def test_regression_a_resumed_run_whose_history_cannot_be_read_back_ends_f
         TENANT, name="w", definition={"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
     )
     workflow = mode == "workflow"
-    created = build_created(
-        engine.registry,
-        TENANT,
-        engine.new_orchestration_id(),
-        executor="engine",
+    created = new_created(
+        engine,
         workflow_id=wf.workflow_id if workflow else None,
-        workflow_version=None,
         agent_id=None if workflow else agent.agent_id,
         agents=[agent.agent_id],
         input="hi",
-        parameters=None,
-        model=None,
-        max_steps=10,
-        timeout_seconds=300.0,
-        started_by="test",
-        request_shape=None,
     )
     oid = created.orchestration_id
     events = [NewEvent(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))]

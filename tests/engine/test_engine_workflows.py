@@ -610,6 +610,14 @@ async def _live_equals_replay(engine: Engine, oid: str) -> Any:
     return live
 
 
+async def _run_tool_step(engine: Engine, step: dict[str, Any]) -> Any:
+    """Run a workflow of the one tool ``step``; its final state, checked against replay."""
+    defn = {"steps": [{"id": "a", "action": "tool", **step}]}
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    return await _live_equals_replay(engine, started.orchestration_id)
+
+
 async def test_regression_live_state_equals_replay_for_values_json_does_not_keep(
     engine: Engine,
 ) -> None:
@@ -647,10 +655,7 @@ async def test_regression_a_tool_result_holding_inf_or_nan_fails_the_step(
         return {"x": [1.0, value]}
 
     engine.tools.register("bad", bad)
-    defn = {"steps": [{"id": "a", "action": "tool", "tool": "bad"}]}
-    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
-    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-    state = await _live_equals_replay(engine, started.orchestration_id)
+    state = await _run_tool_step(engine, {"id": "a", "tool": "bad"})
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert "not a JSON number" in state.steps[0].result["error"]
 
@@ -659,10 +664,7 @@ async def test_regression_a_calculator_overflow_fails_the_step_live_as_in_replay
     engine: Engine,
 ) -> None:
     inputs = {"expression": "1e999"}
-    defn = {"steps": [{"id": "c", "action": "tool", "tool": "calculator", "inputs": inputs}]}
-    wf = await engine.register_workflow(TENANT, name="calc", definition=defn)
-    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-    state = await _live_equals_replay(engine, started.orchestration_id)
+    state = await _run_tool_step(engine, {"id": "c", "tool": "calculator", "inputs": inputs})
     assert (state.status, state.steps[0].result) == ("failed", {"error": "result is not finite"})
 
 
@@ -690,14 +692,11 @@ async def test_regression_a_tool_result_too_large_for_a_leaf_ends_the_run(
         return {"blob": "x" * 300_000}
 
     engine.tools.register("big", big)
-    defn = {"steps": [{"id": "b", "action": "tool", "tool": "big"}]}
-    wf = await engine.register_workflow(TENANT, name="big", definition=defn)
-    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-    state = await _live_equals_replay(engine, started.orchestration_id)
+    state = await _run_tool_step(engine, {"id": "b", "tool": "big"})
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert "the result cannot be recorded: the tool.completed event is" in str(state.steps)
     assert harness.log is not None
-    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    records = await harness.log.read_stream(TENANT, state.orchestration_id)
     (done,) = [r.event.payload for r in records if r.event.type == "tool.completed"]
     assert (done.result, done.error is not None) == (None, True)
 
@@ -764,10 +763,7 @@ async def test_regression_a_redaction_that_fails_ends_the_run(harness: Harness) 
         raise RuntimeError("key service unavailable")
 
     engine = await harness.open(redaction=RedactionPolicy(["tool.invoked:arguments"], salts))
-    defn = {"steps": [{"id": "a", "action": "tool", "tool": "echo", "inputs": {"n": 1}}]}
-    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
-    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-    state = await _live_equals_replay(engine, started.orchestration_id)
+    state = await _run_tool_step(engine, {"id": "a", "tool": "echo", "inputs": {"n": 1}})
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert "key service unavailable" in state.steps[0].result["error"]
 
