@@ -92,8 +92,8 @@ class CallRecorder:
         #: Each (step id, attempt)'s recorded tool call, until :meth:`recorded_call`.
         self._calls: dict[tuple[str, int], ev.ToolCompleted] = {}
 
-    def _emit(self, event_type: str, payload: _P) -> _P:
-        return self.writer.emit(event_type, payload)
+    def _emit(self, event_type: str, payload: _P, *, normalize: bool = False) -> _P:
+        return self.writer.emit(event_type, payload, normalize=normalize)
 
     def _agent(self, agent_id: str | None) -> AgentRecord:
         agent = self.deps.agents.get(agent_id) if agent_id else None
@@ -254,6 +254,7 @@ class CallRecorder:
                 latency_ms=round((time.monotonic() - started) * 1000, 3),
                 transient=transient,
             ),
+            normalize=True,  # a tool's result is the caller's Python value
         )
 
     def _llm_output(self, r: LLMResponse) -> dict[str, Any]:

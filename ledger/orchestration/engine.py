@@ -574,7 +574,7 @@ class Engine:
         # an input too large for a leaf) must not displace or leave behind a writer.
         writer = self._writer(tenant_id, oid, 0, keep=False)
         # The run works on the input as recorded, as a resumed run or a replay reads it.
-        created = writer.emit(ev.ORCHESTRATION_CREATED, created)
+        created = writer.emit(ev.ORCHESTRATION_CREATED, created, normalize=True)
         writer.emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))
         started_at = self._now()
         await writer.flush()

@@ -147,7 +147,9 @@ async def test_regression_emit_refuses_an_event_too_large_for_a_leaf(tmp_path: P
 
 async def test_regression_emit_returns_the_payload_as_the_log_holds_it(tmp_path: Path) -> None:
     log, _, writer = await _open(tmp_path)
-    recorded = writer.emit(ev.STEP_COMPLETED, _completed({1: (2, 3), "f": float("inf")}))
+    recorded = writer.emit(
+        ev.STEP_COMPLETED, _completed({1: (2, 3), "f": float("inf")}), normalize=True
+    )
     assert recorded.output == {"1": [2, 3], "f": None}
     await writer.flush()
     (record,) = await log.read_stream(TENANT, "stream-1")
@@ -155,6 +157,19 @@ async def test_regression_emit_returns_the_payload_as_the_log_holds_it(tmp_path:
     with pytest.raises(InvalidEventError, match="cannot be encoded"):
         writer.emit(ev.STEP_COMPLETED, _completed(object()))
     assert writer.pending == 0
+    await log.close()
+
+
+async def test_emit_without_normalize_checks_but_keeps_the_payload(tmp_path: Path) -> None:
+    """Payloads the engine builds from JSON alone skip the decode, not the checks."""
+    log, _, writer = await _open(tmp_path)
+    payload = _completed({"a": [1, 2]})
+    assert writer.emit(ev.STEP_COMPLETED, payload) is payload
+    with pytest.raises(InvalidEventError, match="cannot be encoded"):
+        writer.emit(ev.STEP_COMPLETED, _completed(object()))
+    with pytest.raises(PayloadTooLargeError):
+        writer.emit(ev.STEP_COMPLETED, _completed("x" * MAX_LEAF_BYTES))
+    assert writer.pending == 1
     await log.close()
 
 
