@@ -207,7 +207,9 @@ class Engine:
     async def start(self, *, resume: bool = True) -> list[str]:
         """Build the projections from the log, follow it live, resume unfinished runs.
 
-        Returns the ids of the orchestrations resumed.
+        Returns the ids of the orchestrations resumed. Cancelled while building, it
+        leaves nothing behind; cancelled while resuming, the engine stays started and
+        the runs not launched yet wait for :meth:`resume_stalled`.
         """
         if self._started:
             return []
@@ -220,11 +222,23 @@ class Engine:
         if not resume:
             return []
         resumed = []
-        for summary in self.registry.unfinished():
+        unfinished = self.registry.unfinished()
+        for i, summary in enumerate(unfinished):
             if self._closing:  # close() came while the registry was being built
                 break
             # One run that cannot be resumed must not keep the others from resuming.
-            if await self._resume_or_stall(summary):
+            try:
+                launched = await self._resume_or_stall(summary)
+            except asyncio.CancelledError:
+                # The registry is whole and followed live, so the engine stays started;
+                # the runs not launched yet wait for resume_stalled(), not the next start.
+                self._stalled.update(
+                    key
+                    for s in unfinished[i:]
+                    if (key := (s.tenant_id, s.orchestration_id)) not in self._tasks
+                )
+                raise
+            if launched:
                 resumed.append(summary.orchestration_id)
         if resumed:
             _log.info("engine.resumed", count=len(resumed))

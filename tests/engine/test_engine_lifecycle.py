@@ -237,6 +237,31 @@ async def test_regression_a_close_during_start_resumes_nothing(harness: Harness,
         await log.close()
 
 
+async def test_regression_runs_a_cancelled_start_did_not_resume_wait_for_resume_stalled(
+    harness: Harness,
+) -> None:
+    """start() cancelled while it resumed runs stayed started (its registry is whole and
+    followed live), but the runs it had not reached were left for the next process:
+    a second start() returns at once, and nothing else resumed them."""
+    log, oids = await crash_with_unfinished_runs(harness, 2)
+    seam = GatedRead(log, "read_stream")
+    engine = Engine(seam, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
+    try:
+        starting = asyncio.create_task(engine.start())
+        await seam.entered.wait()
+        starting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await starting
+        assert engine.stalled == 2
+        seam.gate.set()
+        assert await engine.resume_stalled() == oids
+        for oid in oids:
+            assert (await engine.wait(TENANT, oid)).status == "completed"
+    finally:
+        await engine.close()
+        await log.close()
+
+
 async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfinished(
     harness: Harness,
 ) -> None:
