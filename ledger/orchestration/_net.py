@@ -27,9 +27,17 @@ from aiohttp.resolver import DefaultResolver
 
 from ledger.orchestration.errors import SSRFBlockedError
 
-__all__ = ["GuardedResolver", "check_url", "is_public_address", "read_capped", "url_host"]
+__all__ = [
+    "GuardedResolver",
+    "check_url",
+    "is_public_address",
+    "read_capped",
+    "url_host",
+    "url_origin",
+]
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _READ_CHUNK = 64 * 1024
 
 
@@ -62,19 +70,25 @@ def _host(hostname: str | None) -> str:
     return (hostname or "").lower().rstrip(".")
 
 
-def url_host(url: str) -> str:
-    """The host of an ``http``/``https`` ``url``, lower-cased; refuses any other URL."""
+def url_origin(url: str) -> tuple[str, str, int]:
+    """Scheme, lower-cased host and port (the scheme's default if none is written) of
+    an ``http``/``https`` ``url``; refuses any other URL."""
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 — raises on a port that is not a number in range
+        port = parts.port  # raises on a port that is not a number in range
     except ValueError as e:
         raise SSRFBlockedError(f"{url!r} is not a valid URL: {e}") from e
-    if parts.scheme not in ("http", "https"):
+    if parts.scheme not in _DEFAULT_PORTS:
         raise SSRFBlockedError(f"scheme {parts.scheme!r} is not allowed")
     host = _host(parts.hostname)
     if not host:
         raise SSRFBlockedError(f"{url!r} names no host")
-    return host
+    return parts.scheme, host, port or _DEFAULT_PORTS[parts.scheme]
+
+
+def url_host(url: str) -> str:
+    """The host of an ``http``/``https`` ``url``, lower-cased; refuses any other URL."""
+    return url_origin(url)[1]
 
 
 def check_url(

@@ -25,16 +25,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
 
-from ledger.orchestration._net import GuardedResolver, check_url, url_host
+from ledger.orchestration._net import GuardedResolver, check_url, url_origin
 from ledger.orchestration.errors import SSRFBlockedError, WorkflowValidationError
 from ledger.orchestration.providers.openai import OpenAIConfig
 
 __all__ = ["ProviderPolicy", "origin"]
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _hosts(hosts: Iterable[str]) -> frozenset[str]:
@@ -44,12 +40,8 @@ def _hosts(hosts: Iterable[str]) -> frozenset[str]:
 def origin(url: str) -> str:
     """``scheme://host:port`` of ``url``, the port filled in; ``https`` if it names no
     scheme. :class:`SSRFBlockedError` if it is not an ``http``/``https`` URL."""
-    if "://" not in url:
-        url = "https://" + url
-    host = url_host(url)
-    parts = urlsplit(url)
-    port = parts.port or _DEFAULT_PORTS[parts.scheme]
-    return f"{parts.scheme}://{host}:{port}"
+    scheme, host, port = url_origin(url if "://" in url else "https://" + url)
+    return f"{scheme}://{host}:{port}"
 
 
 def _origins(urls: Iterable[str]) -> frozenset[str]:
