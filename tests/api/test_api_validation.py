@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
+from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient, TestServer
 from api_helpers import Tenant, external_orchestration, new_tenant, setup_workflow
 
@@ -215,32 +215,18 @@ async def test_regression_a_body_that_does_not_decompress_is_400_not_500(
 ) -> None:
     agent = {"name": "a", "provider": {"kind": "scripted", "responses": []}}
     body = json.dumps(agent).encode()
-    for coding, data in (
-        ("gzip", b"definitely not compressed"),
-        ("deflate", b"definitely not compressed"),
-    ):
-        resp = await client.post(
-            "/v1/agents",
-            data=data,
-            headers={
-                **tenant_a.headers,
-                "Content-Type": "application/json",
-                "Content-Encoding": coding,
-            },
-        )
+
+    async def post(coding: str, data: bytes) -> ClientResponse:
+        headers = {"Content-Type": "application/json", "Content-Encoding": coding}
+        return await client.post("/v1/agents", data=data, headers={**tenant_a.headers, **headers})
+
+    for coding in ("gzip", "deflate"):
+        resp = await post(coding, b"definitely not compressed")
         assert resp.status == 400, (coding, resp.status)
         assert resp.content_type == "application/problem+json"
         assert (await resp.json())["type"].endswith("/malformed-body")
     for coding, data in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
-        resp = await client.post(
-            "/v1/agents",
-            data=data,
-            headers={
-                **tenant_a.headers,
-                "Content-Type": "application/json",
-                "Content-Encoding": coding,
-            },
-        )
+        resp = await post(coding, data)
         assert resp.status == 201, (coding, resp.status, await resp.text())
 
 

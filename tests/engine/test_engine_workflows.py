@@ -685,13 +685,14 @@ async def test_regression_an_llm_answer_too_large_for_a_leaf_ends_the_run(
     assert error.endswith("the limit is 262144")
 
 
+async def _too_large_for_a_leaf(args: Any) -> Any:
+    return {"blob": "x" * 300_000}
+
+
 async def test_regression_a_tool_result_too_large_for_a_leaf_ends_the_run(
     engine: Engine, harness: Harness
 ) -> None:
-    async def big(args: Any) -> Any:
-        return {"blob": "x" * 300_000}
-
-    engine.tools.register("big", big)
+    engine.tools.register("big", _too_large_for_a_leaf)
     state = await _run_tool_step(engine, {"id": "b", "tool": "big"})
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert "the result cannot be recorded: the tool.completed event is" in str(state.steps)
@@ -704,10 +705,7 @@ async def test_regression_a_tool_result_too_large_for_a_leaf_ends_the_run(
 async def test_a_tool_result_too_large_for_a_leaf_is_an_error_the_model_sees(
     engine: Engine, make_agent: Any
 ) -> None:
-    async def big(args: Any) -> Any:
-        return {"blob": "x" * 300_000}
-
-    engine.tools.register("big", big)
+    engine.tools.register("big", _too_large_for_a_leaf)
     agent = await make_agent(
         {"tool_calls": [{"name": "big", "arguments": {}}]}, {"content": "done"}, tools=["big"]
     )

@@ -3,6 +3,7 @@ detection, through monitor_once (injected fetcher) and the CLI (real HTTP, urlli
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -119,9 +120,26 @@ def test_bad_signature_is_rejected_and_state_kept(log: FakeLog, tmp_path: Path) 
 # ---- the CLI over real HTTP ----------------------------------------------------------
 
 
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` on a loopback HTTP server in a thread; its base URL."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.fixture
 def served(log: FakeLog) -> Iterator[tuple[str, FakeLog]]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_GET(self) -> None:
             try:
                 body = log.fetch(self.path)
@@ -134,17 +152,8 @@ def served(log: FakeLog) -> Iterator[tuple[str, FakeLog]]:
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", log
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        yield url, log
 
 
 def test_cli_monitor_exits_1_and_prints_both_checkpoints_on_rollback(
@@ -267,7 +276,7 @@ def misbehaving_server() -> Iterator[str]:
     """Answers ``/garbage/...`` with bytes that are not HTTP, and ``/redirect/...`` with
     a redirect to a URL that does not parse."""
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_GET(self) -> None:
             if self.path.startswith("/garbage/"):
                 self.wfile.write(b"NOT HTTP AT ALL\r\n\r\n")
@@ -277,17 +286,8 @@ def misbehaving_server() -> Iterator[str]:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _serving(Handler) as url:
+        yield url
 
 
 @pytest.mark.parametrize("prefix", ["/garbage", "/redirect"])
