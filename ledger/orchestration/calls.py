@@ -21,6 +21,7 @@ import msgspec
 from ledger.errors import InvalidEventError
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ProviderError, ToolError
+from ledger.orchestration.journal import CallJournal, response_of
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
 from ledger.orchestration.registry import AgentRecord
 from ledger.orchestration.stream import StreamWriter
@@ -91,6 +92,18 @@ class CallRecorder:
         self.deps = deps
         #: Each (step id, attempt)'s recorded tool call, until :meth:`recorded_call`.
         self._calls: dict[tuple[str, int], ev.ToolCompleted] = {}
+        #: The calls a resumed attempt completed before the process stopped, answered
+        #: from the log instead of made again (``ledger/orchestration/journal.py``).
+        self.journals: dict[tuple[str, int], CallJournal] = {}
+
+    def _journal(self, step_id: str, attempt: int) -> CallJournal | None:
+        journal = self.journals.get((step_id, attempt))
+        if journal is None:
+            return None
+        if not journal:
+            del self.journals[step_id, attempt]
+            return None
+        return journal
 
     def _emit(self, event_type: str, payload: _P, *, normalize: bool = False) -> _P:
         return self.writer.emit(event_type, payload, normalize=normalize)
@@ -108,6 +121,12 @@ class CallRecorder:
         model = self.created.model or agent.model
         schemas = tuple(self.deps.tools.get(n).schema() for n in agent.tools)
         request = LLMRequest(model=model, messages=tuple(messages), tools=schemas)
+        journal = self._journal(step_id, attempt)
+        if journal is not None:
+            done = journal.llm(request)
+            if done.error is not None:
+                raise ProviderError(done.error, transient=done.transient)
+            return response_of(done)
         self._emit(
             ev.LLM_REQUESTED,
             ev.LLMRequested(
@@ -138,7 +157,9 @@ class CallRecorder:
                 if not provider.deterministic:
                     await self.writer.flush()
                 return response
-        self._llm_completed(step_id, attempt, None, started, str(failure))
+        self._llm_completed(
+            step_id, attempt, None, started, str(failure), transient=failure.transient
+        )
         # A failed call may still have been paid for: its record is made durable before
         # the run goes on, as a successful one's is.
         if not provider.deterministic:
@@ -152,6 +173,8 @@ class CallRecorder:
         r: LLMResponse | None,
         started: float,
         error: str | None,
+        *,
+        transient: bool = False,
     ) -> None:
         self._emit(
             ev.LLM_COMPLETED,
@@ -167,6 +190,7 @@ class CallRecorder:
                 message=r.message if r else None,
                 latency_ms=round((time.monotonic() - started) * 1000, 3),
                 error=bounded(error) if error is not None else None,
+                transient=transient,
             ),
         )
 
@@ -174,6 +198,12 @@ class CallRecorder:
         self, step_id: str, attempt: int, name: str, call_id: str | None, arguments: Any
     ) -> Any:
         """Invoke a tool, recording invocation and result; raises :class:`ToolError`."""
+        journal = self._journal(step_id, attempt)
+        if journal is not None:
+            done = journal.tool(name, call_id, arguments)
+            if done.error is not None:
+                raise ToolError(done.error, transient=done.transient)
+            return done.result
         self._emit(
             ev.TOOL_INVOKED,
             ev.ToolInvoked(

@@ -79,6 +79,8 @@ ORCHESTRATION_CANCELLED: Final = "orchestration.cancelled"
 TERMINAL_TYPES: Final = frozenset(
     {ORCHESTRATION_COMPLETED, ORCHESTRATION_FAILED, ORCHESTRATION_CANCELLED}
 )
+#: The events that record a model or tool call.
+CALL_TYPES: Final = (LLM_REQUESTED, LLM_COMPLETED, TOOL_INVOKED, TOOL_COMPLETED)
 
 
 class _Payload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -165,6 +167,9 @@ class LLMCompleted(_Payload, frozen=True, forbid_unknown_fields=True):
     message: Any
     latency_ms: float
     error: str | None
+    #: Whether ``error`` is one the step's retry policy retries, so a resumed run that
+    #: reuses this call decides as the live run did; ``false`` in older leaves.
+    transient: bool = False
 
 
 class ToolInvoked(_Payload, frozen=True, forbid_unknown_fields=True):

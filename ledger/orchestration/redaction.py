@@ -143,6 +143,10 @@ class RedactionPolicy:
     def __bool__(self) -> bool:
         return bool(self._rules)
 
+    def applies_to(self, event_type: str) -> bool:
+        """Whether any rule may change a payload of ``event_type``."""
+        return any(t in ("*", event_type) for t, _ in self._rules)
+
     def apply(self, tenant_id: str, event_type: str, payload: msgspec.Struct) -> Any:
         """``payload`` with every matching path committed; unchanged if nothing matches."""
         rules = [p for t, p in self._rules if t in ("*", event_type)]

@@ -6,7 +6,9 @@ a completed step returns its recorded output without running again, a step that 
 in failure fails again with its recorded error, a tool step whose call completed (its
 ``tool.completed`` written, its ``step.completed`` or ``step.failed`` not) ends that
 attempt as the live run did, with the recorded result or error (retried only if the
-error was transient), the call not made again, and a step that was in flight when the
+error was transient), the call not made again; an ``llm`` step whose loop completed
+calls goes on with the same attempt, answering those calls from the log
+(``journal.py``); and a step that was in flight when the
 process died is recorded as interrupted and retried (``step.failed`` with
 ``retrying=true``) while its attempts last, else it fails. A decision's branch choice
 is part of its recorded output, so a resumed run takes the same branches. Likewise a
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -41,6 +43,7 @@ from ledger.orchestration.errors import (
     TemplateError,
     ToolError,
 )
+from ledger.orchestration.journal import CallJournal, CallsDiverged
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
@@ -62,6 +65,8 @@ class StepHistory:
     inputs: Any = None
     #: The step's last recorded tool call (its ``tool.completed``).
     tool_call: ev.ToolCompleted | None = None
+    #: The latest attempt's call events (``llm.*`` and ``tool.*``), in log order.
+    calls: list[Any] = field(default_factory=list)
 
 
 def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
@@ -77,6 +82,7 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
         elif isinstance(p, ev.StepStarted):
             h = steps.setdefault(p.step_id, StepHistory())
             h.attempts, h.status, h.inputs = p.attempt, "running", p.inputs
+            h.calls = []
         elif isinstance(p, ev.StepCompleted):
             h = steps.setdefault(p.step_id, StepHistory())
             h.status, h.output = "completed", p.output
@@ -90,7 +96,14 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
         elif isinstance(p, ev.StepSkipped):
             steps.setdefault(p.step_id, StepHistory()).status = "skipped"
         elif isinstance(p, ev.ToolCompleted):
-            steps.setdefault(p.step_id, StepHistory()).tool_call = p
+            h = steps.setdefault(p.step_id, StepHistory())
+            h.tool_call = p
+            if p.attempt == h.attempts:
+                h.calls.append(p)
+        elif isinstance(p, ev.LLMRequested | ev.LLMCompleted | ev.ToolInvoked):
+            h = steps.setdefault(p.step_id, StepHistory())
+            if p.attempt == h.attempts:
+                h.calls.append(p)
     return steps, started, terminal
 
 
@@ -362,6 +375,8 @@ class Runner(CallRecorder):
         first = 1
         #: The open attempt's call, completed before the process stopped.
         resumed: ev.ToolCompleted | None = None
+        #: The open attempt's inputs, if it goes on from its journal.
+        continued: tuple[Any] | None = None
         if h is not None:
             if h.status == "completed":
                 return h.output
@@ -378,6 +393,10 @@ class Runner(CallRecorder):
                     # as it did live: completed with the recorded result, or failed with
                     # the recorded error, retried only if that error was transient.
                     resumed, first = call, h.attempts
+                elif action == "llm" and (continued := self._continuation(step_id, h, make_inputs)):
+                    # An llm step's loop completed calls before the process stopped: the
+                    # attempt goes on, answering them from the log (journal.py).
+                    first = h.attempts
                 else:
                     retrying = h.attempts < max_attempts
                     self._emit(
@@ -393,7 +412,10 @@ class Runner(CallRecorder):
                     if not retrying:
                         raise _StepFailed(step_id, "interrupted", interrupted=True)
         for attempt in range(first, max_attempts + 1):
-            if resumed is None:
+            if continued is not None:
+                (inputs,), continued = continued, None
+                self._inflight[step_id] = attempt
+            elif resumed is None:
                 try:
                     inputs = self._started(step_id, agent_id, action, attempt, make_inputs())
                 except (TemplateError, InvalidEventError) as e:
@@ -422,6 +444,7 @@ class Runner(CallRecorder):
                         output = _outcome(call)
                     finally:
                         self.recorded_call(step_id, attempt)
+                        self.journals.pop((step_id, attempt), None)
             except TimeoutError:
                 if not timer.expired():
                     raise
@@ -432,6 +455,8 @@ class Runner(CallRecorder):
                 error, transient = str(e), e.transient
             except (ConditionError, TemplateError) as e:
                 error = str(e)
+            except CallsDiverged as e:
+                error, transient = f"interrupted: {e}", True
             except LedgerError as e:
                 error = f"{type(e).__name__}: {e}"
             else:
@@ -460,6 +485,24 @@ class Runner(CallRecorder):
             if delay:
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")
+
+    def _continuation(
+        self, step_id: str, h: StepHistory, make_inputs: Callable[[], Any]
+    ) -> tuple[Any] | None:
+        """The inputs with which an interrupted llm attempt goes on from its journal of
+        completed calls; ``None`` if it has none, or if redaction may have changed what
+        the log holds of them (the journal must hold the calls as they were made)."""
+        if any(self.writer.redacts(t) for t in ev.CALL_TYPES):
+            return None
+        journal = CallJournal(h.calls)
+        if not journal:
+            return None
+        try:
+            inputs = make_inputs()
+        except (TemplateError, InvalidEventError):
+            return None
+        self.journals[step_id, h.attempts] = journal
+        return (inputs,)
 
     def _started(
         self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any

@@ -129,6 +129,10 @@ class StreamWriter:
             raise PayloadTooLargeError(size, MAX_LEAF_BYTES, what=f"the {event_type} event")
         return NewEvent(event_type, stored, occurred_at=self._now()), normal
 
+    def redacts(self, event_type: str) -> bool:
+        """Whether the log may hold ``event_type``'s payloads otherwise than emitted."""
+        return self._redaction is not None and self._redaction.applies_to(event_type)
+
     @property
     def pending(self) -> int:
         return len(self._buffer)

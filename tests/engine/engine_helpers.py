@@ -211,8 +211,9 @@ async def send_in_two_writes(request: web.Request, body: bytes) -> web.StreamRes
 class FakeOpenAI:
     """A real OpenAI-compatible HTTP server on loopback. ``script`` is consumed one item
     per request: a dict (JSON 200 body), an int (that HTTP status), ``("sleep", s)``,
-    ``("raw", bytes)``, ``("chunked", bytes)`` (sent in two writes, a pause between) or
-    ``("status", code, bytes)``. When empty, it answers ``completion("done")``."""
+    ``("raw", bytes)``, ``("chunked", bytes)`` (sent in two writes, a pause between),
+    ``("status", code, bytes)`` or an :class:`asyncio.Event` (answered ``completion("late")``
+    once set). When empty, it answers ``completion("done")``."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -226,6 +227,9 @@ class FakeOpenAI:
         item = self.script.pop(0) if self.script else completion("done")
         if isinstance(item, int):
             return web.json_response({"error": {"message": "nope"}}, status=item)
+        if isinstance(item, asyncio.Event):
+            await item.wait()
+            return web.json_response(completion("late"))
         if isinstance(item, tuple) and item[0] == "sleep":
             await asyncio.sleep(item[1])
             return web.json_response(completion("late"))

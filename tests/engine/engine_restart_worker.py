@@ -1,7 +1,9 @@
 """A real process running the engine on a SQLite file (driven by test_engine_restart).
 
-usage: engine_restart_worker.py start|resume <db> <counter file>
+usage: engine_restart_worker.py start|start-llm|resume <db> <counter file>
 The signer key comes from MAIP_TEST_SKEY so both runs sign as the same log.
+``start`` runs a chain of tool steps; ``start-llm`` one ``llm`` step whose model (an
+OpenAI-compatible server at MAIP_TEST_OPENAI_URL) asks for the ``effect`` tool.
 """
 
 from __future__ import annotations
@@ -56,11 +58,18 @@ async def main(mode: str, db: str, counter: str) -> None:
 
     engine.tools.register("effect", effect, pure=False)
     resumed = await engine.start()
-    if mode == "start":
+    if mode in ("start", "start-llm"):
+        if mode == "start":
+            provider: dict[str, Any] = {"kind": "scripted", "responses": [{"content": "ok"}]}
+            definition, tools = workflow(), []
+        else:
+            provider = {"kind": "openai", "base_url": os.environ["MAIP_TEST_OPENAI_URL"]}
+            definition = {"steps": [{"id": "s0", "action": "llm", "prompt": "go"}]}
+            tools = ["effect"]
         agent = await engine.register_agent(
-            TENANT, name="a", provider={"kind": "scripted", "responses": [{"content": "ok"}]}
+            TENANT, name="a", provider=provider, model="m1", tools=tools
         )
-        wf = await engine.register_workflow(TENANT, name="w", definition=workflow())
+        wf = await engine.register_workflow(TENANT, name="w", definition=definition)
         state = await engine.execute(TENANT, workflow_id=wf.workflow_id, agents=[agent.agent_id])
         print(state.orchestration_id, flush=True)
         await asyncio.sleep(3600)  # killed by the test

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from engine_helpers import FakeOpenAI, completion
 
 from ledger.events import Event
 from ledger.log import Log
@@ -22,8 +24,10 @@ WORKER = Path(__file__).with_name("engine_restart_worker.py")
 TENANT = "tenant-restart"
 
 
-def _spawn(mode: str, db: Path, counter: Path, skey: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "MAIP_TEST_SKEY": skey}
+def _spawn(
+    mode: str, db: Path, counter: Path, skey: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    env = {**os.environ, "MAIP_TEST_SKEY": skey, **(env or {})}
     return subprocess.Popen(
         [sys.executable, str(WORKER), mode, str(db), str(counter)],
         stdout=subprocess.PIPE,
@@ -98,3 +102,64 @@ async def test_sigkill_mid_orchestration_then_resume(tmp_path: Path) -> None:
     assert interrupted[0].retrying is True
     types = [e.type for e in after]
     assert types.count("orchestration.completed") == 1
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_llm_step_reuses_the_calls_it_completed(
+    tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """An llm step's loop made a model call and the tool call it asked for, then died
+    waiting for the second model call. The resumed attempt answers the first two from
+    the log (journal.py): the model is not asked again, the tool's effect does not
+    happen again; only the call in flight is made again."""
+    db, counter = tmp_path / "engine.db", tmp_path / "effects.txt"
+    skey = generate_signer("maip-ledger.test/log").skey
+    gate = asyncio.Event()
+    fake_openai.script = [
+        completion(None, [{"name": "effect", "args": {"step": "inside"}}]),
+        gate,  # the second model call hangs until the process is killed
+    ]
+    env = {"MAIP_TEST_OPENAI_URL": fake_openai.url}
+    first = _spawn("start-llm", db, counter, skey, env)
+    assert first.stdout is not None
+    oid = (await asyncio.to_thread(first.stdout.readline)).strip()
+    assert oid, first.stderr.read() if first.stderr else ""
+    deadline = time.monotonic() + 30
+    while len(fake_openai.requests) < 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert len(fake_openai.requests) == 2
+    first.send_signal(signal.SIGKILL)
+    await asyncio.to_thread(first.wait, 10)
+    first.stdout.close()
+    if first.stderr is not None:
+        first.stderr.close()
+    gate.set()
+    before = await _read(db, skey, oid)
+    assert [e.type for e in before][-1] == "llm.requested"  # the call in flight
+
+    second = _spawn("resume", db, counter, skey, env)
+    out, err = await asyncio.to_thread(second.communicate, timeout=60)
+    assert second.returncode == 0, err
+    final = msgspec.json.decode(out.strip().splitlines()[1])
+    assert final["status"] == "completed", final
+    assert final["results"]["s0"]["content"] == "done"
+
+    # Three requests: the first model call once, the second (in flight) twice.
+    assert len(fake_openai.requests) == 3
+    first_call, in_flight, again = (r["messages"] for r in fake_openai.requests)
+    assert len(first_call) == 1
+    assert len(in_flight) == 3  # the user's, the model's tool call, the tool's result
+    assert again == in_flight
+    assert counter.read_text().split() == ["inside"]  # the effect happened once
+
+    after = await _read(db, skey, oid)
+    assert after[: len(before)] == before
+    assert [e.stream_seq for e in after] == list(range(1, len(after) + 1))
+    types = [e.type for e in after]
+    # One attempt, not interrupted: the resumed run went on with it.
+    assert types.count("step.started") == 1
+    assert "step.failed" not in types
+    assert types.count("llm.requested") == 3  # the one in flight, then made again
+    assert types.count("llm.completed") == 2
+    assert (types.count("tool.invoked"), types.count("tool.completed")) == (1, 1)
+    assert msgspec.json.decode(msgspec.json.encode(replay(after))) == final
