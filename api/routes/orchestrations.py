@@ -325,15 +325,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
     tenant = principal.tenant_id
     await _known(s, tenant, oid)
     last = _last_event_id(request)
+    headers = {
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+    }
+    if request.method == "HEAD":
+        # No body follows, so nothing to wait for: the stream would hold the connection.
+        return web.Response(headers=headers)
     sub = s.hub.subscribe(tenant, oid)
     try:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         done = False
         backlog = await s.log.read_stream(tenant, oid, after_seq=last)

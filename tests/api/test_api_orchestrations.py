@@ -530,3 +530,26 @@ async def test_regression_an_idempotency_key_lock_is_kept_while_a_request_waits_
     assert all(isinstance(r, StorageUnavailableError) for r in results), results
     assert most == 1, "two requests with one Idempotency-Key ran at once"
     assert client.app[SERVICES].idempotency_locks == {}
+
+
+async def test_head_on_an_open_event_stream_answers_at_once(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """Regression: HEAD ran the SSE handler, which waits for the stream to end. HEAD
+    sends no body, so the client was done while the handler and its subscription stayed
+    until the orchestration ended or the connection closed, and a next request on that
+    keep-alive connection waited behind it."""
+    agent, _ = await setup_workflow(client, tenant_a)
+    resp = await client.post(
+        "/v1/orchestrations",
+        json={"executor": "external", "agent_id": agent, "input": {"q": "hi"}},
+        headers=tenant_a.headers,
+    )
+    assert resp.status == 202, await resp.text()
+    oid = (await resp.json())["orchestration_id"]  # stays running: nobody records steps
+    head = await asyncio.wait_for(
+        client.head(f"/v1/orchestrations/{oid}/events/stream", headers=tenant_a.headers), 5
+    )
+    assert head.status == 200
+    assert head.content_type == "text/event-stream"
+    assert not client.app[SERVICES].hub._subs  # nothing stays subscribed
