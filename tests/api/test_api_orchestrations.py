@@ -12,7 +12,14 @@ from contextlib import closing
 from typing import Any
 
 from aiohttp.test_utils import TestClient
-from api_helpers import Tenant, json_ok, new_tenant, scripted, setup_workflow
+from api_helpers import (
+    Tenant,
+    external_orchestration,
+    json_ok,
+    new_tenant,
+    scripted,
+    setup_workflow,
+)
 from ulid import ULID
 
 import verifier
@@ -539,14 +546,7 @@ async def test_head_on_an_open_event_stream_answers_at_once(
     sends no body, so the client was done while the handler and its subscription stayed
     until the orchestration ended or the connection closed, and a next request on that
     keep-alive connection waited behind it."""
-    agent, _ = await setup_workflow(client, tenant_a)
-    resp = await client.post(
-        "/v1/orchestrations",
-        json={"executor": "external", "agent_id": agent, "input": {"q": "hi"}},
-        headers=tenant_a.headers,
-    )
-    assert resp.status == 202, await resp.text()
-    oid = (await resp.json())["orchestration_id"]  # stays running: nobody records steps
+    oid = await external_orchestration(client, tenant_a)  # runs until steps are recorded
     head = await asyncio.wait_for(
         client.head(f"/v1/orchestrations/{oid}/events/stream", headers=tenant_a.headers), 5
     )
