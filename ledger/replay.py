@@ -15,8 +15,9 @@ starts from the first event.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol, TypeVar
 
 import msgspec
@@ -52,7 +53,12 @@ class Projection(Protocol[S]):
 
     def apply(self, state: S, event: Event) -> S: ...
 
-    def encode(self, state: S) -> bytes: ...
+    def encode(self, state: S) -> bytes | Iterator[bytes]:
+        """The state's bytes, or an iterator of their parts: :func:`save_snapshot` then
+        lets the event loop run between parts. The first part is taken at once, so the
+        iterator must capture the state before yielding it (frozen values, copied
+        containers); what it encodes later must not change meanwhile."""
+        ...
 
     def decode(self, data: bytes) -> S: ...
 
@@ -150,11 +156,24 @@ async def save_snapshot(
 ) -> None:
     """Remember ``state`` as the fold of the first ``log_size`` leaves.
 
-    The state is encoded before anything is awaited: a live projection may fold newer
-    events meanwhile, and its snapshot must hold exactly the first ``log_size``.
+    The state is captured before anything is awaited: a live projection may fold newer
+    events meanwhile, and its snapshot must hold exactly the first ``log_size``. A large
+    state is encoded part by part between turns of the event loop, and sealed in a
+    thread (hashing releases the interpreter lock), so neither stalls the loop.
     """
-    data = projection.encode(state)
+    encoded = projection.encode(state)
+    if isinstance(encoded, bytes):
+        data = encoded
+    else:
+        parts = [next(encoded, b"")]  # captures the state, before the first await
+        while True:
+            await asyncio.sleep(0)
+            part = next(encoded, None)
+            if part is None:
+                break
+            parts.append(part)
+        data = b"".join(parts)
     root = await log.root_at(log_size)
-    seal = log.seal(_sealed(projection.name, log_size, root, data))
+    seal = await asyncio.to_thread(log.seal, _sealed(projection.name, log_size, root, data))
     snapshot = _Snapshot(log_size, root, data, seal)
     await log.store.save_snapshot(projection.name, log_size, msgspec.msgpack.encode(snapshot))

@@ -24,6 +24,7 @@ from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
 from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
+from ledger.orchestration import registry as registry_module
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -109,6 +110,22 @@ async def test_the_registry_survives_its_snapshot_unchanged(harness: Harness) ->
     # The latest registration is the one served without a revision.
     bot = next(a for a in restored.agents(TENANT) if a.name == "bot")
     assert bot.model == "m2"
+
+
+async def test_a_snapshot_in_parts_is_the_whole_snapshot(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine saves the registry part by part (so a large one does not hold the
+    event loop); the parts make exactly the one-piece snapshot, whatever their size."""
+    engine = await harness.open()
+    await _work(engine, runs=3)
+    whole = engine.registry.snapshot()
+    for per_part in (1, 2, 1000):
+        monkeypatch.setattr(registry_module, "_SUMMARIES_PER_PART", per_part)
+        parts = list(engine.registry.snapshot_parts())
+        assert len(parts) == 2 + -(-6 // per_part)  # head, the summaries, the tail
+        assert b"".join(parts) == whole
+    assert _views(Registry.from_snapshot(whole)) == _views(engine.registry)
 
 
 async def test_a_snapshot_that_is_not_of_this_log_is_ignored(tmp_path: Path) -> None:

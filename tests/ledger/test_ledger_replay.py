@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -156,6 +157,57 @@ async def test_regression_a_snapshot_holds_the_state_as_of_its_call_not_later_fo
     live.append(6)  # meanwhile the live fold takes in leaf 6
     await saving
     assert await load_snapshot(log, _Growing()) == ([1, 2, 3, 4, 5], 5)
+    await log.close()
+
+
+class _GrowingInParts(_Growing):
+    """:class:`_Growing` encoded one item a part, as a large state would be; notes the
+    value of ``clock()`` as each part is taken."""
+
+    name = "growing-in-parts/v1"
+
+    def __init__(self, clock: Callable[[], int] = lambda: 0) -> None:
+        self._clock = clock
+        self.taken_at: list[int] = []
+
+    def encode(self, state: list[int]) -> Iterator[bytes]:  # type: ignore[override]
+        captured = list(state)
+        self.taken_at.append(self._clock())
+        yield b"["
+        for i, value in enumerate(captured):
+            self.taken_at.append(self._clock())
+            yield (b"," if i else b"") + msgspec.json.encode(value)
+
+    def decode(self, data: bytes) -> list[int]:
+        return msgspec.json.decode(data + b"]", type=list[int])
+
+
+async def test_a_state_encoded_in_parts_lets_the_loop_run_and_holds_the_state_of_the_call(
+    tmp_path: Path,
+) -> None:
+    """Encoding a large state in one call held the event loop for all of it (~90 ms for
+    the registry of 100,000 orchestrations). In parts, other tasks run between them,
+    and what they fold meanwhile stays out of the snapshot."""
+    log = await open_log(tmp_path / "l.db")
+    await _count_up(log, 5)
+    turns = 0
+    projection = _GrowingInParts(lambda: turns)
+    live = await fold_log(log, projection)
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            live.append(100 + turns)  # a fold going on meanwhile
+            await asyncio.sleep(0)
+
+    other = asyncio.create_task(other_work())
+    await save_snapshot(log, projection, live, log.size)
+    other.cancel()
+    assert await load_snapshot(log, projection) == ([1, 2, 3, 4, 5], 5)
+    # Six parts, and the other task ran between each two.
+    assert len(projection.taken_at) == 6
+    assert projection.taken_at == sorted(set(projection.taken_at))
     await log.close()
 
 
