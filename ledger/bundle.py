@@ -64,20 +64,17 @@ async def write_bundle(
             }
         )
     )
-    written: set[int] = set()
+    written = {size}  # a receipt of the header's size uses the header checkpoint (§6)
     for rec in records:
         if rec.tree_size not in written:
             written.add(rec.tree_size)
             checkpoint = await log.checkpoint_at(rec.tree_size)
-            proof = (
-                [] if rec.tree_size == size else await log.consistency_proof(rec.tree_size, size)
-            )
             await write(
                 _line(
                     {
                         "kind": "checkpoint",
                         "checkpoint": checkpoint.note,
-                        "consistency_proof": proof,
+                        "consistency_proof": await log.consistency_proof(rec.tree_size, size),
                     }
                 )
             )

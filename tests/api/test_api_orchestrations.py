@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import dataclasses
+import json
 import uuid
 from contextlib import closing
 from typing import Any
@@ -139,6 +140,32 @@ async def test_bundle_verifies_offline(client: TestClient, tenant_a: Tenant) -> 
     assert report.status == "completed"
     assert not report.running
     assert report.event_count == len(state["receipts"])
+
+
+async def test_regression_a_bundle_has_no_checkpoint_line_for_the_header_checkpoint(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """log-format §6: a receipt issued at the header's own size uses the header
+    checkpoint, with no separate line. One was written, with an empty proof, and the
+    verifier counted that checkpoint twice."""
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(
+        client, tenant_a, {"workflow_id": wf, "agents": [agent]}, headers={"Prefer": "wait=10"}
+    )
+    resp = await client.get(
+        f"/v1/orchestrations/{state['orchestration_id']}/bundle", headers=tenant_a.headers
+    )
+    body = await resp.read()
+    lines = [json.loads(line) for line in body.splitlines()]
+    header = lines[0]
+    header_size = verifier.verify_checkpoint(header["checkpoint"], await vkey(client)).size
+    sizes = [int(e["receipt"]["tree_size"]) for e in lines if e["kind"] == "event"]
+    assert header_size in sizes  # the last batch's receipts are of the header's size
+    checkpoint_lines = [e for e in lines if e["kind"] == "checkpoint"]
+    assert all(e["checkpoint"] != header["checkpoint"] for e in checkpoint_lines)
+    assert len(checkpoint_lines) == len(set(sizes) - {header_size})
+    report = verifier.verify_bundle(body, await vkey(client))
+    assert report.checkpoints_verified == 1 + len(checkpoint_lines)
 
 
 async def test_idempotency_key(client: TestClient, tenant_a: Tenant) -> None:
