@@ -15,7 +15,7 @@ import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import closing, suppress
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import msgspec
 import structlog
@@ -277,8 +277,15 @@ def _help(name: str, text: str) -> str:
     return f"{text} (env {ENV_VARS[name]})"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the module's contract), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="maip-ledger", description=__doc__.split("\n")[0])
+    p = _Parser(prog="maip-ledger", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_dir(sp: argparse.ArgumentParser) -> None:

@@ -58,6 +58,28 @@ def test_cli_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     assert "MAIP_PORT" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (("serve", "--port", "abc"), "argument --port: invalid int value: 'abc'"),
+        (("serve", "--rate-limit", "fast"), "argument --rate-limit"),
+        (("serve", "--no-such-flag"), "unrecognized arguments: --no-such-flag"),
+        (("keys",), "the following arguments are required: keys_command"),
+        (("launch",), "invalid choice: 'launch'"),
+    ],
+)
+def test_regression_a_flag_argparse_refuses_is_one_line_exit_2(
+    tmp_path: Path, args: tuple[str, ...], named: str
+) -> None:
+    """argparse printed its whole usage (18 lines) before the error, against the CLI's
+    one-line contract, which MAIP_PORT=abc already kept."""
+    r = cli(*args, env={"MAIP_DATA_DIR": str(tmp_path)})
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith("maip-ledger")
+    assert named in r.stderr
+
+
 def test_serve_rejects_bad_bounds_and_cache_sizes(tmp_path: Path) -> None:
     d = str(tmp_path)
     for args, env, named in [
