@@ -97,7 +97,7 @@ def test_unfinished_is_every_engine_run_that_has_not_ended(
         key=lambda s: s.orchestration_id,
     )
     assert registry.unfinished() == expected
-    restored = RegistryProjection().decode(RegistryProjection().encode(registry))
+    restored = RegistryProjection().decode(b"".join(RegistryProjection().encode(registry)))
     assert restored.unfinished() == expected
     assert _all_summaries(restored) == _all_summaries(registry)
 
