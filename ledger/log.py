@@ -308,6 +308,10 @@ class Log:
             with contextlib.suppress(Exception):
                 await self._writer
             self._writer = None
+        # Nothing queues once closing is set (submit), so this is only a backstop: an
+        # append left here would never be decided, and its caller would wait for ever.
+        stranded, self._pending = self._pending, []
+        _fail(stranded, StorageUnavailableError("the log closed before this append was taken"))
         await self._store.close()
 
     # -- appending ---------------------------------------------------------------------
@@ -456,6 +460,10 @@ class Log:
         key = (tenant_id, stream_id)
         if key not in self._heads:
             await self._head(key)
+            # The log may have closed, or its writer died, during that read: nothing
+            # would ever take this append, and its outcome cannot be cancelled.
+            if self._closing:
+                raise StorageUnavailableError("the log is shutting down")
         future: asyncio.Future[list[Receipt]] = _Outcome(loop=self._loop)
         self._pending.append(
             _Append(tenant_id, stream_id, expected_seq, built, leaves, ids, hashes, future)

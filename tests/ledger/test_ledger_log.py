@@ -435,3 +435,24 @@ async def test_regression_appends_queued_when_the_writer_dies_fail_instead_of_ha
     with pytest.raises(StorageUnavailableError):
         await log.append("t1", "s3", 0, [note("c")])
     await log.close()
+
+
+async def test_regression_close_while_an_append_awaits_its_stream_head_fails_the_append(
+    tmp_path: Path,
+) -> None:
+    # submit() checked for closing only before awaiting the head of a stream it had not
+    # seen; queued after close() had stopped the writer, the append was never decided,
+    # and its outcome cannot be cancelled, so its caller (and loop teardown) hung.
+    log = await open_log(tmp_path / "l.db")
+    task = asyncio.create_task(log.append("t1", "new-stream", 0, [note("x")]))
+    await asyncio.sleep(0)  # inside submit(), awaiting the head read
+    await log.close()
+    done, _ = await asyncio.wait([task], timeout=10)
+    stranded = list(log._pending)
+    for req in stranded:  # so that the test fails rather than hangs teardown
+        if not req.future.done():
+            req.future.set_exception(LedgerError("stranded"))
+    await asyncio.wait([task], timeout=10)
+    assert done, f"append() never finished: {len(stranded)} stranded"
+    with pytest.raises(StorageUnavailableError):
+        task.result()
