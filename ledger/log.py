@@ -430,6 +430,11 @@ class Log:
         moment = now or self._now()
         default_time = format_time(moment)
         ms = int(moment.timestamp() * 1000)
+        if not 0 <= ms < 1 << 48:
+            # Event ids are ULIDs, whose 48-bit millisecond time starts at 1970.
+            raise InvalidEventError(
+                f"append time {default_time} is outside the event id time range (1970 on)"
+            )
         mint = self._ids.mint
         coerce = self._catalog.coerce
         built: list[Event] = []

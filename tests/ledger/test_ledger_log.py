@@ -8,6 +8,7 @@ import random
 import sqlite3
 import time
 from collections.abc import Awaitable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -456,3 +457,17 @@ async def test_regression_close_while_an_append_awaits_its_stream_head_fails_the
     assert done, f"append() never finished: {len(stranded)} stranded"
     with pytest.raises(StorageUnavailableError):
         task.result()
+
+
+async def test_regression_an_append_timed_before_1970_is_an_invalid_event(tmp_path: Path) -> None:
+    # The event ids' ULID time starts at 1970; the mint's bare ValueError escaped
+    # submit(), outside the ledger's exception root.
+    log = await open_log(tmp_path / "l.db")
+    try:
+        with pytest.raises(InvalidEventError, match="1970"):
+            await log.append("t1", "s1", 0, [note("x")], now=datetime(1969, 7, 20, tzinfo=UTC))
+        assert not log._pending
+        (receipt,) = await log.append("t1", "s1", 0, [note("y")], now=FIXED_TIME)
+        assert receipt.leaf_index == 0
+    finally:
+        await log.close()
