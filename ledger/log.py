@@ -15,7 +15,8 @@ Append protocol (``specs/log-format.md`` §3, §4):
 A batch whose commit fails is discarded whole: its checkpoint never leaves the
 process, nothing is acknowledged, and the next batch reuses the same tree positions.
 A batch queued behind it fails too (the store refuses a batch that does not continue
-the log), and nothing of it is acknowledged either.
+the log), and nothing of it is acknowledged either. A batch still being prepared is
+not queued yet: it is prepared again, on the log's real end.
 """
 
 from __future__ import annotations
@@ -537,26 +538,37 @@ class Log:
 
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
         """Check, hash, sign and build receipts for a batch on the provisional tip."""
-        frontier = self._tip
-        start_size = size = frontier.size
-        overlay: dict[tuple[str, str], int] = {}
-        accepted: list[tuple[_Append, int]] = []
-        leaves: list[bytes] = []
-        for req in batch:
-            key = (req.tenant, req.stream)
-            current = overlay.get(key)
-            if current is None:
-                current = self._tip_heads.get(key)
-            if current is None:
-                current = await self._head(key)
-            if req.expected != current:
-                if not req.future.done():
-                    req.future.set_exception(ConflictError(req.stream, req.expected, current))
-                continue
-            accepted.append((req, size))
-            leaves.extend(req.hashes)
-            size += len(req.hashes)
-            overlay[key] = current + len(req.hashes)
+        while True:
+            epoch = self._epoch
+            frontier = self._tip
+            start_size = size = frontier.size
+            overlay: dict[tuple[str, str], int] = {}
+            accepted: list[tuple[_Append, int]] = []
+            conflicts: list[tuple[_Append, int]] = []
+            leaves: list[bytes] = []
+            for req in batch:
+                key = (req.tenant, req.stream)
+                current = overlay.get(key)
+                if current is None:
+                    current = self._tip_heads.get(key)
+                if current is None:
+                    current = await self._head(key)
+                    if self._epoch != epoch:
+                        break
+                if req.expected != current:
+                    conflicts.append((req, current))
+                    continue
+                accepted.append((req, size))
+                leaves.extend(req.hashes)
+                size += len(req.hashes)
+                overlay[key] = current + len(req.hashes)
+            else:
+                break
+            # A commit failed during that read and its tip was discarded: this batch,
+            # not yet queued, is the next one, and starts again where the log ends.
+        for req, current in conflicts:
+            if not req.future.done():
+                req.future.set_exception(ConflictError(req.stream, req.expected, current))
         if not accepted:
             return None
         ext = tlog.extend(frontier, leaves)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
+from collections.abc import Awaitable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -11,11 +13,13 @@ from typing import Any
 import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from ledger.errors import StorageUnavailableError
 from ledger.events import EventCatalog
 from ledger.fsck import FsckReport, fsck
 from ledger.log import Log
 from ledger.note import NoteSigner
 from ledger.sqlite_store import SQLiteEventStore
+from ledger.store import Batch
 
 VECTORS = Path(__file__).resolve().parents[2] / "specs" / "vectors"
 ORIGIN = "test.maip.local/log"
@@ -57,3 +61,40 @@ async def fsck_path(path: Path) -> FsckReport:
         return await fsck(store, signer().verifier)
     finally:
         await store.close()
+
+
+class GatedStore(SQLiteEventStore):
+    """The real store, with commits and stream-head reads a test lets through one by
+    one: each commit planned in ``plan`` waits for its event, then fails (as a full
+    disk) or writes; while ``head_gate`` is set, head reads wait for it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.plan: list[tuple[asyncio.Event, bool]] = []
+        self.head_gate: asyncio.Event | None = None
+
+    def commit(self, batch: Batch) -> Awaitable[None]:
+        if not self.plan:
+            return super().commit(batch)
+        gate, fail = self.plan.pop(0)
+        real = super().commit
+
+        async def run() -> None:
+            await gate.wait()
+            if fail:
+                raise StorageUnavailableError("storage cannot write: disk full (injected)")
+            await real(batch)
+
+        return asyncio.ensure_future(run())
+
+    async def stream_heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        gate = self.head_gate
+        if gate is not None:
+            await gate.wait()
+        return await super().stream_heads(keys)
+
+
+async def spin(turns: int = 20) -> None:
+    """Let every task that can run without a thread's answer run."""
+    for _ in range(turns):
+        await asyncio.sleep(0)

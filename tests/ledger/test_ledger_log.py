@@ -12,7 +12,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from ledger_testkit import CATALOG, FIXED_TIME, Note, fsck_path, open_log, signer
+from ledger_testkit import (
+    CATALOG,
+    FIXED_TIME,
+    GatedStore,
+    Note,
+    fsck_path,
+    open_log,
+    signer,
+    spin,
+)
 
 from ledger import merkle
 from ledger.checkpoint import open_checkpoint
@@ -471,3 +480,45 @@ async def test_regression_an_append_timed_before_1970_is_an_invalid_event(tmp_pa
         assert receipt.leaf_index == 0
     finally:
         await log.close()
+
+
+async def test_regression_a_batch_prepared_while_the_one_before_fails_is_not_corruption(
+    tmp_path: Path,
+) -> None:
+    # _prepare took the provisional tip, then awaited an evicted stream's head; the
+    # batch in flight failed meanwhile and the tip was discarded, yet the batch was
+    # built on the old tip under the new epoch, and the store's refusal of its gap
+    # reached its appenders as IntegrityError (corruption) instead of a clean append.
+    path = tmp_path / "l.db"
+    store = GatedStore(path)
+    log = await Log.open(store, signer(), CATALOG, stream_cache=1)
+    try:
+        await log.append("t1", "s0", 0, [note("warm-up")])
+        written, full = asyncio.Event(), asyncio.Event()
+        store.plan = [(written, False), (full, True)]
+        a = await log.submit("t1", "a", 0, [note("a")])
+        await spin()
+        b = await log.submit("t1", "b", 0, [note("b")])  # prepared on a's tip
+        await spin()
+        c = await log.submit("t1", "c", 0, [note("c")])  # two in flight: c waits
+        store.head_gate = asyncio.Event()
+        written.set()  # a commits, and its finish evicts c's head (stream_cache=1)
+        await asyncio.wait([a], timeout=10)
+        await spin()
+        assert log._taken, "c's batch is not being prepared"
+        assert ("t1", "c") not in log._heads, "c's head was not evicted"
+        full.set()  # b's commit fails while c's head is read
+        await asyncio.wait([b], timeout=10)
+        store.head_gate.set()
+        await asyncio.wait([c], timeout=10)
+        assert a.exception() is None
+        assert isinstance(b.exception(), StorageUnavailableError)
+        assert c.exception() is None, repr(c.exception())
+        (receipt,) = c.result()
+        assert receipt.leaf_index == 2  # where the log really ends, after a
+        assert await log.stream_head("t1", "b") == 0
+    finally:
+        store.head_gate = None
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
