@@ -194,6 +194,8 @@ class Log:
         self._hashes = HashCache(hash_cache_bytes)
         self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
         self._head_reads = BatchedReads(self._read_heads, "log-stream-heads")
+        #: For each head read in flight, the heads committed since it began.
+        self._heads_reading: list[dict[tuple[str, str], int]] = []
         self._row_reads = BatchedReads(self._read_rows, "log-hash-rows")
         self._event_reads = BatchedReads(self._store.events_by_id, "log-events-by-id")
         self._stream_cache = stream_cache
@@ -532,9 +534,21 @@ class Log:
         return (await self._head_reads.get((key,)))[key]
 
     async def _read_heads(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        heads = await self._store.stream_heads(keys)
-        # The writer may have advanced a head meanwhile; its value wins.
-        return {key: self._heads.setdefault(key, head) for key, head in heads.items()}
+        # A commit while the store answers may advance a stream past the head it read,
+        # and the bounded cache may drop that stream again before the answer is back:
+        # caching the answer would bring back the older head, at which a second append
+        # would pass the conflict check and repeat a sequence number. Heads only grow.
+        committed: dict[tuple[str, str], int] = {}
+        self._heads_reading.append(committed)
+        try:
+            heads = await self._store.stream_heads(keys)
+        finally:
+            self._heads_reading = [c for c in self._heads_reading if c is not committed]
+        cache = self._heads
+        return {
+            key: cache.setdefault(key, max(head, committed.get(key, head)))
+            for key, head in heads.items()
+        }
 
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
         """Check, hash, sign and build receipts for a batch on the provisional tip."""
@@ -679,6 +693,8 @@ class Log:
                 del tip_heads[key]
         while len(heads) > self._stream_cache:
             heads.popitem(last=False)
+        for committed in self._heads_reading:
+            committed.update(p.heads)
         for (req, _), receipts_for in zip(p.accepted, p.receipts, strict=True):
             if not req.future.done():
                 req.future.set_result(receipts_for)

@@ -66,12 +66,15 @@ async def fsck_path(path: Path) -> FsckReport:
 class GatedStore(SQLiteEventStore):
     """The real store, with commits and stream-head reads a test lets through one by
     one: each commit planned in ``plan`` waits for its event, then fails (as a full
-    disk) or writes; while ``head_gate`` is set, head reads wait for it."""
+    disk) or writes. While ``head_gate`` is not None, a head read is made at once but
+    its answer is held (and ``head_held`` set) until the gate is set: a read that
+    reaches the database before a commit and returns after it."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path)
         self.plan: list[tuple[asyncio.Event, bool]] = []
         self.head_gate: asyncio.Event | None = None
+        self.head_held = asyncio.Event()
 
     def commit(self, batch: Batch) -> Awaitable[None]:
         if not self.plan:
@@ -88,10 +91,12 @@ class GatedStore(SQLiteEventStore):
         return asyncio.ensure_future(run())
 
     async def stream_heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        heads = await super().stream_heads(keys)
         gate = self.head_gate
         if gate is not None:
+            self.head_held.set()
             await gate.wait()
-        return await super().stream_heads(keys)
+        return heads
 
 
 async def spin(turns: int = 20) -> None:

@@ -522,3 +522,49 @@ async def test_regression_a_batch_prepared_while_the_one_before_fails_is_not_cor
         await log.close()
     report = await fsck_path(path)
     assert report.ok, report.problems
+
+
+async def test_regression_a_head_read_before_a_commit_does_not_bring_back_an_old_head(
+    tmp_path: Path,
+) -> None:
+    # A head read answered after a commit advanced its stream and the stream had left
+    # the bounded head cache put the head it had read (older) back into the cache; an
+    # append at that old head then passed the conflict check and gave the stream a
+    # second event with the same sequence number.
+    path = tmp_path / "l.db"
+    store = GatedStore(path)
+    log = await Log.open(store, signer(), CATALOG, stream_cache=1)
+    try:
+        await log.append("t1", "x", 0, [note("x1")])
+        for stream in ("w", "u"):  # heads known, so the appends below queue at once
+            assert await log.stream_head("t1", stream) == 0
+        first, second = asyncio.Event(), asyncio.Event()
+        store.plan = [(first, False), (second, False)]
+        a = await log.submit("t1", "w", 0, [note("w1")])
+        await spin()
+        b = await log.submit("t1", "x", 1, [note("x2")])
+        c = await log.submit("t1", "u", 0, [note("u1")])  # one batch with b, behind a
+        await spin()
+        first.set()  # a commits, and its finish evicts x's head (stream_cache=1)
+        await asyncio.wait([a], timeout=10)
+        assert ("t1", "x") not in log._heads
+        store.head_gate = asyncio.Event()
+        reading = asyncio.create_task(log.stream_head("t1", "x"))
+        await asyncio.wait_for(store.head_held.wait(), timeout=10)  # x is at 1 in the store
+        second.set()  # b and c commit: x is at 2, and evicted again for u
+        await asyncio.wait([b, c], timeout=10)
+        assert b.exception() is None
+        assert c.exception() is None
+        assert ("t1", "x") not in log._heads
+        store.head_gate.set()
+        await asyncio.wait([reading], timeout=10)
+        with pytest.raises(ConflictError, match="is at seq 2"):
+            await log.append("t1", "x", 1, [note("x2 again")])
+        assert [r.event.stream_seq for r in await log.read_stream("t1", "x")] == [1, 2]
+        assert reading.result() == 2  # what was committed before it answered
+        assert await log.stream_head("t1", "x") == 2
+    finally:
+        store.head_gate = None
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
