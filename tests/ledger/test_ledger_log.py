@@ -468,6 +468,40 @@ async def test_regression_close_while_an_append_awaits_its_stream_head_fails_the
         task.result()
 
 
+class _GatedCommitRaises(GatedStore):
+    def commit(self, batch: Batch) -> Awaitable[None]:
+        raise RuntimeError("defect in commit")
+
+
+async def test_regression_an_append_awaiting_its_stream_head_when_the_writer_dies_fails(
+    tmp_path: Path,
+) -> None:
+    # The same window as close(): the writer died while submit() read a new stream's
+    # head, and the append was then queued where nothing would ever take it.
+    store = _GatedCommitRaises(tmp_path / "l.db")
+    log = await Log.open(store, signer(), CATALOG)
+    try:
+        assert await log.stream_head("t1", "s1") == 0  # cached: its append queues at once
+        gate = store.head_gate = asyncio.Event()
+        late = asyncio.create_task(log.append("t1", "late", 0, [note("x")]))
+        await asyncio.wait_for(store.head_held.wait(), timeout=10)
+        with pytest.raises(StorageUnavailableError):
+            await log.append("t1", "s1", 0, [note("a")])  # the writer dies of it
+        gate.set()
+        done, _ = await asyncio.wait([late], timeout=10)
+        stranded = list(log._pending)
+        for req in stranded:  # so that the test fails rather than hangs teardown
+            if not req.future.done():
+                req.future.set_exception(LedgerError("stranded"))
+        await asyncio.wait([late], timeout=10)
+        assert done, f"append() never finished: {len(stranded)} stranded"
+        with pytest.raises(StorageUnavailableError):
+            late.result()
+    finally:
+        store.head_gate = None
+        await log.close()
+
+
 async def test_regression_an_append_timed_before_1970_is_an_invalid_event(tmp_path: Path) -> None:
     # The event ids' ULID time starts at 1970; the mint's bare ValueError escaped
     # submit(), outside the ledger's exception root.
