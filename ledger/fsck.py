@@ -15,26 +15,41 @@ Unlike the O(log n) startup check, this reads everything:
 
 The first bad leaf index is reported; a tampered byte anywhere in an event, a tree
 hash or a checkpoint is found, and so is an index row that points at the wrong event.
+A value rewritten to another type (a leaf, event id or tree hash row stored as TEXT),
+or to text that is not UTF-8 and so cannot be read, is reported at its leaf as well.
 """
 
 from __future__ import annotations
-
-from collections.abc import AsyncIterator
 
 import msgspec
 
 from ledger import tlog
 from ledger.checkpoint import open_checkpoint
-from ledger.errors import LedgerError
+from ledger.errors import IntegrityError, LedgerError
 from ledger.events import decode_leaf_envelope
 from ledger.ids import ulid_str
 from ledger.merkle import leaf_hash
 from ledger.note import NoteVerifier
-from ledger.store import CheckpointRecord, EventStore, HashRow
+from ledger.store import CheckpointRecord, EventStore, HashRow, StoredEvent
 
 __all__ = ["FsckReport", "fsck"]
 
 _CHUNK = 5000
+
+
+def _kind(value: object) -> str:
+    return type(value).__name__
+
+
+def _leaf_bytes(row: StoredEvent | str, index: int) -> bytes | str:
+    """The row's leaf bytes, or why there are none to hash: the column can be rewritten
+    to another type (replace() on a BLOB stores TEXT), or not be readable at all."""
+    if isinstance(row, str):
+        return f"leaf {index} cannot be read: {row}"
+    leaf: object = row.leaf  # whatever SQLite hands back, whatever the struct says
+    if not isinstance(leaf, bytes):
+        return f"leaf {index} is stored as {_kind(leaf)}, not bytes"
+    return leaf
 
 
 class FsckReport(msgspec.Struct, frozen=True):
@@ -49,15 +64,25 @@ class FsckReport(msgspec.Struct, frozen=True):
         return not self.problems
 
 
-async def _hash_rows(store: EventStore) -> AsyncIterator[HashRow]:
-    index = 0
-    while True:
-        rows = await store.hash_rows([index])
-        row = next((r for r in rows if r.start <= index < r.end), None)
-        if row is None:
-            return
-        yield row
-        index = row.end
+async def _read_events(store: EventStore, index: int, limit: int) -> list[StoredEvent | str]:
+    """Stored events from ``index``. SQLite cannot hand over text that is not UTF-8, and
+    one such value fails the whole read: the rows are then read one by one up to it, and
+    it is given as why it cannot be read (a ``str``)."""
+    try:
+        return list(await store.read_log(index, limit))
+    except IntegrityError:
+        pass
+    out: list[StoredEvent | str] = []
+    for at in range(index, index + limit):
+        try:
+            rows = await store.read_log(at, 1)
+        except IntegrityError as e:
+            out.append(str(e))
+            break
+        if not rows:
+            break
+        out.append(rows[0])
+    return out
 
 
 async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int = 20) -> FsckReport:
@@ -80,44 +105,82 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
     pending_checkpoints = iter(checkpoints)
     next_checkpoint = next(pending_checkpoints, None)
 
-    rows = _hash_rows(store)
-    stored: bytes = b""
-    stored_start = 0
+    row_now: HashRow | None = None
 
-    async def stored_hashes(start: int, count: int) -> bytes | None:
-        nonlocal stored, stored_start
+    async def stored_hashes(start: int, count: int, index: int) -> bytes | str:
+        """The stored hashes ``start .. start+count``, or what is wrong with them."""
+        nonlocal row_now
         out = b""
         while count:
-            offset = start - stored_start
-            if 0 <= offset < len(stored) // 32:
-                take = min(count, len(stored) // 32 - offset)
-                out += stored[offset * 32 : (offset + take) * 32]
-                start += take
-                count -= take
-                continue
-            row = await anext(rows, None)
+            row = row_now
+            if row is None or not row.start <= start < row.end:
+                try:
+                    found = await store.hash_rows([start])
+                except IntegrityError as e:
+                    return f"tree hashes for leaf {index} cannot be read: {e}"
+                row = found[0] if found else None
+            row_now = None
             if row is None:
-                return None
-            stored, stored_start = row.hashes, row.start
+                return f"tree hashes for leaf {index} are missing"
+            hashes: object = row.hashes
+            if not isinstance(hashes, bytes):
+                # Its length says nothing of where the next row starts: not kept, so the
+                # next leaf's hashes are looked up afresh.
+                return f"tree hash row {row.start} is stored as {_kind(hashes)}, not bytes"
+            if not row.start <= start < row.end:
+                return f"tree hashes for leaf {index} are missing"
+            row_now = row
+            offset = start - row.start
+            take = min(count, row.end - start)
+            out += row.hashes[offset * 32 : (offset + take) * 32]
+            start += take
+            count -= take
         return out
+
+    # A row of the wrong type is reported once, at the first leaf whose hashes it holds.
+    said: set[str] = set()
+
+    def bad_once(message: str, index: int) -> None:
+        if message not in said:
+            said.add(message)
+            bad(message, index)
 
     frontier = tlog.Frontier()
     heads: dict[tuple[str, str], int] = {}
     index = 0
-    while chunk := await store.read_log(index, _CHUNK):
+    while chunk := await _read_events(store, index, _CHUNK):
         for row in chunk:
-            if row.leaf_index != index:
+            if isinstance(row, StoredEvent) and row.leaf_index != index:
                 bad(f"leaf index {index} is missing (next stored is {row.leaf_index})", index)
                 return FsckReport(index, len(checkpoints), frontier.size, first_bad, problems)
+            start = tlog.stored_hash_count(index)
             # 1. Re-hash and decode the stored bytes; the columns must agree with them.
-            h = leaf_hash(row.leaf)
-            try:
-                env = decode_leaf_envelope(row.leaf)
-            except LedgerError as e:
-                bad(f"leaf {index} does not decode: {e}", index)
+            leaf_bytes = _leaf_bytes(row, index)
+            env = None
+            if isinstance(leaf_bytes, str):
+                bad(leaf_bytes, index)
+                # The tree is rebuilt on with its stored leaf hash, so the leaves after it
+                # are still checked rather than all reported with it.
+                stored_leaf = await stored_hashes(start, 1, index)
+                h = stored_leaf if isinstance(stored_leaf, bytes) else bytes(32)
             else:
+                h = leaf_hash(leaf_bytes)
+                try:
+                    env = decode_leaf_envelope(leaf_bytes)
+                except LedgerError as e:
+                    bad(f"leaf {index} does not decode: {e}", index)
+            if env is not None and isinstance(row, StoredEvent):
+                stored_id: object = row.event_id
+                if isinstance(stored_id, bytes):
+                    event_id = ulid_str(stored_id)
+                else:
+                    bad(
+                        f"leaf {index}'s event id is stored as {_kind(stored_id)}, not bytes",
+                        index,
+                    )
+                    event_id = env.event_id  # reported; the other columns are still compared
                 columns = (
-                    ulid_str(row.event_id),
+                    event_id,
                     row.tenant_id,
                     row.stream_id,
                     row.stream_seq,
@@ -135,11 +198,10 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
                     )
                 heads[key] = env.stream_seq
             # 2. The rebuilt stored hashes must equal the stored ones.
-            start = tlog.stored_hash_count(index)
             rebuilt = b"".join(frontier.append(h))
-            on_disk = await stored_hashes(start, len(rebuilt) // 32)
-            if on_disk is None:
-                bad(f"tree hashes for leaf {index} are missing", index)
+            on_disk = await stored_hashes(start, len(rebuilt) // 32, index)
+            if isinstance(on_disk, str):
+                bad_once(on_disk, index)
             elif on_disk != rebuilt:
                 bad(f"leaf {index} does not match its stored tree hashes", index)
             index += 1
@@ -147,6 +209,8 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
             while next_checkpoint is not None and next_checkpoint.tree_size == index:
                 cp = next_checkpoint
                 try:
+                    if not isinstance(cp.note, str):
+                        raise IntegrityError(f"its note is stored as {_kind(cp.note)}, not text")
                     parsed = open_checkpoint(cp.note, verifier)
                 except LedgerError as e:
                     bad(f"checkpoint at size {cp.tree_size} does not verify: {e}", cp.tree_size - 1)

@@ -271,6 +271,8 @@ class Log:
             return
         # 1. The checkpoint must be ours: signed by this key, for this origin.
         try:
+            if not isinstance(record.note, str):
+                raise IntegrityError(f"its note is stored as {type(record.note).__name__}")
             checkpoint = open_checkpoint(record.note, self._verifier)
         except LedgerError as e:
             raise IntegrityError(
@@ -294,7 +296,12 @@ class Log:
         if size:
             last = await self._store.read_log(size - 1, 1)
             (stored_leaf,) = await self._read_hashes([tlog.stored_hash_index(0, size - 1)])
-            if not last or leaf_hash(last[0].leaf) != stored_leaf:
+            # A column rewritten to TEXT (replace() on a BLOB) reads back as str.
+            if (
+                not last
+                or not isinstance(last[0].leaf, bytes)
+                or leaf_hash(last[0].leaf) != stored_leaf
+            ):
                 raise IntegrityError(
                     f"leaf {size - 1} does not match its stored hash", index=size - 1
                 )
@@ -747,6 +754,12 @@ class Log:
 
     async def _read_rows(self, indexes: list[int]) -> list[HashRow]:
         rows = sorted(await self._store.hash_rows(indexes), key=lambda r: r.start)
+        for row in rows:
+            # Sliced as it is, a row rewritten to TEXT would hand out str as hashes.
+            if not isinstance(row.hashes, bytes):
+                raise IntegrityError(
+                    f"stored tree hash row {row.start} is {type(row.hashes).__name__}, not bytes"
+                )
         self._hashes.add(rows)
         return rows
 

@@ -155,8 +155,13 @@ def _triggers() -> str:
 
 
 def _unavailable(e: sqlite3.Error) -> LedgerError:
-    """Map SQLite's failure to write into our error; anything else is integrity."""
+    """Map SQLite's failure to read or write into our error; anything else is integrity."""
     message = str(e).lower()
+    if "could not decode" in message:
+        # Text that is not UTF-8 was written behind the store's back (the writer binds
+        # only str and bytes): damage, not a medium that cannot write. The rest of
+        # SQLite's message quotes the whole value.
+        return IntegrityError(f"stored text is not UTF-8: {str(e).split(' with text ')[0]}")
     transient = ("full", "readonly", "read-only", "disk i/o", "locked", "unable to open")
     if isinstance(e, sqlite3.OperationalError) or any(w in message for w in transient):
         return StorageUnavailableError(f"storage cannot write: {e}")

@@ -3,17 +3,42 @@ subprocess, every receipt checked with the independent verifier."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import signal
 import sqlite3
 from pathlib import Path
 
+import msgspec
 import pytest
 from api_helpers import THREE_STEP, scripted, write_signing_key
 from api_server import Server, admin_key_headers, cli
 
 import verifier
+from ledger.events import EventCatalog, NewEvent
+from ledger.keys import KEY_FILE, load_signer
+from ledger.log import Log
+from ledger.sqlite_store import SQLiteEventStore
+
+
+class _Note(msgspec.Struct, frozen=True):
+    text: str
+
+
+async def _ledger_of_notes(data: Path, texts: list[str]) -> None:
+    """A data dir whose ledger holds one note event per text, each its own batch."""
+    write_signing_key(data)
+    log = await Log.open(
+        SQLiteEventStore(data / "ledger.db"),
+        load_signer(data / KEY_FILE),
+        EventCatalog({"note.added": _Note}),
+    )
+    try:
+        for seq, text in enumerate(texts):
+            await log.append("t1", "s1", seq, [NewEvent("note.added", _Note(text))])
+    finally:
+        await log.close()
 
 
 def test_keys_create_list_revoke(tmp_path: Path) -> None:
@@ -269,3 +294,19 @@ def test_regression_a_failed_export_leaves_no_partial_file(tmp_path: Path) -> No
     assert r.returncode == 2, r.stderr[-400:]
     assert r.stderr.count("\n") == 1, r.stderr[-400:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "partial output left behind"
+
+
+def test_regression_fsck_reports_a_leaf_rewritten_as_text_instead_of_crashing(
+    tmp_path: Path,
+) -> None:
+    # replace() on a BLOB stores TEXT: fsck hashed the str it read back and crashed.
+    asyncio.run(_ledger_of_notes(tmp_path, [f"urgent {i}" for i in range(5)]))
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("DROP TRIGGER events_no_update")
+    db.execute("UPDATE events SET leaf = replace(leaf, 'urgent', 'URGENT') WHERE leaf_index = 2")
+    db.commit()
+    db.close()
+    r = cli("fsck", "--data-dir", str(tmp_path), "--json")
+    assert "Traceback" not in r.stderr, r.stderr[-400:]
+    assert r.returncode == 1, r.stderr[-400:]
+    assert json.loads(r.stdout)["first_bad_index"] == 2

@@ -92,3 +92,58 @@ async def test_an_event_missing_from_the_stream_index_is_reported(tmp_path: Path
     report = await fsck_path(path)
     assert report.problems == ["leaf 5 is missing from the stream index"]
     assert report.first_bad_index == 5
+
+
+def _tamper(path: Path, *statements: str) -> None:
+    conn = sqlite3.connect(path)
+    for statement in statements:
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+
+
+async def test_regression_a_tree_hash_row_rewritten_as_text_is_reported(tmp_path: Path) -> None:
+    # The row's value is TEXT, not BLOB: hashing went on with it and crashed.
+    path = tmp_path / "l.db"
+    await _build(path, 5)
+    _tamper(
+        path,
+        "DROP TRIGGER tree_hashes_no_update",
+        "UPDATE tree_hashes SET hashes = hex(hashes) WHERE start = 0",
+    )
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 0
+    assert report.problems == ["tree hash row 0 is stored as str, not bytes"]
+
+
+async def test_regression_a_leaf_rewritten_as_text_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    await _build(path, 5)
+    _tamper(
+        path,
+        "DROP TRIGGER events_no_update",
+        "UPDATE events SET leaf = CAST(leaf AS TEXT) WHERE leaf_index = 2",
+        "UPDATE events SET event_id = hex(event_id) WHERE leaf_index = 3",
+    )
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 2
+    assert any("leaf 2 is stored as str, not bytes" in p for p in report.problems)
+    assert any("leaf 3's event id is stored as str, not bytes" in p for p in report.problems)
+
+
+async def test_regression_a_column_of_text_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    # SQLite cannot hand such a value to Python as text: the read itself fails, which
+    # was taken for storage that cannot write rather than for damage.
+    path = tmp_path / "l.db"
+    await _build(path, 5)
+    _tamper(
+        path,
+        "DROP TRIGGER events_no_update",
+        "UPDATE events SET leaf = CAST(leaf || x'ff' AS TEXT) WHERE leaf_index = 3",
+    )
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 3
+    assert any("leaf 3 cannot be read" in p for p in report.problems), report.problems

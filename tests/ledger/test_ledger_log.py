@@ -602,3 +602,30 @@ async def test_regression_a_head_read_before_a_commit_does_not_bring_back_an_old
         await log.close()
     report = await fsck_path(path)
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize(
+    ("trigger", "update"),
+    [
+        ("events_no_update", "UPDATE events SET leaf = CAST(leaf AS TEXT) WHERE leaf_index = 2"),
+        ("events_no_update", "UPDATE events SET leaf = CAST(leaf || x'ff' AS TEXT)"),
+        ("tree_hashes_no_update", "UPDATE tree_hashes SET hashes = hex(hashes)"),
+    ],
+    ids=["leaf-as-text", "leaf-as-text-not-utf8", "tree-hashes-as-text"],
+)
+async def test_regression_open_refuses_columns_rewritten_as_text_as_integrity_errors(
+    tmp_path: Path, trigger: str, update: str
+) -> None:
+    # Startup hashed what it read without asking its type, and crashed with TypeError
+    # (or, for text that is not UTF-8, said storage could not write).
+    log = await open_log(tmp_path / "l.db")
+    for i in range(3):
+        await log.append("t1", "s", i, [note(f"value-{i}")])
+    await log.close()
+    conn = sqlite3.connect(tmp_path / "l.db")
+    conn.execute(f"DROP TRIGGER {trigger}")
+    conn.execute(update)
+    conn.commit()
+    conn.close()
+    with pytest.raises(IntegrityError):
+        await open_log(tmp_path / "l.db")
