@@ -4,7 +4,9 @@ Unlike the O(log n) startup check, this reads everything:
 
 1. every stored event's bytes are re-hashed (RFC 6962 leaf hash) and decoded; the
    columns it is found by (event id, tenant, stream, sequence, type) must match the
-   leaf, leaf indexes must run 0, 1, 2, … and each stream's sequence 1, 2, 3, …;
+   leaf, leaf indexes must run 0, 1, 2, … and each stream's sequence 1, 2, 3, …; its
+   receipt's tree size must be the size of the first checkpoint that covers it (the
+   end of the batch it was committed in);
 2. the tree is rebuilt from those leaf hashes, and every stored interior hash must
    equal the rebuilt one;
 3. every stored checkpoint must verify under the log's key and its root must equal
@@ -197,6 +199,18 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
                         index,
                     )
                 heads[key] = env.stream_seq
+            # An event's receipt is issued at the end of its batch, and tree_size is how
+            # it is found again: the next checkpoint is where that batch ended.
+            if (
+                isinstance(row, StoredEvent)
+                and next_checkpoint is not None
+                and row.tree_size != next_checkpoint.tree_size
+            ):
+                bad(
+                    f"leaf {index} says its receipt was issued at tree size {row.tree_size!r}, "
+                    f"but its batch ends at {next_checkpoint.tree_size}",
+                    index,
+                )
             # 2. The rebuilt stored hashes must equal the stored ones.
             rebuilt = b"".join(frontier.append(h))
             on_disk = await stored_hashes(start, len(rebuilt) // 32, index)

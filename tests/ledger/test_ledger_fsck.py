@@ -147,3 +147,25 @@ async def test_regression_a_column_of_text_that_is_not_utf8_is_reported(tmp_path
     assert not report.ok
     assert report.first_bad_index == 3
     assert any("leaf 3 cannot be read" in p for p in report.problems), report.problems
+
+
+async def test_regression_an_edited_receipt_tree_size_is_reported(tmp_path: Path) -> None:
+    # An event's tree_size picks the checkpoint and proof size of its receipt; fsck did
+    # not read it, so a receipt that could no longer be served passed as ok.
+    path = tmp_path / "l.db"
+    await _build(path, 6)  # one batch per event: checkpoints at 1, 2, ... 6
+    _tamper(
+        path,
+        "DROP TRIGGER events_no_update",
+        "UPDATE events SET tree_size = 999 WHERE leaf_index = 2",
+        "UPDATE events SET tree_size = 6 WHERE leaf_index = 3",
+        "UPDATE events SET tree_size = 'x' WHERE leaf_index = 4",
+    )
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 2
+    assert report.problems == [
+        "leaf 2 says its receipt was issued at tree size 999, but its batch ends at 3",
+        "leaf 3 says its receipt was issued at tree size 6, but its batch ends at 4",
+        "leaf 4 says its receipt was issued at tree size 'x', but its batch ends at 5",
+    ]
