@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import msgspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.errors import StorageUnavailableError
-from ledger.events import EventCatalog
+from ledger.events import EventCatalog, NewEvent
 from ledger.fsck import FsckReport, fsck
 from ledger.log import Log
 from ledger.note import NoteSigner
@@ -103,3 +104,27 @@ async def spin(turns: int = 20) -> None:
     """Let every task that can run without a thread's answer run."""
     for _ in range(turns):
         await asyncio.sleep(0)
+
+
+@asynccontextmanager
+async def writing_beside(path: Path, start: int = 20) -> AsyncIterator[None]:
+    """A log at ``path`` with ``start`` events, appending one batch after another for as
+    long as the block runs, as a live server would beside a read-only reader."""
+    log = await open_log(path)
+    for seq in range(start):
+        await log.append("t1", "s", seq, [NewEvent("note.added", Note(f"{seq}"))])
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        seq = start
+        while not stop.is_set():
+            await log.append("t1", "s", seq, [NewEvent("note.added", Note(f"{seq}"))])
+            seq += 1
+
+    task = asyncio.create_task(writer())
+    try:
+        yield
+    finally:
+        stop.set()
+        await task
+        await log.close()

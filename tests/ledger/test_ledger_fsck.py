@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from ledger_testkit import Note, fsck_path, open_log
+from ledger_testkit import Note, fsck_path, open_log, writing_beside
 
 from ledger.events import NewEvent
 
@@ -169,3 +169,26 @@ async def test_regression_an_edited_receipt_tree_size_is_reported(tmp_path: Path
         "leaf 3 says its receipt was issued at tree size 6, but its batch ends at 4",
         "leaf 4 says its receipt was issued at tree size 'x', but its batch ends at 5",
     ]
+
+
+async def test_regression_fsck_beside_a_live_writer_does_not_report_tampering(
+    tmp_path: Path,
+) -> None:
+    # fsck read the checkpoints, then the events in later reads: a batch committed in
+    # between looked like events stored beyond the last checkpoint.
+    path = tmp_path / "l.db"
+    async with writing_beside(path):
+        reports = [await fsck_path(path) for _ in range(10)]
+    bad = [r for r in reports if not r.ok]
+    assert not bad, bad[0].problems
+
+
+async def test_events_beyond_the_last_checkpoint_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "l.db"
+    await _build(path, 5)
+    _tamper(
+        path, "DROP TRIGGER checkpoints_no_delete", "DELETE FROM checkpoints WHERE tree_size = 5"
+    )
+    report = await fsck_path(path)
+    assert report.problems == ["5 events are stored but the last checkpoint covers 4"]
+    assert report.first_bad_index == 4
