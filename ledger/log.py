@@ -265,6 +265,15 @@ class Log:
         """The O(log n) startup check: stored tree == last signed checkpoint."""
         record = await self._store.latest_checkpoint()
         count = await self._store.event_count()
+        if count > (record.tree_size if record is not None else 0):
+            # A read-only open beside a live writer, which may commit between the two
+            # reads. A batch's events and checkpoint commit together, so a checkpoint
+            # read after the count covers it unless events are stored that none covers:
+            # then the log is opened as of the first checkpoint. A writer's own open
+            # holds the store's lock, so the two reads agree and the check stays strict.
+            newer = await self._store.latest_checkpoint()
+            if newer is not None and newer.tree_size >= count:
+                count = record.tree_size if record is not None else 0
         if record is None:
             if count:
                 raise IntegrityError(f"{count} events are stored but no checkpoint covers them")

@@ -21,6 +21,7 @@ from ledger_testkit import (
     open_log,
     signer,
     spin,
+    writing_beside,
 )
 
 from ledger import merkle
@@ -629,3 +630,28 @@ async def test_regression_open_refuses_columns_rewritten_as_text_as_integrity_er
     conn.close()
     with pytest.raises(IntegrityError):
         await open_log(tmp_path / "l.db")
+
+
+async def test_regression_a_read_only_open_beside_a_live_writer_succeeds(tmp_path: Path) -> None:
+    # The startup check read the latest checkpoint and the event count in two reads: a
+    # batch committed in between refused the open (`maip-ledger export` beside a server).
+    path = tmp_path / "l.db"
+    async with writing_beside(path):
+        for _ in range(30):
+            ro = await Log.open(SQLiteEventStore(path, read_only=True), signer(), CATALOG)
+            await ro.close()
+
+
+async def test_an_open_refuses_events_beyond_the_latest_checkpoint(tmp_path: Path) -> None:
+    log = await open_log(tmp_path / "l.db")
+    for i in range(3):
+        await log.append("t1", "s", i, [note(f"value-{i}")])
+    await log.close()
+    conn = sqlite3.connect(tmp_path / "l.db")
+    conn.execute("DROP TRIGGER checkpoints_no_delete")
+    conn.execute("DELETE FROM checkpoints WHERE tree_size = 3")
+    conn.commit()
+    conn.close()
+    for store in (SQLiteEventStore(tmp_path / "l.db", read_only=True), None):
+        with pytest.raises(IntegrityError, match="3 events are stored but the latest"):
+            await Log.open(store or SQLiteEventStore(tmp_path / "l.db"), signer(), CATALOG)
