@@ -10,10 +10,11 @@ error was transient), the call not made again; an ``llm`` step whose loop comple
 calls goes on with the same attempt, answering those calls from the log
 (``journal.py``); and a step that was in flight when the
 process died is recorded as interrupted and retried (``step.failed`` with
-``retrying=true``) while its attempts last, else it fails. A decision's branch choice
-is part of its recorded output, so a resumed run takes the same branches. Likewise a
-step timeout that fires after a tool step's call completed (while its outcome is being
-made durable) ends the attempt with that outcome, not with a retry.
+``retrying=true``) while its attempts last, else it fails. A decision's branch is
+recorded (``decision.made``), and a resumed run skips the branch not taken from that and
+the definition, so it takes the same branches whatever redaction left of the outputs.
+Likewise a step timeout that fires after a tool step's call completed (while its outcome
+is being made durable) ends the attempt with that outcome, not with a retry.
 
 Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
 loop), ``timeout_seconds`` (measured from ``orchestration.started``), per-step timeouts
@@ -24,7 +25,7 @@ shutdown are observed at step boundaries; cancellation also cancels in-flight ca
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -67,6 +68,8 @@ class StepHistory:
     tool_call: ev.ToolCompleted | None = None
     #: The latest attempt's call events (``llm.*`` and ``tool.*``), in log order.
     calls: list[Any] = field(default_factory=list)
+    #: A decision's last recorded branch (its ``decision.made``).
+    branch: str | None = None
 
 
 def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
@@ -100,6 +103,8 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
             h.tool_call = p
             if p.attempt == h.attempts:
                 h.calls.append(p)
+        elif isinstance(p, ev.DecisionMade):
+            steps.setdefault(p.step_id, StepHistory()).branch = p.branch
         elif isinstance(p, ev.LLMRequested | ev.LLMCompleted | ev.ToolInvoked):
             h = steps.setdefault(p.step_id, StepHistory())
             if p.attempt == h.attempts:
@@ -610,8 +615,8 @@ class Runner(CallRecorder):
                 for step, output in finished:
                     status[step.id] = "completed"
                     outputs[step.id] = output
-                    if step.action == "decision" and isinstance(output, dict):
-                        branch_skipped.update(output.get("skipped", ()))
+                    if step.action == "decision":
+                        branch_skipped.update(self._not_taken(step, output))
             self._boundary()
         finally:
             for task in running:
@@ -622,6 +627,19 @@ class Runner(CallRecorder):
             except TemplateError as e:
                 raise _Terminate("step_failed", f"output: {e}") from None
         return outputs
+
+    def _not_taken(self, step: StepDef, output: Any) -> Sequence[str]:
+        """The steps of the branch a completed decision did not take."""
+        h = self.history.get(step.id)
+        if h is not None and h.status == "completed" and h.branch is not None:
+            # Resumed: from the recorded branch and the definition, never from the
+            # recorded output, whose fields a redaction may have replaced.
+            branch: Any = h.branch
+        elif isinstance(output, dict):
+            branch = output.get("branch")
+        else:
+            return ()
+        return step.else_ if branch == "then" else step.then if branch == "else" else ()
 
     def _boundary_unless_stopping(self, running: Mapping[Any, Any]) -> None:
         if self._cancel is not None:

@@ -569,3 +569,68 @@ async def test_regression_resuming_a_run_whose_history_is_terminal_keeps_no_writ
     assert summary is not None
     assert not await engine._resume(summary)
     assert (TENANT, started.orchestration_id) not in engine._writers
+
+
+async def test_regression_a_resumed_decision_skips_the_branch_it_recorded_not_taken(
+    harness: Harness,
+) -> None:
+    # A resumed run took the branch not taken from the decision's recorded output: one
+    # a redaction of step.completed:output had left a commitment (a string) skipped
+    # nothing, so a step of that branch that also waited on a step in flight at the
+    # crash ran, with its effect. The branch comes from decision.made and the definition.
+    calls: list[str] = []
+
+    async def slow(args: Any) -> Any:
+        return {"ok": True}
+
+    async def effect(args: Any) -> Any:
+        calls.append("effect")
+        return {"done": True}
+
+    tools = ToolRegistry()
+    tools.register("slow", slow)
+    tools.register("effect", effect)
+    engine = await harness.open(tools=tools)
+    assert harness.log is not None
+    defn = {
+        "steps": [
+            {"id": "d", "action": "decision", "condition": {"exists": "input"}, "else": ["e"]},
+            {"id": "x", "action": "tool", "tool": "slow", "inputs": {}},
+            {"id": "e", "action": "tool", "tool": "effect", "inputs": {}, "depends_on": ["d", "x"]},
+        ]
+    }
+
+    def history(oid: str) -> list[tuple[str, Any]]:
+        d = {"orchestration_id": oid, "step_id": "d"}
+        made = ev.DecisionMade(**d, condition={}, values={}, branch="then", skipped=("e",))
+        return [
+            (
+                ev.STEP_STARTED,
+                ev.StepStarted(**d, agent_id=None, action="decision", attempt=1, inputs=None),
+            ),
+            (ev.DECISION_MADE, made),
+            (
+                ev.STEP_COMPLETED,
+                ev.StepCompleted(**d, attempt=1, output="redacted:sha256:" + "0" * 64),
+            ),
+            step_started(oid, "x"),
+            (
+                ev.TOOL_INVOKED,
+                ev.ToolInvoked(
+                    orchestration_id=oid,
+                    step_id="x",
+                    attempt=1,
+                    gen_ai_tool_name="slow",
+                    gen_ai_tool_call_id=None,
+                    arguments={},
+                ),
+            ),
+        ]
+
+    oid = await append_run(engine, harness.log, defn, history)
+    await harness.close()
+    engine = await harness.open(tools=tools)
+    state = await engine.wait(TENANT, oid, max_wait=10)
+    assert state.status == "completed", state.steps
+    assert calls == []
+    assert [(s.step_id, s.status) for s in state.steps if s.step_id == "e"] == [("e", "skipped")]
