@@ -16,7 +16,9 @@ string can replace (a string, or anything inside a field of any JSON type); so a
 redacted payload always has its type, and recording it cannot fail. Nor may it reach
 into a field the engine reads back to resume a run or keys runs and steps on
 (``orchestration_id``, ``step_id``, ``attempt`` anywhere; ``orchestration.created``'s
-definition, agents, workflow and limits; ``step.started``'s ``agent_id``).
+definition, agents, workflow and limits; ``step.started``'s ``agent_id``; a decision's
+``branch`` and ``skipped``, in ``decision.made`` and in its ``step.completed`` output, and
+an agent-loop round's ``tool_calls``), nor replace a ``step.completed`` output whole.
 
 A matched value is replaced by ``"redacted:sha256:<hex>"``, the SHA-256 of the
 tenant's salt followed by the value's canonical JSON (sorted keys, no whitespace).
@@ -59,14 +61,16 @@ _SCHEMAS: Final[dict[str, mi.Type]] = {
     for name in ev.ORCHESTRATION_EVENTS.names()
     if name not in _NOT_REDACTED
 }
-#: Fields the engine reads back to resume a run, or that it and the registry key runs
-#: and steps on: a commitment in any of them, or anywhere inside one, would leave a
-#: resumed run unable to decode its own history (a definition whose steps are a
-#: string), or running as another agent, model or step.
-_STRUCTURAL_EVERYWHERE: Final = frozenset({"orchestration_id", "step_id", "attempt"})
-_STRUCTURAL: Final[dict[str, frozenset[str]]] = {
-    ev.ORCHESTRATION_CREATED: frozenset(
-        {
+#: Values the engine reads back to resume a run, or that it and the registry key runs
+#: and steps on, as paths of keys: a commitment in any of them, or anywhere inside one,
+#: would leave a resumed run unable to decode its own history (a definition whose steps
+#: are a string, an agent-loop round whose tool calls are), running as another agent,
+#: model or step, or skipping another branch.
+_STRUCTURAL_EVERYWHERE: Final = (("orchestration_id",), ("step_id",), ("attempt",))
+_STRUCTURAL: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
+    ev.ORCHESTRATION_CREATED: tuple(
+        (key,)
+        for key in (
             "executor",
             "workflow_id",
             "workflow_version",
@@ -78,9 +82,18 @@ _STRUCTURAL: Final[dict[str, frozenset[str]]] = {
             "model",
             "max_steps",
             "timeout_seconds",
-        }
+        )
     ),
-    ev.STEP_STARTED: frozenset({"agent_id", "action"}),
+    ev.STEP_STARTED: (("agent_id",), ("action",)),
+    # A decision's output, and an agent loop's round (``output`` is any JSON, so a
+    # rule cannot tell which step's output it meets).
+    ev.STEP_COMPLETED: (("output", "tool_calls"), ("output", "skipped"), ("output", "branch")),
+    ev.DECISION_MADE: (("branch",), ("skipped",)),
+}
+#: Values a resumed run reads fields of, so a commitment may not replace them whole;
+#: what is inside them (but what ``_STRUCTURAL`` names) may be redacted.
+_STRUCTURAL_WHOLE: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
+    ev.STEP_COMPLETED: (("output",),),
 }
 
 
@@ -182,12 +195,9 @@ def _check_schema(event_type: str, path: tuple[Segment, ...]) -> None:
             raise RedactionPathError(
                 f"in {name} it {problem}, which a commitment (a string) cannot replace"
             )
-        field = _structural_field(name, path, schema)
-        if field is not None:
-            raise RedactionPathError(
-                f"in {name} it reaches {field!r}, which the engine reads back to resume "
-                "or identify the run"
-            )
+        problem = _structural(name, path, schema)
+        if problem is not None:
+            raise RedactionPathError(f"in {name} it {problem}")
         matched = matched or hit
     if not matched:
         raise RedactionPathError(
@@ -195,16 +205,37 @@ def _check_schema(event_type: str, path: tuple[Segment, ...]) -> None:
         )
 
 
-def _structural_field(name: str, path: tuple[Segment, ...], t: mi.Type) -> str | None:
-    """The first structural field of ``name`` (see ``_STRUCTURAL``) that ``path`` can
-    match in or inside; ``None`` if none."""
-    structural = _STRUCTURAL_EVERYWHERE | _STRUCTURAL.get(name, frozenset())
-    assert isinstance(t, mi.StructType)
-    for f in t.fields:
-        selected = path[0] is _EVERY or path[0] == f.encode_name
-        if selected and f.encode_name in structural and _fits(path[1:], f.type)[0]:
-            return f.encode_name
+def _structural(name: str, path: tuple[Segment, ...], t: mi.Type) -> str | None:
+    """What ``path`` would replace of a structural value of ``name`` (see
+    ``_STRUCTURAL`` and ``_STRUCTURAL_WHOLE``); ``None`` if nothing."""
+    for keys in _STRUCTURAL_WHOLE.get(name, ()):
+        if _reaches(path, keys, t, inside=False):
+            return (
+                f"replaces {'.'.join(keys)!r} whole, which a resumed run reads fields of "
+                "(redact fields inside it instead)"
+            )
+    for keys in _STRUCTURAL_EVERYWHERE + _STRUCTURAL.get(name, ()):
+        if _reaches(path, keys, t, inside=True):
+            return (
+                f"reaches {'.'.join(keys)!r}, which the engine reads back to resume or "
+                "identify the run"
+            )
     return None
+
+
+def _reaches(path: tuple[Segment, ...], keys: tuple[str, ...], t: mi.Type, *, inside: bool) -> bool:
+    """Whether ``path`` can match the value at ``keys`` in a ``t``, or what holds it,
+    or (if ``inside``) anything inside it."""
+    for i, key in enumerate(keys):
+        if i == len(path):
+            return True  # it replaces what holds the value
+        if path[i] is not _EVERY and path[i] != key:
+            return False
+        children = [t] if isinstance(t, mi.AnyType) else _children(t, key)
+        if not children:
+            return False
+        t = children[0]
+    return len(path) == len(keys) or (inside and _fits(path[len(keys) :], t)[0])
 
 
 def _fits(path: tuple[Segment, ...], t: mi.Type) -> tuple[bool, str | None]:

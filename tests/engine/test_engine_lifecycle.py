@@ -23,7 +23,7 @@ from engine_helpers import (
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
 from ledger.events import NewEvent
 from ledger.log import Log, _Outcome
-from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, RedactionPolicy, ToolRegistry, replay
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ToolError
 from ledger.sqlite_store import SQLiteEventStore
@@ -634,3 +634,107 @@ async def test_regression_a_resumed_decision_skips_the_branch_it_recorded_not_ta
     assert state.status == "completed", state.steps
     assert calls == []
     assert [(s.step_id, s.status) for s in state.steps if s.step_id == "e"] == [("e", "skipped")]
+
+
+def _blocking_then(entered: asyncio.Event, result: Any) -> tuple[Any, Any]:
+    """A tool that blocks once called (its tool.invoked durable: it is not pure), and
+    one that answers ``result`` at once, for the process that resumes the run."""
+
+    async def blocking(args: Any) -> Any:
+        entered.set()
+        await asyncio.Event().wait()
+
+    async def answer(args: Any) -> Any:
+        return result
+
+    return blocking, answer
+
+
+@pytest.mark.parametrize("paths", [None, ["step.completed:output.content"]])
+async def test_a_workflow_resumed_under_a_redacted_output_field_takes_the_same_branches(
+    harness: Harness, paths: list[str] | None
+) -> None:
+    policy = RedactionPolicy(paths, lambda t: b"salt") if paths else None
+    entered = asyncio.Event()
+    blocking, answer = _blocking_then(entered, {"ok": True})
+    calls: list[str] = []
+
+    async def effect(args: Any) -> Any:
+        calls.append("effect")
+        return {"done": True}
+
+    def tools(slow: Any) -> ToolRegistry:
+        registry = ToolRegistry()
+        registry.register("slow", slow)
+        registry.register("effect", effect)
+        return registry
+
+    definition = {
+        "steps": [
+            {"id": "a", "action": "llm", "prompt": "hi"},
+            {"id": "d", "action": "decision", "condition": {"eq": ["input.x", 1]}, "else": ["e"]},
+            {"id": "x", "action": "tool", "tool": "slow", "inputs": {}},
+            {"id": "e", "action": "tool", "tool": "effect", "inputs": {}, "depends_on": ["d", "x"]},
+        ]
+    }
+    engine = await harness.open(tools=tools(blocking), redaction=policy, stop_grace_seconds=0.1)
+    wf = await engine.register_workflow(TENANT, name="w", definition=definition)
+    agent = await engine.register_agent(TENANT, name="a", provider=scripted())
+    started = await engine.execute(
+        TENANT, workflow_id=wf.workflow_id, agent_id=agent.agent_id, input={"x": 1}
+    )
+    await asyncio.wait_for(entered.wait(), 10)
+    await harness.close()  # x is cancelled in flight; the run stays "running"
+
+    engine = await harness.open(tools=tools(answer), redaction=policy)
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    assert replay(r.event for r in records) == state
+    contents = [
+        p.output["content"]
+        for r in records
+        if isinstance(p := r.event.payload, ev.StepCompleted) and p.step_id == "a"
+    ]
+    assert [c.startswith("redacted:sha256:") for c in contents] == [bool(paths)]
+    assert state.status == "completed", state.steps
+    assert calls == []
+    assert [s.status for s in state.steps if s.step_id == "e"] == ["skipped"]
+
+
+@pytest.mark.parametrize("paths", [None, ["step.completed:output.content"]])
+async def test_an_agent_loop_resumed_under_a_redacted_output_field_completes(
+    harness: Harness, paths: list[str] | None
+) -> None:
+    policy = RedactionPolicy(paths, lambda t: b"salt") if paths else None
+    entered = asyncio.Event()
+    blocking, answer = _blocking_then(entered, {"ok": True})
+
+    def tools(fn: Any) -> ToolRegistry:
+        registry = ToolRegistry()
+        registry.register("lookup", fn)
+        return registry
+
+    provider = scripted(
+        {"content": "looking", "tool_calls": [{"name": "lookup", "arguments": {"q": 1}}]},
+        {"content": "final answer"},
+    )
+    engine = await harness.open(tools=tools(blocking), redaction=policy, stop_grace_seconds=0.1)
+    agent = await engine.register_agent(TENANT, name="a", provider=provider, tools=["lookup"])
+    started = await engine.execute(TENANT, agent_id=agent.agent_id, input="go")
+    await asyncio.wait_for(entered.wait(), 10)
+    await harness.close()  # tool-1-1 is cancelled in flight; llm-1 is completed
+
+    engine = await harness.open(tools=tools(answer), redaction=policy)
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    assert replay(r.event for r in records) == state
+    contents = [
+        p.output["content"]
+        for r in records
+        if isinstance(p := r.event.payload, ev.StepCompleted) and p.step_id == "llm-1"
+    ]
+    assert [c.startswith("redacted:sha256:") for c in contents] == [bool(paths)]
+    assert (state.status, state.reason) == ("completed", None), records[-1].event.payload
+    assert state.results == {"content": "final answer", "json": None}

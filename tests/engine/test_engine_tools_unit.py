@@ -225,6 +225,34 @@ def test_regression_a_redaction_path_into_what_a_resumed_run_reads_back_is_rejec
     assert path in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("step.completed:output", "in step.completed it replaces 'output' whole"),
+        ("*:output", "in step.completed it replaces 'output' whole"),
+        ("step.completed:output.skipped", "in step.completed it reaches 'output.skipped'"),
+        ("step.completed:output.skipped.0", "in step.completed it reaches 'output.skipped'"),
+        ("step.completed:output.branch", "in step.completed it reaches 'output.branch'"),
+        ("step.completed:output.tool_calls", "in step.completed it reaches 'output.tool_calls'"),
+        ("*:output.tool_calls.*.arguments", "in step.completed it reaches 'output.tool_calls'"),
+        ("step.completed:output.*", "in step.completed it reaches 'output."),
+        ("step.completed:*.skipped", "in step.completed it reaches 'output.skipped'"),
+        ("decision.made:branch", "in decision.made it reaches 'branch'"),
+        ("decision.made:skipped.*", "in decision.made it reaches 'skipped'"),
+        ("*:skipped.0", "in decision.made it reaches 'skipped'"),
+    ],
+)
+def test_regression_a_redaction_path_that_would_replace_what_a_resumed_run_reads_is_rejected(
+    path: str, problem: str
+) -> None:
+    # `step.completed:output` was accepted (an output is any JSON): a resumed run then
+    # read a decision's output as a string and skipped nothing, running a step of the
+    # branch not taken, and could not read an agent loop's round back at all.
+    with pytest.raises(RedactionPathError, match=re.escape(problem)) as info:
+        RedactionPolicy([path], lambda t: b"salt")
+    assert path in str(info.value)
+
+
 def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
     RedactionPolicy(
         [
@@ -237,6 +265,10 @@ def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
             'llm.requested:["gen_ai.request.model"]',
             "step.failed:error",
             "orchestration.failed:error",
+            "step.completed:output.content",
+            "step.completed:output.message.content",
+            "*:output.json.*",
+            "step.completed:output.result",
         ],
         lambda t: b"salt",
     )
