@@ -20,11 +20,11 @@ definition, agents, workflow and limits; ``step.started``'s ``agent_id``; a deci
 ``branch`` and ``skipped``, in ``decision.made`` and in its ``step.completed`` output, and
 an agent-loop round's ``tool_calls``), nor replace a ``step.completed`` output whole.
 
-A matched value is replaced by ``"redacted:sha256:<hex>"``, the SHA-256 of the
-tenant's salt followed by the value's canonical JSON (sorted keys, no whitespace).
-Salts live outside the log (supplied by a :data:`SaltSource`), so proofs stay valid
-and nobody can brute-force a low-entropy value from its commitment; whoever holds the
-salt and the value can prove the match.
+A matched value is replaced by ``"redacted:sha256:<hex>"``, the SHA-256 of the tenant's
+salt followed by the value's canonical JSON (sorted keys, no whitespace); ``null`` is
+kept as it is. Salts live outside the log (supplied by a :data:`SaltSource`), so proofs
+stay valid and nobody can brute-force a low-entropy value from its commitment; whoever
+holds the salt and the value can prove the match.
 """
 
 from __future__ import annotations
@@ -308,6 +308,10 @@ def _redact(value: Any, path: tuple[Segment, ...], salt: bytes) -> tuple[Any, bo
         # Already a commitment (a resumed run records again what the log holds): keep
         # it. Only a whole one: a value that merely starts like one is still a secret.
         if isinstance(value, str) and _COMMITMENT.fullmatch(value):
+            return value, False
+        # A missing value has nothing to hide, and a commitment in its place would read
+        # back as a value (a successful call's error, say).
+        if value is None:
             return value, False
         return commitment(salt, value), True
     head, rest = path[0], path[1:]

@@ -738,3 +738,52 @@ async def test_an_agent_loop_resumed_under_a_redacted_output_field_completes(
     assert [c.startswith("redacted:sha256:") for c in contents] == [bool(paths)]
     assert (state.status, state.reason) == ("completed", None), records[-1].event.payload
     assert state.results == {"content": "final answer", "json": None}
+
+
+async def test_regression_redacting_a_nullable_field_leaves_null_as_null(harness: Harness) -> None:
+    # A rule on tool.completed:error committed the null of every successful call, so
+    # the log held an error for it, and a run resumed between that call's
+    # tool.completed and its step.completed failed the step whose call had succeeded.
+    policy = RedactionPolicy(["tool.completed:error"], lambda t: b"salt")
+    calls: list[Any] = []
+    box: list[_Dying] = []
+
+    async def charge(args: Any) -> Any:  # not pure: its tool.completed is written at once
+        calls.append(args)
+        return {"charged": True}
+
+    async def probe(args: Any) -> Any:  # later pure work, during which the process dies
+        box[0].dead = True
+        return "ok"
+
+    def tools() -> ToolRegistry:
+        registry = ToolRegistry()
+        registry.register("charge", charge)
+        registry.register("probe", probe, pure=True)
+        return registry
+
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    box.append(_Dying(log))
+    engine = Engine(box[0], tools=tools(), sleep=no_sleep, redaction=policy)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    steps = [
+        {"id": "a", "action": "tool", "tool": "charge", "inputs": {}},
+        {"id": "b", "action": "tool", "tool": "probe", "inputs": {}, "depends_on": ["a"]},
+    ]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert box[0].dead
+    await harness.close()
+
+    engine = await harness.open(tools=tools(), redaction=policy)
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, started.orchestration_id)
+    done = [r.event.payload for r in records if isinstance(r.event.payload, ev.ToolCompleted)]
+    assert [(d.step_id, d.error) for d in done] == [("a", None), ("b", None)]
+    assert (state.status, state.reason) == ("completed", None), state.steps
+    assert calls == [{}]
+    assert state.results == {"a": {"charged": True}, "b": "ok"}
