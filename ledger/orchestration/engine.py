@@ -319,6 +319,11 @@ class Engine:
             await self._save_registry()
 
     @property
+    def closing(self) -> bool:
+        """Whether :meth:`close` has been called: no run is launched any more."""
+        return self._closing
+
+    @property
     def replayed_at_start(self) -> int:
         """How many events :meth:`start` folded into the registry after its snapshot."""
         return self._replayed_at_start
@@ -559,7 +564,9 @@ class Engine:
     ) -> OrchestrationState:
         """Validate, durably record ``created`` + ``started``, run in the background.
 
-        Returns the state right after ``orchestration.started``. A caller that must
+        Returns the state right after ``orchestration.started``. If :meth:`close` came
+        meanwhile, the run is not launched: it is durable, and the next start resumes
+        it. A caller that must
         never start the same work twice (an Idempotency-Key) mints the id first with
         :meth:`new_orchestration_id` and passes it: a second start under that id is a
         ``ConflictError`` from the log, never a second orchestration.
@@ -592,6 +599,12 @@ class Engine:
         writer.emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))
         started_at = self._now()
         await writer.flush()
+        if self.closing:
+            # close() came while the start was being made durable, and stopped only the
+            # runs it found: launched now, this one would run after close() returned.
+            # It is durable and unfinished, so the next start resumes it.
+            _log.info("orchestration.deferred", orchestration_id=oid)
+            return self._state_now(tenant_id, oid)
         self._writers[(tenant_id, oid)] = writer
         runner = Runner(
             writer,

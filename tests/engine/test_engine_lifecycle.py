@@ -787,3 +787,43 @@ async def test_regression_redacting_a_nullable_field_leaves_null_as_null(harness
     assert (state.status, state.reason) == ("completed", None), state.steps
     assert calls == [{}]
     assert state.results == {"a": {"charged": True}, "b": "ok"}
+
+
+async def test_regression_a_start_made_durable_while_closing_is_not_launched(
+    harness: Harness,
+) -> None:
+    # execute() checked for close() only on entry: one waiting for its start to be
+    # durable when close() ran launched its run after close() had returned, and its
+    # tool ran while the server closed the log under it. The run is left durable and
+    # unlaunched; the next start resumes it.
+    calls: list[str] = []
+
+    async def effect(args: Any) -> Any:
+        calls.append("effect")
+        return {"ok": True}
+
+    tools = ToolRegistry()
+    tools.register("effect", effect)
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    gated = GatedRead(log, "submit")  # the engine's stream writes; registrations append
+    engine = Engine(gated, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    await engine.start()
+    steps = [{"id": "a", "action": "tool", "tool": "effect", "inputs": {}}]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    execute = asyncio.create_task(engine.execute(TENANT, workflow_id=wf.workflow_id))
+    await gated.entered.wait()  # the start is being made durable
+    await engine.close()
+    gated.gate.set()
+    state = await execute
+    assert state.status == "running"
+    assert (engine._tasks, engine._runners, engine._writers) == ({}, {}, {})
+    assert engine.live_state(TENANT, state.orchestration_id) == await engine.get_state(
+        TENANT, state.orchestration_id
+    )
+    await harness.close()
+    assert calls == []
+
+    engine = await harness.open(tools=tools)
+    done = await engine.wait(TENANT, state.orchestration_id, max_wait=10)
+    assert (done.status, calls) == ("completed", ["effect"])
