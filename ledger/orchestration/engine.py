@@ -698,8 +698,15 @@ class Engine:
 
     async def _resume(self, summary: OrchestrationSummary) -> bool:
         """Run an unfinished orchestration on from its history; whether it was launched."""
+        # A cancel() of a run with no runner writes to its stream directly: one written
+        # between this read and the launch would leave the runner on a stale history
+        # (and the live state without the cancel). So a cancel waits for the runner.
+        async with self._external_lock((summary.tenant_id, summary.orchestration_id)):
+            return await self._resume_locked(summary)
+
+    async def _resume_locked(self, summary: OrchestrationSummary) -> bool:
         tenant_id, oid = summary.tenant_id, summary.orchestration_id
-        records = await self._log.read_stream(tenant_id, oid)
+        records = await self._read_committed(tenant_id, oid)
         if self._closing:  # close() came during the read and found nothing to stop
             return False
         events = [r.event for r in records]
@@ -803,31 +810,37 @@ class Engine:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         if summary.status in ("completed", "failed", "cancelled"):
             raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
-        runner = self._runners.get(key)
+        async with self._external_lock(key):  # a resume launches its runner under it
+            runner = self._runners.get(key)
+            if runner is None:
+                # Not running here (external, or not resumed): record it directly,
+                # unless it ended while this waited.
+                summary = self.registry.orchestration(tenant_id, orchestration_id)
+                assert summary is not None
+                if summary.status in ("completed", "failed", "cancelled"):
+                    raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
+                payload = ev.OrchestrationCancelled(
+                    orchestration_id=orchestration_id, reason=reason, requested_by=requested_by
+                )
+                writer = self._writers.get(key) or self._writer(
+                    tenant_id, orchestration_id, summary.seq
+                )
+                await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
         if runner is not None:
             runner.request_cancel(reason, requested_by)
             task = self._tasks.get(key)
             if task is not None:
                 await asyncio.wait({task})
-            return await self.get_state(tenant_id, orchestration_id)
-        # Not running here (external, or never resumed): record it directly.
-        payload = ev.OrchestrationCancelled(
-            orchestration_id=orchestration_id, reason=reason, requested_by=requested_by
-        )
-        async with self._external_lock(key):
-            writer = self._writers.get(key) or self._writer(
-                tenant_id, orchestration_id, summary.seq
-            )
-            await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
         return await self.get_state(tenant_id, orchestration_id)
 
     # -- external executors ----------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _external_lock(self, key: tuple[str, str]) -> AsyncIterator[None]:
-        """Serializes one orchestration's external writes (steps, cancel). The lock is
-        dropped when its last user leaves, so one per orchestration ever touched does
-        not pile up for the life of the process."""
+        """Serializes one orchestration's external writes (steps, cancel) and a resume's
+        read of its history and launch of its runner. The lock is dropped when its last
+        user leaves, so one per orchestration ever touched does not pile up for the life
+        of the process."""
         entry = self._external_locks.get(key)
         if entry is None:
             entry = self._external_locks[key] = (asyncio.Lock(), [0])

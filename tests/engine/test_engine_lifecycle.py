@@ -827,3 +827,68 @@ async def test_regression_a_start_made_durable_while_closing_is_not_launched(
     engine = await harness.open(tools=tools)
     done = await engine.wait(TENANT, state.orchestration_id, max_wait=10)
     assert (done.status, calls) == ("completed", ["effect"])
+
+
+class _ReadThenWait:
+    """The real log, except that the first read_stream, once it has read, waits for
+    ``gate``: the time a resume spends between reading a history and acting on it."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.gate = asyncio.Event()
+        self.read = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def read_stream(self, *args: Any, **kw: Any) -> Any:
+        records = await self._log.read_stream(*args, **kw)
+        if not self.read.is_set():
+            self.read.set()
+            await self.gate.wait()
+        return records
+
+
+async def test_regression_a_cancel_during_a_resume_s_read_is_not_lost_or_overrun(
+    harness: Harness,
+) -> None:
+    # A cancel of a run not yet resumed wrote orchestration.cancelled directly; written
+    # while a resume was between its read and its launch, it never reached the live
+    # state (no entry for the run yet), and a runner was launched over the cancelled
+    # run on the stale history (it then crashed on a stream conflict).
+    async def block(args: Any) -> Any:  # the resumed run is still going when cancelled
+        await asyncio.Event().wait()
+
+    tools = ToolRegistry()
+    tools.register("block", block)
+    engine = await harness.open(tools=tools)
+    assert harness.log is not None
+    steps = [{"id": "a", "action": "tool", "tool": "block", "inputs": {}}]
+    oid = await append_run(engine, harness.log, {"steps": steps})
+    await harness.close()
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    gated = _ReadThenWait(log)
+    engine = Engine(gated, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    start = asyncio.create_task(engine.start())
+    await gated.read.wait()  # the resume has read the run's history
+    cancel = asyncio.create_task(engine.cancel(TENANT, oid, reason="operator"))
+
+    async def cancel_written_or_waiting() -> None:
+        while not cancel.done():
+            entry = engine._external_locks.get((TENANT, oid))
+            if entry is not None and entry[1][0] > 1:  # it waits for the resume
+                return
+            await asyncio.sleep(0.001)
+
+    await asyncio.wait_for(cancel_written_or_waiting(), 10)
+    gated.gate.set()
+    await start
+    cancelled = await cancel
+    await engine.wait(TENANT, oid, max_wait=10)
+    replayed = await engine.get_state(TENANT, oid)
+    assert (cancelled.status, replayed.status) == ("cancelled", "cancelled")
+    assert engine.live_state(TENANT, oid) == replayed
+    records = await log.read_stream(TENANT, oid)
+    assert [r.event.type for r in records].count(ev.ORCHESTRATION_CANCELLED) == 1
