@@ -94,6 +94,8 @@ _STRUCTURAL: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
 #: what is inside them (but what ``_STRUCTURAL`` names) may be redacted.
 _STRUCTURAL_WHOLE: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
     ev.STEP_COMPLETED: (("output",),),
+    # A tool step resumed after its call completed takes this as its output.
+    ev.TOOL_COMPLETED: (("result",),),
 }
 
 

@@ -240,6 +240,8 @@ def test_regression_a_redaction_path_into_what_a_resumed_run_reads_back_is_rejec
         ("decision.made:branch", "in decision.made it reaches 'branch'"),
         ("decision.made:skipped.*", "in decision.made it reaches 'skipped'"),
         ("*:skipped.0", "in decision.made it reaches 'skipped'"),
+        ("tool.completed:result", "in tool.completed it replaces 'result' whole"),
+        ("*:result", "in tool.completed it replaces 'result' whole"),
     ],
 )
 def test_regression_a_redaction_path_that_would_replace_what_a_resumed_run_reads_is_rejected(
@@ -269,6 +271,8 @@ def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
             "step.completed:output.message.content",
             "*:output.json.*",
             "step.completed:output.result",
+            "tool.completed:result.ssn",
+            "tool.completed:result.*",
         ],
         lambda t: b"salt",
     )
