@@ -83,7 +83,7 @@ class SnapshotLog(Protocol):
     @property
     def store(self) -> EventStore: ...
     async def root_at(self, tree_size: int) -> bytes: ...
-    def seal(self, data: bytes) -> bytes: ...
+    def seal(self, *parts: bytes) -> bytes: ...
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -94,11 +94,14 @@ class _Snapshot(msgspec.Struct, frozen=True):
     seal: bytes
 
 
-def _sealed(name: str, log_size: int, root: bytes, state: bytes) -> bytes:
-    """What a snapshot's seal covers: a domain tag, then each field length-prefixed,
-    so no two snapshots (and nothing else ``Log.seal`` may ever cover) share bytes."""
-    fields = [name.encode(), str(log_size).encode(), root, state]
-    return b"maip-ledger snapshot\n" + b"".join(len(f).to_bytes(8, "big") + f for f in fields)
+def _sealed(name: str, log_size: int, root: bytes, state: bytes) -> list[bytes]:
+    """What a snapshot's seal covers, in parts: a domain tag, then each field
+    length-prefixed, so no two snapshots (and nothing else ``Log.seal`` may ever cover)
+    share bytes. Parts, so a large state is not copied to be sealed."""
+    parts = [b"maip-ledger snapshot\n"]
+    for field in (name.encode(), str(log_size).encode(), root, state):
+        parts += (len(field).to_bytes(8, "big"), field)
+    return parts
 
 
 async def load_snapshot(
@@ -121,7 +124,7 @@ async def load_snapshot(
     limit = log.size if upto is None else min(upto, log.size)
     if not 0 < snapshot.log_size <= limit:
         return None
-    expected = log.seal(_sealed(name, snapshot.log_size, snapshot.root, snapshot.state))
+    expected = log.seal(*_sealed(name, snapshot.log_size, snapshot.root, snapshot.state))
     if not hmac.compare_digest(expected, snapshot.seal):
         _log.warning("replay.snapshot_ignored", projection=name, reason="seal does not verify")
         return None
@@ -174,6 +177,6 @@ async def save_snapshot(
             parts.append(part)
         data = b"".join(parts)
     root = await log.root_at(log_size)
-    seal = await asyncio.to_thread(log.seal, _sealed(projection.name, log_size, root, data))
+    seal = await asyncio.to_thread(log.seal, *_sealed(projection.name, log_size, root, data))
     snapshot = _Snapshot(log_size, root, data, seal)
     await log.store.save_snapshot(projection.name, log_size, msgspec.msgpack.encode(snapshot))
