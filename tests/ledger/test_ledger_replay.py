@@ -241,6 +241,22 @@ async def test_regression_a_snapshot_edited_in_the_database_is_ignored(tmp_path:
     await log.close()
 
 
+async def test_a_snapshot_sealed_over_its_joined_bytes_still_loads(tmp_path: Path) -> None:
+    """Snapshots were sealed over one joined copy of their fields; they are now sealed
+    over the parts. It is the same HMAC, so a snapshot saved before still loads."""
+    log = await open_log(tmp_path / "l.db")
+    await _count_up(log, 6)
+    state = await fold_log(log, TotalsProjection())
+    data = TotalsProjection().encode(state)
+    root = await log.root_at(6)
+    fields = [b"totals/v1", b"6", root, data]
+    joined = b"maip-ledger snapshot\n" + b"".join(len(f).to_bytes(8, "big") + f for f in fields)
+    old = {"log_size": 6, "root": root, "state": data, "seal": log.seal(joined)}
+    await log.store.save_snapshot("totals/v1", 6, msgspec.msgpack.encode(old))
+    assert await load_snapshot(log, TotalsProjection()) == (state, 6)
+    await log.close()
+
+
 async def test_regression_a_sealed_snapshot_whose_state_does_not_decode_is_ignored(
     tmp_path: Path,
 ) -> None:
