@@ -184,6 +184,8 @@ class Engine:
         self._writers: dict[tuple[str, str], StreamWriter] = {}
         # Per orchestration, while anyone holds or awaits it: (lock, holders + waiters).
         self._external_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
+        #: Starts between their commit and their launch (see :meth:`cancel`).
+        self._starting: dict[tuple[str, str], asyncio.Event] = {}
         self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
         self._projection = OrchestrationProjection()
         self._indexed_from = 0
@@ -598,23 +600,37 @@ class Engine:
         created = writer.emit(ev.ORCHESTRATION_CREATED, created, normalize=True)
         writer.emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid))
         started_at = self._now()
-        await writer.flush()
-        if self.closing:
-            # close() came while the start was being made durable, and stopped only the
-            # runs it found: launched now, this one would run after close() returned.
-            # It is durable and unfinished, so the next start resumes it.
-            _log.info("orchestration.deferred", orchestration_id=oid)
+        key = (tenant_id, oid)
+        # Once committed the run is listed, so a cancel() may come before it is launched;
+        # it waits for the launch rather than write to the stream under the new runner.
+        # (A second start under a taken id is refused by the log and marks nothing.)
+        launched = self._starting.get(key)
+        if launched is None:
+            launched = self._starting[key] = asyncio.Event()
+        else:
+            launched = asyncio.Event()
+        try:
+            await writer.flush()
+            if self.closing:
+                # close() came while the start was being made durable, and stopped only
+                # the runs it found: launched now, this one would run after close()
+                # returned. It is durable and unfinished, so the next start resumes it.
+                _log.info("orchestration.deferred", orchestration_id=oid)
+                return self._state_now(tenant_id, oid)
+            self._writers[key] = writer
+            runner = Runner(
+                writer,
+                created,
+                [],
+                self._collaborators(tenant_id, created),
+                started_at=started_at,
+            )
+            self._launch(tenant_id, oid, runner)
             return self._state_now(tenant_id, oid)
-        self._writers[(tenant_id, oid)] = writer
-        runner = Runner(
-            writer,
-            created,
-            [],
-            self._collaborators(tenant_id, created),
-            started_at=started_at,
-        )
-        self._launch(tenant_id, oid, runner)
-        return self._state_now(tenant_id, oid)
+        finally:
+            if self._starting.get(key) is launched:
+                del self._starting[key]
+            launched.set()
 
     def _writer(self, tenant_id: str, oid: str, seq: int, *, keep: bool = True) -> StreamWriter:
         writer = StreamWriter(
@@ -810,6 +826,9 @@ class Engine:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         if summary.status in ("completed", "failed", "cancelled"):
             raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
+        starting = self._starting.get(key)
+        if starting is not None:  # its execute() is about to launch it: cancel the runner
+            await starting.wait()
         async with self._external_lock(key):  # a resume launches its runner under it
             runner = self._runners.get(key)
             if runner is None:

@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 import pytest
+import structlog
 from engine_helpers import (
     TENANT,
     GatedRead,
@@ -892,3 +893,75 @@ async def test_regression_a_cancel_during_a_resume_s_read_is_not_lost_or_overrun
     assert engine.live_state(TENANT, oid) == replayed
     records = await log.read_stream(TENANT, oid)
     assert [r.event.type for r in records].count(ev.ORCHESTRATION_CANCELLED) == 1
+
+
+class _CommitThenWait:
+    """The real log, except that the first stream write, once committed, is reported
+    to its writer only when ``gate`` opens: the moment between a start being durable
+    (the registry already lists the run) and ``execute()`` going on to launch it."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.gate = asyncio.Event()
+        self.committed = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        outcome = await self._log.submit(*args, **kw)
+        if self.committed.is_set():
+            return outcome
+        reported: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        async def relay() -> None:
+            receipts = await outcome
+            self.committed.set()
+            await self.gate.wait()
+            reported.set_result(receipts)
+
+        self._relay = asyncio.create_task(relay())
+        return reported
+
+
+async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cancels_the_run(
+    harness: Harness,
+) -> None:
+    # cancel() of a run with no runner yet wrote orchestration.cancelled directly; one
+    # that came after execute()'s start was committed (the run listed, so cancellable)
+    # but before execute() launched it left the run launched over the cancelled
+    # stream: its first write conflicted and the live state never saw the cancel.
+    async def block(args: Any) -> Any:
+        await asyncio.Event().wait()
+
+    tools = ToolRegistry()
+    tools.register("block", block)
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    seam = _CommitThenWait(log)
+    engine = Engine(seam, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    steps = [{"id": "a", "action": "tool", "tool": "block", "inputs": {}}]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    oid = engine.new_orchestration_id()
+    execute = asyncio.create_task(
+        engine.execute(TENANT, workflow_id=wf.workflow_id, orchestration_id=oid)
+    )
+    await asyncio.wait_for(seam.committed.wait(), 10)
+    assert engine.registry.orchestration(TENANT, oid) is not None  # listed: cancellable
+    with structlog.testing.capture_logs() as logs:
+        cancel = asyncio.create_task(engine.cancel(TENANT, oid, reason="operator"))
+        for _ in range(20):
+            await asyncio.sleep(0)
+        seam.gate.set()
+        await execute
+        cancelled = await asyncio.wait_for(cancel, 10)
+        final = await engine.wait(TENANT, oid, max_wait=10)
+    assert [e for e in logs if e["log_level"] == "error"] == []  # no run crashed
+    assert (cancelled.status, final.status) == ("cancelled", "cancelled")
+    assert (engine._tasks, engine._runners) == ({}, {})
+    assert engine.live_state(TENANT, oid) == await engine.get_state(TENANT, oid)
+    events = [r.event for r in await log.read_stream(TENANT, oid)]
+    assert [e.type for e in events].count(ev.ORCHESTRATION_CANCELLED) == 1
+    assert events[-1].type == ev.ORCHESTRATION_CANCELLED
