@@ -430,6 +430,7 @@ class Runner(CallRecorder):
                     raise _StepFailed(step_id, error) from None
             transient = False
             provider = False
+            diverged = False
             timer = asyncio.timeout(step_timeout)
             try:
                 if resumed is not None:
@@ -461,7 +462,7 @@ class Runner(CallRecorder):
             except (ConditionError, TemplateError) as e:
                 error = str(e)
             except CallsDiverged as e:
-                error, transient = f"interrupted: {e}", True
+                error, transient, diverged = f"interrupted: {e}", True, True
             except LedgerError as e:
                 error = f"{type(e).__name__}: {e}"
             else:
@@ -485,8 +486,10 @@ class Runner(CallRecorder):
             retrying = transient and attempt < max_attempts
             self._failed(step_id, attempt, error, retrying=retrying)
             if not retrying:
+                if diverged:  # as an interrupted attempt without recorded calls ends
+                    raise _StepFailed(step_id, "interrupted", interrupted=True)
                 raise _StepFailed(step_id, error, provider=provider)
-            delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            delay = 0.0 if diverged else min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             if delay:
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")

@@ -67,6 +67,8 @@ async def _resume(
     harness: Harness,
     server: FakeOpenAI,
     history: Any,
+    *,
+    definition: dict[str, Any] = LLM_STEP,
     **engine_options: Any,
 ) -> tuple[Any, list[Any]]:
     """Write a crashed run of ``LLM_STEP`` with ``history``, restart, wait for it; its
@@ -76,7 +78,7 @@ async def _resume(
         TENANT, name="gpt", provider={"kind": "openai", "base_url": server.url}, model="m1"
     )
     assert harness.log is not None
-    oid = await append_run(engine, harness.log, LLM_STEP, history, agents=[agent.agent_id])
+    oid = await append_run(engine, harness.log, definition, history, agents=[agent.agent_id])
     await harness.close()
     engine = await harness.open(**engine_options)
     state = await engine.wait(TENANT, oid)
@@ -136,6 +138,26 @@ async def test_a_journal_the_run_does_not_retrace_retries_the_attempt(
     assert failed[0].error.startswith("interrupted: the resumed attempt made a model call")
     assert [e.payload.attempt for e in events if e.type == "step.started"] == [1, 2]
     assert len(fake_openai.requests) == 1
+
+
+async def test_regression_a_journal_not_retraced_on_the_last_attempt_fails_as_interrupted(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """An attempt whose journal the run did not retrace ended, with no attempt left, as
+    step_failed (and after a backoff), where an interrupted attempt without a journal
+    ends as interrupted: the same cause, two reasons."""
+    other = ({"role": "user", "content": "something else"},)
+    state, events = await _resume(
+        harness,
+        fake_openai,
+        lambda oid: [_started(oid), _requested(oid, other), _completed(oid, "stale")],
+        definition={"steps": [{"id": "s0", "action": "llm", "prompt": "go", "max_attempts": 1}]},
+    )
+    assert (state.status, state.reason) == ("failed", "interrupted")
+    failed = [e.payload for e in events if e.type == "step.failed"]
+    assert [(f.attempt, f.retrying) for f in failed] == [(1, False)]
+    assert failed[0].error.startswith("interrupted: the resumed attempt made a model call")
+    assert fake_openai.requests == []
 
 
 async def test_no_journal_when_redaction_may_change_recorded_calls(
