@@ -87,13 +87,20 @@ _STRUCTURAL: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
     ev.STEP_STARTED: (("agent_id",), ("action",)),
     # A decision's output, and an agent loop's round (``output`` is any JSON, so a
     # rule cannot tell which step's output it meets).
-    ev.STEP_COMPLETED: (("output", "tool_calls"), ("output", "skipped"), ("output", "branch")),
+    ev.STEP_COMPLETED: (
+        ("output", "tool_calls"),
+        ("output", "skipped"),
+        ("output", "branch"),
+        # A resumed agent loop sends each round's message back to the model.
+        ("output", "message", "role"),
+        ("output", "message", "tool_calls"),
+    ),
     ev.DECISION_MADE: (("branch",), ("skipped",)),
 }
 #: Values a resumed run reads fields of, so a commitment may not replace them whole;
 #: what is inside them (but what ``_STRUCTURAL`` names) may be redacted.
 _STRUCTURAL_WHOLE: Final[dict[str, tuple[tuple[str, ...], ...]]] = {
-    ev.STEP_COMPLETED: (("output",),),
+    ev.STEP_COMPLETED: (("output",), ("output", "message")),
     # A tool step resumed after its call completed takes this as its output.
     ev.TOOL_COMPLETED: (("result",),),
 }
