@@ -651,6 +651,27 @@ def _blocking_then(entered: asyncio.Event, result: Any) -> tuple[Any, Any]:
     return blocking, answer
 
 
+async def _resume_redacted(
+    harness: Harness, oid: str, step_id: str, **engine_options: Any
+) -> tuple[Any, list[Any]]:
+    """Start the engine again and wait for ``oid`` to end; its state (equal to a replay)
+    and records. ``step_id``'s recorded output content is a commitment exactly when the
+    run's redaction policy covers it."""
+    engine = await harness.open(**engine_options)
+    state = await engine.wait(TENANT, oid, max_wait=10)
+    assert harness.log is not None
+    records = list(await harness.log.read_stream(TENANT, oid))
+    assert replay(r.event for r in records) == state
+    contents = [
+        p.output["content"]
+        for r in records
+        if isinstance(p := r.event.payload, ev.StepCompleted) and p.step_id == step_id
+    ]
+    redacted = engine_options.get("redaction") is not None
+    assert [c.startswith("redacted:sha256:") for c in contents] == [redacted]
+    return state, records
+
+
 @pytest.mark.parametrize("paths", [None, ["step.completed:output.content"]])
 async def test_a_workflow_resumed_under_a_redacted_output_field_takes_the_same_branches(
     harness: Harness, paths: list[str] | None
@@ -686,18 +707,9 @@ async def test_a_workflow_resumed_under_a_redacted_output_field_takes_the_same_b
     )
     await asyncio.wait_for(entered.wait(), 10)
     await harness.close()  # x is cancelled in flight; the run stays "running"
-
-    engine = await harness.open(tools=tools(answer), redaction=policy)
-    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
-    assert harness.log is not None
-    records = await harness.log.read_stream(TENANT, started.orchestration_id)
-    assert replay(r.event for r in records) == state
-    contents = [
-        p.output["content"]
-        for r in records
-        if isinstance(p := r.event.payload, ev.StepCompleted) and p.step_id == "a"
-    ]
-    assert [c.startswith("redacted:sha256:") for c in contents] == [bool(paths)]
+    state, _ = await _resume_redacted(
+        harness, started.orchestration_id, "a", tools=tools(answer), redaction=policy
+    )
     assert state.status == "completed", state.steps
     assert calls == []
     assert [s.status for s in state.steps if s.step_id == "e"] == ["skipped"]
@@ -725,18 +737,9 @@ async def test_an_agent_loop_resumed_under_a_redacted_output_field_completes(
     started = await engine.execute(TENANT, agent_id=agent.agent_id, input="go")
     await asyncio.wait_for(entered.wait(), 10)
     await harness.close()  # tool-1-1 is cancelled in flight; llm-1 is completed
-
-    engine = await harness.open(tools=tools(answer), redaction=policy)
-    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
-    assert harness.log is not None
-    records = await harness.log.read_stream(TENANT, started.orchestration_id)
-    assert replay(r.event for r in records) == state
-    contents = [
-        p.output["content"]
-        for r in records
-        if isinstance(p := r.event.payload, ev.StepCompleted) and p.step_id == "llm-1"
-    ]
-    assert [c.startswith("redacted:sha256:") for c in contents] == [bool(paths)]
+    state, records = await _resume_redacted(
+        harness, started.orchestration_id, "llm-1", tools=tools(answer), redaction=policy
+    )
     assert (state.status, state.reason) == ("completed", None), records[-1].event.payload
     assert state.results == {"content": "final answer", "json": None}
 
