@@ -87,7 +87,7 @@ def response_of(done: ev.LLMCompleted) -> LLMResponse:
             for c in message.get("tool_calls") or ()
         )
         content = message.get("content")
-    except (AttributeError, KeyError, TypeError, msgspec.DecodeError) as e:
+    except (AttributeError, KeyError, TypeError, msgspec.DecodeError, RecursionError) as e:
         raise CallsDiverged(f"the recorded response cannot be read back: {e!r}") from None
     if content is not None and not isinstance(content, str):
         raise CallsDiverged("the recorded response's content is not text")

@@ -202,7 +202,7 @@ class HttpTool:
             raise ToolError(f"http tool got HTTP {status}")
         try:
             return msgspec.json.decode(raw) if raw else None
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):  # as text, as any body not JSON
             return raw.decode("utf-8", "replace")
 
     async def close(self) -> None:

@@ -157,6 +157,40 @@ async def test_malformed_responses_give_clear_step_error(
         assert message in step.result["error"]
 
 
+DEEP = 10_000  # nesting msgspec refuses with RecursionError, not DecodeError
+
+
+async def test_regression_deeply_nested_json_from_the_model_fails_the_call_not_the_run(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """A response nested deeper than the decoder goes (well within the size cap) raised
+    RecursionError, which no handler took for a provider failure: the run crashed,
+    stayed "running", and crashed again at every start."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    deep_arguments = completion(None, [{"name": "calculator", "args": {}}])
+    deep_arguments["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = (
+        "[" * DEEP + "]" * DEEP
+    )
+    cases = [
+        (("raw", b'{"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}"), "body is not JSON"),
+        (deep_arguments, "arguments is not JSON"),
+    ]
+    for reply, message in cases:
+        fake_openai.script = [reply]
+        started = await engine.execute(TENANT, agent_id=agent, input="x")
+        state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+        assert state.status == "failed", state
+        assert message in state.steps[0].result["error"]
+    # Content that is deeply nested JSON text is an answer; it is just not usable as
+    # JSON (its "json" is null), as any content that does not parse.
+    fake_openai.script = [completion("[" * DEEP + "]" * DEEP)]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert state.status == "completed", (state.reason, state.steps)
+    assert state.results["json"] is None
+
+
 async def test_api_key_never_in_database_or_logs(
     harness: Harness, fake_openai: FakeOpenAI, capsys: Any
 ) -> None:

@@ -32,6 +32,9 @@ class Target:
     async def big(self, request: web.Request) -> web.Response:
         return web.json_response({"blob": "x" * 10_000})
 
+    async def deep(self, request: web.Request) -> web.Response:
+        return web.Response(body=b"[" * 10_000 + b"]" * 10_000, content_type="application/json")
+
     async def in_parts(self, request: web.Request) -> web.StreamResponse:
         size = int(request.query["size"])
         return await send_in_two_writes(request, msgspec.json.encode({"blob": "x" * size}))
@@ -45,6 +48,7 @@ async def target() -> AsyncIterator[Target]:
     app.router.add_post("/redirect", t.redirect)
     app.router.add_post("/redirect-same", t.redirect_same)
     app.router.add_post("/big", t.big)
+    app.router.add_post("/deep", t.deep)
     app.router.add_post("/in-parts", t.in_parts)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -69,6 +73,18 @@ async def test_allowed_private_host_works(target: Target) -> None:
         allow_private_hosts=["127.0.0.1"],
     )
     assert await _call(tool, {"a": 1}) == {"got": {"a": 1}}
+
+
+async def test_regression_a_body_nested_too_deep_for_json_is_returned_as_text(
+    target: Target,
+) -> None:
+    # The decoder's RecursionError was not taken for "not JSON", and escaped the tool.
+    tool = HttpTool(
+        f"http://127.0.0.1:{target.port}/deep",
+        allow_hosts=["127.0.0.1"],
+        allow_private_hosts=["127.0.0.1"],
+    )
+    assert await _call(tool, {}) == "[" * 10_000 + "]" * 10_000
 
 
 async def test_host_not_in_allow_list_is_blocked(target: Target) -> None:

@@ -153,7 +153,7 @@ def _malformed(why: str) -> ProviderError:
 def _parse(raw: bytes) -> LLMResponse:
     try:
         data = msgspec.json.decode(raw)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth
         raise _malformed("body is not JSON") from None
     if not isinstance(data, dict):
         raise _malformed("body is not a JSON object")
@@ -177,7 +177,7 @@ def _parse(raw: bytes) -> LLMResponse:
         args_text = fn.get("arguments", "{}")
         try:
             args = msgspec.json.decode(args_text) if isinstance(args_text, str) else args_text
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             raise _malformed(f"tool_calls[{i}].function.arguments is not JSON") from None
         call_id = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
         calls.append(ToolCall(id=call_id, name=fn["name"], arguments=args))
