@@ -114,7 +114,7 @@ def _parsed(body: str) -> tuple[tuple[Reference, ...], bytes | None]:
         if i == len(parts) - 1 and i > 0 and not is_reference:
             try:
                 msgspec.json.decode(part)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):  # or nested too deep to decode
                 raise TemplateError(
                     f"fallback {part!r} is not a reference or a JSON literal", reference=part
                 ) from None

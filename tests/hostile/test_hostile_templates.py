@@ -41,7 +41,14 @@ async def test_hostile_template_syntax_in_inputs_is_rendered_literally(hostile: 
 
 @pytest.mark.parametrize(
     "prompt",
-    ["{{ env.HOME }}", "{{ __class__.__mro__ }}", "{{ os.system }}"],
+    [
+        "{{ env.HOME }}",
+        "{{ __class__.__mro__ }}",
+        "{{ os.system }}",
+        # Regression: a fallback literal nested past the JSON decoder's depth raised
+        # RecursionError, which registration did not take for a bad template.
+        "{{ input.x ?? " + "[" * 2000 + "]" * 2000 + " }}",
+    ],
 )
 async def test_hostile_template_outside_its_context_in_a_definition_is_422(
     hostile: Ctx, prompt: str
@@ -52,6 +59,7 @@ async def test_hostile_template_outside_its_context_in_a_definition_is_422(
     resp = await client.post(
         "/v1/workflows", json={"name": "evil", "definition": definition}, headers=headers
     )
-    assert resp.status == 422, await resp.text()
+    assert resp.status == 422, (await resp.text())[:500]
     assert resp.content_type == "application/problem+json"
+    assert (await resp.json())["errors"][0]["field"] == "$.definition.steps[a].prompt"
     assert client.app[SERVICES].log.size == before
