@@ -171,6 +171,8 @@ class EventCatalog:
             return decoder.decode(raw)
         except msgspec.DecodeError as e:
             raise InvalidEventError(f"payload of {name!r} does not decode: {e}") from e
+        except RecursionError:
+            raise InvalidEventError(f"payload of {name!r} nests too deeply to decode") from None
 
 
 def encode_leaf(event: Event, *, limit: int = MAX_LEAF_BYTES) -> bytes:
@@ -181,6 +183,8 @@ def encode_leaf(event: Event, *, limit: int = MAX_LEAF_BYTES) -> bytes:
         raise InvalidEventError("event contains text that is not valid UTF-8") from e
     except (TypeError, ValueError, OverflowError) as e:
         raise InvalidEventError(f"event cannot be encoded: {e}") from e
+    except RecursionError:  # nested deeper than the encoder goes
+        raise InvalidEventError("event cannot be encoded: it nests too deeply") from None
     if len(data) > limit:
         raise PayloadTooLargeError(len(data), limit)
     return data
@@ -192,12 +196,16 @@ def decode_leaf_envelope(data: bytes) -> _Envelope:
         version = _VERSION_DECODER.decode(data).v
     except msgspec.DecodeError as e:
         raise InvalidEventError(f"leaf is not a versioned event: {e}") from e
+    except RecursionError:  # nested deeper than the decoder goes from this call
+        raise InvalidEventError("leaf nests too deeply to decode") from None
     if version != LEAF_VERSION:
         raise InvalidEventError(f"leaf format version {version} is not supported")
     try:
         return _ENVELOPE_DECODER.decode(data)
     except msgspec.DecodeError as e:
         raise InvalidEventError(f"leaf does not decode: {e}") from e
+    except RecursionError:
+        raise InvalidEventError("leaf nests too deeply to decode") from None
 
 
 def decode_leaf(data: bytes, catalog: EventCatalog) -> Event:

@@ -14,6 +14,7 @@ from ulid import ULID
 from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found
 from api.services import SERVICES, Services
+from ledger.orchestration.templates import nested_deeper_than
 
 __all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
 
@@ -25,6 +26,11 @@ _DECIMAL_RE = re.compile(r"[0-9]+")
 #: Content codings aiohttp undoes for us (it would also take br and zstd, but only with
 #: optional packages this server does not install).
 _CODINGS = frozenset({"identity", "gzip", "deflate"})
+#: How deep arrays and objects in a body may nest. JSON's encoder and decoder give up
+#: near 1,000 levels less the call stack under them, which differs where a value is
+#: decoded, encoded into a leaf and read back: a bound far below that keeps every body
+#: accepted writable and readable.
+MAX_BODY_NESTING = 128
 
 
 def decimal(raw: str, max_digits: int) -> int | None:
@@ -106,7 +112,7 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     if not raw.strip() and optional:
         return None
     try:
-        return msgspec.json.decode(raw)
+        value = msgspec.json.decode(raw)
     except msgspec.DecodeError as e:
         raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
     except UnicodeDecodeError as e:
@@ -114,9 +120,17 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         raise bad_request(
             "the body is not valid JSON: a string is not valid UTF-8", slug="malformed-json"
         ) from e
-    except RecursionError:
-        # msgspec raises RecursionError (not DecodeError) for very deep nesting.
-        raise bad_request("the body's JSON is nested too deeply", slug="malformed-json") from None
+    except RecursionError:  # msgspec's way of saying: nested deeper than it goes
+        raise _too_deep() from None
+    if nested_deeper_than(value, MAX_BODY_NESTING):
+        raise _too_deep()
+    return value
+
+
+def _too_deep() -> ProblemError:
+    return bad_request(
+        f"the body's JSON nests more than {MAX_BODY_NESTING} levels deep", slug="malformed-json"
+    )
 
 
 def convert(value: Any, type_: type[T]) -> T:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import pytest
@@ -16,6 +17,7 @@ from ledger.events import (
     Event,
     EventCatalog,
     decode_leaf,
+    decode_leaf_envelope,
     encode_leaf,
     format_time,
     parse_time,
@@ -114,3 +116,27 @@ def test_regression_names_and_times_ending_in_a_newline_are_refused() -> None:
         parse_time("2026-11-29T12:00:00.000000Z\n")
     with pytest.raises(InvalidEventError):
         EventCatalog({"note.added\n": Note})
+
+
+class _Blob(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    value: Any
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def test_regression_values_nested_past_the_json_limit_are_invalid_events() -> None:
+    """msgspec says RecursionError, not an encode or decode error, for values nested
+    past its limit (near 1,000 levels, less the call stack): it escaped the ledger's
+    exception root, and the API answered 500."""
+    with pytest.raises(InvalidEventError, match="nests too deeply"):
+        encode_leaf(_event(_Blob(_deep(5000)), type_="blob.added"))
+    deep = b"[" * 5000 + b"]" * 5000
+    with pytest.raises(InvalidEventError, match="nests too deeply"):
+        decode_leaf_envelope(b'{"payload":' + deep + b',"v":1}')
+    with pytest.raises(InvalidEventError, match="nests too deeply"):
+        EventCatalog({"blob.added": _Blob}).decode_payload("blob.added", b'{"value":' + deep + b"}")
