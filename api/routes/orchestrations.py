@@ -55,6 +55,7 @@ _SSE_HEARTBEAT_SECONDS = 15.0
 _TERMINAL = frozenset(
     {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
 )
+_ENDED = frozenset({"completed", "failed", "cancelled"})
 _LEAF_PAYLOAD = msgspec.json.Decoder(LeafPayload)
 _UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
@@ -343,6 +344,11 @@ async def stream(request: web.Request) -> web.StreamResponse:
             await response.write(_sse(rec))
             last = rec.event.stream_seq
             done = rec.event.type in _TERMINAL
+        if not done:
+            # A client resuming from the terminal event (or from past the head) gets no
+            # backlog and no live event: without this it would get keep-alives forever.
+            summary = s.engine.registry.orchestration(tenant, oid)
+            done = summary is not None and summary.status in _ENDED and last >= summary.seq
         while not done:
             item: RecordedEvent | None
             try:
@@ -352,11 +358,13 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 continue
             if item is None or sub.overflowed:
                 break
+            done = item.event.type in _TERMINAL
             if item.event.stream_seq <= last:
+                # Already sent, or the client claims to be past it: the stream still
+                # ends with the run.
                 continue
             await response.write(_sse(item))
             last = item.event.stream_seq
-            done = item.event.type in _TERMINAL
         await response.write_eof()
         return response
     finally:

@@ -580,3 +580,44 @@ async def test_head_on_an_open_event_stream_answers_at_once(
     assert head.status == 200
     assert head.content_type == "text/event-stream"
     assert not client.app[SERVICES].hub._subs  # nothing stays subscribed
+
+
+async def test_regression_sse_resumed_from_the_terminal_event_ends(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """An EventSource that got the terminal event reconnects with its id: there is no
+    backlog and no live event to come, and the stream used to send keep-alives forever."""
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(
+        client,
+        tenant_a,
+        {"workflow_id": wf, "agents": [agent]},
+        headers={"Prefer": "wait=10"},
+    )
+    oid = state["orchestration_id"]
+    assert state["status"] == "completed"
+    events = (
+        await json_ok(
+            client, "GET", f"/v1/orchestrations/{oid}/events", 200, headers=tenant_a.headers
+        )
+    )["events"]
+    path = f"/v1/orchestrations/{oid}/events/stream"
+    for last in (events[-1]["stream_seq"], events[-1]["stream_seq"] + 40):
+        resp = await client.get(path, headers={**tenant_a.headers, "Last-Event-ID": str(last)})
+        assert resp.status == 200
+        assert await asyncio.wait_for(read_sse(resp), 5) == []
+
+
+async def test_regression_sse_resumed_from_past_the_head_ends_with_the_run(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """A Last-Event-ID past the stream's head: the terminal event, when it comes, is not
+    sent (its seq is below the id), but the stream must still end with it."""
+    oid = await external_orchestration(client, tenant_a)  # seq 1, 2
+    resp = await client.get(
+        f"/v1/orchestrations/{oid}/events/stream",
+        headers={**tenant_a.headers, "Last-Event-ID": "50"},
+    )
+    assert resp.status == 200
+    await json_ok(client, "POST", f"/v1/orchestrations/{oid}/cancel", 200, headers=tenant_a.headers)
+    assert await asyncio.wait_for(read_sse(resp), 5) == []
