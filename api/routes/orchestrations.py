@@ -401,12 +401,15 @@ async def steps(request: web.Request) -> web.Response:
 async def bundle(request: web.Request) -> web.StreamResponse:
     s, principal, oid = _on_orchestration(request, _READ)
     await _known(s, principal.tenant_id, oid)
-    response = web.StreamResponse(
-        headers={
-            "Content-Type": "application/x-ndjson",
-            "Content-Disposition": f'attachment; filename="{oid}.bundle.jsonl"',
-        }
-    )
+    headers = {
+        "Content-Type": "application/x-ndjson",
+        "Content-Disposition": f'attachment; filename="{oid}.bundle.jsonl"',
+    }
+    if request.method == "HEAD":
+        # A StreamResponse writes whatever it is given, HEAD or not: the bundle would
+        # follow the headers and be read as the next response on a kept-alive connection.
+        return web.Response(headers=headers)
+    response = web.StreamResponse(headers=headers)
     prepared = False
 
     async def write(line: bytes) -> None:

@@ -621,3 +621,24 @@ async def test_regression_sse_resumed_from_past_the_head_ends_with_the_run(
     assert resp.status == 200
     await json_ok(client, "POST", f"/v1/orchestrations/{oid}/cancel", 200, headers=tenant_a.headers)
     assert await asyncio.wait_for(read_sse(resp), 5) == []
+
+
+async def test_regression_head_on_a_bundle_sends_no_body(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """HEAD on the bundle wrote the bundle after the headers (RFC 9110 §9.3.2: HEAD has
+    none), so on a kept-alive connection the next response was read from its lines."""
+    oid = await external_orchestration(client, tenant_a)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    with closing(writer):
+        headers = "".join(f"{k}: {v}\r\n" for k, v in tenant_a.headers.items())
+        writer.write(
+            f"HEAD /v1/orchestrations/{oid}/bundle HTTP/1.1\r\nHost: x\r\n{headers}\r\n"
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()
+        )
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    assert b"application/x-ndjson" in head
+    assert rest.startswith(b"HTTP/1.1 200"), rest[:120]
