@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import uuid
 from typing import Any
 
 import msgspec
@@ -252,12 +253,25 @@ async def list_orchestrations(request: web.Request) -> web.Response:
     page, next_cursor = s.engine.list_orchestrations(
         principal.tenant_id,
         status=status,
-        agent_id=q.get("agent_id") or q.get("agent"),
-        workflow_id=q.get("workflow_id") or q.get("workflow"),
+        agent_id=_uuid_query(request, "agent_id", "agent"),
+        workflow_id=_uuid_query(request, "workflow_id", "workflow"),
         cursor=cursor,
         limit=limit,
     )
     return json_response({"items": page, "next_cursor": next_cursor})
+
+
+def _uuid_query(request: web.Request, name: str, alias: str) -> str | None:
+    """The id filter ``name`` (or ``alias``) as a canonical UUID: ids are stored lower-case,
+    so an upper-case one would silently match nothing."""
+    field = name if request.query.get(name) else alias
+    raw = request.query.get(field)
+    if not raw:
+        return None
+    try:
+        return str(uuid.UUID(raw))
+    except ValueError:
+        raise bad_request(f"{field} must be a UUID", field=field) from None
 
 
 def _on_orchestration(request: web.Request, scope: str) -> tuple[Services, Principal, str]:

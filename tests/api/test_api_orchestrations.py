@@ -642,3 +642,22 @@ async def test_regression_head_on_a_bundle_sends_no_body(
     assert head.startswith(b"HTTP/1.1 200"), head
     assert b"application/x-ndjson" in head
     assert rest.startswith(b"HTTP/1.1 200"), rest[:120]
+
+
+async def test_regression_list_filters_take_ids_in_any_case(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """The agent_id and workflow_id filters were compared as given: ids are stored in
+    lower case, so an upper-case id (valid, and found by the id routes) matched nothing."""
+    agent, wf = await setup_workflow(client, tenant_a)
+    _, state = await execute(client, tenant_a, {"workflow_id": wf, "agents": [agent]})
+    for name, value in (("agent_id", agent), ("workflow_id", wf), ("agent", agent)):
+        for given in (value, value.upper()):
+            page = await json_ok(
+                client, "GET", f"/v1/orchestrations?{name}={given}", 200, headers=tenant_a.headers
+            )
+            assert [o["orchestration_id"] for o in page["items"]] == [state["orchestration_id"]]
+    for name in ("agent_id", "workflow_id"):
+        resp = await client.get(f"/v1/orchestrations?{name}=bot", headers=tenant_a.headers)
+        assert resp.status == 400
+        assert (await resp.json())["errors"][0]["field"] == name
