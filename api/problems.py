@@ -121,8 +121,9 @@ def _named_field(message: str) -> str | None:
     return m.group(1) if m else None
 
 
-def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> ProblemError:
-    """msgspec's message ``"Expected `int`, got `str` - at `$.max_steps`"`` → 422."""
+def _validation_path(e: msgspec.ValidationError, prefix: str) -> tuple[str, str]:
+    """msgspec's message without its location, and the failing field's path under
+    ``prefix`` (where the validated value sits in the request)."""
     m = _AT_RE.match(str(e))
     message = m.group("message") if m else str(e)
     path = (m.group("path") if m else None) or "$"
@@ -131,6 +132,12 @@ def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> Prob
     named = _named_field(message)
     if named is not None:
         path = f"{path}.{named}"
+    return message, path
+
+
+def from_validation_error(e: msgspec.ValidationError, prefix: str = "$") -> ProblemError:
+    """msgspec's message ``"Expected `int`, got `str` - at `$.max_steps`"`` → 422."""
+    message, path = _validation_path(e, prefix)
     return _validation_failed(f"{message} at {path}", path, message)
 
 
@@ -180,7 +187,11 @@ def from_ledger_error(e: LedgerError) -> ProblemError:
     if isinstance(e, ConflictError):
         return ProblemError(409, "conflict", "Conflict", str(e))
     if isinstance(e, InvalidEventError):
-        return _validation_failed(str(e), "$", str(e))
+        path = _engine_field(e.field)
+        if e.field and isinstance(e.__cause__, msgspec.ValidationError):
+            message, path = _validation_path(e.__cause__, path)
+            return _validation_failed(str(e), path, message)
+        return _validation_failed(str(e), path, str(e))
     if isinstance(e, ProofError):
         return ProblemError(422, "proof", "Proof not available", str(e))
     if isinstance(e, StorageUnavailableError):

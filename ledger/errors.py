@@ -25,7 +25,15 @@ class LedgerError(Exception):
 
 
 class InvalidEventError(LedgerError, ValueError):
-    """An event cannot be encoded: bad field, non-UTF-8 text, wrong payload shape."""
+    """An event cannot be encoded: bad field, non-UTF-8 text, wrong payload shape.
+
+    ``field`` is the offending field's path in the caller's input (``events[0].type``),
+    when the raiser knows it; ``""`` when it does not.
+    """
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class UnknownEventTypeError(InvalidEventError):

@@ -942,9 +942,19 @@ class Engine:
         typed: list[tuple[str, Any]] = []
         for i, (event_type, payload) in enumerate(events):
             if event_type not in EXTERNAL_EVENT_TYPES:
-                raise InvalidEventError(f"events[{i}]: type {event_type!r} cannot be recorded")
+                raise InvalidEventError(
+                    f"events[{i}]: type {event_type!r} cannot be recorded",
+                    field=f"events[{i}].type",
+                )
             body = {**payload, "orchestration_id": orchestration_id}
-            typed.append((event_type, self._log.catalog.coerce(event_type, body)))
+            try:
+                typed.append((event_type, self._log.catalog.coerce(event_type, body)))
+            except InvalidEventError as e:
+                # msgspec's error, the catalog's cause, says where in the payload.
+                cause = e.__cause__ if isinstance(e.__cause__, msgspec.ValidationError) else e
+                raise InvalidEventError(
+                    f"events[{i}]: {e}", field=f"events[{i}].payload"
+                ) from cause
         async with self._external_lock(key):
             summary = self.registry.orchestration(tenant_id, orchestration_id)
             assert summary is not None

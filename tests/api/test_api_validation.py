@@ -404,3 +404,24 @@ async def test_regression_a_cursor_ending_in_a_newline_is_400(
     resp = await client.get(f"/v1/orchestrations?cursor={cursor}", headers=tenant_a.headers)
     assert resp.status == 400, await resp.text()
     assert (await resp.json(content_type=None))["errors"][0]["field"] == "cursor"
+
+
+async def test_regression_steps_errors_name_the_offending_event(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """The engine's refusal of a recorded event (a type that cannot be recorded, or a
+    payload of the wrong shape) was reported at "$", not at the event it is about."""
+    oid = await external_orchestration(client, tenant_a)
+    steps = f"/v1/orchestrations/{oid}/steps"
+    payload = {"step_id": "a", "agent_id": None, "action": "llm", "attempt": 1, "inputs": {}}
+    ok = {"type": "step.started", "payload": payload}
+    for event, field in (
+        ({"type": "bogus.type", "payload": {}}, "$.events[0].type"),
+        ({"type": "step.started", "payload": {"step_id": "a"}}, "$.events[0].payload.agent_id"),
+        ({**ok, "payload": {**payload, "attempt": "1"}}, "$.events[0].payload.attempt"),
+        ({**ok, "payload": {**payload, "colour": 1}}, "$.events[0].payload.colour"),
+    ):
+        assert await _field(client, tenant_a, steps, {"events": [event]}) == field
+        assert await _field(client, tenant_a, steps, {"events": [ok, event]}) == field.replace(
+            "[0]", "[1]"
+        )
