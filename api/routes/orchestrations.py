@@ -349,12 +349,21 @@ async def stream(request: web.Request) -> web.StreamResponse:
         # No body follows, so nothing to wait for: the stream would hold the connection.
         return web.Response(headers=headers)
     sub = s.hub.subscribe(tenant, oid)
+
+    def allowed() -> bool:
+        # The credential was checked when the stream connected; a key revoked (or a JWT
+        # expired) since must not go on receiving it.
+        return s.auth.still_authorized(request, principal, _READ)
+
     try:
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         done = False
         backlog = await s.log.read_stream(tenant, oid, after_seq=last)
         for rec in backlog:
+            if not allowed():
+                done = True
+                break
             await response.write(_sse(rec))
             last = rec.event.stream_seq
             done = rec.event.type in _TERMINAL
@@ -368,6 +377,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
             try:
                 item = await asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
             except TimeoutError:
+                if not allowed():
+                    break
                 await response.write(b": keep-alive\n\n")
                 continue
             if item is None or sub.overflowed:
@@ -377,6 +388,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 # Already sent, or the client claims to be past it: the stream still
                 # ends with the run.
                 continue
+            if not allowed():
+                break
             await response.write(_sse(item))
             last = item.event.stream_seq
         await response.write_eof()

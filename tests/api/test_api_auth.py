@@ -13,7 +13,7 @@ from typing import Any
 import jwt
 import pytest
 from aiohttp.test_utils import TestClient, make_mocked_request
-from api_helpers import Tenant, eddsa_token, hs256_token, new_tenant
+from api_helpers import Tenant, eddsa_token, external_orchestration, hs256_token, new_tenant
 from api_server import cli
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -22,6 +22,8 @@ from api.config import Config
 from api.errors import ConfigError, KeyStoreError
 from api.keys import KeyStore
 from api.problems import ProblemError
+from api.routes import orchestrations as orchestration_routes
+from api.services import SERVICES
 
 PATH = "/v1/orchestrations"
 
@@ -336,3 +338,63 @@ def test_regression_key_store_reads_and_revokes_that_fail_in_sqlite_are_key_stor
     for call in (store.list_keys, store.tenants, lambda: store.revoke(key.key_id)):
         with pytest.raises(KeyStoreError):
             call()
+
+
+async def _open_stream(client: TestClient, oid: str, headers: dict[str, str]) -> Any:
+    """An event stream of ``oid``, read past its backlog (created, started)."""
+    resp = await client.get(f"/v1/orchestrations/{oid}/events/stream", headers=headers)
+    assert resp.status == 200
+    for _ in range(2):
+        await asyncio.wait_for(resp.content.readuntil(b"\n\n"), 5)
+    return resp
+
+
+async def _complete(client: TestClient, oid: str, writer: Tenant) -> None:
+    resp = await client.post(
+        f"/v1/orchestrations/{oid}/steps",
+        json={"events": [{"type": "orchestration.completed", "payload": {"results": {}}}]},
+        headers=writer.headers,
+    )
+    assert resp.status == 201, await resp.text()
+
+
+async def test_regression_a_revoked_key_stops_receiving_an_open_event_stream(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore
+) -> None:
+    """The credential was checked only when the stream connected: a key revoked while
+    its stream was open went on receiving the orchestration's events."""
+    oid = await external_orchestration(client, tenant_a)
+    writer = new_tenant(keys, "tenant-a")
+    resp = await _open_stream(client, oid, tenant_a.headers)
+    keys.revoke(tenant_a.key_id)
+    await _complete(client, oid, writer)
+    rest = await asyncio.wait_for(resp.read(), 5)
+    assert b"orchestration.completed" not in rest
+
+
+async def test_regression_a_revoked_keys_idle_event_stream_ends_at_its_next_keep_alive(
+    client: TestClient, tenant_a: Tenant, keys: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no event to come, the stream went on sending keep-alives to a revoked key."""
+    monkeypatch.setattr(orchestration_routes, "_SSE_HEARTBEAT_SECONDS", 0.01)
+    oid = await external_orchestration(client, tenant_a)
+    resp = await _open_stream(client, oid, tenant_a.headers)
+    await asyncio.wait_for(resp.content.readuntil(b": keep-alive\n\n"), 5)
+    keys.revoke(tenant_a.key_id)
+    await asyncio.wait_for(resp.read(), 5)  # ends, rather than keep-alives for ever
+
+
+async def test_regression_an_event_stream_ends_when_its_jwt_expires(
+    client: TestClient, keys: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A JWT that expired while its stream was open went on receiving its events."""
+    writer = new_tenant(keys, "tenant-j")
+    oid = await external_orchestration(client, writer)
+    token = hs256_token("tenant-j", "orchestrations:read", exp_in=300)
+    resp = await _open_stream(
+        client, oid, {"Authorization": f"Bearer {token}", "X-Tenant-ID": "tenant-j"}
+    )
+    monkeypatch.setattr(client.app[SERVICES].auth, "_clock", lambda: time.time() + 3600)
+    await _complete(client, oid, writer)
+    rest = await asyncio.wait_for(resp.read(), 5)
+    assert b"orchestration.completed" not in rest
