@@ -96,10 +96,13 @@ def build_created(
                 step["agent"] = resolved
             elif step["action"] == "llm":
                 if default_agent is None:
+                    # What is missing is the request's agent, so the error names the
+                    # request's field (the step, a stored definition's, only in the text).
+                    field = "agent_id" if request_shape == "agent" else "agents"
                     raise WorkflowValidationError(
-                        "an llm step needs an agent: name one on the step or pass agents",
-                        step_id=step["id"],
-                        field="agent",
+                        f"step {step['id']!r} is an llm step and needs an agent:"
+                        f" name one on the step or pass {field}",
+                        field=field,
                     )
                 step["agent"] = default_agent
             if step.get("agent") and step["agent"] not in given:

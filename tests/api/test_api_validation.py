@@ -425,3 +425,21 @@ async def test_regression_steps_errors_name_the_offending_event(
         assert await _field(client, tenant_a, steps, {"events": [ok, event]}) == field.replace(
             "[0]", "[1]"
         )
+
+
+async def test_regression_a_workflow_run_without_agents_names_the_agents_field(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """An llm step left without an agent was reported at
+    $.definition.steps[classify].agent, a field the request does not have."""
+    _, wf = await setup_workflow(client, tenant_a)
+    for path, body in (
+        (EXECUTE, {"workflow_id": wf, "agents": []}),
+        ("/v1/orchestrations", {"executor": "engine", "workflow_id": wf}),
+        ("/v1/orchestrations", {"executor": "external", "workflow_id": wf}),
+    ):
+        resp = await client.post(path, json=body, headers=tenant_a.headers)
+        assert resp.status == 422, (path, body, await resp.text())
+        problem = await resp.json()
+        assert problem["errors"][0]["field"] == "$.agents", (path, body, problem)
+        assert "classify" in problem["detail"]
