@@ -206,6 +206,13 @@ async def execute(request: web.Request) -> web.Response:
     return await _idempotent(request, tenant, "execute", raw, start)
 
 
+@routes.route("*", "/v1/orchestrations/execute")
+async def execute_other_methods(request: web.Request) -> web.Response:
+    # Without this, GET and HEAD fall through to /v1/orchestrations/{id} (a 404 for an
+    # orchestration named "execute"), and other methods get an Allow merged from both.
+    raise web.HTTPMethodNotAllowed(request.method, ["POST"])
+
+
 @routes.post("/v1/orchestrations")
 async def create(request: web.Request) -> web.Response:
     s = services(request)

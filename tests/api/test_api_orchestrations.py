@@ -661,3 +661,16 @@ async def test_regression_list_filters_take_ids_in_any_case(
         resp = await client.get(f"/v1/orchestrations?{name}=bot", headers=tenant_a.headers)
         assert resp.status == 400
         assert (await resp.json())["errors"][0]["field"] == name
+
+
+async def test_regression_execute_answers_other_methods_with_405_allow_post(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """GET and HEAD on /v1/orchestrations/execute fell through to /{id} and were a 404
+    for an orchestration named "execute", while other methods' 405 listed GET in Allow."""
+    for method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS"):
+        resp = await client.request(method, "/v1/orchestrations/execute", headers=tenant_a.headers)
+        assert resp.status == 405, (method, resp.status)
+        assert resp.headers["Allow"] == "POST", method
+    agent, _ = await setup_workflow(client, tenant_a)
+    await execute(client, tenant_a, {"agent_id": agent, "input": "x"})  # POST still runs
