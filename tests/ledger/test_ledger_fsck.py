@@ -8,6 +8,7 @@ from pathlib import Path
 from ledger_testkit import Note, fsck_path, open_log, writing_beside
 
 from ledger.events import NewEvent
+from ledger.fsck import FsckReport
 
 
 async def _build(path: Path, n: int = 40) -> None:
@@ -102,32 +103,36 @@ def _tamper(path: Path, *statements: str) -> None:
     conn.close()
 
 
+async def _fsck_tampered(path: Path, events: int, *statements: str) -> FsckReport:
+    """fsck of a ledger of ``events`` one-event batches, after ``statements`` edited its
+    file behind the store's back; the report must say it is not ok."""
+    await _build(path, events)
+    _tamper(path, *statements)
+    report = await fsck_path(path)
+    assert not report.ok
+    return report
+
+
 async def test_regression_a_tree_hash_row_rewritten_as_text_is_reported(tmp_path: Path) -> None:
     # The row's value is TEXT, not BLOB: hashing went on with it and crashed.
-    path = tmp_path / "l.db"
-    await _build(path, 5)
-    _tamper(
-        path,
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        5,
         "DROP TRIGGER tree_hashes_no_update",
         "UPDATE tree_hashes SET hashes = hex(hashes) WHERE start = 0",
     )
-    report = await fsck_path(path)
-    assert not report.ok
     assert report.first_bad_index == 0
     assert report.problems == ["tree hash row 0 is stored as str, not bytes"]
 
 
 async def test_regression_a_leaf_rewritten_as_text_is_reported(tmp_path: Path) -> None:
-    path = tmp_path / "l.db"
-    await _build(path, 5)
-    _tamper(
-        path,
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        5,
         "DROP TRIGGER events_no_update",
         "UPDATE events SET leaf = CAST(leaf AS TEXT) WHERE leaf_index = 2",
         "UPDATE events SET event_id = hex(event_id) WHERE leaf_index = 3",
     )
-    report = await fsck_path(path)
-    assert not report.ok
     assert report.first_bad_index == 2
     assert any("leaf 2 is stored as str, not bytes" in p for p in report.problems)
     assert any("leaf 3's event id is stored as str, not bytes" in p for p in report.problems)
@@ -136,15 +141,12 @@ async def test_regression_a_leaf_rewritten_as_text_is_reported(tmp_path: Path) -
 async def test_regression_a_column_of_text_that_is_not_utf8_is_reported(tmp_path: Path) -> None:
     # SQLite cannot hand such a value to Python as text: the read itself fails, which
     # was taken for storage that cannot write rather than for damage.
-    path = tmp_path / "l.db"
-    await _build(path, 5)
-    _tamper(
-        path,
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        5,
         "DROP TRIGGER events_no_update",
         "UPDATE events SET leaf = CAST(leaf || x'ff' AS TEXT) WHERE leaf_index = 3",
     )
-    report = await fsck_path(path)
-    assert not report.ok
     assert report.first_bad_index == 3
     assert any("leaf 3 cannot be read" in p for p in report.problems), report.problems
 
@@ -152,17 +154,14 @@ async def test_regression_a_column_of_text_that_is_not_utf8_is_reported(tmp_path
 async def test_regression_an_edited_receipt_tree_size_is_reported(tmp_path: Path) -> None:
     # An event's tree_size picks the checkpoint and proof size of its receipt; fsck did
     # not read it, so a receipt that could no longer be served passed as ok.
-    path = tmp_path / "l.db"
-    await _build(path, 6)  # one batch per event: checkpoints at 1, 2, ... 6
-    _tamper(
-        path,
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        6,  # one batch per event: checkpoints at 1, 2, ... 6
         "DROP TRIGGER events_no_update",
         "UPDATE events SET tree_size = 999 WHERE leaf_index = 2",
         "UPDATE events SET tree_size = 6 WHERE leaf_index = 3",
         "UPDATE events SET tree_size = 'x' WHERE leaf_index = 4",
     )
-    report = await fsck_path(path)
-    assert not report.ok
     assert report.first_bad_index == 2
     assert report.problems == [
         "leaf 2 says its receipt was issued at tree size 999, but its batch ends at 3",
