@@ -20,6 +20,7 @@ import msgspec
 
 from ledger.errors import InvalidEventError
 from ledger.orchestration import events as ev
+from ledger.orchestration._json import decode_json
 from ledger.orchestration.errors import ProviderError, ToolError
 from ledger.orchestration.journal import CallJournal, response_of
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
@@ -49,8 +50,8 @@ def _json_or_none(text: str | None) -> Any:
     if not text:
         return None
     try:
-        return msgspec.json.decode(text)
-    except (msgspec.DecodeError, RecursionError):  # not JSON, or nested too deep for it
+        return decode_json(text)
+    except msgspec.DecodeError:
         return None
 
 

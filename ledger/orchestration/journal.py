@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from ledger.orchestration import events as ev
+from ledger.orchestration._json import decode_json
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, ToolCall
 
 __all__ = ["CallJournal", "CallsDiverged", "response_of"]
@@ -82,12 +83,12 @@ def response_of(done: ev.LLMCompleted) -> LLMResponse:
             ToolCall(
                 id=c["id"],
                 name=c["function"]["name"],
-                arguments=msgspec.json.decode(c["function"]["arguments"]),
+                arguments=decode_json(c["function"]["arguments"]),
             )
             for c in message.get("tool_calls") or ()
         )
         content = message.get("content")
-    except (AttributeError, KeyError, TypeError, msgspec.DecodeError, RecursionError) as e:
+    except (AttributeError, KeyError, TypeError, msgspec.DecodeError) as e:
         raise CallsDiverged(f"the recorded response cannot be read back: {e!r}") from None
     if content is not None and not isinstance(content, str):
         raise CallsDiverged("the recorded response's content is not text")

@@ -28,6 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
+from ledger.orchestration._json import decode_json
 from ledger.orchestration.errors import TemplateError
 
 __all__ = [
@@ -96,9 +97,17 @@ def parse_path(text: str) -> Reference:
 def _parse_expression(body: str) -> tuple[list[Reference], Any]:
     """Alternatives of one placeholder, plus an optional trailing literal (or _MISSING)."""
     refs, fallback = _parsed(body)
+    if fallback is None:
+        return list(refs), _MISSING
     # The literal is decoded afresh each time: a cached dict or list handed to one
-    # step could otherwise be mutated under the next.
-    return list(refs), _MISSING if fallback is None else msgspec.json.decode(fallback)
+    # step could otherwise be mutated under the next. It decoded when the template was
+    # checked, but the decoder's depth limit shrinks with the call stack under it.
+    try:
+        return list(refs), decode_json(fallback)
+    except msgspec.DecodeError:
+        raise TemplateError(
+            f"fallback {fallback.decode()!r} nests too deeply to decode here", reference=body
+        ) from None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -113,8 +122,8 @@ def _parsed(body: str) -> tuple[tuple[Reference, ...], bytes | None]:
         is_reference = root is not None and root.group(0) in ROOTS
         if i == len(parts) - 1 and i > 0 and not is_reference:
             try:
-                msgspec.json.decode(part)
-            except (msgspec.DecodeError, RecursionError):  # or nested too deep to decode
+                decode_json(part)
+            except msgspec.DecodeError:
                 raise TemplateError(
                     f"fallback {part!r} is not a reference or a JSON literal", reference=part
                 ) from None

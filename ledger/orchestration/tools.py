@@ -22,6 +22,7 @@ from urllib.parse import urljoin
 import aiohttp
 import msgspec
 
+from ledger.orchestration._json import decode_json
 from ledger.orchestration._net import GuardedResolver, check_url, is_public_address, read_capped
 from ledger.orchestration.calculator import calculate
 from ledger.orchestration.errors import SSRFBlockedError, TemplateError, ToolError
@@ -201,8 +202,8 @@ class HttpTool:
         if status >= 400:
             raise ToolError(f"http tool got HTTP {status}")
         try:
-            return msgspec.json.decode(raw) if raw else None
-        except (msgspec.DecodeError, RecursionError):  # as text, as any body not JSON
+            return decode_json(raw) if raw else None
+        except msgspec.DecodeError:
             return raw.decode("utf-8", "replace")
 
     async def close(self) -> None:

@@ -16,12 +16,14 @@ from ledger.orchestration import (
     OrchestrationError,
     RedactionPathError,
     RedactionPolicy,
+    TemplateError,
     ToolError,
     ToolRegistry,
     commitment,
 )
 from ledger.orchestration import events as ev
 from ledger.orchestration.calculator import calculate
+from ledger.orchestration.templates import render
 
 
 @pytest.mark.parametrize(
@@ -280,3 +282,18 @@ def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
         ],
         lambda t: b"salt",
     )
+
+
+def test_regression_a_fallback_literal_that_decoded_when_checked_fails_as_a_template() -> None:
+    """JSON's decoder refuses nesting near 1,000 levels less the call stack under it: a
+    fallback literal that decoded when its template was checked could raise
+    RecursionError when rendered from deeper in the stack, and crash the run."""
+    literal = "[" * 700 + "]" * 700
+    template = "{{ input.missing ?? " + literal + " }}"
+    assert render(template, {"input": {}}) == msgspec.json.decode(literal)
+
+    def deeper(levels: int) -> Any:
+        return render(template, {"input": {}}) if levels == 0 else deeper(levels - 1)
+
+    with pytest.raises(TemplateError, match="nests too deeply to decode"):
+        deeper(600)

@@ -22,6 +22,7 @@ import aiohttp
 import msgspec
 import structlog
 
+from ledger.orchestration._json import decode_json
 from ledger.orchestration._net import read_capped
 from ledger.orchestration.errors import (
     ProviderError,
@@ -152,8 +153,8 @@ def _malformed(why: str) -> ProviderError:
 
 def _parse(raw: bytes) -> LLMResponse:
     try:
-        data = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):  # nested past the decoder's depth
+        data = decode_json(raw)
+    except msgspec.DecodeError:
         raise _malformed("body is not JSON") from None
     if not isinstance(data, dict):
         raise _malformed("body is not a JSON object")
@@ -176,8 +177,8 @@ def _parse(raw: bytes) -> LLMResponse:
             raise _malformed(f"tool_calls[{i}].function.name is missing")
         args_text = fn.get("arguments", "{}")
         try:
-            args = msgspec.json.decode(args_text) if isinstance(args_text, str) else args_text
-        except (msgspec.DecodeError, RecursionError):
+            args = decode_json(args_text) if isinstance(args_text, str) else args_text
+        except msgspec.DecodeError:
             raise _malformed(f"tool_calls[{i}].function.arguments is not JSON") from None
         call_id = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
         calls.append(ToolCall(id=call_id, name=fn["name"], arguments=args))
