@@ -14,7 +14,7 @@ from ulid import ULID
 from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found
 from api.services import SERVICES, Services
-from ledger.orchestration.templates import nested_deeper_than
+from ledger.orchestration import MAX_JSON_NESTING, decode_json
 
 __all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
 
@@ -26,11 +26,10 @@ _DECIMAL_RE = re.compile(r"[0-9]+")
 #: Content codings aiohttp undoes for us (it would also take br and zstd, but only with
 #: optional packages this server does not install).
 _CODINGS = frozenset({"identity", "gzip", "deflate"})
-#: How deep arrays and objects in a body may nest. JSON's encoder and decoder give up
-#: near 1,000 levels less the call stack under them, which differs where a value is
-#: decoded, encoded into a leaf and read back: a bound far below that keeps every body
-#: accepted writable and readable.
-MAX_BODY_NESTING = 128
+#: How deep arrays and objects in a body may nest: as deep as any JSON from outside
+#: (see ``ledger/orchestration/_json.py``), so whatever is accepted can be written to the
+#: log and read back.
+MAX_BODY_NESTING = MAX_JSON_NESTING
 
 
 def decimal(raw: str, max_digits: int) -> int | None:
@@ -112,7 +111,7 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     if not raw.strip() and optional:
         return None
     try:
-        value = msgspec.json.decode(raw)
+        return decode_json(raw)
     except msgspec.DecodeError as e:
         raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
     except UnicodeDecodeError as e:
@@ -120,20 +119,6 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         raise bad_request(
             "the body is not valid JSON: a string is not valid UTF-8", slug="malformed-json"
         ) from e
-    except RecursionError:  # msgspec's way of saying: nested deeper than it goes
-        raise _too_deep() from None
-    # A body with no more brackets than the bound cannot nest deeper (most bodies): the
-    # count is C-fast, the walk is not.
-    brackets = raw.count(b"[") + raw.count(b"{")
-    if brackets > MAX_BODY_NESTING and nested_deeper_than(value, MAX_BODY_NESTING):
-        raise _too_deep()
-    return value
-
-
-def _too_deep() -> ProblemError:
-    return bad_request(
-        f"the body's JSON nests more than {MAX_BODY_NESTING} levels deep", slug="malformed-json"
-    )
 
 
 def convert(value: Any, type_: type[T]) -> T:

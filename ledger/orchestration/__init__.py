@@ -4,6 +4,7 @@ See ``specs/log-format.md`` §7 (events and the state fold) and ``specs/workflow
 (workflow definitions, templates, conditions, providers and tools).
 """
 
+from ledger.orchestration._json import MAX_JSON_NESTING, decode_json
 from ledger.orchestration.engine import EXTERNAL_EVENT_TYPES, Engine
 from ledger.orchestration.errors import (
     AgentNotFound,
@@ -43,6 +44,7 @@ from ledger.orchestration.workflow import (
 
 __all__ = [
     "EXTERNAL_EVENT_TYPES",
+    "MAX_JSON_NESTING",
     "ORCHESTRATION_EVENTS",
     "TERMINAL_TYPES",
     "AgentNotFound",
@@ -76,6 +78,7 @@ __all__ = [
     "WorkflowValidationError",
     "apply",
     "commitment",
+    "decode_json",
     "definition_hash",
     "replay",
     "validate_definition",

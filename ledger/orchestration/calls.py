@@ -20,7 +20,7 @@ import msgspec
 
 from ledger.errors import InvalidEventError
 from ledger.orchestration import events as ev
-from ledger.orchestration._json import decode_json
+from ledger.orchestration._json import MAX_JSON_NESTING, decode_json
 from ledger.orchestration.errors import ProviderError, ToolError
 from ledger.orchestration.journal import CallJournal, response_of
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
@@ -61,18 +61,24 @@ def bounded(error: str) -> str:
     return f"{error[:MAX_ERROR_CHARS]}… ({len(error) - MAX_ERROR_CHARS} more characters)"
 
 
-def _check_finite(result: Any) -> None:
+def _check_json(result: Any) -> None:
     """Raise :class:`ToolError` if ``result`` holds inf or nan, which JSON cannot hold
-    (they would be stored as null, and the run would go on with a value no replay sees)."""
-    stack = [result]
+    (they would be stored as null, and the run would go on with a value no replay sees),
+    or nests deeper than any JSON from outside may (``_json.py``)."""
+    stack = [(result, 0)]
     while stack:
-        value = stack.pop()
+        value, depth = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             raise ToolError(f"the result holds {value}, which is not a JSON number")
         if isinstance(value, Mapping):
-            stack.extend(value.values())
+            children: Any = value.values()
         elif isinstance(value, list | tuple):
-            stack.extend(value)
+            children = value
+        else:
+            continue
+        if depth >= MAX_JSON_NESTING:
+            raise ToolError(f"the result nests more than {MAX_JSON_NESTING} levels deep")
+        stack.extend((child, depth + 1) for child in children)
 
 
 def const(value: Any) -> Callable[[], Any]:
@@ -224,7 +230,7 @@ class CallRecorder:
             if not pure:
                 await self.writer.flush()
             result = await tool.fn(arguments)
-            _check_finite(result)
+            _check_json(result)
         except ToolError as e:
             error, transient = bounded(str(e)), e.transient
         except Exception as e:  # noqa: BLE001 — user tool code may raise anything: record it

@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import msgspec
 
-from ledger.orchestration._json import decode_json
+from ledger.orchestration._json import decode_json, nested_deeper_than
 from ledger.orchestration.errors import TemplateError
 
 __all__ = [
@@ -97,17 +97,11 @@ def parse_path(text: str) -> Reference:
 def _parse_expression(body: str) -> tuple[list[Reference], Any]:
     """Alternatives of one placeholder, plus an optional trailing literal (or _MISSING)."""
     refs, fallback = _parsed(body)
-    if fallback is None:
-        return list(refs), _MISSING
     # The literal is decoded afresh each time: a cached dict or list handed to one
-    # step could otherwise be mutated under the next. It decoded when the template was
-    # checked, but the decoder's depth limit shrinks with the call stack under it.
-    try:
-        return list(refs), decode_json(fallback)
-    except msgspec.DecodeError:
-        raise TemplateError(
-            f"fallback {fallback.decode()!r} nests too deeply to decode here", reference=body
-        ) from None
+    # step could otherwise be mutated under the next. ``_parsed`` checked it, so
+    # it nests at most MAX_JSON_NESTING deep: far from where decoding depends on the
+    # call stack under it.
+    return list(refs), _MISSING if fallback is None else msgspec.json.decode(fallback)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -133,23 +127,6 @@ def _parsed(body: str) -> tuple[tuple[Reference, ...], bytes | None]:
     if not refs:
         raise TemplateError(f"placeholder {{{{{body}}}}} has no reference", reference=body)
     return tuple(refs), fallback
-
-
-def nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether arrays and objects in ``value`` nest more than ``limit`` levels deep."""
-    stack: list[tuple[Any, int]] = [(value, 0)]
-    while stack:  # a loop, not recursion: the value may be nested beyond Python's limit
-        item, depth = stack.pop()
-        if isinstance(item, Mapping):
-            children: Any = item.values()
-        elif isinstance(item, list | tuple):
-            children = item
-        else:
-            continue
-        if depth >= limit:
-            return True
-        stack.extend((child, depth + 1) for child in children)
-    return False
 
 
 def _walk_strings(value: Any, depth: int = 0) -> Iterator[str]:

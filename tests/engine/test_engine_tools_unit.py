@@ -13,6 +13,7 @@ import pytest
 from engine_helpers import TENANT
 
 from ledger.orchestration import (
+    MAX_JSON_NESTING,
     OrchestrationError,
     RedactionPathError,
     RedactionPolicy,
@@ -20,6 +21,7 @@ from ledger.orchestration import (
     ToolError,
     ToolRegistry,
     commitment,
+    decode_json,
 )
 from ledger.orchestration import events as ev
 from ledger.orchestration.calculator import calculate
@@ -284,16 +286,29 @@ def test_redaction_paths_that_can_hold_a_commitment_are_accepted() -> None:
     )
 
 
-def test_regression_a_fallback_literal_that_decoded_when_checked_fails_as_a_template() -> None:
+def test_regression_a_fallback_literal_nests_at_most_as_deep_as_any_outside_json() -> None:
     """JSON's decoder refuses nesting near 1,000 levels less the call stack under it: a
     fallback literal that decoded when its template was checked could raise
-    RecursionError when rendered from deeper in the stack, and crash the run."""
-    literal = "[" * 700 + "]" * 700
-    template = "{{ input.missing ?? " + literal + " }}"
-    assert render(template, {"input": {}}) == msgspec.json.decode(literal)
+    RecursionError when rendered from deeper in the stack, and crash the run. Literals
+    are held to MAX_JSON_NESTING, far from that."""
+    deepest = "[" * MAX_JSON_NESTING + "]" * MAX_JSON_NESTING
+    template = "{{ input.missing ?? " + deepest + " }}"
 
     def deeper(levels: int) -> Any:
         return render(template, {"input": {}}) if levels == 0 else deeper(levels - 1)
 
-    with pytest.raises(TemplateError, match="nests too deeply to decode"):
-        deeper(600)
+    assert deeper(700) == msgspec.json.decode(deepest)
+    with pytest.raises(TemplateError, match="is not a reference or a JSON literal"):
+        render("{{ input.missing ?? [" + deepest + "] }}", {"input": {}})
+
+
+@pytest.mark.parametrize("as_text", [False, True])
+def test_outside_json_nests_at_most_max_json_nesting(as_text: bool) -> None:
+    def nested(levels: int) -> Any:
+        text = "[" * levels + "]" * levels
+        return text if as_text else text.encode()
+
+    assert decode_json(nested(MAX_JSON_NESTING)) is not None
+    for too_deep in (MAX_JSON_NESTING + 1, 5000):  # ours, then the decoder's own limit
+        with pytest.raises(msgspec.DecodeError, match="nests more than 128 levels"):
+            decode_json(nested(too_deep))

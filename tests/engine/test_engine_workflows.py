@@ -660,6 +660,25 @@ async def test_regression_a_tool_result_holding_inf_or_nan_fails_the_step(
     assert "not a JSON number" in state.steps[0].result["error"]
 
 
+@pytest.mark.parametrize(("levels", "status"), [(128, "completed"), (129, "failed")])
+async def test_regression_a_tool_result_nests_at_most_as_deep_as_any_outside_json(
+    engine: Engine, levels: int, status: str
+) -> None:
+    # Nested near JSON's limit, a result could encode into its leaf and then fail to
+    # decode when read from deeper in the call stack.
+    async def nested(args: Any) -> Any:
+        value: Any = 1
+        for _ in range(levels):
+            value = [value]
+        return value
+
+    engine.tools.register("nested", nested)
+    state = await _run_tool_step(engine, {"id": "a", "tool": "nested"})
+    assert state.status == status, state.steps
+    if status == "failed":
+        assert "nests more than 128 levels" in state.steps[0].result["error"]
+
+
 async def test_regression_a_calculator_overflow_fails_the_step_live_as_in_replay(
     engine: Engine,
 ) -> None:
