@@ -114,11 +114,6 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         return decode_json(raw)
     except msgspec.DecodeError as e:
         raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
-    except UnicodeDecodeError as e:
-        # msgspec checks UTF-8 inside strings late and raises this, not DecodeError.
-        raise bad_request(
-            "the body is not valid JSON: a string is not valid UTF-8", slug="malformed-json"
-        ) from e
 
 
 def convert(value: Any, type_: type[T]) -> T:

@@ -1,8 +1,9 @@
 """JSON that comes from outside the engine (a model, a tool, a definition).
 
-msgspec reports JSON nested past its limit (near 1,000 levels, less the Python call
-stack under it) as ``RecursionError``, not as the ``DecodeError`` every other malformed
-input gives; and because that limit moves with the call stack, a value decoded in one
+msgspec reports two kinds of bad input otherwise than with the ``DecodeError`` every
+other malformed input gives: a string that is not UTF-8 (``UnicodeDecodeError``), and
+JSON nested past its limit (``RecursionError``; near 1,000 levels, less the Python call
+stack under it). Because that limit moves with the call stack, a value decoded in one
 place may not encode into a leaf, or decode back, in another. So outside JSON is held to
 :data:`MAX_JSON_NESTING` levels, far below that limit, and anything deeper is "not JSON"
 wherever it arrives.
@@ -39,11 +40,13 @@ def nested_deeper_than(value: Any, limit: int) -> bool:
 
 
 def decode_json(data: bytes | str) -> Any:
-    """``msgspec.json.decode``, with nesting past :data:`MAX_JSON_NESTING` (or past the
-    decoder's own limit) a ``DecodeError`` too."""
+    """``msgspec.json.decode``, with a string that is not UTF-8 and nesting past
+    :data:`MAX_JSON_NESTING` (or past the decoder's own limit) a ``DecodeError`` too."""
     too_deep = f"JSON nests more than {MAX_JSON_NESTING} levels deep"
     try:
         value = msgspec.json.decode(data)
+    except (UnicodeDecodeError, UnicodeEncodeError):  # bytes, or a str holding a surrogate
+        raise msgspec.DecodeError("a string is not valid UTF-8") from None
     except RecursionError:  # past the decoder's own limit, which is past ours
         raise msgspec.DecodeError(too_deep) from None
     # Only text with more brackets than the bound can nest past it: counting is C-fast,

@@ -160,7 +160,7 @@ async def test_malformed_responses_give_clear_step_error(
 DEEP = 10_000  # nesting msgspec refuses with RecursionError, not DecodeError
 
 
-async def test_regression_deeply_nested_json_from_the_model_fails_the_call_not_the_run(
+async def test_regression_json_msgspec_refuses_without_a_decode_error_fails_the_call(
     harness: Harness, fake_openai: FakeOpenAI
 ) -> None:
     """A response nested deeper than the decoder goes (well within the size cap) raised
@@ -175,6 +175,12 @@ async def test_regression_deeply_nested_json_from_the_model_fails_the_call_not_t
     cases = [
         (("raw", b'{"choices": ' + b"[" * DEEP + b"]" * DEEP + b"}"), "body is not JSON"),
         (deep_arguments, "arguments is not JSON"),
+        # Not nesting, but the same escape: msgspec raises UnicodeDecodeError, not
+        # DecodeError, for a string that is not UTF-8.
+        (
+            ("raw", b'{"choices": [{"message": {"role": "assistant", "content": "\xff"}}]}'),
+            "body is not JSON",
+        ),
     ]
     for reply, message in cases:
         fake_openai.script = [reply]

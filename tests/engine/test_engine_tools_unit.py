@@ -312,3 +312,11 @@ def test_outside_json_nests_at_most_max_json_nesting(as_text: bool) -> None:
     for too_deep in (MAX_JSON_NESTING + 1, 5000):  # ours, then the decoder's own limit
         with pytest.raises(msgspec.DecodeError, match="nests more than 128 levels"):
             decode_json(nested(too_deep))
+
+
+@pytest.mark.parametrize("text", [b'{"a": "\xff"}', b'"\xed\xa0\x80"', '{"a": "\udcff"}'])
+def test_regression_outside_json_that_is_not_utf8_is_a_decode_error(text: bytes | str) -> None:
+    # msgspec raises UnicodeDecodeError (bytes) or UnicodeEncodeError (a str holding a
+    # surrogate) for these, not DecodeError: from a model's response it escaped the run.
+    with pytest.raises(msgspec.DecodeError, match="not valid UTF-8"):
+        decode_json(text)
