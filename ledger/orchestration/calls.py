@@ -17,6 +17,7 @@ from datetime import datetime
 from typing import Any, Final, TypeVar
 
 import msgspec
+import structlog
 
 from ledger.errors import InvalidEventError
 from ledger.orchestration import events as ev
@@ -35,6 +36,8 @@ __all__ = ["MAX_ERROR_CHARS", "CallRecorder", "Collaborators", "as_text", "bound
 MAX_ERROR_CHARS: Final = 4000
 
 _P = TypeVar("_P", bound=msgspec.Struct)
+
+_log = structlog.get_logger()
 
 
 @dataclass
@@ -155,6 +158,14 @@ class CallRecorder:
             response = await provider.complete(request, time_limit=self.created.timeout_seconds)
         except ProviderError as e:
             failure = e
+        except Exception as e:  # noqa: BLE001 — a provider's own bug must end the step, not the run
+            # Untranslated, it would crash the run task and leave the orchestration
+            # running for ever, crashing again at every restart. Not transient: a retry
+            # would meet the same bug.
+            _log.exception("provider.internal_error", provider=provider.name)
+            failure = ProviderError(
+                bounded(f"internal error: {type(e).__name__}: {e}"), transient=False
+            )
         else:
             try:
                 self._llm_completed(step_id, attempt, response, started, None)

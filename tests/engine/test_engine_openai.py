@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import aiohttp
 import structlog
 from engine_helpers import TENANT, FakeOpenAI, Harness, completion
 
@@ -220,4 +221,31 @@ async def test_api_key_never_in_database_or_logs(
     assert b"MAIP_TEST_KEY" in blob  # the env var *name* is recorded, the value never
     captured = capsys.readouterr()
     assert SECRET not in captured.out + captured.err
+    assert SECRET not in repr(logs)
+
+
+async def test_regression_unexpected_provider_error_fails_the_step_not_the_run(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """An error the provider does not translate (here aiohttp's RuntimeError for a closed
+    session) used to crash the run task and leave the orchestration "running" for ever,
+    and crash again at every restart. It is a failed step now, recorded with its type."""
+    session = aiohttp.ClientSession()
+    await session.close()
+    with structlog.testing.capture_logs() as logs:
+        engine = await harness.open(env={"MAIP_TEST_KEY": SECRET}, session=session)
+        agent = await _agent(engine, fake_openai)
+        started = await engine.execute(TENANT, agent_id=agent, input="x")
+        state = await engine.wait(TENANT, started.orchestration_id, max_wait=10)
+    assert state.status == "failed", state
+    assert state.reason == "provider_error"
+    (step,) = state.steps
+    assert step.status == "failed"
+    events = await _events(harness, started.orchestration_id)
+    done = next(e.payload for e in events if e.type == "llm.completed")
+    assert done.error is not None
+    assert done.error.startswith("internal error: RuntimeError")
+    assert not done.transient  # a bug is not retried as if the network had blinked
+    assert fake_openai.requests == []
+    assert any(entry["event"] == "provider.internal_error" for entry in logs)
     assert SECRET not in repr(logs)
