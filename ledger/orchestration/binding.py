@@ -90,8 +90,12 @@ def build_created(
             if ref is not None:
                 resolved = resolve_agent(registry, tenant_id, ref, given)
                 if resolved is None:
+                    # The stored definition is not the request's to change: what the
+                    # caller chose is the workflow (the step is named in the text).
                     raise WorkflowValidationError(
-                        f"agent {ref!r} is not registered", step_id=step["id"], field="agent"
+                        f"step {step['id']!r} of this workflow runs as agent {ref!r},"
+                        " which is not registered",
+                        field="workflow_id",
                     )
                 step["agent"] = resolved
             elif step["action"] == "llm":

@@ -443,3 +443,32 @@ async def test_regression_a_workflow_run_without_agents_names_the_agents_field(
         problem = await resp.json()
         assert problem["errors"][0]["field"] == "$.agents", (path, body, problem)
         assert "classify" in problem["detail"]
+
+
+async def test_regression_a_workflow_step_naming_an_unknown_agent_names_the_workflow_id(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """A stored workflow whose step names an agent nobody registered was reported at
+    $.definition.steps[classify].agent, a field an execute request does not have: what
+    the caller can change is which workflow it runs (or register that agent)."""
+    definition = {"steps": [{"id": "classify", "action": "llm", "agent": "ghost", "prompt": "hi"}]}
+    resp = await client.post(
+        "/v1/workflows",
+        json={"name": "haunted", "definition": definition},
+        headers=tenant_a.headers,
+    )
+    if resp.status == 422:  # refused at registration: then no run can meet it
+        assert (await resp.json())["errors"][0]["field"] == "$.definition.steps[classify].agent"
+        pytest.skip("the registry refuses unknown agents at registration")
+    assert resp.status == 201, await resp.text()
+    wf = (await resp.json())["workflow_id"]
+    for path, body in (
+        (EXECUTE, {"workflow_id": wf, "agents": []}),
+        ("/v1/orchestrations", {"executor": "engine", "workflow_id": wf}),
+    ):
+        resp = await client.post(path, json=body, headers=tenant_a.headers)
+        assert resp.status == 422, (path, body, await resp.text())
+        problem = await resp.json()
+        assert problem["errors"][0]["field"] == "$.workflow_id", (path, problem)
+        assert "classify" in problem["detail"]
+        assert "ghost" in problem["detail"]
