@@ -245,5 +245,5 @@ class TimedLog:
     async def root_at(self, tree_size: int) -> bytes:
         return await self._log.root_at(tree_size)
 
-    def seal(self, *parts: bytes) -> bytes:
+    def seal(self, *parts: bytes | bytearray) -> bytes:
         return self._log.seal(*parts)

@@ -343,7 +343,7 @@ class Log:
     def verifier(self) -> NoteVerifier:
         return self._verifier
 
-    def seal(self, *parts: bytes) -> bytes:
+    def seal(self, *parts: bytes | bytearray) -> bytes:
         """An HMAC-SHA256 tag of ``parts`` joined, under a secret derived from the
         signing key: for what this log keeps about itself outside the tree (snapshots),
         so that an edit to it is noticed by anyone who could not also forge checkpoints.

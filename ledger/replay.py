@@ -83,7 +83,7 @@ class SnapshotLog(Protocol):
     @property
     def store(self) -> EventStore: ...
     async def root_at(self, tree_size: int) -> bytes: ...
-    def seal(self, *parts: bytes) -> bytes: ...
+    def seal(self, *parts: bytes | bytearray) -> bytes: ...
 
 
 class _Snapshot(msgspec.Struct, frozen=True):
@@ -94,11 +94,46 @@ class _Snapshot(msgspec.Struct, frozen=True):
     seal: bytes
 
 
-def _sealed(name: str, log_size: int, root: bytes, state: bytes) -> list[bytes]:
+class _SnapshotHead(msgspec.Struct, frozen=True):
+    """:class:`_Snapshot`'s fields before ``state``, in its order."""
+
+    log_size: int
+    root: bytes
+
+
+_STATE_KEY = msgspec.msgpack.encode("state")
+_SEAL_KEY = msgspec.msgpack.encode("seal")
+
+
+def _bin_header(length: int) -> bytes:
+    """The MessagePack ``bin`` header of ``length`` bytes, in its shortest form."""
+    if length < 1 << 8:
+        return b"\xc4" + length.to_bytes(1, "big")
+    if length < 1 << 16:
+        return b"\xc5" + length.to_bytes(2, "big")
+    return b"\xc6" + length.to_bytes(4, "big")
+
+
+def _snapshot_parts(snapshot: _Snapshot, state: bytes | bytearray) -> list[bytes | bytearray]:
+    """``msgspec.msgpack.encode(snapshot)`` with ``state`` in place of its (empty)
+    ``state``, as three parts whose join is exactly that encoding, so stored snapshots
+    read back as they always did. A Struct encodes as a map of its fields in order."""
+    head = msgspec.msgpack.encode(_SnapshotHead(snapshot.log_size, snapshot.root))
+    assert head[0] == 0x82  # a fixmap of two: the whole snapshot is a fixmap of four
+    return [
+        b"\x84" + head[1:] + _STATE_KEY + _bin_header(len(state)),
+        state,
+        _SEAL_KEY + msgspec.msgpack.encode(snapshot.seal),
+    ]
+
+
+def _sealed(
+    name: str, log_size: int, root: bytes, state: bytes | bytearray
+) -> list[bytes | bytearray]:
     """What a snapshot's seal covers, in parts: a domain tag, then each field
     length-prefixed, so no two snapshots (and nothing else ``Log.seal`` may ever cover)
     share bytes. Parts, so a large state is not copied to be sealed."""
-    parts = [b"maip-ledger snapshot\n"]
+    parts: list[bytes | bytearray] = [b"maip-ledger snapshot\n"]
     for field in (name.encode(), str(log_size).encode(), root, state):
         parts += (len(field).to_bytes(8, "big"), field)
     return parts
@@ -161,22 +196,28 @@ async def save_snapshot(
 
     The state is captured before anything is awaited: a live projection may fold newer
     events meanwhile, and its snapshot must hold exactly the first ``log_size``. A large
-    state is encoded part by part between turns of the event loop, and sealed in a
-    thread (hashing releases the interpreter lock), so neither stalls the loop.
+    state is encoded part by part between turns of the event loop, sealed in a thread
+    (hashing releases the interpreter lock) and handed to the store in parts, never
+    copied whole, so none of it stalls the loop for long.
     """
     encoded = projection.encode(state)
+    data: bytes | bytearray
     if isinstance(encoded, bytes):
         data = encoded
     else:
-        parts = [next(encoded, b"")]  # captures the state, before the first await
+        # Grown in place part by part: joining tens of MiB at once held the loop.
+        data = bytearray(next(encoded, b""))  # captures the state, before the first await
         while True:
             await asyncio.sleep(0)
             part = next(encoded, None)
             if part is None:
                 break
-            parts.append(part)
-        data = b"".join(parts)
+            data += part
     root = await log.root_at(log_size)
     seal = await asyncio.to_thread(log.seal, *_sealed(projection.name, log_size, root, data))
-    snapshot = _Snapshot(log_size, root, data, seal)
-    await log.store.save_snapshot(projection.name, log_size, msgspec.msgpack.encode(snapshot))
+    # Stored as the parts of its encoding, the state never copied into one: a copy of
+    # tens of MiB holds the interpreter lock throughout, and the store writes the parts
+    # a piece at a time.
+    await log.store.save_snapshot(
+        projection.name, log_size, _snapshot_parts(_Snapshot(log_size, root, b"", seal), data)
+    )

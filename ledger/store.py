@@ -102,8 +102,14 @@ class EventStore(Protocol):
 
     async def event_count(self) -> int: ...
 
-    async def save_snapshot(self, name: str, log_index: int, state: bytes) -> None:
-        """Remember a projection's state as of ``log_index`` (exclusive). Overwrites."""
+    async def save_snapshot(
+        self, name: str, log_index: int, state: bytes | Sequence[bytes | bytearray]
+    ) -> None:
+        """Remember a projection's state as of ``log_index`` (exclusive). Overwrites.
+
+        ``state`` may come in parts, stored as their join: a backend should write them
+        without joining them, since a copy of a large state holds the interpreter lock
+        (and so the event loop) for as long as it takes."""
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None: ...
 

@@ -166,6 +166,15 @@ class EventStoreContract(ABC):
         assert await store.load_snapshot("p") == (5, b"two")
         await store.close()
 
+    async def test_a_snapshot_in_parts_is_stored_as_their_join(self, tmp_path: Path) -> None:
+        store = await self.make_store(tmp_path)
+        big = bytes(range(256)) * 12_000  # several of the SQLite backend's blob pieces
+        await store.save_snapshot("p", 4, [b"ab", bytearray(b"cd"), b"", big])
+        assert await store.load_snapshot("p") == (4, b"abcd" + big)
+        await store.save_snapshot("p", 6, [])
+        assert await store.load_snapshot("p") == (6, b"")
+        await store.close()
+
     @pytest.mark.parametrize(
         "statement",
         [
