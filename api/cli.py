@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import closing, suppress
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Any, NoReturn, TextIO
 import msgspec
 import structlog
 from aiohttp import web
+from ulid import ULID
 
 from api.app import create_app
 from api.config import ENV_VARS, Config
@@ -39,6 +41,7 @@ from ledger.sqlite_store import SQLiteEventStore
 
 __all__ = ["configure_logging", "main"]
 
+_DISPLAY_PREFIX = "maip-orch:"
 _SECRET_FIELDS = frozenset(
     {"api_key", "x-api-key", "authorization", "token", "secret", "password", "jwt"}
 )
@@ -243,6 +246,17 @@ async def _export(config: Config, orchestration_id: str, tenants: Sequence[str],
     )
 
 
+def _orchestration_id(raw: str) -> str:
+    """The canonical UUID of ``raw``, a UUID in any case or its ``maip-orch:<ULID>`` form,
+    as the API takes ``{id}``; anything else lower-cased, to be reported as not found."""
+    try:
+        if raw.startswith(_DISPLAY_PREFIX):
+            return str(uuid.UUID(bytes=ULID.from_str(raw[len(_DISPLAY_PREFIX) :]).bytes))
+        return str(uuid.UUID(raw))
+    except (ValueError, TypeError):
+        return raw.lower()
+
+
 def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     config = _config(args, env)
     if args.tenant:
@@ -250,7 +264,7 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     else:
         with closing(KeyStore(config.keys_path)) as store:
             tenants = store.tenants()
-    oid = args.orchestration_id.lower()
+    oid = _orchestration_id(args.orchestration_id)
     if args.output == "-":
         count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer))
         sys.stdout.buffer.flush()
@@ -376,7 +390,7 @@ def _parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_cmd_fsck)
 
     e = sub.add_parser("export", help="write an orchestration's offline bundle (spec §6)")
-    e.add_argument("orchestration_id")
+    e.add_argument("orchestration_id", help="its UUID, or its maip-orch:<ULID> form (its id)")
     data_dir(e)
     e.add_argument("--tenant", help="the owning tenant (default: search tenants with keys)")
     e.add_argument("-o", "--output", default="-", help="file, or - for stdout (default)")

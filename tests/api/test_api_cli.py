@@ -296,6 +296,30 @@ def test_regression_a_failed_export_leaves_no_partial_file(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "partial output left behind"
 
 
+def test_regression_export_takes_an_orchestration_id_in_either_form_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    # The API names an orchestration by its UUID or its `maip-orch:<ULID>` form (the
+    # state's `id`); export, documented as the same as GET /v1/orchestrations/{id}/bundle,
+    # lower-cased the ULID form and found no orchestration.
+    vkey = write_signing_key(tmp_path)
+    h = admin_key_headers(tmp_path, "t")
+    server = Server(tmp_path)
+    try:
+        state = server.json(
+            "POST", "/v1/orchestrations", 202, body={"executor": "external"}, headers=h
+        )
+    finally:
+        assert server.stop() == 0
+    assert state["id"].startswith("maip-orch:")
+    for given in (state["id"], state["orchestration_id"].upper()):
+        for tenant in (("--tenant", "t"), ()):
+            r = cli("export", given, "--data-dir", str(tmp_path), *tenant)
+            assert r.returncode == 0, (given, tenant, r.stderr[-400:])
+            report = verifier.verify_bundle(r.stdout.encode(), vkey)
+            assert report.orchestration_id == state["orchestration_id"]
+
+
 def test_regression_fsck_reports_a_leaf_rewritten_as_text_instead_of_crashing(
     tmp_path: Path,
 ) -> None:
