@@ -373,10 +373,13 @@ def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> in
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    fmt = args.format or ("json" if args.json else "text")
+    if args.json and fmt != "json":
+        raise _UsageError(f"--json prints the json timeline; it cannot go with --format {fmt}")
     key = _vkey(args.vkey)
     data = _read_bytes(args.bundle, "bundle")
     timeline = build_timeline(data, key)
-    text = render(timeline, args.format)
+    text = render(timeline, fmt)
     if args.output:
         try:
             Path(args.output).write_text(text, encoding="utf-8")
@@ -423,7 +426,9 @@ def _parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("replay", help="the auditor's timeline of a bundle")
     rp.add_argument("bundle", metavar="BUNDLE.json")
-    rp.add_argument("--format", choices=("text", "json", "html"), default="text")
+    rp.add_argument(
+        "--format", choices=("text", "json", "html"), help="default text; json with --json"
+    )
     rp.add_argument("-o", "--output", metavar="FILE")
 
     for s in (r, b, c, m, rp):

@@ -268,6 +268,25 @@ def test_replay_text_json_and_html(
     assert "<link" not in page
 
 
+def test_regression_replay_json_flag_prints_the_json_timeline(
+    files: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `--json` is "machine-readable output" on every subcommand; replay printed text.
+    vkey = str(files["vkey"])
+    assert main(["replay", str(files["bundle"]), "--vkey", vkey, "--format", "json"]) == 0
+    expected = msgspec.json.decode(capsys.readouterr().out)
+    assert main(["replay", str(files["bundle"]), "--vkey", vkey, "--json"]) == 0
+    assert msgspec.json.decode(capsys.readouterr().out) == expected
+    args = ["replay", str(files["bundle"]), "--vkey", vkey, "--json", "--format", "json"]
+    assert main(args) == 0
+    assert msgspec.json.decode(capsys.readouterr().out) == expected
+    # Asking for JSON and for another format at once is a usage error, not a guess.
+    assert main(["replay", str(files["bundle"]), "--vkey", vkey, "--json", "--format", "html"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "--json" in err
+
+
 def test_replay_html_escapes_event_content(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
