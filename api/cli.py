@@ -304,7 +304,11 @@ def _parser() -> argparse.ArgumentParser:
 
     def data_dir(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--data-dir", type=Path, help=_help("data_dir", "default ./data"))
-        sp.add_argument("--key-file", type=Path, help=_help("key_file", "signing key file"))
+        sp.add_argument(
+            "--key-file",
+            type=Path,
+            help=_help("key_file", "signing key file; default DATA_DIR/log.key, made by serve"),
+        )
 
     s = sub.add_parser("serve", help="run the HTTP API")
     data_dir(s)
