@@ -12,7 +12,6 @@ import logging
 import os
 import signal
 import sys
-import uuid
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import closing, suppress
 from pathlib import Path
@@ -21,7 +20,6 @@ from typing import Any, NoReturn, TextIO
 import msgspec
 import structlog
 from aiohttp import web
-from ulid import ULID
 
 from api.app import create_app
 from api.config import ENV_VARS, Config
@@ -35,13 +33,12 @@ from ledger.errors import LedgerError
 from ledger.fsck import fsck
 from ledger.keys import KEY_FILE, load_signer
 from ledger.log import Log
-from ledger.orchestration import ORCHESTRATION_EVENTS
+from ledger.orchestration import ORCHESTRATION_EVENTS, parse_orchestration_id
 from ledger.runtime import settle_interpreter
 from ledger.sqlite_store import SQLiteEventStore
 
 __all__ = ["configure_logging", "main"]
 
-_DISPLAY_PREFIX = "maip-orch:"
 _SECRET_FIELDS = frozenset(
     {"api_key", "x-api-key", "authorization", "token", "secret", "password", "jwt"}
 )
@@ -247,13 +244,10 @@ async def _export(config: Config, orchestration_id: str, tenants: Sequence[str],
 
 
 def _orchestration_id(raw: str) -> str:
-    """The canonical UUID of ``raw``, a UUID in any case or its ``maip-orch:<ULID>`` form,
-    as the API takes ``{id}``; anything else lower-cased, to be reported as not found."""
+    """As the API takes ``{id}``; anything else lower-cased, to be reported as not found."""
     try:
-        if raw.startswith(_DISPLAY_PREFIX):
-            return str(uuid.UUID(bytes=ULID.from_str(raw[len(_DISPLAY_PREFIX) :]).bytes))
-        return str(uuid.UUID(raw))
-    except (ValueError, TypeError):
+        return parse_orchestration_id(raw)
+    except ValueError:
         return raw.lower()
 
 

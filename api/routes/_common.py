@@ -9,17 +9,15 @@ from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import hdrs, web
-from ulid import ULID
 
 from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found
 from api.services import SERVICES, Services
-from ledger.orchestration import MAX_JSON_NESTING, decode_json
+from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
 __all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
 
 T = TypeVar("T")
-_DISPLAY_PREFIX = "maip-orch:"
 #: How long a request body may take to arrive in full (slowloris bound); 408 after.
 BODY_READ_TIMEOUT_SECONDS = 30.0
 _DECIMAL_RE = re.compile(r"[0-9]+")
@@ -135,12 +133,10 @@ def convert(value: Any, type_: type[T]) -> T:
 def orchestration_id(request: web.Request) -> str:
     """The canonical UUID from ``{id}``: a UUID or ``maip-orch:<ULID>``; else 404."""
     raw = request.match_info["id"]
-    if raw.startswith(_DISPLAY_PREFIX):
-        try:
-            return str(uuid.UUID(bytes=ULID.from_str(raw[len(_DISPLAY_PREFIX) :]).bytes))
-        except (ValueError, TypeError):
-            raise not_found(f"no orchestration {raw!r}") from None
-    return uuid_param(request, "id", "orchestration")
+    try:
+        return parse_orchestration_id(raw)
+    except ValueError:
+        raise not_found(f"no orchestration {raw!r}") from None
 
 
 def uuid_param(request: web.Request, name: str, what: str) -> str:

@@ -32,6 +32,7 @@ from ledger.orchestration.state import (
     OrchestrationState,
     StepState,
     apply,
+    parse_orchestration_id,
     replay,
 )
 from ledger.orchestration.tools import HttpTool, Tool, ToolRegistry
@@ -80,6 +81,7 @@ __all__ = [
     "commitment",
     "decode_json",
     "definition_hash",
+    "parse_orchestration_id",
     "replay",
     "validate_definition",
 ]

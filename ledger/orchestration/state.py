@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.events import Event
-from ledger.ids import ulid_str
+from ledger.ids import ulid_bytes, ulid_str
 from ledger.orchestration import events as ev
 from ledger.receipt import receipt_id_for
 
@@ -24,6 +24,7 @@ __all__ = [
     "StepState",
     "apply",
     "orchestration_display_id",
+    "parse_orchestration_id",
     "receipt_id_for",
     "replay",
 ]
@@ -32,9 +33,21 @@ Status = Literal["pending", "running", "completed", "failed", "cancelled"]
 StepStatus = Literal["running", "completed", "failed", "skipped"]
 
 
+_DISPLAY_PREFIX = "maip-orch:"
+
+
 def orchestration_display_id(orchestration_id: str) -> str:
     """§7.3: ``maip-orch:`` + the ULID with the same 128 bits as the orchestration UUID."""
-    return "maip-orch:" + ulid_str(uuid.UUID(orchestration_id).bytes)
+    return _DISPLAY_PREFIX + ulid_str(uuid.UUID(orchestration_id).bytes)
+
+
+def parse_orchestration_id(text: str) -> str:
+    """The canonical (lower-case) UUID of an orchestration named by its UUID, in any
+    case, or by its display id (:func:`orchestration_display_id`); ``ValueError`` if
+    ``text`` is neither."""
+    if text.startswith(_DISPLAY_PREFIX):
+        return str(uuid.UUID(bytes=ulid_bytes(text[len(_DISPLAY_PREFIX) :])))
+    return str(uuid.UUID(text))
 
 
 class StepState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
