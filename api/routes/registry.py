@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import uuid
+from contextlib import suppress
+
 from aiohttp import web
 
 from api.problems import bad_request, from_definition_error
@@ -60,12 +63,21 @@ async def register_workflow(request: web.Request) -> web.Response:
         validate_definition(body.definition)
     except WorkflowValidationError as e:
         raise from_definition_error(e) from e
+    latest = None
+    if body.workflow_id is not None:
+        with suppress(ValueError):  # not a UUID: the engine says so, naming the field
+            latest = s.engine.registry.workflow(
+                principal.tenant_id, str(uuid.UUID(body.workflow_id))
+            )
     record = await s.engine.register_workflow(
         principal.tenant_id,
         name=body.name,
         definition=body.definition,
         workflow_id=body.workflow_id,
     )
+    if latest is not None and record.version == latest.version:
+        # An unchanged definition: nothing was written, the latest version is returned.
+        return json_response(record)
     return json_response(
         record, status=201, headers={"Location": f"/v1/workflows/{record.workflow_id}"}
     )

@@ -14,6 +14,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 from api_helpers import (
+    THREE_STEP,
     Tenant,
     external_orchestration,
     json_ok,
@@ -674,3 +675,22 @@ async def test_regression_execute_answers_other_methods_with_405_allow_post(
         assert resp.headers["Allow"] == "POST", method
     agent, _ = await setup_workflow(client, tenant_a)
     await execute(client, tenant_a, {"agent_id": agent, "input": "x"})  # POST still runs
+
+
+async def test_regression_an_unchanged_workflow_registered_again_is_200_not_201(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """Registering a workflow's unchanged definition again writes nothing and returns the
+    latest version; it was answered 201 Created, as if a version had been made."""
+    _, wf = await setup_workflow(client, tenant_a)
+    body = {"name": "bot-triage", "definition": THREE_STEP, "workflow_id": wf.upper()}
+    before = await (await client.get("/v1/log/checkpoint")).text()
+    again = await client.post("/v1/workflows", json=body, headers=tenant_a.headers)
+    assert again.status == 200, await again.text()
+    assert (await again.json())["version"] == 1
+    assert await (await client.get("/v1/log/checkpoint")).text() == before  # nothing written
+    changed = {**body, "name": "renamed"}
+    new = await client.post("/v1/workflows", json=changed, headers=tenant_a.headers)
+    assert new.status == 201
+    assert (await new.json())["version"] == 2
+    assert new.headers["Location"] == f"/v1/workflows/{wf}"
