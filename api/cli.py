@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import closing, suppress
@@ -263,19 +264,33 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer))
         sys.stdout.buffer.flush()
     else:
-        tmp = Path(args.output + ".tmp")
-        try:
-            with tmp.open("wb") as f:
-                count = asyncio.run(_export(config, oid, tenants, f))
-            os.replace(tmp, args.output)
-        except BaseException:
-            # Whatever stopped the export (no such orchestration, a bad ledger, ^C), a
-            # partial bundle must not stay behind to be mistaken for one.
-            with suppress(OSError):
-                tmp.unlink()
-            raise
+        count = _export_to_file(config, oid, tenants, args.output)
         sys.stderr.write(f"wrote {count} events to {args.output}\n")
     return 0
+
+
+def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: str) -> int:
+    """Write the bundle to ``output``: a file is written whole or not at all (a
+    temporary beside it, renamed over it); through a symlink, to what it names; into
+    anything else (/dev/stdout, a FIFO) as it comes, since renaming over a device or a
+    pipe would replace it with a file."""
+    with suppress(FileNotFoundError):
+        if not stat.S_ISREG(os.stat(output).st_mode):
+            with open(output, "wb") as f:
+                return asyncio.run(_export(config, oid, tenants, f))
+    target = Path(os.path.realpath(output))
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        with tmp.open("wb") as f:
+            count = asyncio.run(_export(config, oid, tenants, f))
+        os.replace(tmp, target)
+    except BaseException:
+        # Whatever stopped the export (no such orchestration, a bad ledger, ^C), a
+        # partial bundle must not stay behind to be mistaken for one.
+        with suppress(OSError):
+            tmp.unlink()
+        raise
+    return count
 
 
 # -- parser ----------------------------------------------------------------------------

@@ -6,8 +6,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import os
 import signal
 import sqlite3
+import stat
+import threading
 from pathlib import Path
 
 import msgspec
@@ -318,6 +321,46 @@ def test_regression_export_takes_an_orchestration_id_in_either_form_as_the_api_d
             assert r.returncode == 0, (given, tenant, r.stderr[-400:])
             report = verifier.verify_bundle(r.stdout.encode(), vkey)
             assert report.orchestration_id == state["orchestration_id"]
+
+
+def test_regression_export_writes_through_a_symlink_or_into_a_fifo_and_replaces_neither(
+    tmp_path: Path,
+) -> None:
+    # Export wrote PATH.tmp and renamed it over PATH: `-o /dev/stdout`, run as root,
+    # replaced the /dev/stdout symlink with a regular file; a FIFO was replaced as well,
+    # and a symlink to a file lost its link.
+    vkey = write_signing_key(tmp_path)
+    h = admin_key_headers(tmp_path, "t")
+    server = Server(tmp_path)
+    try:
+        state = server.json(
+            "POST", "/v1/orchestrations", 202, body={"executor": "external"}, headers=h
+        )
+    finally:
+        assert server.stop() == 0
+    oid = state["orchestration_id"]
+    out = tmp_path / "out"
+    out.mkdir()
+    real = out / "real.json"
+    real.write_bytes(b"old")
+    link = out / "link.json"
+    link.symlink_to(real)
+    r = cli("export", oid, "--data-dir", str(tmp_path), "-o", str(link))
+    assert r.returncode == 0, r.stderr[-400:]
+    assert link.is_symlink()
+    verifier.verify_bundle(real.read_bytes(), vkey)
+    fifo = out / "fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    r = cli("export", oid, "--data-dir", str(tmp_path), "-o", str(fifo))
+    assert r.returncode == 0, r.stderr[-400:]
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode), "the FIFO was replaced by a file"
+    assert received, "nothing was written into the FIFO"
+    verifier.verify_bundle(received[0], vkey)
+    assert sorted(p.name for p in out.iterdir()) == ["fifo", "link.json", "real.json"]
 
 
 def test_regression_fsck_reports_a_leaf_rewritten_as_text_instead_of_crashing(
