@@ -31,8 +31,10 @@ class WorkflowValidationError(OrchestrationError, ValueError):
     """A workflow or agent definition is invalid; names the step and the field."""
 
     def __init__(self, message: str, *, step_id: str | None = None, field: str = "") -> None:
-        where = f"step {step_id!r}, field {field!r}" if step_id is not None else f"field {field!r}"
-        super().__init__(f"{where}: {message}")
+        parts = ([f"step {step_id!r}"] if step_id is not None else []) + (
+            [f"field {field!r}"] if field else []
+        )
+        super().__init__(f"{', '.join(parts)}: {message}" if parts else message)
         self.step_id = step_id
         self.field = field
         self.detail = message

@@ -472,3 +472,19 @@ async def test_regression_a_workflow_step_naming_an_unknown_agent_names_the_work
         assert problem["errors"][0]["field"] == "$.workflow_id", (path, problem)
         assert "classify" in problem["detail"]
         assert "ghost" in problem["detail"]
+
+
+async def test_regression_an_unknown_step_field_is_not_described_as_field_empty(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """The problem's ``detail`` for an unknown field of a step read "step 'a', field '':"
+    while ``errors[0].field`` named the field."""
+    definition = {"steps": [{"id": "a", "action": "llm", "prompt": "hi", "bogus": 1}]}
+    resp = await client.post(
+        "/v1/workflows", json={"name": "w", "definition": definition}, headers=tenant_a.headers
+    )
+    assert resp.status == 422
+    problem = await resp.json()
+    assert problem["errors"][0]["field"] == "$.definition.steps[a].bogus"
+    assert "field ''" not in problem["detail"]
+    assert "bogus" in problem["detail"]
