@@ -308,7 +308,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="maip-ledger", description=__doc__.split("\n")[0])
+    p = _Parser(prog="maip-ledger", description=__doc__.split("\n")[0].replace("``", ""))
     sub = p.add_subparsers(dest="command", required=True)
 
     def data_dir(sp: argparse.ArgumentParser) -> None:
