@@ -9,6 +9,7 @@ folds only the events after the snapshot instead of the whole log.
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -54,7 +55,7 @@ class WorkflowRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     registered_at: str
 
 
-class OrchestrationSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+class OrchestrationSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
     orchestration_id: str
     tenant_id: str
     executor: str
@@ -108,6 +109,28 @@ class Registry:
         #: Engine-run orchestrations still pending or running: the few a restart resumes
         #: and a metrics scrape counts, found without a pass over every summary.
         self._unfinished: set[tuple[str, str]] = set()
+        #: Each distinct ``agents`` tuple once (see :meth:`_compact`).
+        self._agent_tuples: dict[tuple[str, ...], tuple[str, ...]] = {}
+
+    def _compact(self, summary: OrchestrationSummary) -> OrchestrationSummary:
+        """``summary`` holding one shared copy of each value that repeats across
+        orchestrations (a tenant, an agent, a workflow, a status): every leaf or
+        snapshot decodes into strings of its own, and these were half of the ~900 bytes
+        a summary kept in memory for as long as the process runs."""
+        share = sys.intern
+        agents = summary.agents
+        shared_agents = self._agent_tuples.get(agents)
+        if shared_agents is None:
+            shared_agents = self._agent_tuples[agents] = tuple(share(a) for a in agents)
+        return msgspec.structs.replace(
+            summary,
+            tenant_id=share(summary.tenant_id),
+            executor=share(summary.executor),
+            status=share(summary.status),
+            agent_id=share(summary.agent_id) if summary.agent_id is not None else None,
+            agents=shared_agents,
+            workflow_id=share(summary.workflow_id) if summary.workflow_id is not None else None,
+        )
 
     @property
     def orchestration_count(self) -> int:
@@ -149,19 +172,21 @@ class Registry:
             )
         elif isinstance(p, ev.OrchestrationCreated):
             key = (tenant, p.orchestration_id)
-            self._orchs[key] = OrchestrationSummary(
-                orchestration_id=p.orchestration_id,
-                tenant_id=tenant,
-                executor=p.executor,
-                status="pending",
-                reason=None,
-                agent_id=p.agent_id,
-                agents=p.agents,
-                workflow_id=p.workflow_id,
-                workflow_version=p.workflow_version,
-                created_at=event.occurred_at,
-                completed_at=None,
-                seq=event.stream_seq,
+            self._orchs[key] = self._compact(
+                OrchestrationSummary(
+                    orchestration_id=p.orchestration_id,
+                    tenant_id=tenant,
+                    executor=p.executor,
+                    status="pending",
+                    reason=None,
+                    agent_id=p.agent_id,
+                    agents=tuple(p.agents),
+                    workflow_id=p.workflow_id,
+                    workflow_version=p.workflow_version,
+                    created_at=event.occurred_at,
+                    completed_at=None,
+                    seq=event.stream_seq,
+                )
             )
             bisect.insort(self._order.setdefault(tenant, []), p.orchestration_id)
             if p.executor == "engine":
@@ -235,7 +260,8 @@ class Registry:
             registry._agents[key] = agent  # in log order, so the last one is the latest
         for tenant, workflow in snapshot.workflows:
             registry._workflows.setdefault((tenant, workflow.workflow_id), []).append(workflow)
-        for summary in snapshot.orchestrations:
+        for decoded in snapshot.orchestrations:
+            summary = registry._compact(decoded)
             key = (summary.tenant_id, summary.orchestration_id)
             registry._orchs[key] = summary
             registry._order.setdefault(summary.tenant_id, []).append(summary.orchestration_id)

@@ -112,6 +112,26 @@ async def test_the_registry_survives_its_snapshot_unchanged(harness: Harness) ->
     assert bot.model == "m2"
 
 
+async def test_summaries_share_the_values_that_repeat_across_orchestrations(
+    harness: Harness,
+) -> None:
+    """Each summary held its own copy of its tenant, agent, workflow and status strings,
+    decoded from its own leaf or from the snapshot: ~900 bytes an orchestration, kept for
+    as long as the process runs. Folded live or loaded from a snapshot, they share one."""
+    engine = await harness.open()
+    await _work(engine, runs=3)
+    restored = Registry.from_snapshot(engine.registry.snapshot())
+    for registry in (engine.registry, restored, await _full_fold(harness.log)):  # type: ignore[arg-type]
+        runs, _ = registry.list_orchestrations(TENANT, limit=1000)
+        assert len(runs) == 3
+        first, *rest = runs
+        for other in rest:
+            assert other.orchestration_id != first.orchestration_id
+            for field in ("tenant_id", "executor", "status", "agent_id", "agents", "workflow_id"):
+                assert getattr(other, field) == getattr(first, field), field
+                assert getattr(other, field) is getattr(first, field), field
+
+
 async def test_a_snapshot_in_parts_is_the_whole_snapshot(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
