@@ -33,7 +33,7 @@ import os
 import sqlite3
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +89,12 @@ CREATE TABLE IF NOT EXISTS snapshots(
     log_index INTEGER NOT NULL,
     state     BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS snapshot_pieces(
+    name  TEXT NOT NULL,
+    piece INTEGER NOT NULL,
+    bytes BLOB NOT NULL,
+    PRIMARY KEY (name, piece)
+);
 """
 
 # A whole batch is one INSERT into this view: the trigger routes each row to its
@@ -119,8 +125,8 @@ _INDEX_PASS_ROWS = 512
 _INDEX_PASS_STREAMS = 128
 # Streams per head read: two bound parameters each, well under SQLite's limit.
 _HEADS_PER_READ = 256
-#: Bytes of a snapshot written to its blob at once (see ``_snapshot_sync``).
-_BLOB_PIECE = 1 << 20
+#: Bytes of a snapshot stored a row (see ``_snapshot_sync``).
+_SNAPSHOT_PIECE = 1 << 20
 _EVENTS_PER_READ = 512
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
@@ -168,6 +174,16 @@ def _unavailable(e: sqlite3.Error) -> LedgerError:
     if isinstance(e, sqlite3.OperationalError) or any(w in message for w in transient):
         return StorageUnavailableError(f"storage cannot write: {e}")
     return IntegrityError(f"storage rejected the batch: {e}")
+
+
+def _pieces(name: str, parts: list[bytes | bytearray]) -> Iterator[tuple[str, int, memoryview]]:
+    """``snapshot_pieces`` rows of a state given in ``parts``: views, not copies."""
+    n = 0
+    for part in parts:
+        view = memoryview(part)
+        for start in range(0, len(view), _SNAPSHOT_PIECE):
+            yield name, n, view[start : start + _SNAPSHOT_PIECE]
+            n += 1
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -701,24 +717,25 @@ class SQLiteEventStore:
             raise _unavailable(e) from e
 
     def _snapshot_sync(self, name: str, log_index: int, parts: list[bytes | bytearray]) -> None:
-        # Bound whole, a blob is copied by SQLite while the interpreter lock is held:
-        # ~40 ms of a stalled event loop for 100,000 orchestrations' registry. Written
-        # into a zeroblob a piece at a time, the loop gets its turns in between.
+        # In rows of a MiB (snapshot_pieces), never one blob: SQLite copies a blob it
+        # binds while the interpreter lock is held (~40 ms of a stalled event loop for
+        # 100,000 orchestrations' registry), and refuses one over a GB (about 2.5
+        # million orchestrations' registry), which would leave every restart to fold
+        # the whole log. ``snapshots.state`` is empty then; a row from before pieces
+        # keeps its state there, and is read as it was.
         w = self._conn()
         w.execute("BEGIN IMMEDIATE")
         try:
             w.execute(
-                "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, zeroblob(?)) "
-                "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, "
-                "state = excluded.state",
-                (name, log_index, sum(len(p) for p in parts)),
+                "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, x'') "
+                "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, state = x''",
+                (name, log_index),
             )
-            (rowid,) = w.execute("SELECT rowid FROM snapshots WHERE name = ?", (name,)).fetchone()
-            with w.blobopen("snapshots", "state", rowid) as blob:
-                for part in parts:
-                    view = memoryview(part)
-                    for start in range(0, len(view), _BLOB_PIECE):
-                        blob.write(view[start : start + _BLOB_PIECE])
+            w.execute("DELETE FROM snapshot_pieces WHERE name = ?", (name,))
+            w.executemany(
+                "INSERT INTO snapshot_pieces(name, piece, bytes) VALUES (?, ?, ?)",
+                _pieces(name, parts),
+            )
             w.execute("COMMIT")
         except BaseException:
             if w.in_transaction:
@@ -726,8 +743,17 @@ class SQLiteEventStore:
             raise
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
-        row = await self._one("SELECT log_index, state FROM snapshots WHERE name = ?", (name,))
-        return (int(row[0]), bytes(row[1])) if row else None
+        # One statement, so the row and its pieces are read from one state of the file.
+        rows = await self._all(
+            "SELECT s.log_index, s.state, p.bytes FROM snapshots AS s "
+            "LEFT JOIN snapshot_pieces AS p ON p.name = s.name "
+            "WHERE s.name = ? ORDER BY p.piece",
+            (name,),
+        )
+        if not rows:
+            return None
+        log_index, state = int(rows[0][0]), bytes(rows[0][1])
+        return log_index, state + b"".join(bytes(row[2]) for row in rows if row[2] is not None)
 
     # -- storage probe -------------------------------------------------------------------
 

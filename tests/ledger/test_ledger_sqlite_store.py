@@ -298,3 +298,54 @@ async def test_regression_a_snapshot_queued_before_close_is_written(tmp_path: Pa
         assert await reopened.load_snapshot("registry") == (3000, b"state")
     finally:
         await reopened.close()
+
+
+async def test_a_snapshot_is_stored_in_pieces_of_a_mib_never_one_blob(tmp_path: Path) -> None:
+    """A snapshot bound as one blob was copied by SQLite under the interpreter lock (the
+    event loop stalled for all of it) and refused past SQLite's blob limit (~1 GB: the
+    registry of ~2.5 million orchestrations), after which every restart folded the
+    whole log. Pieces of at most a MiB, views of the parts, never one blob."""
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    big = bytes(range(256)) * (10 << 12)  # 2.5 MiB
+    await store.save_snapshot("registry", 7, [b"head", bytearray(big), b"tail"])
+    await store.save_snapshot("other", 1, b"x")
+    await store.close()
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    try:
+        assert db.execute(
+            "SELECT length(state) FROM snapshots WHERE name = 'registry'"
+        ).fetchall() == [(0,)]
+        sizes = db.execute(
+            "SELECT length(bytes) FROM snapshot_pieces WHERE name = 'registry' ORDER BY piece"
+        ).fetchall()
+    finally:
+        db.close()
+    assert len(sizes) >= 3
+    assert max(size for (size,) in sizes) <= 1 << 20
+    assert sum(size for (size,) in sizes) == len(big) + 8
+    reopened = SQLiteEventStore(tmp_path / "ledger.db", read_only=True)
+    await reopened.open()
+    try:
+        assert await reopened.load_snapshot("registry") == (7, b"head" + big + b"tail")
+        assert await reopened.load_snapshot("other") == (1, b"x")
+    finally:
+        await reopened.close()
+
+
+async def test_a_snapshot_row_from_before_pieces_still_loads(tmp_path: Path) -> None:
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("INSERT INTO snapshots(name, log_index, state) VALUES ('old', 5, x'0102')")
+    db.commit()
+    db.close()
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    try:
+        assert await store.load_snapshot("old") == (5, b"\x01\x02")
+        await store.save_snapshot("old", 6, b"new")  # replaced whole, not appended to
+        assert await store.load_snapshot("old") == (6, b"new")
+    finally:
+        await store.close()

@@ -96,6 +96,7 @@ def ledger(tmp_path_factory: pytest.TempPathFactory) -> Ledger:
         # The engine's registry snapshot repeats each agent's name; these tests change
         # a name in its leaf, so the leaf must be the one place it is written.
         db.execute("DELETE FROM snapshots")
+        db.execute("DELETE FROM snapshot_pieces")
         db.commit()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     finally:
