@@ -239,8 +239,11 @@ async def _export(config: Config, orchestration_id: str, tenants: Sequence[str],
         await log.close()
     raise ApiError(
         f"no orchestration {orchestration_id!r} for "
-        + (f"tenant {tenants[0]!r}" if len(tenants) == 1 else "any tenant with an API key")
-        + " (pass --tenant)"
+        + (
+            f"tenant {tenants[0]!r}"
+            if len(tenants) == 1
+            else "any tenant with an API key (pass --tenant)"
+        )
     )
 
 
