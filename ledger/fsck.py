@@ -7,8 +7,9 @@ Unlike the O(log n) startup check, this reads everything:
    leaf, leaf indexes must run 0, 1, 2, … and each stream's sequence 1, 2, 3, …; its
    receipt's tree size must be the size of the first checkpoint that covers it (the
    end of the batch it was committed in);
-2. the tree is rebuilt from those leaf hashes, and every stored interior hash must
-   equal the rebuilt one;
+2. the tree is rebuilt from those leaf hashes, and every stored hash, read from the
+   row the store reads it from, must equal the rebuilt one; a row that starts inside
+   another is reported;
 3. every stored checkpoint must verify under the log's key and its root must equal
    the rebuilt tree's root at its size — so each checkpoint is consistent with the
    next, and the stored tree matches the last one;
@@ -41,6 +42,8 @@ from ledger.store import CheckpointRecord, EventStore, HashRow, StoredEvent
 __all__ = ["FsckReport", "fsck"]
 
 _CHUNK = 5000
+# Stored indexes per read when looking for a row that starts inside another.
+_ROW_PROBE = 500
 
 
 def _kind(value: object) -> str:
@@ -119,19 +122,49 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
     covered = checkpoints[-1].tree_size if checkpoints else 0
 
     row_now: HashRow | None = None
+    # Where the store stops reading row_now: it reads each stored hash from the row that
+    # starts last at or before it, so a row starting inside this one takes over there.
+    row_until = 0
+
+    async def next_row_start(row: HashRow) -> int:
+        try:
+            last = await store.hash_rows([row.end - 1])
+            if all(r.start == row.start for r in last):
+                return row.end
+            for lo in range(row.start + 1, row.end, _ROW_PROBE):
+                found = await store.hash_rows(range(lo, min(lo + _ROW_PROBE, row.end)))
+                if inside := [r.start for r in found if r.start > row.start]:
+                    return min(inside)
+        except IntegrityError:
+            pass  # a row that cannot be read is reported when its hashes are read
+        return row.end
 
     async def stored_hashes(start: int, count: int, index: int) -> bytes | str:
         """The stored hashes ``start .. start+count``, or what is wrong with them."""
-        nonlocal row_now
+        nonlocal row_now, row_until
         out = b""
         while count:
             row = row_now
-            if row is None or not row.start <= start < row.end:
+            if row is None or not row.start <= start < row_until:
+                if row is not None and row.start <= start < row.end:
+                    bad(f"tree hash row {row_until} starts inside row {row.start}", index)
+                # Read with the last stored hash of this leaf's batch: in the same row, as
+                # it should be, that one read shows no other row starts inside this one.
+                last = start
+                if next_checkpoint is not None:
+                    last = max(start, tlog.stored_hash_count(next_checkpoint.tree_size) - 1)
                 try:
-                    found = await store.hash_rows([start])
-                except IntegrityError as e:
-                    return f"tree hashes for leaf {index} cannot be read: {e}"
-                row = found[0] if found else None
+                    found = await store.hash_rows([start, last])
+                except IntegrityError:
+                    try:
+                        found = await store.hash_rows([start])
+                    except IntegrityError as e:
+                        return f"tree hashes for leaf {index} cannot be read: {e}"
+                holding = [r for r in found if r.start <= start]
+                row = max(holding, key=lambda r: r.start) if holding else None
+                if row is not None and isinstance(row.hashes, bytes) and row.start < row.end:
+                    alone = len(found) == 1 and row.end == last + 1
+                    row_until = row.end if alone else await next_row_start(row)
             row_now = None
             if row is None:
                 return f"tree hashes for leaf {index} are missing"
@@ -144,7 +177,7 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
                 return f"tree hashes for leaf {index} are missing"
             row_now = row
             offset = start - row.start
-            take = min(count, row.end - start)
+            take = min(count, row_until - start)
             out += row.hashes[offset * 32 : (offset + take) * 32]
             start += take
             count -= take

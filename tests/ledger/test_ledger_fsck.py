@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ledger_testkit import Note, fsck_path, open_log, writing_beside
 
+from ledger import merkle
 from ledger.events import NewEvent
 from ledger.fsck import FsckReport
 
@@ -191,3 +192,54 @@ async def test_events_beyond_the_last_checkpoint_are_reported(tmp_path: Path) ->
     report = await fsck_path(path)
     assert report.problems == ["5 events are stored but the last checkpoint covers 4"]
     assert report.first_bad_index == 4
+
+
+async def test_regression_a_tree_hash_row_inserted_inside_another_is_reported(
+    tmp_path: Path,
+) -> None:
+    # The store reads each stored hash from the row that starts last at or before it, but
+    # fsck went on reading a row it had fetched to that row's end: a row inserted inside
+    # another (no trigger stops an INSERT) changed the proofs the log serves, and fsck
+    # said ok. Row 4 holds what leaf 3 made: its leaf hash (4), the node over leaves 2-3
+    # (5) and over 0-3 (6); the new row zeroes 5 and keeps 6, so the log still opens.
+    path = tmp_path / "l.db"
+    await _build(path, 5)
+    _tamper(
+        path,
+        "INSERT INTO tree_hashes(start, hashes) SELECT 5, "
+        "CAST(zeroblob(32) || substr(hashes, 65, 32) AS BLOB) FROM tree_hashes WHERE start = 4",
+    )
+    log = await open_log(path)
+    try:
+        proof = await log.inclusion_proof(0, 4)
+        leaves = [merkle.leaf_hash(r.leaf) for r in await log.read_log(0, 4)]
+    finally:
+        await log.close()
+    assert proof != merkle.inclusion_proof(0, leaves)
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.first_bad_index == 3
+    assert report.problems == [
+        "tree hash row 5 starts inside row 4",
+        "leaf 3 does not match its stored tree hashes",
+    ]
+
+
+async def test_regression_a_tree_hash_row_running_into_the_next_is_reported(
+    tmp_path: Path,
+) -> None:
+    # Row 1 lengthened by a good copy of row 3's hash, and row 3 zeroed: the store reads
+    # stored hash 3 from row 3, fsck read it from row 1 and said ok.
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        5,
+        "DROP TRIGGER tree_hashes_no_update",
+        "UPDATE tree_hashes SET hashes = CAST(hashes || "
+        "(SELECT hashes FROM tree_hashes WHERE start = 3) AS BLOB) WHERE start = 1",
+        "UPDATE tree_hashes SET hashes = zeroblob(32) WHERE start = 3",
+    )
+    assert report.first_bad_index == 2
+    assert report.problems == [
+        "tree hash row 3 starts inside row 1",
+        "leaf 2 does not match its stored tree hashes",
+    ]
