@@ -58,19 +58,22 @@ def load_or_create_signer(
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except FileExistsError:
-                return load_or_create_signer(data_dir, origin)
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(signer.skey + "\n")
-                f.flush()
-                os.fsync(f.fileno())
-            # The file's directory entry too: without it a crash can lose the key file
-            # after checkpoints signed with the key were committed, and the next start
-            # would make a new key that no earlier checkpoint verifies under.
-            dir_fd = os.open(path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+                # Another process's key, or a dangling symlink (which exists() does not
+                # see and O_EXCL will not write through): looking again would loop.
+                signer = load_signer(path)
+            else:
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    f.write(signer.skey + "\n")
+                    f.flush()
+                    os.fsync(f.fileno())
+                # The file's directory entry too: without it a crash can lose the key
+                # file after checkpoints signed with the key were committed, and the next
+                # start would make a new key that no earlier checkpoint verifies under.
+                dir_fd = os.open(path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(dir_fd)
+                finally:
+                    os.close(dir_fd)
     if signer.name != origin:
         raise SignatureError(
             f"the signing key is for origin {signer.name!r}, but the log's origin is {origin!r}"

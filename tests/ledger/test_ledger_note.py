@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -12,6 +13,7 @@ from ledger_testkit import ORIGIN, signer, vectors
 
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError, SignatureError
+from ledger.keys import KEY_FILE, load_or_create_signer
 from ledger.note import NoteSigner, NoteVerifier, generate_signer, open_note, sign_note
 
 NOTES = vectors("signed-note.json")["notes"]
@@ -158,3 +160,12 @@ def test_derived_secrets_are_per_key_and_per_purpose() -> None:
     seed = base64.b64decode(key.skey.rsplit("+", 1)[1])[1:]
     assert len(seed) == 32
     assert a != seed  # a secret from the key, not the key
+
+
+def test_regression_a_dangling_log_key_symlink_is_a_signature_error(tmp_path: Path) -> None:
+    # exists() is False for a dangling symlink, O_EXCL then refused to create over it,
+    # and the retry looked again, for ever: a RecursionError instead of one clear error.
+    (tmp_path / KEY_FILE).symlink_to(tmp_path / "elsewhere" / "log.key")
+    with pytest.raises(SignatureError, match="cannot read signing key"):
+        load_or_create_signer(tmp_path, ORIGIN)
+    assert not (tmp_path / "elsewhere").exists()  # nothing is written through the link
