@@ -33,6 +33,8 @@ def load_signer(path: str | os.PathLike[str]) -> NoteSigner:
         text = key_path.read_text(encoding="utf-8")
     except OSError as e:
         raise SignatureError(f"cannot read signing key {key_path}: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise SignatureError(f"signing key {key_path} is not UTF-8") from e
     return NoteSigner.from_skey(text)
 
 
@@ -52,30 +54,40 @@ def load_or_create_signer(
         if path.exists():
             signer = load_signer(path)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
             signer = generate_signer(origin)
-            # O_EXCL: two processes starting at once must not both write a key.
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
+                created = _create_key_file(path, signer.skey)
+            except OSError as e:
+                raise SignatureError(f"cannot create signing key {path}: {e.strerror}") from e
+            if not created:
                 # Another process's key, or a dangling symlink (which exists() does not
                 # see and O_EXCL will not write through): looking again would loop.
                 signer = load_signer(path)
-            else:
-                with os.fdopen(fd, "w", encoding="utf-8") as f:
-                    f.write(signer.skey + "\n")
-                    f.flush()
-                    os.fsync(f.fileno())
-                # The file's directory entry too: without it a crash can lose the key
-                # file after checkpoints signed with the key were committed, and the next
-                # start would make a new key that no earlier checkpoint verifies under.
-                dir_fd = os.open(path.parent, os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
     if signer.name != origin:
         raise SignatureError(
             f"the signing key is for origin {signer.name!r}, but the log's origin is {origin!r}"
         )
     return signer
+
+
+def _create_key_file(path: Path, skey: str) -> bool:
+    """Write a new key file; False if one is already there."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two processes starting at once must not both write a key.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(skey + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    # The file's directory entry too: without it a crash can lose the key file after
+    # checkpoints signed with the key were committed, and the next start would make a
+    # new key that no earlier checkpoint verifies under.
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True

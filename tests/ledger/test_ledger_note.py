@@ -13,7 +13,7 @@ from ledger_testkit import ORIGIN, signer, vectors
 
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError, SignatureError
-from ledger.keys import KEY_FILE, load_or_create_signer
+from ledger.keys import KEY_FILE, load_or_create_signer, load_signer
 from ledger.note import NoteSigner, NoteVerifier, generate_signer, open_note, sign_note
 
 NOTES = vectors("signed-note.json")["notes"]
@@ -169,3 +169,22 @@ def test_regression_a_dangling_log_key_symlink_is_a_signature_error(tmp_path: Pa
     with pytest.raises(SignatureError, match="cannot read signing key"):
         load_or_create_signer(tmp_path, ORIGIN)
     assert not (tmp_path / "elsewhere").exists()  # nothing is written through the link
+
+
+def test_regression_unreadable_or_uncreatable_key_files_are_signature_errors(
+    tmp_path: Path,
+) -> None:
+    # A key file that is not UTF-8 raised UnicodeDecodeError, and a data dir that cannot
+    # hold a key (here: a file) raised FileExistsError: not the one typed error the
+    # server and the CLI report as a clear line.
+    garbled = tmp_path / "garbled.key"
+    garbled.write_bytes(b"PRIVATE+KEY+\xff\n")
+    garbled.chmod(0o600)
+    with pytest.raises(SignatureError, match="is not UTF-8"):
+        load_signer(garbled)
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    with pytest.raises(SignatureError, match="cannot create signing key"):
+        load_or_create_signer(not_a_dir, ORIGIN)
+    with pytest.raises(SignatureError, match="cannot create signing key"):
+        load_or_create_signer(not_a_dir / "data", ORIGIN)
