@@ -160,6 +160,12 @@ def _check_id(name: str, value: str) -> None:
         raise InvalidEventError(f"{name} {value!r} must be 1-200 characters of [A-Za-z0-9._:@/+-]")
 
 
+def _check_limit(limit: int) -> None:
+    # SQLite takes a negative LIMIT as none at all.
+    if type(limit) is not int or limit < 0:
+        raise InvalidEventError(f"limit {limit!r} must be an integer >= 0")
+
+
 class Log:
     """One append-only Merkle log over an :class:`~ledger.store.EventStore`.
 
@@ -836,6 +842,8 @@ class Log:
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[RecordedEvent]:
+        if limit is not None:
+            _check_limit(limit)
         rows = await self._store.read_stream(tenant_id, stream_id, after_seq, limit)
         return [self._recorded(r) for r in rows]
 
@@ -843,6 +851,7 @@ class Log:
         return await self._head((tenant_id, stream_id))
 
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> list[RecordedEvent]:
+        _check_limit(limit)
         rows = await self._store.read_log(from_index, limit)
         return [self._recorded(r) for r in rows]
 

@@ -655,3 +655,25 @@ async def test_an_open_refuses_events_beyond_the_latest_checkpoint(tmp_path: Pat
     for store in (SQLiteEventStore(tmp_path / "l.db", read_only=True), None):
         with pytest.raises(IntegrityError, match="3 events are stored but the latest"):
             await Log.open(store or SQLiteEventStore(tmp_path / "l.db"), signer(), CATALOG)
+
+
+async def test_regression_a_negative_read_limit_is_an_invalid_argument(tmp_path: Path) -> None:
+    # SQLite takes LIMIT -1 as no limit: read_log(0, -1) read the whole log, and
+    # read_stream then cut its answer as a Python slice does (all but the last event).
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    for seq in range(3):
+        await log.append("t1", "s1", seq, [note(f"{seq}")])
+    await log.close()
+    log = await open_log(path)  # the stream index now covers every event
+    try:
+        for read in (
+            lambda: log.read_log(0, -1),
+            lambda: log.read_stream("t1", "s1", 0, -1),
+        ):
+            with pytest.raises(InvalidEventError, match="limit"):
+                await read()
+        assert len(await log.read_log(0, 0)) == 0
+        assert len(await log.read_stream("t1", "s1", 0, 0)) == 0
+    finally:
+        await log.close()
