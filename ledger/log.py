@@ -160,10 +160,21 @@ def _check_id(name: str, value: str) -> None:
         raise InvalidEventError(f"{name} {value!r} must be 1-200 characters of [A-Za-z0-9._:@/+-]")
 
 
-def _check_limit(limit: int) -> None:
+# The store's integers are 64-bit: no position, sequence or size reaches this.
+_MAX_STORED = (1 << 63) - 1
+
+
+def _check_limit(limit: int) -> int:
     # SQLite takes a negative LIMIT as none at all.
     if type(limit) is not int or limit < 0:
         raise InvalidEventError(f"limit {limit!r} must be an integer >= 0")
+    return min(limit, _MAX_STORED)
+
+
+def _position(value: int) -> int:
+    """A lower bound on a position, within what the store can bind: nothing is stored
+    before 0 or at the largest value."""
+    return min(max(value, 0), _MAX_STORED)
 
 
 class Log:
@@ -793,7 +804,9 @@ class Log:
         cached = self._checkpoints.get(tree_size)
         if cached is not None:
             return cached
-        record = await self._store.checkpoint(tree_size)
+        record = None
+        if 0 < tree_size <= _MAX_STORED:
+            record = await self._store.checkpoint(tree_size)
         if record is None:
             raise NotFoundError(f"no checkpoint was issued at tree size {tree_size}")
         checkpoint = SignedCheckpoint(record.tree_size, record.root, record.note)
@@ -842,17 +855,19 @@ class Log:
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[RecordedEvent]:
-        if limit is not None:
-            _check_limit(limit)
-        rows = await self._store.read_stream(tenant_id, stream_id, after_seq, limit)
+        rows = await self._store.read_stream(
+            tenant_id,
+            stream_id,
+            _position(after_seq),
+            None if limit is None else _check_limit(limit),
+        )
         return [self._recorded(r) for r in rows]
 
     async def stream_head(self, tenant_id: str, stream_id: str) -> int:
         return await self._head((tenant_id, stream_id))
 
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        _check_limit(limit)
-        rows = await self._store.read_log(from_index, limit)
+        rows = await self._store.read_log(_position(from_index), _check_limit(limit))
         return [self._recorded(r) for r in rows]
 
     async def _event_row(self, identifier: str, tenant_id: str | None) -> StoredEvent:

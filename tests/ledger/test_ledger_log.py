@@ -677,3 +677,26 @@ async def test_regression_a_negative_read_limit_is_an_invalid_argument(tmp_path:
         assert len(await log.read_stream("t1", "s1", 0, 0)) == 0
     finally:
         await log.close()
+
+
+async def test_regression_reads_at_positions_past_64_bits_are_empty_or_not_found(
+    tmp_path: Path,
+) -> None:
+    # SQLite integers are 64-bit: binding a larger position or limit raised a bare
+    # OverflowError. Nothing is stored that far, and a limit that large is no limit.
+    log = await open_log(tmp_path / "l.db")
+    try:
+        for seq in range(3):
+            await log.append("t1", "s1", seq, [note(f"{seq}")])
+        huge = 1 << 64
+        assert await log.read_log(huge, 5) == []
+        assert await log.read_log(-huge, 5) == await log.read_log(0, 5)
+        assert len(await log.read_log(0, huge)) == 3
+        assert await log.read_stream("t1", "s1", huge) == []
+        assert len(await log.read_stream("t1", "s1", -huge, huge)) == 3
+        with pytest.raises(NotFoundError):
+            await log.checkpoint_at(huge)
+        with pytest.raises(NotFoundError):
+            await log.checkpoint_at(-huge)
+    finally:
+        await log.close()
