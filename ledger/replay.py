@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 import msgspec
 import structlog
 
+from ledger.errors import IntegrityError
 from ledger.events import Event
 from ledger.log import Log
 from ledger.store import EventStore
@@ -148,7 +149,11 @@ async def load_snapshot(
     otherwise: fold from the start.
     """
     name = projection.name
-    saved = await log.store.load_snapshot(name)
+    try:
+        saved = await log.store.load_snapshot(name)
+    except IntegrityError as e:  # a row edited to another type, or to text not UTF-8
+        _log.warning("replay.snapshot_ignored", projection=name, reason=f"unreadable: {e}")
+        return None
     if saved is None:
         return None
     try:

@@ -752,8 +752,18 @@ class SQLiteEventStore:
         )
         if not rows:
             return None
-        log_index, state = int(rows[0][0]), bytes(rows[0][1])
-        return log_index, state + b"".join(bytes(row[2]) for row in rows if row[2] is not None)
+        log_index, state = rows[0][0], rows[0][1]
+        pieces = [row[2] for row in rows if row[2] is not None]
+        if (
+            not isinstance(log_index, int)
+            or not isinstance(state, bytes)
+            or not all(isinstance(piece, bytes) for piece in pieces)
+        ):
+            raise IntegrityError(
+                f"snapshot {name!r} is stored as {type(log_index).__name__} and "
+                f"{type(state).__name__}, or has a piece that is not bytes"
+            )
+        return log_index, state + b"".join(pieces)
 
     # -- storage probe -------------------------------------------------------------------
 

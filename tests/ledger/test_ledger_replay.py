@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -333,3 +334,33 @@ async def test_a_snapshot_row_in_an_older_format_is_ignored(tmp_path: Path) -> N
     assert await load_snapshot(log, TotalsProjection()) is None
     assert await fold_log(log, TotalsProjection()) == Totals(3, 3)
     await log.close()
+
+
+async def test_regression_a_snapshot_row_rewritten_as_text_is_ignored(tmp_path: Path) -> None:
+    """The snapshots table has no triggers, so its row is easy to edit: a state stored as
+    TEXT raised a bare TypeError, and TEXT that is not UTF-8 an IntegrityError, from
+    load_snapshot, so the fold (and the engine's start) failed instead of ignoring it."""
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    await _count_up(log, 4)
+    state = await fold_log(log, TotalsProjection())
+    await save_snapshot(log, TotalsProjection(), state, 4)
+    await log.close()
+    for edit in (
+        "UPDATE snapshots SET state = 'not a snapshot'",
+        "UPDATE snapshots SET state = CAST(x'ff' AS TEXT)",
+        "UPDATE snapshots SET log_index = 'four'",
+        "UPDATE snapshot_pieces SET bytes = 'not a piece'",
+        "UPDATE snapshot_pieces SET bytes = CAST(x'ff' AS TEXT)",
+    ):
+        conn = sqlite3.connect(path)
+        conn.execute(edit)
+        conn.commit()
+        conn.close()
+        log = await open_log(path)
+        try:
+            assert await load_snapshot(log, TotalsProjection()) is None, edit
+            assert await fold_log(log, TotalsProjection()) == state
+            await save_snapshot(log, TotalsProjection(), state, 4)  # for the next edit
+        finally:
+            await log.close()
