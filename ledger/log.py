@@ -848,7 +848,13 @@ class Log:
         return tlog.tree_hash(tree_size, await self._read_hashes(tlog.tree_hash_indexes(tree_size)))
 
     def _recorded(self, row: StoredEvent) -> RecordedEvent:
-        event = decode_leaf(row.leaf, self._catalog)
+        try:
+            event = decode_leaf(row.leaf, self._catalog)
+        except LedgerError as e:
+            # Stored damage, not the caller's bad input.
+            raise IntegrityError(
+                f"leaf {row.leaf_index} does not decode: {e}", index=row.leaf_index
+            ) from e
         _check_filed(row, event.event_id, event.tenant_id, event.stream_id)
         return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
 
@@ -895,7 +901,9 @@ class Log:
         try:
             envelope = decode_leaf_envelope(row.leaf)
         except LedgerError as e:
-            raise IntegrityError(f"leaf {row.leaf_index} does not decode: {e}") from e
+            raise IntegrityError(
+                f"leaf {row.leaf_index} does not decode: {e}", index=row.leaf_index
+            ) from e
         _check_filed(row, envelope.event_id, envelope.tenant_id, envelope.stream_id)
         checkpoint = await self.checkpoint_at(row.tree_size)
         return row.stream_id, Receipt(

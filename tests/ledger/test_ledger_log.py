@@ -700,3 +700,33 @@ async def test_regression_reads_at_positions_past_64_bits_are_empty_or_not_found
             await log.checkpoint_at(-huge)
     finally:
         await log.close()
+
+
+async def test_regression_a_stored_leaf_that_does_not_decode_is_an_integrity_error(
+    tmp_path: Path,
+) -> None:
+    # Reads decoded stored leaves unguarded: a damaged leaf raised InvalidEventError, the
+    # error for a caller's bad input (an HTTP 422), where a receipt fetch of the same
+    # leaf already said IntegrityError.
+    path = tmp_path / "l.db"
+    log = await open_log(path)
+    receipts = [await log.append("t1", "s", i, [note(f"value-{i}")]) for i in range(3)]
+    await log.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET leaf = x'7b7d' WHERE leaf_index = 1")  # b"{}"
+    conn.commit()
+    conn.close()
+    log = await open_log(path)  # the startup check reads only the newest leaf
+    try:
+        for read in (
+            lambda: log.read_log(0, 10),
+            lambda: log.read_stream("t1", "s"),
+            lambda: log.recorded(receipts[1][0].event_id),
+            lambda: log.get_receipt(receipts[1][0].receipt_id),
+        ):
+            with pytest.raises(IntegrityError, match="leaf 1 does not decode") as caught:
+                await read()
+            assert caught.value.index == 1
+    finally:
+        await log.close()
