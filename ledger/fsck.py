@@ -107,10 +107,16 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
             problems.append(message)
 
     checkpoints: list[CheckpointRecord] = []
-    after = 0
+    # From the lowest size the store holds, not from 0: the log issues no checkpoint
+    # below size 1, so a row there is not the log's.
+    after = -(1 << 63)
     while batch := await store.checkpoints(after, 10_000):
         checkpoints.extend(batch)
         after = batch[-1].tree_size
+    for cp in checkpoints:
+        if cp.tree_size < 1:
+            bad(f"checkpoint at size {cp.tree_size} is stored, but the log issues none below 1", 0)
+    checkpoints = [cp for cp in checkpoints if cp.tree_size >= 1]
     pending_checkpoints = iter(checkpoints)
     next_checkpoint = next(pending_checkpoints, None)
     # A writer may commit while this runs (fsck takes no lock), and each read is its own

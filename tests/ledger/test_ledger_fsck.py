@@ -243,3 +243,20 @@ async def test_regression_a_tree_hash_row_running_into_the_next_is_reported(
         "tree hash row 3 starts inside row 1",
         "leaf 2 does not match its stored tree hashes",
     ]
+
+
+async def test_regression_a_checkpoint_row_below_size_1_is_reported(tmp_path: Path) -> None:
+    # fsck read checkpoints after size 0, so a row at size 0 or below (no trigger stops
+    # an INSERT) was never looked at, though every stored checkpoint is to be checked.
+    report = await _fsck_tampered(
+        tmp_path / "l.db",
+        4,
+        "INSERT INTO checkpoints SELECT 0, root, note FROM checkpoints WHERE tree_size = 3",
+        "INSERT INTO checkpoints SELECT -7, root, note FROM checkpoints WHERE tree_size = 2",
+    )
+    assert report.first_bad_index == 0
+    assert report.problems == [
+        "checkpoint at size -7 is stored, but the log issues none below 1",
+        "checkpoint at size 0 is stored, but the log issues none below 1",
+    ]
+    assert report.checkpoints == 4
