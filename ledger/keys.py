@@ -8,6 +8,7 @@ read it. The key name is the log's origin (C2SP tlog-checkpoint).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 from pathlib import Path
@@ -71,17 +72,26 @@ def load_or_create_signer(
 
 
 def _create_key_file(path: Path, skey: str) -> bool:
-    """Write a new key file; False if one is already there."""
+    """Write a new key file; False if one is already there.
+
+    The key is written whole to a temporary file first and then linked into place:
+    written in place, a write that failed midway (a full disk) left a partial key that
+    every later start refused as malformed. ``link`` fails if the name exists, as
+    ``O_EXCL`` did: two processes starting at once must not both write a key."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two processes starting at once must not both write a key.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(skey + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.link(tmp, path)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(skey + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
     # The file's directory entry too: without it a crash can lose the key file after
     # checkpoints signed with the key were committed, and the next start would make a
     # new key that no earlier checkpoint verifies under.

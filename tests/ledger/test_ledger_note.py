@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -188,3 +190,34 @@ def test_regression_unreadable_or_uncreatable_key_files_are_signature_errors(
         load_or_create_signer(not_a_dir, ORIGIN)
     with pytest.raises(SignatureError, match="cannot create signing key"):
         load_or_create_signer(not_a_dir / "data", ORIGIN)
+
+
+_WRITE_KEY_WITHIN_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from ledger.errors import SignatureError
+from ledger.keys import load_or_create_signer
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of a signal, as a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (16, 16))
+try:
+    load_or_create_signer(sys.argv[1], sys.argv[2])
+except SignatureError as e:
+    print("refused:", e)
+"""
+
+
+def test_regression_a_key_write_that_fails_midway_leaves_no_partial_key(tmp_path: Path) -> None:
+    # The key was written in place: a write that failed midway (a full disk; here a
+    # file size limit in a real subprocess) left a partial log.key, and every later
+    # start refused it as malformed until someone deleted it by hand.
+    data = tmp_path / "data"
+    done = subprocess.run(
+        [sys.executable, "-c", _WRITE_KEY_WITHIN_A_FILE_SIZE_LIMIT, str(data), ORIGIN],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert done.stdout.startswith("refused: cannot create signing key"), done.stdout + done.stderr
+    assert sorted(p.name for p in data.iterdir()) == []  # neither a key nor a temporary
+    key = load_or_create_signer(data, ORIGIN)  # the next start makes one
+    assert load_signer(data / KEY_FILE).skey == key.skey
