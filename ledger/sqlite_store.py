@@ -744,10 +744,17 @@ class SQLiteEventStore:
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
         # One statement, so the row and its pieces are read from one state of the file.
+        # A read-only open creates no table: a database from before pieces has none, and
+        # its rows keep their whole state in ``snapshots.state``.
+        has_pieces = await self._one(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshot_pieces'"
+        )
         rows = await self._all(
             "SELECT s.log_index, s.state, p.bytes FROM snapshots AS s "
             "LEFT JOIN snapshot_pieces AS p ON p.name = s.name "
-            "WHERE s.name = ? ORDER BY p.piece",
+            "WHERE s.name = ? ORDER BY p.piece"
+            if has_pieces
+            else "SELECT log_index, state, NULL FROM snapshots WHERE name = ?",
             (name,),
         )
         if not rows:

@@ -349,3 +349,26 @@ async def test_a_snapshot_row_from_before_pieces_still_loads(tmp_path: Path) -> 
         assert await store.load_snapshot("old") == (6, b"new")
     finally:
         await store.close()
+
+
+async def test_regression_a_database_from_before_pieces_loads_its_snapshot_read_only(
+    tmp_path: Path,
+) -> None:
+    """A read-only open creates no table, so a database last written by a version before
+    snapshot_pieces has none: reading a snapshot joined the missing table and raised
+    StorageUnavailableError ("no such table"), where it returned the row before."""
+    store = SQLiteEventStore(tmp_path / "ledger.db")
+    await store.open()
+    await store.close()
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("DROP TABLE snapshot_pieces")  # as an older version left it
+    db.execute("INSERT INTO snapshots(name, log_index, state) VALUES ('old', 5, x'0102')")
+    db.commit()
+    db.close()
+    reopened = SQLiteEventStore(tmp_path / "ledger.db", read_only=True)
+    await reopened.open()
+    try:
+        assert await reopened.load_snapshot("old") == (5, b"\x01\x02")
+        assert await reopened.load_snapshot("missing") is None
+    finally:
+        await reopened.close()
