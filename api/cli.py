@@ -275,8 +275,13 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: str) -> int:
     """Write the bundle to ``output``: a file is written whole or not at all (a
     temporary beside it, renamed over it); through a symlink, to what it names; into
-    anything else (/dev/stdout, a FIFO) as it comes, since renaming over a device or a
-    pipe would replace it with a file."""
+    a descriptor of this process (/dev/stdout) through it; into anything else (a
+    device, a FIFO) as it comes, since renaming over a device or a pipe would replace
+    it with a file."""
+    fd = _own_descriptor(output)
+    if fd is not None:
+        with os.fdopen(os.dup(fd), "wb") as f:
+            return asyncio.run(_export(config, oid, tenants, f))
     with suppress(FileNotFoundError):
         if not stat.S_ISREG(os.stat(output).st_mode):
             with open(output, "wb") as f:
@@ -294,6 +299,27 @@ def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: st
             tmp.unlink()
         raise
     return count
+
+
+def _own_descriptor(output: str) -> int | None:
+    """The descriptor of this process that ``output`` names (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N), if it does: written through it, never renamed over the name it
+    resolves to (stdout redirected to a file: what the file held before, appended to
+    with ``>>`` or written by the shell around this command, would be lost), nor
+    opened anew (which truncates that file, and writes at an offset of its own)."""
+    path = os.path.abspath(output)
+    own = f"/proc/{os.getpid()}/fd"
+    for _ in range(40):  # symlinks followed, as the kernel follows at most 40
+        parent = os.path.realpath(os.path.dirname(path))
+        name = os.path.basename(path)
+        if parent == own and name.isascii() and name.isdigit():
+            return int(name)
+        try:
+            link = os.readlink(path)
+        except OSError:  # not a symlink, or not there
+            return None
+        path = os.path.join(parent, link)
+    return None
 
 
 # -- parser ----------------------------------------------------------------------------

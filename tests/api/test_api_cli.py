@@ -10,13 +10,14 @@ import os
 import signal
 import sqlite3
 import stat
+import subprocess
 import threading
 from pathlib import Path
 
 import msgspec
 import pytest
 from api_helpers import THREE_STEP, scripted, write_signing_key
-from api_server import Server, admin_key_headers, cli
+from api_server import BIN, Server, admin_key_headers, cli
 
 import verifier
 from ledger.events import EventCatalog, NewEvent
@@ -361,6 +362,45 @@ def test_regression_export_writes_through_a_symlink_or_into_a_fifo_and_replaces_
     assert received, "nothing was written into the FIFO"
     verifier.verify_bundle(received[0], vkey)
     assert sorted(p.name for p in out.iterdir()) == ["fifo", "link.json", "real.json"]
+
+
+def test_regression_export_to_dev_stdout_appends_to_a_file_stdout_and_replaces_nothing(
+    tmp_path: Path,
+) -> None:
+    # `-o /dev/stdout` with stdout redirected to a file (`>> all.jsonl`, or a group's
+    # `{ echo header; maip-ledger export ... -o /dev/stdout; } > out`) resolved
+    # /proc/self/fd/1 to the file's name and renamed a new file over it: what the shell
+    # had written there before was lost, and the shell's later writes went to the
+    # replaced file. It must be written through, as into a pipe.
+    vkey = write_signing_key(tmp_path)
+    h = admin_key_headers(tmp_path, "t")
+    server = Server(tmp_path)
+    try:
+        state = server.json(
+            "POST", "/v1/orchestrations", 202, body={"executor": "external"}, headers=h
+        )
+    finally:
+        assert server.stop() == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "all.jsonl"
+    target.write_bytes(b"previous\n")
+    before = os.stat(target).st_ino
+    with target.open("ab") as f:
+        export = ["export", state["orchestration_id"], "--data-dir", str(tmp_path)]
+        r = subprocess.run(
+            [str(BIN), *export, "-o", "/dev/stdout"],
+            stdout=f,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    assert r.returncode == 0, r.stderr[-400:]
+    assert os.stat(target).st_ino == before, "the file stdout wrote to was replaced"
+    data = target.read_bytes()
+    assert data.startswith(b"previous\n"), "what stdout held before was lost"
+    verifier.verify_bundle(data[len(b"previous\n") :], vkey)
+    assert sorted(p.name for p in out.iterdir()) == ["all.jsonl"]
 
 
 def test_regression_fsck_reports_a_leaf_rewritten_as_text_instead_of_crashing(
