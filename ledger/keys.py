@@ -9,6 +9,7 @@ read it. The key name is the log's origin (C2SP tlog-checkpoint).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
@@ -77,18 +78,24 @@ def _create_key_file(path: Path, skey: str) -> bool:
     The key is written whole to a temporary file first and then linked into place:
     written in place, a write that failed midway (a full disk) left a partial key that
     every later start refused as malformed. ``link`` fails if the name exists, as
-    ``O_EXCL`` did: two processes starting at once must not both write a key."""
+    ``O_EXCL`` does: two processes starting at once must not both write a key."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(skey + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.link(tmp, path)
-    except FileExistsError:
-        return False
+        _write_key(tmp, skey, os.O_TRUNC)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        except OSError as e:
+            if e.errno not in _NO_HARD_LINKS:
+                raise
+            # A file system without hard links (some network and FUSE ones): written
+            # in place, and removed again if that fails midway.
+            try:
+                _write_key(path, skey, os.O_EXCL)
+            except FileExistsError:
+                return False
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
@@ -101,3 +108,21 @@ def _create_key_file(path: Path, skey: str) -> bool:
     finally:
         os.close(dir_fd)
     return True
+
+
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK})
+
+
+def _write_key(path: Path, skey: str, flag: int) -> None:
+    """Create ``path`` (0600) with ``flag`` and write the key durably; if the write
+    fails, the file is removed: it is this call's, and not whole."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(skey + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise

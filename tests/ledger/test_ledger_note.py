@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -221,3 +223,34 @@ def test_regression_a_key_write_that_fails_midway_leaves_no_partial_key(tmp_path
     assert sorted(p.name for p in data.iterdir()) == []  # neither a key nor a temporary
     key = load_or_create_signer(data, ORIGIN)  # the next start makes one
     assert load_signer(data / KEY_FILE).skey == key.skey
+
+
+@pytest.mark.parametrize("fail_write", [False, True])
+def test_a_key_is_made_on_a_file_system_without_hard_links(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_write: bool
+) -> None:
+    """The key is linked into place from a temporary; where the file system refuses hard
+    links it is written in place instead, and still never left behind half written."""
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))
+
+    monkeypatch.setattr(os, "link", no_links)
+    if fail_write:
+        real_fsync, calls = os.fsync, []
+
+        def second_fsync_fails(fd: int) -> None:  # the temporary's succeeds, the key's not
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            real_fsync(fd)
+
+        monkeypatch.setattr(os, "fsync", second_fsync_fails)
+        with pytest.raises(SignatureError, match="cannot create signing key"):
+            load_or_create_signer(tmp_path, ORIGIN)
+        assert list(tmp_path.iterdir()) == []
+        return
+    made = load_or_create_signer(tmp_path, ORIGIN)
+    assert [p.name for p in tmp_path.iterdir()] == [KEY_FILE]
+    assert load_signer(tmp_path / KEY_FILE).skey == made.skey
+    assert load_or_create_signer(tmp_path, ORIGIN).skey == made.skey
