@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
+from yarl import URL
 
 from ledger.orchestration.errors import SSRFBlockedError
 
@@ -74,16 +74,20 @@ def url_origin(url: str) -> tuple[str, str, int]:
     """Scheme, lower-cased host and port (the scheme's default if none is written) of
     an ``http``/``https`` ``url``; refuses any other URL."""
     try:
-        parts = urlsplit(url)
-        port = parts.port  # raises on a port that is not a number in range
+        # The URL as the HTTP client (aiohttp, through yarl) reads it: yarl maps a host
+        # through IDNA, so "127\u30020\u30020\u30021" (ideographic full stops) or
+        # fullwidth digits connect to 127.0.0.1, and being a literal address then,
+        # without asking the resolver. urlsplit() left them as written: a name.
+        parsed = URL(url)
+        port = parsed.port  # raises on a port that is not a number in range
     except ValueError as e:
         raise SSRFBlockedError(f"{url!r} is not a valid URL: {e}") from e
-    if parts.scheme not in _DEFAULT_PORTS:
-        raise SSRFBlockedError(f"scheme {parts.scheme!r} is not allowed")
-    host = _host(parts.hostname)
+    if parsed.scheme not in _DEFAULT_PORTS:
+        raise SSRFBlockedError(f"scheme {parsed.scheme!r} is not allowed")
+    host = _host(parsed.raw_host)
     if not host:
         raise SSRFBlockedError(f"{url!r} names no host")
-    return parts.scheme, host, port or _DEFAULT_PORTS[parts.scheme]
+    return parsed.scheme, host, port or _DEFAULT_PORTS[parsed.scheme]
 
 
 def url_host(url: str) -> str:

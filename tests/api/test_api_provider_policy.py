@@ -133,3 +133,33 @@ def test_provider_settings_become_the_engines_policy() -> None:
         "A": {"https://api.example.com:443"},
         "B": {"http://local.host:8000", "https://api.example.com:443"},
     }
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["127\u30020\u30020\u30021", "127\uff0e0\uff0e0\uff0e1", "\uff11\uff12\uff17.0.0.1"],
+)
+async def test_regression_a_loopback_address_in_unicode_dots_or_digits_is_refused(
+    config: Config, host: str
+) -> None:
+    """The address check read the host as written ("127。0。0。1" is no IP address, so a
+    name, left to the resolver), but the client normalizes it (IDNA) to 127.0.0.1 and,
+    that being a literal address, connects without asking the resolver: a tenant's agent
+    reached the server's loopback."""
+
+    async def check(client: TestClient, tenant: Tenant, base: str) -> None:
+        port = base.split(":")[2].split("/", maxsplit=1)[0]
+        status, body = await _agent(client, tenant, base_url=f"http://{host}:{port}/v1")
+        if status == 201:
+            resp = await client.post(
+                "/v1/orchestrations/execute",
+                json={"agent_id": body["agent_id"], "input": "hi"},
+                headers={**tenant.headers, "Prefer": "wait=10"},
+            )
+            assert (await resp.json())["status"] == "failed"
+        else:
+            assert status == 422, body
+            assert body["errors"][0]["field"] == "$.provider.base_url"
+
+    provider = await _serve(config, {}, check)
+    assert provider.authorization == []
