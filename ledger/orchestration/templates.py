@@ -17,6 +17,9 @@ Syntax (also in ``specs/workflows.md`` §3):
 - A reference that does not resolve is an error that names it. There is no escape
   for a literal ``{{``; there are no filters, calls or expressions.
 - Arrays and objects in a template nest at most :data:`MAX_NESTING` levels deep.
+- A template renders to at most :data:`MAX_RENDERED_CHARS` characters of text and JSON
+  (four times what one leaf of the log holds): more is an error, raised before it is
+  built.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from typing import Any, Final
 
 import msgspec
 
+from ledger.events import MAX_LEAF_BYTES
 from ledger.orchestration._json import decode_json, nested_deeper_than
 from ledger.orchestration.errors import TemplateError
 
 __all__ = [
     "MAX_NESTING",
+    "MAX_RENDERED_CHARS",
     "ROOTS",
     "Reference",
     "find_references",
@@ -47,6 +52,12 @@ ROOTS: Final = ("input", "parameters", "steps")
 #: far more than any definition needs, and far below Python's recursion limit, which a
 #: definition built in Python could otherwise reach in validation, hashing or rendering.
 MAX_NESTING: Final = 64
+#: How much a template may render to, counted as the characters of its strings and of
+#: the JSON of the other values its placeholders insert. A rendered step input or output
+#: is recorded in one leaf, and one a little too large for it fails there (an error that
+#: names the event and its size); this only stops a render from growing far past that:
+#: without it, a few KiB of placeholders repeating a large value rendered to GiB.
+MAX_RENDERED_CHARS: Final = 4 * MAX_LEAF_BYTES
 _PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _SEGMENT = re.compile(r"\.([A-Za-z0-9_-]+)|\[(\d+)\]")
 _ROOT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -196,28 +207,60 @@ def _evaluate(body: str, context: Mapping[str, Any]) -> Any:
     raise TemplateError(f"reference {names!r} does not resolve", reference=refs[0].text)
 
 
-def _render_string(text: str, context: Mapping[str, Any]) -> Any:
+class _Budget:
+    """What a template may still render to (see :data:`MAX_RENDERED_CHARS`)."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_RENDERED_CHARS
+
+    def spend(self, chars: int) -> None:
+        self.left -= chars
+        if self.left < 0:
+            raise TemplateError(
+                f"the template renders to more than {MAX_RENDERED_CHARS} characters"
+            )
+
+    def value(self, value: Any) -> Any:
+        """Spend what ``value``, inserted whole, adds to the rendered size."""
+        if isinstance(value, str):
+            self.spend(len(value))
+        elif isinstance(value, list | tuple | Mapping):
+            # A value from the run's own records: at most a leaf, so encoding it to
+            # measure it costs no more than the budget it is measured against.
+            self.spend(len(msgspec.json.encode(value)))
+        return value
+
+
+def _render_string(text: str, context: Mapping[str, Any], budget: _Budget) -> Any:
     if "{{" not in text:
+        budget.spend(len(text))
         return text
     whole = _PLACEHOLDER.fullmatch(text.strip())
     if whole is not None and text.strip().count("{{") == 1:
-        return _evaluate(whole.group(1), context)
+        return budget.value(_evaluate(whole.group(1), context))
 
     def sub(match: re.Match[str]) -> str:
         value = _evaluate(match.group(1), context)
-        if isinstance(value, str):
-            return value
-        return msgspec.json.encode(value).decode()
+        out = value if isinstance(value, str) else msgspec.json.encode(value).decode()
+        budget.spend(len(out))
+        return out
 
+    budget.spend(len(_PLACEHOLDER.sub("", text)))
     return _PLACEHOLDER.sub(sub, text)
 
 
 def render(value: Any, context: Mapping[str, Any]) -> Any:
     """``value`` with every placeholder replaced (see the module docstring)."""
+    return _render(value, context, _Budget())
+
+
+def _render(value: Any, context: Mapping[str, Any], budget: _Budget) -> Any:
     if isinstance(value, str):
-        return _render_string(value, context)
+        return _render_string(value, context, budget)
     if type(value) is dict or isinstance(value, Mapping):
-        return {k: render(v, context) for k, v in value.items()}
+        return {k: _render(v, context, budget) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [render(v, context) for v in value]
+        return [_render(v, context, budget) for v in value]
     return value
