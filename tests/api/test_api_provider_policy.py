@@ -3,7 +3,9 @@ keys the operator named, to the hosts named for them (``MAIP_PROVIDER_*``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import resource
 from typing import Any
 
 import pytest
@@ -163,3 +165,47 @@ async def test_regression_a_loopback_address_in_unicode_dots_or_digits_is_refuse
 
     provider = await _serve(config, {}, check)
     assert provider.authorization == []
+
+
+async def test_regression_an_agent_cannot_raise_its_response_cap_without_bound(
+    config: Config,
+) -> None:
+    """``max_response_bytes`` is the tenant's to choose, and was used as given: an agent
+    with a cap of 1 TiB, on a host that answers with an endless body, had the server
+    hold all of it in memory. The cap is now at most 16 MiB whatever the agent says."""
+    config = dataclasses.replace(config, provider_private_hosts="127.0.0.1")
+    chunk = b" " * (1 << 20)
+
+    async def flood(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        with contextlib.suppress(ConnectionError):
+            for _ in range(128):
+                await resp.write(chunk)
+            await resp.write(b'{"choices": [{"message": {"content": "ok"}}]}')
+        return resp
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", flood)
+    async with TestServer(upstream_app, host="127.0.0.1") as upstream:
+        server = TestServer(create_app(config), host="127.0.0.1")
+        async with TestClient(server) as client:
+            tenant = new_tenant(client.app[SERVICES].keys, "mallory")
+            status, body = await _agent(
+                client,
+                tenant,
+                base_url=str(upstream.make_url("/v1")),
+                max_response_bytes=1 << 40,
+            )
+            assert status == 201, body
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+            resp = await client.post(
+                "/v1/orchestrations/execute",
+                json={"agent_id": body["agent_id"], "input": "hi"},
+                headers={**tenant.headers, "Prefer": "wait=30"},
+            )
+            state = await resp.json()
+            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    assert state["status"] == "failed", state
+    assert "too large" in state["steps"][0]["result"]["error"]
+    assert grown < 64 * 1024, f"peak memory grew by {grown} KiB"

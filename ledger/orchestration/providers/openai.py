@@ -42,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["OpenAIConfig", "OpenAIProvider"]
 
 _log = structlog.get_logger()
+#: The most of a response body any agent's provider reads, whatever its
+#: ``max_response_bytes`` says: the body is held in memory whole, and whoever registers
+#: the agent (a tenant) chooses both the cap and the host that answers.
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024
 
 
 class OpenAIConfig(
@@ -116,7 +120,9 @@ class OpenAIProvider:
                 timeout=aiohttp.ClientTimeout(total=limit),
                 allow_redirects=False,
             ) as resp:
-                raw = await read_capped(resp, self._config.max_response_bytes)
+                raw = await read_capped(
+                    resp, min(self._config.max_response_bytes, MAX_RESPONSE_BYTES)
+                )
                 status = resp.status
         except TimeoutError:
             raise ProviderError(f"provider timed out after {limit:g}s", transient=True) from None
