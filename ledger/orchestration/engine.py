@@ -400,7 +400,11 @@ class Engine:
                         if policy is None
                         else aiohttp.TCPConnector(resolver=policy.resolver(), use_dns_cache=False)
                     )
-                    self._session = aiohttp.ClientSession(connector=connector)
+                    # No cookie jar: the session serves every tenant's agents, and a
+                    # cookie an answer to one set would go out with the others' calls.
+                    self._session = aiohttp.ClientSession(
+                        connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+                    )
                     self._own_session = True
                 provider = make_provider(
                     config, session=self._session, env=self._env, policy=self._provider_policy

@@ -159,7 +159,10 @@ class HttpTool:
     async def __call__(self, args: Any) -> Any:
         if self._session is None:
             connector = aiohttp.TCPConnector(resolver=self._resolver, use_dns_cache=False)
-            self._session = aiohttp.ClientSession(connector=connector)
+            # No cookie jar: one tool serves every tenant's runs (see the engine's).
+            self._session = aiohttp.ClientSession(
+                connector=connector, cookie_jar=aiohttp.DummyCookieJar()
+            )
         body = msgspec.json.encode(args)
         url = self.url
         try:

@@ -209,3 +209,38 @@ async def test_regression_an_agent_cannot_raise_its_response_cap_without_bound(
     assert state["status"] == "failed", state
     assert "too large" in state["steps"][0]["result"]["error"]
     assert grown < 64 * 1024, f"peak memory grew by {grown} KiB"
+
+
+async def test_regression_a_cookie_one_tenants_provider_set_never_reaches_anothers(
+    config: Config,
+) -> None:
+    """All agents' providers share one HTTP session, and its cookie jar kept what an
+    answer to one tenant's call set (a session, say) and sent it with every later call
+    to that host, whichever tenant made it."""
+    config = dataclasses.replace(config, provider_private_hosts="localhost")
+    cookies: list[str | None] = []
+
+    async def complete(request: web.Request) -> web.Response:
+        cookies.append(request.headers.get("Cookie"))
+        resp = web.json_response({"choices": [{"message": {"content": "ok"}}]})
+        resp.set_cookie("session", "alice-session")
+        return resp
+
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", complete)
+    async with TestServer(upstream_app, host="127.0.0.1") as upstream:
+        server = TestServer(create_app(config), host="127.0.0.1")
+        async with TestClient(server) as client:
+            for name in ("alice", "mallory"):
+                tenant = new_tenant(client.app[SERVICES].keys, name)
+                status, body = await _agent(
+                    client, tenant, base_url=f"http://localhost:{upstream.port}/v1"
+                )
+                assert status == 201, body
+                resp = await client.post(
+                    "/v1/orchestrations/execute",
+                    json={"agent_id": body["agent_id"], "input": "hi"},
+                    headers={**tenant.headers, "Prefer": "wait=10"},
+                )
+                assert (await resp.json())["status"] == "completed"
+    assert cookies == [None, None]
