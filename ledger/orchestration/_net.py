@@ -21,11 +21,14 @@ import ipaddress
 import socket
 
 import aiohttp
+import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 from yarl import URL
 
 from ledger.orchestration.errors import SSRFBlockedError
+
+_log = structlog.get_logger()
 
 __all__ = [
     "GuardedResolver",
@@ -136,9 +139,11 @@ class GuardedResolver(AbstractResolver):
         if name not in self._private:
             for r in results:
                 if not is_public_address(r["host"]):
-                    raise SSRFBlockedError(
-                        f"host {host!r} resolves to non-public address {r['host']}"
-                    )
+                    # The address goes to the operator's log only: the error is
+                    # recorded where the tenant reads it, and would map internal names
+                    # to internal addresses for whoever registered the URL.
+                    _log.warning("net.private_address_refused", host=host, address=r["host"])
+                    raise SSRFBlockedError(f"host {host!r} resolves to a non-public address")
         return results
 
     async def close(self) -> None:

@@ -163,6 +163,27 @@ async def test_blocked_http_tool_fails_the_step_without_retry(
     assert target.hits == []
 
 
+async def test_regression_a_refused_name_does_not_tell_the_tenant_its_internal_address(
+    engine: Engine, target: Target
+) -> None:
+    """The refusal named the private address the name resolved to, and the error is
+    recorded where the tenant reads it: a tenant could map internal names to internal
+    addresses, one refused call at a time."""
+    tool = HttpTool(f"http://localhost:{target.port}/echo", allow_hosts=["localhost"])
+    engine.tools.register("webhook", tool)
+    try:
+        defn = {"steps": [{"id": "call", "action": "tool", "tool": "webhook", "inputs": {"x": 1}}]}
+        wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+        started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+        state = await engine.wait(TENANT, started.orchestration_id)
+    finally:
+        await tool.close()
+    error = state.steps[0].result["error"]
+    assert "non-public address" in error
+    assert "127.0.0.1" not in error
+    assert "::1" not in error
+
+
 def _in_parts(target: Target, size: int, cap: int) -> HttpTool:
     return HttpTool(
         f"http://127.0.0.1:{target.port}/in-parts?size={size}",
