@@ -944,12 +944,23 @@ class Engine:
         if not events:
             raise InvalidEventError("record_step needs at least one event")
         typed: list[tuple[str, Any]] = []
+        ended: int | None = None
         for i, (event_type, payload) in enumerate(events):
             if event_type not in EXTERNAL_EVENT_TYPES:
                 raise InvalidEventError(
                     f"events[{i}]: type {event_type!r} cannot be recorded",
                     field=f"events[{i}].type",
                 )
+            if ended is not None:
+                # As a later request is refused once the run has ended: nothing follows
+                # its end, in the same request either.
+                raise InvalidEventError(
+                    f"events[{i}]: the orchestration ends at events[{ended}]; "
+                    "nothing can be recorded after it",
+                    field=f"events[{i}].type",
+                )
+            if event_type in ev.TERMINAL_TYPES:
+                ended = i
             body = {**payload, "orchestration_id": orchestration_id}
             try:
                 typed.append((event_type, self._log.catalog.coerce(event_type, body)))

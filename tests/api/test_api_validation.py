@@ -488,3 +488,22 @@ async def test_regression_an_unknown_step_field_is_not_described_as_field_empty(
     assert problem["errors"][0]["field"] == "$.definition.steps[a].bogus"
     assert "field ''" not in problem["detail"]
     assert "bogus" in problem["detail"]
+
+
+async def test_regression_nothing_is_recorded_after_the_end_within_one_steps_request(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """A later /steps request is refused once the orchestration has ended, but one
+    request could hold its end and more events after it, and they were all recorded."""
+    oid = await external_orchestration(client, tenant_a)
+    steps = f"/v1/orchestrations/{oid}/steps"
+    payload = {"step_id": "a", "agent_id": None, "action": "llm", "attempt": 1, "inputs": {}}
+    events = [
+        {"type": "orchestration.completed", "payload": {"results": {"ok": True}}},
+        {"type": "step.started", "payload": payload},
+    ]
+    assert await _field(client, tenant_a, steps, {"events": events}) == "$.events[1].type"
+    state = await client.get(f"/v1/orchestrations/{oid}", headers=tenant_a.headers)
+    assert (await state.json())["status"] != "completed"  # nothing of the request was written
+    ended = await client.post(steps, json={"events": events[:1]}, headers=tenant_a.headers)
+    assert ended.status == 201, await ended.text()
