@@ -13,6 +13,7 @@ import stat
 import subprocess
 import threading
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -300,12 +301,9 @@ def test_regression_a_failed_export_leaves_no_partial_file(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d"], "partial output left behind"
 
 
-def test_regression_export_takes_an_orchestration_id_in_either_form_as_the_api_does(
-    tmp_path: Path,
-) -> None:
-    # The API names an orchestration by its UUID or its `maip-orch:<ULID>` form (the
-    # state's `id`); export, documented as the same as GET /v1/orchestrations/{id}/bundle,
-    # lower-cased the ULID form and found no orchestration.
+def _external_orchestration(tmp_path: Path) -> tuple[str, dict[str, Any]]:
+    """A signing key in ``tmp_path`` and an external orchestration for tenant "t",
+    made through a real server that is stopped again; (verifier key, its state)."""
     vkey = write_signing_key(tmp_path)
     h = admin_key_headers(tmp_path, "t")
     server = Server(tmp_path)
@@ -315,6 +313,16 @@ def test_regression_export_takes_an_orchestration_id_in_either_form_as_the_api_d
         )
     finally:
         assert server.stop() == 0
+    return vkey, state
+
+
+def test_regression_export_takes_an_orchestration_id_in_either_form_as_the_api_does(
+    tmp_path: Path,
+) -> None:
+    # The API names an orchestration by its UUID or its `maip-orch:<ULID>` form (the
+    # state's `id`); export, documented as the same as GET /v1/orchestrations/{id}/bundle,
+    # lower-cased the ULID form and found no orchestration.
+    vkey, state = _external_orchestration(tmp_path)
     assert state["id"].startswith("maip-orch:")
     for given in (state["id"], state["orchestration_id"].upper()):
         for tenant in (("--tenant", "t"), ()):
@@ -330,15 +338,7 @@ def test_regression_export_writes_through_a_symlink_or_into_a_fifo_and_replaces_
     # Export wrote PATH.tmp and renamed it over PATH: `-o /dev/stdout`, run as root,
     # replaced the /dev/stdout symlink with a regular file; a FIFO was replaced as well,
     # and a symlink to a file lost its link.
-    vkey = write_signing_key(tmp_path)
-    h = admin_key_headers(tmp_path, "t")
-    server = Server(tmp_path)
-    try:
-        state = server.json(
-            "POST", "/v1/orchestrations", 202, body={"executor": "external"}, headers=h
-        )
-    finally:
-        assert server.stop() == 0
+    vkey, state = _external_orchestration(tmp_path)
     oid = state["orchestration_id"]
     out = tmp_path / "out"
     out.mkdir()
@@ -372,15 +372,7 @@ def test_regression_export_to_dev_stdout_appends_to_a_file_stdout_and_replaces_n
     # /proc/self/fd/1 to the file's name and renamed a new file over it: what the shell
     # had written there before was lost, and the shell's later writes went to the
     # replaced file. It must be written through, as into a pipe.
-    vkey = write_signing_key(tmp_path)
-    h = admin_key_headers(tmp_path, "t")
-    server = Server(tmp_path)
-    try:
-        state = server.json(
-            "POST", "/v1/orchestrations", 202, body={"executor": "external"}, headers=h
-        )
-    finally:
-        assert server.stop() == 0
+    vkey, state = _external_orchestration(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     target = out / "all.jsonl"

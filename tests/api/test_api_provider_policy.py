@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import resource
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -32,6 +33,20 @@ class Provider:
         return web.json_response({"choices": [{"message": {"role": "assistant", "content": "ok"}}]})
 
 
+@contextlib.asynccontextmanager
+async def _upstream_and_api(
+    config: Config, complete: Any
+) -> AsyncIterator[tuple[TestServer, TestClient]]:
+    """An OpenAI-compatible server on loopback answering with ``complete``, and a client
+    of the API configured by ``config``."""
+    upstream_app = web.Application()
+    upstream_app.router.add_post("/v1/chat/completions", complete)
+    async with TestServer(upstream_app, host="127.0.0.1") as upstream:
+        server = TestServer(create_app(config), host="127.0.0.1")
+        async with TestClient(server) as client:
+            yield upstream, client
+
+
 async def _agent(client: TestClient, tenant: Tenant, **provider: Any) -> tuple[int, Any]:
     resp = await client.post(
         "/v1/agents",
@@ -39,6 +54,19 @@ async def _agent(client: TestClient, tenant: Tenant, **provider: Any) -> tuple[i
         headers=tenant.headers,
     )
     return resp.status, await resp.json(content_type=None)
+
+
+async def _runs_to_completion(client: TestClient, tenant: Tenant, **provider: Any) -> None:
+    """Register an openai agent with ``provider`` settings and execute it once: it must
+    complete."""
+    status, body = await _agent(client, tenant, **provider)
+    assert status == 201, body
+    resp = await client.post(
+        "/v1/orchestrations/execute",
+        json={"agent_id": body["agent_id"], "input": "hi"},
+        headers={**tenant.headers, "Prefer": "wait=10"},
+    )
+    assert (await resp.json())["status"] == "completed"
 
 
 async def _serve(config: Config, env: dict[str, str], check: Any) -> Provider:
@@ -92,14 +120,7 @@ async def test_a_named_key_reaches_its_named_host(config: Config) -> None:
     )
 
     async def check(client: TestClient, tenant: Tenant, base: str) -> None:
-        status, body = await _agent(client, tenant, base_url=base, api_key_env="LLM_KEY")
-        assert status == 201, body
-        resp = await client.post(
-            "/v1/orchestrations/execute",
-            json={"agent_id": body["agent_id"], "input": "hi"},
-            headers={**tenant.headers, "Prefer": "wait=10"},
-        )
-        assert (await resp.json())["status"] == "completed"
+        await _runs_to_completion(client, tenant, base_url=base, api_key_env="LLM_KEY")
 
     provider = await _serve(config, {"LLM_KEY": "sk-llm"}, check)
     assert provider.authorization == ["Bearer sk-llm"]
@@ -185,27 +206,23 @@ async def test_regression_an_agent_cannot_raise_its_response_cap_without_bound(
             await resp.write(b'{"choices": [{"message": {"content": "ok"}}]}')
         return resp
 
-    upstream_app = web.Application()
-    upstream_app.router.add_post("/v1/chat/completions", flood)
-    async with TestServer(upstream_app, host="127.0.0.1") as upstream:
-        server = TestServer(create_app(config), host="127.0.0.1")
-        async with TestClient(server) as client:
-            tenant = new_tenant(client.app[SERVICES].keys, "mallory")
-            status, body = await _agent(
-                client,
-                tenant,
-                base_url=str(upstream.make_url("/v1")),
-                max_response_bytes=1 << 40,
-            )
-            assert status == 201, body
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
-            resp = await client.post(
-                "/v1/orchestrations/execute",
-                json={"agent_id": body["agent_id"], "input": "hi"},
-                headers={**tenant.headers, "Prefer": "wait=30"},
-            )
-            state = await resp.json()
-            grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
+    async with _upstream_and_api(config, flood) as (upstream, client):
+        tenant = new_tenant(client.app[SERVICES].keys, "mallory")
+        status, body = await _agent(
+            client,
+            tenant,
+            base_url=str(upstream.make_url("/v1")),
+            max_response_bytes=1 << 40,
+        )
+        assert status == 201, body
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+        resp = await client.post(
+            "/v1/orchestrations/execute",
+            json={"agent_id": body["agent_id"], "input": "hi"},
+            headers={**tenant.headers, "Prefer": "wait=30"},
+        )
+        state = await resp.json()
+        grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak
     assert state["status"] == "failed", state
     assert "too large" in state["steps"][0]["result"]["error"]
     assert grown < 64 * 1024, f"peak memory grew by {grown} KiB"
@@ -226,21 +243,10 @@ async def test_regression_a_cookie_one_tenants_provider_set_never_reaches_anothe
         resp.set_cookie("session", "alice-session")
         return resp
 
-    upstream_app = web.Application()
-    upstream_app.router.add_post("/v1/chat/completions", complete)
-    async with TestServer(upstream_app, host="127.0.0.1") as upstream:
-        server = TestServer(create_app(config), host="127.0.0.1")
-        async with TestClient(server) as client:
-            for name in ("alice", "mallory"):
-                tenant = new_tenant(client.app[SERVICES].keys, name)
-                status, body = await _agent(
-                    client, tenant, base_url=f"http://localhost:{upstream.port}/v1"
-                )
-                assert status == 201, body
-                resp = await client.post(
-                    "/v1/orchestrations/execute",
-                    json={"agent_id": body["agent_id"], "input": "hi"},
-                    headers={**tenant.headers, "Prefer": "wait=10"},
-                )
-                assert (await resp.json())["status"] == "completed"
+    async with _upstream_and_api(config, complete) as (upstream, client):
+        for name in ("alice", "mallory"):
+            tenant = new_tenant(client.app[SERVICES].keys, name)
+            await _runs_to_completion(
+                client, tenant, base_url=f"http://localhost:{upstream.port}/v1"
+            )
     assert cookies == [None, None]

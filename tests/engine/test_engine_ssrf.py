@@ -10,7 +10,13 @@ import pytest
 from aiohttp import web
 from engine_helpers import TENANT, send_in_two_writes
 
-from ledger.orchestration import Engine, HttpTool, SSRFBlockedError, ToolError
+from ledger.orchestration import (
+    Engine,
+    HttpTool,
+    OrchestrationState,
+    SSRFBlockedError,
+    ToolError,
+)
 
 
 class Target:
@@ -145,18 +151,24 @@ async def test_response_size_cap(target: Target) -> None:
         await _call(tool, {})
 
 
-async def test_blocked_http_tool_fails_the_step_without_retry(
-    engine: Engine, target: Target
-) -> None:
+async def _run_webhook_to_loopback(engine: Engine, target: Target) -> OrchestrationState:
+    """A workflow whose one step calls an http tool at a name that resolves to loopback
+    (allow-listed as a host, not as a private one); its final state."""
     tool = HttpTool(f"http://localhost:{target.port}/echo", allow_hosts=["localhost"])
     engine.tools.register("webhook", tool)
     try:
         defn = {"steps": [{"id": "call", "action": "tool", "tool": "webhook", "inputs": {"x": 1}}]}
         wf = await engine.register_workflow(TENANT, name="w", definition=defn)
         started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-        state = await engine.wait(TENANT, started.orchestration_id)
+        return await engine.wait(TENANT, started.orchestration_id)
     finally:
         await tool.close()
+
+
+async def test_blocked_http_tool_fails_the_step_without_retry(
+    engine: Engine, target: Target
+) -> None:
+    state = await _run_webhook_to_loopback(engine, target)
     assert (state.status, state.reason) == ("failed", "step_failed")
     assert state.steps[0].attempts == 1
     assert "non-public address" in state.steps[0].result["error"]
@@ -169,15 +181,7 @@ async def test_regression_a_refused_name_does_not_tell_the_tenant_its_internal_a
     """The refusal named the private address the name resolved to, and the error is
     recorded where the tenant reads it: a tenant could map internal names to internal
     addresses, one refused call at a time."""
-    tool = HttpTool(f"http://localhost:{target.port}/echo", allow_hosts=["localhost"])
-    engine.tools.register("webhook", tool)
-    try:
-        defn = {"steps": [{"id": "call", "action": "tool", "tool": "webhook", "inputs": {"x": 1}}]}
-        wf = await engine.register_workflow(TENANT, name="w", definition=defn)
-        started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
-        state = await engine.wait(TENANT, started.orchestration_id)
-    finally:
-        await tool.close()
+    state = await _run_webhook_to_loopback(engine, target)
     error = state.steps[0].result["error"]
     assert "non-public address" in error
     assert "127.0.0.1" not in error
