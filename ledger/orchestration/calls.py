@@ -27,7 +27,7 @@ from ledger.orchestration.journal import CallJournal, response_of
 from ledger.orchestration.providers.base import LLMRequest, LLMResponse, Provider
 from ledger.orchestration.registry import AgentRecord
 from ledger.orchestration.stream import StreamWriter
-from ledger.orchestration.tools import ToolRegistry
+from ledger.orchestration.tools import Tool, ToolRegistry
 
 __all__ = ["MAX_ERROR_CHARS", "CallRecorder", "Collaborators", "as_text", "bounded", "const"]
 
@@ -213,9 +213,21 @@ class CallRecorder:
         )
 
     async def _tool_call(
-        self, step_id: str, attempt: int, name: str, call_id: str | None, arguments: Any
+        self,
+        step_id: str,
+        attempt: int,
+        name: str,
+        call_id: str | None,
+        arguments: Any,
+        *,
+        granted: tuple[str, ...] | None = None,
     ) -> Any:
-        """Invoke a tool, recording invocation and result; raises :class:`ToolError`."""
+        """Invoke a tool, recording invocation and result; raises :class:`ToolError`.
+
+        ``granted``: for a call a model asked for, the tools its agent was given. Any
+        other tool is refused like an unknown one (recorded, never called): the model's
+        output is not trusted to pick from everything the process has registered.
+        """
         journal = self._journal(step_id, attempt)
         if journal is not None:
             done = journal.tool(name, call_id, arguments)
@@ -234,9 +246,9 @@ class CallRecorder:
             ),
         )
         started = time.monotonic()
-        pure = True  # an unknown tool is never called
+        pure = True  # an unknown or ungranted tool is never called
         try:
-            tool = self.deps.tools.get(name)
+            tool = self._tool(name, granted)
             pure = tool.pure
             if not pure:
                 await self.writer.flush()
@@ -260,6 +272,11 @@ class CallRecorder:
         )
         await self._after_call(step_id, attempt, done, pure=pure)
         raise ToolError(error, transient=transient)
+
+    def _tool(self, name: str, granted: tuple[str, ...] | None) -> Tool:
+        if granted is not None and name not in granted:
+            raise ToolError(f"tool {name!r} is not one of this agent's tools")
+        return self.deps.tools.get(name)
 
     async def _after_call(
         self, step_id: str, attempt: int, done: ev.ToolCompleted, *, pure: bool

@@ -680,7 +680,12 @@ class Runner(CallRecorder):
                     for call in r.tool_calls:
                         try:
                             result = await self._tool_call(
-                                step.id, attempt, call.name, call.id, call.arguments
+                                step.id,
+                                attempt,
+                                call.name,
+                                call.id,
+                                call.arguments,
+                                granted=agent.tools,
                             )
                         except ToolError as e:
                             result = {"error": str(e)}
@@ -779,7 +784,12 @@ class Runner(CallRecorder):
 
                 async def invoke(attempt: int, inp: Any, sid: str = tool_id) -> Any:
                     return await self._tool_call(
-                        sid, attempt, inp["name"], inp["tool_call_id"], inp["arguments"]
+                        sid,
+                        attempt,
+                        inp["name"],
+                        inp["tool_call_id"],
+                        inp["arguments"],
+                        granted=agent.tools,
                     )
 
                 try:

@@ -793,3 +793,63 @@ async def test_a_start_too_large_for_a_leaf_is_refused_and_leaves_nothing(
         await engine.execute(TENANT, agent_id=agent, input="x" * 300_000)
     assert engine.list_orchestrations(TENANT) == ([], None)
     assert not engine._writers
+
+
+def _counting_tool(calls: list[Any]) -> Any:
+    async def secret(args: Any) -> Any:
+        calls.append(args)
+        return {"leaked": True}
+
+    return secret
+
+
+async def _tool_outcomes(harness: Harness, oid: str) -> list[tuple[str, Any, str | None]]:
+    assert harness.log is not None
+    records = await harness.log.read_stream(TENANT, oid)
+    return [
+        (r.event.payload.gen_ai_tool_name, r.event.payload.result, r.event.payload.error)
+        for r in records
+        if r.event.type == "tool.completed"
+    ]
+
+
+async def test_regression_an_agent_loop_calls_only_the_tools_its_agent_was_given(
+    engine: Engine, harness: Harness, make_agent: Any
+) -> None:
+    # A model (or a prompt injected into it) named a tool the process has registered but
+    # this agent was never given; it was called.
+    calls: list[Any] = []
+    engine.tools.register("secret", _counting_tool(calls))
+    agent = await make_agent(
+        {"tool_calls": [{"name": "secret", "arguments": {"x": 1}}]},
+        {"tool_calls": [{"name": "echo", "arguments": {"y": 2}}]},
+        {"content": "done"},
+        tools=["echo"],
+    )
+    started = await engine.execute(TENANT, agent_id=agent, input="hi")
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert state.status == "completed", state.steps
+    assert calls == []
+    assert await _tool_outcomes(harness, started.orchestration_id) == [
+        ("secret", None, "tool 'secret' is not one of this agent's tools"),
+        ("echo", {"y": 2}, None),
+    ]
+
+
+async def test_regression_an_llm_step_calls_only_the_tools_its_agent_was_given(
+    engine: Engine, harness: Harness, make_agent: Any
+) -> None:
+    calls: list[Any] = []
+    engine.tools.register("secret", _counting_tool(calls))
+    agent = await make_agent(
+        {"tool_calls": [{"name": "secret", "arguments": {}}]}, {"content": "done"}
+    )
+    defn = {"steps": [{"id": "ask", "action": "llm", "prompt": "hi"}]}
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id, agents=[agent])
+    state = await _live_equals_replay(engine, started.orchestration_id)
+    assert state.status == "completed", state.steps
+    assert calls == []
+    assert await _tool_outcomes(harness, started.orchestration_id) == [
+        ("secret", None, "tool 'secret' is not one of this agent's tools"),
+    ]
