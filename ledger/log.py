@@ -265,12 +265,14 @@ class Log:
         """If the writer task died, refuse further appends and fail the queued ones:
         their outcomes cannot be cancelled (:meth:`submit`), so nothing else would ever
         end their callers' waits."""
-        if not writer.cancelled() and writer.exception() is None:
+        if writer.cancelled():
+            # Only the loop's own teardown cancels it (close() ends it by itself): the
+            # owner let its event loop end without closing the log.
+            _log.warning("log.not_closed", detail="the event loop ended before Log.close()")
+        elif writer.exception() is None:
             return  # closed normally, with every queued append finished
-        _log.error(
-            "log.writer_died",
-            error=repr(writer.exception()) if not writer.cancelled() else "cancelled",
-        )
+        else:
+            _log.error("log.writer_died", error=repr(writer.exception()))
         self._closing = True
         stranded = self._taken + self._pending
         self._taken, self._pending = [], []

@@ -31,6 +31,7 @@ import fcntl
 import functools
 import os
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -199,6 +200,21 @@ def _stored(row: Any) -> StoredEvent:
     )
 
 
+def _daemon_reader(connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    """``connection``, its worker thread made a daemon before it starts.
+
+    aiosqlite's thread is not a daemon, so a process that ended its event loop without
+    closing the store hung at exit for ever, waiting for a thread that waits for work.
+    The reader holds no write state, so abandoning it at exit is as safe as a crash; the
+    writer thread is a daemon for the same reason (ledger/_writer_thread.py). If a
+    later aiosqlite keeps its thread elsewhere, nothing changes here but that fix.
+    """
+    thread = getattr(connection, "_thread", None)
+    if isinstance(thread, threading.Thread) and thread.ident is None:
+        thread.daemon = True
+    return connection
+
+
 class SQLiteEventStore:
     """An :class:`~ledger.store.EventStore` in one SQLite file."""
 
@@ -242,7 +258,9 @@ class SQLiteEventStore:
                 )
                 await self._checkpointer.open()
             uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
-            self._reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+            self._reader = await _daemon_reader(
+                aiosqlite.connect(uri, uri=True, isolation_level=None)
+            )
             await self._reader.execute("PRAGMA busy_timeout=5000")
             await self._reader.execute("PRAGMA cache_size=-65536")
             await self._reader.execute("PRAGMA query_only=1")

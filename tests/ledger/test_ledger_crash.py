@@ -94,3 +94,40 @@ async def test_sigkill_during_appends_loses_nothing_acknowledged(tmp_path: Path)
     report = await fsck(store, signer().verifier)
     await store.close()
     assert report.ok, report.problems
+
+
+_NEVER_CLOSES = """
+import asyncio, sys
+sys.path.insert(0, sys.argv[2])
+from ledger_testkit import Note, open_log
+from ledger.events import NewEvent
+
+async def main():
+    log = await open_log(__import__("pathlib").Path(sys.argv[1]))
+    await log.append("t1", "s", 0, [NewEvent("note.added", Note("kept"))])
+    # Returns without log.close(): the event loop ends with the store open.
+
+asyncio.run(main())
+"""
+
+
+async def test_regression_a_process_that_never_closes_its_log_still_exits(tmp_path: Path) -> None:
+    # aiosqlite's reader thread was not a daemon: the interpreter waited for it at exit,
+    # and it waited for work, so the process never ended.
+    db = tmp_path / "l.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _NEVER_CLOSES, str(db), str(Path(__file__).parent)],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert b"log.not_closed" in done.stdout + done.stderr
+    log = await open_log(db)
+    try:
+        (record,) = await log.read_stream("t1", "s")
+        assert record.event.payload.text == "kept"
+    finally:
+        await log.close()
