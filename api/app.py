@@ -30,6 +30,7 @@ from api.problems import from_ledger_error, problem_response
 from api.routes import register_routes
 from api.services import METRICS, SERVICES, Services
 from api.sse import StreamHub
+from api.tenant_limit import TenantRequests
 from ledger.errors import LedgerError
 from ledger.keys import load_or_create_signer
 from ledger.log import Log
@@ -97,7 +98,10 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
         if services is None or services.shutting_down:
             response = problem_response(_SHUTTING_DOWN)
         else:
-            response = await handler(request)
+            try:
+                response = await handler(request)
+            finally:
+                services.tenant_requests.leave(request)
     except ProblemError as p:
         response = problem_response(p)
     except web.HTTPException as e:
@@ -191,7 +195,16 @@ def create_app(
         watch: asyncio.Task[None] | None = None
         try:
             resumed = await engine.start()
-            services = Services(config, keys, auth, log, engine, metrics, hub)
+            services = Services(
+                config,
+                keys,
+                auth,
+                log,
+                engine,
+                metrics,
+                hub,
+                TenantRequests(config.max_requests_per_tenant),
+            )
             log.add_receipt_listener(services.receipts_issued)
             app[SERVICES] = services
             watch = asyncio.create_task(_watch_storage(log, engine), name="storage-watch")

@@ -372,6 +372,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--max-connections", type=int, help=_help("max_connections", "default 1000"))
     s.add_argument(
+        "--max-requests-per-tenant",
+        type=int,
+        help=_help("max_requests_per_tenant", "requests in progress per tenant; default 250"),
+    )
+    s.add_argument(
         "--hash-cache-mib",
         type=int,
         help=_help("hash_cache_mib", "tree hashes kept for proofs, MiB; default 128"),

@@ -36,6 +36,7 @@ ENV_VARS: dict[str, str] = {
     "shutdown_grace_seconds": "MAIP_SHUTDOWN_GRACE_SECONDS",
     "header_timeout_seconds": "MAIP_HEADER_TIMEOUT_SECONDS",
     "max_connections": "MAIP_MAX_CONNECTIONS",
+    "max_requests_per_tenant": "MAIP_MAX_REQUESTS_PER_TENANT",
     "hash_cache_mib": "MAIP_HASH_CACHE_MIB",
     "receipt_cache_entries": "MAIP_RECEIPT_CACHE_ENTRIES",
     "demo": "MAIP_DEMO",
@@ -76,6 +77,10 @@ class Config:
     header_timeout_seconds: float = 20.0
     #: Connections held at once; one more is answered 503 and closed.
     max_connections: int = 1000
+    #: Requests one tenant may have in progress at once (streams and waits included);
+    #: one more is answered 429. A quarter of the connections by default, so no one
+    #: tenant can hold them all (api/tenant_limit.py).
+    max_requests_per_tenant: int = 250
     #: Memory for stored tree hashes kept for proofs: 32 bytes a hash, about two hashes
     #: a leaf, so the default holds every hash of a log of about 2M entries; beyond
     #: that, cold proofs read their hashes from SQLite.
@@ -138,6 +143,8 @@ class Config:
             raise ConfigError("the header timeout must be > 0 seconds")
         if self.max_connections < 1:
             raise ConfigError("max connections must be >= 1")
+        if self.max_requests_per_tenant < 1:
+            raise ConfigError("max requests per tenant must be >= 1")
         if self.hash_cache_mib < 1:
             raise ConfigError("the hash cache must be at least 1 MiB")
         if self.receipt_cache_entries < 0:

@@ -17,6 +17,7 @@ from api.keys import KeyStore
 from api.logctx import bind_tenant
 from api.metrics import Metrics
 from api.sse import StreamHub
+from api.tenant_limit import TenantRequests
 from ledger.log import Log
 from ledger.orchestration import Engine
 from ledger.receipt import Receipt
@@ -45,6 +46,7 @@ class Services:
     engine: Engine
     metrics: Metrics
     hub: StreamHub
+    tenant_requests: TenantRequests
     shutting_down: bool = False
     #: By (tenant, receipt id): the encoded answer, or the receipt as the log issued it
     #: (with its orchestration id), encoded on first fetch. Receipts are immutable.
@@ -55,9 +57,11 @@ class Services:
     idempotency_locks: dict[tuple[str, str, str], KeyLock] = field(default_factory=dict)
 
     def authorize(self, request: web.Request, *scopes: str) -> Principal:
-        """The caller, if it has any of ``scopes``; binds its tenant to the log context."""
+        """The caller, if it has any of ``scopes``; binds its tenant to the log context
+        and counts the request against the tenant's limit (429 at it)."""
         principal = self.auth.authorize(request, *scopes)
         bind_tenant(principal.tenant_id)
+        self.tenant_requests.enter(request, principal.tenant_id)
         return principal
 
     def cache_receipt(self, key: tuple[str, str], body: bytes) -> None:

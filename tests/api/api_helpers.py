@@ -133,3 +133,23 @@ def write_signing_key(data_dir: Path, origin: str = DEFAULT_ORIGIN) -> str:
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(signer.skey + "\n")
     return signer.verifier.vkey
+
+
+async def read_sse(resp: Any, limit: int | None = None) -> list[dict[str, str]]:
+    messages: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    while limit is None or len(messages) < limit:
+        line = await resp.content.readline()
+        if not line:
+            break
+        text = line.decode().rstrip("\n")
+        if not text:
+            if current:
+                messages.append(current)
+                current = {}
+            continue
+        if text.startswith(":"):
+            continue
+        name, _, value = text.partition(": ")
+        current[name] = value
+    return messages

@@ -19,6 +19,7 @@ from api_helpers import (
     external_orchestration,
     json_ok,
     new_tenant,
+    read_sse,
     scripted,
     setup_workflow,
 )
@@ -261,26 +262,6 @@ async def test_cancel(client: TestClient, tenant_a: Tenant) -> None:
     )["events"]
     assert events[-1]["type"] == "orchestration.cancelled"
     assert events[-1]["payload"]["requested_by"].startswith("key:")
-
-
-async def read_sse(resp: Any, limit: int | None = None) -> list[dict[str, str]]:
-    messages: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    while limit is None or len(messages) < limit:
-        line = await resp.content.readline()
-        if not line:
-            break
-        text = line.decode().rstrip("\n")
-        if not text:
-            if current:
-                messages.append(current)
-                current = {}
-            continue
-        if text.startswith(":"):
-            continue
-        name, _, value = text.partition(": ")
-        current[name] = value
-    return messages
 
 
 async def test_sse_stream_and_resume(client: TestClient, tenant_a: Tenant) -> None:

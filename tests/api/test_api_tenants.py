@@ -3,11 +3,24 @@ attempt is a 404 (no existence leak), identical to asking for an id that never e
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import uuid
+from collections.abc import Callable
 
 import pytest
 from aiohttp.test_utils import TestClient
-from api_helpers import Tenant, json_ok, setup_workflow
+from api_helpers import (
+    Tenant,
+    external_orchestration,
+    json_ok,
+    new_tenant,
+    read_sse,
+    setup_workflow,
+)
+
+from api.config import Config
+from api.services import SERVICES
 
 
 @pytest.fixture
@@ -140,3 +153,35 @@ async def test_regression_agent_and_workflow_ids_are_case_insensitive(
         assert resp.status == 200, await resp.text()
     for path in (f"/v1/agents/{b_world['agent'].upper()}", "/v1/agents/not-a-uuid"):
         assert (await client.get(path, headers=tenant_a.headers)).status == 404
+
+
+async def test_a_tenant_at_its_request_limit_gets_429_and_other_tenants_do_not(
+    config: Config, make_client: Callable[[Config], TestClient]
+) -> None:
+    # Held-open requests (streams, waits) cost the server next to nothing each, so one
+    # tenant could hold every connection it allows and leave the others 503s.
+    async with make_client(dataclasses.replace(config, max_requests_per_tenant=2)) as client:
+        services = client.app[SERVICES]
+        a, b = new_tenant(services.keys, "tenant-a"), new_tenant(services.keys, "tenant-b")
+        oid = await external_orchestration(client, a)
+        path = f"/v1/orchestrations/{oid}/events/stream"
+        streams = [await client.get(path, headers=a.headers) for _ in range(2)]
+        assert [s.status for s in streams] == [200, 200]
+        assert services.tenant_requests.in_flight("tenant-a") == 2
+
+        refused = await client.get(f"/v1/orchestrations/{oid}", headers=a.headers)
+        assert refused.status == 429
+        assert refused.headers["Content-Type"] == "application/problem+json"
+        assert refused.headers["Retry-After"] == "1"
+        assert "max_requests_per_tenant" in (await refused.json())["detail"]
+        await json_ok(client, "GET", "/v1/agents", 200, headers=b.headers)
+
+        # The run ends (cancelled in-process: tenant a has no request to spare), so do
+        # its streams, and with them the tenant's hold.
+        await services.engine.cancel("tenant-a", oid, reason="test")
+        for s in streams:
+            assert (await asyncio.wait_for(read_sse(s), 5))[-1]["event"] == (
+                "orchestration.cancelled"
+            )
+        await json_ok(client, "GET", f"/v1/orchestrations/{oid}", 200, headers=a.headers)
+        assert services.tenant_requests.in_flight("tenant-a") == 0
