@@ -187,12 +187,13 @@ class Runner(CallRecorder):
         #: Steps counted against ``max_steps``: those the history shows started, and
         #: each new one when it is scheduled (a resumed run counts as the live one did).
         self._steps_started = sum(1 for h in self.history.values() if h.attempts > 0)
-        #: Attempts the history leaves open (in flight when the process stopped); each
-        #: is closed by :meth:`_step` when its step runs again, or when the run ends.
+        #: Attempts the history leaves open (in flight when the process stopped, or
+        #: failed with a retry promised); each is closed by :meth:`_step` when its step
+        #: runs again, or when the run ends.
         self._interrupted = {
             sid: h.attempts
             for sid, h in self.history.items()
-            if h.status == "running" and h.attempts > 0
+            if h.status in ("running", "retrying") and h.attempts > 0
         }
 
     # -- control ---------------------------------------------------------------------
@@ -388,8 +389,8 @@ class Runner(CallRecorder):
             if h.status == "failed":
                 raise _StepFailed(step_id, h.error or "failed")
             first = h.attempts + 1
+            self._interrupted.pop(step_id, None)
             if h.status == "running":
-                self._interrupted.pop(step_id, None)
                 call = h.tool_call
                 if action == "tool" and call is not None and call.attempt == h.attempts:
                     # A tool step is its one call, and that call completed: calling again
@@ -491,6 +492,9 @@ class Runner(CallRecorder):
                 raise _StepFailed(step_id, error, provider=provider)
             delay = 0.0 if diverged else min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
             if delay:
+                # Until the next attempt starts, the run ending (cancelled, timed out)
+                # must record this retry as abandoned, or the step stays running.
+                self._inflight[step_id] = attempt
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")
 

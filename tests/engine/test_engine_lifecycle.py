@@ -4,6 +4,7 @@ and regression tests for bugs found while building the engine."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -968,3 +969,67 @@ async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cance
     events = [r.event for r in await log.read_stream(TENANT, oid)]
     assert [e.type for e in events].count(ev.ORCHESTRATION_CANCELLED) == 1
     assert events[-1].type == ev.ORCHESTRATION_CANCELLED
+
+
+async def _block_forever(_: float) -> None:
+    await asyncio.Event().wait()
+
+
+@pytest.mark.parametrize("ending", ["cancel", "timeout"])
+async def test_regression_a_run_ended_during_a_retry_backoff_ends_the_step_too(
+    harness: Harness, ending: str
+) -> None:
+    # A step whose attempt failed transiently (step.failed retrying=true) was waiting
+    # out its backoff when the run was cancelled or timed out: the run ended and the
+    # step stayed "running" for ever, its promised retry never recorded as abandoned.
+    calls: list[Any] = []
+
+    async def flaky(args: Any) -> Any:
+        calls.append(args)
+        raise ToolError("busy", transient=True)
+
+    tools = ToolRegistry()
+    tools.register("flaky", flaky)
+    engine = await harness.open(tools=tools, sleep=_block_forever)
+    steps = [{"id": "a", "action": "tool", "tool": "flaky", "inputs": {}}]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    if ending == "cancel":
+        started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+        for _ in range(1000):
+            if calls:
+                break
+            await asyncio.sleep(0.01)
+        state = await asyncio.wait_for(engine.cancel(TENANT, started.orchestration_id), 10)
+        assert (state.status, calls) == ("cancelled", [{}])
+    else:
+        started = await engine.execute(TENANT, workflow_id=wf.workflow_id, timeout_seconds=0.3)
+        state = await asyncio.wait_for(engine.wait(TENANT, started.orchestration_id), 10)
+        assert (state.status, state.reason, calls) == ("failed", "timed_out", [{}])
+    assert [(s.step_id, s.status, s.attempts) for s in state.steps] == [("a", "failed", 1)]
+    assert await engine.get_state(TENANT, started.orchestration_id) == state
+
+
+async def test_regression_a_resumed_run_that_ends_before_a_step_s_retry_ends_the_step(
+    harness: Harness,
+) -> None:
+    # The same, for a run resumed from a history whose last word on a step is a
+    # step.failed with retrying=true (the process died during the backoff) and that
+    # ends (here: its timeout long past) before the step runs again.
+    engine = await harness.open()
+    assert harness.log is not None
+    steps = [{"id": "a", "action": "tool", "tool": "echo", "inputs": {}}]
+
+    def history(oid: str) -> list[tuple[str, Any]]:
+        failed = ev.StepFailed(
+            orchestration_id=oid, step_id="a", attempt=1, error="busy", retrying=True
+        )
+        return [step_started(oid, "a"), (ev.STEP_FAILED, failed)]
+
+    oid = await append_run(engine, harness.log, {"steps": steps}, history)
+    await harness.close()
+    later = datetime.now(UTC) + timedelta(hours=1)  # past the run's timeout_seconds=300
+    engine = await harness.open(now=lambda: later)
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.reason) == ("failed", "timed_out")
+    assert [(s.step_id, s.status, s.attempts) for s in state.steps] == [("a", "failed", 1)]
+    assert await engine.get_state(TENANT, oid) == state
