@@ -833,27 +833,34 @@ class Engine:
         starting = self._starting.get(key)
         if starting is not None:  # its execute() is about to launch it: cancel the runner
             await starting.wait()
-        async with self._external_lock(key):  # a resume launches its runner under it
-            runner = self._runners.get(key)
-            if runner is None:
-                # Not running here (external, or not resumed): record it directly,
-                # unless it ended while this waited.
-                summary = self.registry.orchestration(tenant_id, orchestration_id)
-                assert summary is not None
-                if summary.status in ("completed", "failed", "cancelled"):
-                    raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
-                payload = ev.OrchestrationCancelled(
-                    orchestration_id=orchestration_id, reason=reason, requested_by=requested_by
-                )
-                writer = self._writers.get(key) or self._writer(
-                    tenant_id, orchestration_id, summary.seq
-                )
-                await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
-        if runner is not None:
+        asked = False
+        while True:
+            async with self._external_lock(key):  # a resume launches its runner under it
+                runner = self._runners.get(key)
+                if runner is None:
+                    # Not running here (external, not resumed, or its runner stopped
+                    # before it reached a step boundary to honour the cancel: the engine
+                    # closing, or storage failing): record it directly, unless it ended.
+                    summary = self.registry.orchestration(tenant_id, orchestration_id)
+                    assert summary is not None
+                    if summary.status in ("completed", "failed", "cancelled"):
+                        if asked:  # its runner ended it, cancelled or otherwise
+                            break
+                        raise OrchestrationStateError(orchestration_id, summary.status, "cancel")
+                    payload = ev.OrchestrationCancelled(
+                        orchestration_id=orchestration_id, reason=reason, requested_by=requested_by
+                    )
+                    writer = self._writers.get(key) or self._writer(
+                        tenant_id, orchestration_id, summary.seq
+                    )
+                    await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
+                    break
             runner.request_cancel(reason, requested_by)
+            asked = True
             task = self._tasks.get(key)
-            if task is not None:
-                await asyncio.wait({task})
+            if task is None:
+                break
+            await asyncio.wait({task})
         return await self.get_state(tenant_id, orchestration_id)
 
     # -- external executors ----------------------------------------------------------

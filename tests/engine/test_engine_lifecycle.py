@@ -1033,3 +1033,77 @@ async def test_regression_a_resumed_run_that_ends_before_a_step_s_retry_ends_the
     assert (state.status, state.reason) == ("failed", "timed_out")
     assert [(s.step_id, s.status, s.attempts) for s in state.steps] == [("a", "failed", 1)]
     assert await engine.get_state(TENANT, oid) == state
+
+
+class _HeldWrites:
+    """The real log, except that while ``open`` is clear a stream write waits for it."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.open = asyncio.Event()
+        self.open.set()
+        self.held = asyncio.Event()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        if not self.open.is_set():
+            self.held.set()
+            await self.open.wait()
+        return await self._log.submit(*args, **kw)
+
+
+async def test_regression_a_cancel_while_the_run_stops_for_close_is_not_lost(
+    harness: Harness,
+) -> None:
+    # close() stops a run at its next step boundary; a cancel() that came while the
+    # stopped run was writing its last events found the runner still there, asked it
+    # to cancel (too late: it had passed its last boundary) and returned the run as
+    # "running", cancel recorded nowhere. The next start resumed it and ran it to the end.
+    release, entered = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def hold(args: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return 1
+
+    async def after(args: Any) -> Any:
+        ran.append("after")
+        return 2
+
+    tools = ToolRegistry()
+    tools.register("hold", hold, pure=True)  # its events wait in the buffer
+    tools.register("after", after, pure=True)
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    held = _HeldWrites(log)
+    engine = Engine(held, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    await engine.start()
+    steps = [
+        {"id": "a", "action": "tool", "tool": "hold", "inputs": {}},
+        {"id": "b", "action": "tool", "tool": "after", "inputs": {}, "depends_on": ["a"]},
+    ]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    oid = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
+    await asyncio.wait_for(entered.wait(), 10)
+    closing = asyncio.create_task(engine.close())
+    await asyncio.sleep(0)  # close() has asked the run to stop
+    held.open.clear()
+    release.set()  # step a ends; the run stops at the boundary and writes what it holds
+    await asyncio.wait_for(held.held.wait(), 10)
+    cancel = asyncio.create_task(engine.cancel(TENANT, oid, reason="operator"))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    held.open.set()
+    cancelled = await asyncio.wait_for(cancel, 10)
+    await closing
+    assert (cancelled.status, cancelled.reason) == ("cancelled", "operator")
+    await log.close()
+    harness.log = None
+
+    engine = await harness.open(tools=tools)  # resumes nothing: the run is cancelled
+    state = await engine.wait(TENANT, oid)
+    assert (state.status, state.reason, ran) == ("cancelled", "operator", [])
+    assert await engine.get_state(TENANT, oid) == cancelled
