@@ -58,7 +58,7 @@ from ledger.orchestration.registry import (
     RegistryProjection,
     WorkflowRecord,
 )
-from ledger.orchestration.runner import Runner
+from ledger.orchestration.runner import Runner, read_history
 from ledger.orchestration.state import OrchestrationProjection, OrchestrationState, replay
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.tools import ToolRegistry
@@ -853,7 +853,8 @@ class Engine:
                     writer = self._writers.get(key) or self._writer(
                         tenant_id, orchestration_id, summary.seq
                     )
-                    await writer.append_now([(ev.ORCHESTRATION_CANCELLED, payload)])
+                    events = await self._open_attempts_failed(summary)
+                    await writer.append_now([*events, (ev.ORCHESTRATION_CANCELLED, payload)])
                     break
             runner.request_cancel(reason, requested_by)
             asked = True
@@ -862,6 +863,38 @@ class Engine:
                 break
             await asyncio.wait({task})
         return await self.get_state(tenant_id, orchestration_id)
+
+    async def _open_attempts_failed(
+        self, summary: OrchestrationSummary
+    ) -> list[tuple[str, ev.StepFailed]]:
+        """``step.failed`` (``cancelled``) for each step attempt an engine run with no
+        runner left open (in flight, or waiting for its retry, when its runner stopped),
+        as its runner would record them were it cancelled: else they stay running."""
+        if summary.executor != "engine":
+            return []  # an external executor records its own steps
+        oid = summary.orchestration_id
+        try:
+            records = await self._read_committed(summary.tenant_id, oid)
+        except LedgerError as e:  # the cancel is recorded all the same
+            _log.warning(
+                "orchestration.cancel_history_unreadable", orchestration_id=oid, error=str(e)
+            )
+            return []
+        history, _, _ = read_history([r.event for r in records])
+        return [
+            (
+                ev.STEP_FAILED,
+                ev.StepFailed(
+                    orchestration_id=oid,
+                    step_id=step_id,
+                    attempt=h.attempts,
+                    error="cancelled",
+                    retrying=False,
+                ),
+            )
+            for step_id, h in sorted(history.items())
+            if h.status in ("running", "retrying") and h.attempts > 0
+        ]
 
     # -- external executors ----------------------------------------------------------
 

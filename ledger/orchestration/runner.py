@@ -49,7 +49,7 @@ from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
 
-__all__ = ["Runner", "StepHistory"]
+__all__ = ["Runner", "StepHistory", "read_history"]
 
 _log = structlog.get_logger()
 

@@ -1107,3 +1107,45 @@ async def test_regression_a_cancel_while_the_run_stops_for_close_is_not_lost(
     state = await engine.wait(TENANT, oid)
     assert (state.status, state.reason, ran) == ("cancelled", "operator", [])
     assert await engine.get_state(TENANT, oid) == cancelled
+
+
+async def test_regression_cancelling_a_stalled_run_ends_the_step_it_had_in_flight(
+    harness: Harness,
+) -> None:
+    # A run that storage stopped (stalled) mid-step has no runner; cancel() recorded
+    # orchestration.cancelled directly and nothing else, so the step's open attempt
+    # stayed "running" in a cancelled run for ever (a runner's cancel closes it).
+    release, entered = asyncio.Event(), asyncio.Event()
+
+    async def hold(args: Any) -> Any:
+        entered.set()
+        await release.wait()
+        return 1
+
+    tools = ToolRegistry()
+    tools.register("hold", hold)  # not pure: its start is durable before the call
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    storage = _Dying(log)
+    engine = Engine(storage, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    steps = [{"id": "a", "action": "tool", "tool": "hold", "inputs": {}}]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    oid = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
+    await asyncio.wait_for(entered.wait(), 10)
+    storage.dead = True
+    release.set()
+    for _ in range(1000):
+        if engine.stalled:
+            break
+        await asyncio.sleep(0.01)
+    assert engine.stalled == 1
+    storage.dead = False  # storage is back; the run is cancelled before it resumes
+    state = await engine.cancel(TENANT, oid, reason="operator")
+    assert (state.status, state.reason) == ("cancelled", "operator")
+    assert [(s.step_id, s.status, s.result) for s in state.steps] == [
+        ("a", "failed", {"error": "cancelled"})
+    ]
+    assert await engine.resume_stalled() == []
+    assert await engine.get_state(TENANT, oid) == state
