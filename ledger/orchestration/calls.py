@@ -105,6 +105,10 @@ class CallRecorder:
         #: The calls a resumed attempt completed before the process stopped, answered
         #: from the log instead of made again (``ledger/orchestration/journal.py``).
         self.journals: dict[tuple[str, int], CallJournal] = {}
+        #: Each (step id, attempt)'s recorded request whose outcome is not recorded yet:
+        #: (tool name, or ``None`` for a model call; tool call id; start), so a step
+        #: timeout that cuts the call off can record its outcome (:meth:`cut_off`).
+        self._open: dict[tuple[str, int], tuple[str | None, str | None, float]] = {}
 
     def _journal(self, step_id: str, attempt: int) -> CallJournal | None:
         journal = self.journals.get((step_id, attempt))
@@ -151,6 +155,7 @@ class CallRecorder:
                 parameters=request.parameters,
             ),
         )
+        self._open[step_id, attempt] = (None, None, time.monotonic())
         if not provider.deterministic:
             await self.writer.flush()
         started = time.monotonic()
@@ -167,6 +172,7 @@ class CallRecorder:
                 bounded(f"internal error: {type(e).__name__}: {e}"), transient=False
             )
         else:
+            del self._open[step_id, attempt]
             try:
                 self._llm_completed(step_id, attempt, response, started, None)
             except InvalidEventError as e:
@@ -175,6 +181,7 @@ class CallRecorder:
                 if not provider.deterministic:
                     await self.writer.flush()
                 return response
+        self._open.pop((step_id, attempt), None)
         self._llm_completed(
             step_id, attempt, None, started, str(failure), transient=failure.transient
         )
@@ -246,6 +253,7 @@ class CallRecorder:
             ),
         )
         started = time.monotonic()
+        self._open[step_id, attempt] = (name, call_id, started)
         pure = True  # an unknown or ungranted tool is never called
         try:
             tool = self._tool(name, granted)
@@ -259,6 +267,7 @@ class CallRecorder:
         except Exception as e:  # noqa: BLE001 — user tool code may raise anything: record it
             error, transient = bounded(f"{type(e).__name__}: {e}"), False
         else:
+            del self._open[step_id, attempt]
             try:
                 done = self._tool_completed(step_id, attempt, name, call_id, result, None, started)
             except InvalidEventError as e:  # not JSON, or too large for a leaf
@@ -267,6 +276,7 @@ class CallRecorder:
                 await self._after_call(step_id, attempt, done, pure=pure)
                 # As recorded, so the run goes on with what a replay or a resumed run reads.
                 return done.result
+        self._open.pop((step_id, attempt), None)
         done = self._tool_completed(
             step_id, attempt, name, call_id, None, error, started, transient=transient
         )
@@ -288,6 +298,21 @@ class CallRecorder:
         self._calls[step_id, attempt] = done
         if not pure:
             await self.writer.flush()
+
+    def cut_off(self, step_id: str, attempt: int, error: str | None) -> None:
+        """Forget the attempt's call in flight; if ``error`` (a step timeout cut the call
+        off, and the step is retried), record its outcome as that transient error first:
+        the request is in the log, and its effect or its cost may have happened."""
+        call = self._open.pop((step_id, attempt), None)
+        if call is None or error is None:
+            return
+        name, call_id, started = call
+        if name is None:
+            self._llm_completed(step_id, attempt, None, started, error, transient=True)
+        else:
+            self._tool_completed(
+                step_id, attempt, name, call_id, None, error, started, transient=True
+            )
 
     def recorded_call(self, step_id: str, attempt: int) -> ev.ToolCompleted | None:
         """The ``tool.completed`` this process recorded for the attempt, if any (the last,

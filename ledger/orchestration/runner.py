@@ -443,7 +443,12 @@ class Runner(CallRecorder):
                             output = await fn(attempt, inputs)
                     except TimeoutError:
                         call = self.recorded_call(step_id, attempt) if action == "tool" else None
-                        if not timer.expired() or call is None:
+                        if not timer.expired():
+                            raise
+                        if call is None:
+                            self.cut_off(
+                                step_id, attempt, f"step timed out after {step_timeout:g}s"
+                            )
                             raise
                         # The timer fired after the call completed (while its outcome
                         # was being made durable): the call is not made again, as a
@@ -451,6 +456,7 @@ class Runner(CallRecorder):
                         output = _outcome(call)
                     finally:
                         self.recorded_call(step_id, attempt)
+                        self.cut_off(step_id, attempt, None)
                         self.journals.pop((step_id, attempt), None)
             except TimeoutError:
                 if not timer.expired():

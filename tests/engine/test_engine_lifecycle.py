@@ -12,9 +12,11 @@ import pytest
 import structlog
 from engine_helpers import (
     TENANT,
+    FakeOpenAI,
     GatedRead,
     Harness,
     append_run,
+    completion,
     crash_with_unfinished_runs,
     new_created,
     no_sleep,
@@ -1148,4 +1150,45 @@ async def test_regression_cancelling_a_stalled_run_ends_the_step_it_had_in_fligh
         ("a", "failed", {"error": "cancelled"})
     ]
     assert await engine.resume_stalled() == []
+    assert await engine.get_state(TENANT, oid) == state
+
+
+@pytest.mark.parametrize("action", ["llm", "tool"])
+async def test_regression_a_step_timeout_records_the_outcome_of_the_call_it_cut_off(
+    harness: Harness, fake_openai: FakeOpenAI, action: str
+) -> None:
+    # A step timeout that fired while the attempt's call was in flight (a paid model
+    # call already sent, a tool's effect under way) retried the step but recorded no
+    # llm.completed / tool.completed: the call's outcome was nowhere in the history.
+    answer = asyncio.Event()  # the model's first answer never comes before the timeout
+    fake_openai.script = [answer, completion("second")]
+    calls: list[Any] = []
+
+    async def hangs_once(args: Any) -> Any:
+        calls.append(args)
+        if len(calls) == 1:
+            await asyncio.Event().wait()
+        return {"n": len(calls)}
+
+    tools = ToolRegistry()
+    tools.register("hangs_once", hangs_once)
+    engine = await harness.open(tools=tools)
+    provider = {"kind": "openai", "base_url": fake_openai.url}
+    await engine.register_agent(TENANT, name="gpt", provider=provider, model="m1")
+    step: dict[str, Any] = {"id": "s", "action": action, "timeout_seconds": 0.3}
+    step |= {"agent": "gpt"} if action == "llm" else {"tool": "hangs_once", "inputs": {}}
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": [step]})
+    oid = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 20)
+    answer.set()
+    assert state.status == "completed", state
+    assert state.steps[0].attempts == 2
+    assert harness.log is not None
+    events = [r.event.payload for r in await harness.log.read_stream(TENANT, oid)]
+    done_type = ev.LLMCompleted if action == "llm" else ev.ToolCompleted
+    asked_type = ev.LLMRequested if action == "llm" else ev.ToolInvoked
+    asked = [p.attempt for p in events if isinstance(p, asked_type)]
+    done = [(p.attempt, p.error, p.transient) for p in events if isinstance(p, done_type)]
+    assert asked == [1, 2]
+    assert done == [(1, "step timed out after 0.3s", True), (2, None, False)]
     assert await engine.get_state(TENANT, oid) == state
