@@ -40,6 +40,7 @@ __all__ = [
     "unauthorized",
     "unavailable",
     "unprocessable",
+    "unsupported_coding",
 ]
 
 PROBLEM_TYPE_BASE = "https://maip-ledger.dev/problems/"
@@ -92,6 +93,18 @@ def forbidden(detail: str) -> ProblemError:
 def unavailable(detail: str, retry_after: int = 5) -> ProblemError:
     return ProblemError(
         503, "unavailable", "Service unavailable", detail, headers={"Retry-After": str(retry_after)}
+    )
+
+
+def unsupported_coding() -> ProblemError:
+    """415 for a body in a content coding this server does not decode (RFC 9110
+    §15.5.16): ``Accept-Encoding`` names the codings it does."""
+    return ProblemError(
+        415,
+        "unsupported-media-type",
+        "Unsupported media type",
+        "the body's Content-Encoding must be one of gzip, deflate or identity",
+        headers={"Accept-Encoding": "gzip, deflate"},
     )
 
 

@@ -19,8 +19,9 @@ bounds it lacks.
 
 And what aiohttp answers itself, for a request its parser refuses (a garbage request
 line, a bad header, an unreadable Content-Length, a head too large), is problem+json
-too: 400, or 431 for a head too large. aiohttp's own answer was text/plain quoting the
-offending bytes back, and it logged a traceback per malformed request.
+too: 400, 431 for a head too large, or 415 for a body in a content coding it has no
+decoder for (br, zstd). aiohttp's own answer was text/plain quoting the offending bytes
+back, and it logged a traceback per malformed request.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ from aiohttp.http_exceptions import (
 )
 
 from api.errors import ProblemError
-from api.problems import PROBLEM_TYPE_BASE, problem_response
+from api.problems import PROBLEM_TYPE_BASE, problem_response, unsupported_coding
 
 __all__ = ["BoundedSite"]
 
@@ -69,6 +70,16 @@ _log = structlog.get_logger("api")
 #: llhttp's reason for a refused head, as aiohttp's C parser words its message:
 #: "<reason>:\n\n  <the offending bytes>\n  <a caret>". Only the reason is kept.
 _PARSER_REASON_RE = re.compile(r"([A-Za-z][A-Za-z' -]{0,79}):\n\n")
+#: The content codings aiohttp decodes here; a refusal naming another is a 415.
+_DECODED = frozenset({"gzip", "deflate"})
+
+
+def _coding_named(exc: ContentEncodingError) -> str:
+    """The coding aiohttp's refusal is about. It words a body that does not decode as
+    "Can not decode content-encoding: gzip" (or just "deflate"), but a coding it has no
+    decoder for (br, zstd: their packages are not installed) as "...: brotli (br). Please
+    install `Brotli`", raised as the head is parsed."""
+    return exc.message.removeprefix("Can not decode content-encoding: ")
 
 
 def _protocol_problem(exc: HttpProcessingError) -> ProblemError:
@@ -82,6 +93,8 @@ def _protocol_problem(exc: HttpProcessingError) -> ProblemError:
             "the request line or a header field is too long, or there are too many headers",
         )
     if isinstance(exc, ContentEncodingError):
+        if _coding_named(exc) not in _DECODED:
+            return unsupported_coding()
         detail = "the request body does not decode as its Content-Encoding (gzip or deflate)"
         return ProblemError(400, "malformed-body", "Bad request", detail)
     if isinstance(exc, PayloadEncodingError):

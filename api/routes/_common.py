@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import hdrs, web
 
 from api.errors import ProblemError
-from api.problems import bad_request, from_validation_error, not_found
+from api.problems import bad_request, from_validation_error, not_found, unsupported_coding
 from api.services import SERVICES, Services
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
@@ -71,13 +71,7 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
         len(codings) == 1 and codings[0].isascii() and codings[0].lower() in _CODINGS
     ):
         # aiohttp hands over a body in a coding it does not know as it came, still coded.
-        raise ProblemError(
-            415,
-            "unsupported-media-type",
-            "Unsupported media type",
-            "the body's Content-Encoding must be one of gzip, deflate or identity",
-            headers={"Accept-Encoding": "gzip, deflate"},
-        )
+        raise unsupported_coding()
     try:
         if request.content.is_eof():
             # The whole body is already here (the usual case for small bodies), so the

@@ -317,8 +317,6 @@ async def test_regression_malformed_http_is_answered_in_problem_json_without_ech
     cases.append(
         (f"{cut}Content-Length: {len(body)}\r\n\r\n".encode() + body, 400, "malformed-body")
     )
-    brotli = f"{post}Content-Encoding: br\r\nContent-Length: 5\r\n\r\nXYZZY".encode()
-    cases.append((brotli, 400, "malformed-body"))
     async with _bounded_server(config) as (port, _):
         with caplog.at_level(logging.ERROR, logger="aiohttp"):
             for raw, status, slug in cases:
@@ -329,6 +327,34 @@ async def test_regression_malformed_http_is_answered_in_problem_json_without_ech
                 assert b"XYZZY" not in head + body, (raw[:60], body)
                 problem = json.loads(body)
                 assert (problem["status"], problem["type"].rsplit("/", 1)[1]) == (status, slug)
+        assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
+async def test_regression_a_body_in_br_or_zstd_is_415_naming_accept_encoding(
+    config: Config, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp's parser refuses a coding it has no decoder for before any handler runs,
+    # and that refusal was answered 400 as if the body were corrupt (RFC 9110 §15.5.16).
+    async with _bounded_server(config) as (port, tenant):
+        headers = "".join(f"{k}: {v}\r\n" for k, v in tenant.headers.items())
+        for coding in ("br", "zstd", "BR"):
+            raw = (
+                f"POST /v1/agents HTTP/1.1\r\nHost: x\r\n{headers}"
+                f"Content-Type: application/json\r\nContent-Encoding: {coding}\r\n"
+                f"Content-Length: 5\r\n\r\nXYZZY"
+            ).encode()
+            with caplog.at_level(logging.ERROR, logger="aiohttp"):
+                head, body = await _exchange(port, raw)
+            lines = head.decode("latin-1").split("\r\n")
+            assert lines[0].split(" ")[1] == "415", (coding, head)
+            fields = {k.lower(): v.strip() for k, _, v in (x.partition(":") for x in lines[1:])}
+            assert fields["content-type"] == "application/problem+json", head
+            assert fields["accept-encoding"] == "gzip, deflate", head
+            problem = json.loads(body)
+            assert problem["status"] == 415
+            assert problem["type"].endswith("/unsupported-media-type")
+            assert "Content-Encoding" in problem["detail"]
+            assert b"XYZZY" not in head + body
         assert not caplog.records, [r.getMessage() for r in caplog.records]
 
 
