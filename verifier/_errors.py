@@ -121,4 +121,12 @@ class RollbackDetected(VerificationError):  # noqa: N818 - names fixed by issue 
 
 
 class FetchFailed(VerificationError):  # noqa: N818 - names fixed by issue 5
-    """The monitor could not fetch what it needs from the log (network or HTTP error)."""
+    """The monitor could not fetch what it needs from the log (network or HTTP error).
+
+    ``status`` is the HTTP status the log answered, if it answered one: a 404 for the
+    latest checkpoint is how a log says it is empty.
+    """
+
+    def __init__(self, message: str, *, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status

@@ -3,7 +3,11 @@
 
 One round (:func:`monitor_once`):
 
-1. fetch the latest checkpoint (``GET /v1/log/checkpoint``);
+1. fetch the latest checkpoint (``GET /v1/log/checkpoint``). A log signs none while it
+   is empty and answers 404 (§5); an empty log is a valid state, which every tree
+   extends. The 404 is not signed, so it counts only from a server whose key
+   (``GET /v1/log/key``) is the trusted one, and only while no non-empty tree is
+   trusted: after one, it is a rollback. Nothing is stored for it;
 2. verify its signature under the trusted key (§4.1 step 1);
 3. compare it with the last trusted checkpoint: a smaller tree is a rollback, the same
    size with another root is a fork; a larger tree needs a consistency proof
@@ -18,6 +22,7 @@ one; tests and the soak harness pass their own) and raises :class:`FetchFailed`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Callable
@@ -27,6 +32,7 @@ import msgspec
 
 from verifier._checkpoint import Checkpoint, verify_checkpoint
 from verifier._errors import (
+    FetchFailed,
     ForkDetected,
     MalformedInput,
     ProofInvalid,
@@ -35,10 +41,11 @@ from verifier._errors import (
 )
 from verifier._merkle import verify_consistency
 from verifier._note import VerifierKey, parse_vkey
-from verifier._wire import ConsistencyResponse, TrustedState
+from verifier._wire import ConsistencyResponse, LogKey, TrustedState
 
 __all__ = [
     "CHECKPOINT_PATH",
+    "KEY_PATH",
     "Fetcher",
     "MonitorResult",
     "consistency_path",
@@ -50,8 +57,12 @@ __all__ = [
 #: ``fetch(path_and_query) -> response body``; raises FetchFailed on network/HTTP errors.
 Fetcher = Callable[[str], bytes]
 CHECKPOINT_PATH = "/v1/log/checkpoint"
+KEY_PATH = "/v1/log/key"
+#: RFC 9162 §2.1.1: the root of the empty tree.
+_EMPTY_ROOT = hashlib.sha256(b"").digest()
 _STATE = msgspec.json.Decoder(TrustedState)
 _CONSISTENCY = msgspec.json.Decoder(ConsistencyResponse)
+_LOG_KEY = msgspec.json.Decoder(LogKey)
 
 
 def consistency_path(first: int, second: int) -> str:
@@ -59,8 +70,10 @@ def consistency_path(first: int, second: int) -> str:
 
 
 class MonitorResult(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """One verified round. ``outcome``: ``initialized`` (no trusted state before: trust on
-    first use), ``unchanged`` (same checkpoint), or ``extended`` (consistent growth)."""
+    """One verified round. ``outcome``: ``empty`` (the log has signed no checkpoint yet;
+    ``checkpoint`` is empty and no state is stored), ``initialized`` (no trusted state
+    before: trust on first use), ``unchanged`` (same checkpoint), or ``extended``
+    (consistent growth)."""
 
     outcome: str
     old_size: int | None
@@ -131,6 +144,29 @@ def _check_echo(response: ConsistencyResponse, first: int, second: int) -> None:
         raise ProofInvalid(f"the log answered for sizes {response.first} -> {response.second}")
 
 
+def _empty_log(
+    fetch: Fetcher, key: VerifierKey, old: TrustedState | None, refused: FetchFailed
+) -> MonitorResult:
+    """The round for a log that answered 404 (``refused``) for its latest checkpoint."""
+    try:
+        served = _LOG_KEY.decode(fetch(KEY_PATH))
+    except (FetchFailed, msgspec.DecodeError, ValueError, RecursionError):
+        raise refused from None
+    if served.vkey != key.vkey:
+        # Not the trusted log (a wrong --url, say): its 404 says nothing about ours.
+        raise refused
+    if old is None:
+        return MonitorResult("empty", None, 0, _EMPTY_ROOT, "")
+    if old.size > 0:
+        raise RollbackDetected(
+            f"rollback: the log answers that it is empty (HTTP 404 for its checkpoint), "
+            f"but it signed a tree of size {old.size}",
+            old_checkpoint=old.checkpoint,
+            new_checkpoint="(none: the log answers 404, empty)",
+        )
+    return MonitorResult("unchanged", 0, 0, old.root, old.checkpoint)
+
+
 def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> MonitorResult:
     """One monitor round; returns the result or raises (see the module docstring).
 
@@ -143,7 +179,12 @@ def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> M
     old = load_state(state_path, key)
     old_note = old.checkpoint if old is not None else "(none)"
     # 1. Fetch the latest checkpoint.
-    body = fetch(CHECKPOINT_PATH)
+    try:
+        body = fetch(CHECKPOINT_PATH)
+    except FetchFailed as e:
+        if e.status != 404:
+            raise
+        return _empty_log(fetch, key, old, e)
     # 2. Check its signature.
     try:
         new = verify_checkpoint(body, key)

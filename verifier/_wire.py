@@ -31,6 +31,7 @@ __all__ = [
     "BundleState",
     "ConsistencyResponse",
     "Envelope",
+    "LogKey",
     "Receipt",
     "TrustedState",
     "Version",
@@ -131,6 +132,13 @@ class ConsistencyResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     proof: tuple[bytes, ...]
     first: int | None = None
     second: int | None = None
+
+
+class LogKey(msgspec.Struct, frozen=True):
+    """§5 ``GET /v1/log/key`` body."""
+
+    origin: str
+    vkey: str
 
 
 class TrustedState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -318,7 +318,7 @@ def urllib_fetcher(base_url: str, timeout: float = _FETCH_TIMEOUT) -> Fetcher:
             with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - http(s) only
                 body: bytes = resp.read(_MAX_RESPONSE + 1)
         except urllib.error.HTTPError as e:
-            raise FetchFailed(f"GET {url}: HTTP {e.code}") from e
+            raise FetchFailed(f"GET {url}: HTTP {e.code}", status=e.code) from e
         # urllib wraps only OSError; a reply that is not HTTP (HTTPException) and a
         # redirect to a URL that does not parse (ValueError) come through bare.
         except (OSError, ValueError, http.client.HTTPException) as e:
@@ -336,7 +336,9 @@ def _show_monitor(result: MonitorResult, as_json: bool) -> None:
         _print_json({"verified": True, **out})
         return
     root = base64.b64encode(result.root).decode()
-    if result.outcome == "initialized":
+    if result.outcome == "empty":
+        what = "the log is empty (it has signed no checkpoint yet: nothing to trust)"
+    elif result.outcome == "initialized":
         what = f"trusting the log's checkpoint at size {result.new_size} (first use)"
     elif result.outcome == "unchanged":
         what = f"unchanged at size {result.new_size}"

@@ -4,7 +4,11 @@ detection, through monitor_once (injected fetcher) and the CLI (real HTTP, urlli
 from __future__ import annotations
 
 import contextlib
+import os
+import subprocess
+import sys
 import threading
+import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -22,7 +26,7 @@ from verifier import (
     SignatureInvalid,
     cli,
 )
-from verifier._monitor import CHECKPOINT_PATH, monitor_once
+from verifier._monitor import CHECKPOINT_PATH, KEY_PATH, monitor_once
 from verifier.cli import main
 
 
@@ -34,13 +38,20 @@ class FakeLog:
         self.tree = kit.Tree([kit.leaf_hash(b"%d-%d" % (seed, i)) for i in range(leaves)])
         self.size = 1
         self.override: bytes | None = None
+        #: Answer 404 for the checkpoint, as a log that has signed none (an empty log).
+        self.empty = False
 
     def note(self, size: int) -> str:
         return WriterCheckpoint(kit.ORIGIN, size, self.tree.root(size)).sign(self.key)
 
     def fetch(self, path: str) -> bytes:
+        if path == CHECKPOINT_PATH and self.empty:
+            raise FetchFailed(f"GET {path}: HTTP 404", status=404)
         if path == CHECKPOINT_PATH:
             return self.override or self.note(self.size).encode()
+        if path == KEY_PATH:
+            verifier = self.key.verifier
+            return msgspec.json.encode({"origin": verifier.name, "vkey": verifier.vkey})
         if path.startswith("/v1/log/proof/consistency?"):
             q = dict(p.split("=") for p in path.split("?", 1)[1].split("&"))
             m, n = int(q["first"]), int(q["second"])
@@ -319,3 +330,103 @@ def test_regression_state_file_that_cannot_be_written_is_an_input_error(
     assert err.count("\n") == 1
     assert err.startswith("maip-verify: error: cannot write the state file")
     assert not state.parent.exists()
+
+
+def test_regression_monitor_empty_log_after_a_trusted_tree_is_a_rollback(
+    log: FakeLog, tmp_path: Path
+) -> None:
+    """An empty log is trusted only while no larger tree is: a log that signed size 6
+    and then answers that it has no checkpoint has lost (or dropped) its history."""
+    state = tmp_path / "state.json"
+    log.empty = True
+    assert monitor_once(log.fetch, log.key.verifier.vkey, state).outcome == "empty"
+    log.empty, log.size = False, 6
+    assert monitor_once(log.fetch, log.key.verifier.vkey, state).outcome == "initialized"
+    log.empty = True
+    with pytest.raises(RollbackDetected, match="signed a tree of size 6") as info:
+        monitor_once(log.fetch, log.key.verifier.vkey, state)
+    assert info.value.old_checkpoint == log.note(6)
+    assert msgspec.json.decode(state.read_bytes())["size"] == 6
+
+
+class _Serve:
+    """``maip-ledger serve`` on loopback, a fresh data directory: the log is empty."""
+
+    BIN = Path(sys.executable).parent / "maip-ledger"
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.proc = subprocess.Popen(
+            [str(self.BIN), "serve", "--data-dir", str(data_dir), "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, "MAIP_LOG_LEVEL": "warning"},
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line.startswith("listening on "), line
+        self.url = line.split()[-1]
+
+    def get(self, path: str, headers: dict[str, str] | None = None) -> bytes:
+        request = urllib.request.Request(self.url + path, headers=headers or {})
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            body: bytes = resp.read()
+            return body
+
+    def register_agent(self) -> None:
+        """One event in the log: an agent registered with a key ``keys create`` made."""
+        create = ["keys", "create", "--data-dir", str(self.data_dir), "--tenant", "t"]
+        made = subprocess.run(
+            [str(self.BIN), *create, "--scopes", "agents:write", "--json"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        headers = {
+            "X-API-Key": msgspec.json.decode(made.stdout)["api_key"],
+            "X-Tenant-ID": "t",
+            "Content-Type": "application/json",
+        }
+        agent = {"name": "a", "provider": {"kind": "scripted", "responses": []}}
+        request = urllib.request.Request(
+            self.url + "/v1/agents", data=msgspec.json.encode(agent), headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            assert resp.status == 201
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+
+
+@pytest.mark.slow
+def test_regression_monitor_accepts_an_empty_log_then_its_first_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A freshly started server signs no checkpoint while its log is empty (it answers
+    404, ``specs/log-format.md`` §5), and the monitor took that for a failure: exit 1."""
+    server = _Serve(tmp_path / "data")
+    try:
+        vkey = msgspec.json.decode(server.get("/v1/log/key"))["vkey"]
+        state = tmp_path / "s.json"
+        args = ["monitor", "--url", server.url, "--vkey", vkey, "--state", str(state), "--json"]
+        assert main(args) == 0, capsys.readouterr()
+        first = msgspec.json.decode(capsys.readouterr().out)
+        assert (first["outcome"], first["new_size"]) == ("empty", 0)
+        assert not state.exists()  # nothing signed to trust yet
+        server.register_agent()
+        assert main(args) == 0, capsys.readouterr()
+        grown = msgspec.json.decode(capsys.readouterr().out)
+        assert grown["outcome"] == "initialized"
+        assert grown["new_size"] > 0
+        assert msgspec.json.decode(state.read_bytes())["size"] == grown["new_size"]
+        # A wrong key is not told the log is empty: the 404 counts only from the log
+        # whose key the monitor trusts.
+        other = ["monitor", "--url", server.url, "--vkey", kit.signer().verifier.vkey]
+        assert main([*other, "--state", str(tmp_path / "other.json")]) == 1
+    finally:
+        server.stop()
