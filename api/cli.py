@@ -215,7 +215,9 @@ def _cmd_fsck(args: argparse.Namespace, env: Mapping[str, str]) -> int:
             f"tree size {report.tree_size}\n"
         )
     else:
-        sys.stdout.write(f"TAMPERED: first bad index {report.first_bad_index}\n")
+        # A replaced append-only trigger is tampering that concerns no leaf.
+        at = report.first_bad_index
+        sys.stdout.write("TAMPERED" + (f": first bad index {at}" if at is not None else "") + "\n")
         for problem in report.problems:
             sys.stdout.write(f"  {problem}\n")
     return 0 if report.ok else 1

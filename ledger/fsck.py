@@ -15,7 +15,11 @@ Unlike the O(log n) startup check, this reads everything:
    next, and the stored tree matches the last one;
 4. the lookup structures the backend derives from the events (the stream index) must
    agree with them (:meth:`~ledger.store.EventStore.index_problems`);
-5. no event is stored beyond the latest checkpoint.
+5. no event is stored beyond the latest checkpoint;
+6. the guards that keep the tables append-only (the SQLite backend's triggers) are the
+   store's own (:meth:`~ledger.store.EventStore.guard_problems`): the store creates them
+   only if absent, so one replaced under its name by a body that lets edits through
+   would stay. Such a problem concerns no leaf: it leaves ``first_bad_index`` alone.
 
 It takes no lock and may run beside a writer: it checks the log up to the last
 checkpoint it read at the start, and what is committed meanwhile is not a problem.
@@ -305,4 +309,7 @@ async def fsck(store: EventStore, verifier: NoteVerifier, *, max_problems: int =
     last = latest.tree_size if latest is not None else 0
     if stored > last:
         bad(f"{stored} events are stored but the last checkpoint covers {last}", last)
+    # 6. The append-only guards.
+    for problem in await store.guard_problems():
+        bad(problem, None)
     return FsckReport(index, len(checkpoints), frontier.size, first_bad, problems)

@@ -163,6 +163,23 @@ def _triggers() -> str:
     return "\n".join(parts)
 
 
+def _words(sql: str) -> str:
+    return " ".join(sql.split())
+
+
+@functools.cache
+def _trigger_sql() -> dict[str, str]:
+    """Each trigger the store creates, by name, as SQLite records it in sqlite_master (it
+    drops IF NOT EXISTS and the final semicolon), whitespace collapsed."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA + _triggers() + _BATCH_VIEW)
+        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
+        return {name: _words(sql) for name, sql in rows}
+    finally:
+        conn.close()
+
+
 def _unavailable(e: sqlite3.Error) -> LedgerError:
     """Map SQLite's failure to read or write into our error; anything else is integrity."""
     message = str(e).lower()
@@ -695,6 +712,19 @@ class SQLiteEventStore:
             (leaf, f"leaf {leaf} is missing from the stream index") for (leaf,) in unindexed
         ]
         return sorted(problems)[:limit]
+
+    async def guard_problems(self) -> list[str]:
+        # Only a replaced trigger: a missing one is re-created at the writer's next open,
+        # and a file no writer of this version has opened lacks the later tables' ones.
+        expected = _trigger_sql()
+        rows = await self._all(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+        )
+        return [
+            f"trigger {name} is not the one the store creates: it was replaced"
+            for name, sql in rows
+            if name in expected and (not isinstance(sql, str) or _words(sql) != expected[name])
+        ]
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(

@@ -97,6 +97,11 @@ class EventStore(Protocol):
         each with the leaf index it concerns. ``[]`` for a backend whose indexes its
         database keeps."""
 
+    async def guard_problems(self) -> list[str]:
+        """Check the guards the backend keeps its tables append-only with (the SQLite
+        backend's triggers) are its own: one problem per guard replaced by another.
+        ``[]`` for a backend whose database enforces append-only itself."""
+
     async def events_by_id(self, event_ids: Sequence[bytes]) -> dict[bytes, StoredEvent]:
         """The events with these ids; an unknown id is absent from the answer."""
 

@@ -409,3 +409,24 @@ def test_regression_fsck_reports_a_leaf_rewritten_as_text_instead_of_crashing(
     assert "Traceback" not in r.stderr, r.stderr[-400:]
     assert r.returncode == 1, r.stderr[-400:]
     assert json.loads(r.stdout)["first_bad_index"] == 2
+
+
+def test_regression_fsck_exits_1_for_an_append_only_trigger_replaced_by_a_no_op(
+    tmp_path: Path,
+) -> None:
+    # Same name, a body that lets UPDATE through: the store never re-creates it, and
+    # fsck (which checked only the data) said "ok".
+    asyncio.run(_ledger_of_notes(tmp_path, ["a", "b"]))
+    db = sqlite3.connect(tmp_path / "ledger.db")
+    db.execute("DROP TRIGGER tree_hashes_no_update")
+    db.execute(
+        "CREATE TRIGGER tree_hashes_no_update BEFORE UPDATE ON tree_hashes BEGIN SELECT 1; END"
+    )
+    db.commit()
+    db.close()
+    r = cli("fsck", "--data-dir", str(tmp_path))
+    assert r.returncode == 1, r.stdout + r.stderr[-400:]
+    assert r.stdout.splitlines() == [
+        "TAMPERED",
+        "  trigger tree_hashes_no_update is not the one the store creates: it was replaced",
+    ]

@@ -86,6 +86,7 @@ class EventStoreContract(ABC):
         store = await self.make_store(tmp_path)  # reopened: every event is indexed
         assert await store.index_problems(10) == []
         assert len(await store.read_stream("t1", "s3", 0, None)) == len(range(3, 200, 7))
+        assert await store.guard_problems() == []
         await store.close()
 
     async def test_hash_rows_find_the_row_holding_each_index(self, tmp_path: Path) -> None:

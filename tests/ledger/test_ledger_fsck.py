@@ -260,3 +260,42 @@ async def test_regression_a_checkpoint_row_below_size_1_is_reported(tmp_path: Pa
         "checkpoint at size 0 is stored, but the log issues none below 1",
     ]
     assert report.checkpoints == 4
+
+
+async def test_regression_an_append_only_trigger_replaced_by_a_no_op_is_reported(
+    tmp_path: Path,
+) -> None:
+    # The store creates its triggers IF NOT EXISTS, so one re-created under its name
+    # with a body that lets the edit through stays in place for good, and fsck, which
+    # checks only the data, passed it.
+    path = tmp_path / "l.db"
+    await _build(path, 6)
+    _tamper(
+        path,
+        "DROP TRIGGER events_no_update",
+        "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT 1; END",
+        "UPDATE events SET type = type WHERE leaf_index = 2",  # now let through
+    )
+    await (await open_log(path)).close()  # a writer's open does not restore it
+    report = await fsck_path(path)
+    assert not report.ok
+    assert report.problems == [
+        "trigger events_no_update is not the one the store creates: it was replaced"
+    ]
+    assert report.first_bad_index is None
+
+
+async def test_a_trigger_recreated_with_only_its_whitespace_changed_is_not_reported(
+    tmp_path: Path,
+) -> None:
+    # Whitespace is not what makes a trigger: only a changed statement is reported.
+    path = tmp_path / "l.db"
+    await _build(path, 3)
+    _tamper(
+        path,
+        "DROP TRIGGER checkpoints_no_delete",
+        "CREATE TRIGGER checkpoints_no_delete\n  BEFORE DELETE ON checkpoints\n"
+        "BEGIN\n    SELECT RAISE(ABORT, 'checkpoints are append-only');\nEND",
+    )
+    report = await fsck_path(path)
+    assert report.ok, report.problems
