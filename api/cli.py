@@ -276,10 +276,10 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
 
 def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: str) -> int:
     """Write the bundle to ``output``: a file is written whole or not at all (a
-    temporary beside it, renamed over it); through a symlink, to what it names; into
-    a descriptor of this process (/dev/stdout) through it; into anything else (a
-    device, a FIFO) as it comes, since renaming over a device or a pipe would replace
-    it with a file."""
+    temporary beside it, renamed over it, with the permission bits of the file it
+    replaces); through a symlink, to what it names; into a descriptor of this process
+    (/dev/stdout) through it; into anything else (a device, a FIFO) as it comes, since
+    renaming over a device or a pipe would replace it with a file."""
     fd = _own_descriptor(output)
     if fd is not None:
         with os.fdopen(os.dup(fd), "wb") as f:
@@ -290,8 +290,12 @@ def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: st
                 return asyncio.run(_export(config, oid, tenants, f))
     target = Path(os.path.realpath(output))
     tmp = target.with_name(target.name + ".tmp")
+    mode = _replaced_mode(target)
     try:
         with tmp.open("wb") as f:
+            if mode is not None:
+                # Before any of the bundle is in it: a private file stays private.
+                os.fchmod(f.fileno(), mode)
             count = asyncio.run(_export(config, oid, tenants, f))
         os.replace(tmp, target)
     except BaseException:
@@ -301,6 +305,17 @@ def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: st
             tmp.unlink()
         raise
     return count
+
+
+def _replaced_mode(target: Path) -> int | None:
+    """The permission bits of the regular file at ``target`` the export replaces, which
+    the new file keeps (the temporary file gets the umask's); None if there is none. Its
+    owner cannot be kept by an ordinary user, and is not."""
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        return None
+    return stat.S_IMODE(st.st_mode) if stat.S_ISREG(st.st_mode) else None
 
 
 def _own_descriptor(output: str) -> int | None:

@@ -430,3 +430,20 @@ def test_regression_fsck_exits_1_for_an_append_only_trigger_replaced_by_a_no_op(
         "TAMPERED",
         "  trigger tree_hashes_no_update is not the one the store creates: it was replaced",
     ]
+
+
+def test_regression_export_over_a_file_keeps_its_permission_bits(tmp_path: Path) -> None:
+    # The bundle is written to a temporary file renamed over the old one, which took the
+    # umask's mode: a file kept private (0600) became world-readable. Two modes, so one
+    # differs from what any umask gives a new file.
+    vkey, state = _external_orchestration(tmp_path)
+    out = tmp_path / "bundle.jsonl"
+    for mode in (0o600, 0o664):
+        out.write_bytes(b"old")
+        os.chmod(out, mode)
+        before = os.stat(out).st_ino
+        r = cli("export", state["orchestration_id"], "--data-dir", str(tmp_path), "-o", str(out))
+        assert r.returncode == 0, r.stderr[-400:]
+        assert os.stat(out).st_ino != before, "not replaced: the test would prove nothing"
+        assert stat.S_IMODE(os.stat(out).st_mode) == mode, (oct(mode), oct(os.stat(out).st_mode))
+        verifier.verify_bundle(out.read_bytes(), vkey)
