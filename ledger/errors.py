@@ -54,15 +54,24 @@ class PayloadTooLargeError(InvalidEventError):
 
 
 class ConflictError(LedgerError):
-    """Optimistic concurrency failed: the stream is not at the expected sequence."""
+    """Optimistic concurrency failed: the stream is not at the expected sequence.
 
-    def __init__(self, stream_id: str, expected_seq: int, actual_seq: int) -> None:
-        super().__init__(
-            f"stream {stream_id!r} is at seq {actual_seq}, not the expected {expected_seq}"
-        )
+    ``actual_seq`` is the stream's committed head. Appends are checked against the head
+    the appends queued ahead of this one leave, which is ``pending_seq`` when those are
+    still in flight: they may yet fail, and the stream then never reaches it.
+    """
+
+    def __init__(
+        self, stream_id: str, expected_seq: int, actual_seq: int, pending_seq: int | None = None
+    ) -> None:
+        at = f"seq {actual_seq}"
+        if pending_seq is not None:
+            at += f" ({pending_seq} once the appends in flight commit)"
+        super().__init__(f"stream {stream_id!r} is at {at}, not the expected {expected_seq}")
         self.stream_id = stream_id
         self.expected_seq = expected_seq
         self.actual_seq = actual_seq
+        self.pending_seq = pending_seq
 
 
 class NotFoundError(LedgerError, LookupError):

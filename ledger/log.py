@@ -597,7 +597,7 @@ class Log:
             start_size = size = frontier.size
             overlay: dict[tuple[str, str], int] = {}
             accepted: list[tuple[_Append, int]] = []
-            conflicts: list[tuple[_Append, int]] = []
+            conflicts: list[tuple[_Append, ConflictError]] = []
             leaves: list[bytes] = []
             for req in batch:
                 key = (req.tenant, req.stream)
@@ -609,7 +609,14 @@ class Log:
                     if self._epoch != epoch:
                         break
                 if req.expected != current:
-                    conflicts.append((req, current))
+                    # ``current`` may count appends still in flight, which may yet fail:
+                    # the error names the committed head (cached: no read) as well.
+                    head = await self._head(key)
+                    if self._epoch != epoch:
+                        break
+                    pending = None if head == current else current
+                    error = ConflictError(req.stream, req.expected, head, pending_seq=pending)
+                    conflicts.append((req, error))
                     continue
                 accepted.append((req, size))
                 leaves.extend(req.hashes)
@@ -619,9 +626,9 @@ class Log:
                 break
             # A commit failed during that read and its tip was discarded: this batch,
             # not yet queued, is the next one, and starts again where the log ends.
-        for req, current in conflicts:
+        for req, error in conflicts:
             if not req.future.done():
-                req.future.set_exception(ConflictError(req.stream, req.expected, current))
+                req.future.set_exception(error)
         if not accepted:
             return None
         ext = tlog.extend(frontier, leaves)

@@ -103,6 +103,7 @@ class OrchestrationStateError(ConflictError):
         self.stream_id = orchestration_id
         self.expected_seq = -1
         self.actual_seq = -1
+        self.pending_seq: int | None = None
         self.status = status
 
 

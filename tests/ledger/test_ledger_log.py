@@ -559,6 +559,37 @@ async def test_regression_a_batch_prepared_while_the_one_before_fails_is_not_cor
     assert report.ok, report.problems
 
 
+async def test_regression_a_conflict_with_an_append_in_flight_names_the_committed_head(
+    tmp_path: Path,
+) -> None:
+    # The conflict check runs on the provisional heads (batches prepared, not yet
+    # committed), and the error named that head as where the stream is: when the batch
+    # in flight then failed, the appender was told of a sequence the stream never had.
+    store = GatedStore(tmp_path / "l.db")
+    log = await Log.open(store, signer(), CATALOG)
+    try:
+        await log.append("t1", "s", 0, [note("s1")])
+        full = asyncio.Event()
+        store.plan = [(full, True)]
+        a = await log.submit("t1", "s", 1, [note("s2"), note("s3")])
+        await spin()
+        b = await log.submit("t1", "s", 1, [note("s2 too")])
+        await spin()
+        assert b.done(), "b was not decided while a was in flight"
+        full.set()
+        await asyncio.wait([a], timeout=10)
+        assert isinstance(a.exception(), StorageUnavailableError)
+        error = b.exception()
+        assert isinstance(error, ConflictError)
+        assert (error.actual_seq, error.pending_seq) == (1, 3)
+        assert str(error) == (
+            "stream 's' is at seq 1 (3 once the appends in flight commit), not the expected 1"
+        )
+        assert await log.stream_head("t1", "s") == 1
+    finally:
+        await log.close()
+
+
 async def test_regression_a_head_read_before_a_commit_does_not_bring_back_an_old_head(
     tmp_path: Path,
 ) -> None:
