@@ -23,6 +23,7 @@ from ledger.events import (
     encode_leaf,
 )
 from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
+from ledger.tiles import Tile, parse_tile_path
 
 __all__ = [
     "LEAF_VERSION",
@@ -42,10 +43,12 @@ __all__ = [
     "ProofError",
     "SignatureError",
     "StorageUnavailableError",
+    "Tile",
     "UnknownEventTypeError",
     "decode_leaf",
     "encode_leaf",
     "open_checkpoint",
     "open_note",
+    "parse_tile_path",
     "sign_note",
 ]

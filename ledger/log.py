@@ -65,6 +65,7 @@ from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
+from ledger.tiles import Tile, available_width
 
 __all__ = ["Listener", "Log", "ReceiptListener", "RecordedEvent", "SignedCheckpoint"]
 
@@ -851,6 +852,18 @@ class Log:
             new_size,
             await self._read_hashes(tlog.consistency_indexes(old_size, new_size)),
         )
+
+    async def tile(self, tile: Tile) -> bytes:
+        """A C2SP tlog-tiles hash tile (:mod:`ledger.tiles`) of the latest checkpoint's
+        tree; NotFoundError if that tree does not hold all of its hashes yet."""
+        size = self._latest.size if self._latest is not None else 0
+        have = available_width(tile.level, tile.index, size)
+        if tile.width > have:
+            raise NotFoundError(
+                f"{tile.path} is not in the tree of size {size}, which holds "
+                f"{have} of that tile's hashes"
+            )
+        return b"".join(await self._read_hashes(tile.hash_indexes()))
 
     async def root_at(self, tree_size: int) -> bytes:
         self._check_size(tree_size)

@@ -1,5 +1,10 @@
-"""Public log endpoints (spec §5): checkpoints, the verifier key, proofs. No credentials:
-they expose only hashes and signatures."""
+"""Public log endpoints (spec §5): checkpoints, the verifier key, proofs and hash tiles.
+No credentials: they expose only hashes and signatures.
+
+``/v1/log`` is also a C2SP tlog-tiles prefix: ``<prefix>/checkpoint`` and
+``<prefix>/tile/<L>/<N>[.p/<W>]`` (ledger/tiles.py), so tile-reading clients (Go's
+``sumdb/tlog.TileHashReader``, say) can prove inclusion and consistency themselves.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from aiohttp import web
 from api.problems import not_found
 from api.routes._common import decimal, int_query, services
 from api.services import json_response
+from ledger.tiles import parse_tile_path
 
 __all__ = ["routes"]
 
@@ -32,6 +38,19 @@ async def checkpoint_at(request: web.Request) -> web.Response:
         raise not_found(f"no checkpoint was issued at tree size {raw!r}")
     cp = await services(request).log.checkpoint_at(size)
     return web.Response(text=cp.note, content_type=_NOTE, charset="utf-8")
+
+
+@routes.get("/v1/log/tile/{tile:.+}")
+async def tile(request: web.Request) -> web.Response:
+    found = parse_tile_path("tile/" + request.match_info["tile"])
+    data = await services(request).log.tile(found)
+    # A tile's bytes never change once served, partial ones included (their hashes are
+    # complete subtrees): any cache may keep them for good.
+    return web.Response(
+        body=data,
+        content_type="application/octet-stream",
+        headers={"Cache-Control": "public, max-age=31536000, immutable"},
+    )
 
 
 @routes.get("/v1/log/key")
