@@ -56,6 +56,23 @@ _log = structlog.get_logger()
 MAX_TOOL_ROUNDS_PER_STEP = 8
 MAX_BACKOFF_SECONDS = 30.0
 
+#: The error of an attempt a resumed run found in flight; it is retried at once.
+INTERRUPTED = "interrupted: the engine stopped while the step was in flight"
+
+
+def _backoff(backoff: float, attempt: int) -> float:
+    """The wait after ``attempt`` failed transiently, before the next one."""
+    return min(backoff * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+
+
+def _retried_at_once(action: ev.Action, error: str | None) -> bool:
+    """Whether a ``step.failed`` with ``retrying=true`` and this error was followed by
+    no backoff: an interrupted attempt's, or (only an llm step has a journal) the one
+    of an attempt that could not retrace its recorded calls."""
+    return error == INTERRUPTED or (
+        action == "llm" and error is not None and error.startswith("interrupted: ")
+    )
+
 
 @dataclass
 class StepHistory:
@@ -70,6 +87,9 @@ class StepHistory:
     calls: list[Any] = field(default_factory=list)
     #: A decision's last recorded branch (its ``decision.made``).
     branch: str | None = None
+    #: When the last ``step.failed`` with ``retrying=true`` was recorded (its
+    #: ``occurred_at``): a resumed run waits out the rest of that backoff.
+    failed_at: str | None = None
 
 
 def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
@@ -92,10 +112,11 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
         elif isinstance(p, ev.StepFailed):
             h = steps.setdefault(p.step_id, StepHistory())
             h.attempts = max(h.attempts, p.attempt)
+            h.error = p.error
             if not p.retrying:
-                h.status, h.error = "failed", p.error
+                h.status = "failed"
             else:
-                h.status = "retrying"
+                h.status, h.failed_at = "retrying", e.occurred_at
         elif isinstance(p, ev.StepSkipped):
             steps.setdefault(p.step_id, StepHistory()).status = "skipped"
         elif isinstance(p, ev.ToolCompleted):
@@ -411,12 +432,14 @@ class Runner(CallRecorder):
                             orchestration_id=self.oid,
                             step_id=step_id,
                             attempt=h.attempts,
-                            error="interrupted: the engine stopped while the step was in flight",
+                            error=INTERRUPTED,
                             retrying=retrying,
                         ),
                     )
                     if not retrying:
                         raise _StepFailed(step_id, "interrupted", interrupted=True)
+            elif h.status == "retrying" and first <= max_attempts:
+                await self._rest_of_backoff(step_id, action, h, backoff)
         for attempt in range(first, max_attempts + 1):
             if continued is not None:
                 (inputs,), continued = continued, None
@@ -496,13 +519,28 @@ class Runner(CallRecorder):
                 if diverged:  # as an interrupted attempt without recorded calls ends
                     raise _StepFailed(step_id, "interrupted", interrupted=True)
                 raise _StepFailed(step_id, error, provider=provider)
-            delay = 0.0 if diverged else min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+            delay = 0.0 if diverged else _backoff(backoff, attempt)
             if delay:
                 # Until the next attempt starts, the run ending (cancelled, timed out)
                 # must record this retry as abandoned, or the step stays running.
                 self._inflight[step_id] = attempt
                 await self.deps.sleep(delay)
         raise _StepFailed(step_id, "no attempts left")
+
+    async def _rest_of_backoff(
+        self, step_id: str, action: ev.Action, h: StepHistory, backoff: float
+    ) -> None:
+        """Wait what remains of the backoff the live run was waiting out when the
+        process stopped, counted from its ``step.failed``'s recorded time: the delay
+        is the provider's or the tool's to ask for, and a crash must not cut it short."""
+        if h.failed_at is None or _retried_at_once(action, h.error):
+            return
+        gone = (self.deps.now() - parse_time(h.failed_at)).total_seconds()
+        rest = _backoff(backoff, h.attempts) - gone
+        if rest > 0:
+            # As live: the run ending during the wait records the retry as abandoned.
+            self._inflight[step_id] = h.attempts
+            await self.deps.sleep(rest)
 
     def _continuation(
         self, step_id: str, h: StepHistory, make_inputs: Callable[[], Any]

@@ -25,7 +25,7 @@ from engine_helpers import (
 )
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
-from ledger.events import NewEvent
+from ledger.events import NewEvent, parse_time
 from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, RedactionPolicy, ToolRegistry, replay
 from ledger.orchestration import events as ev
@@ -1034,6 +1034,52 @@ async def test_regression_a_resumed_run_that_ends_before_a_step_s_retry_ends_the
     state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
     assert (state.status, state.reason) == ("failed", "timed_out")
     assert [(s.step_id, s.status, s.attempts) for s in state.steps] == [("a", "failed", 1)]
+    assert await engine.get_state(TENANT, oid) == state
+
+
+@pytest.mark.parametrize(
+    ("attempt", "error", "elapsed", "waits"),
+    [
+        (1, "busy", 0.5, [1.5]),  # backoff 2 s, 0.5 s of it gone before the death
+        (2, "busy", 0.5, [3.5]),  # the second retry's backoff: 4 s
+        (1, "busy", 5.0, []),  # the whole backoff went by while no process ran
+        # An interrupted attempt is retried at once, live or resumed.
+        (1, "interrupted: the engine stopped while the step was in flight", 0.5, []),
+    ],
+)
+async def test_regression_a_run_resumed_during_a_retry_backoff_waits_out_the_rest(
+    harness: Harness, attempt: int, error: str, elapsed: float, waits: list[float]
+) -> None:
+    # The process died while a step waited out its backoff (its last step.failed has
+    # retrying=true): the resumed run retried at once. It waits what the live run had
+    # left to wait, counted from the step.failed's recorded time.
+    engine = await harness.open()
+    assert harness.log is not None
+    steps = [{"id": "a", "action": "tool", "tool": "echo", "inputs": {}, "backoff_seconds": 2}]
+
+    def history(oid: str) -> list[tuple[str, Any]]:
+        events: list[tuple[str, Any]] = []
+        for n in range(1, attempt + 1):
+            failed = ev.StepFailed(
+                orchestration_id=oid, step_id="a", attempt=n, error=error, retrying=True
+            )
+            events += [step_started(oid, "a", n), (ev.STEP_FAILED, failed)]
+        return events
+
+    oid = await append_run(engine, harness.log, {"steps": steps}, history)
+    recorded = await harness.log.read_stream(TENANT, oid)
+    failed_at = parse_time(recorded[-1].event.occurred_at)
+    await harness.close()
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    later = failed_at + timedelta(seconds=elapsed)
+    engine = await harness.open(now=lambda: later, sleep=sleep)
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.steps[0].attempts) == ("completed", attempt + 1)
+    assert slept == waits
     assert await engine.get_state(TENANT, oid) == state
 
 
