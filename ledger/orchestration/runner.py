@@ -437,7 +437,7 @@ class Runner(CallRecorder):
                         ),
                     )
                     if not retrying:
-                        raise _StepFailed(step_id, "interrupted", interrupted=True)
+                        raise _StepFailed(step_id, INTERRUPTED, interrupted=True)
             elif h.status == "retrying" and first <= max_attempts:
                 await self._rest_of_backoff(step_id, action, h, backoff)
         for attempt in range(first, max_attempts + 1):
@@ -450,7 +450,7 @@ class Runner(CallRecorder):
                 except (TemplateError, InvalidEventError) as e:
                     error = str(e) if isinstance(e, TemplateError) else f"inputs: {e}"
                     self._started(step_id, agent_id, action, attempt, None)
-                    self._failed(step_id, attempt, error, retrying=False)
+                    error = self._failed(step_id, attempt, error, retrying=False)
                     raise _StepFailed(step_id, error) from None
             transient = False
             provider = False
@@ -514,11 +514,13 @@ class Runner(CallRecorder):
                     # As recorded, so later steps read what a resumed run would read.
                     return completed.output
             retrying = transient and attempt < max_attempts
-            self._failed(step_id, attempt, error, retrying=retrying)
+            recorded = self._failed(step_id, attempt, error, retrying=retrying)
             if not retrying:
+                # The recorded text, not the live one: the agent loop feeds it to the
+                # model, and a resumed run, which reads it back, must ask the same.
                 if diverged:  # as an interrupted attempt without recorded calls ends
-                    raise _StepFailed(step_id, "interrupted", interrupted=True)
-                raise _StepFailed(step_id, error, provider=provider)
+                    raise _StepFailed(step_id, recorded, interrupted=True)
+                raise _StepFailed(step_id, recorded, provider=provider)
             delay = 0.0 if diverged else _backoff(backoff, attempt)
             if delay:
                 # Until the next attempt starts, the run ending (cancelled, timed out)
@@ -578,9 +580,10 @@ class Runner(CallRecorder):
         self._inflight[step_id] = attempt
         return recorded.inputs
 
-    def _failed(self, step_id: str, attempt: int, error: str, *, retrying: bool) -> None:
+    def _failed(self, step_id: str, attempt: int, error: str, *, retrying: bool) -> str:
+        """Record the attempt's failure; its error as recorded."""
         self._inflight.pop(step_id, None)
-        self._emit(
+        return self._emit(
             ev.STEP_FAILED,
             ev.StepFailed(
                 orchestration_id=self.oid,
@@ -589,7 +592,7 @@ class Runner(CallRecorder):
                 error=bounded(error),
                 retrying=retrying,
             ),
-        )
+        ).error
 
     # -- actions ---------------------------------------------------------------------
 

@@ -9,14 +9,35 @@ from __future__ import annotations
 
 from typing import Any
 
+import aiohttp
 import msgspec
 import pytest
-from engine_helpers import TENANT, FakeOpenAI, Harness, append_run, completion
+from engine_helpers import (
+    TENANT,
+    FakeOpenAI,
+    Harness,
+    append_run,
+    completion,
+    new_created,
+    no_sleep,
+)
 
-from ledger.orchestration import RedactionPolicy, replay
+from ledger.errors import StorageUnavailableError
+from ledger.events import NewEvent
+from ledger.log import Log
+from ledger.orchestration import (
+    ORCHESTRATION_EVENTS,
+    Engine,
+    RedactionPolicy,
+    ToolRegistry,
+    replay,
+)
 from ledger.orchestration import events as ev
+from ledger.orchestration.calls import MAX_ERROR_CHARS, as_text
+from ledger.orchestration.errors import ToolError
 from ledger.orchestration.journal import CallJournal, CallsDiverged, response_of
 from ledger.orchestration.providers.base import LLMRequest
+from ledger.sqlite_store import SQLiteEventStore
 
 LLM_STEP = {"steps": [{"id": "s0", "action": "llm", "prompt": "go"}]}
 ASKED = ({"role": "user", "content": "go"},)
@@ -255,3 +276,156 @@ def test_response_of_a_message_it_cannot_read_is_a_divergence(message: Any) -> N
     _, done = _completed("o", "a")
     with pytest.raises(CallsDiverged):
         response_of(msgspec.structs.replace(done, message=message))
+
+
+# -- what the agent loop feeds the model after a failed tool step ---------------------
+
+
+class _DiesAfterAnswer:
+    """The real log until the batch holding ``step_id``'s ``llm.completed`` is written;
+    every later write is refused, as after a SIGKILL right behind that commit."""
+
+    def __init__(self, log: Log, step_id: str) -> None:
+        self._log = log
+        self._step_id = step_id
+        self.dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        if self.dead:
+            raise StorageUnavailableError("the process is gone")
+        batch = args[3]
+        self.dead = any(
+            e.type == ev.LLM_COMPLETED and e.payload.step_id == self._step_id for e in batch
+        )
+        return await self._log.submit(*args, **kw)
+
+
+def _boom_tools() -> ToolRegistry:
+    async def boom(args: Any) -> Any:
+        raise ToolError("x" * (MAX_ERROR_CHARS + 100))  # recorded cut short
+
+    tools = ToolRegistry()
+    tools.register("boom", boom)
+    return tools
+
+
+def _asks_for_boom() -> dict[str, Any]:
+    return completion(None, [{"name": "boom", "args": {}}])
+
+
+def _tool_step_in_flight_on_its_last_attempt(oid: str, agent_id: str) -> list[NewEvent]:
+    """An agent loop's history: ``llm-1`` asked for ``boom``; ``tool-1-1``'s third (last)
+    attempt was in flight when the process stopped."""
+    message = _asks_for_boom()["choices"][0]["message"]
+    output = {
+        "content": None,
+        "json": None,
+        "finish_reason": "tool_calls",
+        "message": message,
+        "tool_calls": [{"id": "call_0", "name": "boom", "arguments": {}}],
+    }
+    llm = ev.StepStarted(
+        orchestration_id=oid,
+        step_id="llm-1",
+        agent_id=agent_id,
+        action="llm",
+        attempt=1,
+        inputs=None,
+    )
+    events = [
+        NewEvent(ev.STEP_STARTED, llm),
+        NewEvent(
+            ev.STEP_COMPLETED,
+            ev.StepCompleted(orchestration_id=oid, step_id="llm-1", attempt=1, output=output),
+        ),
+    ]
+    inputs = {"tool_call_id": "call_0", "name": "boom", "arguments": {}}
+    for n in (1, 2, 3):
+        started = ev.StepStarted(
+            orchestration_id=oid,
+            step_id="tool-1-1",
+            agent_id=agent_id,
+            action="tool",
+            attempt=n,
+            inputs=inputs,
+        )
+        events.append(NewEvent(ev.STEP_STARTED, started))
+        if n < 3:
+            failed = ev.StepFailed(
+                orchestration_id=oid, step_id="tool-1-1", attempt=n, error="busy", retrying=True
+            )
+            events.append(NewEvent(ev.STEP_FAILED, failed))
+    return events
+
+
+@pytest.mark.parametrize("failure", ["interrupted on its last attempt", "an error cut short"])
+async def test_regression_a_failed_agent_loop_tool_step_feeds_the_model_its_recorded_error(
+    harness: Harness, fake_openai: FakeOpenAI, failure: str
+) -> None:
+    # The live run fed the model {"error": "interrupted"} (or the whole error text),
+    # a resumed run the error its step.failed records ("interrupted: the engine
+    # stopped…", or the text cut short): llm-2's request no longer matched the recorded
+    # llm.requested, the journal could not answer it, and the paid call was made again.
+    interrupted = failure.startswith("interrupted")
+    engine = await harness.open(tools=_boom_tools())
+    provider = {"kind": "openai", "base_url": fake_openai.url}
+    agent = await engine.register_agent(
+        TENANT, name="gpt", provider=provider, model="m1", tools=["boom"]
+    )
+    oid = ""
+    if interrupted:
+        created = new_created(engine, agent_id=agent.agent_id, agents=[agent.agent_id], input="go")
+        oid = created.orchestration_id
+        started = ev.OrchestrationStarted(orchestration_id=oid)
+        history = _tool_step_in_flight_on_its_last_attempt(oid, agent.agent_id)
+        assert harness.log is not None
+        await harness.log.append(
+            TENANT,
+            oid,
+            0,
+            [
+                NewEvent(ev.ORCHESTRATION_CREATED, created),
+                NewEvent(ev.ORCHESTRATION_STARTED, started),
+                *history,
+            ],
+        )
+    await harness.close()
+
+    # A process that dies right after llm-2's answer is durable (its step.completed not).
+    fake_openai.script = [] if interrupted else [_asks_for_boom()]
+    fake_openai.script.append(completion("final"))
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    # The engine's own, left open by a killed process, would outlive the test.
+    session = aiohttp.ClientSession()
+    try:
+        dying = _DiesAfterAnswer(log, "llm-2")
+        engine = Engine(dying, tools=_boom_tools(), sleep=no_sleep, session=session)  # type: ignore[arg-type]
+        await engine.start()
+        if not interrupted:
+            oid = (
+                await engine.execute(TENANT, agent_id=agent.agent_id, input="go")
+            ).orchestration_id
+        await engine.wait(TENANT, oid, max_wait=20)
+        assert dying.dead
+        assert engine.stalled == 1
+    finally:
+        await log.close()  # killed: the engine is never closed
+        await session.close()
+    asked = len(fake_openai.requests)
+
+    engine = await harness.open(tools=_boom_tools())
+    state = await engine.wait(TENANT, oid, max_wait=20)
+    assert len(fake_openai.requests) == asked, "a recorded model call was made again"
+    assert (state.status, state.results["content"]) == ("completed", "final"), state
+    assert harness.log is not None
+    events = [r.event.payload for r in await harness.log.read_stream(TENANT, oid)]
+    assert [
+        p.attempt for p in events if isinstance(p, ev.StepStarted) and p.step_id == "llm-2"
+    ] == [1]
+    failed = [p for p in events if isinstance(p, ev.StepFailed) and p.step_id == "tool-1-1"]
+    fed = [m for p in events if isinstance(p, ev.LLMRequested) for m in p.messages][-1]
+    assert fed["content"] == as_text({"error": failed[-1].error})
+    assert replay([r.event for r in await harness.log.read_stream(TENANT, oid)]) == state
