@@ -109,6 +109,9 @@ class CallRecorder:
         #: (tool name, or ``None`` for a model call; tool call id; start), so a step
         #: timeout that cuts the call off can record its outcome (:meth:`cut_off`).
         self._open: dict[tuple[str, int], tuple[str | None, str | None, float]] = {}
+        #: Each (step id, attempt)'s model call whose outcome (a response, or the error
+        #: raised) is recorded and being made durable, for :meth:`recorded_reply`.
+        self._replies: dict[tuple[str, int], LLMResponse | ProviderError] = {}
 
     def _journal(self, step_id: str, attempt: int) -> CallJournal | None:
         journal = self.journals.get((step_id, attempt))
@@ -179,7 +182,7 @@ class CallRecorder:
                 failure = ProviderError(f"the response cannot be recorded: {e}", transient=False)
             else:
                 if not provider.deterministic:
-                    await self.writer.flush()
+                    await self._durable(step_id, attempt, response)
                 return response
         self._open.pop((step_id, attempt), None)
         self._llm_completed(
@@ -188,8 +191,23 @@ class CallRecorder:
         # A failed call may still have been paid for: its record is made durable before
         # the run goes on, as a successful one's is.
         if not provider.deterministic:
-            await self.writer.flush()
+            await self._durable(step_id, attempt, failure)
         raise failure
+
+    async def _durable(
+        self, step_id: str, attempt: int, outcome: LLMResponse | ProviderError
+    ) -> None:
+        """Flush a paid model call's ``llm.completed``. A step timeout may fire during
+        the flush: the outcome is kept meanwhile, so the step can end with it
+        (:meth:`recorded_reply`) rather than pay for the call again."""
+        self._replies[step_id, attempt] = outcome
+        await self.writer.flush()
+        del self._replies[step_id, attempt]
+
+    def recorded_reply(self, step_id: str, attempt: int) -> LLMResponse | ProviderError | None:
+        """The outcome of the attempt's model call whose ``llm.completed`` was being made
+        durable when the step was cut off, if any; forgotten once read."""
+        return self._replies.pop((step_id, attempt), None)
 
     def _llm_completed(
         self,

@@ -14,7 +14,9 @@ process died is recorded as interrupted and retried (``step.failed`` with
 recorded (``decision.made``), and a resumed run skips the branch not taken from that and
 the definition, so it takes the same branches whatever redaction left of the outputs.
 Likewise a step timeout that fires after a tool step's call completed (while its outcome
-is being made durable) ends the attempt with that outcome, not with a retry.
+is being made durable) ends the attempt with that outcome, not with a retry; so does one
+that fires after an ``llm`` step's model call returned an error, or an answer that ends
+its loop (one asking for tools leaves the loop unfinished: the attempt timed out).
 
 Bounds: ``max_steps`` (distinct steps started in a workflow; LLM rounds in the agent
 loop), ``timeout_seconds`` (measured from ``orchestration.started``), per-step timeouts
@@ -45,6 +47,7 @@ from ledger.orchestration.errors import (
     ToolError,
 )
 from ledger.orchestration.journal import CallJournal, CallsDiverged
+from ledger.orchestration.providers.base import LLMResponse
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
@@ -131,6 +134,17 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
             if p.attempt == h.attempts:
                 h.calls.append(p)
     return steps, started, terminal
+
+
+def _settled(
+    reply: LLMResponse | ProviderError, settle: Callable[[LLMResponse], Any] | None
+) -> Any:
+    """The step's output from its last model call's outcome (``None``: the step's loop
+    had more to do), or that call's error raised, as the live call raised it."""
+    if isinstance(reply, ProviderError):
+        raise reply
+    assert settle is not None  # a reply is only read for a step that can settle
+    return settle(reply)
 
 
 def _outcome(call: ev.ToolCompleted) -> Any:
@@ -397,7 +411,11 @@ class Runner(CallRecorder):
         max_attempts: int = 3,
         backoff: float = 0.5,
         step_timeout: float | None = None,
+        settle: Callable[[LLMResponse], Any] | None = None,
     ) -> Any:
+        """Run a step's attempts. ``settle``: for an llm step, its output if the model's
+        response, the attempt's last call, ends it (else ``None``), for a step timeout
+        that fires while that response is being made durable."""
         h = self.history.get(step_id)
         first = 1
         #: The open attempt's call, completed before the process stopped.
@@ -466,19 +484,23 @@ class Runner(CallRecorder):
                             output = await fn(attempt, inputs)
                     except TimeoutError:
                         call = self.recorded_call(step_id, attempt) if action == "tool" else None
+                        reply = self.recorded_reply(step_id, attempt) if settle else None
                         if not timer.expired():
-                            raise
-                        if call is None:
-                            self.cut_off(
-                                step_id, attempt, f"step timed out after {step_timeout:g}s"
-                            )
                             raise
                         # The timer fired after the call completed (while its outcome
                         # was being made durable): the call is not made again, as a
                         # resumed run would not make it; its outcome is the attempt's.
-                        output = _outcome(call)
+                        if call is not None:
+                            output = _outcome(call)
+                        elif reply is None or (output := _settled(reply, settle)) is None:
+                            self.cut_off(
+                                step_id, attempt, f"step timed out after {step_timeout:g}s"
+                            )
+                            raise
                     finally:
                         self.recorded_call(step_id, attempt)
+                        if action == "llm":
+                            self.recorded_reply(step_id, attempt)
                         self.cut_off(step_id, attempt, None)
                         self.journals.pop((step_id, attempt), None)
             except TimeoutError:
@@ -792,6 +814,11 @@ class Runner(CallRecorder):
             max_attempts=step.max_attempts,
             backoff=step.backoff_seconds,
             step_timeout=step.timeout_seconds,
+            # Only the model's answer ends the loop; one that asks for tools leaves the
+            # rest of the loop to a retry.
+            settle=(lambda r: None if r.tool_calls else self._llm_output(r))
+            if step.action == "llm"
+            else None,
         )
 
     # -- agent loop mode -------------------------------------------------------------

@@ -477,6 +477,63 @@ async def test_regression_a_step_timeout_after_a_non_pure_call_completed_does_no
     assert state == await engine.get_state(TENANT, started.orchestration_id)
 
 
+class _SlowAnswerCommit(_SlowCommit):
+    """The real log; the first commit holding an ``llm.completed`` is acknowledged late."""
+
+    def __init__(self, log: Log) -> None:
+        super().__init__(log)
+        self._armed = True
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        if self._armed and any(e.type == ev.LLM_COMPLETED for e in args[3]):
+            self._armed, self.slow = False, True
+        return await super().submit(*args, **kw)
+
+
+@pytest.mark.parametrize("answer", ["final", "refused", "asks for a tool"])
+async def test_regression_a_step_timeout_after_a_paid_model_call_returned_does_not_repeat_it(
+    harness: Harness, fake_openai: FakeOpenAI, answer: str
+) -> None:
+    # The step timer fired while a (paid) model call's llm.completed was being
+    # committed: the step was retried as timed out and the model asked again, though
+    # the call's outcome was in the log. An answer with no tool calls is the llm
+    # step's outcome, a refusal ends the attempt: neither is asked again. A model
+    # that asks for tools leaves the step's loop unfinished: the timeout stands.
+    fake_openai.script = {
+        "final": [completion("answer")],
+        "refused": [400],
+        "asks for a tool": [completion(None, [{"name": "echo", "args": {"x": 1}}])],
+    }[answer]
+    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
+    harness.log = log
+    engine = Engine(_SlowAnswerCommit(log), sleep=no_sleep)  # type: ignore[arg-type]
+    harness.engine = engine
+    await engine.start()
+    provider = {"kind": "openai", "base_url": fake_openai.url}
+    await engine.register_agent(TENANT, name="gpt", provider=provider, model="m1", tools=["echo"])
+    step = {"id": "s", "action": "llm", "agent": "gpt", "timeout_seconds": 0.2}
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": [step]})
+    started = await engine.execute(TENANT, workflow_id=wf.workflow_id)
+    state = await engine.wait(TENANT, started.orchestration_id, max_wait=20)
+    if answer == "final":
+        assert len(fake_openai.requests) == 1, "the model was asked again"
+        assert (state.status, state.steps[0].attempts) == ("completed", 1), state
+        assert state.results["s"]["content"] == "answer"
+    elif answer == "refused":
+        assert len(fake_openai.requests) == 1, "the model was asked again"
+        assert (state.status, state.reason, state.steps[0].attempts) == (
+            "failed",
+            "provider_error",
+            1,
+        ), state
+    else:
+        # Attempt 2 starts the loop again, and the model answers it ("done").
+        assert len(fake_openai.requests) == 2
+        assert (state.status, state.steps[0].attempts) == ("completed", 2), state
+        assert state.results["s"]["content"] == "done"
+    assert state == await engine.get_state(TENANT, started.orchestration_id)
+
+
 class _Batches:
     """The real log, noting the event types of each batch submitted."""
 
