@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
@@ -133,6 +133,9 @@ class GatedRead:
         return await getattr(self._log, self._method)(*args)
 
 
+_S = TypeVar("_S")
+
+
 class Harness:
     """A log and an engine over one SQLite file; close + open simulates a restart."""
 
@@ -148,6 +151,16 @@ class Harness:
         self.engine = Engine(self.log, **engine_options)
         await self.engine.start()
         return self.engine
+
+    async def open_on(self, seam: Callable[[Log], _S], **engine_options: Any) -> tuple[_S, Engine]:
+        """Like :meth:`open`, with the engine on ``seam(log)``: the real log behind a
+        wrapper that stalls, fails or observes it at one point."""
+        self.log = await Log.open(SQLiteEventStore(self.path), self.signer, ORCHESTRATION_EVENTS)
+        wrapped = seam(self.log)
+        engine_options.setdefault("sleep", no_sleep)
+        self.engine = Engine(wrapped, **engine_options)  # type: ignore[arg-type]
+        await self.engine.start()
+        return wrapped, self.engine
 
     async def close(self) -> None:
         if self.engine is not None:

@@ -555,12 +555,7 @@ async def test_regression_a_failed_paid_llm_call_is_recorded_before_the_run_goes
     # A call to a provider with outside effects (not deterministic) that failed left
     # its llm.completed buffered with the rest of the run: a crash there lost the
     # record of a call that may have been paid for.
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    harness.log = log
-    batches = _Batches(log)
-    engine = Engine(batches, sleep=no_sleep)  # type: ignore[arg-type]
-    harness.engine = engine
-    await engine.start()
+    batches, engine = await harness.open_on(_Batches)
     agent = await engine.register_agent(
         TENANT,
         name="bot",  # no answer for this turn: the call fails (after its delay)
@@ -999,12 +994,7 @@ async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cance
 
     tools = ToolRegistry()
     tools.register("block", block)
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    harness.log = log
-    seam = _CommitThenWait(log)
-    engine = Engine(seam, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
-    harness.engine = engine
-    await engine.start()
+    seam, engine = await harness.open_on(_CommitThenWait, tools=tools)
     steps = [{"id": "a", "action": "tool", "tool": "block", "inputs": {}}]
     wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
     oid = engine.new_orchestration_id()
@@ -1025,7 +1015,7 @@ async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cance
     assert (cancelled.status, final.status) == ("cancelled", "cancelled")
     assert (engine._tasks, engine._runners) == ({}, {})
     assert engine.live_state(TENANT, oid) == await engine.get_state(TENANT, oid)
-    events = [r.event for r in await log.read_stream(TENANT, oid)]
+    events = [r.event for r in await harness.log.read_stream(TENANT, oid)]
     assert [e.type for e in events].count(ev.ORCHESTRATION_CANCELLED) == 1
     assert events[-1].type == ev.ORCHESTRATION_CANCELLED
 
@@ -1229,12 +1219,7 @@ async def test_regression_cancelling_a_stalled_run_ends_the_step_it_had_in_fligh
 
     tools = ToolRegistry()
     tools.register("hold", hold)  # not pure: its start is durable before the call
-    log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
-    harness.log = log
-    storage = _Dying(log)
-    engine = Engine(storage, tools=tools, sleep=no_sleep)  # type: ignore[arg-type]
-    harness.engine = engine
-    await engine.start()
+    storage, engine = await harness.open_on(_Dying, tools=tools)
     steps = [{"id": "a", "action": "tool", "tool": "hold", "inputs": {}}]
     wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
     oid = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
