@@ -10,9 +10,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from api.errors import ProblemError
 from api.problems import not_found
 from api.routes._common import decimal, int_query, services
 from api.services import json_response
+from ledger.errors import ProofError
 from ledger.tiles import parse_tile_path
 
 __all__ = ["routes"]
@@ -63,7 +65,13 @@ async def key(request: web.Request) -> web.Response:
 async def inclusion(request: web.Request) -> web.Response:
     index = int_query(request, "index", high=_MAX)
     size = int_query(request, "tree_size", low=1, high=_MAX)
-    proof = await services(request).log.inclusion_proof(index, size)
+    log = services(request).log
+    try:
+        proof = await log.inclusion_proof(index, size)
+    except ProofError as e:
+        # The log checks the tree size first. It only grows, so one it has reached by
+        # now may have been beyond it a moment ago; then the index is wrong as well.
+        raise _unprovable(e, "tree_size" if size > log.size or index < size else "index") from None
     return json_response({"leaf_index": index, "tree_size": size, "proof": proof})
 
 
@@ -75,5 +83,20 @@ async def consistency(request: web.Request) -> web.Response:
     if first == 0 and 0 <= second <= log.size:
         # Every tree extends the empty tree; the proof is empty (RFC 9162 §2.1.4).
         return json_response({"first": 0, "second": second, "proof": []})
-    proof = await log.consistency_proof(first, second)
+    try:
+        proof = await log.consistency_proof(first, second)
+    except ProofError as e:
+        refused = "second" if second > log.size or first <= second else "first"
+        raise _unprovable(e, refused) from None
     return json_response({"first": first, "second": second, "proof": proof})
+
+
+def _unprovable(e: ProofError, field: str) -> ProblemError:
+    """The log's refusal, naming the query parameter the caller has to change."""
+    return ProblemError(
+        422,
+        "proof",
+        "Proof not available",
+        str(e),
+        errors=[{"field": field, "message": str(e)}],
+    )
