@@ -52,3 +52,28 @@ async def test_regression_a_proof_the_log_cannot_give_names_the_parameter(
     ):
         resp = await client.get(f"/v1/log/proof/consistency?{query}")
         await problem(resp, 422, field)
+
+
+async def test_regression_a_bad_provider_config_names_the_field_inside_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """Every error in an agent's ``provider`` was reported at ``$.provider``, with the
+    field inside it only in the message, relative to the provider ("at `$.kind`")."""
+    scripted = {"kind": "scripted", "responses": [{"content": "x"}]}
+    for provider, field in (
+        ({}, "$.provider.kind"),
+        ({"kind": "nope"}, "$.provider.kind"),
+        ({"kind": "openai"}, "$.provider.base_url"),
+        ({"kind": "openai", "base_url": 5}, "$.provider.base_url"),
+        ({"kind": "openai", "base_url": "https://x.example", "colour": 1}, "$.provider.colour"),
+        ({**scripted, "responses": [{"content": 5}]}, "$.provider.responses[0].content"),
+        (
+            {**scripted, "responses": [{"content": "x", "bogus": 1}]},
+            "$.provider.responses[0].bogus",
+        ),
+    ):
+        resp = await client.post(
+            "/v1/agents", json={"name": "a", "provider": provider}, headers=tenant_a.headers
+        )
+        body = await problem(resp, 422, field)
+        assert "$." not in body["errors"][0]["message"], body

@@ -165,7 +165,7 @@ async def test_registration_errors_name_the_field(engine: Engine) -> None:
         await engine.register_agent(
             TENANT, name="x", provider={"kind": "openai", "base_url": "http://h", "api_key": "sk-1"}
         )
-    assert info.value.field == "provider"
+    assert info.value.field == "provider.api_key"
     with pytest.raises(WorkflowValidationError) as info:
         await engine.register_agent(TENANT, name="x", provider=scripted(), tools=["nope"])
     assert info.value.field == "tools[0]"

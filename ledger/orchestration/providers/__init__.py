@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import aiohttp
@@ -37,6 +38,22 @@ __all__ = [
 ]
 
 ProviderConfig = ScriptedConfig | OpenAIConfig
+#: msgspec's "<message> - at `$<path>`", the path relative to the provider config.
+_AT = re.compile(r"(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?", re.S)
+#: A field msgspec names in the message, one level below the path it reports.
+_NAMED = re.compile(r"Object (?:contains unknown|missing required) field `([^`]*)`")
+
+
+def _invalid(e: msgspec.ValidationError) -> WorkflowValidationError:
+    """msgspec's error as one about the field inside ``provider`` it is about: its own
+    path is relative to the config, so it would read as a field of the request."""
+    m = _AT.fullmatch(str(e))
+    assert m is not None  # every part of the pattern is optional but the message
+    field = "provider" + (m.group("path") or "")
+    named = _NAMED.match(m.group("message"))
+    if named is not None:
+        field += "." + named.group(1)
+    return WorkflowValidationError(m.group("message"), field=field)
 
 
 def parse_provider_config(raw: object) -> ProviderConfig:
@@ -46,7 +63,7 @@ def parse_provider_config(raw: object) -> ProviderConfig:
     try:
         config: ProviderConfig = msgspec.convert(raw, ProviderConfig)
     except msgspec.ValidationError as e:
-        raise WorkflowValidationError(str(e), field="provider") from None
+        raise _invalid(e) from None
     if isinstance(config, OpenAIConfig):
         try:  # scheme and host only: where it may connect is the policy's call
             url_host(config.base_url)
