@@ -8,9 +8,10 @@ because it runs once per appended event.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
-__all__ = ["UlidMint", "ulid_bytes", "ulid_str", "uuid_str"]
+__all__ = ["UlidMint", "canonical_uuid", "ulid_bytes", "ulid_str", "uuid_str"]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 # Two base32 digits (10 bits) per lookup: 13 lookups render a 128-bit ULID.
@@ -20,6 +21,8 @@ _SHIFTS = range(120, -1, -10)
 _ULID_CHARS = frozenset(_CROCKFORD + _CROCKFORD.lower())
 _TO_INT32 = str.maketrans(_CROCKFORD + _CROCKFORD.lower(), "0123456789abcdefghijklmnopqrstuv" * 2)
 _ENTROPY_BLOCK = 1024
+# ASCII hex only: a str pattern's [0-9a-f] is not \d, which would take any Unicode digit.
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 # One random byte -> one digit: its low five bits, as an int(..., 32) digit. 256 is a
 # multiple of 32, so each digit is uniform.
 _BYTE_TO_DIGIT32 = bytes(b"0123456789abcdefghijklmnopqrstuv"[b & 31] for b in range(256))
@@ -75,6 +78,19 @@ class UlidMint:
 def uuid_str(raw: bytes) -> str:
     h = raw.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def canonical_uuid(text: str) -> str:
+    """``text``, a UUID in its hyphenated 8-4-4-4-12 form in either case, as stored (lower
+    case); ``ValueError`` for anything else.
+
+    Not ``uuid.UUID(text)``: it drops hyphens, braces and "urn:uuid:" wherever they are
+    and reads what is left with ``int(..., 16)``, which takes Unicode digits, a sign, "_"
+    and spaces, so many strings would name one id.
+    """
+    if _UUID_RE.fullmatch(text) is None:
+        raise ValueError(f"{text!r} is not a UUID")
+    return text.lower()
 
 
 def ulid_bytes(text: str) -> bytes:

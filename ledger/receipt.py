@@ -7,12 +7,10 @@ one-to-one and each id finds the other.
 
 from __future__ import annotations
 
-import uuid
-
 import msgspec
 
 from ledger.errors import NotFoundError
-from ledger.ids import ulid_bytes, uuid_str
+from ledger.ids import canonical_uuid, ulid_bytes, uuid_str
 
 __all__ = ["Receipt", "event_id_bytes", "receipt_id_for"]
 
@@ -34,7 +32,7 @@ def event_id_bytes(identifier: str) -> bytes:
     try:
         if len(identifier) == 26:
             return ulid_bytes(identifier)
-        return uuid.UUID(identifier).bytes
+        return bytes.fromhex(canonical_uuid(identifier).replace("-", ""))
     except ValueError as e:
         raise NotFoundError(f"{identifier!r} is neither an event ULID nor a receipt UUID") from e
 

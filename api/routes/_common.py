@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import uuid
 from typing import Any, TypeVar
 
 import msgspec
@@ -13,6 +12,7 @@ from aiohttp import hdrs, web
 from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found, unsupported_coding
 from api.services import SERVICES, Services
+from ledger.ids import canonical_uuid
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
 __all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
@@ -138,8 +138,8 @@ def uuid_param(request: web.Request, name: str, what: str) -> str:
     stored canonical, so ``ABC…`` and ``abc…`` must name the same resource."""
     raw = request.match_info[name]
     try:
-        return str(uuid.UUID(raw))
-    except (ValueError, TypeError):
+        return canonical_uuid(raw)
+    except ValueError:
         raise not_found(f"no {what} {raw!r}") from None
 
 

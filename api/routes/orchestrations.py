@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import hashlib
 import re
-import uuid
 from typing import Any
 
 import msgspec
@@ -38,6 +37,7 @@ from api.wire import (
 )
 from ledger.bundle import write_bundle
 from ledger.errors import LedgerError, NotFoundError, StorageUnavailableError
+from ledger.ids import canonical_uuid
 from ledger.log import RecordedEvent
 from ledger.orchestration import OrchestrationState
 from ledger.orchestration.errors import OrchestrationNotFoundError
@@ -276,7 +276,7 @@ def _uuid_query(request: web.Request, name: str, alias: str) -> str | None:
     if not raw:
         return None
     try:
-        return str(uuid.UUID(raw))
+        return canonical_uuid(raw)
     except ValueError:
         raise bad_request(f"{field} must be a UUID", field=field) from None
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from contextlib import suppress
 
 from aiohttp import web
@@ -11,6 +10,7 @@ from api.problems import bad_request, from_definition_error
 from api.routes._common import convert, decimal, read_json, services, uuid_param
 from api.services import json_response
 from api.wire import AgentRequest, WorkflowRequest
+from ledger.ids import canonical_uuid
 from ledger.orchestration import WorkflowValidationError, validate_definition
 
 __all__ = ["routes"]
@@ -67,7 +67,7 @@ async def register_workflow(request: web.Request) -> web.Response:
     if body.workflow_id is not None:
         with suppress(ValueError):  # not a UUID: the engine says so, naming the field
             latest = s.engine.registry.workflow(
-                principal.tenant_id, str(uuid.UUID(body.workflow_id))
+                principal.tenant_id, canonical_uuid(body.workflow_id)
             )
     record = await s.engine.register_workflow(
         principal.tenant_id,

@@ -33,6 +33,7 @@ from ledger.errors import (
     StorageUnavailableError,
 )
 from ledger.events import Event, EventCatalog, NewEvent
+from ledger.ids import canonical_uuid
 from ledger.orchestration import events as ev
 from ledger.orchestration.binding import build_created
 from ledger.orchestration.calls import Collaborators
@@ -1027,6 +1028,6 @@ class Engine:
 
 def _check_uuid(value: str, field: str) -> str:
     try:
-        return str(uuid.UUID(value))
-    except (ValueError, TypeError, AttributeError):
+        return canonical_uuid(value)
+    except (ValueError, TypeError):
         raise WorkflowValidationError("must be a UUID", field=field) from None

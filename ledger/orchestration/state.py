@@ -13,7 +13,7 @@ from typing import Any, Literal
 import msgspec
 
 from ledger.events import Event
-from ledger.ids import ulid_bytes, ulid_str
+from ledger.ids import canonical_uuid, ulid_bytes, ulid_str
 from ledger.orchestration import events as ev
 from ledger.receipt import receipt_id_for
 
@@ -47,7 +47,7 @@ def parse_orchestration_id(text: str) -> str:
     ``text`` is neither."""
     if text.startswith(_DISPLAY_PREFIX):
         return str(uuid.UUID(bytes=ulid_bytes(text[len(_DISPLAY_PREFIX) :])))
-    return str(uuid.UUID(text))
+    return canonical_uuid(text)
 
 
 class StepState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -8,12 +8,19 @@ per input), run against the real app on a loopback server.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
-from api_helpers import Tenant, external_orchestration
+from api_helpers import Tenant, external_orchestration, setup_workflow
+from yarl import URL
 
 PROBLEM = "application/problem+json"
+
+
+def raw_url(client: TestClient, path_and_query: str) -> URL:
+    """``path_and_query`` on the test server, sent as written (not re-quoted)."""
+    return URL(f"http://{client.host}:{client.port}{path_and_query}", encoded=True)
 
 
 async def problem(resp: ClientResponse, status: int, field: str | None = None) -> dict[str, Any]:
@@ -77,3 +84,51 @@ async def test_regression_a_bad_provider_config_names_the_field_inside_it(
         )
         body = await problem(resp, 422, field)
         assert "$." not in body["errors"][0]["message"], body
+
+
+def _aliases(uuid_text: str) -> list[str]:
+    """Other spellings of ``uuid_text`` that Python's ``uuid.UUID`` takes for it, each
+    as it goes in a URL."""
+    digits = uuid_text.replace("-", "")
+    arabic = uuid_text.translate(str.maketrans("0123456789", "٠١٢٣٤٥٦٧٨٩"))
+    return [
+        quote(arabic),  # int(..., 16) takes any Unicode decimal digit
+        quote("+" + digits[1:]) if digits[0] == "0" else quote("+" + digits[:-1]),
+        quote("0_" + digits[2:]) if digits[:2] == "00" else quote(digits[:1] + "_" + digits[2:]),
+        quote(" " + digits[1:]) if digits[0] == "0" else quote(digits + " "),
+        digits,
+        "urn:uuid:" + uuid_text,
+        quote("{" + uuid_text + "}"),
+    ]
+
+
+async def test_regression_an_id_is_a_hyphenated_ascii_uuid_not_any_spelling_int_takes(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """Ids in paths and filters were read with ``uuid.UUID``, which drops hyphens, braces
+    and "urn:uuid:", and reads the digits with ``int(..., 16)``: Arabic-Indic digits, a
+    sign, "_" and spaces named the same orchestration, agent, workflow or receipt."""
+    agent, workflow = await setup_workflow(client, tenant_a)
+    oid = await external_orchestration(client, tenant_a)
+    state = await client.get(f"/v1/orchestrations/{oid}", headers=tenant_a.headers)
+    receipt = (await state.json())["receipts"][0]
+    for template, real in (
+        ("/v1/orchestrations/{}", oid),
+        ("/v1/orchestrations/{}/events", oid),
+        ("/v1/agents/{}", agent),
+        ("/v1/workflows/{}", workflow),
+        ("/v1/receipts/{}", receipt),
+    ):
+        for spelling in (real, real.upper()):
+            resp = await client.get(template.format(spelling), headers=tenant_a.headers)
+            assert resp.status == 200, (template, spelling, await resp.text())
+        for alias in _aliases(real):
+            resp = await client.session.get(
+                raw_url(client, template.format(alias)), headers=tenant_a.headers
+            )
+            await problem(resp, 404)
+    for name, real in (("agent_id", agent), ("workflow_id", workflow)):
+        for alias in _aliases(real):
+            url = raw_url(client, f"/v1/orchestrations?{name}={alias}")
+            resp = await client.session.get(url, headers=tenant_a.headers)
+            await problem(resp, 400, name)
