@@ -15,7 +15,15 @@ from api.services import SERVICES, Services
 from ledger.ids import canonical_uuid
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
-__all__ = ["convert", "decimal", "int_query", "orchestration_id", "read_json", "services"]
+__all__ = [
+    "convert",
+    "decimal",
+    "int_query",
+    "orchestration_id",
+    "query_param",
+    "read_json",
+    "services",
+]
 
 T = TypeVar("T")
 #: How long a request body may take to arrive in full (slowloris bound); 408 after.
@@ -143,11 +151,23 @@ def uuid_param(request: web.Request, name: str, what: str) -> str:
         raise not_found(f"no {what} {raw!r}") from None
 
 
+def query_param(request: web.Request, name: str) -> str | None:
+    """The query parameter ``name``, or ``None``; 400 if it is given more than once.
+
+    Not ``request.query.get``, which takes the first and ignores the rest: a proxy or a
+    check in front that reads the last one would see another request than the one served.
+    """
+    values = request.query.getall(name, ())
+    if len(values) > 1:
+        raise bad_request(f"the query parameter {name!r} is given more than once", field=name)
+    return values[0] if values else None
+
+
 def int_query(
     request: web.Request, name: str, *, default: int | None = None, low: int = 0, high: int
 ) -> int:
     """A non-negative integer query parameter in ``low..high`` (400 otherwise)."""
-    raw = request.query.get(name)
+    raw = query_param(request, name)
     if raw is None:
         if default is None:
             raise bad_request(f"the query parameter {name!r} is required", field=name)

@@ -21,6 +21,7 @@ from api.routes._common import (
     decimal,
     int_query,
     orchestration_id,
+    query_param,
     read_json,
     services,
 )
@@ -249,11 +250,10 @@ async def create(request: web.Request) -> web.Response:
 async def list_orchestrations(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, _READ)
-    q = request.query
-    status = q.get("status")
+    status = query_param(request, "status")
     if status is not None and status not in _STATUSES:
         raise bad_request(f"status must be one of {', '.join(_STATUSES)}", field="status")
-    cursor = q.get("cursor")
+    cursor = query_param(request, "cursor")
     if cursor is not None and not _UUID_RE.match(cursor):
         raise bad_request("cursor must be a next_cursor value from a previous page", field="cursor")
     limit = int_query(request, "limit", default=50, low=1, high=500)
@@ -271,8 +271,11 @@ async def list_orchestrations(request: web.Request) -> web.Response:
 def _uuid_query(request: web.Request, name: str, alias: str) -> str | None:
     """The id filter ``name`` (or ``alias``) as a canonical UUID: ids are stored lower-case,
     so an upper-case one would silently match nothing."""
-    field = name if request.query.get(name) else alias
-    raw = request.query.get(field)
+    field, raw = name, query_param(request, name)
+    if not raw:
+        field, raw = alias, query_param(request, alias)
+    elif query_param(request, alias):
+        raise bad_request(f"give {name} or {alias}, not both", field=alias)
     if not raw:
         return None
     try:
@@ -330,7 +333,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 def _last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or request.query.get("last_event_id") or "0"
+    raw = request.headers.get("Last-Event-ID") or query_param(request, "last_event_id") or "0"
     seq = decimal(raw, 12)
     if seq is None:
         raise bad_request(

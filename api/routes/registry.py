@@ -7,7 +7,7 @@ from contextlib import suppress
 from aiohttp import web
 
 from api.problems import bad_request, from_definition_error
-from api.routes._common import convert, decimal, read_json, services, uuid_param
+from api.routes._common import convert, decimal, query_param, read_json, services, uuid_param
 from api.services import json_response
 from api.wire import AgentRequest, WorkflowRequest
 from ledger.ids import canonical_uuid
@@ -94,7 +94,7 @@ async def list_workflows(request: web.Request) -> web.Response:
 async def get_workflow(request: web.Request) -> web.Response:
     s = services(request)
     principal = s.authorize(request, *_READ)
-    raw = request.query.get("version")
+    raw = query_param(request, "version")
     version = None
     if raw is not None:
         version = decimal(raw, 7)

@@ -132,3 +132,30 @@ async def test_regression_an_id_is_a_hyphenated_ascii_uuid_not_any_spelling_int_
             url = raw_url(client, f"/v1/orchestrations?{name}={alias}")
             resp = await client.session.get(url, headers=tenant_a.headers)
             await problem(resp, 400, name)
+
+
+async def test_regression_a_query_parameter_given_twice_is_400_naming_it(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """The first of two values was used and the other ignored: a proxy or a check in
+    front that reads the last one would see another request than the one served."""
+    _, workflow = await setup_workflow(client, tenant_a)
+    oid = await external_orchestration(client, tenant_a)
+    other = "3c90c3cc-0d44-4b50-8888-8dd25736052a"
+    for path, name in (
+        ("/v1/orchestrations?limit=1&limit=2", "limit"),
+        ("/v1/orchestrations?status=running&status=failed", "status"),
+        (f"/v1/orchestrations?cursor={other}&cursor={other}", "cursor"),
+        (f"/v1/orchestrations?agent_id={other}&agent_id={other}", "agent_id"),
+        (f"/v1/orchestrations?workflow_id={workflow}&workflow_id={other}", "workflow_id"),
+        (f"/v1/orchestrations/{oid}?wait=0&wait=1", "wait"),
+        (
+            f"/v1/orchestrations/{oid}/events/stream?last_event_id=9&last_event_id=0",
+            "last_event_id",
+        ),
+        (f"/v1/workflows/{workflow}?version=1&version=2", "version"),
+        ("/v1/log/proof/inclusion?index=0&tree_size=1&tree_size=x", "tree_size"),
+        ("/v1/log/proof/consistency?first=0&first=1&second=1", "first"),
+    ):
+        resp = await client.get(path, headers=tenant_a.headers)
+        await problem(resp, 400, name)
