@@ -25,13 +25,25 @@ from api.errors import ConfigError, KeyStoreError, ProblemError
 from api.keys import KeyRecord, KeyStore
 from api.problems import bad_request, forbidden, unauthorized, unavailable
 
-__all__ = ["Authenticator", "Principal", "RateLimiter"]
+__all__ = ["Authenticator", "Principal", "RateLimiter", "single_header"]
 
 _log = structlog.get_logger()
 
 _HEADER_KEY = "X-API-Key"
 _HEADER_TENANT = "X-Tenant-ID"
 _JWT_LEEWAY_SECONDS = 5
+
+
+def single_header(request: web.Request, name: str) -> str | None:
+    """The header ``name``, or ``None``; 400 naming it if it is given more than once.
+
+    Not ``headers.get``, which takes the first and ignores the rest: a gateway that adds
+    its own (a tenant, a key) would expect its value to be the one read.
+    """
+    values = request.headers.getall(name, ())
+    if len(values) > 1:
+        raise bad_request(f"the {name} header is given more than once", field=name)
+    return values[0] if values else None
 
 
 class Principal(msgspec.Struct, frozen=True):
@@ -145,6 +157,9 @@ class Authenticator:
 
     def authenticate(self, request: web.Request) -> Principal:
         """The caller's principal; raises a 401 :class:`ProblemError`."""
+        for name in (_HEADER_KEY, "Authorization"):
+            if len(request.headers.getall(name, ())) > 1:
+                raise unauthorized(f"give one {name} header, not several")
         api_key = request.headers.get(_HEADER_KEY)
         if api_key is not None:
             try:
@@ -246,7 +261,7 @@ class Authenticator:
         """401 for credentials, then 400/403 for the tenant header, 403 unless the caller
         has one of ``scopes``, and 429 when the caller's rate limit is spent."""
         principal = self.authenticate(request)
-        tenant = request.headers.get(_HEADER_TENANT)
+        tenant = single_header(request, _HEADER_TENANT)
         if tenant is None:
             raise bad_request(
                 "the X-Tenant-ID header is required", slug="missing-tenant", field="X-Tenant-ID"

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from api.auth import Principal
+from api.auth import Principal, single_header
 from api.errors import ProblemError
 from api.logctx import bind_orchestration
 from api.problems import bad_request, from_ledger_error
@@ -106,7 +106,7 @@ async def _idempotent(
     orchestration or, if it never became durable, starts it under the reserved id.
     """
     s = services(request)
-    key = request.headers.get("Idempotency-Key")
+    key = single_header(request, "Idempotency-Key")
     if key is None:
         state = await start(None)
         bind_orchestration(state.orchestration_id)
@@ -333,7 +333,7 @@ async def events(request: web.Request) -> web.Response:
 
 
 def _last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID") or query_param(request, "last_event_id") or "0"
+    raw = single_header(request, "Last-Event-ID") or query_param(request, "last_event_id") or "0"
     seq = decimal(raw, 12)
     if seq is None:
         raise bad_request(

@@ -13,6 +13,7 @@ from urllib.parse import quote
 from aiohttp import ClientResponse
 from aiohttp.test_utils import TestClient
 from api_helpers import Tenant, external_orchestration, setup_workflow
+from multidict import CIMultiDict
 from yarl import URL
 
 PROBLEM = "application/problem+json"
@@ -159,3 +160,43 @@ async def test_regression_a_query_parameter_given_twice_is_400_naming_it(
     ):
         resp = await client.get(path, headers=tenant_a.headers)
         await problem(resp, 400, name)
+
+
+async def test_regression_a_header_given_twice_is_refused_not_read_as_its_first(
+    client: TestClient, tenant_a: Tenant, tenant_b: Tenant
+) -> None:
+    """With two X-Tenant-ID (or Idempotency-Key, Last-Event-ID, X-API-Key) headers the
+    first was used and the other ignored, as a gateway that adds its own would not expect."""
+    oid = await external_orchestration(client, tenant_a)
+    key, tenant = ("X-API-Key", tenant_a.api_key), ("X-Tenant-ID", tenant_a.tenant_id)
+    body = {"executor": "external", "agent_id": None}
+    for method, path, headers, status, field in (
+        ("GET", "/v1/orchestrations", [key, tenant, ("X-Tenant-ID", "tenant-b")], 400, None),
+        ("GET", "/v1/orchestrations", [key, ("X-API-Key", tenant_b.api_key), tenant], 401, None),
+        ("GET", "/v1/orchestrations", [key, ("X-API-Key", "mlk_x"), tenant], 401, None),
+        (
+            "GET",
+            "/v1/orchestrations",
+            [("Authorization", "Bearer x"), ("Authorization", "Bearer y"), tenant],
+            401,
+            None,
+        ),
+        (
+            "POST",
+            "/v1/orchestrations",
+            [key, tenant, ("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")],
+            400,
+            "Idempotency-Key",
+        ),
+        (
+            "GET",
+            f"/v1/orchestrations/{oid}/events/stream",
+            [key, tenant, ("Last-Event-ID", "0"), ("Last-Event-ID", "99")],
+            400,
+            "Last-Event-ID",
+        ),
+    ):
+        resp = await client.request(method, path, json=body, headers=CIMultiDict(headers))
+        got = await problem(resp, status, field)
+        if status == 400 and field is None:
+            assert got["errors"][0]["field"] == "X-Tenant-ID"
