@@ -333,12 +333,14 @@ async def events(request: web.Request) -> web.Response:
 
 
 def _last_event_id(request: web.Request) -> int:
-    raw = single_header(request, "Last-Event-ID") or query_param(request, "last_event_id") or "0"
-    seq = decimal(raw, 12)
+    # The header is what a reconnecting EventSource sends; the parameter is for clients
+    # that cannot set headers. The error names the one the value came from.
+    field, raw = "Last-Event-ID", single_header(request, "Last-Event-ID")
+    if not raw:
+        field, raw = "last_event_id", query_param(request, "last_event_id")
+    seq = decimal(raw or "0", 12)
     if seq is None:
-        raise bad_request(
-            "Last-Event-ID must be a stream_seq (a non-negative integer)", field="Last-Event-ID"
-        )
+        raise bad_request(f"{field} must be a stream_seq (a non-negative integer)", field=field)
     return seq
 
 

@@ -200,3 +200,16 @@ async def test_regression_a_header_given_twice_is_refused_not_read_as_its_first(
         got = await problem(resp, status, field)
         if status == 400 and field is None:
             assert got["errors"][0]["field"] == "X-Tenant-ID"
+
+
+async def test_regression_a_bad_last_event_id_query_parameter_is_named_as_given(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """A stream resumed with ``?last_event_id=x`` was told its Last-Event-ID header (which
+    it did not send) was wrong."""
+    oid = await external_orchestration(client, tenant_a)
+    stream = f"/v1/orchestrations/{oid}/events/stream"
+    resp = await client.get(f"{stream}?last_event_id=x", headers=tenant_a.headers)
+    await problem(resp, 400, "last_event_id")
+    resp = await client.get(stream, headers={**tenant_a.headers, "Last-Event-ID": "x"})
+    await problem(resp, 400, "Last-Event-ID")
