@@ -262,7 +262,7 @@ class Authenticator:
         has one of ``scopes``, and 429 when the caller's rate limit is spent."""
         principal = self.authenticate(request)
         tenant = single_header(request, _HEADER_TENANT)
-        if tenant is None:
+        if not tenant:  # an empty one names no tenant either: it is missing, not wrong
             raise bad_request(
                 "the X-Tenant-ID header is required", slug="missing-tenant", field="X-Tenant-ID"
             )

@@ -163,6 +163,14 @@ async def test_missing_tenant_header_is_400(client: TestClient, tenant_a: Tenant
     await problem(client, {"X-API-Key": tenant_a.api_key}, 400)
 
 
+async def test_regression_an_empty_tenant_header_is_400_missing_not_403(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # An empty X-Tenant-ID names no tenant: it was answered as a wrong tenant (403).
+    body = await problem(client, {"X-API-Key": tenant_a.api_key, "X-Tenant-ID": ""}, 400)
+    assert body["errors"][0]["field"] == "X-Tenant-ID"
+
+
 async def test_bad_credentials_checked_before_tenant(client: TestClient) -> None:
     await problem(client, {"X-API-Key": "nope"}, 401)
 
