@@ -25,7 +25,7 @@ Uuid = Annotated[str, msgspec.Meta(pattern=UUID_PATTERN)]
 Name = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 MaxSteps = Annotated[int, msgspec.Meta(ge=1, le=1000)]
 Timeout = Annotated[float, msgspec.Meta(gt=0, le=86_400)]
-Text = Annotated[str, msgspec.Meta(max_length=200)]
+ModelName = Annotated[str, msgspec.Meta(min_length=1, max_length=200)]
 
 
 class _Body(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -46,7 +46,7 @@ class ExecuteAgentRequest(_Body, frozen=True, forbid_unknown_fields=True):
     agent_id: Uuid
     input: Any
     workflow_id: Uuid | None = None
-    model: Text | None = None
+    model: ModelName | None = None
     max_steps: MaxSteps = 10
     timeout_seconds: Timeout = 300
 
@@ -60,7 +60,7 @@ class CreateOrchestrationRequest(_Body, frozen=True, forbid_unknown_fields=True)
     agents: list[Uuid] = []
     input: Any = None
     parameters: dict[str, Any] = {}
-    model: Text | None = None
+    model: ModelName | None = None
     max_steps: MaxSteps | None = None
     timeout_seconds: Timeout | None = None
 
@@ -81,7 +81,7 @@ class CancelRequest(_Body, frozen=True, forbid_unknown_fields=True):
 class AgentRequest(_Body, frozen=True, forbid_unknown_fields=True):
     name: Name
     provider: dict[str, Any]
-    model: Text | None = None
+    model: ModelName | None = None
     tools: list[Annotated[str, msgspec.Meta(max_length=64)]] = []
     instructions: Annotated[str, msgspec.Meta(max_length=100_000)] | None = None
     agent_id: Uuid | None = None

@@ -81,6 +81,26 @@ async def test_missing_and_mistyped_fields_name_their_path(
     assert status == 422
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/orchestrations/execute",
+            {"agent_id": "3c90c3cc-0d44-4b50-8888-8dd25736052a", "input": 1},
+        ),
+        ("/v1/orchestrations", {"executor": "external", "input": 1}),
+        ("/v1/agents", {"name": "a", "provider": {"kind": "scripted"}}),
+    ],
+)
+async def test_regression_an_empty_model_name_is_422_naming_it(
+    client: TestClient, tenant_a: Tenant, path: str, body: dict[str, Any]
+) -> None:
+    # "" was accepted as a model and sent to the provider as the one to use.
+    resp = await client.post(path, json={**body, "model": ""}, headers=tenant_a.headers)
+    assert resp.status == 422, await resp.text()
+    assert (await resp.json(content_type=None))["errors"][0]["field"] == "$.model"
+
+
 async def test_unknown_workflow_is_404_and_bad_agent_ref_422(
     client: TestClient, tenant_a: Tenant
 ) -> None:
