@@ -29,7 +29,14 @@ async def checkpoint(request: web.Request) -> web.Response:
     latest = services(request).log.latest_checkpoint()
     if latest is None:
         raise not_found("the log is empty: no checkpoint has been issued yet")
-    return web.Response(text=latest.note, content_type=_NOTE, charset="utf-8")
+    # Mutable: C2SP tlog-tiles asks that caches not keep it beyond a few seconds, and a
+    # 200 without Cache-Control is heuristically cacheable (RFC 9111 §4.2.2).
+    return web.Response(
+        text=latest.note,
+        content_type=_NOTE,
+        charset="utf-8",
+        headers={"Cache-Control": "no-cache"},
+    )
 
 
 @routes.get("/v1/log/checkpoints/{size}")

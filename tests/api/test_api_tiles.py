@@ -131,3 +131,17 @@ async def test_go_proves_inclusion_and_consistency_from_our_tiles(
     )
     out, err = await asyncio.wait_for(proc.communicate(json.dumps(case).encode()), 240)
     assert out.decode().strip() == "ok", out.decode() + err.decode()
+
+
+async def test_regression_the_checkpoint_is_not_cached_beyond_a_few_seconds(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # C2SP tlog-tiles: <prefix>/checkpoint is mutable, so its headers SHOULD prevent
+    # caching beyond a few seconds. Without Cache-Control a 200 is heuristically
+    # cacheable (RFC 9111 §4.2.2): a cache in front could serve an old tree for long.
+    agent, wf = await setup_workflow(client, tenant_a)
+    await _run(client, tenant_a, wf, agent)
+    resp = await client.get("/v1/log/checkpoint")
+    assert resp.status == 200
+    directives = {d.strip() for d in resp.headers.get("Cache-Control", "").split(",")}
+    assert "no-cache" in directives or "no-store" in directives, resp.headers
