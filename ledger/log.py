@@ -266,9 +266,13 @@ class Log:
         """If the writer task died, refuse further appends and fail the queued ones:
         their outcomes cannot be cancelled (:meth:`submit`), so nothing else would ever
         end their callers' waits."""
-        if writer.cancelled():
-            # Only the loop's own teardown cancels it (close() ends it by itself): the
-            # owner let its event loop end without closing the log.
+        if writer.cancelled() and self._closing:
+            # close() ends the writer by itself, awaiting it: cancelling that wait
+            # (close() itself cancelled) cancels the writer with it.
+            _log.warning("log.close_cancelled", detail="Log.close() was cancelled")
+        elif writer.cancelled():
+            # Else only the loop's own teardown cancels it: the owner let its event
+            # loop end without closing the log.
             _log.warning("log.not_closed", detail="the event loop ended before Log.close()")
         elif writer.exception() is None:
             return  # closed normally, with every queued append finished

@@ -23,6 +23,7 @@ from ledger_testkit import (
     spin,
     writing_beside,
 )
+from structlog.testing import capture_logs
 
 from ledger import merkle
 from ledger.checkpoint import open_checkpoint
@@ -761,3 +762,34 @@ async def test_regression_a_stored_leaf_that_does_not_decode_is_an_integrity_err
             assert caught.value.index == 1
     finally:
         await log.close()
+
+
+async def test_regression_a_cancelled_close_is_not_reported_as_a_log_never_closed(
+    tmp_path: Path,
+) -> None:
+    # close() awaits the writer task, so cancelling close() cancels the writer too; that
+    # was logged as log.not_closed, "the event loop ended before Log.close()": an
+    # operator would look for a missing close() that is there.
+    store = GatedStore(tmp_path / "l.db")
+    log = await Log.open(store, signer(), CATALOG)
+    gate = asyncio.Event()
+    store.plan = [(gate, False)]
+    try:
+        with capture_logs() as logs:
+            a = await log.submit("t1", "s", 0, [note("in flight")])
+            await spin()
+            closing = asyncio.create_task(log.close())
+            await spin(5)
+            closing.cancel()
+            await asyncio.wait([closing])
+        events = [entry["event"] for entry in logs]
+        assert "log.not_closed" not in events, logs
+        assert "log.close_cancelled" in events, logs
+        # The batch in flight still ends as its commit does.
+        gate.set()
+        await asyncio.wait([a], timeout=10)
+        assert a.done()
+        assert a.exception() is None
+    finally:
+        gate.set()
+        await store.close()
