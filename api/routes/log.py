@@ -14,28 +14,36 @@ from api.errors import ProblemError
 from api.problems import not_found
 from api.routes._common import decimal, int_query, services
 from api.services import json_response
-from ledger.errors import ProofError
-from ledger.tiles import parse_tile_path
+from ledger.errors import NotFoundError, ProofError
+from ledger.tiles import Tile, parse_tile_path
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
 _MAX = 2**62
 _NOTE = "text/plain"
+#: For answers that change as the log grows (a bare 200 or 404 may be kept by a cache).
+_NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 @routes.get("/v1/log/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     latest = services(request).log.latest_checkpoint()
     if latest is None:
-        raise not_found("the log is empty: no checkpoint has been issued yet")
+        raise ProblemError(
+            404,
+            "not-found",
+            "Not found",
+            "the log is empty: no checkpoint has been issued yet",
+            headers=_NO_CACHE,
+        )
     # Mutable: C2SP tlog-tiles asks that caches not keep it beyond a few seconds, and a
     # 200 without Cache-Control is heuristically cacheable (RFC 9111 §4.2.2).
     return web.Response(
         text=latest.note,
         content_type=_NOTE,
         charset="utf-8",
-        headers={"Cache-Control": "no-cache"},
+        headers=_NO_CACHE,
     )
 
 
@@ -49,10 +57,22 @@ async def checkpoint_at(request: web.Request) -> web.Response:
     return web.Response(text=cp.note, content_type=_NOTE, charset="utf-8")
 
 
+def _tile(request: web.Request) -> Tile:
+    found = parse_tile_path("tile/" + request.match_info["tile"])
+    # The path as sent, not as decoded: %2F or %2E would spell the same tile another way.
+    sent = request.rel_url.raw_path
+    if sent != f"/v1/log/{found.path}":
+        raise NotFoundError(f"{sent!r} names no tile: it is spelled /v1/log/{found.path}")
+    return found
+
+
 @routes.get("/v1/log/tile/{tile:.+}")
 async def tile(request: web.Request) -> web.Response:
-    found = parse_tile_path("tile/" + request.match_info["tile"])
-    data = await services(request).log.tile(found)
+    try:
+        data = await services(request).log.tile(_tile(request))
+    except NotFoundError as e:
+        # Not cached: the tree will hold this tile later.
+        raise ProblemError(404, "not-found", "Not found", str(e), headers=_NO_CACHE) from e
     # A tile's bytes never change once served, partial ones included (their hashes are
     # complete subtrees): any cache may keep them for good.
     return web.Response(

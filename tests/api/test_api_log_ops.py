@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 async def test_log_endpoints_verify(client: TestClient, tenant_a: Tenant) -> None:
     empty = await client.get("/v1/log/checkpoint")
     assert empty.status == 404
+    assert empty.headers["Cache-Control"] == "no-cache"  # the first batch will sign one
     agent, wf = await setup_workflow(client, tenant_a)
     resp = await client.post(
         "/v1/orchestrations/execute",

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yarl
 from aiohttp.test_utils import TestClient
 from api_helpers import Tenant, json_ok, setup_workflow
 
@@ -78,6 +79,8 @@ async def test_a_tile_is_the_trees_hashes_and_is_immutable(
         "/v1/log/tile/0/x000/000",  # not the tile's one spelling
         "/v1/log/tile/8/000",
         "/v1/log/tile/entries/000",  # leaves are tenants' events: never public
+        "/v1/log/tile/0%2F000.p%2F1",  # the tile 0/000.p/1, but not its one spelling
+        "/v1/log/tile/0/000%2Ep/1",
     ],
 )
 async def test_a_path_that_names_no_tile_of_the_tree_is_404_problem(
@@ -85,9 +88,12 @@ async def test_a_path_that_names_no_tile_of_the_tree_is_404_problem(
 ) -> None:
     agent, wf = await setup_workflow(client, tenant_a)
     await _run(client, tenant_a, wf, agent)
-    resp = await client.get(path)
+    resp = await client.get(yarl.URL(path, encoded=True))
     assert resp.status == 404
     assert resp.headers["Content-Type"] == "application/problem+json"
+    # A tile the tree lacks now it will hold later: no cache may keep the 404.
+    assert resp.headers["Cache-Control"] == "no-cache"
+    assert (await client.get("/v1/log/tile/0/000.p/1")).status == 200
 
 
 @pytest.mark.interop
