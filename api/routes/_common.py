@@ -11,6 +11,7 @@ from aiohttp import hdrs, web
 
 from api.errors import ProblemError
 from api.problems import bad_request, from_validation_error, not_found, unsupported_coding
+from api.routes._repeated_keys import repeated_member
 from api.services import SERVICES, Services
 from ledger.ids import canonical_uuid
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
@@ -111,9 +112,19 @@ async def read_json(request: web.Request, *, optional: bool = False) -> Any:
     if not raw.strip() and optional:
         return None
     try:
-        return decode_json(raw)
+        value = decode_json(raw)
     except msgspec.DecodeError as e:
         raise bad_request(f"the body is not valid JSON: {e}", slug="malformed-json") from None
+    repeated = repeated_member(raw, value)
+    if repeated is not None:
+        name, path = repeated
+        raise bad_request(
+            f"an object in the body has two members named {name!r}: which one is meant is "
+            "ambiguous, so neither is taken (RFC 7493 §2.3)",
+            slug="malformed-json",
+            field=path,
+        )
+    return value
 
 
 def convert(value: Any, type_: type[T]) -> T:

@@ -20,7 +20,7 @@ from api_helpers import Tenant, external_orchestration, new_tenant, setup_workfl
 from api.app import create_app
 from api.config import Config
 from api.server import BoundedSite
-from api.services import SERVICES
+from api.services import SERVICES, Services
 
 EXECUTE = "/v1/orchestrations/execute"
 
@@ -37,6 +37,45 @@ async def test_malformed_json_is_400(client: TestClient, tenant_a: Tenant) -> No
     assert status == 400
     assert ctype == "application/problem+json"
     assert body["type"].endswith("/malformed-json")
+
+
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        (b'{"executor": "external", "executor": "engine", "input": 1}', "$.executor"),
+        (b'{"executor": "external", "input": {"a": 1, "b": 2, "a": 3}}', "$.input.a"),
+        (b'{"executor": "external", "input": [0, {"k": 1, "k": 1}]}', "$.input[1].k"),
+    ],
+)
+async def test_regression_a_body_repeating_a_member_name_is_400_naming_it(
+    client: TestClient, tenant_a: Tenant, services: Services, data: bytes, field: str
+) -> None:
+    # It was taken with the last value kept; a proxy that keeps the first would have
+    # approved one request and seen another run (RFC 8259 §4, RFC 7493 §2.3).
+    before = services.log.size
+    resp = await client.post(
+        "/v1/orchestrations",
+        data=data,
+        headers={**tenant_a.headers, "Content-Type": "application/json"},
+    )
+    assert resp.status == 400, await resp.text()
+    body = await resp.json(content_type=None)
+    assert body["type"].endswith("/malformed-json")
+    assert body["errors"][0]["field"] == field
+    assert repr(field.rsplit(".", 1)[-1]) in body["detail"]
+    assert services.log.size == before
+
+
+async def test_the_same_name_in_different_objects_is_not_a_repeat(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    data = b'{"executor": "external", "input": {"executor": 1, "x": {"executor": 2}}}'
+    resp = await client.post(
+        "/v1/orchestrations",
+        data=data,
+        headers={**tenant_a.headers, "Content-Type": "application/json"},
+    )
+    assert resp.status == 202, await resp.text()
 
 
 async def test_wrong_content_type_is_415(client: TestClient, tenant_a: Tenant) -> None:
