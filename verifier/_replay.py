@@ -41,7 +41,16 @@ from verifier._wire import (
 __all__ = ["Timeline", "TimelineEvent", "TimelineStep", "build_timeline", "render"]
 
 _LINE = msgspec.json.Decoder(BundleLine)
-_HIDDEN = frozenset({"orchestration_id", "step_id"})
+
+
+def _step_id(payload: Any) -> str | None:
+    """The step an event is shown under: its payload's ``step_id`` when that is a string.
+    Any other event (a ``step_id`` of another type included) is an orchestration event."""
+    if isinstance(payload, dict):
+        step_id = payload.get("step_id")
+        if isinstance(step_id, str):
+            return step_id
+    return None
 
 
 class TimelineEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -210,9 +219,7 @@ def _timeline(
         status=status,
         verified=failure is None,
         failure=failure,
-        orchestration=tuple(
-            e for e in events if not isinstance(e.payload, dict) or "step_id" not in e.payload
-        ),
+        orchestration=tuple(e for e in events if _step_id(e.payload) is None),
         steps=_steps(events, definition),
     )
 
@@ -316,8 +323,9 @@ def _steps(
                 )
     grouped: dict[str, list[TimelineEvent]] = {}
     for e in events:
-        if isinstance(e.payload, dict) and isinstance(e.payload.get("step_id"), str):
-            grouped.setdefault(e.payload["step_id"], []).append(e)
+        step_id = _step_id(e.payload)
+        if step_id is not None:
+            grouped.setdefault(step_id, []).append(e)
     out = []
     for step_id, evs in grouped.items():
         agent = action = started = completed = None
@@ -375,6 +383,16 @@ def _compact(value: Any, indent: int | None = None) -> str:
         return "(value nested too deeply to show)"
 
 
+def _fields(payload: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The payload fields a renderer shows: all but ``orchestration_id`` and a string
+    ``step_id`` (the step the event is shown under)."""
+    return [
+        (k, v)
+        for k, v in payload.items()
+        if k != "orchestration_id" and not (k == "step_id" and isinstance(v, str))
+    ]
+
+
 def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
@@ -384,9 +402,8 @@ def _event_text(e: TimelineEvent, indent: str) -> list[str]:
     if e.problem:
         lines.append(f"{indent}    FAILED: {e.problem}")
     if isinstance(e.payload, dict):
-        for k, v in e.payload.items():
-            if k not in _HIDDEN:
-                lines.append(f"{indent}    {k}: {_compact(v)}")
+        for k, v in _fields(e.payload):
+            lines.append(f"{indent}    {k}: {_compact(v)}")
     elif e.payload is not None:
         lines.append(f"{indent}    {_compact(e.payload)}")
     return lines
@@ -454,10 +471,9 @@ def _esc(value: Any) -> str:
 def _event_html(e: TimelineEvent) -> str:
     rows = []
     if isinstance(e.payload, dict):
-        for k, v in e.payload.items():
-            if k not in _HIDDEN:
-                pretty = _compact(v, indent=2)
-                rows.append(f"<div><b>{_esc(k)}</b><pre>{html.escape(pretty)}</pre></div>")
+        for k, v in _fields(e.payload):
+            pretty = _compact(v, indent=2)
+            rows.append(f"<div><b>{_esc(k)}</b><pre>{html.escape(pretty)}</pre></div>")
     elif e.payload is not None:
         rows.append(f"<pre>{_esc(e.payload)}</pre>")
     problem = f'<div class="bad">FAILED: {_esc(e.problem)}</div>' if e.problem else ""

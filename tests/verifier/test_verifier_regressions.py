@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from ledger.note import NoteSigner, sign_note
 from verifier import BundleIncomplete, MalformedInput, verify_bundle, verify_checkpoint
 from verifier._note import parse_vkey
-from verifier._replay import Timeline, build_timeline
+from verifier._replay import Timeline, build_timeline, render
 
 
 def _signer_whose_vkey_has_a_plus() -> NoteSigner:
@@ -92,3 +92,21 @@ def test_regression_vkey_name_with_a_lone_surrogate_is_malformed() -> None:
     rest = kit.signer().verifier.vkey.split("+", 1)[1]
     with pytest.raises(MalformedInput, match="verifier key name"):
         parse_vkey("\udcff+" + rest)
+
+
+def test_regression_replay_shows_an_event_whose_step_id_is_not_a_string() -> None:
+    """The timeline left out of its orchestration events every event whose payload has
+    a ``step_id`` key, and grouped into steps only those whose ``step_id`` is a string:
+    an ``orchestration.completed`` carrying ``"step_id": null`` verified (the fold reads
+    only ``results``) and vanished from the timeline, in every format."""
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    etype, payload = sc.events[-1]
+    sc.events[-1] = (etype, {**payload, "step_id": None})
+    b = kit.build_bundle(sc)
+    assert verify_bundle(b.encode(), b.vkey).event_count == 5
+    timeline = build_timeline(b.encode(), b.vkey)
+    assert timeline.verified
+    assert _shown_seqs(timeline) == [1, 2, 3, 4, 5]
+    text = render(timeline, "text")
+    assert "#5 2026-01-01T00:00:00.000005Z orchestration.completed" in text
+    assert "step_id: null" in text
