@@ -29,6 +29,7 @@ from verifier._ids import receipt_id_for
 from verifier._leaf import decode_leaf
 from verifier._merkle import decode_proof, leaf_hash, verify_consistency, verify_inclusion
 from verifier._note import VerifierKey, parse_vkey
+from verifier._text import visible
 from verifier._wire import (
     BundleCheckpoint,
     BundleEvent,
@@ -436,7 +437,7 @@ def _text(t: Timeline) -> str:
         )
         for e in s.events:
             out += _event_text(e, "    ")
-    return "\n".join(out) + "\n"
+    return "\n".join(visible(line) for line in out) + "\n"
 
 
 _CSS = """
@@ -465,15 +466,15 @@ var s=document.getElementById(n.dataset.target);if(s){s.classList.add('sel');s.s
 
 
 def _esc(value: Any) -> str:
-    return html.escape(value if isinstance(value, str) else _compact(value), quote=True)
+    return html.escape(visible(value if isinstance(value, str) else _compact(value)), quote=True)
 
 
 def _event_html(e: TimelineEvent) -> str:
     rows = []
     if isinstance(e.payload, dict):
         for k, v in _fields(e.payload):
-            pretty = _compact(v, indent=2)
-            rows.append(f"<div><b>{_esc(k)}</b><pre>{html.escape(pretty)}</pre></div>")
+            pretty = html.escape(visible(_compact(v, indent=2), newlines=True))
+            rows.append(f"<div><b>{_esc(k)}</b><pre>{pretty}</pre></div>")
     elif e.payload is not None:
         rows.append(f"<pre>{_esc(e.payload)}</pre>")
     problem = f'<div class="bad">FAILED: {_esc(e.problem)}</div>' if e.problem else ""

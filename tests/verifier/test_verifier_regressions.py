@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import msgspec
 import pytest
 import verifier_testkit as kit
@@ -110,3 +112,33 @@ def test_regression_replay_shows_an_event_whose_step_id_is_not_a_string() -> Non
     text = render(timeline, "text")
     assert "#5 2026-01-01T00:00:00.000005Z orchestration.completed" in text
     assert "step_id: null" in text
+
+
+def _controls(text: str) -> set[str]:
+    """Characters a terminal or a browser acts on rather than shows (C0 but LF, C1, DEL,
+    format characters such as bidi overrides, line and paragraph separators)."""
+    return {
+        c for c in text if c != "\n" and unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp", "Cs"}
+    }
+
+
+def test_regression_replay_text_and_html_show_control_characters_escaped() -> None:
+    """The text timeline wrote payload keys, event types and step ids as they were: a
+    key holding a newline forged a verified-looking event line, ESC sequences reached
+    the terminal, and a bidi override (U+202E) showed "0001" as "1000" in the text and
+    the HTML timeline."""
+    forged = "\n  \u2713 #9 2026-01-01T00:00:09.000000Z orchestration.cancelled"
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    etype, payload = sc.events[2]
+    sc.events[2] = (etype, {**payload, "note" + forged + "\x1b[8m": "\u202e0001\x9b2J"})
+    b = kit.build_bundle(sc)
+    timeline = build_timeline(b.encode(), b.vkey)
+    assert timeline.verified
+    text = render(timeline, "text")
+    assert _controls(text) == set()
+    assert "orchestration.cancelled" not in text.split("\n")[-1]
+    assert not any(line.startswith("  \u2713 #9") for line in text.split("\n"))
+    assert "\\u202e0001" in text
+    page = render(timeline, "html")
+    assert _controls(page) == set()
+    assert "\\u202e0001" in page
