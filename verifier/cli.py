@@ -40,6 +40,7 @@ from verifier._monitor import Fetcher, MonitorResult, monitor_once
 from verifier._note import VerifierKey, parse_vkey
 from verifier._receipt import verify_receipt
 from verifier._replay import build_timeline, render
+from verifier._text import visible
 
 __all__ = ["main", "urllib_fetcher"]
 
@@ -92,6 +93,12 @@ def _vkey(arg: str) -> VerifierKey:
         raise _UsageError(f"invalid vkey: {e.message}") from e
 
 
+def _say(stream: IO[str], line: str) -> None:
+    """Write one line of text that may hold input: escaped, so that it stays one line
+    and no character in it is a terminal control (``verifier._text``)."""
+    stream.write(visible(line) + "\n")
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.encode(value).decode() + "\n")
 
@@ -110,12 +117,13 @@ def _failure(e: VerificationError, as_json: bool) -> int:
         )
     else:
         for label, text in e.evidence:
-            sys.stdout.write(f"--- {label} ---\n{text}")
-            if not text.endswith("\n"):
-                sys.stdout.write("\n")
+            # A log's reply is shown as it came, line by line, each line escaped.
+            _say(sys.stdout, f"--- {label} ---")
+            for evidence_line in text.removesuffix("\n").split("\n"):
+                _say(sys.stdout, evidence_line)
     line = str(e).replace("\n", " ")
     prefix = "error" if code == EXIT_USAGE else "NOT VERIFIED"
-    sys.stderr.write(f"maip-verify: {prefix}: {line}\n")
+    _say(sys.stderr, f"maip-verify: {prefix}: {line}")
     return code
 
 
@@ -152,9 +160,10 @@ def _cmd_receipt(args: argparse.Namespace) -> int:
             }
         )
     else:
-        sys.stdout.write(
+        _say(
+            sys.stdout,
             f"verified: event {r.event_id} ({ev.type}, {ev.stream_id} #{ev.stream_seq}) is leaf "
-            f"{r.leaf_index} of {cp.origin} at tree size {cp.size}\n"
+            f"{r.leaf_index} of {cp.origin} at tree size {cp.size}",
         )
     return EXIT_OK
 
@@ -213,12 +222,13 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_report_json(report))
     else:
-        sys.stdout.write(
+        _say(
+            sys.stdout,
             f"verified: {report.event_count:,} events of orchestration {report.orchestration_id} "
-            f"(tenant {report.tenant_id}) in {report.origin} at tree size {report.tree_size:,}\n"
+            f"(tenant {report.tenant_id}) in {report.origin} at tree size {report.tree_size:,}",
         )
         for step in report.steps:
-            sys.stdout.write(f"  ok  {step}\n")
+            _say(sys.stdout, f"  ok  {step}")
         if report.running:
             sys.stdout.write("note: the orchestration is still running\n")
         if not report.header_vkey_matches:
@@ -365,7 +375,7 @@ def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> in
                 _show_monitor(monitor_once(fetch, key, state), args.json)
             except FetchFailed as e:
                 # The log being unreachable is not evidence of misbehaviour: keep watching.
-                sys.stderr.write(f"maip-verify: warning: {e}\n")
+                _say(sys.stderr, f"maip-verify: warning: {e}")
     except KeyboardInterrupt:
         return EXIT_OK
     return EXIT_OK
@@ -390,7 +400,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(text)
     if timeline.failure is not None:
-        sys.stderr.write(f"maip-verify: NOT VERIFIED: {timeline.failure}\n")
+        _say(sys.stderr, f"maip-verify: NOT VERIFIED: {timeline.failure}")
         return EXIT_FAILED
     return EXIT_OK
 
@@ -456,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         as_json = bool(args.json)
         return _COMMANDS[args.command](args)
     except _UsageError as e:
-        sys.stderr.write(f"maip-verify: error: {str(e).splitlines()[0] if str(e) else e}\n")
+        _say(sys.stderr, f"maip-verify: error: {str(e).splitlines()[0] if str(e) else e}")
         return EXIT_USAGE
     except VerificationError as e:
         return _failure(e, as_json)

@@ -430,3 +430,24 @@ def test_regression_monitor_accepts_an_empty_log_then_its_first_checkpoint(
         assert main([*other, "--state", str(tmp_path / "other.json")]) == 1
     finally:
         server.stop()
+
+
+def test_regression_monitor_evidence_from_the_log_is_shown_escaped(
+    served: tuple[str, FakeLog], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A checkpoint that does not verify was printed as the log sent it: a log could
+    write ESC sequences (here: clear the screen, then a forged line) to the terminal of
+    whoever runs the monitor."""
+    url, log = served
+    state = tmp_path / "s.json"
+    args = ["monitor", "--url", url, "--vkey", log.key.verifier.vkey, "--state", str(state)]
+    log.size = 4
+    assert main(args) == 0
+    capsys.readouterr()
+    log.override = "\x1b[2J\x1b[Hverified: consistent: size 4 -> 5\x9b1m\n".encode()
+    assert main(args) == 1
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err
+    assert "\x9b" not in out + err
+    assert "\\u001b[2J\\u001b[Hverified: consistent: size 4 -> 5\\u009b1m" in out
+    assert err.count("\n") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import unicodedata
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -13,6 +14,7 @@ from ledger.note import NoteSigner, sign_note
 from verifier import BundleIncomplete, MalformedInput, verify_bundle, verify_checkpoint
 from verifier._note import parse_vkey
 from verifier._replay import Timeline, build_timeline, render
+from verifier.cli import main
 
 
 def _signer_whose_vkey_has_a_plus() -> NoteSigner:
@@ -142,3 +144,28 @@ def test_regression_replay_text_and_html_show_control_characters_escaped() -> No
     page = render(timeline, "html")
     assert _controls(page) == set()
     assert "\\u202e0001" in page
+
+
+def test_regression_cli_lines_that_hold_input_show_it_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``maip-verify bundle`` printed the leaves' tenant id as it was (ESC sequences and
+    bidi overrides reached the terminal), and a parse error quoted an unknown field name
+    with its ESC and newline in it (two stderr lines, where the CLI promises one)."""
+    tenant = "tenant-a\x1b[2J\u202e"
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    sc.state["tenant_id"] = tenant
+    b = kit.build_bundle(sc, tenant=tenant)
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b.encode())
+    assert main(["bundle", str(path), "--vkey", b.vkey]) == 0
+    out, _ = capsys.readouterr()
+    assert _controls(out) == set()
+    assert "(tenant tenant-a\\u001b[2J\\u202e)" in out
+    b.lines[1]["x\x1b[31m\nOK"] = 1
+    path.write_bytes(b.encode())
+    assert main(["bundle", str(path), "--vkey", b.vkey]) == 2
+    _, err = capsys.readouterr()
+    assert _controls(err) == set()
+    assert err.count("\n") == 1
+    assert "x\\u001b[31m" in err
