@@ -529,7 +529,11 @@ def verify_bundle(
                 )
             matcher = ReceiptsMatcher(run.projection.receipts)
             obj = parse_stream(raw, ("state", "receipts"), matcher.feed, matcher.feed_plain)
-            if not isinstance(obj, dict) or obj.get("kind") != "state" or len(obj) != 2:
+            if (
+                not isinstance(obj, dict)
+                or obj.get("kind") != "state"
+                or set(obj) != {"kind", "state"}
+            ):
                 raise MalformedInput(
                     f"{where} is longer than {LINE_LIMIT} bytes and is not the state trailer"
                 ).at_step(_STEP_PARSE)

@@ -169,3 +169,19 @@ def test_regression_cli_lines_that_hold_input_show_it_escaped(
     assert _controls(err) == set()
     assert err.count("\n") == 1
     assert "x\\u001b[31m" in err
+
+
+def test_regression_long_trailer_without_state_is_malformed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A line longer than LINE_LIMIT with ``"kind": "state"`` and one other member (not
+    ``state``) raised KeyError: a traceback and exit 1 ("not verified") instead of one
+    line on stderr and exit 2."""
+    b = kit.build_bundle(kit.scenario(n_steps=1, extra_per_step=0))
+    b.lines[-1] = {"kind": "state", "pad": "x" * (2 << 20)}
+    with pytest.raises(MalformedInput, match="not the state trailer"):
+        verify_bundle(b.encode(), b.vkey)
+    path = tmp_path / "b.jsonl"
+    path.write_bytes(b.encode())
+    assert main(["bundle", str(path), "--vkey", b.vkey]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
