@@ -35,7 +35,14 @@ from verifier._errors import (
 )
 from verifier._ids import receipt_id_for, receipt_id_matches
 from verifier._jsonstream import STREAMED, parse_stream
-from verifier._leaf import ENVELOPE_DECODER, LEAF_VERSION, MAX_LEAF_BYTES, decode, decode_leaf
+from verifier._leaf import (
+    ENVELOPE_DECODER,
+    LEAF_VERSION,
+    MAX_LEAF_BYTES,
+    check_canonical,
+    decode,
+    decode_leaf,
+)
 from verifier._merkle import PathCursor, verify_consistency
 from verifier._note import VerifierKey, parse_vkey
 from verifier._projection import (
@@ -357,6 +364,7 @@ class _Run:
                     env = decode_leaf(leaf)  # raises the precise error
                 if env.v != LEAF_VERSION or len(leaf) > MAX_LEAF_BYTES:
                     env = decode_leaf(leaf)  # raises the precise error
+                check_canonical(leaf)
                 event_id, receipt_id = env.event_id, r.receipt_id
                 if env.tenant_id != tenant or env.stream_id != stream or event_id != r.event_id:
                     raise _belonging_error(env, r, tenant, stream)

@@ -2,6 +2,12 @@
 
 A reader first reads ``v``; a version it does not know is reported as unsupported,
 never guessed. The bytes hashed are always the bytes given, never a re-encoding.
+
+A leaf must also *be* the canonical encoding of what it decodes to (§2: keys sorted at
+every depth, no whitespace, msgspec's escapes): JSON that is not, such as an object
+with two members of one name, reads as different events to different JSON readers
+(msgspec keeps the last member, others the first, or reject it), so a verifier that
+accepted it would vouch for one reading of an ambiguous leaf.
 """
 
 from __future__ import annotations
@@ -13,13 +19,22 @@ import msgspec
 from verifier._errors import MalformedInput, UnsupportedLeafVersion
 from verifier._wire import Envelope, Version
 
-__all__ = ["ENVELOPE_DECODER", "LEAF_VERSION", "MAX_LEAF_BYTES", "decode", "decode_leaf"]
+__all__ = [
+    "ENVELOPE_DECODER",
+    "LEAF_VERSION",
+    "MAX_LEAF_BYTES",
+    "check_canonical",
+    "decode",
+    "decode_leaf",
+]
 
 LEAF_VERSION = 1
 MAX_LEAF_BYTES = 256 * 1024
 
 ENVELOPE_DECODER = _ENVELOPE = msgspec.json.Decoder(Envelope)
 _VERSION = msgspec.json.Decoder(Version)
+_ANY = msgspec.json.Decoder()
+_CANONICAL = msgspec.json.Encoder(order="sorted")
 
 
 def decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> Any:
@@ -28,6 +43,20 @@ def decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> 
         return decoder.decode(data)
     except (msgspec.DecodeError, ValueError, RecursionError) as e:
         raise MalformedInput(f"{what} does not decode: {e}") from e
+
+
+def check_canonical(data: bytes) -> None:
+    """Raise :class:`MalformedInput` unless ``data`` is the canonical encoding (§2) of
+    the JSON value it holds (``data`` is known to decode)."""
+    try:
+        canonical = _CANONICAL.encode(_ANY.decode(data)) == data
+    except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError):
+        canonical = False
+    if not canonical:
+        raise MalformedInput(
+            "leaf is not the canonical encoding of an event (§2: sorted keys, each once, "
+            "no whitespace): JSON readers could read different events from it"
+        )
 
 
 def decode_leaf(data: bytes) -> Envelope:
@@ -51,4 +80,5 @@ def decode_leaf(data: bytes) -> Envelope:
         raise UnsupportedLeafVersion(
             f"leaf format version {env.v} is not supported (this verifier knows 1)"
         )
+    check_canonical(data)
     return env

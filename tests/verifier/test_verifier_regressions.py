@@ -11,7 +11,13 @@ import verifier_testkit as kit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from ledger.note import NoteSigner, sign_note
-from verifier import BundleIncomplete, MalformedInput, verify_bundle, verify_checkpoint
+from verifier import (
+    BundleIncomplete,
+    MalformedInput,
+    verify_bundle,
+    verify_checkpoint,
+    verify_receipt,
+)
 from verifier._note import parse_vkey
 from verifier._replay import Timeline, build_timeline, render
 from verifier.cli import main
@@ -185,3 +191,36 @@ def test_regression_long_trailer_without_state_is_malformed(
     path.write_bytes(b.encode())
     assert main(["bundle", str(path), "--vkey", b.vkey]) == 2
     assert capsys.readouterr().err.count("\n") == 1
+
+
+def _other_stream_first(seq: int, leaf: bytes) -> bytes:
+    """Event 3's leaf with a second ``stream_id`` member, another orchestration's, first:
+    a reader that keeps the first of two members reads another stream than msgspec."""
+    if seq != 3:
+        return leaf
+    other = b'"stream_id":"0192f9c3-0000-7000-8000-000000000000",'
+    return leaf.replace(b'"stream_id":', other + b'"stream_id":', 1)
+
+
+def test_regression_leaf_that_is_not_the_canonical_encoding_is_rejected() -> None:
+    """§2: a leaf is the canonical JSON encoding of one event. The verifier accepted any
+    JSON msgspec decodes: a leaf naming two streams (duplicate ``stream_id``, msgspec
+    keeping the last) verified in a bundle of one of them and as a receipt, as did
+    whitespace and unsorted keys; readers that keep the first member, or reject the
+    leaf, see another event than the report shows."""
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    b = kit.build_bundle(sc, rewrite_leaf=_other_stream_first)
+    with pytest.raises(MalformedInput, match="canonical") as e:
+        verify_bundle(b.encode(), b.vkey)
+    assert e.value.step == "§6.1 step 3 (belonging)"
+    assert not build_timeline(b.encode(), b.vkey).verified
+    with pytest.raises(MalformedInput, match="canonical") as e:
+        verify_receipt(b.receipts[2], b.leaves[2], b.vkey)
+    assert e.value.step == "§4.1 step 4 (event id)"
+    for rewrite in (
+        lambda seq, leaf: leaf.replace(b'"v":1', b'"v": 1') if seq == 2 else leaf,
+        lambda seq, leaf: b'{"v":1,' + leaf[1:].replace(b',"v":1}', b"}") if seq == 2 else leaf,
+    ):
+        b = kit.build_bundle(sc, rewrite_leaf=rewrite)
+        with pytest.raises(MalformedInput, match="canonical"):
+            verify_bundle(b.encode(), b.vkey)

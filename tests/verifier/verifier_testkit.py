@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -276,9 +276,13 @@ def build_bundle(
     key: NoteSigner | None = None,
     tenant: str = TENANT,
     stream: str = ORCH_ID,
+    rewrite_leaf: Callable[[int, bytes], bytes] | None = None,
 ) -> Bundle:
     """Append the scenario's events to a log (with other streams' leaves interleaved),
-    signing a checkpoint after every ``batch`` of the scenario's events."""
+    signing a checkpoint after every ``batch`` of the scenario's events.
+
+    ``rewrite_leaf(seq, leaf)``, if given, replaces each writer-made leaf before it is
+    appended (a log that stores other bytes than the writer makes)."""
     key = key or signer()
     tree = Tree()
     leaves: list[bytes] = []
@@ -306,6 +310,8 @@ def build_bundle(
             1, ulid_from_int(ulid_int), tenant, stream, seq, etype, sc.times[seq - 1], payload
         )
         leaf = encode_leaf(event)
+        if rewrite_leaf is not None:
+            leaf = rewrite_leaf(seq, leaf)
         leaves.append(leaf)
         receipt_ids.append(uuid_from_ulid_int(ulid_int))
         pending.append(tree.append(leaf_hash(leaf)))
