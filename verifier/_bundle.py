@@ -262,6 +262,7 @@ class _Run:
         if h.event_count < 0:
             raise MalformedInput(f"header event_count {h.event_count} is negative")
         self.header = h
+        self.projection = Projection(h.orchestration_id)
         self.header_cursor = PathCursor(checkpoint.size, checkpoint.root)
         # A receipt issued at the header's own size uses the header checkpoint.
         self.checkpoint_roots[checkpoint.size] = checkpoint.root

@@ -225,9 +225,12 @@ def _show(value: object) -> str:
 class Projection:
     """§7.3 fold. Feed events with :meth:`apply` in ``stream_seq`` order."""
 
-    __slots__ = ("_definition", "_state", "_steps", "receipts")
+    __slots__ = ("_definition", "_state", "_steps", "_stream_id", "receipts")
 
-    def __init__(self) -> None:
+    def __init__(self, stream_id: str | None = None) -> None:
+        """``stream_id``: the orchestration's stream, whose id ``orchestration.created``
+        must name (§7: the stream id is the orchestration's id); None checks nothing."""
+        self._stream_id = stream_id
         self._state: dict[str, Any] | None = None
         self._steps: dict[str, dict[str, Any]] = {}
         self._definition: dict[str, Any] | None = None
@@ -262,6 +265,11 @@ class Projection:
             if not isinstance(p, _Created):
                 raise ReplayInvalid(
                     f"event {seq} ({event_type}) comes before orchestration.created"
+                )
+            if self._stream_id is not None and p.orchestration_id != self._stream_id:
+                raise ReplayInvalid(
+                    f"event {seq} (orchestration.created) is for orchestration "
+                    f"{p.orchestration_id[:40]!r}, not its stream's {self._stream_id[:40]!r}"
                 )
             self._definition = p.definition
             self._state = {

@@ -14,6 +14,7 @@ from ledger.note import NoteSigner, sign_note
 from verifier import (
     BundleIncomplete,
     MalformedInput,
+    ReplayInvalid,
     verify_bundle,
     verify_checkpoint,
     verify_receipt,
@@ -224,3 +225,21 @@ def test_regression_leaf_that_is_not_the_canonical_encoding_is_rejected() -> Non
         b = kit.build_bundle(sc, rewrite_leaf=rewrite)
         with pytest.raises(MalformedInput, match="canonical"):
             verify_bundle(b.encode(), b.vkey)
+
+
+_OTHER_ORCH = "0192f9c3-0000-7000-8000-000000000000"
+
+
+def test_regression_created_payload_of_another_orchestration_fails_replay() -> None:
+    """§7: the stream id is the orchestration's id. A bundle of orchestration A whose
+    ``orchestration.created`` payload names B replayed to B's state (``orchestration_id``
+    and ``id`` B's) and verified as A's: the claimed state of another orchestration
+    was reported equal to the replay of this one."""
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    sc.events[0][1]["orchestration_id"] = _OTHER_ORCH
+    sc.state["orchestration_id"] = _OTHER_ORCH
+    sc.state["id"] = "maip-orch:" + kit.ulid_from_int(int(_OTHER_ORCH.replace("-", ""), 16))
+    b = kit.build_bundle(sc)
+    with pytest.raises(ReplayInvalid, match=r"orchestration\.created") as e:
+        verify_bundle(b.encode(), b.vkey)
+    assert e.value.step == "§6.1 step 5 (replay)"
