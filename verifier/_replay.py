@@ -384,13 +384,14 @@ def _compact(value: Any, indent: int | None = None) -> str:
         return "(value nested too deeply to show)"
 
 
-def _fields(payload: dict[str, Any]) -> list[tuple[str, Any]]:
-    """The payload fields a renderer shows: all but ``orchestration_id`` and a string
-    ``step_id`` (the step the event is shown under)."""
+def _fields(payload: dict[str, Any], orchestration_id: str | None) -> list[tuple[str, Any]]:
+    """The payload fields a renderer shows: all but an ``orchestration_id`` that is the
+    timeline's (its heading) and a string ``step_id`` (the step the event is under)."""
     return [
         (k, v)
         for k, v in payload.items()
-        if k != "orchestration_id" and not (k == "step_id" and isinstance(v, str))
+        if not (k == "orchestration_id" and v == orchestration_id)
+        and not (k == "step_id" and isinstance(v, str))
     ]
 
 
@@ -398,12 +399,12 @@ def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
 
-def _event_text(e: TimelineEvent, indent: str) -> list[str]:
+def _event_text(e: TimelineEvent, indent: str, orchestration_id: str | None) -> list[str]:
     lines = [f"{indent}{_mark(e.verified)} #{e.seq} {e.occurred_at} {e.type}"]
     if e.problem:
         lines.append(f"{indent}    FAILED: {e.problem}")
     if isinstance(e.payload, dict):
-        for k, v in _fields(e.payload):
+        for k, v in _fields(e.payload, orchestration_id):
             lines.append(f"{indent}    {k}: {_compact(v)}")
     elif e.payload is not None:
         lines.append(f"{indent}    {_compact(e.payload)}")
@@ -421,7 +422,7 @@ def _text(t: Timeline) -> str:
         "orchestration events:",
     ]
     for e in t.orchestration:
-        out += _event_text(e, "  ")
+        out += _event_text(e, "  ", t.orchestration_id)
     for s in t.steps:
         timing = f", {s.duration_ms} ms" if s.duration_ms is not None else ""
         tokens = (
@@ -436,7 +437,7 @@ def _text(t: Timeline) -> str:
             f"{s.status}, attempts {s.attempts}{timing}{tokens}{deps}"
         )
         for e in s.events:
-            out += _event_text(e, "    ")
+            out += _event_text(e, "    ", t.orchestration_id)
     return "\n".join(visible(line) for line in out) + "\n"
 
 
@@ -469,10 +470,10 @@ def _esc(value: Any) -> str:
     return html.escape(visible(value if isinstance(value, str) else _compact(value)), quote=True)
 
 
-def _event_html(e: TimelineEvent) -> str:
+def _event_html(e: TimelineEvent, orchestration_id: str | None) -> str:
     rows = []
     if isinstance(e.payload, dict):
-        for k, v in _fields(e.payload):
+        for k, v in _fields(e.payload, orchestration_id):
             pretty = html.escape(visible(_compact(v, indent=2), newlines=True))
             rows.append(f"<div><b>{_esc(k)}</b><pre>{pretty}</pre></div>")
     elif e.payload is not None:
@@ -552,7 +553,7 @@ def _html(t: Timeline) -> str:
     )
     sections = [
         '<section class="step" id="orchestration"><h3>orchestration</h3>'
-        + "".join(_event_html(e) for e in t.orchestration)
+        + "".join(_event_html(e, t.orchestration_id) for e in t.orchestration)
         + "</section>"
     ]
     for i, s in enumerate(t.steps):
@@ -571,7 +572,7 @@ def _html(t: Timeline) -> str:
             f'<section class="step" id="step-{i}">'
             f'<h3><span class="{"ok" if s.verified else "bad"}">'
             f"{_mark(s.verified)}</span> step {_esc(s.step_id)}</h3><p>{facts}</p>"
-            + "".join(_event_html(e) for e in s.events)
+            + "".join(_event_html(e, t.orchestration_id) for e in s.events)
             + "</section>"
         )
     return (

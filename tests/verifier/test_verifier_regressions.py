@@ -243,3 +243,17 @@ def test_regression_created_payload_of_another_orchestration_fails_replay() -> N
     with pytest.raises(ReplayInvalid, match=r"orchestration\.created") as e:
         verify_bundle(b.encode(), b.vkey)
     assert e.value.step == "§6.1 step 5 (replay)"
+
+
+def test_regression_replay_shows_a_payload_orchestration_id_that_is_not_the_bundles() -> None:
+    """The timeline hid every payload's ``orchestration_id``, so an event whose payload
+    names another orchestration than its stream showed nothing of it."""
+    sc = kit.scenario(n_steps=1, extra_per_step=0)
+    sc.events[2][1]["orchestration_id"] = _OTHER_ORCH
+    b = kit.build_bundle(sc)
+    timeline = build_timeline(b.encode(), b.vkey)
+    assert timeline.verified
+    for fmt in ("text", "html"):
+        page = render(timeline, fmt)
+        assert page.count(_OTHER_ORCH) == 1
+        assert page.count(kit.ORCH_ID) == (1 if fmt == "text" else 2)  # header (and title)
