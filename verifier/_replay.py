@@ -265,7 +265,21 @@ def _tolerant_timeline(bundle: bytes, key: VerifierKey, failure: str) -> Timelin
                 TimelineEvent(None, "(unreadable line)", None, None, -1, False, str(e), None)
             )
             continue
-        if isinstance(line, BundleHeader):
+        if isinstance(line, BundleHeader) and header is not None:
+            # verify_bundle reads the first header and fails at another: so does this.
+            events.append(
+                TimelineEvent(
+                    None,
+                    "(second header)",
+                    None,
+                    None,
+                    -1,
+                    False,
+                    "a second header line: the timeline keeps the first",
+                    None,
+                )
+            )
+        elif isinstance(line, BundleHeader):
             header = line
             if line.format != BUNDLE_FORMAT:
                 raise MalformedInput(f"bundle format {line.format!r} is not {BUNDLE_FORMAT!r}")

@@ -257,3 +257,21 @@ def test_regression_replay_shows_a_payload_orchestration_id_that_is_not_the_bund
         page = render(timeline, fmt)
         assert page.count(_OTHER_ORCH) == 1
         assert page.count(kit.ORCH_ID) == (1 if fmt == "text" else 2)  # header (and title)
+
+
+def test_regression_replay_of_a_bundle_with_two_headers_keeps_the_first() -> None:
+    """verify_bundle reads the first header and fails at a second; the tolerant
+    timeline took the last: a timeline titled orchestration B listed A's events, each
+    marked verified (they were checked against A's header)."""
+    a = kit.build_bundle(kit.scenario(n_steps=1, extra_per_step=0))
+    sc = kit.scenario(n_steps=1, extra_per_step=0, orch_id=_OTHER_ORCH)
+    b = kit.build_bundle(sc, stream=_OTHER_ORCH)
+    data = b"".join(msgspec.json.encode(line) + b"\n" for line in [*a.lines[:-1], b.lines[0]])
+    timeline = build_timeline(data, a.vkey)
+    assert not timeline.verified
+    assert timeline.orchestration_id == kit.ORCH_ID
+    assert _shown_seqs(timeline) == [-1, 1, 2, 3, 4, 5]
+    unreadable = [e for e in timeline.orchestration if e.seq is None]
+    assert [e.verified for e in unreadable] == [False]
+    assert unreadable[0].problem is not None
+    assert "second header" in unreadable[0].problem
