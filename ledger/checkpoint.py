@@ -20,7 +20,7 @@ import re
 import msgspec
 
 from ledger.errors import SignatureError
-from ledger.merkle import HASH_SIZE
+from ledger.merkle import EMPTY_ROOT, HASH_SIZE
 from ledger.note import NoteSigner, NoteVerifier, open_note, sign_note
 
 __all__ = ["Checkpoint", "open_checkpoint"]
@@ -72,6 +72,9 @@ class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise SignatureError("checkpoint root hash is not valid base64") from e
         if len(root) != HASH_SIZE:
             raise SignatureError(f"checkpoint root hash is {len(root)} bytes, not {HASH_SIZE}")
+        if size_text == "0" and root != EMPTY_ROOT:
+            # RFC 9162 §2.1.1: no other root belongs to the empty tree.
+            raise SignatureError("a checkpoint of tree size 0 must have the empty tree's root")
         if any(not ext for ext in extensions):
             raise SignatureError("checkpoint extension lines must not be empty")
         return cls(origin, int(size_text), root, tuple(extensions))

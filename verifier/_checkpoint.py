@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 
 import msgspec
 
@@ -24,6 +25,7 @@ from verifier._note import VerifierKey, open_note, parse_vkey
 __all__ = ["Checkpoint", "parse_checkpoint_body", "verify_checkpoint"]
 
 _MAX_SIZE = (1 << 64) - 1
+_EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
 class Checkpoint(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -60,6 +62,10 @@ def parse_checkpoint_body(text: str, note: str = "") -> Checkpoint:
         raise MalformedInput("checkpoint root hash is not valid base64") from e
     if len(root) != 32:
         raise MalformedInput(f"checkpoint root hash is {len(root)} bytes, not 32")
+    if size == 0 and root != _EMPTY_ROOT:
+        # RFC 9162 §2.1.1: the empty tree's hash is SHA-256 of nothing; no other root
+        # belongs to size 0.
+        raise MalformedInput("a checkpoint of tree size 0 must have the empty tree's root")
     if any(not ext for ext in extensions):
         raise MalformedInput("checkpoint extension lines must not be empty")
     return Checkpoint(origin, size, root, tuple(extensions), note)

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from ledger_testkit import ORIGIN, signer, vectors
 
+from ledger import merkle
 from ledger.checkpoint import Checkpoint, open_checkpoint
 from ledger.errors import LedgerError, SignatureError
 from ledger.keys import KEY_FILE, load_or_create_signer, load_signer
@@ -111,7 +112,14 @@ def test_regression_checkpoint_size_must_fit_in_64_bits(size: str) -> None:
 def test_checkpoint_sizes_0_and_2_to_the_64_minus_1_are_accepted() -> None:
     body = f"{ORIGIN}\n{(1 << 64) - 1}\n" + "A" * 43 + "=\n"
     assert Checkpoint.parse(body).size == (1 << 64) - 1
-    assert Checkpoint.parse(f"{ORIGIN}\n0\n" + "A" * 43 + "=\n").size == 0
+    empty = base64.b64encode(merkle.EMPTY_ROOT).decode()
+    assert Checkpoint.parse(f"{ORIGIN}\n0\n{empty}\n").size == 0
+
+
+def test_regression_a_checkpoint_of_size_0_must_have_the_empty_trees_root() -> None:
+    # Any root was accepted for the empty tree, which has exactly one (RFC 9162 §2.1.1).
+    with pytest.raises(SignatureError, match="empty tree's root"):
+        Checkpoint.parse(f"{ORIGIN}\n0\n" + "A" * 43 + "=\n")
 
 
 @pytest.mark.parametrize("bad_name", ["a+b", "a\u00a0b", "a\u2028b", "a\u3000b"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import unicodedata
 from pathlib import Path
 
@@ -41,6 +43,22 @@ def test_regression_vkey_with_plus_in_base64_parses() -> None:
     assert parsed.public_key == signer.verifier.public_key
     note = sign_note(f"{signer.name}\n1\n{'A' * 43}=\n", signer)
     assert verify_checkpoint(note, signer.verifier.vkey).size == 1
+
+
+def test_regression_a_checkpoint_of_size_0_must_have_the_empty_trees_root() -> None:
+    # Any signed root was accepted for the empty tree, which has exactly one.
+    signer = _signer_whose_vkey_has_a_plus()
+    with pytest.raises(MalformedInput, match="empty tree's root"):
+        verify_checkpoint(
+            sign_note(f"{signer.name}\n0\n{'A' * 43}=\n", signer), signer.verifier.vkey
+        )
+    empty = base64.b64encode(hashlib.sha256(b"").digest()).decode()
+    assert (
+        verify_checkpoint(
+            sign_note(f"{signer.name}\n0\n{empty}\n", signer), signer.verifier.vkey
+        ).size
+        == 0
+    )
 
 
 def test_regression_receipt_of_tree_size_minus_one_is_not_checked_against_the_header() -> None:
