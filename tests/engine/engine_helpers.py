@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.note import generate_signer
@@ -134,6 +135,23 @@ class GatedRead:
 
 
 _S = TypeVar("_S")
+
+
+class DyingLog:
+    """The real log until ``dead`` is set: then nothing more is written, as after a
+    SIGKILL."""
+
+    def __init__(self, log: Log) -> None:
+        self._log = log
+        self.dead = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+    async def submit(self, *args: Any, **kw: Any) -> Any:
+        if self.dead:
+            raise StorageUnavailableError("the process is gone")
+        return await self._log.submit(*args, **kw)
 
 
 class Harness:

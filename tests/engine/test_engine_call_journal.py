@@ -14,6 +14,7 @@ import msgspec
 import pytest
 from engine_helpers import (
     TENANT,
+    DyingLog,
     FakeOpenAI,
     Harness,
     append_run,
@@ -281,24 +282,19 @@ def test_response_of_a_message_it_cannot_read_is_a_divergence(message: Any) -> N
 # -- what the agent loop feeds the model after a failed tool step ---------------------
 
 
-class _DiesAfterAnswer:
+class _DiesAfterAnswer(DyingLog):
     """The real log until the batch holding ``step_id``'s ``llm.completed`` is written;
     every later write is refused, as after a SIGKILL right behind that commit."""
 
     def __init__(self, log: Log, step_id: str) -> None:
-        self._log = log
+        super().__init__(log)
         self._step_id = step_id
-        self.dead = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
 
     async def submit(self, *args: Any, **kw: Any) -> Any:
         if self.dead:
             raise StorageUnavailableError("the process is gone")
-        batch = args[3]
         self.dead = any(
-            e.type == ev.LLM_COMPLETED and e.payload.step_id == self._step_id for e in batch
+            e.type == ev.LLM_COMPLETED and e.payload.step_id == self._step_id for e in args[3]
         )
         return await self._log.submit(*args, **kw)
 

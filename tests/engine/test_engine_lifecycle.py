@@ -12,6 +12,7 @@ import pytest
 import structlog
 from engine_helpers import (
     TENANT,
+    DyingLog,
     FakeOpenAI,
     GatedRead,
     Harness,
@@ -345,23 +346,6 @@ async def test_regression_a_resumed_run_does_not_repeat_a_completed_tool_call(
         assert types[-2:] == ["step.completed", "orchestration.completed"]
 
 
-class _Dying:
-    """The real log until ``dead`` is set: then nothing more is written, as after a
-    SIGKILL."""
-
-    def __init__(self, log: Log) -> None:
-        self._log = log
-        self.dead = False
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._log, name)
-
-    async def submit(self, *args: Any, **kw: Any) -> Any:
-        if self.dead:
-            raise StorageUnavailableError("the process is gone")
-        return await self._log.submit(*args, **kw)
-
-
 async def test_regression_a_non_pure_call_whose_result_cannot_be_recorded_is_not_repeated(
     harness: Harness,
 ) -> None:
@@ -369,7 +353,7 @@ async def test_regression_a_non_pure_call_whose_result_cannot_be_recorded_is_not
     # buffered while the agent loop went on with pure work; the process died there, and
     # the resumed run made the call (its effect) again.
     calls: list[Any] = []
-    box: list[_Dying] = []
+    box: list[DyingLog] = []
 
     async def effect(args: Any) -> Any:  # "send the e-mail", then a large receipt
         calls.append(args)
@@ -387,7 +371,7 @@ async def test_regression_a_non_pure_call_whose_result_cannot_be_recorded_is_not
 
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     harness.log = log
-    box.append(_Dying(log))
+    box.append(DyingLog(log))
     engine = Engine(box[0], tools=tools(), sleep=no_sleep)  # type: ignore[arg-type]
     harness.engine = engine
     await engine.start()
@@ -805,7 +789,7 @@ async def test_regression_redacting_a_nullable_field_leaves_null_as_null(harness
     # tool.completed and its step.completed failed the step whose call had succeeded.
     policy = RedactionPolicy(["tool.completed:error"], lambda t: b"salt")
     calls: list[Any] = []
-    box: list[_Dying] = []
+    box: list[DyingLog] = []
 
     async def charge(args: Any) -> Any:  # not pure: its tool.completed is written at once
         calls.append(args)
@@ -823,7 +807,7 @@ async def test_regression_redacting_a_nullable_field_leaves_null_as_null(harness
 
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     harness.log = log
-    box.append(_Dying(log))
+    box.append(DyingLog(log))
     engine = Engine(box[0], tools=tools(), sleep=no_sleep, redaction=policy)  # type: ignore[arg-type]
     harness.engine = engine
     await engine.start()
@@ -1219,7 +1203,7 @@ async def test_regression_cancelling_a_stalled_run_ends_the_step_it_had_in_fligh
 
     tools = ToolRegistry()
     tools.register("hold", hold)  # not pure: its start is durable before the call
-    storage, engine = await harness.open_on(_Dying, tools=tools)
+    storage, engine = await harness.open_on(DyingLog, tools=tools)
     steps = [{"id": "a", "action": "tool", "tool": "hold", "inputs": {}}]
     wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
     oid = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
