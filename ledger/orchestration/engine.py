@@ -1016,6 +1016,7 @@ class Engine:
             assert summary is not None
             if summary.status in ("completed", "failed", "cancelled"):
                 raise OrchestrationStateError(orchestration_id, summary.status, "record steps")
+            await self._check_started(tenant_id, orchestration_id, typed)
             writer = self._writers.get(key)
             if writer is None:
                 writer = self._writer(tenant_id, orchestration_id, summary.seq)
@@ -1024,6 +1025,30 @@ class Engine:
             except ConflictError:
                 self._writers.pop(key, None)
                 raise
+
+    async def _check_started(
+        self, tenant_id: str, orchestration_id: str, typed: Sequence[tuple[str, Any]]
+    ) -> None:
+        """Refuse a step's calls, decision, completion or failure before its
+        ``step.started`` (in the stream or earlier in ``typed``): §7.2's causal order.
+        The projections cannot place them (the verifier's replay rejects a completion
+        of a step that never started), so the run's own bundle would not verify."""
+        state = self.live_state(tenant_id, orchestration_id)
+        if state is None:
+            state = await self.get_state(tenant_id, orchestration_id)
+        started = {s.step_id for s in state.steps if s.started_at is not None}
+        for i, (event_type, payload) in enumerate(typed):
+            step_id = getattr(payload, "step_id", None)
+            if step_id is None or event_type == ev.STEP_SKIPPED:
+                continue
+            if event_type == ev.STEP_STARTED:
+                started.add(step_id)
+            elif step_id not in started:
+                raise InvalidEventError(
+                    f"events[{i}]: {event_type} for step {step_id!r}, which has not started "
+                    "(record its step.started first)",
+                    field=f"events[{i}].payload.step_id",
+                )
 
 
 def _check_uuid(value: str, field: str) -> str:

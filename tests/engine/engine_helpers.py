@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import msgspec
 from aiohttp import web
 
+from ledger.bundle import write_bundle
 from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
 from ledger.log import Log
@@ -90,6 +91,17 @@ async def append_run(
     ]
     await log.append(tenant, oid, 0, events)
     return oid
+
+
+async def bundle_of(log: Log, oid: str, tenant: str = TENANT) -> bytes:
+    """The orchestration's offline bundle (``specs/log-format.md`` §6), as exported."""
+    lines: list[bytes] = []
+
+    async def write(line: bytes) -> None:
+        lines.append(line)
+
+    await write_bundle(log, tenant, oid, write)
+    return b"".join(lines)
 
 
 def step_started(oid: str, step_id: str, attempt: int = 1, inputs: Any = None) -> tuple[str, Any]:

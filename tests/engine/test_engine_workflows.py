@@ -5,8 +5,17 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import msgspec
 import pytest
-from engine_helpers import OTHER_TENANT, TENANT, Harness, append_run, scripted, step_started
+from engine_helpers import (
+    OTHER_TENANT,
+    TENANT,
+    Harness,
+    append_run,
+    bundle_of,
+    scripted,
+    step_started,
+)
 
 from ledger.errors import InvalidEventError
 from ledger.orchestration import (
@@ -19,6 +28,7 @@ from ledger.orchestration import (
     WorkflowValidationError,
     commitment,
 )
+from verifier import verify_bundle
 
 CLASSIFY = {"content": '{"label": "spam", "score": 0.93}'}
 
@@ -853,3 +863,42 @@ async def test_regression_an_llm_step_calls_only_the_tools_its_agent_was_given(
     assert await _tool_outcomes(harness, started.orchestration_id) == [
         ("secret", None, "tool 'secret' is not one of this agent's tools"),
     ]
+
+
+async def test_regression_external_step_events_need_their_step_started(
+    engine: Engine, harness: Harness
+) -> None:
+    """An external executor could record a step's completion, failure or calls with no
+    ``step.started`` for it: the engine's state silently left the step out, and the
+    orchestration's own bundle then failed to verify (§7.3: "which never started")."""
+    oid = (await engine.create_external(TENANT)).orchestration_id
+    orphans: list[tuple[str, dict[str, Any]]] = [
+        ("step.completed", {"step_id": "s1", "attempt": 1, "output": 1}),
+        ("step.failed", {"step_id": "s1", "attempt": 1, "error": "x", "retrying": False}),
+        (
+            "decision.made",
+            {
+                "step_id": "s1",
+                "condition": {"exists": "input"},
+                "values": {},
+                "branch": "then",
+                "skipped": [],
+            },
+        ),
+        (
+            "tool.invoked",
+            {"step_id": "s1", "attempt": 1, "gen_ai.tool.name": "t", "gen_ai.tool.call.id": None},
+        ),
+    ]
+    for event in orphans:
+        with pytest.raises(InvalidEventError, match="step 's1', which has not started"):
+            await engine.record_step(TENANT, oid, [event])
+    start = step_started(oid, "s1")[1]
+    started = {k: v for k, v in msgspec.to_builtins(start).items() if k != "orchestration_id"}
+    # Started earlier in the same request, or in an earlier one: recorded.
+    await engine.record_step(TENANT, oid, [("step.started", started), orphans[3]])
+    await engine.record_step(TENANT, oid, [orphans[0], ("orchestration.completed", {"results": 1})])
+    state = await engine.get_state(TENANT, oid)
+    assert [(s.step_id, s.status, s.result) for s in state.steps] == [("s1", "completed", 1)]
+    assert harness.log is not None
+    verify_bundle(await bundle_of(harness.log, oid), harness.log.verifier.vkey)
