@@ -329,9 +329,16 @@ def _steps(
     events: list[TimelineEvent], definition: dict[str, Any] | None
 ) -> tuple[TimelineStep, ...]:
     deps: dict[str, tuple[str, ...]] = {}
+    #: Each step's definition, found as §7.3's fold finds it (``Projection``).
+    defined: dict[str, dict[str, Any]] = {}
     if definition and isinstance(definition.get("steps"), list):
         for s in definition["steps"]:
-            if isinstance(s, dict) and isinstance(s.get("id"), str):
+            if not isinstance(s, dict):
+                continue
+            sid = s.get("id", s.get("step_id"))
+            if isinstance(sid, str):
+                defined.setdefault(sid, s)
+            if isinstance(s.get("id"), str):
                 d = s.get("depends_on")
                 deps[s["id"]] = (
                     tuple(x for x in d if isinstance(x, str)) if isinstance(d, list) else ()
@@ -343,7 +350,10 @@ def _steps(
             grouped.setdefault(step_id, []).append(e)
     out = []
     for step_id, evs in grouped.items():
-        agent = action = started = completed = None
+        # A step skipped before it started runs as the definition says (§7.3).
+        d = defined.get(step_id, {})
+        agent, action = d.get("agent_id", d.get("agent")), d.get("action")
+        started = completed = None
         status, attempts, tin, tout = "running", 0, 0, 0
         for e in evs:
             p = e.payload

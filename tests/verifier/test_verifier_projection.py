@@ -15,6 +15,7 @@ import verifier._bundle as bundle_mod
 from verifier import ReplayInvalid, StateMismatch, verify_bundle
 from verifier._jsonstream import STREAMED, parse_stream
 from verifier._projection import RECEIPTS_BATCH, RECEIPTS_KEPT, ReceiptsDigest, ReceiptsMatcher
+from verifier._replay import build_timeline, render
 
 ORCH = kit.ORCH_ID
 
@@ -184,6 +185,20 @@ def test_first_event_must_be_orchestration_created() -> None:
     b = kit.build_bundle(sc)
     with pytest.raises(ReplayInvalid, match=r"comes before orchestration\.created"):
         verify_bundle(b.encode(), b.vkey)
+
+
+def test_regression_timeline_shows_steps_as_the_projection_does() -> None:
+    """``maip-verify replay`` showed a step skipped before it started with no agent and
+    no action, where §7.3 (and so the verified state) takes both from the definition
+    ``orchestration.created`` recorded: an auditor saw two accounts of the same step."""
+    sc = _retry_skip_fail()
+    b = kit.build_bundle(sc)
+    timeline = build_timeline(b.encode(), b.vkey)
+    assert timeline.verified
+    fields = ("step_id", "agent_id", "action", "status", "attempts", "started_at", "completed_at")
+    shown = [{f: getattr(s, f) for f in fields} for s in timeline.steps]
+    assert shown == [{f: s[f] for f in fields} for s in sc.state["steps"]]
+    assert "step s1: agent a2, action tool, skipped" in render(timeline, "text")
 
 
 # ---- agreement with the engine's fold ---------------------------------------------------
