@@ -227,7 +227,9 @@ class CallRecorder:
                 attempt=attempt,
                 gen_ai_response_model=r.response_model if r else None,
                 gen_ai_response_id=r.response_id if r else None,
-                gen_ai_response_finish_reasons=(r.finish_reason,) if r else (),
+                gen_ai_response_finish_reasons=(r.finish_reason,)
+                if r and r.finish_reason is not None
+                else (),
                 gen_ai_usage_input_tokens=r.input_tokens if r else None,
                 gen_ai_usage_output_tokens=r.output_tokens if r else None,
                 message=r.message if r else None,

@@ -97,7 +97,7 @@ def response_of(done: ev.LLMCompleted) -> LLMResponse:
         message=message,
         content=content,
         tool_calls=calls,
-        finish_reason=reasons[0] if reasons else ("tool_calls" if calls else "stop"),
+        finish_reason=reasons[0] if reasons else None,
         input_tokens=done.gen_ai_usage_input_tokens,
         output_tokens=done.gen_ai_usage_output_tokens,
         response_id=done.gen_ai_response_id,

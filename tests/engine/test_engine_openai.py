@@ -249,3 +249,27 @@ async def test_regression_unexpected_provider_error_fails_the_step_not_the_run(
     assert fake_openai.requests == []
     assert any(entry["event"] == "provider.internal_error" for entry in logs)
     assert SECRET not in repr(logs)
+
+
+async def test_regression_a_finish_reason_the_provider_did_not_give_is_not_recorded(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """A response without ``finish_reason`` was recorded as if the model had said
+    ``stop`` (or ``tool_calls``): ``gen_ai.response.finish_reasons`` holds what the
+    model reported, and an auditor could not tell a reported reason from a guessed one."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    reply = completion("Paris")
+    del reply["choices"][0]["finish_reason"]
+    fake_openai.script = [reply, completion("Rome")]
+    outputs = []
+    for question in ("Capital of France?", "Capital of Italy?"):
+        started = await engine.execute(TENANT, agent_id=agent, input=question)
+        state = await engine.wait(TENANT, started.orchestration_id)
+        assert state.status == "completed"
+        outputs.append(state.steps[0].result)
+        events = await _events(harness, started.orchestration_id)
+        done = next(e.payload for e in events if e.type == "llm.completed")
+        outputs.append(done.gen_ai_response_finish_reasons)
+    assert [outputs[0]["finish_reason"], outputs[1]] == [None, ()]
+    assert [outputs[2]["finish_reason"], outputs[3]] == ["stop", ("stop",)]

@@ -30,7 +30,8 @@ class LLMResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     message: dict[str, Any]
     content: str | None
     tool_calls: tuple[ToolCall, ...]
-    finish_reason: str
+    #: Why the model stopped, as the provider reported it; ``None`` if it did not say.
+    finish_reason: str | None
     input_tokens: int | None
     output_tokens: int | None
     response_id: str | None

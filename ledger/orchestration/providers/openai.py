@@ -197,7 +197,7 @@ def _parse(raw: bytes) -> LLMResponse:
         message=assistant_message(content, calls),
         content=content,
         tool_calls=tuple(calls),
-        finish_reason=finish if isinstance(finish, str) else ("tool_calls" if calls else "stop"),
+        finish_reason=finish if isinstance(finish, str) else None,
         input_tokens=_int(usage.get("prompt_tokens")),
         output_tokens=_int(usage.get("completion_tokens")),
         response_id=data.get("id") if isinstance(data.get("id"), str) else None,
