@@ -327,7 +327,7 @@ class Projection:
                 d = self._definition_step(p.step_id)
                 step = steps[p.step_id] = {
                     "step_id": p.step_id,
-                    "agent_id": d.get("agent_id", d.get("agent")),
+                    "agent_id": d.get("agent"),
                     "action": d.get("action"),
                     "status": "skipped",
                     "result": None,
@@ -355,7 +355,7 @@ class Projection:
         steps = definition.get("steps") if definition else None
         if isinstance(steps, list):
             for s in steps:
-                if isinstance(s, dict) and s.get("id", s.get("step_id")) == step_id:
+                if isinstance(s, dict) and s.get("id") == step_id:
                     return s
         return {}
 

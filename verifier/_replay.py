@@ -335,14 +335,11 @@ def _steps(
         for s in definition["steps"]:
             if not isinstance(s, dict):
                 continue
-            sid = s.get("id", s.get("step_id"))
+            sid = s.get("id")
             if isinstance(sid, str):
                 defined.setdefault(sid, s)
-            if isinstance(s.get("id"), str):
                 d = s.get("depends_on")
-                deps[s["id"]] = (
-                    tuple(x for x in d if isinstance(x, str)) if isinstance(d, list) else ()
-                )
+                deps[sid] = tuple(x for x in d if isinstance(x, str)) if isinstance(d, list) else ()
     grouped: dict[str, list[TimelineEvent]] = {}
     for e in events:
         step_id = _step_id(e.payload)
@@ -352,7 +349,7 @@ def _steps(
     for step_id, evs in grouped.items():
         # A step skipped before it started runs as the definition says (§7.3).
         d = defined.get(step_id, {})
-        agent, action = d.get("agent_id", d.get("agent")), d.get("action")
+        agent, action = d.get("agent"), d.get("action")
         started = completed = None
         status, attempts, tin, tout = "running", 0, 0, 0
         for e in evs:

@@ -219,6 +219,36 @@ def test_engine_fold_and_verifier_fold_agree(make: Any) -> None:
     verify_bundle(b.encode(), b.vkey)  # raises StateMismatch naming fields if they differ
 
 
+def test_regression_skipped_step_reads_the_definition_as_the_engine_does() -> None:
+    """For a step skipped before it started, the verifier also took ``agent_id`` (and a
+    step named by ``step_id``) from the definition, keys §7.2's definition does not
+    have and the engine's fold does not read: the same events gave two states."""
+    state_mod = pytest.importorskip("ledger.orchestration.state")
+    events_mod = pytest.importorskip("ledger.orchestration.events")
+    from ledger.events import decode_leaf
+
+    sc = _retry_skip_fail()
+    steps = sc.events[0][1]["definition"]["steps"]
+    steps[1] = {"id": "s1", "action": "tool", "agent_id": "a2", "depends_on": ["s0"]}
+    steps.append({"step_id": "s3", "action": "tool", "agent": "a2"})
+    sc.events.insert(
+        7,
+        ("step.skipped", {"orchestration_id": ORCH, "step_id": "s3", "reason": "branch not taken"}),
+    )
+    sc.times.append(f"2026-02-01T00:00:{len(sc.times) + 1:02d}.000000Z")
+    b = kit.build_bundle(sc)
+    events = [decode_leaf(leaf, events_mod.ORCHESTRATION_EVENTS) for leaf in b.leaves]
+    engine_state = msgspec.to_builtins(state_mod.replay(events))
+    b.lines[-1] = {"kind": "state", "state": engine_state}
+    verify_bundle(b.encode(), b.vkey)  # raises StateMismatch naming fields if they differ
+    shown = build_timeline(b.encode(), b.vkey).steps
+    assert [(s.step_id, s.agent_id, s.action) for s in shown if s.status == "skipped"] == [
+        (s["step_id"], s["agent_id"], s["action"])
+        for s in engine_state["steps"]
+        if s["status"] == "skipped"
+    ]
+
+
 # ---- the streamed trailer ---------------------------------------------------------------
 
 
