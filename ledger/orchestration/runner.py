@@ -47,7 +47,7 @@ from ledger.orchestration.errors import (
     ToolError,
 )
 from ledger.orchestration.journal import CallJournal, CallsDiverged
-from ledger.orchestration.providers.base import LLMResponse
+from ledger.orchestration.providers.base import LLMResponse, retry_after_of
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
@@ -66,6 +66,13 @@ INTERRUPTED = "interrupted: the engine stopped while the step was in flight"
 def _backoff(backoff: float, attempt: int) -> float:
     """The wait after ``attempt`` failed transiently, before the next one."""
     return min(backoff * 2.0 ** (attempt - 1), MAX_BACKOFF_SECONDS)
+
+
+def _retry_delay(action: ev.Action, backoff: float, attempt: int, error: str | None) -> float:
+    """The wait after ``attempt`` failed transiently with the recorded ``error``: the
+    backoff, or longer if the provider said when to come back (``Retry-After``)."""
+    asked = retry_after_of(error) if action == "llm" else 0.0
+    return max(_backoff(backoff, attempt), asked)
 
 
 def _retried_at_once(action: ev.Action, error: str | None) -> bool:
@@ -543,7 +550,7 @@ class Runner(CallRecorder):
                 if diverged:  # as an interrupted attempt without recorded calls ends
                     raise _StepFailed(step_id, recorded, interrupted=True)
                 raise _StepFailed(step_id, recorded, provider=provider)
-            delay = 0.0 if diverged else _backoff(backoff, attempt)
+            delay = 0.0 if diverged else _retry_delay(action, backoff, attempt, recorded)
             if delay:
                 # Until the next attempt starts, the run ending (cancelled, timed out)
                 # must record this retry as abandoned, or the step stays running.
@@ -560,7 +567,7 @@ class Runner(CallRecorder):
         if h.failed_at is None or _retried_at_once(action, h.error):
             return
         gone = (self.deps.now() - parse_time(h.failed_at)).total_seconds()
-        rest = _backoff(backoff, h.attempts) - gone
+        rest = _retry_delay(action, backoff, h.attempts, h.error) - gone
         if rest > 0:
             # As live: the run ending during the wait records the retry as abandoned.
             self._inflight[step_id] = h.attempts

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,8 +256,10 @@ class FakeOpenAI:
     """A real OpenAI-compatible HTTP server on loopback. ``script`` is consumed one item
     per request: a dict (JSON 200 body), an int (that HTTP status), ``("sleep", s)``,
     ``("raw", bytes)``, ``("chunked", bytes)`` (sent in two writes, a pause between),
-    ``("status", code, bytes)`` or an :class:`asyncio.Event` (answered ``completion("late")``
-    once set). When empty, it answers ``completion("done")``."""
+    ``("status", code, bytes)`` or ``("status", code, bytes, headers)``, ``("gzip", bytes)``
+    (sent gzip-compressed, ``Content-Encoding: gzip``) or an :class:`asyncio.Event`
+    (answered ``completion("late")`` once set). When empty, it answers
+    ``completion("done")``."""
 
     script: list[Any] = field(default_factory=list)
     requests: list[dict[str, Any]] = field(default_factory=list)
@@ -279,7 +282,16 @@ class FakeOpenAI:
         if isinstance(item, tuple) and item[0] == "raw":
             return web.Response(body=item[1], content_type="application/json")
         if isinstance(item, tuple) and item[0] == "status":
-            return web.Response(status=item[1], body=item[2], content_type="application/json")
+            headers = dict(item[3]) if len(item) > 3 else {}
+            content_type = headers.pop("Content-Type", "application/json")
+            return web.Response(
+                status=item[1], body=item[2], content_type=content_type, headers=headers
+            )
+        if isinstance(item, tuple) and item[0] == "gzip":
+            return web.Response(
+                body=gzip.compress(item[1]),
+                headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+            )
         if isinstance(item, tuple) and item[0] == "chunked":
             return await send_in_two_writes(request, item[1])
         return web.json_response(item)

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
+import pytest
 import structlog
-from engine_helpers import TENANT, FakeOpenAI, Harness, completion
+from engine_helpers import (
+    TENANT,
+    FakeOpenAI,
+    Harness,
+    append_run,
+    completion,
+    scripted,
+    step_started,
+)
 
+from ledger.events import parse_time
 from ledger.orchestration import Engine
+from ledger.orchestration import events as ev
 
 SECRET = "sk-test-SECRET-0123456789abcdef"
 
@@ -273,3 +286,93 @@ async def test_regression_a_finish_reason_the_provider_did_not_give_is_not_recor
         outputs.append(done.gen_ai_response_finish_reasons)
     assert [outputs[0]["finish_reason"], outputs[1]] == [None, ()]
     assert [outputs[2]["finish_reason"], outputs[3]] == ["stop", ("stop",)]
+
+
+def _recorder() -> tuple[list[float], Any]:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    return slept, sleep
+
+
+RATE_LIMITED = b'{"error": {"message": "Rate limit reached", "type": "requests"}}'
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        (429, {"Retry-After": "7"}, [7.0], "retry after 7s"),
+        # An HTTP-date counts from the server's own Date, so no clock skew enters.
+        (
+            503,
+            {
+                "Retry-After": "Wed, 21 Oct 2015 07:28:20 GMT",
+                "Date": "Wed, 21 Oct 2015 07:28:00 GMT",
+            },
+            [20.0],
+            "retry after 20s",
+        ),
+        (429, {"retry-after-ms": "2500", "Retry-After": "3"}, [2.5], "retry after 2.5s"),
+        (429, {"Retry-After": "86400"}, [60.0], "retry after 60s"),  # capped
+        # Less than the step's own backoff (0.5 s): the backoff is the wait.
+        (429, {"Retry-After": "0"}, [0.5], None),
+        (429, {"Retry-After": "soon"}, [0.5], None),  # unusable: ignored
+    ],
+)
+async def test_regression_retry_after_is_the_least_wait_before_the_retry(
+    harness: Harness,
+    fake_openai: FakeOpenAI,
+    case: tuple[int, dict[str, str], list[float], str | None],
+) -> None:
+    """A 429 or 503 saying how long to wait (Retry-After, in seconds or as an HTTP-date;
+    OpenAI's retry-after-ms) was retried after the step's own backoff only (0.5 s),
+    asking the server again while it had said it would refuse."""
+    status, headers, waits, note = case
+    slept, sleep = _recorder()
+    engine = await harness.open(env={"MAIP_TEST_KEY": SECRET}, sleep=sleep)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [("status", status, RATE_LIMITED, headers), completion("ok")]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert slept == waits
+    events = await _events(harness, started.orchestration_id)
+    (failed,) = [e.payload for e in events if e.type == "step.failed"]
+    llm_error = next(e.payload.error for e in events if e.type == "llm.completed")
+    assert failed.error == llm_error
+    assert failed.error.startswith(f"provider returned HTTP {status}")
+    if note is None:
+        assert "retry after" not in failed.error
+    else:
+        assert note in failed.error
+
+
+async def test_regression_a_run_resumed_during_a_retry_after_wait_waits_out_the_rest(
+    harness: Harness,
+) -> None:
+    """The wait the server asked for is recorded in the step.failed, so a run resumed
+    during it waits what remains of it, not of the step's shorter backoff."""
+    engine = await harness.open()
+    assert harness.log is not None
+    bot = await engine.register_agent(TENANT, name="bot", provider=scripted())
+    steps = [{"id": "a", "action": "llm", "agent": bot.agent_id, "prompt": "hi"}]
+    error = "provider returned HTTP 429 (retry after 20s): Rate limit reached"
+
+    def history(oid: str) -> list[tuple[str, Any]]:
+        failed = ev.StepFailed(
+            orchestration_id=oid, step_id="a", attempt=1, error=error, retrying=True
+        )
+        return [step_started(oid, "a"), (ev.STEP_FAILED, failed)]
+
+    oid = await append_run(engine, harness.log, {"steps": steps}, history, agents=[bot.agent_id])
+    recorded = await harness.log.read_stream(TENANT, oid)
+    failed_at = parse_time(recorded[-1].event.occurred_at)
+    await harness.close()
+    slept, sleep = _recorder()
+    later = failed_at + timedelta(seconds=5)
+    engine = await harness.open(now=lambda: later, sleep=sleep)
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.steps[0].attempts) == ("completed", 2), state
+    assert slept == [15.0]

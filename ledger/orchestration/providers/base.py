@@ -2,12 +2,45 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 
-__all__ = ["LLMRequest", "LLMResponse", "Provider", "ToolCall", "assistant_message"]
+__all__ = [
+    "MAX_RETRY_AFTER_SECONDS",
+    "LLMRequest",
+    "LLMResponse",
+    "Provider",
+    "ToolCall",
+    "assistant_message",
+    "retry_after_note",
+    "retry_after_of",
+]
+
+#: The longest wait before a retry that a provider's answer (``Retry-After``) can ask
+#: for; a longer one is cut to this. The step's own backoff is waited if it is longer.
+MAX_RETRY_AFTER_SECONDS: Final = 60.0
+
+_RETRY_AFTER = re.compile(r"provider returned HTTP \d{3} \(retry after (\d+(?:\.\d+)?)s\)")
+
+
+def retry_after_note(seconds: float | None) -> str:
+    """What a transient provider error's text says after ``provider returned HTTP nnn``
+    of the wait the server asked for (cut to :data:`MAX_RETRY_AFTER_SECONDS`): the
+    recorded text is what the live run, a journal and a resumed run read the wait from."""
+    if seconds is None or not math.isfinite(seconds):
+        return ""
+    seconds = round(min(seconds, MAX_RETRY_AFTER_SECONDS), 3)
+    return f" (retry after {seconds:g}s)" if seconds > 0 else ""
+
+
+def retry_after_of(error: str | None) -> float:
+    """The wait a recorded provider error asked for before the retry (0 if none)."""
+    match = _RETRY_AFTER.match(error) if error else None
+    return min(float(match.group(1)), MAX_RETRY_AFTER_SECONDS) if match else 0.0
 
 
 class ToolCall(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -9,13 +9,17 @@ The API key is read from the named environment variable at call time; it is sent
 in the ``Authorization`` header and never enters an event, an error or a log line (error
 texts are scrubbed of it). 429, 5xx, timeouts and connection errors are transient
 (:class:`ProviderError` with ``transient=True``); other 4xx and malformed responses are
-not.
+not. A transient answer's ``Retry-After`` (or ``retry-after-ms``) is written into the
+error (``(retry after Ns)``), where the runner reads the least wait before the retry.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -34,6 +38,7 @@ from ledger.orchestration.providers.base import (
     LLMResponse,
     ToolCall,
     assistant_message,
+    retry_after_note,
 )
 
 if TYPE_CHECKING:
@@ -124,6 +129,7 @@ class OpenAIProvider:
                     resp, min(self._config.max_response_bytes, MAX_RESPONSE_BYTES)
                 )
                 status = resp.status
+                asked = _retry_after(resp.headers) if status == 429 or status >= 500 else None
         except TimeoutError:
             raise ProviderError(f"provider timed out after {limit:g}s", transient=True) from None
         except aiohttp.ClientConnectorError as e:
@@ -142,7 +148,11 @@ class OpenAIProvider:
             ) from None
         _log.debug("llm.http", status=status, latency_ms=(time.monotonic() - started) * 1000)
         if status == 429 or status >= 500:
-            raise ProviderError(f"provider returned HTTP {status}", transient=True, status=status)
+            raise ProviderError(
+                f"provider returned HTTP {status}{retry_after_note(asked)}",
+                transient=True,
+                status=status,
+            )
         if raw is None:
             raise ProviderError("provider response is too large", transient=False)
         if status >= 300:
@@ -151,6 +161,37 @@ class OpenAIProvider:
                 f"provider returned HTTP {status}: {snippet}", transient=False, status=status
             )
         return _parse(raw)
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """The wait a transient answer asks for, in seconds: OpenAI's ``retry-after-ms``, or
+    ``Retry-After`` (RFC 9110 §10.2.3) as seconds or as an HTTP-date, counted from the
+    answer's own ``Date`` (the server's clock, not ours), else from now. ``None`` if
+    neither is there or usable."""
+    ms = _seconds(headers.get("retry-after-ms"))
+    if ms is not None:
+        return ms / 1000
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    seconds = _seconds(value)
+    if seconds is not None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(value)
+        date = headers.get("Date")
+        now = parsedate_to_datetime(date) if date else datetime.now(UTC)
+        return (when - now).total_seconds()
+    except (TypeError, ValueError):  # not a date, or one without a zone against one with
+        return None
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        seconds = float(value) if value is not None else math.nan
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def _malformed(why: str) -> ProviderError:
