@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 import structlog
 from engine_helpers import (
@@ -376,3 +377,86 @@ async def test_regression_a_run_resumed_during_a_retry_after_wait_waits_out_the_
     state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
     assert (state.status, state.steps[0].attempts) == ("completed", 2), state
     assert slept == [15.0]
+
+
+NGINX_502 = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n" + b"<!-- a padding to defeat IE -->\r\n" * 20
+)
+LONG = "This model's maximum context length is 4096 tokens. " * 3 + "Please reduce it."
+
+
+@pytest.mark.parametrize(
+    ("reply", "error"),
+    [
+        # OpenAI's (and LiteLLM's, Ollama's, llama.cpp's) shape, on a transient status.
+        (
+            (
+                "status",
+                500,
+                b'{"error": {"message": "CUDA out of memory", "type": "server_error",'
+                b' "code": null}}',
+            ),
+            "provider returned HTTP 500: CUDA out of memory (type server_error)",
+        ),
+        # A message longer than the raw snippet's 200 characters of JSON syntax.
+        (
+            (
+                "status",
+                400,
+                msgspec.json.encode(
+                    {
+                        "error": {
+                            "message": LONG,
+                            "type": "invalid_request_error",
+                            "param": "messages",
+                            "code": "context_length_exceeded",
+                        }
+                    }
+                ),
+            ),
+            f"provider returned HTTP 400: {LONG} (type invalid_request_error,"
+            " code context_length_exceeded)",
+        ),
+        # vLLM's shape.
+        (
+            (
+                "status",
+                404,
+                b'{"object": "error", "message": "The model `m1` does not exist.",'
+                b' "type": "NotFoundError", "param": null, "code": 404}',
+            ),
+            "provider returned HTTP 404: The model `m1` does not exist."
+            " (type NotFoundError, code 404)",
+        ),
+        # A proxy's HTML page: its text, not its markup.
+        (
+            ("status", 502, NGINX_502, {"Content-Type": "text/html"}),
+            "provider returned HTTP 502: 502 Bad Gateway 502 Bad Gateway nginx",
+        ),
+        # A debugging proxy that echoes the request's headers: never the key.
+        (
+            ("status", 503, f"upstream down; request had Authorization: Bearer {SECRET}".encode()),
+            "provider returned HTTP 503: upstream down; request had Authorization: Bearer"
+            " [redacted]",
+        ),
+    ],
+)
+async def test_regression_error_bodies_give_their_message(
+    harness: Harness, fake_openai: FakeOpenAI, reply: Any, error: str
+) -> None:
+    """A 429 or 5xx was recorded as "provider returned HTTP 500" only, dropping the
+    server's reason; any other status as the first 200 characters of its raw body, which
+    for OpenAI's error shape is mostly JSON syntax and cut the message short, and for a
+    proxy's HTML page mostly markup."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [reply] * 3
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    events = await _events(harness, started.orchestration_id)
+    failed = next(e.payload for e in events if e.type == "step.failed")
+    assert failed.error == error
+    assert SECRET not in repr(events)

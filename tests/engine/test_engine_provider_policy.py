@@ -11,6 +11,7 @@ import pytest
 from engine_helpers import TENANT, FakeOpenAI, Harness, completion
 
 from ledger.orchestration import Engine, ProviderPolicy, WorkflowValidationError
+from ledger.orchestration.providers.openai import MAX_DETAIL_CHARS
 from ledger.orchestration.tools import is_public_address
 
 SECRET = "sk-policy-SECRET-0123456789abcdef0123"
@@ -188,13 +189,13 @@ async def test_regression_a_response_sent_in_parts_is_read_whole(
 async def test_regression_no_part_of_the_key_survives_in_an_error_snippet(
     harness: Harness, fake_openai: FakeOpenAI
 ) -> None:
-    """The body was cut to 200 characters before the key was scrubbed from it, so a key
-    across the cut left its first part in the log."""
+    """The body was cut to 200 characters (now MAX_DETAIL_CHARS) before the key was
+    scrubbed from it, so a key across the cut left its first part in the log."""
     engine = await harness.open(env={"KEY": SECRET})
     agent = await engine.register_agent(
         TENANT, name="x", provider=_openai(fake_openai, api_key_env="KEY")
     )
-    fake_openai.script = [("status", 401, b"x" * 180 + SECRET.encode())]
+    fake_openai.script = [("status", 401, b"x" * (MAX_DETAIL_CHARS - 20) + SECRET.encode())]
     started = await engine.execute(TENANT, agent_id=agent.agent_id, input="hi")
     state = await engine.wait(TENANT, started.orchestration_id)
     assert state.status == "failed"

@@ -16,8 +16,9 @@ error (``(retry after Ns)``), where the runner reads the least wait before the r
 from __future__ import annotations
 
 import math
+import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -147,20 +148,72 @@ class OpenAIProvider:
                 self._scrub(f"provider connection failed: {type(e).__name__}"), transient=True
             ) from None
         _log.debug("llm.http", status=status, latency_ms=(time.monotonic() - started) * 1000)
+        try:
+            data = decode_json(raw) if raw is not None else None
+        except msgspec.DecodeError:
+            data = None
         if status == 429 or status >= 500:
             raise ProviderError(
-                f"provider returned HTTP {status}{retry_after_note(asked)}",
+                f"provider returned HTTP {status}{retry_after_note(asked)}"
+                + self._detail(data, raw),
                 transient=True,
                 status=status,
             )
         if raw is None:
             raise ProviderError("provider response is too large", transient=False)
         if status >= 300:
-            snippet = self._scrub(raw.decode("utf-8", "replace"), limit=200)
             raise ProviderError(
-                f"provider returned HTTP {status}: {snippet}", transient=False, status=status
+                f"provider returned HTTP {status}{self._detail(data, raw)}",
+                transient=False,
+                status=status,
             )
-        return _parse(raw)
+        if data is None:
+            raise _malformed("body is not JSON")
+        return _parse(data)
+
+    def _detail(self, data: Any, raw: bytes | None) -> str:
+        """``": "`` and what an error body says, bounded and without the key."""
+        detail = self._scrub(_error_text(data, raw, self._scrub), limit=MAX_DETAIL_CHARS)
+        return f": {detail}" if detail else ""
+
+
+#: The most of an error body's message that an error records.
+MAX_DETAIL_CHARS = 500
+_MARKUP = re.compile(r"<(script|style)\b.*?</\1\s*>|<!--.*?-->|<[^>]*>", re.DOTALL | re.IGNORECASE)
+
+
+def _error_text(data: Any, raw: bytes | None, scrub: Callable[[str], str]) -> str:
+    """What an error body says: the message, type and code of OpenAI's shape
+    (``{"error": {"message", "type", "code"}}``, also LiteLLM's, Ollama's and llama.cpp
+    server's), of vLLM's (``{"object": "error", "message", "type", "code"}``), of
+    ``{"error": "text"}`` or of FastAPI's ``{"detail": "text"}``; else the body's text,
+    without markup if it is a (proxy's) HTML page, whitespace collapsed. A body's text is
+    ``scrub``-bed whole, then cut to what can matter before any pattern runs over it (a
+    body may be many MiB)."""
+    error = data.get("error") if isinstance(data, dict) else None
+    if isinstance(error, str):
+        error = {"message": error}
+    elif error is None and isinstance(data, dict):
+        if isinstance(data.get("message"), str):
+            error = data
+        elif isinstance(data.get("detail"), str):  # FastAPI's, as in front of many servers
+            error = {"message": data["detail"]}
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        notes = [
+            f"{name} {value}"
+            for name in ("type", "code")
+            if isinstance(value := error.get(name), str | int) and not isinstance(value, bool)
+        ]
+        text = error["message"][: 16 * MAX_DETAIL_CHARS] + (
+            f" ({', '.join(notes)})" if notes else ""
+        )
+    elif raw:
+        text = scrub(raw.decode("utf-8", "replace"))[: 16 * MAX_DETAIL_CHARS]
+        if text.lstrip()[:1] == "<":
+            text = _MARKUP.sub(" ", text)
+    else:
+        return ""
+    return " ".join(text.split())
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
@@ -198,11 +251,7 @@ def _malformed(why: str) -> ProviderError:
     return ProviderError(f"malformed provider response: {why}", transient=False)
 
 
-def _parse(raw: bytes) -> LLMResponse:
-    try:
-        data = decode_json(raw)
-    except msgspec.DecodeError:
-        raise _malformed("body is not JSON") from None
+def _parse(data: Any) -> LLMResponse:
     if not isinstance(data, dict):
         raise _malformed("body is not a JSON object")
     choices = data.get("choices")
