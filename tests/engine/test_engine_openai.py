@@ -460,3 +460,43 @@ async def test_regression_error_bodies_give_their_message(
     failed = next(e.payload for e in events if e.type == "step.failed")
     assert failed.error == error
     assert SECRET not in repr(events)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "attempts"),
+    [
+        # A proxy (OpenRouter, a LiteLLM router) that passes an upstream failure on in a
+        # 200: its code says it is worth retrying.
+        (
+            {"error": {"message": "upstream connect error", "type": "server_error", "code": 502}},
+            "provider returned an error with HTTP 200: upstream connect error"
+            " (type server_error, code 502)",
+            3,
+        ),
+        (
+            {"error": {"message": "Rate limit exceeded", "code": "429"}},
+            "provider returned an error with HTTP 200: Rate limit exceeded (code 429)",
+            3,
+        ),
+        (
+            {"error": {"message": "Incorrect API key", "code": "invalid_api_key"}},
+            "provider returned an error with HTTP 200: Incorrect API key (code invalid_api_key)",
+            1,
+        ),
+    ],
+)
+async def test_regression_an_error_body_in_a_200_is_the_provider_s_error(
+    harness: Harness, fake_openai: FakeOpenAI, body: Any, error: str, attempts: int
+) -> None:
+    """An error body sent with status 200 was recorded as "malformed provider response:
+    no choices", the server's reason dropped, and never retried."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [body] * 3
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.steps[0].attempts == attempts
+    events = await _events(harness, started.orchestration_id)
+    failed = next(e.payload for e in events if e.type == "step.failed")
+    assert failed.error == error

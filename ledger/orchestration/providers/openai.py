@@ -169,6 +169,13 @@ class OpenAIProvider:
             )
         if data is None:
             raise _malformed("body is not JSON")
+        if isinstance(data, dict) and "choices" not in data and "error" in data:
+            # A proxy passing an upstream failure on in a 200 (OpenRouter, LiteLLM).
+            raise ProviderError(
+                f"provider returned an error with HTTP {status}{self._detail(data, raw)}",
+                transient=_transient_code(data["error"]),
+                status=status,
+            )
         return _parse(data)
 
     def _detail(self, data: Any, raw: bytes | None) -> str:
@@ -214,6 +221,14 @@ def _error_text(data: Any, raw: bytes | None, scrub: Callable[[str], str]) -> st
     else:
         return ""
     return " ".join(text.split())
+
+
+def _transient_code(error: Any) -> bool:
+    """Whether an error body's ``code`` is an HTTP status a retry may outlast."""
+    code = error.get("code") if isinstance(error, dict) else None
+    if isinstance(code, str) and code.isdecimal():
+        code = int(code)
+    return isinstance(code, int) and (code == 429 or 500 <= code <= 599)
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
