@@ -500,3 +500,39 @@ async def test_regression_an_error_body_in_a_200_is_the_provider_s_error(
     events = await _events(harness, started.orchestration_id)
     failed = next(e.payload for e in events if e.type == "step.failed")
     assert failed.error == error
+
+
+def _tool_call_with(arguments: Any) -> dict[str, Any]:
+    reply = completion(None, [{"name": "calculator", "args": {}}])
+    reply["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"] = arguments
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("arguments", "recorded"),
+    [
+        ("", {}),  # a function without parameters, as some servers send it
+        (None, {}),
+        ("{}", {}),
+        ({"expression": "1+2"}, {"expression": "1+2"}),  # an object, not JSON text
+        ('{"expression": "1+2"}', {"expression": "1+2"}),
+    ],
+)
+async def test_regression_empty_tool_call_arguments_are_no_arguments(
+    harness: Harness, fake_openai: FakeOpenAI, arguments: Any, recorded: Any
+) -> None:
+    """A tool call whose arguments were the empty string (or null) failed the step as
+    "arguments is not JSON" (or called the tool with null): servers send a call of a
+    function without parameters so."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    fake_openai.script = [_tool_call_with(arguments), completion("done")]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    events = await _events(harness, started.orchestration_id)
+    invoked = next(e.payload for e in events if e.type == "tool.invoked")
+    assert invoked.arguments == recorded
+    # Fed back to the model as OpenAI's JSON text, whatever the server sent.
+    fed_back = fake_openai.requests[1]["messages"][-2]["tool_calls"][0]["function"]
+    assert msgspec.json.decode(fed_back["arguments"]) == recorded

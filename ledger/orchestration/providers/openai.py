@@ -286,8 +286,11 @@ def _parse(data: Any) -> LLMResponse:
         fn = c.get("function") if isinstance(c, dict) else None
         if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
             raise _malformed(f"tool_calls[{i}].function.name is missing")
-        args_text = fn.get("arguments", "{}")
+        args_text = fn.get("arguments")
+        if args_text is None or (isinstance(args_text, str) and not args_text.strip()):
+            args_text = "{}"  # a function without parameters, as some servers send it
         try:
+            # Text, as OpenAI sends it; an object, as some servers do.
             args = decode_json(args_text) if isinstance(args_text, str) else args_text
         except msgspec.DecodeError:
             raise _malformed(f"tool_calls[{i}].function.arguments is not JSON") from None
