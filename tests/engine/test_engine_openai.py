@@ -536,3 +536,24 @@ async def test_regression_empty_tool_call_arguments_are_no_arguments(
     # Fed back to the model as OpenAI's JSON text, whatever the server sent.
     fed_back = fake_openai.requests[1]["messages"][-2]["tool_calls"][0]["function"]
     assert msgspec.json.decode(fed_back["arguments"]) == recorded
+
+
+@pytest.mark.parametrize("finish_reason", ["content_filter", "length"])
+async def test_regression_a_reply_stopped_without_content_names_its_finish_reason(
+    harness: Harness, fake_openai: FakeOpenAI, finish_reason: str
+) -> None:
+    """A reply with no content because the model was stopped (Azure's content filter; a
+    reasoning model out of tokens) was recorded as a malformed response ("neither
+    content nor tool_calls"), as if the server had broken the protocol."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    reply = completion(None)
+    reply["choices"][0]["finish_reason"] = finish_reason
+    fake_openai.script = [reply]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.steps[0].attempts == 1
+    error = state.steps[0].result["error"]
+    assert "malformed" not in error
+    assert error == f"the model stopped without content (finish_reason {finish_reason!r})"

@@ -296,9 +296,16 @@ def _parse(data: Any) -> LLMResponse:
             raise _malformed(f"tool_calls[{i}].function.arguments is not JSON") from None
         call_id = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
         calls.append(ToolCall(id=call_id, name=fn["name"], arguments=args))
-    if content is None and not calls:
-        raise _malformed("message has neither content nor tool_calls")
     finish = choices[0].get("finish_reason")
+    if content is None and not calls:
+        if isinstance(finish, str):  # a well-formed reply: the model was stopped
+            # (content_filter, as Azure's filter does; length, a reasoning model out of
+            # tokens), not a server breaking the protocol.
+            raise ProviderError(
+                f"the model stopped without content (finish_reason {finish[:100]!r})",
+                transient=False,
+            )
+        raise _malformed("message has neither content nor tool_calls")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
     assert isinstance(usage, dict)
     return LLMResponse(
