@@ -557,3 +557,66 @@ async def test_regression_a_reply_stopped_without_content_names_its_finish_reaso
     error = state.steps[0].result["error"]
     assert "malformed" not in error
     assert error == f"the model stopped without content (finish_reason {finish_reason!r})"
+
+
+async def test_gzip_responses_are_read_and_capped_decompressed(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai, max_response_bytes=64 * 1024)
+    fake_openai.script = [("gzip", msgspec.json.encode(completion("zipped")))]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.results["content"]) == ("completed", "zipped")
+    # Small on the wire, past the cap once decompressed.
+    fake_openai.script = [("gzip", msgspec.json.encode(completion("z" * 200_000)))]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.steps[0].result["error"] == "provider response is too large"
+
+
+async def test_a_redirect_is_not_followed_and_the_key_goes_nowhere_else(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    elsewhere = FakeOpenAI()
+    await elsewhere.start()
+    try:
+        engine = await _engine(harness)
+        agent = await _agent(engine, fake_openai)
+        target = elsewhere.url + "/chat/completions"
+        fake_openai.script = [("status", code, b"", {"Location": target}) for code in (307, 308)]
+        for code in (307, 308):
+            started = await engine.execute(TENANT, agent_id=agent, input="x")
+            state = await engine.wait(TENANT, started.orchestration_id)
+            assert state.status == "failed"
+            assert state.steps[0].attempts == 1
+            assert state.steps[0].result["error"] == f"provider returned HTTP {code}"
+        assert elsewhere.requests == []
+    finally:
+        await elsewhere.stop()
+
+
+async def test_what_servers_vary_is_recorded_as_sent(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """The model a server names (an alias resolved), a missing usage, several choices
+    (the first is the answer) and a truncated answer (finish_reason length)."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    reply = completion("first", model="m1-2024-08-06")
+    del reply["usage"]
+    second = {**reply["choices"][0], "index": 1, "message": {"role": "assistant", "content": "2"}}
+    reply["choices"].append(second)
+    reply["choices"][0]["finish_reason"] = "length"
+    fake_openai.script = [reply]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.results["content"]) == ("completed", "first")
+    events = await _events(harness, started.orchestration_id)
+    requested = next(e.payload for e in events if e.type == "llm.requested")
+    done = next(e.payload for e in events if e.type == "llm.completed")
+    assert requested.gen_ai_request_model == "m1"
+    assert done.gen_ai_response_model == "m1-2024-08-06"
+    assert done.gen_ai_response_finish_reasons == ("length",)
+    assert (done.gen_ai_usage_input_tokens, done.gen_ai_usage_output_tokens) == (None, None)
