@@ -620,3 +620,25 @@ async def test_what_servers_vary_is_recorded_as_sent(
     assert done.gen_ai_response_model == "m1-2024-08-06"
     assert done.gen_ai_response_finish_reasons == ("length",)
     assert (done.gen_ai_usage_input_tokens, done.gen_ai_usage_output_tokens) == (None, None)
+
+
+async def test_regression_a_key_read_with_a_trailing_newline_is_used_without_it(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """A key read from a secret file ends in a newline: aiohttp refused the header
+    ("Forbidden control character"), and every call failed as an "internal error"."""
+    engine = await harness.open(env={"MAIP_TEST_KEY": f" {SECRET}\n"})
+    agent = await _agent(engine, fake_openai)
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "completed", state
+    assert fake_openai.headers[0]["Authorization"] == f"Bearer {SECRET}"
+    # A control character inside it is the operator's mistake, said as such.
+    await harness.close()
+    engine = await harness.open(env={"MAIP_TEST_KEY": "sk-a\nb"})
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.steps[0].attempts == 1
+    error = state.steps[0].result["error"]
+    assert error == "the API key in MAIP_TEST_KEY holds a control character"

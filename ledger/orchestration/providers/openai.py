@@ -82,7 +82,8 @@ class OpenAIProvider:
     def _key(self) -> str | None:
         if self._config.api_key_env is None:
             return None
-        return self._env.get(self._config.api_key_env) or None
+        # Read from a secret file, a key often ends in a newline; no key holds whitespace.
+        return self._env.get(self._config.api_key_env, "").strip() or None
 
     def _scrub(self, text: str, *, limit: int | None = None) -> str:
         """``text`` without the key, cut to ``limit`` characters: cut only after the key
@@ -115,6 +116,11 @@ class OpenAIProvider:
         headers = {"Content-Type": "application/json"}
         key = self._key()
         if key:
+            if any(c < " " or c == "\x7f" for c in key):  # aiohttp refuses such a header
+                raise ProviderError(
+                    f"the API key in {self._config.api_key_env} holds a control character",
+                    transient=False,
+                )
             headers["Authorization"] = f"Bearer {key}"
         limit = min(time_limit, self._config.timeout_seconds)
         started = time.monotonic()
