@@ -39,7 +39,7 @@ from verifier._leaf import (
     ENVELOPE_DECODER,
     LEAF_VERSION,
     MAX_LEAF_BYTES,
-    check_canonical,
+    check_envelope,
     decode,
     decode_leaf,
 )
@@ -365,7 +365,7 @@ class _Run:
                     env = decode_leaf(leaf)  # raises the precise error
                 if env.v != LEAF_VERSION or len(leaf) > MAX_LEAF_BYTES:
                     env = decode_leaf(leaf)  # raises the precise error
-                check_canonical(leaf)
+                check_envelope(env, leaf)
                 event_id, receipt_id = env.event_id, r.receipt_id
                 if env.tenant_id != tenant or env.stream_id != stream or event_id != r.event_id:
                     raise _belonging_error(env, r, tenant, stream)

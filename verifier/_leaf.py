@@ -24,8 +24,10 @@ __all__ = [
     "LEAF_VERSION",
     "MAX_LEAF_BYTES",
     "check_canonical",
+    "check_envelope",
     "decode",
     "decode_leaf",
+    "is_canonical",
 ]
 
 LEAF_VERSION = 1
@@ -35,6 +37,7 @@ ENVELOPE_DECODER = _ENVELOPE = msgspec.json.Decoder(Envelope)
 _VERSION = msgspec.json.Decoder(Version)
 _ANY = msgspec.json.Decoder()
 _CANONICAL = msgspec.json.Encoder(order="sorted")
+_ENVELOPE_ENCODER = msgspec.json.Encoder()
 
 
 def decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> Any:
@@ -45,18 +48,35 @@ def decode(decoder: msgspec.json.Decoder[Any], data: bytes | str, what: str) -> 
         raise MalformedInput(f"{what} does not decode: {e}") from e
 
 
-def check_canonical(data: bytes) -> None:
-    """Raise :class:`MalformedInput` unless ``data`` is the canonical encoding (§2) of
-    the JSON value it holds (``data`` is known to decode)."""
+def _not_canonical(what: str) -> MalformedInput:
+    return MalformedInput(
+        f"{what} is not the canonical encoding of an event (§2: sorted keys, each once, "
+        "no whitespace): JSON readers could read different events from it"
+    )
+
+
+def is_canonical(data: bytes | msgspec.Raw) -> bool:
+    """Whether ``data`` is the canonical encoding (§2) of the JSON value it holds."""
     try:
-        canonical = _CANONICAL.encode(_ANY.decode(data)) == data
+        # memoryview: a Raw payload compares equal to no bytes, even its own.
+        return _CANONICAL.encode(_ANY.decode(data)) == memoryview(data)
     except (msgspec.DecodeError, ValueError, TypeError, OverflowError, RecursionError):
-        canonical = False
-    if not canonical:
-        raise MalformedInput(
-            "leaf is not the canonical encoding of an event (§2: sorted keys, each once, "
-            "no whitespace): JSON readers could read different events from it"
-        )
+        return False
+
+
+def check_canonical(data: bytes) -> None:
+    """Raise :class:`MalformedInput` unless the whole leaf ``data`` is canonical."""
+    if not is_canonical(data):
+        raise _not_canonical("leaf")
+
+
+def check_envelope(env: Envelope, data: bytes) -> None:
+    """Raise :class:`MalformedInput` unless leaf ``data``, decoded as ``env``, is
+    canonical outside its payload (the envelope encodes back to it; the payload is
+    carried raw, byte for byte). A bundle reads every envelope but only the payloads it
+    folds, which it checks whole (``verifier._projection``)."""
+    if _ENVELOPE_ENCODER.encode(env) != data:
+        raise _not_canonical("leaf")
 
 
 def decode_leaf(data: bytes) -> Envelope:

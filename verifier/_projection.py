@@ -19,8 +19,9 @@ from typing import Any
 
 import msgspec
 
-from verifier._errors import ReplayInvalid
+from verifier._errors import MalformedInput, ReplayInvalid
 from verifier._ids import orchestration_display_id
+from verifier._leaf import is_canonical
 
 __all__ = [
     "FOLDED_TYPES",
@@ -259,6 +260,13 @@ class Projection:
                 raise ReplayInvalid(
                     f"event {seq} ({event_type}): payload lacks what §7.3 reads: {e}"
                 ) from e
+        # What the fold reads must be what every JSON reader reads (§2): a payload with a
+        # member twice would fold one way here and read another way elsewhere.
+        if not is_canonical(payload):
+            raise MalformedInput(
+                f"event {seq} ({event_type}): the payload is not the canonical encoding "
+                "(§2: sorted keys, each once, no whitespace)"
+            )
         state = self._state
         if state is None:
             # The stream must begin with orchestration.created.

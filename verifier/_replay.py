@@ -26,7 +26,7 @@ from verifier._bundle import BUNDLE_FORMAT, LINE_LIMIT, bundle_lines, verify_bun
 from verifier._checkpoint import Checkpoint, verify_checkpoint
 from verifier._errors import MalformedInput, ProofInvalid, ReceiptMismatch, VerificationError
 from verifier._ids import receipt_id_for
-from verifier._leaf import decode_leaf
+from verifier._leaf import decode_leaf, is_canonical
 from verifier._merkle import decode_proof, leaf_hash, verify_consistency, verify_inclusion
 from verifier._note import VerifierKey, parse_vkey
 from verifier._text import visible
@@ -178,12 +178,19 @@ def build_timeline(bundle: bytes, vkey: str | VerifierKey) -> Timeline:
     """
     key = parse_vkey(vkey)
     verified: list[TimelineEvent] = []
+
+    def shown(line: BundleEvent, env: Envelope) -> None:
+        # verify_bundle reads only the payloads it folds; this shows every one, so each
+        # must read the same to every JSON reader (§2) before it is shown as verified.
+        if not is_canonical(env.payload):
+            raise MalformedInput(
+                f"event {env.stream_seq} ({env.type}): the payload is not the canonical "
+                "encoding (§2: sorted keys, each once, no whitespace)"
+            )
+        verified.append(_event(line.leaf_index, env, None))
+
     try:
-        report = verify_bundle(
-            bundle,
-            key,
-            on_event=lambda line, env: verified.append(_event(line.leaf_index, env, None)),
-        )
+        report = verify_bundle(bundle, key, on_event=shown)
     except VerificationError as e:
         return _tolerant_timeline(bundle, key, str(e))
     return _timeline(

@@ -110,19 +110,32 @@ class Version(msgspec.Struct, frozen=True):
     v: int
 
 
-class Envelope(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
-    """§2 leaf, version 1. The payload stays raw: it is decoded per type when folded."""
+class Envelope(
+    msgspec.Struct,
+    frozen=True,
+    forbid_unknown_fields=True,
+    gc=False,
+    kw_only=True,
+    omit_defaults=True,
+):
+    """§2 leaf, version 1. The payload stays raw: it is decoded per type when folded.
 
-    v: int
-    event_id: str
-    tenant_id: str
-    stream_id: str
-    stream_seq: int
-    type: str
-    occurred_at: str
-    payload: msgspec.Raw
+    Fields in code-point order and absent optional ones omitted, as in the canonical
+    leaf: encoded again, an envelope is its leaf's bytes exactly if the leaf outside its
+    payload is canonical (one member of each name, sorted, no whitespace), which is how
+    a bundle checks every leaf's envelope cheaply (``verifier._leaf.check_envelope``).
+    """
+
     causation_id: str | None = None
     correlation_id: str | None = None
+    event_id: str
+    occurred_at: str
+    payload: msgspec.Raw
+    stream_id: str
+    stream_seq: int
+    tenant_id: str
+    type: str
+    v: int
 
 
 class ConsistencyResponse(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

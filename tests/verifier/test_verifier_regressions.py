@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -243,6 +244,33 @@ def test_regression_leaf_that_is_not_the_canonical_encoding_is_rejected() -> Non
         b = kit.build_bundle(sc, rewrite_leaf=rewrite)
         with pytest.raises(MalformedInput, match="canonical"):
             verify_bundle(b.encode(), b.vkey)
+
+
+def _payload_member_twice(target: int) -> Callable[[int, bytes], bytes]:
+    def rewrite(seq: int, leaf: bytes) -> bytes:
+        if seq != target:
+            return leaf
+        return leaf.replace(b'"payload":{', b'"payload":{"orchestration_id":"other",', 1)
+
+    return rewrite
+
+
+def test_regression_a_bundle_checks_every_envelope_and_the_payloads_it_reads() -> None:
+    """A whole-leaf canonical check of every event cost a bundle about a fifth of its
+    speed (every payload decoded and encoded again, though it reads only the payloads
+    it folds). Now: each envelope exactly, each folded payload whole; a payload the
+    bundle does not read is vouched for as bytes only, and the timeline, which shows
+    it, checks it whole, as a receipt check does."""
+    sc = kit.scenario(n_steps=1, extra_per_step=1)  # 3 step.started, 4 llm.requested
+    b = kit.build_bundle(sc, rewrite_leaf=_payload_member_twice(3))
+    with pytest.raises(MalformedInput, match="canonical") as e:
+        verify_bundle(b.encode(), b.vkey)
+    assert e.value.step == "§6.1 step 5 (replay)"
+    b = kit.build_bundle(sc, rewrite_leaf=_payload_member_twice(4))
+    assert verify_bundle(b.encode(), b.vkey).event_count == len(sc.events)
+    assert not build_timeline(b.encode(), b.vkey).verified
+    with pytest.raises(MalformedInput, match="canonical"):
+        verify_receipt(b.receipts[3], b.leaves[3], b.vkey)
 
 
 _OTHER_ORCH = "0192f9c3-0000-7000-8000-000000000000"
