@@ -30,7 +30,9 @@ def main() -> int:
     settle_interpreter()
     print(f"interpreter speed: sum(range(1000)) in {_interpreter_speed():.1f} us (lower is faster)")
     for name in args.suites or SUITES:
-        print(f"\n== bench.{name} ==", flush=True)
+        # The VM's speed moves within minutes, so each suite's figures get their own
+        # reading of it, taken just before they run.
+        print(f"\n== bench.{name} == (interpreter {_interpreter_speed():.1f} us)", flush=True)
         importlib.import_module(f"bench.{name}").run(args.quick)
         sys.stdout.flush()
     print(
