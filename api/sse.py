@@ -55,6 +55,10 @@ class StreamHub:
             if not subs:
                 del self._subs[sub.key]
 
+    def subscribers(self, tenant_id: str, stream_id: str) -> int:
+        """How many streams are open on ``(tenant_id, stream_id)``."""
+        return len(self._subs.get((tenant_id, stream_id), ()))
+
     def on_commit(self, batch: Sequence[RecordedEvent]) -> None:
         if not self._subs:
             return

@@ -54,6 +54,11 @@ _PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=([0-9]{1,6})(?:$|[,;\s])")
 _MAX_WAIT_SECONDS = 60
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _SSE_HEARTBEAT_SECONDS = 15.0
+#: How often a quiet stream checks its client is still there. aiohttp does not cancel a
+#: handler whose client left, so a dropped stream lived on, holding its subscription and
+#: its tenant's request slot (api/tenant_limit.py), until a heartbeat write failed: a
+#: client reconnecting every few seconds piled up streams nobody read.
+_SSE_PRESENCE_SECONDS = 1.0
 _TERMINAL = frozenset(
     {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
 )
@@ -384,15 +389,25 @@ async def stream(request: web.Request) -> web.StreamResponse:
             # backlog and no live event: without this it would get keep-alives forever.
             summary = s.engine.registry.orchestration(tenant, oid)
             done = summary is not None and summary.status in _ENDED and last >= summary.seq
+        quiet = 0.0
         while not done:
             item: RecordedEvent | None
             try:
-                item = await asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
+                async with asyncio.timeout(_SSE_PRESENCE_SECONDS):
+                    item = await sub.queue.get()
             except TimeoutError:
+                transport = request.transport
+                if transport is None or transport.is_closing():
+                    raise ConnectionResetError("the client left the stream") from None
+                quiet += _SSE_PRESENCE_SECONDS
+                if quiet < _SSE_HEARTBEAT_SECONDS:
+                    continue
+                quiet = 0.0
                 if not allowed():
                     break
                 await response.write(b": keep-alive\n\n")
                 continue
+            quiet = 0.0
             if item is None or sub.overflowed:
                 break
             done = item.event.type in _TERMINAL

@@ -8,7 +8,9 @@ import dataclasses
 import uuid
 from collections.abc import Callable
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from api_helpers import (
     Tenant,
@@ -19,7 +21,9 @@ from api_helpers import (
     setup_workflow,
 )
 
+from api.app import create_app
 from api.config import Config
+from api.routes import orchestrations
 from api.services import SERVICES
 
 
@@ -185,3 +189,41 @@ async def test_a_tenant_at_its_request_limit_gets_429_and_other_tenants_do_not(
             )
         await json_ok(client, "GET", f"/v1/orchestrations/{oid}", 200, headers=a.headers)
         assert services.tenant_requests.in_flight("tenant-a") == 0
+
+
+async def test_regression_a_stream_its_client_dropped_frees_the_tenants_slot(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # aiohttp does not cancel a handler whose client left (as `serve` runs it; the test
+    # server does cancel): a dropped stream lived on, holding its tenant's slot, until a
+    # heartbeat write failed, every 15 s. With the heartbeat put out of reach, only
+    # noticing that the client is gone frees it.
+    monkeypatch.setattr(orchestrations, "_SSE_HEARTBEAT_SECONDS", 3600.0)
+    runner = web.AppRunner(create_app(config))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        services = runner.app[SERVICES]
+        a = new_tenant(services.keys, "tenant-a")
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
+            created = await session.post(
+                "/v1/orchestrations",
+                json={"executor": "external", "input": None},
+                headers=a.headers,
+            )
+            assert created.status == 202, await created.text()
+            oid = (await created.json())["orchestration_id"]
+            stream = await session.get(f"/v1/orchestrations/{oid}/events/stream", headers=a.headers)
+            assert stream.status == 200
+            # The backlog read, the stream waits for what comes next when the client goes.
+            assert len(await asyncio.wait_for(read_sse(stream, limit=2), 10)) == 2
+            assert services.tenant_requests.in_flight("tenant-a") == 1
+            stream.close()
+            async with asyncio.timeout(30):
+                while services.tenant_requests.in_flight("tenant-a"):
+                    await asyncio.sleep(0.05)
+            assert services.hub.subscribers("tenant-a", oid) == 0
+    finally:
+        await runner.cleanup()
