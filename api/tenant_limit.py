@@ -7,7 +7,8 @@ connection the server allows and leave the others 503s. A tenant at its limit ge
 429 problem+json with ``Retry-After``; other tenants are untouched.
 
 A request is counted from the moment its credential is accepted (only then is its
-tenant known) until its handler returns, which for a stream is when the stream ends.
+tenant known) until its handler returns, which for a stream is when the stream ends;
+a stream whose client left ends within about a second (api/routes/orchestrations.py).
 """
 
 from __future__ import annotations
