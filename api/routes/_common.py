@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import msgspec
@@ -17,6 +18,8 @@ from ledger.ids import canonical_uuid
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
 __all__ = [
+    "PRESENCE_SECONDS",
+    "client_gone",
     "convert",
     "decimal",
     "int_query",
@@ -24,6 +27,7 @@ __all__ = [
     "query_param",
     "read_json",
     "services",
+    "while_connected",
 ]
 
 T = TypeVar("T")
@@ -37,6 +41,34 @@ _CODINGS = frozenset({"identity", "gzip", "deflate"})
 #: (see ``ledger/orchestration/_json.py``), so whatever is accepted can be written to the
 #: log and read back.
 MAX_BODY_NESTING = MAX_JSON_NESTING
+
+
+#: How often a request held open on purpose (a stream, a wait) checks that its client is
+#: still there. aiohttp does not cancel a handler whose client left, so such a request
+#: went on holding its tenant's request slot (api/tenant_limit.py) for up to a minute.
+PRESENCE_SECONDS = 1.0
+
+
+def client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
+
+
+async def while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
+    """``await waiting``, unless the client leaves first: then ``ConnectionResetError``
+    (and ``waiting`` is cancelled). For waits that only read, such as
+    :meth:`Engine.wait`: nothing is left half done."""
+    task = asyncio.ensure_future(waiting)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=PRESENCE_SECONDS)
+            if done:
+                return task.result()
+            if client_gone(request):
+                raise ConnectionResetError("the client left")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 def decimal(raw: str, max_digits: int) -> int | None:

@@ -17,6 +17,8 @@ from api.errors import ProblemError
 from api.logctx import bind_orchestration
 from api.problems import bad_request, from_ledger_error
 from api.routes._common import (
+    PRESENCE_SECONDS,
+    client_gone,
     convert,
     decimal,
     int_query,
@@ -24,6 +26,7 @@ from api.routes._common import (
     query_param,
     read_json,
     services,
+    while_connected,
 )
 from api.services import KeyLock, Services, encode, json_response
 from api.sse import format_sse
@@ -54,11 +57,6 @@ _PREFER_WAIT_RE = re.compile(r"(?:^|[,;\s])wait=([0-9]{1,6})(?:$|[,;\s])")
 _MAX_WAIT_SECONDS = 60
 _STATUSES = ("pending", "running", "completed", "failed", "cancelled")
 _SSE_HEARTBEAT_SECONDS = 15.0
-#: How often a quiet stream checks its client is still there. aiohttp does not cancel a
-#: handler whose client left, so a dropped stream lived on, holding its subscription and
-#: its tenant's request slot (api/tenant_limit.py), until a heartbeat write failed: a
-#: client reconnecting every few seconds piled up streams nobody read.
-_SSE_PRESENCE_SECONDS = 1.0
 _TERMINAL = frozenset(
     {"orchestration.completed", "orchestration.failed", "orchestration.cancelled"}
 )
@@ -94,7 +92,9 @@ async def _answer(
         headers["Idempotent-Replayed"] = "true"
     wait = _prefer_wait(request)
     if wait and not state.terminal:
-        state = await s.engine.wait(tenant, state.orchestration_id, max_wait=wait)
+        state = await while_connected(
+            request, s.engine.wait(tenant, state.orchestration_id, max_wait=wait)
+        )
         headers["Preference-Applied"] = f"wait={wait}"
     return json_response(state, status=200 if state.terminal and wait else 202, headers=headers)
 
@@ -303,7 +303,9 @@ async def get(request: web.Request) -> web.Response:
     s, principal, oid = _on_orchestration(request, _READ)
     wait = int_query(request, "wait", default=0, high=_MAX_WAIT_SECONDS)
     if wait:
-        state = await s.engine.wait(principal.tenant_id, oid, max_wait=wait)
+        state = await while_connected(
+            request, s.engine.wait(principal.tenant_id, oid, max_wait=wait)
+        )
     else:
         state = await s.engine.get_state(principal.tenant_id, oid)
     return json_response(state)
@@ -393,13 +395,15 @@ async def stream(request: web.Request) -> web.StreamResponse:
         while not done:
             item: RecordedEvent | None
             try:
-                async with asyncio.timeout(_SSE_PRESENCE_SECONDS):
+                async with asyncio.timeout(PRESENCE_SECONDS):
                     item = await sub.queue.get()
             except TimeoutError:
-                transport = request.transport
-                if transport is None or transport.is_closing():
+                # A dropped stream lived on until a heartbeat write failed, holding its
+                # subscription and its tenant's slot: a client reconnecting every few
+                # seconds piled up streams nobody read.
+                if client_gone(request):
                     raise ConnectionResetError("the client left the stream") from None
-                quiet += _SSE_PRESENCE_SECONDS
+                quiet += PRESENCE_SECONDS
                 if quiet < _SSE_HEARTBEAT_SECONDS:
                     continue
                 quiet = 0.0

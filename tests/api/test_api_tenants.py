@@ -4,9 +4,10 @@ attempt is a 404 (no existence leak), identical to asking for an id that never e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import pytest
@@ -18,13 +19,14 @@ from api_helpers import (
     json_ok,
     new_tenant,
     read_sse,
+    scripted,
     setup_workflow,
 )
 
 from api.app import create_app
 from api.config import Config
 from api.routes import orchestrations
-from api.services import SERVICES
+from api.services import SERVICES, Services
 
 
 @pytest.fixture
@@ -191,39 +193,85 @@ async def test_a_tenant_at_its_request_limit_gets_429_and_other_tenants_do_not(
         assert services.tenant_requests.in_flight("tenant-a") == 0
 
 
-async def test_regression_a_stream_its_client_dropped_frees_the_tenants_slot(
-    config: Config, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # aiohttp does not cancel a handler whose client left (as `serve` runs it; the test
-    # server does cancel): a dropped stream lived on, holding its tenant's slot, until a
-    # heartbeat write failed, every 15 s. With the heartbeat put out of reach, only
-    # noticing that the client is gone frees it.
-    monkeypatch.setattr(orchestrations, "_SSE_HEARTBEAT_SECONDS", 3600.0)
+@contextlib.asynccontextmanager
+async def _served_as_serve_does(config: Config) -> AsyncIterator[tuple[str, Services]]:
+    """The app on a real listener run as ``serve`` runs it: a handler whose client left
+    is not cancelled (aiohttp's test server cancels it)."""
     runner = web.AppRunner(create_app(config))
     await runner.setup()
     try:
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         host, port = runner.addresses[0][:2]
-        services = runner.app[SERVICES]
+        yield f"http://{host}:{port}", runner.app[SERVICES]
+    finally:
+        await runner.cleanup()
+
+
+async def _slot_freed(services: Services, tenant: str) -> None:
+    async with asyncio.timeout(30):
+        while services.tenant_requests.in_flight(tenant):
+            await asyncio.sleep(0.05)
+
+
+async def _external(session: aiohttp.ClientSession, tenant: Tenant) -> str:
+    created = await session.post(
+        "/v1/orchestrations", json={"executor": "external", "input": None}, headers=tenant.headers
+    )
+    assert created.status == 202, await created.text()
+    oid: str = (await created.json())["orchestration_id"]
+    return oid
+
+
+async def test_regression_a_stream_its_client_dropped_frees_the_tenants_slot(
+    config: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A dropped stream lived on, holding its tenant's slot, until a heartbeat write
+    # failed, every 15 s. With the heartbeat put out of reach, only noticing that the
+    # client is gone frees it.
+    monkeypatch.setattr(orchestrations, "_SSE_HEARTBEAT_SECONDS", 3600.0)
+    async with _served_as_serve_does(config) as (url, services):
         a = new_tenant(services.keys, "tenant-a")
-        async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
-            created = await session.post(
-                "/v1/orchestrations",
-                json={"executor": "external", "input": None},
-                headers=a.headers,
-            )
-            assert created.status == 202, await created.text()
-            oid = (await created.json())["orchestration_id"]
+        async with aiohttp.ClientSession(url) as session:
+            oid = await _external(session, a)
             stream = await session.get(f"/v1/orchestrations/{oid}/events/stream", headers=a.headers)
             assert stream.status == 200
             # The backlog read, the stream waits for what comes next when the client goes.
             assert len(await asyncio.wait_for(read_sse(stream, limit=2), 10)) == 2
             assert services.tenant_requests.in_flight("tenant-a") == 1
             stream.close()
-            async with asyncio.timeout(30):
-                while services.tenant_requests.in_flight("tenant-a"):
-                    await asyncio.sleep(0.05)
+            await _slot_freed(services, "tenant-a")
             assert services.hub.subscribers("tenant-a", oid) == 0
-    finally:
-        await runner.cleanup()
+
+
+async def test_regression_a_wait_its_client_dropped_frees_the_tenants_slot(
+    config: Config,
+) -> None:
+    # GET ?wait=60 on a run still going held its slot for the whole minute after its
+    # client had gone.
+    async with _served_as_serve_does(config) as (url, services):
+        a = new_tenant(services.keys, "tenant-a")
+        async with aiohttp.ClientSession(url) as session:
+            agent = await session.post(
+                "/v1/agents",
+                json={"name": "slow", "provider": scripted(delay=30)},
+                headers=a.headers,
+            )
+            assert agent.status == 201, await agent.text()
+            started = await session.post(
+                "/v1/orchestrations/execute",
+                json={"agent_id": (await agent.json())["agent_id"], "input": "x"},
+                headers=a.headers,
+            )
+            assert started.status == 202, await started.text()
+            oid = (await started.json())["orchestration_id"]
+            waiting = asyncio.create_task(
+                session.get(f"/v1/orchestrations/{oid}?wait=60", headers=a.headers)
+            )
+            async with asyncio.timeout(10):
+                while not services.tenant_requests.in_flight("tenant-a"):
+                    await asyncio.sleep(0.05)
+            waiting.cancel()  # the client gives up: its connection closes
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiting
+            await _slot_freed(services, "tenant-a")
