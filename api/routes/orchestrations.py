@@ -90,7 +90,9 @@ async def _answer(
     headers = _location(state)
     if replayed:
         headers["Idempotent-Replayed"] = "true"
-    wait = _prefer_wait(request)
+    # An external executor's run ends when that executor says so, and it is the one
+    # asking: holding its own request until then would only stall it.
+    wait = _prefer_wait(request) if state.executor == "engine" else None
     if wait and not state.terminal:
         state = await while_connected(
             request, s.engine.wait(tenant, state.orchestration_id, max_wait=wait)

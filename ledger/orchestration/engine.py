@@ -188,6 +188,9 @@ class Engine:
         #: Starts between their commit and their launch (see :meth:`cancel`).
         self._starting: dict[tuple[str, str], asyncio.Event] = {}
         self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
+        #: Waits on orchestrations no task here runs (external ones): set when one's
+        #: terminal event commits; (event, waiters), dropped when no one waits.
+        self._enders: dict[tuple[str, str], tuple[asyncio.Event, list[int]]] = {}
         self._projection = OrchestrationProjection()
         self._indexed_from = 0
         #: The registry is the fold of the first ``_registry_upto`` leaves (once started).
@@ -364,6 +367,10 @@ class Engine:
             # exactly what the registry holds.
             self._registry_upto = rec.leaf_index + 1
             key = (event.tenant_id, event.stream_id)
+            if self._enders and event.type in ev.TERMINAL_TYPES:
+                ender = self._enders.get(key)
+                if ender is not None:
+                    ender[0].set()
             fold = self._live.get(key)
             if fold is None:
                 if not isinstance(event.payload, ev.OrchestrationCreated):
@@ -788,14 +795,37 @@ class Engine:
     async def wait(
         self, tenant_id: str, orchestration_id: str, max_wait: float | None = None
     ) -> OrchestrationState:
-        """Wait until this process stops running the orchestration; then its state."""
-        task = self._tasks.get((tenant_id, orchestration_id))
+        """Wait until this process stops running the orchestration, or, for one it does
+        not run (an external executor's), until it ends, at most ``max_wait`` seconds
+        (without it, only a run of this process is waited for); then its state."""
+        key = (tenant_id, orchestration_id)
+        task = self._tasks.get(key)
         if task is not None:
             await asyncio.wait({task}, timeout=max_wait)
+        elif max_wait:
+            await self._await_end(key, max_wait)
         live = self.live_state(tenant_id, orchestration_id)
         if live is not None and live.terminal:
             return live  # folded from committed events: equal to a replay (tested)
         return await self.get_state(tenant_id, orchestration_id)
+
+    async def _await_end(self, key: tuple[str, str], max_wait: float) -> None:
+        summary = self.registry.orchestration(*key)
+        if summary is None or summary.status in ("completed", "failed", "cancelled"):
+            return
+        ender = self._enders.get(key)
+        if ender is None:
+            ender = self._enders[key] = (asyncio.Event(), [0])
+        ender[1][0] += 1
+        try:
+            async with asyncio.timeout(max_wait):
+                await ender[0].wait()
+        except TimeoutError:
+            pass
+        finally:
+            ender[1][0] -= 1
+            if not ender[1][0] and self._enders.get(key) is ender:
+                del self._enders[key]
 
     def list_orchestrations(
         self,

@@ -292,6 +292,53 @@ async def test_sse_stream_and_resume(client: TestClient, tenant_a: Tenant) -> No
     assert len(all_events) == 3 + len(rest)
 
 
+async def test_regression_a_wait_on_an_external_orchestration_lasts_until_it_ends(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # ?wait= waited only for runs of this process: on an external executor's
+    # orchestration it answered at once, still running, whatever the wait asked.
+    oid = await external_orchestration(client, tenant_a)
+    waiting = asyncio.create_task(
+        client.get(f"/v1/orchestrations/{oid}?wait=30", headers=tenant_a.headers)
+    )
+    await asyncio.sleep(0.2)
+    assert not waiting.done()
+    await json_ok(
+        client,
+        "POST",
+        f"/v1/orchestrations/{oid}/steps",
+        201,
+        json={"events": [{"type": "orchestration.completed", "payload": {"results": None}}]},
+        headers=tenant_a.headers,
+    )
+    resp = await asyncio.wait_for(waiting, 10)
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "completed"
+    # And a wait that runs out answers with the run as it stands.
+    other = await external_orchestration(client, tenant_a)
+    state = await json_ok(
+        client, "GET", f"/v1/orchestrations/{other}?wait=1", 200, headers=tenant_a.headers
+    )
+    assert state["status"] == "running"
+
+
+async def test_regression_prefer_wait_does_not_hold_an_external_executor_s_own_create(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # Once a wait lasted until an external orchestration ended, Prefer: wait on its
+    # creation held the executor's own request, which must return before it can act.
+    resp = await asyncio.wait_for(
+        client.post(
+            "/v1/orchestrations",
+            json={"executor": "external", "input": None},
+            headers={**tenant_a.headers, "Prefer": "wait=30"},
+        ),
+        10,
+    )
+    assert resp.status == 202, await resp.text()
+    assert "Preference-Applied" not in resp.headers
+
+
 async def test_external_executor_records_steps(client: TestClient, tenant_a: Tenant) -> None:
     agent, _ = await setup_workflow(client, tenant_a)
     resp = await client.post(
