@@ -18,8 +18,6 @@ from ledger.ids import canonical_uuid
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
 __all__ = [
-    "PRESENCE_SECONDS",
-    "client_gone",
     "convert",
     "decimal",
     "int_query",
@@ -49,22 +47,22 @@ MAX_BODY_NESTING = MAX_JSON_NESTING
 PRESENCE_SECONDS = 1.0
 
 
-def client_gone(request: web.Request) -> bool:
+def _client_gone(request: web.Request) -> bool:
     transport = request.transport
     return transport is None or transport.is_closing()
 
 
 async def while_connected(request: web.Request, waiting: Awaitable[T]) -> T:
     """``await waiting``, unless the client leaves first: then ``ConnectionResetError``
-    (and ``waiting`` is cancelled). For waits that only read, such as
-    :meth:`Engine.wait`: nothing is left half done."""
+    (and ``waiting`` is cancelled). For waits that only read (:meth:`Engine.wait`, a
+    stream's queue), so nothing is left half done."""
     task = asyncio.ensure_future(waiting)
     try:
         while True:
             done, _ = await asyncio.wait({task}, timeout=PRESENCE_SECONDS)
             if done:
                 return task.result()
-            if client_gone(request):
+            if _client_gone(request):
                 raise ConnectionResetError("the client left")
     finally:
         if not task.done():

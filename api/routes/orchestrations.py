@@ -17,8 +17,6 @@ from api.errors import ProblemError
 from api.logctx import bind_orchestration
 from api.problems import bad_request, from_ledger_error
 from api.routes._common import (
-    PRESENCE_SECONDS,
-    client_gone,
     convert,
     decimal,
     int_query,
@@ -393,27 +391,20 @@ async def stream(request: web.Request) -> web.StreamResponse:
             # backlog and no live event: without this it would get keep-alives forever.
             summary = s.engine.registry.orchestration(tenant, oid)
             done = summary is not None and summary.status in _ENDED and last >= summary.seq
-        quiet = 0.0
         while not done:
             item: RecordedEvent | None
             try:
-                async with asyncio.timeout(PRESENCE_SECONDS):
-                    item = await sub.queue.get()
-            except TimeoutError:
                 # A dropped stream lived on until a heartbeat write failed, holding its
                 # subscription and its tenant's slot: a client reconnecting every few
                 # seconds piled up streams nobody read.
-                if client_gone(request):
-                    raise ConnectionResetError("the client left the stream") from None
-                quiet += PRESENCE_SECONDS
-                if quiet < _SSE_HEARTBEAT_SECONDS:
-                    continue
-                quiet = 0.0
+                item = await while_connected(
+                    request, asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
+                )
+            except TimeoutError:
                 if not allowed():
                     break
                 await response.write(b": keep-alive\n\n")
                 continue
-            quiet = 0.0
             if item is None or sub.overflowed:
                 break
             done = item.event.type in _TERMINAL
