@@ -28,7 +28,7 @@ TILE_HEIGHT = 8
 TILE_WIDTH = 1 << TILE_HEIGHT
 #: Tree levels stop below 64 (a size fits in 64 bits), so tile levels stop at 7.
 _MAX_LEVEL = 63 // TILE_HEIGHT
-_MAX_GROUPS = 7  # 256**7 > 2**53 tiles a level: more than any 64-bit tree has
+_MAX_GROUPS = 7  # 3-digit groups: 10**21 indexes, past the 2**56 tiles a level can have
 
 
 @dataclass(frozen=True, slots=True)
