@@ -559,6 +559,47 @@ async def test_regression_a_reply_stopped_without_content_names_its_finish_reaso
     assert error == f"the model stopped without content (finish_reason {finish_reason!r})"
 
 
+async def test_regression_content_sent_as_text_parts_is_their_text(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """Content as a list of parts (``[{"type": "text", "text": ...}]``, as some
+    OpenAI-compatible servers send it) was called malformed and failed the step."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    reply = completion(None)
+    reply["choices"][0]["message"]["content"] = [
+        {"type": "text", "text": "Par"},
+        {"type": "output_text", "text": "is"},
+    ]
+    not_text = completion(None)
+    not_text["choices"][0]["message"]["content"] = [{"type": "image_url", "image_url": {}}]
+    fake_openai.script = [reply, not_text]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert (state.status, state.results["content"]) == ("completed", "Paris")
+    started = await engine.execute(TENANT, agent_id=agent, input="y")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert "content[0] is not a text part" in state.steps[0].result["error"]
+
+
+async def test_regression_a_structured_refusal_is_recorded_as_the_models_refusal(
+    harness: Harness, fake_openai: FakeOpenAI
+) -> None:
+    """OpenAI's ``refusal`` (content null, the model declining) was recorded as a model
+    stopped without content, the refusal's own words lost."""
+    engine = await _engine(harness)
+    agent = await _agent(engine, fake_openai)
+    reply = completion(None)
+    reply["choices"][0]["message"]["refusal"] = "I can't help with that."
+    fake_openai.script = [reply]
+    started = await engine.execute(TENANT, agent_id=agent, input="x")
+    state = await engine.wait(TENANT, started.orchestration_id)
+    assert state.status == "failed"
+    assert state.steps[0].attempts == 1
+    assert state.steps[0].result["error"] == "the model refused: I can't help with that."
+
+
 async def test_gzip_responses_are_read_and_capped_decompressed(
     harness: Harness, fake_openai: FakeOpenAI
 ) -> None:

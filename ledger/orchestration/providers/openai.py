@@ -282,6 +282,8 @@ def _parse(data: Any) -> LLMResponse:
     if not isinstance(message, dict):
         raise _malformed("choices[0].message is missing")
     content = message.get("content")
+    if isinstance(content, list):
+        content = _text_of_parts(content)
     if content is not None and not isinstance(content, str):
         raise _malformed("choices[0].message.content is not a string")
     calls: list[ToolCall] = []
@@ -303,6 +305,10 @@ def _parse(data: Any) -> LLMResponse:
         call_id = c.get("id") if isinstance(c.get("id"), str) else f"call_{i}"
         calls.append(ToolCall(id=call_id, name=fn["name"], arguments=args))
     finish = choices[0].get("finish_reason")
+    refusal = message.get("refusal")
+    if content is None and not calls and isinstance(refusal, str) and refusal:
+        # OpenAI's structured refusal: the model declined, the server kept the protocol.
+        raise ProviderError(f"the model refused: {refusal[:500]}", transient=False)
     if content is None and not calls:
         if isinstance(finish, str):  # a well-formed reply: the model was stopped
             # (content_filter, as Azure's filter does; length, a reasoning model out of
@@ -324,6 +330,18 @@ def _parse(data: Any) -> LLMResponse:
         response_id=data.get("id") if isinstance(data.get("id"), str) else None,
         response_model=data.get("model") if isinstance(data.get("model"), str) else None,
     )
+
+
+def _text_of_parts(parts: list[Any]) -> str | None:
+    """Content sent as a list of parts (as some OpenAI-compatible servers send it): their
+    text joined, ``None`` if there is none; ``_malformed`` for a part that is not text."""
+    texts = []
+    for i, part in enumerate(parts):
+        text = part.get("text") if isinstance(part, dict) else None
+        if not isinstance(text, str) or part.get("type") not in ("text", "output_text"):
+            raise _malformed(f"choices[0].message.content[{i}] is not a text part")
+        texts.append(text)
+    return "".join(texts) if texts else None
 
 
 def _int(value: Any) -> int | None:
