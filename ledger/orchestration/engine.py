@@ -307,6 +307,10 @@ class Engine:
         """Stop every running orchestration at its next step boundary (it resumes after a
         restart); after ``stop_grace_seconds`` in-flight steps are cancelled."""
         self._closing = True
+        # Waits on runs no task here runs answer now, as those on its own runs do when
+        # they stop: the shutdown would otherwise be held until each wait ran out.
+        for ender, _ in self._enders.values():
+            ender.set()
         for runner in self._runners.values():
             runner.request_stop()
         tasks = list(self._tasks.values())
@@ -810,6 +814,8 @@ class Engine:
         return await self.get_state(tenant_id, orchestration_id)
 
     async def _await_end(self, key: tuple[str, str], max_wait: float) -> None:
+        if self._closing:
+            return
         summary = self.registry.orchestration(*key)
         if summary is None or summary.status in ("completed", "failed", "cancelled"):
             return

@@ -275,3 +275,34 @@ async def test_regression_a_wait_its_client_dropped_frees_the_tenants_slot(
             with contextlib.suppress(asyncio.CancelledError):
                 await waiting
             await _slot_freed(services, "tenant-a")
+
+
+async def test_regression_shutdown_answers_a_wait_on_an_external_orchestration(
+    config: Config,
+) -> None:
+    # Engine.close ended the waits on runs of this process, not those on an external
+    # executor's: a held ?wait=60 kept the shutdown waiting until the wait ran out.
+    runner = web.AppRunner(create_app(config), shutdown_timeout=60)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        host, port = runner.addresses[0][:2]
+        services = runner.app[SERVICES]
+        a = new_tenant(services.keys, "tenant-a")
+        async with aiohttp.ClientSession(f"http://{host}:{port}") as session:
+            oid = await _external(session, a)
+            waiting = asyncio.create_task(
+                session.get(f"/v1/orchestrations/{oid}?wait=60", headers=a.headers)
+            )
+            async with asyncio.timeout(10):
+                while not services.tenant_requests.in_flight("tenant-a"):
+                    await asyncio.sleep(0.05)
+            await asyncio.sleep(0.2)  # the wait is held
+            async with asyncio.timeout(20):
+                await runner.cleanup()
+                resp = await waiting
+            assert resp.status == 200
+            assert (await resp.json())["status"] == "running"
+    finally:
+        await runner.cleanup()
