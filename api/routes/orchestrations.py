@@ -394,12 +394,17 @@ async def stream(request: web.Request) -> web.StreamResponse:
         while not done:
             item: RecordedEvent | None
             try:
-                # A dropped stream lived on until a heartbeat write failed, holding its
-                # subscription and its tenant's slot: a client reconnecting every few
-                # seconds piled up streams nobody read.
-                item = await while_connected(
-                    request, asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
-                )
+                if not sub.queue.empty():
+                    # A batch's events are queued at once: reading them through the
+                    # presence check cost two tasks an event.
+                    item = sub.queue.get_nowait()
+                else:
+                    # A dropped stream lived on until a heartbeat write failed, holding
+                    # its subscription and its tenant's slot: a client reconnecting every
+                    # few seconds piled up streams nobody read.
+                    item = await while_connected(
+                        request, asyncio.wait_for(sub.queue.get(), _SSE_HEARTBEAT_SECONDS)
+                    )
             except TimeoutError:
                 if not allowed():
                     break

@@ -722,3 +722,53 @@ async def test_regression_an_unchanged_workflow_registered_again_is_200_not_201(
     assert new.status == 201
     assert (await new.json())["version"] == 2
     assert new.headers["Location"] == f"/v1/workflows/{wf}"
+
+
+async def test_regression_a_stream_reads_a_batch_without_a_task_per_event(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    # Each live event was read through while_connected: two new tasks (its own and
+    # wait_for's) for an event already in the queue.
+    agent, _ = await setup_workflow(client, tenant_a)
+    created = await json_ok(
+        client,
+        "POST",
+        "/v1/orchestrations",
+        202,
+        json={"executor": "external", "agent_id": agent, "input": None},
+        headers=tenant_a.headers,
+    )
+    oid = created["orchestration_id"]
+    stream = await client.get(f"/v1/orchestrations/{oid}/events/stream", headers=tenant_a.headers)
+    backlog = await asyncio.wait_for(read_sse(stream, limit=2), 10)
+    assert len(backlog) == 2
+    batch: list[dict[str, Any]] = []
+    for i in range(20):
+        started = {"step_id": f"s{i}", "agent_id": agent, "action": "decision", "attempt": 1}
+        batch.append({"type": "step.started", "payload": {**started, "inputs": {}}})
+        done = {"step_id": f"s{i}", "attempt": 1, "output": "ok"}
+        batch.append({"type": "step.completed", "payload": done})
+    batch.append({"type": "orchestration.completed", "payload": {"results": None}})
+    loop = asyncio.get_running_loop()
+    created_tasks = 0
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        nonlocal created_tasks
+        created_tasks += 1
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counting)
+    try:
+        await json_ok(
+            client,
+            "POST",
+            f"/v1/orchestrations/{oid}/steps",
+            201,
+            json={"events": batch},
+            headers=tenant_a.headers,
+        )
+        live = await asyncio.wait_for(read_sse(stream), 10)
+    finally:
+        loop.set_task_factory(None)
+    assert len(live) == len(batch)
+    assert created_tasks < len(batch) // 2, created_tasks
