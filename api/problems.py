@@ -108,8 +108,8 @@ def unsupported_coding() -> ProblemError:
     )
 
 
-def not_found(detail: str) -> ProblemError:
-    return ProblemError(404, "not-found", "Not found", detail)
+def not_found(detail: str, *, headers: dict[str, str] | None = None) -> ProblemError:
+    return ProblemError(404, "not-found", "Not found", detail, headers=headers)
 
 
 def unprocessable(detail: str, field: str | None = None) -> ProblemError:

@@ -30,13 +30,7 @@ _NO_CACHE = {"Cache-Control": "no-cache"}
 async def checkpoint(request: web.Request) -> web.Response:
     latest = services(request).log.latest_checkpoint()
     if latest is None:
-        raise ProblemError(
-            404,
-            "not-found",
-            "Not found",
-            "the log is empty: no checkpoint has been issued yet",
-            headers=_NO_CACHE,
-        )
+        raise not_found("the log is empty: no checkpoint has been issued yet", headers=_NO_CACHE)
     # Mutable: C2SP tlog-tiles asks that caches not keep it beyond a few seconds, and a
     # 200 without Cache-Control is heuristically cacheable (RFC 9111 §4.2.2).
     return web.Response(
@@ -72,7 +66,7 @@ async def tile(request: web.Request) -> web.Response:
         data = await services(request).log.tile(_tile(request))
     except NotFoundError as e:
         # Not cached: the tree will hold this tile later.
-        raise ProblemError(404, "not-found", "Not found", str(e), headers=_NO_CACHE) from e
+        raise not_found(str(e), headers=_NO_CACHE) from e
     # A tile's bytes never change once served, partial ones included (their hashes are
     # complete subtrees): any cache may keep them for good.
     return web.Response(

@@ -308,7 +308,7 @@ def _parse(data: Any) -> LLMResponse:
     refusal = message.get("refusal")
     if content is None and not calls and isinstance(refusal, str) and refusal:
         # OpenAI's structured refusal: the model declined, the server kept the protocol.
-        raise ProviderError(f"the model refused: {refusal[:500]}", transient=False)
+        raise ProviderError(f"the model refused: {refusal[:MAX_DETAIL_CHARS]}", transient=False)
     if content is None and not calls:
         if isinstance(finish, str):  # a well-formed reply: the model was stopped
             # (content_filter, as Azure's filter does; length, a reasoning model out of
