@@ -34,7 +34,7 @@ from api.tenant_limit import TenantRequests
 from ledger.errors import LedgerError
 from ledger.keys import load_or_create_signer
 from ledger.log import Log
-from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, ToolRegistry
+from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, SQLiteSummaryStore, ToolRegistry
 from ledger.sqlite_store import SQLiteEventStore
 
 __all__ = ["create_app"]
@@ -182,6 +182,7 @@ def create_app(
         engine_options: dict[str, Any] = {
             "stop_grace_seconds": config.shutdown_grace_seconds,
             "provider_policy": config.provider_policy(),
+            "summaries": SQLiteSummaryStore(config.summaries_path),
         }
         if env is not None:
             engine_options["env"] = env
@@ -235,8 +236,9 @@ def create_app(
             services.shutting_down = True
             services.hub.close()
             # Running orchestrations stop at their next step boundary (they resume on the
-            # next start); requests waiting on them (Prefer: wait) answer now.
-            await services.engine.close()
+            # next start); requests waiting on them (Prefer: wait) answer now. Those still
+            # in flight read on: the cleanup closes the engine once they are done.
+            await services.engine.stop()
 
     app.cleanup_ctx.append(resources)
     app.on_shutdown.append(on_shutdown)

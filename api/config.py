@@ -48,6 +48,8 @@ ENV_VARS: dict[str, str] = {
 
 _LEDGER_FILE = "ledger.db"
 _KEYS_FILE = "keys.db"
+# Derived from the ledger (moved aside and rebuilt if damaged): safe to delete.
+_SUMMARIES_FILE = "summaries.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,10 @@ class Config:
     @property
     def keys_path(self) -> Path:
         return self.data_dir / _KEYS_FILE
+
+    @property
+    def summaries_path(self) -> Path:
+        return self.data_dir / _SUMMARIES_FILE
 
     @classmethod
     def load(cls, env: Mapping[str, str], **flags: Any) -> Config:

@@ -52,7 +52,7 @@ class _StatusCollector(Collector):
         engine = self._metrics.engine
         in_flight = {"pending": 0, "running": 0}
         if engine is not None:
-            for summary in engine.registry.unfinished():
+            for summary in engine.summaries.unfinished():
                 in_flight[summary.status] = in_flight.get(summary.status, 0) + 1
         for status, n in in_flight.items():
             family.add_metric([status], n)

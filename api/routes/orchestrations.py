@@ -165,7 +165,7 @@ async def _start_reserved(
     except LedgerError as e:
         refused = from_ledger_error(e).status in (404, 422)
         tenant = idempotency[0]
-        if refused and s.engine.registry.orchestration(tenant, reserved) is None:
+        if refused and await s.engine.summaries.get(tenant, reserved) is None:
             # Not being able to release costs only that: the key stays with this body.
             with contextlib.suppress(StorageUnavailableError):
                 s.keys.forget(*idempotency, reserved)
@@ -262,7 +262,7 @@ async def list_orchestrations(request: web.Request) -> web.Response:
     if cursor is not None and not _UUID_RE.match(cursor):
         raise bad_request("cursor must be a next_cursor value from a previous page", field="cursor")
     limit = int_query(request, "limit", default=50, low=1, high=500)
-    page, next_cursor = s.engine.list_orchestrations(
+    page, next_cursor = await s.engine.list_orchestrations(
         principal.tenant_id,
         status=status,
         agent_id=_uuid_query(request, "agent_id", "agent"),
@@ -327,7 +327,7 @@ def _event_out(rec: RecordedEvent) -> EventOut:
 
 
 async def _known(s: Services, tenant: str, oid: str) -> None:
-    if s.engine.registry.orchestration(tenant, oid) is None:
+    if await s.engine.summaries.get(tenant, oid) is None:
         raise OrchestrationNotFoundError(f"no orchestration {oid!r}")
 
 
@@ -389,7 +389,7 @@ async def stream(request: web.Request) -> web.StreamResponse:
         if not done:
             # A client resuming from the terminal event (or from past the head) gets no
             # backlog and no live event: without this it would get keep-alives forever.
-            summary = s.engine.registry.orchestration(tenant, oid)
+            summary = await s.engine.summaries.get(tenant, oid)
             done = summary is not None and summary.status in _ENDED and last >= summary.seq
         while not done:
             item: RecordedEvent | None

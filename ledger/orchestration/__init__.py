@@ -26,7 +26,8 @@ from ledger.orchestration.errors import (
 from ledger.orchestration.events import ORCHESTRATION_EVENTS, TERMINAL_TYPES
 from ledger.orchestration.providers import ProviderPolicy
 from ledger.orchestration.redaction import RedactionPolicy, commitment
-from ledger.orchestration.registry import AgentRecord, OrchestrationSummary, WorkflowRecord
+from ledger.orchestration.registry import AgentRecord, WorkflowRecord
+from ledger.orchestration.sqlite_summaries import SQLiteSummaryStore
 from ledger.orchestration.state import (
     OrchestrationProjection,
     OrchestrationState,
@@ -34,6 +35,13 @@ from ledger.orchestration.state import (
     apply,
     parse_orchestration_id,
     replay,
+)
+from ledger.orchestration.summary import OrchestrationSummary
+from ledger.orchestration.summary_store import (
+    MemorySummaryStore,
+    PageQuery,
+    SummaryProgress,
+    SummaryStore,
 )
 from ledger.orchestration.tools import HttpTool, Tool, ToolRegistry
 from ledger.orchestration.workflow import (
@@ -54,6 +62,7 @@ __all__ = [
     "ConditionError",
     "Engine",
     "HttpTool",
+    "MemorySummaryStore",
     "OrchestrationError",
     "OrchestrationNotFound",
     "OrchestrationNotFoundError",
@@ -61,13 +70,17 @@ __all__ = [
     "OrchestrationState",
     "OrchestrationStateError",
     "OrchestrationSummary",
+    "PageQuery",
     "ProviderError",
     "ProviderPolicy",
     "RedactionPathError",
     "RedactionPolicy",
+    "SQLiteSummaryStore",
     "SSRFBlockedError",
     "StepDef",
     "StepState",
+    "SummaryProgress",
+    "SummaryStore",
     "TemplateError",
     "Tool",
     "ToolError",

@@ -53,8 +53,8 @@ from ledger.orchestration.providers import (
 )
 from ledger.orchestration.redaction import RedactionPolicy
 from ledger.orchestration.registry import (
+    MAX_EXAMINED,
     AgentRecord,
-    OrchestrationSummary,
     Registry,
     RegistryProjection,
     WorkflowRecord,
@@ -62,6 +62,9 @@ from ledger.orchestration.registry import (
 from ledger.orchestration.runner import Runner, read_history
 from ledger.orchestration.state import OrchestrationProjection, OrchestrationState, replay
 from ledger.orchestration.stream import StreamWriter
+from ledger.orchestration.summaries import Summaries
+from ledger.orchestration.summary import OrchestrationSummary
+from ledger.orchestration.summary_store import MemorySummaryStore, PageQuery, SummaryStore
 from ledger.orchestration.tools import ToolRegistry
 from ledger.orchestration.workflow import definition_hash, validate_definition
 from ledger.receipt import Receipt
@@ -96,13 +99,13 @@ _REGISTRY = RegistryProjection()
 _SNAPSHOT_AFTER_REPLAY = 100_000
 # A running engine snapshots its registry every this many events as well, in the
 # background: a crash then costs the next start at most this much folding, not all
-# the log written since the last clean stop...
-_SNAPSHOT_EVERY = 1_000_000
-# ...or every this many events per orchestration the registry holds, if that is more.
-# A snapshot encodes every summary on the event loop and writes it whole (100,000
-# orchestrations: 39 MiB, 90 ms to encode on the bench machine), so the interval grows
-# with it and snapshots stay about 1% of the work of the events between them.
-_SNAPSHOT_EVENTS_PER_RUN = 10
+# the log written since the last clean stop (the summaries' store keeps its own place,
+# a fraction of a second behind the log)...
+_SNAPSHOT_EVERY = 20_000
+# ...or every this many events per agent registration and workflow version it holds,
+# if that is more: a snapshot encodes them all on the event loop and writes them whole,
+# so the interval grows with them and snapshots stay a small part of the work.
+_SNAPSHOT_EVENTS_PER_RECORD = 20
 
 
 class _Recorded(Protocol):
@@ -157,6 +160,7 @@ class Engine:
         sleep: Callable[[float], Any] = asyncio.sleep,
         stop_grace_seconds: float = 5.0,
         provider_policy: ProviderPolicy | None = None,
+        summaries: SummaryStore | None = None,
     ) -> None:
         for name in ev.ORCHESTRATION_EVENTS.names():
             log.catalog.payload_type(name)  # raises UnknownEventTypeError if missing
@@ -175,6 +179,8 @@ class Engine:
         self._sleep = sleep
         self._grace = stop_grace_seconds
         self.registry = Registry()
+        #: Every orchestration's summary; in memory unless ``summaries`` stores them.
+        self.summaries = Summaries(summaries if summaries is not None else MemorySummaryStore())
         self._providers: dict[tuple[str, str, int], Provider] = {}
         self._runners: dict[tuple[str, str], Runner] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -197,7 +203,7 @@ class Engine:
         self._registry_upto = 0
         self._registry_ready = False
         #: Events committed while start() folds the older log: folded after it, in order.
-        self._early: list[Event] = []
+        self._early: list[tuple[Event, int]] = []
         #: The log size the stored registry snapshot covers (0: none).
         self._snapshot_upto = 0
         self._saving = asyncio.Lock()
@@ -228,7 +234,7 @@ class Engine:
         if not resume:
             return []
         resumed = []
-        unfinished = self.registry.unfinished()
+        unfinished = self.summaries.unfinished()
         for i, summary in enumerate(unfinished):
             if self._closing:  # close() came while the registry was being built
                 break
@@ -260,6 +266,8 @@ class Engine:
             await asyncio.wait([snapshotting])
         self._early = []
         self.registry = Registry()
+        await self.summaries.close()  # writes what it folded: a consistent prefix
+        self.summaries = Summaries(self.summaries.store)
         self._live.clear()  # commits while no listener was attached never reached it
         self._indexed_from = self._registry_upto = self._snapshot_upto = 0
         self._replayed_at_start = self._next_snapshot_at = 0
@@ -271,14 +279,17 @@ class Engine:
         except LedgerError as e:  # the snapshot is only a shortcut: fold from the start
             _log.warning("engine.registry_snapshot_unreadable", error=str(e))
             loaded = None
+        summaries_upto = await self._open_summaries()
         # No await from here to the listener: every leaf is either folded below (before
         # ``_indexed_from``) or by the listener (from it on), never both or neither.
         self._indexed_from = self._registry_upto = self._log.size
         self._log.add_listener(self._on_commit)
-        index = 0
+        registry_upto = 0
         if loaded is not None:
-            self.registry, index = loaded
-        first = self._snapshot_upto = index
+            self.registry, registry_upto = loaded
+        self._snapshot_upto = registry_upto
+        # Each projection folds from where its own stored state ends.
+        index = first = min(registry_upto, summaries_upto)
         while index < self._indexed_from:
             page = await self._log.read_log(index, min(1000, self._indexed_from - index))
             if not page or page[0].leaf_index != index:
@@ -288,24 +299,53 @@ class Engine:
                     index=index,
                 )
             for rec in page:
-                self.registry.apply(rec.event)
+                if rec.leaf_index >= registry_upto:
+                    self.registry.apply(rec.event)
+                if rec.leaf_index >= summaries_upto:
+                    self.summaries.apply(rec.event, rec.leaf_index)
             index = page[-1].leaf_index + 1
-        self.registry.apply_all(self._early)
+        for event, leaf_index in self._early:
+            self.registry.apply(event)
+            self.summaries.apply(event, leaf_index)
         self._early = []
         self._registry_ready = True
         self._replayed_at_start = index - first
         _log.info(
             "engine.registry_built",
-            snapshot_size=first if loaded is not None else None,
+            snapshot_size=registry_upto if loaded is not None else None,
+            summaries_upto=summaries_upto,
             replayed_events=self._replayed_at_start,
         )
         self._next_snapshot_at = self._registry_upto + self._snapshot_interval()
         if self._replayed_at_start >= _SNAPSHOT_AFTER_REPLAY:
             await self._save_registry()
+            with contextlib.suppress(LedgerError):  # derived: only a slower next start
+                await self.summaries.flush()
+
+    async def _open_summaries(self) -> int:
+        """Open the summaries' store; returns how far into this log its fold reaches (0
+        if it folded another log, or more than this one holds: it starts again)."""
+        progress = await self.summaries.open()
+        upto = progress.upto
+        if upto:
+            last = await self._log.read_log(upto - 1, 1) if upto <= self._log.size else []
+            if not last or last[0].event.event_id != progress.last_event_id:
+                _log.warning("engine.summaries_rebuilt", stored_upto=upto, log_size=self._log.size)
+                await self.summaries.reset()
+                upto = 0
+        await self.summaries.load_unfinished()
+        return upto
 
     async def close(self) -> None:
+        """:meth:`stop`, then close the summaries' store: reads of summaries the engine
+        does not hold in memory fail from then on."""
+        await self.stop()
+        await self.summaries.close()
+
+    async def stop(self) -> None:
         """Stop every running orchestration at its next step boundary (it resumes after a
-        restart); after ``stop_grace_seconds`` in-flight steps are cancelled."""
+        restart); after ``stop_grace_seconds`` in-flight steps are cancelled. Reads go
+        on working (a server's requests still in flight), until :meth:`close`."""
         self._closing = True
         # Waits on runs no task here runs answer now, as those on its own runs do when
         # they stop: the shutdown would otherwise be held until each wait ran out.
@@ -327,6 +367,8 @@ class Engine:
             await asyncio.wait([self._snapshotting])
         if self._registry_ready:
             await self._save_registry()
+        with contextlib.suppress(LedgerError):  # derived: the next start folds it again
+            await self.summaries.flush()
 
     @property
     def closing(self) -> bool:
@@ -339,7 +381,7 @@ class Engine:
         return self._replayed_at_start
 
     def _snapshot_interval(self) -> int:
-        return max(_SNAPSHOT_EVERY, _SNAPSHOT_EVENTS_PER_RUN * self.registry.orchestration_count)
+        return max(_SNAPSHOT_EVERY, _SNAPSHOT_EVENTS_PER_RECORD * self.registry.records)
 
     async def _save_registry(self) -> None:
         """Snapshot the registry, so the next start folds only what follows. A failure
@@ -365,8 +407,9 @@ class Engine:
             event = rec.event
             if self._registry_ready:
                 self.registry.apply(event)
+                self.summaries.apply(event, rec.leaf_index)
             else:
-                self._early.append(event)
+                self._early.append((event, rec.leaf_index))
             # Per event, once folded: if a later one raised, a snapshot still names
             # exactly what the registry holds.
             self._registry_upto = rec.leaf_index + 1
@@ -702,7 +745,7 @@ class Engine:
         keys, self._stalled = self._stalled, set()
         resumed = []
         for key in sorted(keys):
-            summary = self.registry.orchestration(*key)
+            summary = await self.summaries.get(*key)
             if self._closing or key in self._tasks or summary is None:
                 continue
             if await self._resume_or_stall(summary) and key in self._tasks:
@@ -771,7 +814,7 @@ class Engine:
 
     async def get_state(self, tenant_id: str, orchestration_id: str) -> OrchestrationState:
         """The state, by a fresh replay of the orchestration's stream."""
-        if self.registry.orchestration(tenant_id, orchestration_id) is None:
+        if await self.summaries.get(tenant_id, orchestration_id) is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         records = await self._read_committed(tenant_id, orchestration_id)
         state = replay(r.event for r in records)
@@ -786,7 +829,7 @@ class Engine:
         from before the latest commit while other reads are in flight; re-read briefly
         until the stream reaches the committed head (read-your-writes).
         """
-        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        summary = await self.summaries.get(tenant_id, orchestration_id)
         head = summary.seq if summary else 0
         records = await self._log.read_stream(tenant_id, orchestration_id)
         for attempt in range(50):
@@ -816,7 +859,7 @@ class Engine:
     async def _await_end(self, key: tuple[str, str], max_wait: float) -> None:
         if self._closing:
             return
-        summary = self.registry.orchestration(*key)
+        summary = await self.summaries.get(*key)
         if summary is None or summary.status in ("completed", "failed", "cancelled"):
             return
         ender = self._enders.get(key)
@@ -833,7 +876,7 @@ class Engine:
             if not ender[1][0] and self._enders.get(key) is ender:
                 del self._enders[key]
 
-    def list_orchestrations(
+    async def list_orchestrations(
         self,
         tenant_id: str,
         *,
@@ -843,13 +886,16 @@ class Engine:
         cursor: str | None = None,
         limit: int = 50,
     ) -> tuple[list[OrchestrationSummary], str | None]:
-        return self.registry.list_orchestrations(
+        return await self.summaries.page(
             tenant_id,
-            status=status,
-            agent_id=agent_id,
-            workflow_id=workflow_id,
-            cursor=cursor,
-            limit=max(1, min(limit, 500)),
+            PageQuery(
+                status=status,
+                agent_id=agent_id,
+                workflow_id=workflow_id,
+                cursor=cursor,
+                limit=max(1, min(limit, 500)),
+                examine=MAX_EXAMINED,
+            ),
         )
 
     async def cancel(
@@ -862,7 +908,7 @@ class Engine:
     ) -> OrchestrationState:
         """Cancel: in-flight calls are cancelled, ``orchestration.cancelled`` is recorded."""
         key = (tenant_id, orchestration_id)
-        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        summary = await self.summaries.get(tenant_id, orchestration_id)
         if summary is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         if summary.status in ("completed", "failed", "cancelled"):
@@ -878,7 +924,7 @@ class Engine:
                     # Not running here (external, not resumed, or its runner stopped
                     # before it reached a step boundary to honour the cancel: the engine
                     # closing, or storage failing): record it directly, unless it ended.
-                    summary = self.registry.orchestration(tenant_id, orchestration_id)
+                    summary = await self.summaries.get(tenant_id, orchestration_id)
                     assert summary is not None
                     if summary.status in ("completed", "failed", "cancelled"):
                         if asked:  # its runner ended it, cancelled or otherwise
@@ -1013,7 +1059,7 @@ class Engine:
         type not in :data:`EXTERNAL_EVENT_TYPES` or a bad payload.
         """
         key = (tenant_id, orchestration_id)
-        summary = self.registry.orchestration(tenant_id, orchestration_id)
+        summary = await self.summaries.get(tenant_id, orchestration_id)
         if summary is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         if summary.executor != "external":
@@ -1048,7 +1094,7 @@ class Engine:
                     f"events[{i}]: {e}", field=f"events[{i}].payload"
                 ) from cause
         async with self._external_lock(key):
-            summary = self.registry.orchestration(tenant_id, orchestration_id)
+            summary = await self.summaries.get(tenant_id, orchestration_id)
             assert summary is not None
             if summary.status in ("completed", "failed", "cancelled"):
                 raise OrchestrationStateError(orchestration_id, summary.status, "record steps")

@@ -20,6 +20,7 @@ from ledger.note import generate_signer
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
 from ledger.orchestration import events as ev
 from ledger.orchestration.binding import build_created
+from ledger.orchestration.sqlite_summaries import SQLiteSummaryStore
 from ledger.sqlite_store import SQLiteEventStore
 
 TENANT = "tenant-a"
@@ -123,8 +124,7 @@ async def crash_with_unfinished_runs(harness: Harness, count: int) -> tuple[Log,
     engine = await harness.open()
     assert harness.log is not None
     oids = [await append_unfinished_run(engine, harness.log) for _ in range(count)]
-    await harness.log.close()
-    harness.log, harness.engine = None, None
+    await harness.crash()
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     return log, sorted(oids)
 
@@ -172,6 +172,8 @@ class Harness:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        #: Where the engine keeps orchestration summaries, beside the ledger as a server does.
+        self.summaries_path = path.with_name(path.stem + ".summaries.db")
         self.signer = generate_signer("maip-ledger.test/log")
         self.log: Log | None = None
         self.engine: Engine | None = None
@@ -179,6 +181,7 @@ class Harness:
     async def open(self, **engine_options: Any) -> Engine:
         self.log = await Log.open(SQLiteEventStore(self.path), self.signer, ORCHESTRATION_EVENTS)
         engine_options.setdefault("sleep", no_sleep)
+        engine_options.setdefault("summaries", SQLiteSummaryStore(self.summaries_path))
         self.engine = Engine(self.log, **engine_options)
         await self.engine.start()
         return self.engine
@@ -189,9 +192,19 @@ class Harness:
         self.log = await Log.open(SQLiteEventStore(self.path), self.signer, ORCHESTRATION_EVENTS)
         wrapped = seam(self.log)
         engine_options.setdefault("sleep", no_sleep)
+        engine_options.setdefault("summaries", SQLiteSummaryStore(self.summaries_path))
         self.engine = Engine(wrapped, **engine_options)  # type: ignore[arg-type]
         await self.engine.start()
         return wrapped, self.engine
+
+    async def crash(self) -> None:
+        """The process dies: the files close, and the engine never stops (what it held
+        in memory, such as summaries not written yet, is lost)."""
+        assert self.log is not None
+        assert self.engine is not None
+        await self.engine.summaries.store.close()
+        await self.log.close()
+        self.log, self.engine = None, None
 
     async def close(self) -> None:
         if self.engine is not None:

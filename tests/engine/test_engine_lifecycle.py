@@ -278,7 +278,7 @@ async def test_a_run_whose_history_does_not_read_back_is_counted_and_left_unfini
         assert await engine.start() == [second]
         assert (engine.stalled, engine.unresumable) == (0, 1)
         assert (await engine.wait(TENANT, second)).status == "completed"
-        summary = engine.registry.orchestration(TENANT, first)
+        summary = await engine.summaries.get(TENANT, first)
         assert summary is not None
         assert summary.status == "running"  # left as it was, for the next start
     finally:
@@ -605,7 +605,7 @@ async def test_regression_resuming_a_run_whose_history_is_terminal_keeps_no_writ
     agent_id = await make_agent({"content": "done"})
     started = await engine.execute(TENANT, agent_id=agent_id, input="hi")
     await engine.wait(TENANT, started.orchestration_id)
-    summary = engine.registry.orchestration(TENANT, started.orchestration_id)
+    summary = await engine.summaries.get(TENANT, started.orchestration_id)
     assert summary is not None
     assert not await engine._resume(summary)
     assert (TENANT, started.orchestration_id) not in engine._writers
@@ -986,7 +986,7 @@ async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cance
         engine.execute(TENANT, workflow_id=wf.workflow_id, orchestration_id=oid)
     )
     await asyncio.wait_for(seam.committed.wait(), 10)
-    assert engine.registry.orchestration(TENANT, oid) is not None  # listed: cancellable
+    assert await engine.summaries.get(TENANT, oid) is not None  # listed: cancellable
     with structlog.testing.capture_logs() as logs:
         cancel = asyncio.create_task(engine.cancel(TENANT, oid, reason="operator"))
         for _ in range(20):

@@ -24,7 +24,6 @@ from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
 from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
-from ledger.orchestration import registry as registry_module
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -60,13 +59,9 @@ def _views(registry: Registry) -> object:
     """Everything the registry answers, for both tenants, as the API would render it
     (a provider's settings are free-form JSON: arrays are lists after a decode and
     tuples in the payload an engine just wrote)."""
-    out: list[object] = [registry.unfinished()]
+    out: list[object] = []
     for tenant in (TENANT, OTHER_TENANT):
-        out += [
-            registry.agents(tenant),
-            registry.workflows(tenant),
-            registry.list_orchestrations(tenant, limit=1000),
-        ]
+        out += [registry.agents(tenant), registry.workflows(tenant)]
         for agent in registry.agents(tenant):
             out += [registry.agent(tenant, agent.agent_id, r) for r in range(1, 4)]
         for wf in registry.workflows(tenant):
@@ -88,9 +83,7 @@ async def test_a_restart_folds_only_the_events_after_the_registry_snapshot(
     assert engine.replayed_at_start == 0  # the snapshot covered the whole log
     await _work(engine, runs=2)
     # A crash: the log stops, and the engine never snapshots what this session did.
-    assert harness.log is not None
-    await harness.log.close()
-    harness.log, harness.engine = None, None
+    await harness.crash()
 
     engine = await harness.open()
     assert harness.log is not None
@@ -110,42 +103,6 @@ async def test_the_registry_survives_its_snapshot_unchanged(harness: Harness) ->
     # The latest registration is the one served without a revision.
     bot = next(a for a in restored.agents(TENANT) if a.name == "bot")
     assert bot.model == "m2"
-
-
-async def test_summaries_share_the_values_that_repeat_across_orchestrations(
-    harness: Harness,
-) -> None:
-    """Each summary held its own copy of its tenant, agent, workflow and status strings,
-    decoded from its own leaf or from the snapshot: ~900 bytes an orchestration, kept for
-    as long as the process runs. Folded live or loaded from a snapshot, they share one."""
-    engine = await harness.open()
-    await _work(engine, runs=3)
-    restored = Registry.from_snapshot(engine.registry.snapshot())
-    for registry in (engine.registry, restored, await _full_fold(harness.log)):  # type: ignore[arg-type]
-        runs, _ = registry.list_orchestrations(TENANT, limit=1000)
-        assert len(runs) == 3
-        first, *rest = runs
-        for other in rest:
-            assert other.orchestration_id != first.orchestration_id
-            for field in ("tenant_id", "executor", "status", "agent_id", "agents", "workflow_id"):
-                assert getattr(other, field) == getattr(first, field), field
-                assert getattr(other, field) is getattr(first, field), field
-
-
-async def test_a_snapshot_in_parts_is_the_whole_snapshot(
-    harness: Harness, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The engine saves the registry part by part (so a large one does not hold the
-    event loop); the parts make exactly the one-piece snapshot, whatever their size."""
-    engine = await harness.open()
-    await _work(engine, runs=3)
-    whole = engine.registry.snapshot()
-    for per_part in (1, 2, 1000):
-        monkeypatch.setattr(registry_module, "_SUMMARIES_PER_PART", per_part)
-        parts = list(engine.registry.snapshot_parts())
-        assert len(parts) == 2 + -(-6 // per_part)  # head, the summaries, the tail
-        assert b"".join(parts) == whole
-    assert _views(Registry.from_snapshot(whole)) == _views(engine.registry)
 
 
 async def test_a_snapshot_that_is_not_of_this_log_is_ignored(tmp_path: Path) -> None:
@@ -204,10 +161,7 @@ async def test_regression_an_event_committed_while_start_folds_is_not_lost(
     engine = await harness.open()
     created = await engine.create_external(TENANT)
     oid = created.orchestration_id
-    assert harness.log is not None
-    log = harness.log
-    await log.close()  # a crash: no snapshot of this session
-    harness.log, harness.engine = None, None
+    await harness.crash()  # no snapshot of this session
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     end = NewEvent(ev.ORCHESTRATION_COMPLETED, ev.OrchestrationCompleted(oid, results=None))
 
@@ -219,10 +173,10 @@ async def test_regression_an_event_committed_while_start_folds_is_not_lost(
     try:
         await engine.start(resume=False)
         assert engine.replayed_at_start == log.size - 1  # the end came through the listener
-        summary = engine.registry.orchestration(TENANT, oid)
+        summary = await engine.summaries.get(TENANT, oid)
         assert summary is not None
         assert summary.status == "completed"
-        assert engine.registry.unfinished() == []
+        assert engine.summaries.unfinished() == []
     finally:
         await engine.close()
         await log.close()
@@ -253,9 +207,7 @@ async def test_a_start_that_folds_a_long_tail_saves_a_snapshot_at_once(
     engine = await harness.open()
     await _work(engine, runs=2)
     for _ in range(2):  # two crashes in a row: neither session stops cleanly
-        assert harness.log is not None
-        await harness.log.close()
-        harness.log, harness.engine = None, None
+        await harness.crash()
         engine = await harness.open()
     assert engine.replayed_at_start == 0  # the first restart saved what it folded
 
@@ -277,7 +229,8 @@ async def test_a_running_engine_snapshots_its_registry_every_interval(
     """So a crash after a long run folds at most one interval, not everything since
     the last clean stop."""
     monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 25)
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RUN", 1)  # 8 runs: below 25
+    # 8 registrations and versions: an interval below 25.
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1)
     engine = await harness.open()
     await _work(engine, runs=4)
     assert harness.log is not None
@@ -292,8 +245,9 @@ async def test_a_running_engine_snapshots_its_registry_every_interval(
     assert saved is not None
     assert saved[0] > due
     size = harness.log.size
-    await harness.log.close()  # a crash: the engine never stops cleanly
-    harness.log, harness.engine = None, None
+    # The summaries' store is at most a fraction of a second behind: here, not at all.
+    await engine.summaries.flush()
+    await harness.crash()  # a crash: the engine never stops cleanly
     engine = await harness.open()
     assert 0 < engine.replayed_at_start < 25 + 1
     assert engine.replayed_at_start == size - saved[0]
@@ -324,9 +278,7 @@ async def test_regression_a_start_that_failed_can_be_started_again(harness: Harn
     went on folding commits into it."""
     engine = await harness.open()
     await _work(engine, runs=1)
-    assert harness.log is not None
-    await harness.log.close()  # a crash, so no snapshot spares the next start its fold
-    harness.log, harness.engine = None, None
+    await harness.crash()  # a crash, so no snapshot spares the next start its fold
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     flaky = _FirstReadFails(log)
     engine = Engine(flaky, sleep=no_sleep)  # type: ignore[arg-type]  # a seam around the real log
@@ -338,11 +290,11 @@ async def test_regression_a_start_that_failed_can_be_started_again(harness: Harn
         assert _views(engine.registry) == _views(await _full_fold(log))
         (agent, *_) = engine.registry.agents(TENANT)
         (wf, *_) = engine.registry.workflows(TENANT)
-        before = len(engine.registry.list_orchestrations(TENANT, limit=1000)[0])
+        before = len((await engine.list_orchestrations(TENANT, limit=500))[0])
         started = await engine.execute(TENANT, workflow_id=wf.workflow_id, agents=[agent.agent_id])
         await engine.wait(TENANT, started.orchestration_id)
         # Folded once, by the one listener the second start attached.
-        assert len(engine.registry.list_orchestrations(TENANT, limit=1000)[0]) == before + 1
+        assert len((await engine.list_orchestrations(TENANT, limit=500))[0]) == before + 1
         assert _views(engine.registry) == _views(await _full_fold(log))
     finally:
         await engine.close()
@@ -375,9 +327,7 @@ async def test_regression_a_cancelled_start_seals_no_empty_registry(
     empty registry as the fold of the whole log, and the next start lost every agent."""
     engine = await harness.open()
     agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
-    assert harness.log is not None
-    await harness.log.close()  # a crash: the next start has to fold, and then saves
-    harness.log, harness.engine = None, None
+    await harness.crash()  # a crash: the next start has to fold, and then saves
     monkeypatch.setattr(engine_module, "_SNAPSHOT_AFTER_REPLAY", 0)
     monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
@@ -408,10 +358,10 @@ async def test_regression_a_cancelled_start_seals_no_empty_registry(
 async def test_the_snapshot_interval_grows_with_the_registry(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each snapshot encodes and writes every summary, so with many orchestrations
-    they are taken less often."""
+    """Each snapshot encodes and writes every agent registration and workflow version,
+    so with many of them they are taken less often."""
     monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RUN", 1000)
+    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1000)
     engine = await harness.open()
     assert harness.log is not None
     store = harness.log.store
@@ -427,10 +377,10 @@ async def test_the_snapshot_interval_grows_with_the_registry(
             await asyncio.sleep(0.01 if expected is not None else 0.002)
         return size
 
-    # Snapshots follow every commit while the registry holds no orchestration...
+    # Snapshots follow every commit while the registry is empty...
     await engine.register_agent(TENANT, name="bot", provider=scripted())
     assert await saved_size(harness.log.size) == harness.log.size
-    # ...and, once it holds some, only after 1,000 events for each.
+    # ...and, once it holds records, only after 1,000 events for each.
     await _work(engine, runs=2)
     first = await saved_size()
     assert first is not None

@@ -263,7 +263,7 @@ async def test_tenants_are_isolated(engine: Engine, make_agent: Any) -> None:
         await engine.cancel(OTHER_TENANT, started.orchestration_id)
     with pytest.raises(AgentNotFound):
         await engine.execute(OTHER_TENANT, agent_id=agent, input="x")
-    assert engine.list_orchestrations(OTHER_TENANT) == ([], None)
+    assert await engine.list_orchestrations(OTHER_TENANT) == ([], None)
 
 
 async def test_list_with_filters_and_cursor(engine: Engine, make_agent: Any) -> None:
@@ -274,15 +274,15 @@ async def test_list_with_filters_and_cursor(engine: Engine, make_agent: Any) -> 
         s = await engine.execute(TENANT, agent_id=agent, input="x")
         await engine.wait(TENANT, s.orchestration_id)
         ids.append(s.orchestration_id)
-    page, cursor = engine.list_orchestrations(TENANT, agent_id=a1, limit=2)
+    page, cursor = await engine.list_orchestrations(TENANT, agent_id=a1, limit=2)
     assert [p.orchestration_id for p in page] == [ids[3], ids[2]]
     assert cursor is not None
-    page2, cursor2 = engine.list_orchestrations(TENANT, agent_id=a1, limit=2, cursor=cursor)
+    page2, cursor2 = await engine.list_orchestrations(TENANT, agent_id=a1, limit=2, cursor=cursor)
     assert [p.orchestration_id for p in page2] == [ids[0]]
     assert cursor2 is None
-    done, _ = engine.list_orchestrations(TENANT, status="completed", limit=50)
+    done, _ = await engine.list_orchestrations(TENANT, status="completed", limit=50)
     assert len(done) == 5
-    assert engine.list_orchestrations(TENANT, status="running")[0] == []
+    assert (await engine.list_orchestrations(TENANT, status="running"))[0] == []
 
 
 async def test_external_executor_records_steps_with_receipts(
@@ -512,7 +512,9 @@ async def test_a_step_that_cancels_its_own_orchestration_ends_it_cancelled(
 
     async def cancel_myself(args: Any) -> Any:
         (summary,) = [
-            s for s in engine.list_orchestrations(TENANT)[0] if s.status in ("pending", "running")
+            s
+            for s in (await engine.list_orchestrations(TENANT))[0]
+            if s.status in ("pending", "running")
         ]
         await engine.cancel(TENANT, summary.orchestration_id, reason="tool quit")
         return args
@@ -801,7 +803,7 @@ async def test_a_start_too_large_for_a_leaf_is_refused_and_leaves_nothing(
     agent = await make_agent()
     with pytest.raises(InvalidEventError, match=r"orchestration\.created event is"):
         await engine.execute(TENANT, agent_id=agent, input="x" * 300_000)
-    assert engine.list_orchestrations(TENANT) == ([], None)
+    assert await engine.list_orchestrations(TENANT) == ([], None)
     assert not engine._writers
 
 
