@@ -24,14 +24,22 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from verifier._errors import MalformedInput, SignatureInvalid
 
-__all__ = ["VerifierKey", "open_note", "parse_vkey"]
+__all__ = [
+    "VerifierKey",
+    "b64_decode",
+    "open_note",
+    "parse_signature_line",
+    "parse_vkey",
+    "split_note",
+    "valid_key_name",
+]
 
 _ALG_ED25519 = 0x01
 _SIG_PREFIX = "\u2014 "
 _MAX_SIGNATURES = 100
 
 
-def _b64(text: str, what: str) -> bytes:
+def b64_decode(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as e:
@@ -48,7 +56,7 @@ def _well_formed(text: str) -> bool:
     return True
 
 
-def _valid_name(name: str) -> bool:
+def valid_key_name(name: str) -> bool:
     # C2SP: a key name is non-empty well-formed UTF-8 with no Unicode spaces and no plus
     # sign.
     return bool(name) and _well_formed(name) and not any(c.isspace() or c == "+" for c in name)
@@ -94,11 +102,11 @@ def parse_vkey(vkey: str | VerifierKey) -> VerifierKey:
     if len(parts) != 3:
         raise MalformedInput("a verifier key has the form <name>+<8 hex key ID>+<base64 key>")
     name, hex_id, b64 = parts
-    if not _valid_name(name):
+    if not valid_key_name(name):
         raise MalformedInput(
             f"verifier key name {name!r} is empty, not UTF-8, or has a space or '+'"
         )
-    key = _b64(b64, "verifier key")
+    key = b64_decode(b64, "verifier key")
     if len(key) != 33 or key[0] != _ALG_ED25519:
         raise MalformedInput("verifier key is not an Ed25519 key (type 0x01 and 32 bytes)")
     public_key = key[1:]
@@ -114,12 +122,10 @@ def parse_vkey(vkey: str | VerifierKey) -> VerifierKey:
     return VerifierKey(name, kid, public_key, ed_key)
 
 
-def open_note(note: str | bytes, key: VerifierKey) -> str:
-    """Verify a signed note under ``key`` and return its text (signed-note "Verifying").
-
-    Returns the text (with its final newline) or raises :class:`MalformedInput` (syntax)
-    or :class:`SignatureInvalid` (no signature by ``key``, or a bad one).
-    """
+def split_note(note: str | bytes) -> tuple[str, list[str]]:
+    """Signed-note steps 1-2: the note's text (with its final newline) and its signature
+    lines, or :class:`MalformedInput`. Shared by :func:`open_note` and the cosignature
+    checks (``verifier._cosignature``), so both read a note by the same rules."""
     # 1. The note is UTF-8 with no ASCII control characters other than newline.
     if isinstance(note, bytes):
         try:
@@ -144,23 +150,41 @@ def open_note(note: str | bytes, key: VerifierKey) -> str:
     lines = block[:-1].split("\n")
     if len(lines) > _MAX_SIGNATURES:
         raise MalformedInput(f"signed note has more than {_MAX_SIGNATURES} signatures")
+    return text, lines
+
+
+def parse_signature_line(line: str) -> tuple[str, int, bytes]:
+    """Signed-note step 3: ``— <name> <base64(key ID || signature)>`` as (name, key ID,
+    signature), or :class:`MalformedInput`."""
+    if not line.startswith(_SIG_PREFIX):
+        raise MalformedInput(f"malformed signature line {line[:60]!r}")
+    name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
+    if not sep or not valid_key_name(name) or not b64 or " " in b64:
+        raise MalformedInput(f"malformed signature line {line[:60]!r}")
+    blob = b64_decode(b64, "signature")
+    if len(blob) < 5:
+        raise MalformedInput("signature is too short to hold a key ID")
+    return name, int.from_bytes(blob[:4], "big"), blob[4:]
+
+
+def open_note(note: str | bytes, key: VerifierKey) -> str:
+    """Verify a signed note under ``key`` and return its text (signed-note "Verifying").
+
+    Returns the text (with its final newline) or raises :class:`MalformedInput` (syntax)
+    or :class:`SignatureInvalid` (no signature by ``key``, or a bad one).
+    """
+    # 1-2. UTF-8 text, a blank line, signature lines.
+    text, lines = split_note(note)
     message = text.encode("utf-8")
     verified = 0
     for line in lines:
         # 3. Each line is "— <name> <base64(key ID || signature)>".
-        if not line.startswith(_SIG_PREFIX):
-            raise MalformedInput(f"malformed signature line {line[:60]!r}")
-        name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        if not sep or not _valid_name(name) or not b64 or " " in b64:
-            raise MalformedInput(f"malformed signature line {line[:60]!r}")
-        blob = _b64(b64, "signature")
-        if len(blob) < 5:
-            raise MalformedInput("signature is too short to hold a key ID")
+        name, kid, signature = parse_signature_line(line)
         # 4. Signatures by keys other than the trusted one are ignored.
-        if name != key.name or int.from_bytes(blob[:4], "big") != key.key_id:
+        if name != key.name or kid != key.key_id:
             continue
         # 5. A signature by the trusted key must verify.
-        key.verify_signature(message, blob[4:])
+        key.verify_signature(message, signature)
         verified += 1
     if not verified:
         raise SignatureInvalid(
