@@ -15,11 +15,13 @@ from __future__ import annotations
 
 __all__ = [
     "BundleIncomplete",
+    "CheckpointRefused",
     "EventMismatch",
     "FetchFailed",
     "ForkDetected",
     "MalformedInput",
     "ProofInvalid",
+    "QuorumNotMet",
     "ReceiptMismatch",
     "ReplayInvalid",
     "RollbackDetected",
@@ -130,3 +132,26 @@ class FetchFailed(VerificationError):  # noqa: N818 - names fixed by issue 5
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class QuorumNotMet(VerificationError):  # noqa: N818 - named like the issue 5 errors
+    """A checkpoint lacks valid cosignatures from the required number of the witnesses
+    the user trusts (``specs/log-format.md`` §9.5). ``missing`` lists the vkeys of the
+    trusted witnesses whose cosignature is absent."""
+
+    def __init__(self, message: str, *, missing: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.missing = missing
+
+
+class CheckpointRefused(VerificationError):  # noqa: N818 - named like the issue 5 errors
+    """The witness will not cosign a submitted checkpoint (``specs/log-format.md`` §9.3).
+
+    ``status`` is the C2SP tlog-witness HTTP status for the reason; ``size`` is the
+    witness's latest cosigned size for a 409 that reports it (``text/x.tlog.size``).
+    """
+
+    def __init__(self, status: int, message: str, *, size: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.size = size
