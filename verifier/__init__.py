@@ -3,8 +3,9 @@
 It imports nothing from ``ledger`` or ``api``: it re-implements the verification half
 of ``specs/log-format.md`` — RFC 9162 §2.1.3.2/§2.1.4.2 proofs, C2SP signed notes and
 checkpoints, receipts (§4.1), offline bundles (§6.1) and the §7.3 replay — so that a
-bug in the writer is not silently shared by its checker. It also checks
-witnesses' C2SP tlog-cosignatures on checkpoints and a quorum of them (§9).
+bug in the writer is not silently shared by its checker. It is also the independent
+party that witnesses the log (§9): C2SP tlog-cosignature verification and signing, a
+witness quorum for the checks above, and a C2SP tlog-witness (``maip-verify witness``).
 
 Every ``verify_*`` function returns the verified value or raises a
 :class:`VerificationError` subclass that says what failed.
@@ -43,6 +44,7 @@ from verifier._quorum import WitnessPolicy, verify_witnessed, witness_policy
 from verifier._receipt import VerifiedReceipt, verify_receipt
 from verifier._replay import Timeline, build_timeline
 from verifier._wire import Receipt
+from verifier._witness import Witness
 
 __all__ = [
     "BundleIncomplete",
@@ -69,6 +71,7 @@ __all__ = [
     "VerificationError",
     "VerifiedReceipt",
     "VerifierKey",
+    "Witness",
     "WitnessKey",
     "WitnessPolicy",
     "WitnessSigner",

@@ -13,6 +13,7 @@ import binascii
 import contextlib
 import http.client
 import math
+import signal
 import sys
 import time
 import urllib.error
@@ -41,6 +42,9 @@ from verifier._note import VerifierKey, parse_vkey
 from verifier._receipt import verify_receipt
 from verifier._replay import build_timeline, render
 from verifier._text import visible
+from verifier._witness import Witness
+from verifier._witness_http import DEFAULT_MAX_BODY, WitnessServer
+from verifier._witness_state import WitnessState, load_witness_key
 
 __all__ = ["main", "urllib_fetcher"]
 
@@ -91,6 +95,12 @@ def _vkey(arg: str) -> VerifierKey:
         return parse_vkey(text)
     except MalformedInput as e:
         raise _UsageError(f"invalid vkey: {e.message}") from e
+
+
+def _positive_int(arg: str) -> int:
+    if not arg.isascii() or not arg.isdigit() or int(arg) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {arg!r}")
+    return int(arg)
 
 
 def _say(stream: IO[str], line: str) -> None:
@@ -405,6 +415,51 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ---- witness ------------------------------------------------------------------------
+
+
+def _listen(arg: str) -> tuple[str, int]:
+    """``--listen HOST:PORT`` (``[v6 address]:PORT`` for IPv6); PORT 0 picks a free one."""
+    host, sep, port = arg.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isascii() or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT (PORT 0-65535), not {arg!r}")
+    return host, int(port)
+
+
+def _cmd_witness(args: argparse.Namespace) -> int:
+    log_keys = [_vkey(k) for k in args.log_key]
+    state_dir = Path(args.state_dir)
+    if not state_dir.is_dir():
+        raise _UsageError(f"--state-dir {state_dir} is not a directory")
+    key_file = Path(args.key_file) if args.key_file is not None else None
+    signer = load_witness_key(state_dir, args.name, key_file)
+    witness = Witness(signer, log_keys, WitnessState(state_dir))
+    try:
+        server = WitnessServer(args.listen, witness, max_body=args.max_body_bytes)
+    except OSError as e:
+        host, port = args.listen
+        raise _UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
+    host, port = str(server.server_address[0]), int(server.server_address[1])
+    shown = f"[{host}]" if ":" in host else host
+    # The vkey, then the address: a test (or an operator's script) reads these two lines.
+    sys.stdout.write(f"witness vkey: {signer.key.vkey}\n")
+    sys.stdout.write(f"witness listening on http://{shown}:{port}/add-checkpoint\n")
+    sys.stdout.flush()
+    # SIGTERM ends the server as Ctrl-C does. A request in progress may be cut off,
+    # which is safe: a checkpoint is stored before its cosignature is sent.
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.server_close()
+    return EXIT_OK
+
+
 # ---- main ---------------------------------------------------------------------------
 
 
@@ -446,6 +501,29 @@ def _parser() -> argparse.ArgumentParser:
     for s in (r, b, c, m, rp):
         s.add_argument("--vkey", required=True, metavar="VKEY", help="trusted key or file")
         s.add_argument("--json", action="store_true", help="machine-readable output")
+
+    w = sub.add_parser("witness", help="serve a C2SP tlog-witness (POST /add-checkpoint, §9)")
+    w.add_argument("--state-dir", required=True, metavar="DIR", help="its key and state")
+    w.add_argument(
+        "--log-key",
+        required=True,
+        action="append",
+        metavar="VKEY",
+        help="a log key to witness, named for its origin (repeatable; vkey or file)",
+    )
+    w.add_argument(
+        "--listen", required=True, type=_listen, metavar="HOST:PORT", help="port 0: any free"
+    )
+    w.add_argument("--name", metavar="NAME", help="the witness's key name (to create its key)")
+    w.add_argument("--key-file", metavar="PATH", help="an existing key (never created)")
+    w.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=DEFAULT_MAX_BODY,
+        metavar="N",
+        help=f"largest request body (default {DEFAULT_MAX_BODY})",
+    )
+    w.set_defaults(json=False)
     return p
 
 
@@ -455,6 +533,7 @@ _COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "consistency": _cmd_consistency,
     "monitor": _cmd_monitor,
     "replay": _cmd_replay,
+    "witness": _cmd_witness,
 }
 
 
