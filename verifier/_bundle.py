@@ -53,6 +53,7 @@ from verifier._projection import (
     ReceiptsMatcher,
     diff_state,
 )
+from verifier._quorum import WitnessPolicy, verify_witnessed
 from verifier._wire import (
     BundleCheckpoint,
     BundleEvent,
@@ -234,8 +235,11 @@ class _Run:
         key: VerifierKey,
         progress: Callable[[int, int], None] | None,
         on_event: EventHook | None,
+        witnesses: WitnessPolicy | None = None,
     ) -> None:
         self.key = key
+        self.witnesses = witnesses
+        self.witnessed = ""  # what step 1 says of witnesses, if they were required
         self.progress = progress
         self.event_hook = on_event
         self.header: BundleHeader | None = None
@@ -255,6 +259,15 @@ class _Run:
             raise MalformedInput(f"bundle format {h.format!r} is not {BUNDLE_FORMAT!r}")
         # 1. Verify the header checkpoint under the trusted vkey (§4.1 step 1).
         checkpoint = verify_checkpoint(h.checkpoint, self.key)
+        #    With witnesses required, a quorum of them cosigned it (§9.5). The checkpoint
+        #    lines need none: each is proven consistent with this one.
+        if self.witnesses is not None:
+            cosigned = verify_witnessed(h.checkpoint, self.witnesses)
+            self.witnessed = (
+                f"; the header checkpoint cosigned by {len(cosigned)} of "
+                f"{len(self.witnesses.witnesses)} trusted witness(es), "
+                f"{self.witnesses.quorum} required"
+            )
         if h.origin != checkpoint.origin:
             raise EventMismatch(
                 f"header origin {h.origin!r} is not the checkpoint's origin {checkpoint.origin!r}"
@@ -473,7 +486,7 @@ class _Run:
             steps=(
                 f"{STEP_CHECKPOINT}: header checkpoint (tree size {head.tree_size}) and "
                 f"{self.checkpoints_verified - 1} receipt checkpoint(s) signed by the trusted "
-                "key and consistent",
+                "key and consistent" + self.witnessed,
                 f"{STEP_INCLUSION}: {self.events} event(s) included in the header checkpoint; "
                 f"{self.events} receipt(s) verified",
                 f"{STEP_BELONGING}: every event is tenant {header.tenant_id!r}'s orchestration "
@@ -496,18 +509,21 @@ def verify_bundle(
     *,
     progress: Callable[[int, int], None] | None = None,
     on_event: EventHook | None = None,
+    witnesses: WitnessPolicy | None = None,
 ) -> Report:
     """§6.1: verify an offline bundle under the trusted ``vkey`` (never the bundle's own).
 
     ``bundle`` is the JSON Lines bytes or text, or a binary file read line by line.
     ``progress(done, total)`` is called every few thousand events; ``on_event`` is
-    called for each event once it has passed steps 2-4 and been folded.
+    called for each event once it has passed steps 2-4 and been folded. With
+    ``witnesses``, step 1 also requires the header checkpoint to carry a quorum of their
+    cosignatures (§9.5).
 
     Returns the :class:`Report` or raises a :class:`VerificationError` subclass whose
     ``step`` names the first §6.1 step that failed.
     """
     key = parse_vkey(vkey)
-    run = _Run(key, progress, on_event)
+    run = _Run(key, progress, on_event, witnesses)
     report: Report | None = None
     lines = bundle_lines(bundle)
     pending: Any = None  # a line the event loop read ahead and handed back

@@ -13,7 +13,9 @@ One round (:func:`monitor_once`):
    size with another root is a fork; a larger tree needs a consistency proof
    (``GET /v1/log/proof/consistency?first=M&second=N``, RFC 9162 §2.1.4.2), and a bad
    proof is a fork;
-4. store the new trusted state atomically (temp file, fsync, ``os.replace``, fsync dir).
+4. when the user requires witnesses, check the checkpoint carries a quorum of their
+   cosignatures (§9.5), then store the new trusted state atomically (temp file, fsync,
+   ``os.replace``, fsync dir).
 
 I/O is injected: ``fetch(path) -> body bytes`` does the HTTP (the CLI passes a urllib
 one; tests and the soak harness pass their own) and raises :class:`FetchFailed`.
@@ -21,10 +23,7 @@ one; tests and the soak harness pass their own) and raises :class:`FetchFailed`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -38,9 +37,12 @@ from verifier._errors import (
     ProofInvalid,
     RollbackDetected,
     SignatureInvalid,
+    VerificationError,
 )
+from verifier._files import write_atomically
 from verifier._merkle import verify_consistency
 from verifier._note import VerifierKey, parse_vkey
+from verifier._quorum import WitnessPolicy, verify_witnessed
 from verifier._wire import ConsistencyResponse, LogKey, TrustedState
 
 __all__ = [
@@ -116,25 +118,8 @@ def store_state(path: Path, checkpoint: Checkpoint) -> None:
     full disk): the state path is the user's input, as in :func:`load_state`.
     """
     state = TrustedState(checkpoint.origin, checkpoint.size, checkpoint.root, checkpoint.note)
-    data = msgspec.json.encode(state) + b"\n"
-    directory = path.parent
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(path, msgspec.json.encode(state) + b"\n")
     except OSError as e:
         raise MalformedInput(f"cannot write the state file {path}: {e.strerror or e}") from e
 
@@ -167,8 +152,29 @@ def _empty_log(
     return MonitorResult("unchanged", 0, 0, old.root, old.checkpoint)
 
 
-def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> MonitorResult:
+def _check_witnessed(new: Checkpoint, witnesses: WitnessPolicy | None) -> None:
+    if witnesses is None:
+        return
+    try:
+        verify_witnessed(new.note, witnesses)
+    except VerificationError as e:
+        e.message = f"the log's checkpoint (size {new.size}): {e.message}"
+        e.evidence = (("log's checkpoint", new.note),)
+        raise
+
+
+def monitor_once(
+    fetch: Fetcher,
+    vkey: str | VerifierKey,
+    state_path: Path,
+    *,
+    witnesses: WitnessPolicy | None = None,
+) -> MonitorResult:
     """One monitor round; returns the result or raises (see the module docstring).
+
+    With ``witnesses``, a checkpoint is trusted (stored) only if it carries a quorum of
+    their cosignatures (§9.5): :class:`QuorumNotMet` otherwise, the state kept. A
+    rollback or fork is reported first: the log's signature alone proves it.
 
     Raises :class:`RollbackDetected`, :class:`ForkDetected` or :class:`SignatureInvalid`
     (each with ``evidence``: the trusted and the received checkpoint), or
@@ -197,6 +203,7 @@ def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> M
         raise err from e
     # 3. Compare with the trusted checkpoint; check consistency from it.
     if old is None:
+        _check_witnessed(new, witnesses)
         store_state(state_path, new)
         return MonitorResult("initialized", None, new.size, new.root, new.note)
     if new.size < old.size:
@@ -213,6 +220,7 @@ def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> M
                 old_checkpoint=old.checkpoint,
                 new_checkpoint=new.note,
             )
+        _check_witnessed(new, witnesses)
         return MonitorResult("unchanged", old.size, new.size, new.root, new.note)
     proof: tuple[bytes, ...] = ()
     if old.size > 0:
@@ -230,6 +238,7 @@ def monitor_once(fetch: Fetcher, vkey: str | VerifierKey, state_path: Path) -> M
                 old_checkpoint=old.checkpoint,
                 new_checkpoint=new.note,
             ) from e
-    # 4. Store the new trusted state atomically.
+    # 4. With witnesses required, a quorum cosigned it; store it atomically.
+    _check_witnessed(new, witnesses)
     store_state(state_path, new)
     return MonitorResult("extended", old.size, new.size, new.root, new.note)

@@ -17,6 +17,7 @@ from verifier._ids import receipt_id_for
 from verifier._leaf import decode, decode_leaf
 from verifier._merkle import leaf_hash, verify_inclusion
 from verifier._note import VerifierKey, parse_vkey
+from verifier._quorum import WitnessPolicy, verify_witnessed
 from verifier._wire import Envelope, Receipt
 
 __all__ = ["VerifiedReceipt", "parse_receipt", "verify_receipt"]
@@ -50,8 +51,13 @@ def verify_receipt(
     receipt: Receipt | bytes | str | Mapping[str, Any],
     leaf_bytes: bytes,
     vkey: str | VerifierKey,
+    *,
+    witnesses: WitnessPolicy | None = None,
 ) -> VerifiedReceipt:
     """§4.1: verify a receipt for ``leaf_bytes`` under the trusted ``vkey``.
+
+    With ``witnesses``, step 1 also requires the checkpoint to carry a quorum of their
+    cosignatures (§9.5); without, witness cosignatures are not read.
 
     Returns the :class:`VerifiedReceipt` or raises a :class:`VerificationError` subclass
     whose ``step`` names the §4.1 step that failed.
@@ -64,6 +70,9 @@ def verify_receipt(
     try:
         # 1. Verify the checkpoint under the trusted key; its origin is the key name.
         checkpoint = verify_checkpoint(r.checkpoint, key)
+        #    With witnesses required, a quorum of them cosigned it (§9.5).
+        if witnesses is not None:
+            verify_witnessed(r.checkpoint, witnesses)
         # 2. tree_size equals the checkpoint's size.
         step = "§4.1 step 2 (tree size)"
         if r.tree_size != checkpoint.size:

@@ -28,6 +28,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeRemaining
 
 from verifier._bundle import Report, verify_bundle
 from verifier._checkpoint import verify_checkpoint
+from verifier._cosignature import WitnessKey, parse_witness_vkey
 from verifier._errors import (
     FetchFailed,
     ForkDetected,
@@ -39,6 +40,7 @@ from verifier._errors import (
 from verifier._merkle import decode_proof, verify_consistency
 from verifier._monitor import Fetcher, MonitorResult, monitor_once
 from verifier._note import VerifierKey, parse_vkey
+from verifier._quorum import WitnessPolicy, verify_witnessed, witness_policy
 from verifier._receipt import verify_receipt
 from verifier._replay import build_timeline, render
 from verifier._text import visible
@@ -97,10 +99,39 @@ def _vkey(arg: str) -> VerifierKey:
         raise _UsageError(f"invalid vkey: {e.message}") from e
 
 
+def _witness_vkey(arg: str) -> WitnessKey:
+    """--witness VKEY: the witness's cosignature vkey itself, or a file containing it."""
+    text = arg
+    if "+" not in arg or Path(arg).is_file():
+        text = _read_bytes(arg, "witness vkey file").decode("utf-8", "replace").strip()
+    try:
+        return parse_witness_vkey(text)
+    except MalformedInput as e:
+        raise _UsageError(f"invalid witness vkey: {e.message}") from e
+
+
 def _positive_int(arg: str) -> int:
     if not arg.isascii() or not arg.isdigit() or int(arg) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, not {arg!r}")
     return int(arg)
+
+
+def _policy(args: argparse.Namespace) -> WitnessPolicy | None:
+    """``--witness VKEY`` (repeatable) and ``--witness-quorum K`` (default: all)."""
+    if not args.witness:
+        if args.witness_quorum is not None:
+            raise _UsageError("--witness-quorum needs at least one --witness VKEY")
+        return None
+    try:
+        return witness_policy([_witness_vkey(w) for w in args.witness], args.witness_quorum)
+    except MalformedInput as e:
+        raise _UsageError(e.message) from e
+
+
+def _witnessed_note(policy: WitnessPolicy | None) -> str:
+    if policy is None:
+        return ""
+    return f", cosigned by at least {policy.quorum} of {len(policy.witnesses)} trusted witnesses"
 
 
 def _say(stream: IO[str], line: str) -> None:
@@ -142,6 +173,7 @@ def _failure(e: VerificationError, as_json: bool) -> int:
 
 def _cmd_receipt(args: argparse.Namespace) -> int:
     key = _vkey(args.vkey)
+    policy = _policy(args)
     receipt = _read_bytes(args.receipt, "receipt")
     if (args.leaf is None) == (args.leaf_b64 is None):
         raise _UsageError("give exactly one of --leaf LEAF_FILE and --leaf-b64 BASE64")
@@ -152,7 +184,7 @@ def _cmd_receipt(args: argparse.Namespace) -> int:
             leaf = base64.b64decode(args.leaf_b64, validate=True)
         except (binascii.Error, ValueError) as e:
             raise _UsageError("--leaf-b64 is not valid base64") from e
-    verified = verify_receipt(receipt, leaf, key)
+    verified = verify_receipt(receipt, leaf, key, witnesses=policy)
     r, cp, ev = verified.receipt, verified.checkpoint, verified.event
     if args.json:
         _print_json(
@@ -173,7 +205,7 @@ def _cmd_receipt(args: argparse.Namespace) -> int:
         _say(
             sys.stdout,
             f"verified: event {r.event_id} ({ev.type}, {ev.stream_id} #{ev.stream_seq}) is leaf "
-            f"{r.leaf_index} of {cp.origin} at tree size {cp.size}",
+            f"{r.leaf_index} of {cp.origin} at tree size {cp.size}{_witnessed_note(policy)}",
         )
     return EXIT_OK
 
@@ -227,8 +259,9 @@ def _report_json(report: Report) -> dict[str, Any]:
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
     key = _vkey(args.vkey)
+    policy = _policy(args)
     with _open_input(args.bundle, "bundle") as f, _progress(sys.stderr.isatty()) as progress:
-        report = verify_bundle(f, key, progress=progress)
+        report = verify_bundle(f, key, progress=progress, witnesses=policy)
     if args.json:
         _print_json(_report_json(report))
     else:
@@ -251,6 +284,7 @@ def _cmd_bundle(args: argparse.Namespace) -> int:
 
 def _cmd_consistency(args: argparse.Namespace) -> int:
     key = _vkey(args.vkey)
+    policy = _policy(args)
     old = verify_checkpoint(_read_bytes(args.old_checkpoint, "checkpoint"), key)
     new = verify_checkpoint(_read_bytes(args.new_checkpoint, "checkpoint"), key)
     raw = _read_bytes(args.proof, "proof file")
@@ -288,11 +322,19 @@ def _cmd_consistency(args: argparse.Namespace) -> int:
             f"the proof does not show that the tree of size {new.size} extends the tree "
             f"of size {old.size}: {e.message}"
         ) from e
+    if policy is not None:
+        # The new checkpoint is the one to accept; the old one is its prefix, proven.
+        try:
+            verify_witnessed(new.note, policy)
+        except VerificationError as e:
+            e.message = f"the new checkpoint (size {new.size}): {e.message}"
+            raise
     if args.json:
         _print_json({"verified": True, "old_size": old.size, "new_size": new.size})
     else:
         sys.stdout.write(
-            f"verified: the tree of size {new.size:,} extends the tree of size {old.size:,}\n"
+            f"verified: the tree of size {new.size:,} extends the tree of size "
+            f"{old.size:,}{_witnessed_note(policy)}\n"
         )
     return EXIT_OK
 
@@ -370,10 +412,11 @@ def _show_monitor(result: MonitorResult, as_json: bool) -> None:
 
 def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> int:
     key = _vkey(args.vkey)
+    policy = _policy(args)
     fetch = fetcher or urllib_fetcher(args.url)
     state = Path(args.state)
     if args.watch is None:
-        _show_monitor(monitor_once(fetch, key, state), args.json)
+        _show_monitor(monitor_once(fetch, key, state, witnesses=policy), args.json)
         return EXIT_OK
     iterations = 0
     try:
@@ -382,7 +425,7 @@ def _cmd_monitor(args: argparse.Namespace, fetcher: Fetcher | None = None) -> in
                 time.sleep(args.watch)
             iterations += 1
             try:
-                _show_monitor(monitor_once(fetch, key, state), args.json)
+                _show_monitor(monitor_once(fetch, key, state, witnesses=policy), args.json)
             except FetchFailed as e:
                 # The log being unreachable is not evidence of misbehaviour: keep watching.
                 _say(sys.stderr, f"maip-verify: warning: {e}")
@@ -501,6 +544,20 @@ def _parser() -> argparse.ArgumentParser:
     for s in (r, b, c, m, rp):
         s.add_argument("--vkey", required=True, metavar="VKEY", help="trusted key or file")
         s.add_argument("--json", action="store_true", help="machine-readable output")
+    for s in (r, b, c, m):
+        s.add_argument(
+            "--witness",
+            action="append",
+            default=[],
+            metavar="VKEY",
+            help="require this witness's cosignature (repeatable; vkey or file; §9.5)",
+        )
+        s.add_argument(
+            "--witness-quorum",
+            type=_positive_int,
+            metavar="K",
+            help="how many of the --witness keys must have cosigned (default: all)",
+        )
 
     w = sub.add_parser("witness", help="serve a C2SP tlog-witness (POST /add-checkpoint, §9)")
     w.add_argument("--state-dir", required=True, metavar="DIR", help="its key and state")
