@@ -76,6 +76,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _not_here(self) -> None:
         # Any body is left unread, so the connection ends with the reply.
         self.close_connection = True
+        self.log_message("%s %s: not served", self.command, self.path)
         if self.path == ADD_CHECKPOINT_PATH:
             data = b"add-checkpoint takes POST\n"
             self.send_response(405)
