@@ -91,6 +91,14 @@ def parse_add_checkpoint(body: bytes) -> AddCheckpoint:
     return AddCheckpoint(old_size, tuple(proof), note)
 
 
+def _note_text(body: bytes) -> bytes:
+    """The checkpoint's note text, sliced from the request bytes (so the witness signs
+    the bytes it received, not an encoding of what it decoded): after the body's first
+    empty line, up to the note's last one. Only for a body that passed steps 1-3."""
+    note = body[body.index(b"\n\n") + 2 :]
+    return note[: note.rindex(b"\n\n") + 1]
+
+
 class Witness:
     """Cosigns checkpoints of the logs whose keys it is given, each only if it is
     consistent with the latest one it cosigned for that origin (§9.3).
@@ -209,5 +217,4 @@ class Witness:
             # 9. Cosign the note text as received, at the witness's time. Still under
             #    the lock: the cosignature says this is the largest tree the witness
             #    has seen as of its timestamp, which a later request could make untrue.
-            text, _ = split_note(request.note)
-            return self.signer.cosign(text.encode("utf-8"), int(self._now()))
+            return self.signer.cosign(_note_text(body), int(self._now()))

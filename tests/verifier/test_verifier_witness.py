@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 import witness_testkit as wk
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from verifier import verify_cosignature
+from verifier import CheckpointRefused, Witness, WitnessSigner, parse_vkey, verify_cosignature
 from verifier._witness_state import WitnessState
 
 pytestmark = pytest.mark.slow
@@ -317,3 +318,58 @@ def test_a_missing_state_dir_and_a_readable_key_are_refused(
     assert readable.returncode == 2
     assert "readable by group or others" in readable.stderr
     assert "AA==" not in readable.stderr + readable.stdout
+
+
+def test_a_corrupt_state_record_is_500_and_never_a_fresh_start(
+    tmp_path: Path, history: wk.LogHistory, fork: wk.LogHistory
+) -> None:
+    """Unreadable state must not read as "never cosigned": from size 0 the witness
+    would cosign a fork of the checkpoint it had cosigned."""
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    first, second = history.sizes[:2]
+    process = wk.WitnessProcess(state_dir, [history.vkey]).start()
+    try:
+        assert process.post(history.body(0, first)).status == 200
+    finally:
+        process.kill()
+    WitnessState(state_dir).path(wk.ORIGIN).write_text('{"origin": "x"')
+    restarted = wk.WitnessProcess(state_dir, [history.vkey]).start()
+    try:
+        for body in (fork.body(0, first), history.body(first, second)):
+            reply = restarted.post(body)
+            assert reply.status == 500
+            assert b"cannot use its state" in reply.body
+            assert "\u2014".encode() not in reply.body
+    finally:
+        restarted.kill()
+
+
+def test_the_private_key_is_never_printed_or_logged(tmp_path: Path, history: wk.LogHistory) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    process = wk.WitnessProcess(state_dir, [history.vkey]).start()
+    try:
+        assert process.post(history.body(0, history.sizes[0])).status == 200
+        assert process.post(b"old 0\n\nbad\n").status == 400
+        assert process.stop() == 0
+    finally:
+        process.kill()
+    secret = (state_dir / "witness.key").read_text().strip().rsplit("+", 1)[1]
+    seen = process.vkey + "".join(process.stderr)
+    assert "witness: 127.0.0.1" in seen  # requests were logged
+    assert secret not in seen
+    assert "PRIVATE" not in seen
+
+
+def test_the_cosignature_time_is_the_injected_clock(tmp_path: Path, history: wk.LogHistory) -> None:
+    """The core in-process, its clock injected: the line carries exactly that time."""
+    signer = WitnessSigner("witness.test/clock", Ed25519PrivateKey.from_private_bytes(b"\x07" * 32))
+    core = Witness(signer, [parse_vkey(history.vkey)], WitnessState(tmp_path), now=lambda: 1234.9)
+    first = history.sizes[0]
+    line = core.add_checkpoint(history.body(0, first))
+    got = verify_cosignature(history.notes[first], line, signer.key)
+    assert got.timestamp == 1234
+    with pytest.raises(CheckpointRefused) as info:
+        core.add_checkpoint(history.body(0, first))
+    assert (info.value.status, info.value.size) == (409, first)
