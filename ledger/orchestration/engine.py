@@ -973,6 +973,7 @@ class Engine:
                     attempt=h.attempts,
                     error="cancelled",
                     retrying=False,
+                    kind="aborted",
                 ),
             )
             for step_id, h in sorted(history.items())

@@ -37,6 +37,7 @@ __all__ = [
     "Action",
     "AgentRegistered",
     "DecisionMade",
+    "FailureKind",
     "FailureReason",
     "LLMCompleted",
     "LLMRequested",
@@ -58,6 +59,9 @@ Action = Literal["llm", "tool", "decision"]
 FailureReason = Literal[
     "step_failed", "max_steps_exceeded", "timed_out", "provider_error", "interrupted"
 ]
+#: What ended a step attempt (``step.failed``'s ``kind``, §7.2): the reason a run that
+#: this failure ends ends with, or ``aborted`` for an attempt the run's end cut short.
+FailureKind = Literal["step_failed", "provider_error", "interrupted", "aborted"]
 
 AGENT_REGISTERED: Final = "agent.registered"
 WORKFLOW_REGISTERED: Final = "workflow.registered"
@@ -217,6 +221,10 @@ class StepFailed(_Payload, frozen=True, forbid_unknown_fields=True):
     attempt: int
     error: str
     retrying: bool
+    #: What ended the attempt, so a run resumed after its step's last failure was
+    #: recorded ends with the reason the live run gave; ``null`` in leaves written
+    #: before it was recorded (a resumed run then ends ``step_failed``, as it did).
+    kind: FailureKind | None = None
 
 
 class StepSkipped(_Payload, frozen=True, forbid_unknown_fields=True):

@@ -3,7 +3,8 @@
 Replay-based resumption (as in Temporal): the runner is given the stream's events so
 far. Every step goes through :meth:`Runner._step`, which first consults that history:
 a completed step returns its recorded output without running again, a step that ended
-in failure fails again with its recorded error, a tool step whose call completed (its
+in failure fails again with its recorded error (ending the run with the reason its
+``kind`` records, as the live run ended), a tool step whose call completed (its
 ``tool.completed`` written, its ``step.completed`` or ``step.failed`` not) ends that
 attempt as the live run did, with the recorded result or error (retried only if the
 error was transient), the call not made again; an ``llm`` step whose loop completed
@@ -30,7 +31,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import structlog
@@ -62,6 +63,10 @@ MAX_BACKOFF_SECONDS = 30.0
 #: The error of an attempt a resumed run found in flight; it is retried at once.
 INTERRUPTED = "interrupted: the engine stopped while the step was in flight"
 
+#: How a step's failure of its own ends the run: the ``kind`` its ``step.failed``
+#: records, and the reason of the ``orchestration.failed`` that follows if it is final.
+_Ending = Literal["step_failed", "provider_error", "interrupted"]
+
 
 def _backoff(backoff: float, attempt: int) -> float:
     """The wait after ``attempt`` failed transiently, before the next one."""
@@ -73,6 +78,18 @@ def _retry_delay(action: ev.Action, backoff: float, attempt: int, error: str | N
     backoff, or longer if the provider said when to come back (``Retry-After``)."""
     asked = retry_after_of(error) if action == "llm" else 0.0
     return max(_backoff(backoff, attempt), asked)
+
+
+def _ends_as(kind: ev.FailureKind | None) -> _Ending:
+    """The reason a run ends with when a step's recorded final failure ends it: the one
+    the live run ended with, which the failure's ``kind`` records. A leaf written before
+    ``kind`` was recorded ends it ``step_failed``, as such a run always did; so does an
+    attempt the run's end aborted, which the run's terminal event follows in its batch."""
+    if kind == "provider_error":
+        return "provider_error"
+    if kind == "interrupted":
+        return "interrupted"
+    return "step_failed"
 
 
 def _retried_at_once(action: ev.Action, error: str | None) -> bool:
@@ -90,6 +107,8 @@ class StepHistory:
     status: str = "running"
     output: Any = None
     error: str | None = None
+    #: The last ``step.failed``'s ``kind`` (``None`` in leaves written before it).
+    kind: ev.FailureKind | None = None
     inputs: Any = None
     #: The step's last recorded tool call (its ``tool.completed``).
     tool_call: ev.ToolCompleted | None = None
@@ -122,7 +141,7 @@ def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, boo
         elif isinstance(p, ev.StepFailed):
             h = steps.setdefault(p.step_id, StepHistory())
             h.attempts = max(h.attempts, p.attempt)
-            h.error = p.error
+            h.error, h.kind = p.error, p.kind
             if not p.retrying:
                 h.status = "failed"
             else:
@@ -186,14 +205,12 @@ class _Terminate(Exception):  # noqa: N818 — control flow, never escapes the r
 
 
 class _StepFailed(Exception):  # noqa: N818 — control flow, never escapes the runner
-    def __init__(
-        self, step_id: str, error: str, *, provider: bool = False, interrupted: bool = False
-    ):
+    def __init__(self, step_id: str, error: str, reason: _Ending = "step_failed"):
         super().__init__(f"step {step_id!r} failed: {error}")
         self.step_id = step_id
         self.error = error
-        self.provider = provider
-        self.interrupted = interrupted
+        #: The reason the run ends with if this failure ends it.
+        self.reason = reason
 
 
 class _Stopped(Exception):  # noqa: N818 — control flow: engine shutdown at a step boundary
@@ -353,7 +370,7 @@ class Runner(CallRecorder):
         self._tasks.clear()
         if error is not None:
             for step_id, attempt in sorted((self._interrupted | self._inflight).items()):
-                self._failed(step_id, attempt, error, retrying=False)
+                self._failed(step_id, attempt, error, retrying=False, kind="aborted")
             self._interrupted.clear()
         self._inflight.clear()
 
@@ -367,9 +384,7 @@ class Runner(CallRecorder):
         except _StepFailed as f:
             if self._cancel is not None:
                 raise _Terminate("cancelled", None) from None
-            if f.interrupted:
-                raise _Terminate("interrupted", str(f)) from None
-            raise _Terminate("provider_error" if f.provider else "step_failed", str(f)) from None
+            raise _Terminate(f.reason, str(f)) from None
 
     async def _inline_step(self, step: StepDef, outputs: dict[str, Any]) -> Any:
         """Run a workflow step in the orchestration's own task. :meth:`request_cancel`
@@ -433,7 +448,9 @@ class Runner(CallRecorder):
             if h.status == "completed":
                 return h.output
             if h.status == "failed":
-                raise _StepFailed(step_id, h.error or "failed")
+                # As the live run ended when this failure was recorded (its kind): a
+                # process may die between a step's last step.failed and the run's end.
+                raise _StepFailed(step_id, h.error or "failed", _ends_as(h.kind))
             first = h.attempts + 1
             self._interrupted.pop(step_id, None)
             if h.status == "running":
@@ -459,10 +476,11 @@ class Runner(CallRecorder):
                             attempt=h.attempts,
                             error=INTERRUPTED,
                             retrying=retrying,
+                            kind="interrupted",
                         ),
                     )
                     if not retrying:
-                        raise _StepFailed(step_id, INTERRUPTED, interrupted=True)
+                        raise _StepFailed(step_id, INTERRUPTED, "interrupted")
             elif h.status == "retrying" and first <= max_attempts:
                 await self._rest_of_backoff(step_id, action, h, backoff)
         for attempt in range(first, max_attempts + 1):
@@ -475,11 +493,12 @@ class Runner(CallRecorder):
                 except (TemplateError, InvalidEventError) as e:
                     error = str(e) if isinstance(e, TemplateError) else f"inputs: {e}"
                     self._started(step_id, agent_id, action, attempt, None)
-                    error = self._failed(step_id, attempt, error, retrying=False)
+                    error = self._failed(
+                        step_id, attempt, error, retrying=False, kind="step_failed"
+                    )
                     raise _StepFailed(step_id, error) from None
             transient = False
-            provider = False
-            diverged = False
+            kind: _Ending = "step_failed"
             timer = asyncio.timeout(step_timeout)
             try:
                 if resumed is not None:
@@ -515,13 +534,13 @@ class Runner(CallRecorder):
                     raise
                 error, transient = f"step timed out after {step_timeout:g}s", True
             except ProviderError as e:
-                error, transient, provider = str(e), e.transient, True
+                error, transient, kind = str(e), e.transient, "provider_error"
             except ToolError as e:
                 error, transient = str(e), e.transient
             except (ConditionError, TemplateError) as e:
                 error = str(e)
             except CallsDiverged as e:
-                error, transient, diverged = f"interrupted: {e}", True, True
+                error, transient, kind = f"interrupted: {e}", True, "interrupted"
             except LedgerError as e:
                 error = f"{type(e).__name__}: {e}"
             else:
@@ -543,14 +562,15 @@ class Runner(CallRecorder):
                     # As recorded, so later steps read what a resumed run would read.
                     return completed.output
             retrying = transient and attempt < max_attempts
-            recorded = self._failed(step_id, attempt, error, retrying=retrying)
+            recorded = self._failed(step_id, attempt, error, retrying=retrying, kind=kind)
             if not retrying:
                 # The recorded text, not the live one: the agent loop feeds it to the
-                # model, and a resumed run, which reads it back, must ask the same.
-                if diverged:  # as an interrupted attempt without recorded calls ends
-                    raise _StepFailed(step_id, recorded, interrupted=True)
-                raise _StepFailed(step_id, recorded, provider=provider)
-            delay = 0.0 if diverged else _retry_delay(action, backoff, attempt, recorded)
+                # model, and a resumed run, which reads it back, must ask the same. A
+                # diverged attempt ends as an interrupted one without recorded calls.
+                raise _StepFailed(step_id, recorded, kind)
+            delay = (
+                0.0 if kind == "interrupted" else _retry_delay(action, backoff, attempt, recorded)
+            )
             if delay:
                 # Until the next attempt starts, the run ending (cancelled, timed out)
                 # must record this retry as abandoned, or the step stays running.
@@ -609,7 +629,9 @@ class Runner(CallRecorder):
         self._inflight[step_id] = attempt
         return recorded.inputs
 
-    def _failed(self, step_id: str, attempt: int, error: str, *, retrying: bool) -> str:
+    def _failed(
+        self, step_id: str, attempt: int, error: str, *, retrying: bool, kind: ev.FailureKind
+    ) -> str:
         """Record the attempt's failure; its error as recorded."""
         self._inflight.pop(step_id, None)
         return self._emit(
@@ -620,6 +642,7 @@ class Runner(CallRecorder):
                 attempt=attempt,
                 error=bounded(error),
                 retrying=retrying,
+                kind=kind,
             ),
         ).error
 

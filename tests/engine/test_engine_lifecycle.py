@@ -1042,6 +1042,46 @@ async def test_regression_a_run_ended_during_a_retry_backoff_ends_the_step_too(
     assert await engine.get_state(TENANT, started.orchestration_id) == state
 
 
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("provider_error", "provider_error"),
+        ("interrupted", "interrupted"),
+        ("step_failed", "step_failed"),
+        # A leaf written before kind was recorded: the run ends as it always did.
+        (None, "step_failed"),
+    ],
+)
+async def test_regression_a_resumed_run_ends_with_the_kind_of_its_step_s_final_failure(
+    harness: Harness, kind: ev.FailureKind | None, reason: str
+) -> None:
+    # The process died after a step's final step.failed was durable, before the run's
+    # orchestration.failed: the resumed run ended step_failed whatever the live run
+    # would have said (test_engine_restart.py kills a real process at that point).
+    engine = await harness.open()
+    assert harness.log is not None
+    steps = [{"id": "a", "action": "tool", "tool": "echo", "inputs": {}}]
+
+    def history(oid: str) -> list[tuple[str, Any]]:
+        failed = ev.StepFailed(
+            orchestration_id=oid, step_id="a", attempt=1, error="no", retrying=False, kind=kind
+        )
+        return [step_started(oid, "a"), (ev.STEP_FAILED, failed)]
+
+    oid = await append_run(engine, harness.log, {"steps": steps}, history)
+    await harness.close()
+    engine = await harness.open()
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.reason) == ("failed", reason)
+    assert [(s.step_id, s.status, s.result) for s in state.steps] == [
+        ("a", "failed", {"error": "no"})
+    ]
+    recorded = [r.event for r in await harness.log.read_stream(TENANT, oid)]
+    assert [e.type for e in recorded[-2:]] == [ev.STEP_FAILED, ev.ORCHESTRATION_FAILED]
+    assert recorded[-1].payload.error == "step 'a' failed: no"
+    assert await engine.get_state(TENANT, oid) == state
+
+
 async def test_regression_a_resumed_run_that_ends_before_a_step_s_retry_ends_the_step(
     harness: Harness,
 ) -> None:

@@ -18,6 +18,7 @@ from ledger.events import Event
 from ledger.log import Log
 from ledger.note import NoteSigner, generate_signer
 from ledger.orchestration import ORCHESTRATION_EVENTS, replay
+from ledger.orchestration.events import TERMINAL_TYPES
 from ledger.sqlite_store import SQLiteEventStore
 
 WORKER = Path(__file__).with_name("engine_restart_worker.py")
@@ -162,4 +163,74 @@ async def test_sigkill_mid_llm_step_reuses_the_calls_it_completed(
     assert types.count("llm.requested") == 3  # the one in flight, then made again
     assert types.count("llm.completed") == 2
     assert (types.count("tool.invoked"), types.count("tool.completed")) == (1, 1)
+    assert msgspec.json.decode(msgspec.json.encode(replay(after))) == final
+
+
+def _ending(events: list[Event]) -> str | None:
+    """The error of the stream's ``orchestration.failed``."""
+    error: str | None = next(e.payload.error for e in events if e.type == "orchestration.failed")
+    return error
+
+
+def _killed(proc: subprocess.Popen[str]) -> None:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.close()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.slow
+async def test_regression_a_run_killed_after_a_step_s_final_failure_ends_as_the_live_run(
+    tmp_path: Path,
+) -> None:
+    """A step's final ``step.failed`` was durable (another step's write-ahead flush took
+    it along) when the process was killed, before the run's ``orchestration.failed``.
+    The resumed run ended ``step_failed``, where the live run ends ``provider_error``:
+    ``step.failed`` did not record the kind of failure. It records ``kind`` now."""
+    skey = generate_signer("maip-ledger.test/log").skey
+    counter = tmp_path / "effects.txt"
+
+    # The live run, undisturbed, in a log of its own: how this run ends.
+    live = _spawn("fail", tmp_path / "live.db", counter, skey)
+    out, err = await asyncio.to_thread(live.communicate, timeout=60)
+    assert live.returncode == 0, err
+    live_oid, live_line = out.strip().splitlines()
+    live_final = msgspec.json.decode(live_line)
+    live_events = await _read(tmp_path / "live.db", skey, live_oid)
+
+    # The same run, killed once the model step's final failure is durable.
+    db = tmp_path / "engine.db"
+    first = _spawn("fail-held", db, counter, skey)
+    assert first.stdout is not None
+    oid = (await asyncio.to_thread(first.stdout.readline)).strip()
+    assert oid, first.stderr.read() if first.stderr else ""
+    held = (await asyncio.to_thread(first.stdout.readline)).strip()
+    assert held == "held", first.stderr.read() if first.stderr else ""
+    _killed(first)
+    before = await _read(db, skey, oid)
+    assert not any(e.type in TERMINAL_TYPES for e in before)
+    failed = [e.payload for e in before if e.type == "step.failed"]
+    assert [(f.step_id, f.retrying, f.kind) for f in failed] == [("think", False, "provider_error")]
+
+    second = _spawn("resume", db, counter, skey)
+    out, err = await asyncio.to_thread(second.communicate, timeout=60)
+    assert second.returncode == 0, err
+    lines = out.strip().splitlines()
+    assert msgspec.json.decode(lines[0]) == {"resumed": [oid]}
+    final = msgspec.json.decode(lines[1])
+
+    # It ends as the live run did: status, reason, the error recorded, the failed step.
+    assert (final["status"], final["reason"]) == (live_final["status"], live_final["reason"])
+    assert live_final["reason"] == "provider_error"
+
+    after = await _read(db, skey, oid)
+    assert _ending(after) == _ending(live_events)
+    shown = ("step_id", "status", "result")
+    assert [{k: s[k] for k in shown} for s in final["steps"]] == [
+        {k: s[k] for k in shown} for s in live_final["steps"]
+    ]
+    assert after[: len(before)] == before
+    assert [e.stream_seq for e in after] == list(range(1, len(after) + 1))
     assert msgspec.json.decode(msgspec.json.encode(replay(after))) == final
