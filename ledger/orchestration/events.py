@@ -206,6 +206,9 @@ class DecisionMade(_Payload, frozen=True, forbid_unknown_fields=True):
     values: dict[str, Any]
     branch: str
     skipped: tuple[str, ...]
+    #: The attempt that decided, as in the step's other events; ``null`` in leaves
+    #: written before it was recorded.
+    attempt: int | None = None
 
 
 class StepCompleted(_Payload, frozen=True, forbid_unknown_fields=True):

@@ -830,6 +830,7 @@ class Runner(CallRecorder):
                         values=values,
                         branch=branch,
                         skipped=skipped,
+                        attempt=attempt,
                     ),
                 )
                 return {"branch": branch, "result": chosen, "skipped": list(skipped)}

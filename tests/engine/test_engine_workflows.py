@@ -904,3 +904,41 @@ async def test_regression_external_step_events_need_their_step_started(
     assert [(s.step_id, s.status, s.result) for s in state.steps] == [("s1", "completed", 1)]
     assert harness.log is not None
     verify_bundle(await bundle_of(harness.log, oid), harness.log.verifier.vkey)
+
+
+async def test_regression_decision_made_records_its_attempt(
+    engine: Engine, harness: Harness
+) -> None:
+    """``decision.made`` carried no ``attempt`` while the step's other events do: a
+    decision retried (here: in flight when the process died, so retried once resumed)
+    recorded which attempt decided nowhere in its own event."""
+    assert harness.log is not None
+    defn = {
+        "steps": [
+            {"id": "d", "action": "decision", "condition": {"exists": "input"}, "else": ["e"]},
+            {"id": "e", "action": "tool", "tool": "echo", "inputs": {}, "depends_on": ["d"]},
+        ]
+    }
+
+    def in_flight(oid: str) -> list[tuple[str, Any]]:
+        _, start = step_started(oid, "d")
+        return [("step.started", msgspec.structs.replace(start, action="decision"))]
+
+    wf = await engine.register_workflow(TENANT, name="w", definition=defn)
+    live = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
+    await engine.wait(TENANT, live, max_wait=10)
+    resumed = await append_run(engine, harness.log, defn, in_flight)
+    await harness.close()
+    engine = await harness.open()
+    assert harness.log is not None
+    for oid, attempt in ((live, 1), (resumed, 2)):
+        state = await engine.wait(TENANT, oid, max_wait=10)
+        assert state.status == "completed", state.steps
+        events = [r.event for r in await harness.log.read_stream(TENANT, oid)]
+        decisions = [(i, e.payload) for i, e in enumerate(events) if e.type == "decision.made"]
+        assert [(p.step_id, p.attempt) for _, p in decisions] == [("d", attempt)]
+        # The attempt of the step.started it follows, as for a call of the step.
+        i = decisions[0][0]
+        started = [e.payload for e in events[:i] if e.type == "step.started"]
+        assert (started[-1].step_id, started[-1].attempt) == ("d", attempt)
+        verify_bundle(await bundle_of(harness.log, oid), harness.log.verifier.vkey)
