@@ -70,6 +70,9 @@ class TimelineStep(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     agent_id: str | None
     action: str | None
     status: str
+    #: A failed step's last ``step.failed`` ``kind`` (§7.2: what failed it, the reason
+    #: of a run it ended); ``None`` otherwise, or in leaves written before it.
+    failure_kind: str | None
     attempts: int
     started_at: str | None
     completed_at: str | None
@@ -359,16 +362,17 @@ def _steps(
         agent, action = d.get("agent"), d.get("action")
         started = completed = None
         status, attempts, tin, tout = "running", 0, 0, 0
+        kind: Any = None
         for e in evs:
             p = e.payload
             if e.type == "step.started":
                 agent, action = p.get("agent_id"), p.get("action")
                 attempts = _int(p.get("attempt")) or attempts
-                started, status, completed = e.occurred_at, "running", None
+                started, status, completed, kind = e.occurred_at, "running", None, None
             elif e.type == "step.completed":
                 status, completed = "completed", e.occurred_at
             elif e.type == "step.failed" and p.get("retrying") is not True:
-                status, completed = "failed", e.occurred_at
+                status, completed, kind = "failed", e.occurred_at, p.get("kind")
             elif e.type == "step.skipped":
                 status, completed = "skipped", e.occurred_at
             elif e.type == "llm.completed":
@@ -380,6 +384,7 @@ def _steps(
                 agent_id=agent if isinstance(agent, str) else None,
                 action=action if isinstance(action, str) else None,
                 status=status,
+                failure_kind=kind if status == "failed" and isinstance(kind, str) else None,
                 attempts=attempts,
                 started_at=started,
                 completed_at=completed,
@@ -423,6 +428,11 @@ def _fields(payload: dict[str, Any], orchestration_id: str | None) -> list[tuple
     ]
 
 
+def _status(step: TimelineStep) -> str:
+    """A step's status, with what failed it if its ``step.failed`` says."""
+    return f"{step.status} ({step.failure_kind})" if step.failure_kind else step.status
+
+
 def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
@@ -462,7 +472,7 @@ def _text(t: Timeline) -> str:
         out.append("")
         out.append(
             f"{_mark(s.verified)} step {s.step_id}: agent {s.agent_id}, action {s.action}, "
-            f"{s.status}, attempts {s.attempts}{timing}{tokens}{deps}"
+            f"{_status(s)}, attempts {s.attempts}{timing}{tokens}{deps}"
         )
         for e in s.events:
             out += _event_text(e, "    ", t.orchestration_id)
@@ -587,7 +597,7 @@ def _html(t: Timeline) -> str:
     for i, s in enumerate(t.steps):
         facts = (
             f"agent <b>{_esc(s.agent_id or '-')}</b>, action <b>{_esc(s.action or '-')}</b>, "
-            f"{_esc(s.status)}, attempts {s.attempts}"
+            f"{_esc(_status(s))}, attempts {s.attempts}"
             + (f", {s.duration_ms} ms" if s.duration_ms is not None else "")
             + (
                 f", tokens {s.input_tokens} in / {s.output_tokens} out"

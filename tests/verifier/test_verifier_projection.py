@@ -201,6 +201,81 @@ def test_regression_timeline_shows_steps_as_the_projection_does() -> None:
     assert "step s1: agent a2, action tool, skipped" in render(timeline, "text")
 
 
+def _decided_and_failed(*, recorded: bool) -> kit.Scenario:
+    """:func:`_retry_skip_fail` with a ``decision.made`` in s2's attempt. With
+    ``recorded``, ``step.failed`` has its ``kind`` and ``decision.made`` its ``attempt``
+    (§7.2); without, the leaves are as written before either was recorded."""
+    sc = _retry_skip_fail()
+    decision: dict[str, Any] = {
+        "orchestration_id": ORCH,
+        "step_id": "s2",
+        "condition": {"exists": "input"},
+        "values": {"input": {"x": 1}},
+        "branch": "then",
+        "skipped": [],
+    }
+    if recorded:
+        decision["attempt"] = 1
+        sc.events[3][1]["kind"] = "step_failed"  # s0's retried timeout
+        sc.events[8][1]["kind"] = "provider_error"
+        sc.events[9][1]["reason"] = sc.state["reason"] = "provider_error"
+    sc.events.insert(8, ("decision.made", decision))
+    sc.times.append(f"2026-02-01T00:00:{len(sc.times) + 1:02d}.000000Z")
+    sc.state["steps"][2]["completed_at"] = sc.times[9]
+    sc.state["completed_at"] = sc.times[10]
+    return sc
+
+
+@pytest.mark.parametrize("recorded", [False, True], ids=["old-leaves", "new-leaves"])
+def test_regression_leaves_without_kind_or_attempt_decode_fold_and_verify(
+    recorded: bool,
+) -> None:
+    """``step.failed`` gained ``kind`` and ``decision.made`` ``attempt`` within leaf
+    format v1 (§2: optional fields): leaves written before them, which lack them, still
+    verify and fold to the same state in the verifier and in the engine, which reads
+    each as ``null``; leaves with them verify as well."""
+    sc = _decided_and_failed(recorded=recorded)
+    b = kit.build_bundle(sc)
+    failed = [leaf for leaf in b.leaves if b'"type":"step.failed"' in leaf]
+    decided = [leaf for leaf in b.leaves if b'"type":"decision.made"' in leaf]
+    assert [b'"kind":' in leaf for leaf in failed] == [recorded, recorded]
+    assert [b'"attempt":' in leaf for leaf in decided] == [recorded]
+    report = verify_bundle(b.encode(), b.vkey)  # the hand-written §7.3 state
+    assert (report.status, report.event_count) == ("failed", len(sc.events))
+
+    state_mod = pytest.importorskip("ledger.orchestration.state")
+    events_mod = pytest.importorskip("ledger.orchestration.events")
+    from ledger.events import decode_leaf
+
+    events = [decode_leaf(leaf, events_mod.ORCHESTRATION_EVENTS) for leaf in b.leaves]
+    kinds = [e.payload.kind for e in events if e.type == "step.failed"]
+    attempts = [e.payload.attempt for e in events if e.type == "decision.made"]
+    assert (kinds, attempts) == (
+        (["step_failed", "provider_error"], [1]) if recorded else ([None, None], [None])
+    )
+    engine_state = msgspec.to_builtins(state_mod.replay(events))
+    b.lines[-1] = {"kind": "state", "state": engine_state}
+    verify_bundle(b.encode(), b.vkey)  # raises StateMismatch naming fields if they differ
+
+
+def test_timeline_shows_what_failed_a_step() -> None:
+    """The auditor's timeline says, beside a failed step's status, the ``kind`` its
+    final ``step.failed`` records (the reason of the run it ended); a leaf written
+    before ``kind`` shows the status alone."""
+    for recorded, kind, status in (
+        (True, "provider_error", "failed (provider_error)"),
+        (False, None, "failed"),
+    ):
+        b = kit.build_bundle(_decided_and_failed(recorded=recorded))
+        timeline = build_timeline(b.encode(), b.vkey)
+        assert timeline.verified
+        shown = {s.step_id: (s.status, s.failure_kind) for s in timeline.steps}
+        # s0 failed once with a retry (kind step_failed) and then completed.
+        assert shown == {"s0": ("completed", None), "s1": ("skipped", None), "s2": ("failed", kind)}
+        assert f"step s2: agent a1, action llm, {status}, attempts 1" in render(timeline, "text")
+        assert f"{status}, attempts 1" in render(timeline, "html")
+
+
 # ---- agreement with the engine's fold ---------------------------------------------------
 
 
