@@ -512,6 +512,53 @@ async def test_regression_steps_errors_name_the_offending_event(
         )
 
 
+async def test_external_steps_record_kind_and_attempt_and_name_bad_ones(
+    client: TestClient, tenant_a: Tenant
+) -> None:
+    """An external executor records ``step.failed``'s ``kind`` and ``decision.made``'s
+    ``attempt`` (§7.2), or leaves them out (recorded as ``null``); a value of the wrong
+    type is refused at its field, and nothing of the request is recorded."""
+    oid = await external_orchestration(client, tenant_a)
+    steps = f"/v1/orchestrations/{oid}/steps"
+    started = {"step_id": "a", "agent_id": None, "action": "decision", "attempt": 1, "inputs": {}}
+    decided = {
+        "step_id": "a",
+        "condition": {"exists": "input"},
+        "values": {},
+        "branch": "then",
+        "skipped": [],
+    }
+    failed = {"step_id": "a", "attempt": 1, "error": "no", "retrying": True}
+    for event, field in (
+        ({"type": "step.failed", "payload": {**failed, "kind": "oops"}}, "kind"),
+        ({"type": "step.failed", "payload": {**failed, "kind": 1}}, "kind"),
+        ({"type": "decision.made", "payload": {**decided, "attempt": "1"}}, "attempt"),
+    ):
+        body = {"events": [{"type": "step.started", "payload": started}, event]}
+        assert await _field(client, tenant_a, steps, body) == f"$.events[1].payload.{field}"
+    events = [
+        {"type": "step.started", "payload": started},
+        {"type": "decision.made", "payload": decided},
+        {"type": "step.failed", "payload": failed},
+        {"type": "step.started", "payload": {**started, "attempt": 2}},
+        {"type": "decision.made", "payload": {**decided, "attempt": 2}},
+        {"type": "step.failed", "payload": {**failed, "attempt": 2, "kind": "step_failed"}},
+    ]
+    resp = await client.post(steps, json={"events": events}, headers=tenant_a.headers)
+    assert resp.status == 201, await resp.text()
+    listed = await client.get(f"/v1/orchestrations/{oid}/events", headers=tenant_a.headers)
+    assert listed.status == 200
+    recorded = [e["payload"] for e in (await listed.json())["events"][2:]]
+    assert [(p.get("attempt"), p.get("kind", "-")) for p in recorded] == [
+        (1, "-"),
+        (None, "-"),
+        (1, None),
+        (2, "-"),
+        (2, "-"),
+        (2, "step_failed"),
+    ]
+
+
 async def test_regression_a_workflow_run_without_agents_names_the_agents_field(
     client: TestClient, tenant_a: Tenant
 ) -> None:

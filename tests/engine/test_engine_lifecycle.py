@@ -17,6 +17,7 @@ from engine_helpers import (
     GatedRead,
     Harness,
     append_run,
+    bundle_of,
     completion,
     crash_with_unfinished_runs,
     new_created,
@@ -26,12 +27,13 @@ from engine_helpers import (
 )
 
 from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
-from ledger.events import NewEvent, parse_time
+from ledger.events import EventCatalog, NewEvent, parse_time
 from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, RedactionPolicy, ToolRegistry, replay
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ToolError
 from ledger.sqlite_store import SQLiteEventStore
+from verifier import build_timeline, verify_bundle
 
 
 async def test_close_stops_at_step_boundary_and_resume_completes(harness: Harness) -> None:
@@ -1080,6 +1082,126 @@ async def test_regression_a_resumed_run_ends_with_the_kind_of_its_step_s_final_f
     assert [e.type for e in recorded[-2:]] == [ev.STEP_FAILED, ev.ORCHESTRATION_FAILED]
     assert recorded[-1].payload.error == "step 'a' failed: no"
     assert await engine.get_state(TENANT, oid) == state
+
+
+class _StepFailedV1(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``step.failed`` as the engine wrote it before it recorded ``kind``."""
+
+    orchestration_id: str
+    step_id: str
+    attempt: int
+    error: str
+    retrying: bool
+
+
+class _DecisionMadeV1(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``decision.made`` as the engine wrote it before it recorded ``attempt``."""
+
+    orchestration_id: str
+    step_id: str
+    condition: Any
+    values: dict[str, Any]
+    branch: str
+    skipped: tuple[str, ...]
+
+
+#: The catalog of an engine from before ``kind`` and ``attempt``: its leaves lack both.
+_CATALOG_V1 = EventCatalog(
+    {name: ORCHESTRATION_EVENTS.payload_type(name) for name in ORCHESTRATION_EVENTS.names()}
+    | {ev.STEP_FAILED: _StepFailedV1, ev.DECISION_MADE: _DecisionMadeV1}
+)
+
+
+async def test_regression_a_run_in_leaves_without_kind_or_attempt_resumes_and_verifies(
+    harness: Harness,
+) -> None:
+    # A log written by an engine from before step.failed's kind and decision.made's
+    # attempt (leaf format v1 both ways: log-format.md §2), its process dead after a
+    # step's final failure: the engine of now reads those leaves, resumes the run as
+    # it did then (step_failed: no kind says otherwise), its state is their replay,
+    # and the orchestration's bundle verifies.
+    engine = await harness.open()
+    steps = [
+        {"id": "d", "action": "decision", "condition": {"exists": "input"}, "else": ["e"]},
+        {"id": "a", "action": "tool", "tool": "echo", "inputs": {}, "depends_on": ["d"]},
+        {"id": "e", "action": "tool", "tool": "echo", "inputs": {}, "depends_on": ["d"]},
+    ]
+    wf = await engine.register_workflow(TENANT, name="w", definition={"steps": steps})
+    created = new_created(engine, workflow_id=wf.workflow_id, input={"x": 1})
+    oid = created.orchestration_id
+    await harness.close()
+
+    def started(step_id: str, action: ev.Action) -> NewEvent:
+        return NewEvent(
+            ev.STEP_STARTED,
+            ev.StepStarted(
+                orchestration_id=oid,
+                step_id=step_id,
+                agent_id=None,
+                action=action,
+                attempt=1,
+                inputs=None,
+            ),
+        )
+
+    d = {"orchestration_id": oid, "step_id": "d"}
+    old = await Log.open(SQLiteEventStore(harness.path), harness.signer, _CATALOG_V1)
+    await old.append(
+        TENANT,
+        oid,
+        0,
+        [
+            NewEvent(ev.ORCHESTRATION_CREATED, created),
+            NewEvent(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=oid)),
+            started("d", "decision"),
+            NewEvent(
+                ev.DECISION_MADE,
+                _DecisionMadeV1(
+                    **d, condition={"exists": "input"}, values={}, branch="then", skipped=("e",)
+                ),
+            ),
+            NewEvent(
+                ev.STEP_COMPLETED,
+                ev.StepCompleted(
+                    **d, attempt=1, output={"branch": "then", "result": True, "skipped": ["e"]}
+                ),
+            ),
+            started("a", "tool"),
+            NewEvent(
+                ev.STEP_FAILED,
+                _StepFailedV1(
+                    orchestration_id=oid, step_id="a", attempt=1, error="no", retrying=False
+                ),
+            ),
+        ],
+    )
+    await old.close()
+
+    engine = await harness.open()
+    assert harness.log is not None
+    state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+    assert (state.status, state.reason) == ("failed", "step_failed")
+    assert [(s.step_id, s.status) for s in state.steps] == [
+        ("d", "completed"),
+        ("a", "failed"),
+        ("e", "skipped"),
+    ]
+    records = await harness.log.read_stream(TENANT, oid)
+    (failed,) = [r for r in records if r.event.type == ev.STEP_FAILED]
+    (decided,) = [r for r in records if r.event.type == ev.DECISION_MADE]
+    assert b'"kind":' not in failed.leaf
+    assert b'"attempt":' not in decided.leaf
+    assert (failed.event.payload.kind, decided.event.payload.attempt) == (None, None)
+    assert replay(r.event for r in records) == state
+    bundle = await bundle_of(harness.log, oid)
+    verify_bundle(bundle, harness.log.verifier.vkey)
+    timeline = build_timeline(bundle, harness.log.verifier.vkey)
+    assert timeline.verified
+    assert [(s.step_id, s.status, s.failure_kind) for s in timeline.steps] == [
+        ("d", "completed", None),
+        ("a", "failed", None),
+        ("e", "skipped", None),
+    ]
 
 
 async def test_regression_a_resumed_run_that_ends_before_a_step_s_retry_ends_the_step(
