@@ -185,6 +185,9 @@ def test_malformed_redaction_paths_are_rejected(path: str) -> None:
         ("llm.requested:messages", "holds an array"),
         ("step.failed:*", "holds an integer"),
         ("step.failed:retrying", "holds a boolean"),
+        # Read back by a resumed run: a commitment would not decode as a kind.
+        ("step.failed:kind", "holds one of"),
+        ("decision.made:attempt", "holds an integer or null"),
         ("tool.invoked:argumentz.ssn", "addresses no field"),
         ("*:nope", "addresses no field"),
         ("tool.called:arguments", "unknown event type"),
