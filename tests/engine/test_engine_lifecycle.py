@@ -32,6 +32,7 @@ from ledger.log import Log, _Outcome
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, RedactionPolicy, ToolRegistry, replay
 from ledger.orchestration import events as ev
 from ledger.orchestration.errors import ToolError
+from ledger.orchestration.runner import INTERRUPTED
 from ledger.sqlite_store import SQLiteEventStore
 from verifier import build_timeline, verify_bundle
 
@@ -1042,6 +1043,49 @@ async def test_regression_a_run_ended_during_a_retry_backoff_ends_the_step_too(
         assert (state.status, state.reason, calls) == ("failed", "timed_out", [{}])
     assert [(s.step_id, s.status, s.attempts) for s in state.steps] == [("a", "failed", 1)]
     assert await engine.get_state(TENANT, started.orchestration_id) == state
+
+
+async def test_step_failed_records_what_ended_the_attempt(harness: Harness) -> None:
+    # A step's own error is the kind the run ends with; a step beside it that the run's
+    # end cut short is "aborted"; a step in flight at a crash, with no attempt left,
+    # is "interrupted", and so is the run.
+    async def fail(args: Any) -> Any:
+        raise ToolError("no", transient=False)
+
+    async def hang(args: Any) -> Any:
+        await asyncio.Event().wait()
+
+    tools = ToolRegistry()
+    tools.register("fail", fail)
+    tools.register("hang", hang)
+    engine = await harness.open(tools=tools)
+    assert harness.log is not None
+    both = {
+        "steps": [
+            {"id": "hang", "action": "tool", "tool": "hang", "inputs": {}},
+            {"id": "bad", "action": "tool", "tool": "fail", "inputs": {}},
+        ]
+    }
+    wf = await engine.register_workflow(TENANT, name="both", definition=both)
+    live = (await engine.execute(TENANT, workflow_id=wf.workflow_id)).orchestration_id
+    await asyncio.wait_for(engine.wait(TENANT, live), 10)
+    one = [{"id": "a", "action": "tool", "tool": "echo", "inputs": {}, "max_attempts": 1}]
+    crashed = await append_run(
+        engine, harness.log, {"steps": one}, lambda oid: [step_started(oid, "a")]
+    )
+    await harness.close()
+    engine = await harness.open(tools=tools)
+    assert harness.log is not None
+    for oid, reason, failures in (
+        (live, "step_failed", [("bad", "no", "step_failed"), ("hang", "step_failed", "aborted")]),
+        (crashed, "interrupted", [("a", INTERRUPTED, "interrupted")]),
+    ):
+        state = await asyncio.wait_for(engine.wait(TENANT, oid), 10)
+        assert (state.status, state.reason) == ("failed", reason)
+        records = await harness.log.read_stream(TENANT, oid)
+        failed = [r.event.payload for r in records if r.event.type == ev.STEP_FAILED]
+        assert [(f.step_id, f.error, f.kind) for f in failed] == failures
+        assert not any(f.retrying for f in failed)
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,12 @@ def _ending(events: list[Event]) -> str | None:
     return error
 
 
+def _final_failures(events: list[Event]) -> list[tuple[str, str | None]]:
+    """Each ``step.failed`` that did not retry: (step, kind)."""
+    failed = [e.payload for e in events if e.type == "step.failed"]
+    return [(f.step_id, f.kind) for f in failed if not f.retrying]
+
+
 def _killed(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
@@ -231,6 +237,9 @@ async def test_regression_a_run_killed_after_a_step_s_final_failure_ends_as_the_
     assert [{k: s[k] for k in shown} for s in final["steps"]] == [
         {k: s[k] for k in shown} for s in live_final["steps"]
     ]
+    # The step beside it was cut short by the run's end, live and resumed alike.
+    assert _final_failures(after) == _final_failures(live_events)
+    assert _final_failures(after) == [("think", "provider_error"), ("act", "aborted")]
     assert after[: len(before)] == before
     assert [e.stream_seq for e in after] == list(range(1, len(after) + 1))
     assert msgspec.json.decode(msgspec.json.encode(replay(after))) == final
