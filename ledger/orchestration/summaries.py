@@ -80,6 +80,8 @@ class Summaries:
         self._progress = SummaryProgress()
         self._writing: asyncio.Task[str | None] | None = None
         self._timer: asyncio.TimerHandle | None = None
+        #: Whether the last write failed (the next waits for its retry, not the next event).
+        self._failed = False
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -155,6 +157,8 @@ class Summaries:
     def _schedule(self) -> None:
         if self._closed or self._writing is not None:
             return  # the write in flight schedules the next when it ends
+        if self._timer is not None and self._failed:
+            return  # the store refused the last write: its retry is already due
         if len(self._dirty) + len(self._patches) >= self._write_after_changes:
             self._start_write()
         elif self._timer is None:
@@ -207,16 +211,16 @@ class Summaries:
                 self._patches[key] = merge_patches(patch, newer) if newer else patch
             self._writing_patches = {}
             self._writing = None
-            if isinstance(e, asyncio.CancelledError):
-                raise
-            if not isinstance(e, Exception):
+            if not isinstance(e, Exception):  # cancelled: the caller's to handle
                 raise
             _log.warning("summaries.write_failed", error=f"{type(e).__name__}: {e}")
+            self._failed = True
             if not self._closed:
                 loop = asyncio.get_running_loop()
                 self._timer = loop.call_later(_RETRY_SECONDS, self._start_write)
             return f"{type(e).__name__}: {e}"
         else:
+            self._failed = False
             self._written += 1
             # Written: a summary no run here needs is read from the store from now on.
             for key in dirty:

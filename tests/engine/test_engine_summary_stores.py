@@ -107,6 +107,28 @@ async def test_a_refused_write_loses_nothing_and_is_tried_again() -> None:
     await summaries.close()
 
 
+async def test_regression_a_refusing_store_is_not_asked_again_at_every_event() -> None:
+    """After a refused write, the next waits for its retry: each event folded meanwhile
+    started another write at once, hammering a store that had just said no."""
+    store = _Refusing()
+    summaries = Summaries(store, write_after_changes=1)
+    await summaries.open()
+    created, ended = _one_external_run()
+    summaries.apply(created, 0)
+    for i in range(50):
+        await asyncio.sleep(0)
+        summaries.apply(ended, i + 1)  # as many events as you like: none writes
+    assert store.writes == 1
+    store.refuse = False
+    await summaries.flush()  # asked for: written now, not at the retry
+    assert store.writes == 2
+    stored = await store.get("t1", oid_of(0))
+    assert stored is not None
+    assert stored.status == "completed"
+    assert (await store.open()).upto == 51
+    await summaries.close()
+
+
 class _Held(MemorySummaryStore):
     """A backend whose next write waits until the test lets it go."""
 
