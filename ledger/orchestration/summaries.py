@@ -117,11 +117,6 @@ class Summaries:
             await self.store.close()
 
     @property
-    def upto(self) -> int:
-        """The summaries are the fold of the log's first ``upto`` leaves."""
-        return self._progress.upto
-
-    @property
     def count(self) -> int:
         """How many orchestrations there are."""
         return self._progress.count
