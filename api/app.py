@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -31,11 +32,14 @@ from api.routes import register_routes
 from api.services import METRICS, SERVICES, Services
 from api.sse import StreamHub
 from api.tenant_limit import TenantRequests
+from ledger.cosignature_store import SQLiteCosignatureStore
 from ledger.errors import LedgerError
 from ledger.keys import load_or_create_signer
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine, SQLiteSummaryStore, ToolRegistry
 from ledger.sqlite_store import SQLiteEventStore
+from ledger.witness_client import http_post
+from ledger.witnessing import Witnessing
 
 __all__ = ["create_app"]
 
@@ -134,6 +138,37 @@ async def _middleware(request: web.Request, handler: Handler) -> web.StreamRespo
     return response
 
 
+@contextlib.asynccontextmanager
+async def _witnessing(
+    config: Config, log: Log, backoff: tuple[float, float] | None
+) -> AsyncIterator[Witnessing | None]:
+    """The submitter to the configured witnesses (none: nothing runs), its cosignature
+    store and HTTP client, closed in reverse order before the log is."""
+    endpoints = config.witness_endpoints()
+    if not endpoints:
+        yield None
+        return
+    store = SQLiteCosignatureStore(config.cosignatures_path)
+    await store.open()
+    try:
+        async with aiohttp.ClientSession(
+            # An operator's witness URLs: no proxy from the environment, no cookies.
+            trust_env=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        ) as session:
+            options: dict[str, Any] = {} if backoff is None else {"backoff": backoff}
+            witnessing = Witnessing(log, store, endpoints, http_post(session), **options)
+            await witnessing.start()
+            log.add_listener(witnessing.wake)
+            try:
+                yield witnessing
+            finally:
+                log.remove_listener(witnessing.wake)
+                await witnessing.close()
+    finally:
+        await store.close()
+
+
 async def _watch_storage(log: Log, engine: Engine) -> None:
     """Recovery without a restart: once a commit failed for lack of storage (disk full,
     read-only, I/O error), probe it every ``STORAGE_RECHECK_SECONDS``. When a probe
@@ -156,9 +191,11 @@ def create_app(
     now: Callable[[], datetime] | None = None,
     tools: ToolRegistry | None = None,
     on_ready: Callable[[Services], Awaitable[None]] | None = None,
+    witness_backoff: tuple[float, float] | None = None,
 ) -> web.Application:
     """The application. ``env`` (provider keys), ``now`` and ``tools`` are injected into
-    the engine; ``on_ready`` runs once resources are open (``serve --demo`` seeds there)."""
+    the engine; ``on_ready`` runs once resources are open (``serve --demo`` seeds there);
+    ``witness_backoff`` (first and largest retry delay, seconds) into the submitter."""
     app = web.Application(middlewares=[_middleware], client_max_size=config.max_body_bytes)
     app[METRICS] = Metrics()
 
@@ -194,7 +231,13 @@ def create_app(
         log.add_listener(hub.on_commit)
         metrics.attach(log, engine)
         watch: asyncio.Task[None] | None = None
+        witnesses = contextlib.AsyncExitStack()
         try:
+            witnessing = await witnesses.enter_async_context(
+                _witnessing(config, log, witness_backoff)
+            )
+            if witnessing is not None:
+                metrics.attach_witnessing(witnessing)
             resumed = await engine.start()
             services = Services(
                 config,
@@ -205,6 +248,7 @@ def create_app(
                 metrics,
                 hub,
                 TenantRequests(config.max_requests_per_tenant),
+                witnessing=witnessing,
             )
             log.add_receipt_listener(services.receipts_issued)
             app[SERVICES] = services
@@ -220,7 +264,11 @@ def create_app(
                     await watch
             hub.close()
             try:
-                await engine.close()
+                try:
+                    # First: the submitter reads the log, and stops at once.
+                    await witnesses.aclose()
+                finally:
+                    await engine.close()
             finally:
                 # Whatever the engine's stop raised, the log still finishes what it
                 # accepted and closes its files.

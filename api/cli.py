@@ -30,13 +30,16 @@ from api.keys import ALL_SCOPES, KeyStore
 from api.server import BoundedSite
 from api.services import Services
 from ledger.bundle import write_bundle
+from ledger.cosignature import WitnessKey
+from ledger.cosignature_store import SQLiteCosignatureStore
 from ledger.errors import LedgerError
 from ledger.fsck import fsck
 from ledger.keys import KEY_FILE, load_signer
-from ledger.log import Log
+from ledger.log import Log, SignedCheckpoint
 from ledger.orchestration import ORCHESTRATION_EVENTS, parse_orchestration_id
 from ledger.runtime import settle_interpreter
 from ledger.sqlite_store import SQLiteEventStore
+from ledger.witnessing import newest_witnessed
 
 __all__ = ["configure_logging", "main"]
 
@@ -223,12 +226,41 @@ def _cmd_fsck(args: argparse.Namespace, env: Mapping[str, str]) -> int:
     return 0 if report.ok else 1
 
 
-async def _export(config: Config, orchestration_id: str, tenants: Sequence[str], out: Any) -> int:
+async def _witnessed_header(config: Config, log: Log, at_least: int) -> SignedCheckpoint:
+    """The newest checkpoint cosigned by ``at_least`` witnesses: the configured ones, or
+    without any configured, every witness the log holds cosignatures from."""
+    store = SQLiteCosignatureStore(config.cosignatures_path, read_only=True)
+    await store.open()
+    try:
+        keys = [e.key for e in config.witness_endpoints()] or [
+            WitnessKey.from_vkey(vkey) for vkey in sorted(await store.cosigned_sizes())
+        ]
+        header = None
+        if 1 <= at_least <= len(keys):
+            header = await newest_witnessed(log, store, keys, at_least)
+    finally:
+        await store.close()
+    if header is None:
+        raise ApiError(
+            f"no checkpoint carries cosignatures from {at_least} witness(es) "
+            f"(of {len(keys)} known): --witnessed needs one"
+        )
+    return header
+
+
+async def _export(
+    config: Config,
+    orchestration_id: str,
+    tenants: Sequence[str],
+    out: Any,
+    witnessed: int | None = None,
+) -> int:
     signer = load_signer(_verifier_key_path(config))
     log = await Log.open(
         SQLiteEventStore(config.ledger_path, read_only=True), signer, ORCHESTRATION_EVENTS
     )
     try:
+        header = None if witnessed is None else await _witnessed_header(config, log, witnessed)
         for tenant in tenants:
             if await log.stream_head(tenant, orchestration_id) == 0:
                 continue
@@ -236,7 +268,7 @@ async def _export(config: Config, orchestration_id: str, tenants: Sequence[str],
             async def write(line: bytes) -> None:
                 out.write(line)
 
-            return await write_bundle(log, tenant, orchestration_id, write)
+            return await write_bundle(log, tenant, orchestration_id, write, header=header)
     finally:
         await log.close()
     raise ApiError(
@@ -265,16 +297,21 @@ def _cmd_export(args: argparse.Namespace, env: Mapping[str, str]) -> int:
         with closing(KeyStore(config.keys_path)) as store:
             tenants = store.tenants()
     oid = _orchestration_id(args.orchestration_id)
+    witnessed = args.min_cosignatures if args.witnessed else None
+    if args.min_cosignatures != 1 and not args.witnessed:
+        raise ApiError("--min-cosignatures needs --witnessed")
     if args.output == "-":
-        count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer))
+        count = asyncio.run(_export(config, oid, tenants, sys.stdout.buffer, witnessed))
         sys.stdout.buffer.flush()
     else:
-        count = _export_to_file(config, oid, tenants, args.output)
+        count = _export_to_file(config, oid, tenants, args.output, witnessed)
         sys.stderr.write(f"wrote {count} events to {args.output}\n")
     return 0
 
 
-def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: str) -> int:
+def _export_to_file(
+    config: Config, oid: str, tenants: Sequence[str], output: str, witnessed: int | None
+) -> int:
     """Write the bundle to ``output``: a file is written whole or not at all (a
     temporary beside it, renamed over it, with the permission bits of the file it
     replaces); through a symlink, to what it names; into a descriptor of this process
@@ -283,11 +320,11 @@ def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: st
     fd = _own_descriptor(output)
     if fd is not None:
         with os.fdopen(os.dup(fd), "wb") as f:
-            return asyncio.run(_export(config, oid, tenants, f))
+            return asyncio.run(_export(config, oid, tenants, f, witnessed))
     with suppress(FileNotFoundError):
         if not stat.S_ISREG(os.stat(output).st_mode):
             with open(output, "wb") as f:
-                return asyncio.run(_export(config, oid, tenants, f))
+                return asyncio.run(_export(config, oid, tenants, f, witnessed))
     target = Path(os.path.realpath(output))
     tmp = target.with_name(target.name + ".tmp")
     mode = _replaced_mode(target)
@@ -296,7 +333,7 @@ def _export_to_file(config: Config, oid: str, tenants: Sequence[str], output: st
             if mode is not None:
                 # Before any of the bundle is in it: a private file stays private.
                 os.fchmod(f.fileno(), mode)
-            count = asyncio.run(_export(config, oid, tenants, f))
+            count = asyncio.run(_export(config, oid, tenants, f, witnessed))
         os.replace(tmp, target)
     except BaseException:
         # Whatever stopped the export (no such orchestration, a bad ledger, ^C), a
@@ -419,6 +456,17 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     s.add_argument(
+        "--witness",
+        dest="witnesses",
+        action="append",
+        metavar="URL=VKEY",
+        help=_help(
+            "witnesses",
+            "a witness's add-checkpoint URL and cosignature vkey (repeatable; the variable: "
+            "whitespace-separated)",
+        ),
+    )
+    s.add_argument(
         "--demo", action="store_true", default=None, help=_help("demo", "seed tenant demo")
     )
     s.set_defaults(func=_cmd_serve)
@@ -458,6 +506,18 @@ def _parser() -> argparse.ArgumentParser:
     data_dir(e)
     e.add_argument("--tenant", help="the owning tenant (default: search tenants with keys)")
     e.add_argument("-o", "--output", default="-", help="file, or - for stdout (default)")
+    e.add_argument(
+        "--witnessed",
+        action="store_true",
+        help="prove it against the newest checkpoint witnesses cosigned (spec §9.6)",
+    )
+    e.add_argument(
+        "--min-cosignatures",
+        type=int,
+        default=1,
+        metavar="K",
+        help="with --witnessed: cosigned by at least K witnesses (default 1)",
+    )
     e.set_defaults(func=_cmd_export)
     return p
 

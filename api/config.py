@@ -12,10 +12,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from api.errors import ConfigError
+from ledger.cosignature import WitnessKey
+from ledger.errors import LedgerError
 from ledger.keys import DEFAULT_ORIGIN
 from ledger.orchestration import ProviderPolicy
+from ledger.witnessing import WitnessEndpoint
 
 __all__ = ["ENV_VARS", "Config"]
 
@@ -44,12 +48,15 @@ ENV_VARS: dict[str, str] = {
     "provider_hosts": "MAIP_PROVIDER_HOSTS",
     "provider_private_hosts": "MAIP_PROVIDER_PRIVATE_HOSTS",
     "provider_keys": "MAIP_PROVIDER_KEYS",
+    "witnesses": "MAIP_WITNESSES",
 }
 
 _LEDGER_FILE = "ledger.db"
 _KEYS_FILE = "keys.db"
 # Derived from the ledger (moved aside and rebuilt if damaged): safe to delete.
 _SUMMARIES_FILE = "summaries.db"
+# The witnesses' cosignatures (ledger/cosignature_store.py): evidence, not derived.
+_COSIGNATURES_FILE = "cosignatures.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,10 @@ class Config:
     #: ``OPENAI_API_KEY=https://api.openai.com;LOCAL=http://127.0.0.1:8000``.
     #: Unset: agents send no key.
     provider_keys: str = ""
+    #: The witnesses the log submits its checkpoints to, each ``URL=VKEY``: the
+    #: witness's add-checkpoint URL and its cosignature/v1 vkey (type 0x04). The
+    #: environment variable holds them separated by whitespace.
+    witnesses: tuple[str, ...] = ()
 
     @property
     def ledger_path(self) -> Path:
@@ -114,6 +125,10 @@ class Config:
     @property
     def summaries_path(self) -> Path:
         return self.data_dir / _SUMMARIES_FILE
+
+    @property
+    def cosignatures_path(self) -> Path:
+        return self.data_dir / _COSIGNATURES_FILE
 
     @classmethod
     def load(cls, env: Mapping[str, str], **flags: Any) -> Config:
@@ -158,6 +173,26 @@ class Config:
         if self.jwt_hs256_secret is not None and len(self.jwt_hs256_secret.encode()) < 32:
             raise ConfigError("the HS256 JWT secret must be at least 32 bytes")
         self.provider_policy()
+        self.witness_endpoints()
+
+    def witness_endpoints(self) -> list[WitnessEndpoint]:
+        """The configured witnesses; :class:`ConfigError` for a bad one, one given twice
+        (by name or by public key: the cosigned message does not name the witness, so
+        one key under two names is one witness), or a log key given as a witness's."""
+        endpoints: list[WitnessEndpoint] = []
+        for n, entry in enumerate(self.witnesses, 1):
+            where = f"witnesses ({ENV_VARS['witnesses']}) #{n}"
+            endpoint = _witness_endpoint(entry, where)
+            for other in endpoints:
+                if endpoint.key.name == other.key.name:
+                    raise ConfigError(f"{where}: witness {endpoint.key.name} is given twice")
+                if endpoint.key.public_key == other.key.public_key:
+                    raise ConfigError(
+                        f"{where}: witnesses {other.key.name} and {endpoint.key.name} share "
+                        "one public key"
+                    )
+            endpoints.append(endpoint)
+        return endpoints
 
     def provider_policy(self) -> ProviderPolicy:
         """The policy for tenants' providers; :class:`ConfigError` if a setting is bad."""
@@ -185,6 +220,31 @@ class Config:
             raise ConfigError(f"provider_keys ({ENV_VARS['provider_keys']}): {e}") from e
 
 
+def _witness_endpoint(entry: str, where: str) -> WitnessEndpoint:
+    """``URL=VKEY``. A URL may hold ``=`` (a query) and a key name may too, so each ``=``
+    is tried in turn: the key ID, derived from the name, matches for one split only."""
+    first_error = "expected URL=VKEY"
+    at = entry.find("=")
+    while at >= 0:
+        url, vkey = entry[:at], entry[at + 1 :]
+        try:
+            key = WitnessKey.from_vkey(vkey)
+        except LedgerError as e:
+            if first_error == "expected URL=VKEY":
+                first_error = f"expected URL=VKEY: {e}"
+            at = entry.find("=", at + 1)
+            continue
+        parts = urlsplit(url)
+        try:
+            port_ok = parts.port is None or parts.port > 0
+        except ValueError:
+            port_ok = False
+        if parts.scheme not in ("http", "https") or not parts.hostname or not port_ok:
+            raise ConfigError(f"{where}: the witness URL is not an http(s) URL with a host")
+        return WitnessEndpoint(url, key)
+    raise ConfigError(f"{where}: {first_error}")
+
+
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -198,6 +258,13 @@ _FALSE = ("0", "false", "no", "off", "")
 
 def _coerce(name: str, annotation: object, value: object) -> Any:
     text = str(annotation)
+    if text.startswith("tuple"):
+        # A repeated flag's list, or the variable's whitespace-separated values.
+        if isinstance(value, str):
+            return tuple(value.split())
+        if isinstance(value, list | tuple):
+            return tuple(str(v) for v in value)
+        return value
     if not isinstance(value, str):
         return value
     invalid = ConfigError(f"{name} ({ENV_VARS.get(name, name)}): invalid value {value!r}")

@@ -2,7 +2,7 @@
 
 Request rates and latencies per route template, append latency (a timing proxy in
 front of the log, :class:`TimedLog`), committed batch sizes (a log listener), the tree
-size, and orchestrations by status.
+size, orchestrations by status, and each witness's cosigned size and failures.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from ledger.log import Log, RecordedEvent
 from ledger.orchestration import Engine
 from ledger.receipt import Receipt
 from ledger.store import EventStore
+from ledger.witnessing import Witnessing
 
 __all__ = ["CONTENT_TYPE", "Metrics", "TimedLog"]
 
@@ -59,6 +60,33 @@ class _StatusCollector(Collector):
         for status, n in self._metrics.ended.items():
             family.add_metric([status], n)
         return [family]
+
+
+class _WitnessCollector(Collector):
+    """Each witness's largest cosigned tree size and its failed submissions, read from
+    the submitter at scrape time (labelled by witness name: the config refuses two
+    witnesses of one name)."""
+
+    def __init__(self, witnessing: Witnessing) -> None:
+        self._witnessing = witnessing
+
+    def collect(self) -> list[Metric]:
+        sizes = GaugeMetricFamily(
+            "maip_witness_cosigned_tree_size",
+            "The largest tree size the log holds the witness's cosignature for",
+            labels=["witness"],
+        )
+        failures = CounterMetricFamily(
+            "maip_witness_failures",
+            "Failed checkpoint submissions to the witness, by reason",
+            labels=["witness", "reason"],
+        )
+        for status in self._witnessing.witnesses:
+            name = status.endpoint.key.name
+            sizes.add_metric([name], status.cosigned_size)
+            for reason, n in status.failures.items():
+                failures.add_metric([name, reason], n)
+        return [sizes, failures]
 
 
 class _RouteLatency:
@@ -172,6 +200,9 @@ class Metrics:
         self.stalled_runs.set_function(lambda: float(engine.stalled))
         self.unresumable_runs.set_function(lambda: float(engine.unresumable))
         log.add_listener(self._on_commit)
+
+    def attach_witnessing(self, witnessing: Witnessing) -> None:
+        self.registry.register(_WitnessCollector(witnessing))
 
     def _on_commit(self, batch: Sequence[RecordedEvent]) -> None:
         # A listener sees each commit's events; consecutive events of one tree size

@@ -21,6 +21,7 @@ from api.tenant_limit import TenantRequests
 from ledger.log import Log
 from ledger.orchestration import Engine
 from ledger.receipt import Receipt
+from ledger.witnessing import Witnessing
 
 __all__ = ["METRICS", "SERVICES", "KeyLock", "Services", "encode", "json_response"]
 
@@ -47,6 +48,8 @@ class Services:
     metrics: Metrics
     hub: StreamHub
     tenant_requests: TenantRequests
+    #: The background submitter to the configured witnesses; None without any.
+    witnessing: Witnessing | None = None
     shutting_down: bool = False
     #: By (tenant, receipt id): the encoded answer, or the receipt as the log issued it
     #: (with its orchestration id), encoded on first fetch. Receipts are immutable.

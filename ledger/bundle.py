@@ -17,7 +17,7 @@ from typing import Any
 import msgspec
 
 from ledger.errors import NotFoundError
-from ledger.log import Log, RecordedEvent
+from ledger.log import Log, RecordedEvent, SignedCheckpoint
 from ledger.merkle import leaf_hash
 from ledger.orchestration.state import replay
 
@@ -37,10 +37,18 @@ async def write_bundle(
     tenant_id: str,
     orchestration_id: str,
     write: Callable[[bytes], Awaitable[None]],
+    *,
+    header: SignedCheckpoint | None = None,
 ) -> int:
     """Write the bundle's lines; returns the number of events. Another tenant's
-    orchestration, or one with no events, raises :class:`NotFoundError`."""
-    latest = log.latest_checkpoint()
+    orchestration, or one with no events, raises :class:`NotFoundError`.
+
+    ``header`` is the checkpoint the bundle is proven against (default: the latest); a
+    witnessed one (``ledger/witnessing.py``) carries cosignature lines, so that
+    ``maip-verify bundle --witness`` accepts the bundle (§9.5). Events after it are left
+    out, as for any checkpoint: the bundle says so (the orchestration is still running
+    as of it)."""
+    latest = log.latest_checkpoint() if header is None else header
     records: list[RecordedEvent] = await log.read_stream(tenant_id, orchestration_id)
     if latest is None or not records:
         raise NotFoundError(f"no orchestration {orchestration_id!r}")

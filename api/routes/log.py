@@ -11,7 +11,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.errors import ProblemError
-from api.problems import not_found
+from api.problems import bad_request, not_found
 from api.routes._common import decimal, int_query, services
 from api.services import json_response
 from ledger.errors import NotFoundError, ProofError
@@ -39,6 +39,34 @@ async def checkpoint(request: web.Request) -> web.Response:
         charset="utf-8",
         headers=_NO_CACHE,
     )
+
+
+#: A client may ask for a checkpoint cosigned by up to this many witnesses.
+_MAX_COSIGNATURES = 100
+
+
+@routes.get("/v1/log/checkpoint/witnessed")
+async def witnessed_checkpoint(request: web.Request) -> web.Response:
+    """The newest checkpoint cosigned by at least ``min_cosignatures`` (default 1) of the
+    configured witnesses: the log's signed note followed by their cosignature lines
+    (spec §5, §9.6). Never the append path: receipts use ``/v1/log/checkpoint``'s."""
+    at_least = int_query(request, "min_cosignatures", default=1, low=1, high=_MAX_COSIGNATURES)
+    witnessing = services(request).witnessing
+    if witnessing is None:
+        raise not_found("this log has no witnesses configured", headers=_NO_CACHE)
+    if at_least > len(witnessing.witnesses):
+        raise bad_request(
+            f"min_cosignatures must be in 1..{len(witnessing.witnesses)}, the witnesses "
+            "this log has",
+            field="min_cosignatures",
+        )
+    found = await witnessing.witnessed(at_least)
+    if found is None:
+        raise not_found(
+            f"no checkpoint carries cosignatures from {at_least} of the log's witnesses yet",
+            headers=_NO_CACHE,
+        )
+    return web.Response(text=found.note, content_type=_NOTE, charset="utf-8", headers=_NO_CACHE)
 
 
 @routes.get("/v1/log/checkpoints/{size}")
