@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
-from api_helpers import json_ok, new_tenant, scripted
+from api_helpers import json_ok, new_tenant, scripted, setup_workflow
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from witness_process import WITNESS_NAME, Witness, free_port
 
@@ -470,3 +470,53 @@ def test_a_url_with_an_equals_sign_parses(config: Config) -> None:
     (endpoint,) = loaded.witness_endpoints()
     assert endpoint.url == "http://h:8/a?x=1"
     assert endpoint.key.vkey == vkey
+
+
+async def test_a_witnessed_export_passes_maip_verify_bundle_witness(
+    config: Config, witness: Witness, tmp_path: Path
+) -> None:
+    config = with_witnesses(config, f"{witness.url}={witness.vkey}")
+    vkey = log_vkey(config)
+    async with serving(config) as client:
+        tenant = new_tenant(client.app[SERVICES].keys, "tenant-w")
+        agent, wf = await setup_workflow(client, tenant)
+        resp = await client.post(
+            "/v1/orchestrations/execute",
+            json={"workflow_id": wf, "agents": [agent]},
+            headers={**tenant.headers, "Prefer": "wait=10"},
+        )
+        state = await resp.json()
+        assert state["status"] == "completed", state
+        await witnessed_at(client, client.app[SERVICES].log.size)
+    maip_ledger = str(Path(sys.executable).parent / "maip-ledger")
+    oid = state["orchestration_id"]
+    common = [oid, "--data-dir", str(config.data_dir), "--tenant", "tenant-w"]
+    for name, extra in (("plain", []), ("witnessed", ["--witnessed"])):
+        done = subprocess.run(
+            [maip_ledger, "export", *common, *extra, "-o", str(tmp_path / f"{name}.jsonl")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+    check = ["--vkey", vkey, "--witness", witness.vkey]
+    done = verify_cli("bundle", str(tmp_path / "witnessed.jsonl"), *check)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "still running" not in done.stdout
+    # The latest checkpoint is the header without --witnessed: it carries no cosignature.
+    done = verify_cli("bundle", str(tmp_path / "plain.jsonl"), *check)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "cosignature" in done.stderr
+    # Two witnesses asked of a log that has one: one line, exit 2.
+    done = subprocess.run(
+        [maip_ledger, "export", *common, "--witnessed", "--min-cosignatures", "2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "MAIP_WITNESSES": f"{witness.url}={witness.vkey}"},
+    )
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "cosignatures from 2 witness" in done.stderr
