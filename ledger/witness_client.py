@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import re
 from collections.abc import Awaitable, Callable, Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
 import msgspec
@@ -105,9 +106,23 @@ def http_post(session: aiohttp.ClientSession) -> Post:
             ) as resp:
                 return resp.status, resp.headers.get("Content-Type", ""), await _capped(resp)
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
-            raise WitnessUnreachableError(f"{type(e).__name__}: {e}") from e
+            raise WitnessUnreachableError(_redacted(f"{type(e).__name__}: {e}", url)) from e
 
     return post
+
+
+def _redacted(message: str, url: str) -> str:
+    """``message`` without the URL's user and password: aiohttp quotes a URL it refuses
+    whole, and the message ends up in a log line."""
+    try:
+        parts = urlsplit(url)
+        secrets = [parts.password, parts.username]
+    except ValueError:
+        return "the witness URL is not a valid URL"
+    for secret in secrets:
+        if secret:
+            message = message.replace(secret, "***")
+    return message
 
 
 async def _capped(resp: aiohttp.ClientResponse) -> bytes:

@@ -100,6 +100,21 @@ def test_a_url_is_shown_without_its_credentials() -> None:
     )
 
 
+async def test_a_refused_url_s_credentials_are_not_in_the_error() -> None:
+    import aiohttp
+
+    from ledger.witness_client import http_post
+
+    async with aiohttp.ClientSession() as session:
+        post = http_post(session)
+        # aiohttp refuses the port, quoting the whole URL in its error.
+        with pytest.raises(WitnessUnreachableError) as caught:
+            await post("http://alice:s3cret@127.0.0.1:99999/add-checkpoint", b"old 0\n\n")
+    assert "s3cret" not in str(caught.value)
+    assert "alice" not in str(caught.value)
+    assert "127.0.0.1:99999" in str(caught.value)
+
+
 async def test_the_store_is_append_only_and_keeps_the_first_line(tmp_path: Path) -> None:
     path = tmp_path / "cosignatures.db"
     store = SQLiteCosignatureStore(path)
