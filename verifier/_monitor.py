@@ -7,7 +7,10 @@ One round (:func:`monitor_once`):
    is empty and answers 404 (§5); an empty log is a valid state, which every tree
    extends. The 404 is not signed, so it counts only from a server whose key
    (``GET /v1/log/key``) is the trusted one, and only while no non-empty tree is
-   trusted: after one, it is a rollback. Nothing is stored for it;
+   trusted: after one, it is a rollback. Nothing is stored for it. When the user
+   requires witnesses, fetch instead the newest checkpoint cosigned by as many of the
+   log's witnesses as the quorum (``GET /v1/log/checkpoint/witnessed``, §9.6): the
+   latest one carries no cosignature yet. Its 404 means none is cosigned yet;
 2. verify its signature under the trusted key (§4.1 step 1);
 3. compare it with the last trusted checkpoint: a smaller tree is a rollback, the same
    size with another root is a fork; a larger tree needs a consistency proof
@@ -35,6 +38,7 @@ from verifier._errors import (
     ForkDetected,
     MalformedInput,
     ProofInvalid,
+    QuorumNotMet,
     RollbackDetected,
     SignatureInvalid,
     VerificationError,
@@ -59,6 +63,7 @@ __all__ = [
 #: ``fetch(path_and_query) -> response body``; raises FetchFailed on network/HTTP errors.
 Fetcher = Callable[[str], bytes]
 CHECKPOINT_PATH = "/v1/log/checkpoint"
+WITNESSED_PATH = "/v1/log/checkpoint/witnessed"
 KEY_PATH = "/v1/log/key"
 #: RFC 9162 §2.1.1: the root of the empty tree.
 _EMPTY_ROOT = hashlib.sha256(b"").digest()
@@ -184,12 +189,21 @@ def monitor_once(
     key = parse_vkey(vkey)
     old = load_state(state_path, key)
     old_note = old.checkpoint if old is not None else "(none)"
-    # 1. Fetch the latest checkpoint.
+    # 1. Fetch the latest checkpoint (the latest witnessed one, if witnesses are required).
     try:
-        body = fetch(CHECKPOINT_PATH)
+        if witnesses is None:
+            body = fetch(CHECKPOINT_PATH)
+        else:
+            body = fetch(f"{WITNESSED_PATH}?min_cosignatures={witnesses.quorum}")
     except FetchFailed as e:
         if e.status != 404:
             raise
+        if witnesses is not None:
+            raise QuorumNotMet(
+                f"the log publishes no checkpoint cosigned by {witnesses.quorum} of its "
+                f"witnesses yet ({WITNESSED_PATH} answered 404)",
+                missing=tuple(w.vkey for w in witnesses.witnesses),
+            ) from e
         return _empty_log(fetch, key, old, e)
     # 2. Check its signature.
     try:

@@ -29,12 +29,14 @@ from ledger.cosignature_store import SQLiteCosignatureStore
 from verifier import (
     QuorumNotMet,
     WitnessSigner,
+    monitor_once,
     parse_vkey,
     verify_checkpoint,
     verify_cosignature,
     verify_witnessed,
     witness_policy,
 )
+from verifier.cli import urllib_fetcher
 
 pytestmark = pytest.mark.slow
 
@@ -213,6 +215,30 @@ async def test_appends_are_cosigned_published_and_verify(
         # The metrics say how far the witness has cosigned.
         metrics = await (await client.get("/metrics")).text()
         assert f'maip_witness_cosigned_tree_size{{witness="{WITNESS_NAME}"}} {size}.0' in metrics
+
+
+async def test_regression_the_monitor_with_witnesses_reads_the_witnessed_checkpoint(
+    config: Config, witness: Witness, tmp_path: Path
+) -> None:
+    """``maip-verify monitor --witness`` read /v1/log/checkpoint, which never carries a
+    cosignature, so against this server it failed every round."""
+    config = with_witnesses(config, f"{witness.url}={witness.vkey}")
+    policy = witness_policy([witness.vkey])
+    state = tmp_path / "monitor.json"
+    async with serving(config) as client:
+        tenant = new_tenant(client.app[SERVICES].keys, "tenant-m")
+        await append(client, tenant.headers, 2)
+        fetch = urllib_fetcher(str(client.make_url("")))
+        log = client.app[SERVICES].log
+        for outcome in ("initialized", "extended"):
+            size = log.size
+            await witnessed_at(client, size)
+            # In a thread: the fetcher blocks, and this loop serves its requests.
+            result = await asyncio.to_thread(
+                monitor_once, fetch, log_vkey(config), state, witnesses=policy
+            )
+            assert (result.outcome, result.new_size) == (outcome, size)
+            await append(client, tenant.headers, 3)
 
 
 async def test_min_cosignatures_is_checked_and_named(config: Config, witness: Witness) -> None:

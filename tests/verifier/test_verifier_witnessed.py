@@ -26,7 +26,7 @@ from verifier import (
     witness_policy,
 )
 from verifier._cosignature import cosigned_text
-from verifier._monitor import CHECKPOINT_PATH, KEY_PATH
+from verifier._monitor import CHECKPOINT_PATH, KEY_PATH, WITNESSED_PATH
 from verifier.cli import main
 
 T0 = 1_767_225_600
@@ -96,6 +96,7 @@ class _Log:
         self.tree = kit.Tree([kit.leaf_hash(b"%d-%d" % (seed, i)) for i in range(30)])
         self.size = 5
         self.signers: tuple[WitnessSigner, ...] = ()
+        self.fetched: list[str] = []
 
     def note(self, size: int) -> str:
         return cosign(
@@ -103,7 +104,8 @@ class _Log:
         )
 
     def fetch(self, path: str) -> bytes:
-        if path == CHECKPOINT_PATH:
+        self.fetched.append(path)
+        if path in (CHECKPOINT_PATH, f"{WITNESSED_PATH}?min_cosignatures=1"):
             return self.note(self.size).encode()
         if path == KEY_PATH:
             v = self.key.verifier
@@ -129,6 +131,8 @@ def test_monitor_trusts_only_a_witnessed_checkpoint(tmp_path: Path) -> None:
     assert msgspec.json.decode(state.read_bytes())["size"] == 5  # not trusted: kept
     log.signers = (W1,)
     assert monitor_once(log.fetch, vkey, state, witnesses=policy).outcome == "extended"
+    # With witnesses required it reads the witnessed checkpoint, never the latest one.
+    assert CHECKPOINT_PATH not in log.fetched
     # A fork is reported as a fork, witnessed or not: the log's signature proves it.
     fork = _Log(seed=1)
     fork.size = 9
