@@ -4,14 +4,18 @@ log's side; ``specs/log-format.md`` §9.6).
 
 Appends never wait for a witness: receipts are issued against the log-signed checkpoint
 at once. After each commit every witness's task is woken; it sends the witness the
-log's *newest* checkpoint (older ones it missed meanwhile are skipped: coalesced), with
-a consistency proof from the size the witness last cosigned, one request in flight per
-witness. The size starts as the largest the store holds a cosignature for (0 without
-one); a 409 ``text/x.tlog.size`` answer replaces it with the witness's own (after a lost
-answer, a restart, a lost store) and the request is sent again from there, as C2SP
-prescribes. A cosignature is verified against the configured witness key before it is
-stored; any other answer, or none, is logged naming the witness and retried after an
-exponential backoff with full jitter (``sleep`` and ``random`` are injected).
+round's checkpoint, with a consistency proof from the size the witness last cosigned,
+one request in flight per witness. A round's checkpoint is the log's newest when the
+round begins (older ones are skipped: coalesced), and the next round begins once every
+witness has cosigned it or is backing off after a failure: so the witnesses that answer
+cosign the *same* checkpoints, and a quorum of K forms on the newest rather than on
+whichever older size K of them happened to share. A witness's proofs start from the
+largest size the store holds its cosignature for (0 without one); a 409
+``text/x.tlog.size`` answer replaces it with the witness's own (after a lost answer, a
+restart, a lost store) and the request is sent again from there, as C2SP prescribes.
+A cosignature is verified against the configured witness key before it is stored; any
+other answer, or none, is logged naming the witness and retried after an exponential
+backoff with full jitter (``sleep`` and ``random`` are injected).
 
 The newest checkpoint cosigned by at least K of the configured witnesses is published
 as the log's signed note followed by their cosignature lines (C2SP signed-note allows
@@ -82,6 +86,8 @@ class WitnessStatus:
     known_size: int = 0
     #: Failed submissions by reason: unreachable, refused, bad_cosignature, conflict.
     failures: dict[str, int] = field(default_factory=dict)
+    #: Whether its last submission failed: a round does not wait for it.
+    failing: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -147,6 +153,8 @@ class Witnessing:
         #: Bumped on every stored cosignature: invalidates :meth:`witnessed`'s answers.
         self._version = 0
         self._published: dict[int, tuple[int, SignedCheckpoint | None]] = {}
+        #: The checkpoint of the current round (see the module docstring).
+        self._round: SignedCheckpoint | None = None
 
     async def start(self) -> None:
         sizes = await self._store.cosigned_sizes()
@@ -182,6 +190,16 @@ class Witnessing:
         self._published[at_least] = (version, found)
         return found
 
+    def _round_checkpoint(self) -> SignedCheckpoint | None:
+        """The checkpoint every witness is to cosign now: the current round's, or the
+        log's newest once no witness still works on the current one."""
+        current = self._round
+        if current is None or all(
+            s.cosigned_size >= current.size or s.failing for s in self.witnesses
+        ):
+            self._round = self._log.latest_checkpoint()
+        return self._round
+
     # -- one witness -------------------------------------------------------------------
 
     async def _run(self, status: WitnessStatus) -> None:
@@ -189,7 +207,7 @@ class Witnessing:
         while True:
             await status.wake.wait()
             status.wake.clear()
-            latest = self._log.latest_checkpoint()
+            latest = self._round_checkpoint()
             if latest is None or latest.size <= status.cosigned_size:
                 continue
             try:
@@ -207,6 +225,8 @@ class Witnessing:
                     size=latest.size,
                     retry_in=round(delay, 3),
                 )
+                status.failing = True
+                self.wake()  # the round need not wait for this witness
                 await self._sleep(delay)
                 status.wake.set()
             except LedgerError as e:
@@ -217,10 +237,14 @@ class Witnessing:
                 _log.error(
                     "witness.submission_error", witness=status.endpoint.key.name, error=str(e)
                 )
+                status.failing = True
+                self.wake()
                 await self._sleep(self._delay(failures))
                 status.wake.set()
             else:
                 failures = 0
+                status.failing = False
+                self.wake()  # if this witness was the round's last, the next one begins
 
     def _delay(self, failures: int) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(failures-1))]."""

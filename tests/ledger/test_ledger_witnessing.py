@@ -194,3 +194,53 @@ async def test_an_unreachable_witness_is_retried_with_a_growing_jittered_backoff
         await witnessing.close()
         await store.close()
         await log.close()
+
+
+async def test_regression_witnesses_cosign_the_same_checkpoints(tmp_path: Path) -> None:
+    """Each witness was sent the log's newest checkpoint whenever it was free, so under
+    load a fast and a slow witness cosigned different sizes and a quorum of two formed
+    only on an older checkpoint they happened to share. Now a round's checkpoint waits
+    for every witness that is answering."""
+    log = await open_log(tmp_path / "log.db")
+    store = SQLiteCosignatureStore(tmp_path / "cosignatures.db")
+    await store.open()
+    fast = WitnessSigner("witness.test/fast", Ed25519PrivateKey.from_private_bytes(bytes([5]) * 32))
+    slow = WitnessSigner("witness.test/slow", Ed25519PrivateKey.from_private_bytes(bytes([6]) * 32))
+    signers = {
+        "http://fast.invalid/add-checkpoint": fast,
+        "http://slow.invalid/add-checkpoint": slow,
+    }
+    sizes: dict[str, list[int]] = {url: [] for url in signers}
+
+    async def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+        if url.startswith("http://slow"):
+            await asyncio.sleep(0.02)  # a witness further away: it answers later
+        note = body.decode().split("\n\n", 1)[1]
+        sizes[url].append(int(note.split("\n")[1]))
+        return 200, "text/plain", signers[url].cosign(note_text(note).encode(), 7).encode()
+
+    endpoints = [
+        WitnessEndpoint(url, WitnessKey.from_vkey(s.key.vkey)) for url, s in signers.items()
+    ]
+    witnessing = Witnessing(log, store, endpoints, post)
+    log.add_listener(witnessing.wake)
+    try:
+        await witnessing.start()
+        for seq in range(40):  # one commit each, while the witnesses work
+            await log.append("t", "s", seq, [NewEvent("note.added", Note("x"))])
+            await asyncio.sleep(0.002)
+        for _ in range(1000):  # bounded wait for both to reach the log's end
+            if all(s.cosigned_size == log.size for s in witnessing.witnesses):
+                break
+            await asyncio.sleep(0.01)
+        assert all(s.cosigned_size == log.size for s in witnessing.witnesses)
+        fast_sizes = sizes["http://fast.invalid/add-checkpoint"]
+        assert fast_sizes == sizes["http://slow.invalid/add-checkpoint"]
+        assert len(fast_sizes) < 40  # coalesced: rounds skip what came meanwhile
+        both = await witnessing.witnessed(2)
+        assert both is not None
+        assert both.size == log.size
+    finally:
+        await witnessing.close()
+        await store.close()
+        await log.close()
