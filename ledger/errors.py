@@ -56,9 +56,11 @@ class PayloadTooLargeError(InvalidEventError):
 class ConflictError(LedgerError):
     """Optimistic concurrency failed: the stream is not at the expected sequence.
 
-    ``actual_seq`` is the stream's committed head. Appends are checked against the head
-    the appends queued ahead of this one leave, which is ``pending_seq`` when those are
-    still in flight: they may yet fail, and the stream then never reaches it.
+    ``actual_seq`` is the stream's committed head. An append whose expectation would be
+    right if appends still in flight failed waits for them, so a conflict is with events
+    that were committed. One that is wrong whatever they do (behind the committed head,
+    or past where they would leave it) is refused at once, with where they would leave
+    it as ``pending_seq``: they may yet fail, and the stream then never reaches it.
     """
 
     def __init__(

@@ -6,7 +6,10 @@ Append protocol (``specs/log-format.md`` §3, §4):
 2. One writer task takes every pending append (a *batch*), checks each stream's
    expected sequence, extends the tree in one pass (:func:`~ledger.tlog.extend`: new
    stored hashes, root and every new leaf's inclusion proof), signs one C2SP
-   checkpoint over the new root and builds the receipts.
+   checkpoint over the new root and builds the receipts. An append that is right
+   only if the appends to its stream not yet committed fail is held out of the
+   batch until they have committed or failed, then checked again: a conflict is
+   always with committed events.
 3. The batch — events, new tree hashes and checkpoint — is queued to be committed in
    one durable transaction, behind at most one batch still being written. Only after
    its own commit are the in-memory tree, stream heads and latest checkpoint
@@ -228,6 +231,9 @@ class Log:
         self._pending: list[_Append] = []
         #: The batch the writer has taken from ``_pending`` and not yet handed on.
         self._taken: list[_Append] = []
+        #: Appends whose expected sequence is right only if appends to their stream
+        #: still in flight fail: they wait for the end of a batch in flight.
+        self._held: list[_Append] = []
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._writer: asyncio.Task[None] | None = None
@@ -279,8 +285,8 @@ class Log:
         else:
             _log.error("log.writer_died", error=repr(writer.exception()))
         self._closing = True
-        stranded = self._taken + self._pending
-        self._taken, self._pending = [], []
+        stranded = self._taken + self._held + self._pending
+        self._taken, self._held, self._pending = [], [], []
         _fail(
             stranded, StorageUnavailableError("the log's writer stopped; nothing more is written")
         )
@@ -603,6 +609,7 @@ class Log:
             overlay: dict[tuple[str, str], int] = {}
             accepted: list[tuple[_Append, int]] = []
             conflicts: list[tuple[_Append, ConflictError]] = []
+            held: list[_Append] = []
             leaves: list[bytes] = []
             for req in batch:
                 key = (req.tenant, req.stream)
@@ -614,11 +621,19 @@ class Log:
                     if self._epoch != epoch:
                         break
                 if req.expected != current:
-                    # ``current`` may count appends still in flight, which may yet fail:
-                    # the error names the committed head (cached: no read) as well.
+                    # ``current`` may count appends not yet committed (batches in flight,
+                    # or earlier in this one), which may yet fail. The committed head
+                    # (cached: no read) tells whether their fate decides this one.
                     head = await self._head(key)
                     if self._epoch != epoch:
                         break
+                    if head <= req.expected < current:
+                        # Right if they fail, wrong if they commit: judged once they
+                        # have, or the client hears of a conflict with events that were
+                        # never written.
+                        held.append(req)
+                        continue
+                    # Wrong whatever they do: heads only grow, to at most ``current``.
                     pending = None if head == current else current
                     error = ConflictError(req.stream, req.expected, head, pending_seq=pending)
                     conflicts.append((req, error))
@@ -635,6 +650,13 @@ class Log:
             if not req.future.done():
                 req.future.set_exception(error)
         if not accepted:
+            if self._chain:
+                # What they wait for is in a batch in flight: its end (_finish) hands
+                # them back.
+                self._held += held
+            else:
+                # It ended while a head was read here: judged again on what it left.
+                self._pending[:0] = held
             return None
         ext = tlog.extend(frontier, leaves)
         note = Checkpoint(self._signer.name, size, ext.root).sign(self._signer)
@@ -672,6 +694,10 @@ class Log:
         self._hashes.add([row])
         self._tip = ext.frontier
         self._tip_heads.update(overlay)
+        # Only now that nothing can fail: a batch that raises fails all its appends.
+        # What they wait for is in a batch in flight or in this one, queued next, so a
+        # batch's end (_finish) hands them back.
+        self._held += held
         return _Prepared(
             epoch=self._epoch,
             accepted=accepted,
@@ -697,6 +723,11 @@ class Log:
             await self._finish_in_order(prepared, written, prev)
         finally:
             self._chain.remove(asyncio.current_task())  # type: ignore[arg-type]
+            if self._held:
+                # Checked again on what is now committed (and held again if a later
+                # batch in flight still decides them); ahead of later arrivals.
+                self._pending[:0] = self._held
+                self._held = []
             self._wake.set()
 
     async def _finish_in_order(

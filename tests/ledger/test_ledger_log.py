@@ -566,29 +566,171 @@ async def test_regression_a_conflict_with_an_append_in_flight_names_the_committe
     # The conflict check runs on the provisional heads (batches prepared, not yet
     # committed), and the error named that head as where the stream is: when the batch
     # in flight then failed, the appender was told of a sequence the stream never had.
+    # (An append wrong whatever the batch in flight does is refused at once.)
     store = GatedStore(tmp_path / "l.db")
     log = await Log.open(store, signer(), CATALOG)
+    full = asyncio.Event()
     try:
         await log.append("t1", "s", 0, [note("s1")])
-        full = asyncio.Event()
         store.plan = [(full, True)]
         a = await log.submit("t1", "s", 1, [note("s2"), note("s3")])
         await spin()
-        b = await log.submit("t1", "s", 1, [note("s2 too")])
+        behind = await log.submit("t1", "s", 0, [note("s1 too")])
+        ahead = await log.submit("t1", "s", 5, [note("s6")])
         await spin()
-        assert b.done(), "b was not decided while a was in flight"
+        assert behind.done(), "an append behind the committed head waited for a"
+        assert ahead.done(), "an append past the head a would leave waited for a"
+        assert not a.done()
         full.set()
         await asyncio.wait([a], timeout=10)
         assert isinstance(a.exception(), StorageUnavailableError)
-        error = b.exception()
-        assert isinstance(error, ConflictError)
-        assert (error.actual_seq, error.pending_seq) == (1, 3)
-        assert str(error) == (
-            "stream 's' is at seq 1 (3 once the appends in flight commit), not the expected 1"
+        errors = [behind.exception(), ahead.exception()]
+        assert all(isinstance(e, ConflictError) for e in errors), errors
+        assert [(e.actual_seq, e.pending_seq) for e in errors] == [(1, 3), (1, 3)]  # type: ignore[union-attr]
+        assert str(errors[1]) == (
+            "stream 's' is at seq 1 (3 once the appends in flight commit), not the expected 5"
         )
         assert await log.stream_head("t1", "s") == 1
     finally:
+        full.set()
         await log.close()
+
+
+@pytest.mark.parametrize("in_flight_fails", [True, False])
+async def test_regression_an_append_behind_one_in_flight_is_judged_on_what_it_committed(
+    tmp_path: Path, in_flight_fails: bool
+) -> None:
+    # An append expecting the committed head, behind a batch in flight on its stream,
+    # was refused with a conflict at once; when that batch then failed (a full disk),
+    # the stream never moved, and the client had been refused an append that was valid.
+    path = tmp_path / "l.db"
+    store = GatedStore(path)
+    log = await Log.open(store, signer(), CATALOG)
+    gate = asyncio.Event()
+    try:
+        await log.append("t1", "s", 0, [note("s1")])
+        store.plan = [(gate, in_flight_fails)]
+        a = await log.submit("t1", "s", 1, [note("a2"), note("a3")])
+        await spin()
+        b = await log.submit("t1", "s", 1, [note("b2")])
+        await spin()
+        assert not b.done(), "b was decided while the batch that decides it was in flight"
+        gate.set()
+        await asyncio.wait([a, b], timeout=10)
+        assert a.done(), "a's commit never ended"
+        assert b.done(), "b was never decided after a's batch ended"
+        texts = [r.event.payload.text for r in await log.read_stream("t1", "s")]
+        if in_flight_fails:
+            assert isinstance(a.exception(), StorageUnavailableError)
+            assert b.exception() is None, repr(b.exception())
+            (receipt,) = b.result()
+            assert receipt.leaf_index == 1
+            assert texts == ["s1", "b2"]
+        else:
+            assert a.exception() is None
+            error = b.exception()
+            assert isinstance(error, ConflictError)
+            assert (error.actual_seq, error.pending_seq) == (3, None)
+            assert texts == ["s1", "a2", "a3"]
+    finally:
+        gate.set()
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
+
+
+async def test_regression_an_append_behind_one_in_its_own_failed_batch_is_appended_after(
+    tmp_path: Path,
+) -> None:
+    # Two appends at one expected sequence taken into one batch: the second conflicted
+    # with the first, and when that batch's commit failed, neither was written, yet the
+    # second's client heard of a conflict rather than of either outcome it could retry.
+    path = tmp_path / "l.db"
+    store = GatedStore(path)
+    log = await Log.open(store, signer(), CATALOG)
+    full = asyncio.Event()
+    try:
+        assert await log.stream_head("t1", "s") == 0  # cached: both queue at once
+        store.plan = [(full, True)]
+        a = await log.submit("t1", "s", 0, [note("a")])
+        b = await log.submit("t1", "s", 0, [note("b")])
+        await spin()
+        assert not a.done()
+        assert not b.done()
+        full.set()
+        await asyncio.wait([a, b], timeout=10)
+        assert isinstance(a.exception(), StorageUnavailableError)
+        assert b.exception() is None, repr(b.exception())
+        assert [r.event.payload.text for r in await log.read_stream("t1", "s")] == ["b"]
+    finally:
+        full.set()
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
+
+
+class _EveryThirdCommitFails(SQLiteEventStore):
+    """The real store, whose every third commit writes nothing and fails as a full disk
+    would, through the commit's awaitable."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.commits = 0
+
+    def commit(self, batch: Batch) -> Awaitable[None]:
+        self.commits += 1
+        if self.commits % 3:
+            return super().commit(batch)
+
+        async def fail() -> None:
+            raise StorageUnavailableError("storage cannot write: disk full (injected)")
+
+        return asyncio.ensure_future(fail())
+
+
+async def test_conflicts_under_failing_commits_are_only_ever_with_committed_events(
+    tmp_path: Path,
+) -> None:
+    """Racing writers on a few streams, each retrying at the head a conflict names,
+    while every third commit fails: no two events share a stream sequence, every
+    acknowledged event is stored, and a conflict never names the expected sequence as
+    the stream's head (it was judged against events that were really committed)."""
+    path = tmp_path / "l.db"
+    store = _EveryThirdCommitFails(path)
+    log = await Log.open(store, signer(), CATALOG, max_batch=8)
+    streams = [f"s{i}" for i in range(3)]
+    acknowledged: dict[str, list[str]] = {s: [] for s in streams}
+    conflicts: list[ConflictError] = []
+    try:
+
+        async def writer(w: int) -> None:
+            rng = random.Random(w)
+            for i in range(12):
+                stream = rng.choice(streams)
+                expected = await log.stream_head("t1", stream)
+                text = f"{w}.{i}"
+                try:
+                    await log.append("t1", stream, expected, [note(text)])
+                except ConflictError as e:
+                    conflicts.append(e)
+                    continue
+                except StorageUnavailableError:
+                    continue
+                acknowledged[stream].append(text)
+
+        await asyncio.wait_for(asyncio.gather(*(writer(w) for w in range(24))), timeout=120)
+        assert store.commits >= 6, "too few commits for any to have failed"
+        assert conflicts, "the writers never raced"
+        for error in conflicts:
+            assert error.actual_seq != error.expected_seq, str(error)
+        for stream in streams:
+            records = await log.read_stream("t1", stream)
+            assert [r.event.stream_seq for r in records] == list(range(1, len(records) + 1))
+            assert sorted(r.event.payload.text for r in records) == sorted(acknowledged[stream])
+    finally:
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
 
 
 async def test_regression_a_head_read_before_a_commit_does_not_bring_back_an_old_head(
