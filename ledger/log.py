@@ -142,6 +142,11 @@ def _fail(requests: Sequence[_Append], error: BaseException) -> None:
             req.future.set_exception(error)
 
 
+def _report_close(closed: asyncio.Task[None]) -> None:
+    if not closed.cancelled() and closed.exception() is not None:
+        _log.error("log.close_failed", error=repr(closed.exception()))
+
+
 def _check_filed(row: StoredEvent, event_id: str, tenant_id: str, stream_id: str) -> None:
     """Reads select by a row's columns; the leaf bytes, which the tree covers, must say
     the same, or an edited column would hand one tenant another's event or receipt."""
@@ -238,6 +243,8 @@ class Log:
         self._loop = asyncio.get_running_loop()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        #: close()'s own task: the drain and the store's close, which no caller cancels.
+        self._closed: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self._receipt_listeners: list[ReceiptListener] = []
         self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
@@ -273,9 +280,11 @@ class Log:
         their outcomes cannot be cancelled (:meth:`submit`), so nothing else would ever
         end their callers' waits."""
         if writer.cancelled() and self._closing:
-            # close() ends the writer by itself, awaiting it: cancelling that wait
-            # (close() itself cancelled) cancels the writer with it.
-            _log.warning("log.close_cancelled", detail="Log.close() was cancelled")
+            # A cancelled close() does not cancel the writer (close() shields its own
+            # task), so only the loop's teardown does, before the close finished.
+            _log.warning(
+                "log.close_cut_short", detail="the event loop ended before Log.close() finished"
+            )
         elif writer.cancelled():
             # Else only the loop's own teardown cancels it: the owner let its event
             # loop end without closing the log.
@@ -349,9 +358,34 @@ class Log:
         self._latest = SignedCheckpoint(size, checkpoint.root, record.note)
 
     async def close(self) -> None:
-        """Finish every append already accepted, then close the store."""
-        self._closing = True
-        self._wake.set()
+        """Finish every append already accepted, then close the store.
+
+        Cancelling the task that awaits this (a shutdown timeout) cancels only its wait:
+        the appends the log accepted are still committed (or fail as their commit does)
+        and the store is closed, in the background; a later close() waits for that same
+        end. A closer that gives up waiting is no reason to fail accepted appends: their
+        clients would be told of a storage failure that never happened. Only the event
+        loop's own end stops the close short, and every undecided append then fails.
+        """
+        closed = self._closed
+        if closed is None:
+            self._closing = True
+            self._wake.set()
+            closed = self._closed = asyncio.create_task(self._close(), name="ledger-log-close")
+        try:
+            await asyncio.shield(closed)
+        except asyncio.CancelledError:
+            if not closed.done():
+                _log.warning(
+                    "log.close_cancelled",
+                    detail="Log.close() was cancelled; the log finishes the appends it "
+                    "accepted and closes in the background",
+                )
+                # Nobody may await it again: how it ends is said here.
+                closed.add_done_callback(_report_close)
+            raise
+
+    async def _close(self) -> None:
         if self._writer is not None:
             # A writer that died has been reported (_writer_ended); the store still closes.
             with contextlib.suppress(Exception):
@@ -721,6 +755,17 @@ class Log:
     ) -> None:
         try:
             await self._finish_in_order(prepared, written, prev)
+        except asyncio.CancelledError:
+            # Only the event loop's end cancels this (close() never does): the batch's
+            # appenders must still hear something, for their outcomes cannot be
+            # cancelled and the loop's teardown waits for them. Whether the commit
+            # reached the disk is unknown; the store's next open says.
+            self._closing = True
+            _fail(
+                [req for req, _ in prepared.accepted],
+                LedgerError("the log stopped before this append's commit ended; it may be written"),
+            )
+            raise
         finally:
             self._chain.remove(asyncio.current_task())  # type: ignore[arg-type]
             if self._held:

@@ -131,3 +131,82 @@ async def test_regression_a_process_that_never_closes_its_log_still_exits(tmp_pa
         assert record.event.payload.text == "kept"
     finally:
         await log.close()
+
+
+_STALLS_WHILE_CLOSING = """
+import asyncio, sys
+from pathlib import Path
+sys.path.insert(0, sys.argv[2])
+from ledger_testkit import CATALOG, GatedStore, Note, signer, spin
+from ledger.events import NewEvent
+from ledger.log import Log
+
+async def main():
+    store = GatedStore(Path(sys.argv[1]))
+    log = await Log.open(store, signer(), CATALOG)
+    for stream in ("a", "b", "c"):
+        await log.stream_head("t1", stream)
+    stalled = asyncio.Event()  # a disk that never answers: never set
+    store.plan = [(stalled, False), (stalled, False)]
+    async def handler(outcome):
+        return await outcome
+
+    waiters = []
+    for stream in ("a", "b", "c"):
+        outcome = await log.submit("t1", stream, 0, [NewEvent("note.added", Note(stream))])
+        outcome.add_done_callback(
+            lambda f, s=stream: print("outcome", s, type(f.exception()).__name__, flush=True)
+        )
+        # A request handler awaiting it: the loop's teardown waits for this task.
+        waiters.append(asyncio.create_task(handler(outcome)))
+        await spin()
+    try:
+        await asyncio.wait_for(log.close(), timeout=0.2)
+    except TimeoutError:
+        print("close timed out", flush=True)
+    # Returns with the close still going: asyncio.run cancels every task left.
+
+asyncio.run(main())
+"""
+
+
+async def test_regression_a_loop_that_ends_during_a_stalled_close_fails_every_append(
+    tmp_path: Path,
+) -> None:
+    # A close cut short by the loop's end (a shutdown timeout, then the process exits)
+    # must still end every append: their outcomes cannot be cancelled, and the loop's
+    # teardown waits for the tasks awaiting them, so an undecided one hung the process.
+    db = tmp_path / "l.db"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-c", _STALLS_WHILE_CLOSING, str(db), str(Path(__file__).parent)],
+        capture_output=True,
+        env=env,
+        timeout=30,
+        check=False,
+    )
+    out = done.stdout.decode() + done.stderr.decode()
+    assert done.returncode == 0, out
+    assert "close timed out" in out
+    outcomes = {
+        line.split()[1]: line.split()[2] for line in out.splitlines() if line.startswith("outcome")
+    }
+    # a and b were in flight (their commits' fate unknown); c was never taken.
+    assert outcomes == {
+        "a": "LedgerError",
+        "b": "LedgerError",
+        "c": "StorageUnavailableError",
+    }, out
+    assert "log.close_cut_short" in out
+    log = await open_log(db)
+    try:
+        assert log.size == 0  # nothing reached the disk, and what is there is whole
+    finally:
+        await log.close()
+    store = SQLiteEventStore(db, read_only=True)
+    await store.open()
+    try:
+        report = await fsck(store, signer().verifier)
+    finally:
+        await store.close()
+    assert report.ok, report.problems

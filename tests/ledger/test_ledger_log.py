@@ -934,4 +934,56 @@ async def test_regression_a_cancelled_close_is_not_reported_as_a_log_never_close
         assert a.exception() is None
     finally:
         gate.set()
-        await store.close()
+        await log.close()
+
+
+async def test_regression_a_cancelled_close_still_commits_every_append_it_had_accepted(
+    tmp_path: Path,
+) -> None:
+    # close() awaited the writer task itself, so a shutdown timeout that cancelled
+    # close() cancelled the writer: appends queued behind the batch in flight were
+    # failed as if storage had refused them, though nothing had gone wrong.
+    path = tmp_path / "l.db"
+    store = GatedStore(path)
+    log = await Log.open(store, signer(), CATALOG)
+    gate = asyncio.Event()
+    try:
+        for stream in ("a", "b", "c"):  # heads known: each append queues at once
+            assert await log.stream_head("t1", stream) == 0
+        store.plan = [(gate, False), (gate, False)]  # let through in order, together
+        a = await log.submit("t1", "a", 0, [note("a")])
+        await spin()
+        b = await log.submit("t1", "b", 0, [note("b")])  # prepared behind a: two in flight
+        await spin()
+        c = await log.submit("t1", "c", 0, [note("c")])  # not taken yet
+        await spin()
+        assert [f.done() for f in (a, b, c)] == [False, False, False]
+        with capture_logs() as logs:
+            closing = asyncio.create_task(log.close())
+            await spin()
+            closing.cancel()
+            await asyncio.wait([closing], timeout=10)
+        assert closing.cancelled()
+        assert "log.close_cancelled" in [entry["event"] for entry in logs], logs
+        with pytest.raises(StorageUnavailableError, match="shutting down"):
+            await log.submit("t1", "d", 0, [note("d")])  # refused: the log is closing
+        gate.set()
+        await asyncio.wait([a, b, c], timeout=10)
+        for outcome in (a, b, c):
+            assert outcome.done(), "an accepted append was never decided"
+            assert outcome.exception() is None, repr(outcome.exception())
+        # The close goes on without its caller; a second close() waits for its end.
+        await asyncio.wait_for(log.close(), timeout=10)
+    finally:
+        gate.set()
+        await log.close()
+    log = await open_log(path)
+    try:
+        assert log.size == 3
+        receipts = [r for f in (a, b, c) for r in f.result()]
+        for receipt in receipts:
+            verify_receipt_offline(receipt, (await log.recorded(receipt.event_id)).leaf)
+    finally:
+        await log.close()
+    report = await fsck_path(path)
+    assert report.ok, report.problems
