@@ -15,10 +15,9 @@ import asyncio
 import contextlib
 import os
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -27,16 +26,16 @@ from ulid import ULID
 
 from ledger.errors import (
     ConflictError,
-    IntegrityError,
     InvalidEventError,
     LedgerError,
     StorageUnavailableError,
 )
-from ledger.events import Event, EventCatalog, NewEvent
+from ledger.events import NewEvent
 from ledger.ids import canonical_uuid
 from ledger.orchestration import events as ev
 from ledger.orchestration.binding import build_created
 from ledger.orchestration.calls import Collaborators
+from ledger.orchestration.engine_log import EngineLog
 from ledger.orchestration.errors import (
     AgentNotFoundError,
     OrchestrationNotFoundError,
@@ -44,6 +43,7 @@ from ledger.orchestration.errors import (
     WorkflowNotFoundError,
     WorkflowValidationError,
 )
+from ledger.orchestration.projections import Projections
 from ledger.orchestration.providers import (
     OpenAIConfig,
     Provider,
@@ -56,11 +56,10 @@ from ledger.orchestration.registry import (
     MAX_EXAMINED,
     AgentRecord,
     Registry,
-    RegistryProjection,
     WorkflowRecord,
 )
 from ledger.orchestration.runner import Runner, read_history
-from ledger.orchestration.state import OrchestrationProjection, OrchestrationState, replay
+from ledger.orchestration.state import OrchestrationState, replay
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.summaries import Summaries
 from ledger.orchestration.summary import OrchestrationSummary
@@ -68,8 +67,6 @@ from ledger.orchestration.summary_store import MemorySummaryStore, PageQuery, Su
 from ledger.orchestration.tools import ToolRegistry
 from ledger.orchestration.workflow import definition_hash, validate_definition
 from ledger.receipt import Receipt
-from ledger.replay import load_snapshot, save_snapshot
-from ledger.store import EventStore
 
 __all__ = ["EXTERNAL_EVENT_TYPES", "Engine", "EngineLog"]
 
@@ -92,54 +89,6 @@ EXTERNAL_EVENT_TYPES = frozenset(
         ev.ORCHESTRATION_CANCELLED,
     }
 )
-_LIVE_STATES = 10_000
-_REGISTRY = RegistryProjection()
-# A start that had to fold at least this many events saves a snapshot at once, so a
-# process that keeps crashing does not fold the same long tail every time.
-_SNAPSHOT_AFTER_REPLAY = 100_000
-# A running engine snapshots its registry every this many events as well, in the
-# background: a crash then costs the next start at most this much folding, not all
-# the log written since the last clean stop (the summaries' store keeps its own place,
-# a fraction of a second behind the log)...
-_SNAPSHOT_EVERY = 20_000
-# ...or every this many events per agent registration and workflow version it holds,
-# if that is more: a snapshot encodes them all on the event loop and writes them whole,
-# so the interval grows with them and snapshots stay a small part of the work.
-_SNAPSHOT_EVENTS_PER_RECORD = 20
-
-
-class _Recorded(Protocol):
-    @property
-    def event(self) -> Event: ...
-    @property
-    def leaf_index(self) -> int: ...
-    @property
-    def receipt_id(self) -> str: ...
-
-
-class EngineLog(Protocol):
-    """What the engine needs of :class:`ledger.log.Log`."""
-
-    @property
-    def catalog(self) -> EventCatalog: ...
-    @property
-    def size(self) -> int: ...
-    async def append(
-        self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
-    ) -> list[Receipt]: ...
-    async def submit(
-        self, tenant_id: str, stream_id: str, expected_seq: int, events: Sequence[NewEvent]
-    ) -> asyncio.Future[list[Receipt]]: ...
-    async def read_stream(
-        self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
-    ) -> Sequence[Any]: ...
-    async def read_log(self, from_index: int = 0, limit: int = 1000) -> Sequence[Any]: ...
-    def add_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
-    def remove_listener(self, listener: Callable[[Sequence[Any]], None]) -> None: ...
-    @property
-    def store(self) -> EventStore: ...
-    async def root_at(self, tree_size: int) -> bytes: ...
-    def seal(self, *parts: bytes | bytearray) -> bytes: ...
 
 
 def _uuid_from(ulid: ULID) -> str:
@@ -178,9 +127,11 @@ class Engine:
         self._provider_policy = provider_policy
         self._sleep = sleep
         self._grace = stop_grace_seconds
-        self.registry = Registry()
-        #: Every orchestration's summary; in memory unless ``summaries`` stores them.
-        self.summaries = Summaries(summaries if summaries is not None else MemorySummaryStore())
+        self._projections = Projections(
+            log,
+            summaries if summaries is not None else MemorySummaryStore(),
+            closing=lambda: self._closing,
+        )
         self._providers: dict[tuple[str, str, int], Provider] = {}
         self._runners: dict[tuple[str, str], Runner] = {}
         self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
@@ -193,24 +144,6 @@ class Engine:
         self._external_locks: dict[tuple[str, str], tuple[asyncio.Lock, list[int]]] = {}
         #: Starts between their commit and their launch (see :meth:`cancel`).
         self._starting: dict[tuple[str, str], asyncio.Event] = {}
-        self._live: OrderedDict[tuple[str, str], OrchestrationProjection.FoldState] = OrderedDict()
-        #: Waits on orchestrations no task here runs (external ones): set when one's
-        #: terminal event commits; (event, waiters), dropped when no one waits.
-        self._enders: dict[tuple[str, str], tuple[asyncio.Event, list[int]]] = {}
-        self._projection = OrchestrationProjection()
-        self._indexed_from = 0
-        #: The registry is the fold of the first ``_registry_upto`` leaves (once started).
-        self._registry_upto = 0
-        self._registry_ready = False
-        #: Events committed while start() folds the older log: folded after it, in order.
-        self._early: list[tuple[Event, int]] = []
-        #: The log size the stored registry snapshot covers (0: none).
-        self._snapshot_upto = 0
-        self._saving = asyncio.Lock()
-        #: The background snapshot in flight, and where the log must reach for the next.
-        self._snapshotting: asyncio.Task[None] | None = None
-        self._next_snapshot_at = 0
-        self._replayed_at_start = 0
         self._started = False
         self._closing = False
 
@@ -227,7 +160,7 @@ class Engine:
             return []
         self._started = True
         try:
-            await self._build_registry()
+            await self._projections.build()
         except BaseException:
             await self._forget_start()
             raise
@@ -258,89 +191,14 @@ class Engine:
 
     async def _forget_start(self) -> None:
         """Undo a start that failed, so a later start() begins again from nothing."""
-        self._log.remove_listener(self._on_commit)
-        self._registry_ready = False
-        snapshotting, self._snapshotting = self._snapshotting, None
-        if snapshotting is not None:  # it saves nothing once the registry is not ready
-            snapshotting.cancel()
-            await asyncio.wait([snapshotting])
-        self._early = []
-        self.registry = Registry()
-        await self.summaries.close()  # writes what it folded: a consistent prefix
-        self.summaries = Summaries(self.summaries.store)
-        self._live.clear()  # commits while no listener was attached never reached it
-        self._indexed_from = self._registry_upto = self._snapshot_upto = 0
-        self._replayed_at_start = self._next_snapshot_at = 0
+        await self._projections.forget()
         self._started = False  # last: a start() now may build while nothing is reset
-
-    async def _build_registry(self) -> None:
-        try:
-            loaded = await load_snapshot(self._log, _REGISTRY)
-        except LedgerError as e:  # the snapshot is only a shortcut: fold from the start
-            _log.warning("engine.registry_snapshot_unreadable", error=str(e))
-            loaded = None
-        summaries_upto = await self._open_summaries()
-        # No await from here to the listener: every leaf is either folded below (before
-        # ``_indexed_from``) or by the listener (from it on), never both or neither.
-        self._indexed_from = self._registry_upto = self._log.size
-        self._log.add_listener(self._on_commit)
-        registry_upto = 0
-        if loaded is not None:
-            self.registry, registry_upto = loaded
-        self._snapshot_upto = registry_upto
-        # Each projection folds from where its own stored state ends.
-        index = first = min(registry_upto, summaries_upto)
-        while index < self._indexed_from:
-            page = await self._log.read_log(index, min(1000, self._indexed_from - index))
-            if not page or page[0].leaf_index != index:
-                # A registry short of the log must never be marked whole and snapshotted.
-                raise IntegrityError(
-                    f"the log holds no leaf {index} below its size {self._indexed_from}",
-                    index=index,
-                )
-            for rec in page:
-                if rec.leaf_index >= registry_upto:
-                    self.registry.apply(rec.event)
-                if rec.leaf_index >= summaries_upto:
-                    self.summaries.apply(rec.event, rec.leaf_index)
-            index = page[-1].leaf_index + 1
-        for event, leaf_index in self._early:
-            self.registry.apply(event)
-            self.summaries.apply(event, leaf_index)
-        self._early = []
-        self._registry_ready = True
-        self._replayed_at_start = index - first
-        _log.info(
-            "engine.registry_built",
-            snapshot_size=registry_upto if loaded is not None else None,
-            summaries_upto=summaries_upto,
-            replayed_events=self._replayed_at_start,
-        )
-        self._next_snapshot_at = self._registry_upto + self._snapshot_interval()
-        if self._replayed_at_start >= _SNAPSHOT_AFTER_REPLAY:
-            await self._save_registry()
-            with contextlib.suppress(LedgerError):  # derived: only a slower next start
-                await self.summaries.flush()
-
-    async def _open_summaries(self) -> int:
-        """Open the summaries' store; returns how far into this log its fold reaches (0
-        if it folded another log, or more than this one holds: it starts again)."""
-        progress = await self.summaries.open()
-        upto = progress.upto
-        if upto:
-            last = await self._log.read_log(upto - 1, 1) if upto <= self._log.size else []
-            if not last or last[0].event.event_id != progress.last_event_id:
-                _log.warning("engine.summaries_rebuilt", stored_upto=upto, log_size=self._log.size)
-                await self.summaries.reset()
-                upto = 0
-        await self.summaries.load_unfinished()
-        return upto
 
     async def close(self) -> None:
         """:meth:`stop`, then close the summaries' store: reads of summaries the engine
         does not hold in memory fail from then on."""
         await self.stop()
-        await self.summaries.close()
+        await self._projections.close()
 
     async def stop(self) -> None:
         """Stop every running orchestration at its next step boundary (it resumes after a
@@ -349,8 +207,7 @@ class Engine:
         self._closing = True
         # Waits on runs no task here runs answer now, as those on its own runs do when
         # they stop: the shutdown would otherwise be held until each wait ran out.
-        for ender, _ in self._enders.values():
-            ender.set()
+        self._projections.end_waits()
         for runner in self._runners.values():
             runner.request_stop()
         tasks = list(self._tasks.values())
@@ -363,12 +220,7 @@ class Engine:
         if self._own_session and self._session is not None:
             await self._session.close()
         self._session = None
-        if self._snapshotting is not None:
-            await asyncio.wait([self._snapshotting])
-        if self._registry_ready:
-            await self._save_registry()
-        with contextlib.suppress(LedgerError):  # derived: the next start folds it again
-            await self.summaries.flush()
+        await self._projections.save()
 
     @property
     def closing(self) -> bool:
@@ -376,69 +228,19 @@ class Engine:
         return self._closing
 
     @property
+    def registry(self) -> Registry:
+        """Every agent registration and workflow version, kept live from the log."""
+        return self._projections.registry
+
+    @property
+    def summaries(self) -> Summaries:
+        """Every orchestration's summary; in memory unless ``summaries`` stores them."""
+        return self._projections.summaries
+
+    @property
     def replayed_at_start(self) -> int:
         """How many events :meth:`start` folded into the registry after its snapshot."""
-        return self._replayed_at_start
-
-    def _snapshot_interval(self) -> int:
-        return max(_SNAPSHOT_EVERY, _SNAPSHOT_EVENTS_PER_RECORD * self.registry.records)
-
-    async def _save_registry(self) -> None:
-        """Snapshot the registry, so the next start folds only what follows. A failure
-        costs the next start time, never correctness: it is logged and let go."""
-        async with self._saving:  # one at a time, so a newer one is never overwritten
-            if not self._registry_ready:
-                return  # a start that failed: nothing whole to save
-            upto = self._registry_upto
-            if upto <= self._snapshot_upto:
-                return  # nothing new since the stored one
-            try:
-                # Encodes the registry before its first await: exactly ``upto`` leaves.
-                await save_snapshot(self._log, _REGISTRY, self.registry, upto)
-            except Exception as e:  # noqa: BLE001 — storage or encoding: a slower next start
-                _log.warning("engine.registry_snapshot_failed", error=f"{type(e).__name__}: {e}")
-            else:
-                self._snapshot_upto = upto
-
-    def _on_commit(self, batch: Sequence[_Recorded]) -> None:
-        for rec in batch:
-            if rec.leaf_index < self._indexed_from:
-                continue
-            event = rec.event
-            if self._registry_ready:
-                self.registry.apply(event)
-                self.summaries.apply(event, rec.leaf_index)
-            else:
-                self._early.append((event, rec.leaf_index))
-            # Per event, once folded: if a later one raised, a snapshot still names
-            # exactly what the registry holds.
-            self._registry_upto = rec.leaf_index + 1
-            key = (event.tenant_id, event.stream_id)
-            if self._enders and event.type in ev.TERMINAL_TYPES:
-                ender = self._enders.get(key)
-                if ender is not None:
-                    ender[0].set()
-            fold = self._live.get(key)
-            if fold is None:
-                if not isinstance(event.payload, ev.OrchestrationCreated):
-                    continue
-                fold = self._projection.initial()
-            self._live[key] = self._projection.apply(fold, event, rec.receipt_id)
-            self._live.move_to_end(key)
-            if len(self._live) > _LIVE_STATES:
-                self._live.popitem(last=False)
-        if (
-            self._registry_ready
-            and self._registry_upto >= self._next_snapshot_at
-            and not self._closing
-            and (self._snapshotting is None or self._snapshotting.done())
-        ):
-            # The next one is due a whole interval on, whether this one succeeds or not:
-            # a store that refuses snapshots must not be asked again at every commit.
-            self._next_snapshot_at = self._registry_upto + self._snapshot_interval()
-            self._snapshotting = asyncio.create_task(
-                self._save_registry(), name="engine-registry-snapshot"
-            )
+        return self._projections.replayed_at_start
 
     # -- collaborators ---------------------------------------------------------------
 
@@ -675,7 +477,7 @@ class Engine:
                 # the runs it found: launched now, this one would run after close()
                 # returned. It is durable and unfinished, so the next start resumes it.
                 _log.info("orchestration.deferred", orchestration_id=oid)
-                return self._state_now(tenant_id, oid)
+                return self._projections.state_now(tenant_id, oid)
             self._writers[key] = writer
             runner = Runner(
                 writer,
@@ -685,7 +487,7 @@ class Engine:
                 started_at=started_at,
             )
             self._launch(tenant_id, oid, runner)
-            return self._state_now(tenant_id, oid)
+            return self._projections.state_now(tenant_id, oid)
         finally:
             if self._starting.get(key) is launched:
                 del self._starting[key]
@@ -781,17 +583,14 @@ class Engine:
 
     async def _resume_locked(self, summary: OrchestrationSummary) -> bool:
         tenant_id, oid = summary.tenant_id, summary.orchestration_id
-        records = await self._read_committed(tenant_id, oid)
+        records = await self._projections.read_committed(tenant_id, oid)
         if self._closing:  # close() came during the read and found nothing to stop
             return False
         events = [r.event for r in records]
         if not events or not isinstance(events[0].payload, ev.OrchestrationCreated):
             return False
         created: ev.OrchestrationCreated = events[0].payload
-        fold = self._projection.initial()
-        for e in events:
-            fold = self._projection.apply(fold, e)
-        self._live[(tenant_id, oid)] = fold
+        self._projections.refold((tenant_id, oid), events)
         writer = self._writer(tenant_id, oid, events[-1].stream_seq, keep=False)
         runner = Runner(writer, created, events, self._collaborators(tenant_id, created))
         if runner.was_terminal:
@@ -801,43 +600,19 @@ class Engine:
         self._launch(tenant_id, oid, runner)
         return True
 
-    def _state_now(self, tenant_id: str, oid: str) -> OrchestrationState:
-        fold = self._live.get((tenant_id, oid))
-        if fold is None or fold.state is None:
-            raise OrchestrationNotFoundError(f"no orchestration {oid!r}")
-        return fold.state
-
     def live_state(self, tenant_id: str, orchestration_id: str) -> OrchestrationState | None:
         """The state kept live from committed events (``None`` if not cached)."""
-        fold = self._live.get((tenant_id, orchestration_id))
-        return fold.state if fold else None
+        return self._projections.live_state(tenant_id, orchestration_id)
 
     async def get_state(self, tenant_id: str, orchestration_id: str) -> OrchestrationState:
         """The state, by a fresh replay of the orchestration's stream."""
         if await self.summaries.get(tenant_id, orchestration_id) is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
-        records = await self._read_committed(tenant_id, orchestration_id)
+        records = await self._projections.read_committed(tenant_id, orchestration_id)
         state = replay(r.event for r in records)
         if state is None:
             raise OrchestrationNotFoundError(f"no orchestration {orchestration_id!r}")
         return state
-
-    async def _read_committed(self, tenant_id: str, orchestration_id: str) -> Sequence[Any]:
-        """The stream, at least up to the head the listener has seen committed.
-
-        Workaround: the SQLite store's shared reader connection can serve a snapshot
-        from before the latest commit while other reads are in flight; re-read briefly
-        until the stream reaches the committed head (read-your-writes).
-        """
-        summary = await self.summaries.get(tenant_id, orchestration_id)
-        head = summary.seq if summary else 0
-        records = await self._log.read_stream(tenant_id, orchestration_id)
-        for attempt in range(50):
-            if len(records) >= head:
-                break
-            await asyncio.sleep(0.001 * attempt)
-            records = await self._log.read_stream(tenant_id, orchestration_id)
-        return records
 
     async def wait(
         self, tenant_id: str, orchestration_id: str, max_wait: float | None = None
@@ -850,31 +625,11 @@ class Engine:
         if task is not None:
             await asyncio.wait({task}, timeout=max_wait)
         elif max_wait:
-            await self._await_end(key, max_wait)
+            await self._projections.await_end(key, max_wait)
         live = self.live_state(tenant_id, orchestration_id)
         if live is not None and live.terminal:
             return live  # folded from committed events: equal to a replay (tested)
         return await self.get_state(tenant_id, orchestration_id)
-
-    async def _await_end(self, key: tuple[str, str], max_wait: float) -> None:
-        if self._closing:
-            return
-        summary = await self.summaries.get(*key)
-        if summary is None or summary.status in ("completed", "failed", "cancelled"):
-            return
-        ender = self._enders.get(key)
-        if ender is None:
-            ender = self._enders[key] = (asyncio.Event(), [0])
-        ender[1][0] += 1
-        try:
-            async with asyncio.timeout(max_wait):
-                await ender[0].wait()
-        except TimeoutError:
-            pass
-        finally:
-            ender[1][0] -= 1
-            if not ender[1][0] and self._enders.get(key) is ender:
-                del self._enders[key]
 
     async def list_orchestrations(
         self,
@@ -957,7 +712,7 @@ class Engine:
             return []  # an external executor records its own steps
         oid = summary.orchestration_id
         try:
-            records = await self._read_committed(summary.tenant_id, oid)
+            records = await self._projections.read_committed(summary.tenant_id, oid)
         except LedgerError as e:  # the cancel is recorded all the same
             _log.warning(
                 "orchestration.cancel_history_unreadable", orchestration_id=oid, error=str(e)
@@ -1045,7 +800,7 @@ class Engine:
             ]
         )
         self._writers[(tenant_id, oid)] = writer
-        return self._state_now(tenant_id, oid)
+        return self._projections.state_now(tenant_id, oid)
 
     async def record_step(
         self,

@@ -22,8 +22,8 @@ from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
 from ledger.log import Log
 from ledger.orchestration import ORCHESTRATION_EVENTS, Engine
-from ledger.orchestration import engine as engine_module
 from ledger.orchestration import events as ev
+from ledger.orchestration import projections as projections_module
 from ledger.orchestration.registry import Registry, RegistryProjection
 from ledger.replay import fold_log
 from ledger.sqlite_store import SQLiteEventStore
@@ -203,7 +203,7 @@ async def test_a_start_that_folds_a_long_tail_saves_a_snapshot_at_once(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """So a process that keeps crashing does not fold the same tail on every start."""
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_AFTER_REPLAY", 10)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_AFTER_REPLAY", 10)
     engine = await harness.open()
     await _work(engine, runs=2)
     for _ in range(2):  # two crashes in a row: neither session stops cleanly
@@ -228,9 +228,9 @@ async def test_a_running_engine_snapshots_its_registry_every_interval(
 ) -> None:
     """So a crash after a long run folds at most one interval, not everything since
     the last clean stop."""
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 25)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_EVERY", 25)
     # 8 registrations and versions: an interval below 25.
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1)
     engine = await harness.open()
     await _work(engine, runs=4)
     assert harness.log is not None
@@ -328,8 +328,8 @@ async def test_regression_a_cancelled_start_seals_no_empty_registry(
     engine = await harness.open()
     agent = await engine.register_agent(TENANT, name="bot", provider=scripted())
     await harness.crash()  # a crash: the next start has to fold, and then saves
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_AFTER_REPLAY", 0)
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_AFTER_REPLAY", 0)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_EVERY", 1)
     log = await Log.open(SQLiteEventStore(harness.path), harness.signer, ORCHESTRATION_EVENTS)
     starting: asyncio.Task[list[str]] | None = None
 
@@ -360,8 +360,8 @@ async def test_the_snapshot_interval_grows_with_the_registry(
 ) -> None:
     """Each snapshot encodes and writes every agent registration and workflow version,
     so with many of them they are taken less often."""
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVERY", 1)
-    monkeypatch.setattr(engine_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1000)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_EVERY", 1)
+    monkeypatch.setattr(projections_module, "_SNAPSHOT_EVENTS_PER_RECORD", 1000)
     engine = await harness.open()
     assert harness.log is not None
     store = harness.log.store
