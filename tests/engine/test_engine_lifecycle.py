@@ -610,8 +610,8 @@ async def test_regression_resuming_a_run_whose_history_is_terminal_keeps_no_writ
     await engine.wait(TENANT, started.orchestration_id)
     summary = await engine.summaries.get(TENANT, started.orchestration_id)
     assert summary is not None
-    assert not await engine._resume(summary)
-    assert (TENANT, started.orchestration_id) not in engine._writers
+    assert not await engine._runs._resume(summary)
+    assert (TENANT, started.orchestration_id) not in engine._runs.writers
 
 
 async def test_regression_a_resumed_decision_skips_the_branch_it_recorded_not_taken(
@@ -863,7 +863,7 @@ async def test_regression_a_start_made_durable_while_closing_is_not_launched(
     gated.gate.set()
     state = await execute
     assert state.status == "running"
-    assert (engine._tasks, engine._runners, engine._writers) == ({}, {}, {})
+    assert (engine._runs._tasks, engine._runs._runners, engine._runs.writers) == ({}, {}, {})
     assert engine.live_state(TENANT, state.orchestration_id) == await engine.get_state(
         TENANT, state.orchestration_id
     )
@@ -923,7 +923,7 @@ async def test_regression_a_cancel_during_a_resume_s_read_is_not_lost_or_overrun
 
     async def cancel_written_or_waiting() -> None:
         while not cancel.done():
-            entry = engine._external_locks.get((TENANT, oid))
+            entry = engine._runs._external_locks.get((TENANT, oid))
             if entry is not None and entry[1][0] > 1:  # it waits for the resume
                 return
             await asyncio.sleep(0.001)
@@ -1000,7 +1000,7 @@ async def test_regression_a_cancel_between_a_start_s_commit_and_its_launch_cance
         final = await engine.wait(TENANT, oid, max_wait=10)
     assert [e for e in logs if e["log_level"] == "error"] == []  # no run crashed
     assert (cancelled.status, final.status) == ("cancelled", "cancelled")
-    assert (engine._tasks, engine._runners) == ({}, {})
+    assert (engine._runs._tasks, engine._runs._runners) == ({}, {})
     assert engine.live_state(TENANT, oid) == await engine.get_state(TENANT, oid)
     events = [r.event for r in await harness.log.read_stream(TENANT, oid)]
     assert [e.type for e in events].count(ev.ORCHESTRATION_CANCELLED) == 1

@@ -446,7 +446,7 @@ async def test_regression_external_write_locks_do_not_pile_up(engine: Engine) ->
         state = await engine.get_state(TENANT, oid)
         assert sorted(s.step_id for s in state.steps) == ["s0", "s1", "s2"]
     await engine.cancel(TENANT, oids[0])
-    assert engine._external_locks == {}
+    assert engine._runs._external_locks == {}
 
 
 async def _chain_blocked_in_a_tool(engine: Engine, **options: Any) -> tuple[str, list[str]]:
@@ -804,7 +804,7 @@ async def test_a_start_too_large_for_a_leaf_is_refused_and_leaves_nothing(
     with pytest.raises(InvalidEventError, match=r"orchestration\.created event is"):
         await engine.execute(TENANT, agent_id=agent, input="x" * 300_000)
     assert await engine.list_orchestrations(TENANT) == ([], None)
-    assert not engine._writers
+    assert not engine._runs.writers
 
 
 def _counting_tool(calls: list[Any]) -> Any:
