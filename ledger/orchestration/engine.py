@@ -7,6 +7,10 @@ state by replay, lists them from a projection, records steps of externally execu
 orchestrations, and on :meth:`Engine.start` resumes every orchestration that was
 running when the process last stopped. Every lookup takes a ``tenant_id``; another
 tenant's ids are simply not found.
+
+The work is done by what it composes: :class:`~.projections.Projections` follows the log
+(registry, summaries, live states), :class:`~.runs.Runs` runs this process's
+orchestrations, and :class:`~.external.ExternalRuns` records external executors' steps.
 """
 
 from __future__ import annotations
