@@ -16,28 +16,18 @@ The verifier (``verifier/_cosignature.py``) implements the same rules independen
 from __future__ import annotations
 
 import base64
-import binascii
-import hashlib
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import SignatureError
+from ledger.note import decode_vkey, key_id, parse_signature_line, valid_key_name
 
 __all__ = ["WitnessKey", "note_text"]
 
 _TYPE_COSIGNATURE_V1 = 0x04
-_SIG_PREFIX = "\u2014 "
 _MAX_TIMESTAMP = (1 << 63) - 1
 _BLOB_BYTES = 4 + 8 + 64
-
-
-def _valid_name(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return bool(name) and not any(c.isspace() or c == "+" for c in name)
 
 
 def note_text(note: str) -> str:
@@ -56,34 +46,19 @@ class WitnessKey:
     __slots__ = ("_key", "key_id", "name", "public_key")
 
     def __init__(self, name: str, public_key: bytes) -> None:
-        if not _valid_name(name):
+        if not valid_key_name(name):
             raise SignatureError(f"witness key name {name!r} is empty or has a space or '+'")
         if len(public_key) != 32:
             raise SignatureError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
         self.name = name
         self.public_key = public_key
-        digest = hashlib.sha256(
-            name.encode() + b"\n" + bytes([_TYPE_COSIGNATURE_V1]) + public_key
-        ).digest()
-        self.key_id = int.from_bytes(digest[:4], "big")
+        self.key_id = key_id(name, _TYPE_COSIGNATURE_V1, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> WitnessKey:
-        parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
-        if len(parts) != 3:
-            raise SignatureError("a witness key has the form <name>+<8 hex key ID>+<base64 key>")
-        name, hex_id, b64 = parts
-        try:
-            key = base64.b64decode(b64, validate=True)
-        except (binascii.Error, ValueError) as e:
-            raise SignatureError("the witness key is not valid base64") from e
-        if len(key) != 33 or key[0] != _TYPE_COSIGNATURE_V1:
-            # A log's 0x01 key given as a witness is refused, not reinterpreted.
-            raise SignatureError(
-                "the witness key is not an Ed25519 cosignature/v1 key (type 0x04, 32 bytes)"
-            )
-        witness = cls(name, key[1:])
+        name, hex_id, key = decode_vkey(vkey, _TYPE_COSIGNATURE_V1, "witness key")
+        witness = cls(name, key)
         if len(hex_id) != 8 or f"{witness.key_id:08x}" != hex_id.lower():
             raise SignatureError(f"witness key ID {hex_id!r} does not match its key")
         return witness
@@ -100,7 +75,7 @@ class WitnessKey:
         """Whether ``line`` is a signature line with this witness's name and key ID
         (malformed lines are nobody's)."""
         try:
-            name, blob = _split_line(line)
+            name, blob = parse_signature_line(line)
         except SignatureError:
             return False
         return name == self.name and blob[:4] == self.key_id.to_bytes(4, "big")
@@ -109,7 +84,7 @@ class WitnessKey:
         """Check that ``line`` (without its newline) is this witness's valid cosignature
         on the checkpoint note text ``text``; its timestamp. Raises
         :class:`SignatureError` otherwise."""
-        name, blob = _split_line(line)
+        name, blob = parse_signature_line(line)
         if name != self.name or blob[:4] != self.key_id.to_bytes(4, "big"):
             raise SignatureError(f"the line is not signed by witness {self.vkey}")
         if len(blob) != _BLOB_BYTES:
@@ -127,18 +102,3 @@ class WitnessKey:
                 f"the cosignature by {self.name!r} does not verify on this checkpoint"
             ) from e
         return timestamp
-
-
-def _split_line(line: str) -> tuple[str, bytes]:
-    if not line.startswith(_SIG_PREFIX):
-        raise SignatureError("not a signature line")
-    name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-    if not sep or not _valid_name(name) or not b64 or " " in b64:
-        raise SignatureError("malformed signature line")
-    try:
-        blob = base64.b64decode(b64, validate=True)
-    except (binascii.Error, ValueError) as e:
-        raise SignatureError("the signature is not valid base64") from e
-    if len(blob) < 5:
-        raise SignatureError("the signature is too short to hold a key ID")
-    return name, blob

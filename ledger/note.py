@@ -33,9 +33,13 @@ from ledger.errors import SignatureError
 __all__ = [
     "NoteSigner",
     "NoteVerifier",
+    "decode_vkey",
     "generate_signer",
+    "key_id",
     "open_note",
+    "parse_signature_line",
     "sign_note",
+    "valid_key_name",
 ]
 
 _ALG_ED25519 = 0x01
@@ -50,7 +54,7 @@ def _b64decode(text: str, what: str) -> bytes:
         raise SignatureError(f"{what} is not valid base64") from e
 
 
-def _valid_name(name: str) -> bool:
+def valid_key_name(name: str) -> bool:
     # C2SP signed-note: a key name is non-empty well-formed UTF-8 with no Unicode spaces
     # and no '+'. A Python str may hold lone surrogates, which UTF-8 cannot carry.
     try:
@@ -61,13 +65,44 @@ def _valid_name(name: str) -> bool:
 
 
 def _check_name(name: str) -> None:
-    if not _valid_name(name):
+    if not valid_key_name(name):
         raise SignatureError(f"invalid key name {name!r}: empty, not UTF-8, or has a space or '+'")
 
 
-def _key_id(name: str, pubkey: bytes) -> int:
-    digest = hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + pubkey).digest()
+def key_id(name: str, alg: int, pubkey: bytes) -> int:
+    """C2SP signed-note: a key's ID, the first 4 bytes of SHA-256(name, LF, type, key)."""
+    digest = hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + pubkey).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def decode_vkey(vkey: str, alg: int, what: str) -> tuple[str, str, bytes]:
+    """``(name, hex key ID, public key)`` of a vkey ``<name>+<hex id>+<base64(type||key)>``
+    whose signature type is ``alg``. The caller checks the ID against the key."""
+    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
+    if len(parts) != 3:
+        raise SignatureError(f"a {what} has the form <name>+<8 hex key ID>+<base64 key>")
+    name, hex_id, b64 = parts
+    key = _b64decode(b64, what)
+    if len(key) != 33 or key[0] != alg:
+        # Another type's key (a log's given as a witness's, say) is refused, never
+        # reinterpreted.
+        raise SignatureError(f"the {what} is not an Ed25519 key of type 0x{alg:02x} (32 bytes)")
+    return name, hex_id, key[1:]
+
+
+def parse_signature_line(line: str) -> tuple[str, bytes]:
+    """A note signature line's key name and signature blob (key ID first)."""
+    if not line.startswith(_SIG_PREFIX):
+        raise SignatureError(f"malformed signature line {line[:40]!r}")
+    name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
+    # A bad name makes the line malformed even for a key we do not know, as in Go's
+    # note.Open: otherwise the writer accepts notes that verifiers reject.
+    if not sep or not valid_key_name(name) or not b64 or " " in b64:
+        raise SignatureError(f"malformed signature line {line[:40]!r}")
+    blob = _b64decode(b64, "signature")
+    if len(blob) < 5:
+        raise SignatureError("signature is too short to hold a key ID")
+    return name, blob
 
 
 class NoteVerifier:
@@ -81,19 +116,13 @@ class NoteVerifier:
             raise SignatureError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
         self.name = name
         self.public_key = public_key
-        self.key_id = _key_id(name, public_key)
+        self.key_id = key_id(name, _ALG_ED25519, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
     def from_vkey(cls, vkey: str) -> NoteVerifier:
-        parts = vkey.strip().split("+", 2)
-        if len(parts) != 3:
-            raise SignatureError("a verifier key has the form <name>+<hex id>+<base64 key>")
-        name, hex_id, b64 = parts
-        key = _b64decode(b64, "verifier key")
-        if len(key) != 33 or key[0] != _ALG_ED25519:
-            raise SignatureError("verifier key is not an Ed25519 key (type 0x01, 32 bytes)")
-        verifier = cls(name, key[1:])
+        name, hex_id, key = decode_vkey(vkey, _ALG_ED25519, "verifier key")
+        verifier = cls(name, key)
         if len(hex_id) != 8 or f"{verifier.key_id:08x}" != hex_id.lower():
             raise SignatureError(f"verifier key ID {hex_id!r} does not match its key")
         return verifier
@@ -213,16 +242,7 @@ def open_note(note: str | bytes, *verifiers: NoteVerifier) -> str:
     message = text.encode()
     verified = 0
     for line in sig_lines:
-        if not line.startswith(_SIG_PREFIX):
-            raise SignatureError(f"malformed signature line {line[:40]!r}")
-        name, sep, b64 = line[len(_SIG_PREFIX) :].partition(" ")
-        # A bad name makes the line malformed even for a key we do not know, as in Go's
-        # note.Open: otherwise the writer accepts notes that verifiers reject.
-        if not sep or not _valid_name(name) or not b64 or " " in b64:
-            raise SignatureError(f"malformed signature line {line[:40]!r}")
-        blob = _b64decode(b64, "signature")
-        if len(blob) < 5:
-            raise SignatureError("signature is too short to hold a key ID")
+        name, blob = parse_signature_line(line)
         verifier = known.get((name, int.from_bytes(blob[:4], "big")))
         if verifier is None:
             continue
