@@ -15,6 +15,7 @@ from api.problems import bad_request, from_validation_error, not_found, unsuppor
 from api.routes._repeated_keys import repeated_member
 from api.services import SERVICES, Services
 from ledger.ids import canonical_uuid
+from ledger.log import SignedCheckpoint
 from ledger.orchestration import MAX_JSON_NESTING, decode_json, parse_orchestration_id
 
 __all__ = [
@@ -219,3 +220,31 @@ def int_query(
     if value is None or not low <= value <= high:
         raise bad_request(f"{name} must be in {low}..{high}", field=name)
     return value
+
+
+#: A client may ask for a checkpoint cosigned by up to this many witnesses.
+_MAX_COSIGNATURES = 100
+#: For answers that change as the log grows (a bare 200 or 404 may be kept by a cache).
+NO_CACHE = {"Cache-Control": "no-cache"}
+
+
+async def witnessed_checkpoint(request: web.Request) -> SignedCheckpoint:
+    """The newest checkpoint cosigned by ``?min_cosignatures`` (default 1) of the log's
+    witnesses (spec §9.6); a 404 problem while there is none, or no witness at all."""
+    at_least = int_query(request, "min_cosignatures", default=1, low=1, high=_MAX_COSIGNATURES)
+    witnessing = services(request).witnessing
+    if witnessing is None:
+        raise not_found("this log has no witnesses configured", headers=NO_CACHE)
+    if at_least > len(witnessing.witnesses):
+        raise bad_request(
+            f"min_cosignatures must be in 1..{len(witnessing.witnesses)}, the witnesses "
+            "this log has",
+            field="min_cosignatures",
+        )
+    found = await witnessing.witnessed(at_least)
+    if found is None:
+        raise not_found(
+            f"no checkpoint carries cosignatures from {at_least} of the log's witnesses yet",
+            headers=NO_CACHE,
+        )
+    return found

@@ -11,8 +11,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from api.errors import ProblemError
-from api.problems import bad_request, not_found
-from api.routes._common import decimal, int_query, services
+from api.problems import not_found
+from api.routes._common import (
+    NO_CACHE,
+    decimal,
+    int_query,
+    services,
+    witnessed_checkpoint,
+)
 from api.services import json_response
 from ledger.errors import NotFoundError, ProofError
 from ledger.tiles import Tile, parse_tile_path
@@ -22,51 +28,30 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 _MAX = 2**62
 _NOTE = "text/plain"
-#: For answers that change as the log grows (a bare 200 or 404 may be kept by a cache).
-_NO_CACHE = {"Cache-Control": "no-cache"}
 
 
 @routes.get("/v1/log/checkpoint")
 async def checkpoint(request: web.Request) -> web.Response:
     latest = services(request).log.latest_checkpoint()
     if latest is None:
-        raise not_found("the log is empty: no checkpoint has been issued yet", headers=_NO_CACHE)
+        raise not_found("the log is empty: no checkpoint has been issued yet", headers=NO_CACHE)
     # Mutable: C2SP tlog-tiles asks that caches not keep it beyond a few seconds, and a
     # 200 without Cache-Control is heuristically cacheable (RFC 9111 §4.2.2).
     return web.Response(
         text=latest.note,
         content_type=_NOTE,
         charset="utf-8",
-        headers=_NO_CACHE,
+        headers=NO_CACHE,
     )
 
 
-#: A client may ask for a checkpoint cosigned by up to this many witnesses.
-_MAX_COSIGNATURES = 100
-
-
 @routes.get("/v1/log/checkpoint/witnessed")
-async def witnessed_checkpoint(request: web.Request) -> web.Response:
+async def witnessed(request: web.Request) -> web.Response:
     """The newest checkpoint cosigned by at least ``min_cosignatures`` (default 1) of the
     configured witnesses: the log's signed note followed by their cosignature lines
     (spec §5, §9.6). Never the append path: receipts use ``/v1/log/checkpoint``'s."""
-    at_least = int_query(request, "min_cosignatures", default=1, low=1, high=_MAX_COSIGNATURES)
-    witnessing = services(request).witnessing
-    if witnessing is None:
-        raise not_found("this log has no witnesses configured", headers=_NO_CACHE)
-    if at_least > len(witnessing.witnesses):
-        raise bad_request(
-            f"min_cosignatures must be in 1..{len(witnessing.witnesses)}, the witnesses "
-            "this log has",
-            field="min_cosignatures",
-        )
-    found = await witnessing.witnessed(at_least)
-    if found is None:
-        raise not_found(
-            f"no checkpoint carries cosignatures from {at_least} of the log's witnesses yet",
-            headers=_NO_CACHE,
-        )
-    return web.Response(text=found.note, content_type=_NOTE, charset="utf-8", headers=_NO_CACHE)
+    found = await witnessed_checkpoint(request)
+    return web.Response(text=found.note, content_type=_NOTE, charset="utf-8", headers=NO_CACHE)
 
 
 @routes.get("/v1/log/checkpoints/{size}")
@@ -94,7 +79,7 @@ async def tile(request: web.Request) -> web.Response:
         data = await services(request).log.tile(_tile(request))
     except NotFoundError as e:
         # Not cached: the tree will hold this tile later.
-        raise not_found(str(e), headers=_NO_CACHE) from e
+        raise not_found(str(e), headers=NO_CACHE) from e
     # A tile's bytes never change once served, partial ones included (their hashes are
     # complete subtrees): any cache may keep them for good.
     return web.Response(

@@ -1,4 +1,6 @@
-"""``GET /v1/receipts/{receipt_id}``: a receipt (spec §4) plus its orchestration id.
+"""``GET /v1/receipts/{receipt_id}``: a receipt (spec §4) plus its orchestration id;
+``GET /v1/receipts/{receipt_id}/witnessed``: the same event proven against the newest
+witnessed checkpoint instead (spec §9.6), for ``maip-verify receipt --witness``.
 
 Receipts are immutable, so an encoded receipt is cached per (tenant, receipt id); those
 the log issues are kept as issued (``Services.receipts_issued``) and encoded on first
@@ -7,10 +9,11 @@ fetch, the rest are read from the ledger.
 
 from __future__ import annotations
 
+import msgspec
 from aiohttp import web
 
 from api.problems import not_found
-from api.routes._common import services
+from api.routes._common import NO_CACHE, services, witnessed_checkpoint
 from api.services import encode
 from api.wire import ReceiptOut
 from ledger.errors import NotFoundError
@@ -45,6 +48,35 @@ async def receipt(request: web.Request) -> web.Response:
         body = encode(_receipt_out(hit))
         s.cache_receipt(key, body)
     return web.Response(body=body, content_type="application/json")
+
+
+@routes.get("/v1/receipts/{receipt_id}/witnessed")
+async def witnessed_receipt(request: web.Request) -> web.Response:
+    """The receipt with its inclusion proof against the newest checkpoint that
+    ``min_cosignatures`` witnesses cosigned, and that checkpoint with their lines. A
+    receipt is issued at once against a checkpoint no witness has seen yet; this is the
+    one a client that requires witnesses keeps, once they have caught up."""
+    s = services(request)
+    principal = s.authorize(request, "orchestrations:read")
+    raw = request.match_info["receipt_id"]
+    try:
+        canonical = receipt_id_for(raw)
+    except NotFoundError:
+        raise not_found(f"no receipt {raw!r}") from None
+    stream, issued = await s.log.stream_receipt(canonical, principal.tenant_id)
+    found = await witnessed_checkpoint(request)
+    if issued.leaf_index >= found.size:
+        raise not_found(
+            f"the newest witnessed checkpoint (tree size {found.size}) does not cover leaf "
+            f"{issued.leaf_index} yet: try again once the witnesses have caught up",
+            headers=NO_CACHE,
+        )
+    proof = await s.log.inclusion_proof(issued.leaf_index, found.size)
+    r = msgspec.structs.replace(
+        issued, tree_size=found.size, inclusion_proof=proof, checkpoint=found.note
+    )
+    body = encode(_receipt_out((stream, r)))
+    return web.Response(body=body, content_type="application/json", headers=NO_CACHE)
 
 
 def _receipt_out(hit: tuple[str, Receipt]) -> ReceiptOut:

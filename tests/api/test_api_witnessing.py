@@ -180,37 +180,42 @@ async def test_appends_are_cosigned_published_and_verify(
         (tmp_path / "new.txt").write_text(latest)
         assert verify_cli(*args, "--witness", witness.vkey).returncode == 1
 
-        # maip-verify receipt --witness: an event proven against the witnessed checkpoint.
+        # maip-verify receipt --witness: the receipt proven against the witnessed
+        # checkpoint, as GET /v1/receipts/{id}/witnessed serves it.
         (event,) = await log.read_log(0, 1)
-        inclusion = await json_ok(
-            client, "GET", f"/v1/log/proof/inclusion?index=0&tree_size={size}", 200
+        issued = await json_ok(
+            client, "GET", f"/v1/receipts/{event.receipt_id}", 200, headers=tenant.headers
         )
-        receipt = await log.get_receipt(event.receipt_id)
-        (tmp_path / "receipt.json").write_text(
-            json.dumps(
-                {
-                    "receipt_id": receipt.receipt_id,
-                    "event_id": receipt.event_id,
-                    "leaf_index": 0,
-                    "leaf_hash": base64.b64encode(receipt.leaf_hash).decode(),
-                    "tree_size": size,
-                    "inclusion_proof": inclusion["proof"],
-                    "checkpoint": note,
-                }
-            )
+        assert issued["tree_size"] < size  # issued at once, before the witness saw it
+        witnessed_receipt = await json_ok(
+            client, "GET", f"/v1/receipts/{event.receipt_id}/witnessed", 200, headers=tenant.headers
         )
+        assert witnessed_receipt["tree_size"] == size
+        assert witnessed_receipt["checkpoint"] == note
+        assert witnessed_receipt["receipt_id"] == issued["receipt_id"]
         (tmp_path / "leaf").write_bytes(event.leaf)
-        done = verify_cli(
-            "receipt",
-            str(tmp_path / "receipt.json"),
-            "--leaf",
-            str(tmp_path / "leaf"),
-            "--vkey",
-            vkey,
-            "--witness",
-            witness.vkey,
+        receipt_args = ["--leaf", str(tmp_path / "leaf"), "--vkey", vkey]
+        for body, code in ((witnessed_receipt, 0), (issued, 1)):
+            (tmp_path / "receipt.json").write_text(json.dumps(body))
+            done = verify_cli(
+                "receipt", str(tmp_path / "receipt.json"), *receipt_args, "--witness", witness.vkey
+            )
+            assert done.returncode == code, done.stderr
+        # Another tenant's receipt is not found, witnessed or not.
+        other = new_tenant(client.app[SERVICES].keys, "tenant-x")
+        await json_ok(
+            client, "GET", f"/v1/receipts/{event.receipt_id}/witnessed", 404, headers=other.headers
         )
-        assert done.returncode == 0, done.stderr
+        # A receipt the witnessed checkpoint does not cover yet: 404, no-cache.
+        witness.stop()  # the witnessed checkpoint stays where it is
+        await append(client, tenant.headers, 1)
+        (newest,) = await log.read_log(log.size - 1, 1)
+        answer = await client.get(
+            f"/v1/receipts/{newest.receipt_id}/witnessed", headers=tenant.headers
+        )
+        assert answer.status == 404
+        assert answer.headers["Cache-Control"] == "no-cache"
+        assert "does not cover leaf" in (await answer.json())["detail"]
 
         # The metrics say how far the witness has cosigned.
         metrics = await (await client.get("/metrics")).text()
