@@ -25,6 +25,7 @@ from api.routes._common import (
     read_json,
     services,
     while_connected,
+    witnessed_checkpoint,
 )
 from api.services import KeyLock, Services, encode, json_response
 from api.sse import format_sse
@@ -457,6 +458,14 @@ async def steps(request: web.Request) -> web.Response:
 async def bundle(request: web.Request) -> web.StreamResponse:
     s, principal, oid = _on_orchestration(request, _READ)
     await _known(s, principal.tenant_id, oid)
+    # ?witnessed=true: proven against the newest witnessed checkpoint, so that
+    # maip-verify bundle --witness accepts it (spec §9.6), as export --witnessed does.
+    witnessed = query_param(request, "witnessed") or "false"
+    if witnessed not in ("true", "false"):
+        raise bad_request("witnessed must be true or false", field="witnessed")
+    if witnessed == "false" and query_param(request, "min_cosignatures") is not None:
+        raise bad_request("min_cosignatures needs witnessed=true", field="min_cosignatures")
+    header = await witnessed_checkpoint(request) if witnessed == "true" else None
     headers = {
         "Content-Type": "application/x-ndjson",
         "Content-Disposition": f'attachment; filename="{oid}.bundle.jsonl"',
@@ -475,6 +484,6 @@ async def bundle(request: web.Request) -> web.StreamResponse:
             prepared = True
         await response.write(line)
 
-    await write_bundle(s.log, principal.tenant_id, oid, write)
+    await write_bundle(s.log, principal.tenant_id, oid, write, header=header)
     await response.write_eof()
     return response

@@ -519,6 +519,18 @@ async def test_a_witnessed_export_passes_maip_verify_bundle_witness(
         state = await resp.json()
         assert state["status"] == "completed", state
         await witnessed_at(client, client.app[SERVICES].log.size)
+        path = f"/v1/orchestrations/{state['orchestration_id']}/bundle"
+        for name, query in (("route-plain", ""), ("route-witnessed", "?witnessed=true")):
+            resp = await client.get(path + query, headers=tenant.headers)
+            assert resp.status == 200, await resp.text()
+            (tmp_path / f"{name}.jsonl").write_bytes(await resp.read())
+        for query, field in (
+            ("?witnessed=yes", "witnessed"),
+            ("?min_cosignatures=1", "min_cosignatures"),
+        ):
+            resp = await client.get(path + query, headers=tenant.headers)
+            assert resp.status == 400
+            assert (await resp.json())["errors"][0]["field"] == field
     maip_ledger = str(Path(sys.executable).parent / "maip-ledger")
     oid = state["orchestration_id"]
     common = [oid, "--data-dir", str(config.data_dir), "--tenant", "tenant-w"]
@@ -532,13 +544,17 @@ async def test_a_witnessed_export_passes_maip_verify_bundle_witness(
         )
         assert done.returncode == 0, done.stderr
     check = ["--vkey", vkey, "--witness", witness.vkey]
-    done = verify_cli("bundle", str(tmp_path / "witnessed.jsonl"), *check)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "still running" not in done.stdout
-    # The latest checkpoint is the header without --witnessed: it carries no cosignature.
-    done = verify_cli("bundle", str(tmp_path / "plain.jsonl"), *check)
-    assert done.returncode == 1, done.stdout + done.stderr
-    assert "cosignature" in done.stderr
+    for witnessed_bundle, plain_bundle in (
+        ("witnessed.jsonl", "plain.jsonl"),
+        ("route-witnessed.jsonl", "route-plain.jsonl"),  # GET .../bundle?witnessed=true
+    ):
+        done = verify_cli("bundle", str(tmp_path / witnessed_bundle), *check)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "still running" not in done.stdout
+        # The latest checkpoint is the header otherwise: it carries no cosignature.
+        done = verify_cli("bundle", str(tmp_path / plain_bundle), *check)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "cosignature" in done.stderr
     # Two witnesses asked of a log that has one: one line, exit 2.
     done = subprocess.run(
         [maip_ledger, "export", *common, "--witnessed", "--min-cosignatures", "2"],
