@@ -42,6 +42,7 @@ from ledger.orchestration.summary_store import (
     SummaryKey,
     SummaryProgress,
     SummaryStore,
+    matches,
 )
 
 __all__ = ["Summaries"]
@@ -258,7 +259,11 @@ class Summaries:
             # A write that fails keeps the changes here; the page then lacks the newest.
             await self.flush()
         page, cursor = await self.store.page(tenant_id, query)
-        return [self._fresh(s) for s in page], cursor
+        # The store matched each row as written; one brought up to date with what was
+        # folded since may no longer match (a run that ended while the page was read is
+        # not ``running``). It is left out: the cursor still says what was examined.
+        fresh = (self._fresh(s) for s in page)
+        return [s for s in fresh if matches(s, query)], cursor
 
     def _fresh(self, stored: OrchestrationSummary) -> OrchestrationSummary:
         """``stored`` with what was folded since it was written."""

@@ -5,6 +5,7 @@ log (ledger/orchestration/summaries.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,9 @@ import pytest
 from engine_helpers import OTHER_TENANT, TENANT, Harness, append_unfinished_run, scripted
 
 from ledger.orchestration import Engine
+from ledger.orchestration.sqlite_summaries import SQLiteSummaryStore
+from ledger.orchestration.summary import OrchestrationSummary
+from ledger.orchestration.summary_store import PageQuery
 
 CHAIN = {"steps": [{"id": "a", "action": "llm", "prompt": "hi"}]}
 
@@ -123,3 +127,43 @@ async def test_summaries_of_another_log_are_rebuilt(tmp_path: Path, theirs: int,
         assert await _listed(engine) == _newest_first(oids)
     finally:
         await b.close()
+
+
+class _PausedPages(SQLiteSummaryStore):
+    """The real store, whose next page, once read, waits for the test to let it go."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.read = asyncio.Event()
+        self.go_on: asyncio.Event | None = None
+
+    async def page(
+        self, tenant_id: str, query: PageQuery
+    ) -> tuple[list[OrchestrationSummary], str | None]:
+        found = await super().page(tenant_id, query)
+        if self.go_on is not None:
+            self.read.set()
+            await self.go_on.wait()
+        return found
+
+
+async def test_regression_a_listing_by_status_holds_no_run_that_left_that_status(
+    harness: Harness,
+) -> None:
+    """A page read from the store matched the status filter, then each row was brought
+    up to date with what was folded since: a run that ended while the page was read
+    was listed under ``status=running`` as ``cancelled``."""
+    store = _PausedPages(harness.summaries_path)
+    engine = await harness.open(summaries=store)
+    assert harness.log is not None
+    oid = await append_unfinished_run(engine, harness.log)
+    await engine.summaries.flush()
+    store.go_on = asyncio.Event()
+    listing = asyncio.create_task(engine.list_orchestrations(TENANT, status="running"))
+    await asyncio.wait_for(store.read.wait(), 10)
+    await engine.cancel(TENANT, oid)
+    store.go_on.set()
+    page, _ = await listing
+    assert [(s.orchestration_id, s.status) for s in page if s.status != "running"] == []
+    page, _ = await engine.list_orchestrations(TENANT, status="cancelled")
+    assert [(s.orchestration_id, s.status) for s in page] == [(oid, "cancelled")]
