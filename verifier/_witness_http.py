@@ -7,12 +7,15 @@ Statuses: 200 with the cosignature line (``text/plain; charset=utf-8``); 400, 40
 404 for any other path and 405 for another method; 411 without a ``Content-Length`` (a
 chunked body is not read); 413 for a body over the cap, refused before it is read;
 500 only for the witness's own faults (its state cannot be read or written), with
-nothing cosigned. Every error body is one line of text saying why.
+nothing cosigned; 503 for a connection beyond ``MAX_CONNECTIONS`` open at once (each
+open connection holds a thread: without a cap, idle connections grew them without
+bound). Every error body is one line of text saying why.
 """
 
 from __future__ import annotations
 
 import sys
+import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -21,11 +24,18 @@ from verifier._text import visible
 from verifier._witness import Witness
 from verifier._witness_state import StateCorrupt
 
-__all__ = ["ADD_CHECKPOINT_PATH", "DEFAULT_MAX_BODY", "WitnessServer"]
+__all__ = ["ADD_CHECKPOINT_PATH", "DEFAULT_MAX_BODY", "MAX_CONNECTIONS", "WitnessServer"]
 
 ADD_CHECKPOINT_PATH = "/add-checkpoint"
 #: 63 proof lines and a checkpoint with many cosignatures fit in a few KiB.
 DEFAULT_MAX_BODY = 64 * 1024
+#: Connections served at once (a thread each); the next is answered 503 and closed.
+MAX_CONNECTIONS = 64
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 40\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
+    b"the witness is serving too many clients\n"
+)
 #: Seconds a connection may sit idle or trickle a request before it is dropped.
 _SOCKET_TIMEOUT = 30.0
 _SIZE_TYPE = "text/x.tlog.size"
@@ -40,11 +50,41 @@ class WitnessServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], witness: Witness, *, max_body: int = DEFAULT_MAX_BODY
+        self,
+        address: tuple[str, int],
+        witness: Witness,
+        *,
+        max_body: int = DEFAULT_MAX_BODY,
+        max_connections: int = MAX_CONNECTIONS,
     ) -> None:
         self.witness = witness
         self.max_body = max_body
+        self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # On the accepting thread: refuse at once, never wait for a slot (a client that
+        # holds connections open must not stop the witness from accepting).
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(_BUSY)
+            except OSError:
+                pass
+            sys.stderr.write(f"witness: {client_address[0]} 503 too many connections\n")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -373,3 +373,43 @@ def test_the_cosignature_time_is_the_injected_clock(tmp_path: Path, history: wk.
     with pytest.raises(CheckpointRefused) as info:
         core.add_checkpoint(history.body(0, first))
     assert (info.value.status, info.value.size) == (409, first)
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no thread count")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_regression_idle_connections_do_not_grow_the_witness_threads_without_bound(
+    witness: wk.WitnessProcess, history: wk.LogHistory
+) -> None:
+    """Each open connection held a thread of its own for up to 30 s of silence, and
+    nothing capped them: a client opening connections grew the witness's threads (and
+    memory) without bound. Past MAX_CONNECTIONS a connection is answered 503 at once."""
+    import socket
+
+    from verifier._witness_http import MAX_CONNECTIONS
+
+    assert witness.proc is not None
+    idle = [
+        socket.create_connection(("127.0.0.1", witness.port), timeout=30)
+        for _ in range(MAX_CONNECTIONS + 40)
+    ]
+    try:
+        # Accepted in order: once this one is answered, every idle one was accepted.
+        busy = witness.post(history.body(0, history.sizes[0]))
+        assert busy.status == 503
+        assert _threads(witness.proc.pid) <= MAX_CONNECTIONS + 4
+    finally:
+        for conn in idle:
+            conn.close()
+    # The slots come back as the idle connections close (bounded wait).
+    for _ in range(300):
+        reply = witness.post(history.body(0, history.sizes[0]))
+        if reply.status != 503:
+            break
+        threading.Event().wait(0.05)
+    assert reply.status == 200
