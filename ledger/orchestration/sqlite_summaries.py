@@ -174,9 +174,14 @@ class SQLiteSummaryStore:
                 "SELECT format, upto, last_event_id, count FROM progress"
             ).fetchone()
         except sqlite3.DatabaseError as e:
-            # Derived data only: set the damaged file aside (for a post-mortem), rebuild.
             if "conn" in locals():
                 conn.close()
+            if isinstance(e, sqlite3.OperationalError):
+                # Locked (another process holds it), I/O error, no space, read-only: the
+                # file is not damaged, and setting it aside from under its other user
+                # would not be; the start fails as storage, as the ledger's would.
+                raise
+            # Derived data only: set the damaged file aside (for a post-mortem), rebuild.
             aside = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
             _log.warning("summaries.file_set_aside", path=str(self.path), error=str(e))
             self.path.rename(aside)

@@ -7,8 +7,10 @@ import asyncio
 import sqlite3
 from pathlib import Path
 
+import pytest
 from summary_store_contract import History, SummaryStoreContract, events_of, oid_of
 
+from ledger.errors import StorageUnavailableError
 from ledger.events import Event
 from ledger.orchestration.sqlite_summaries import SQLiteSummaryStore
 from ledger.orchestration.summaries import Summaries
@@ -166,3 +168,25 @@ async def test_a_read_while_a_write_is_in_flight_sees_the_events_it_carries() ->
     after = await summaries.get("t1", oid_of(0))
     assert after == during
     await summaries.close()
+
+
+async def test_regression_a_locked_file_is_not_set_aside_as_damaged(tmp_path: Path) -> None:
+    """Any sqlite3.DatabaseError at open set the file aside as damaged, and its
+    subclass OperationalError is also "database is locked", an I/O error or a full
+    disk: a file another process held (busy for longer than the busy timeout) was
+    renamed from under it and the summaries rebuilt. Now the open fails as storage."""
+    path = tmp_path / "summaries.db"
+    await _written(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")  # another process's write, in progress
+        store = SQLiteSummaryStore(path)
+        with pytest.raises(StorageUnavailableError, match="locked"):
+            await store.open()  # waits out its busy timeout first
+        holder.execute("COMMIT")
+    finally:
+        holder.close()
+    assert list(tmp_path.glob("summaries.db.damaged-*")) == []
+    store = SQLiteSummaryStore(path)
+    assert (await store.open()).count == 2  # nothing was lost
+    await store.close()
