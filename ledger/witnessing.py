@@ -229,13 +229,19 @@ class Witnessing:
                 self.wake()  # the round need not wait for this witness
                 await self._sleep(delay)
                 status.wake.set()
-            except LedgerError as e:
-                # The log or the store failed (a proof read, a write): not the witness's
-                # fault, but retried the same way.
+            except Exception as e:  # noqa: BLE001 — this task must outlive any one failure
+                # The log or the store failed (a proof read, a write), or something no one
+                # foresaw (an HTTP library's error on an odd URL): not the witness's
+                # fault, but retried the same way. Uncaught, it ended this witness's task
+                # without a word, and it was never submitted to again.
                 failures += 1
-                status.failures["log"] = status.failures.get("log", 0) + 1
+                reason = "log" if isinstance(e, LedgerError) else "unexpected"
+                status.failures[reason] = status.failures.get(reason, 0) + 1
                 _log.error(
-                    "witness.submission_error", witness=status.endpoint.key.name, error=str(e)
+                    "witness.submission_error",
+                    witness=status.endpoint.key.name,
+                    reason=reason,
+                    error=f"{type(e).__name__}: {e}",
                 )
                 status.failing = True
                 self.wake()
