@@ -255,9 +255,10 @@ class Summaries:
     async def page(
         self, tenant_id: str, query: PageQuery
     ) -> tuple[list[OrchestrationSummary], str | None]:
-        with contextlib.suppress(StorageUnavailableError):
-            # A write that fails keeps the changes here; the page then lacks the newest.
-            await self.flush()
+        if not self._failed:  # after a refusal, wait for the retry: do not hammer it
+            with contextlib.suppress(StorageUnavailableError):
+                # A write that fails keeps the changes here; the page then lacks the newest.
+                await self.flush()
         page, cursor = await self.store.page(tenant_id, query)
         # The store matched each row as written; one brought up to date with what was
         # folded since may no longer match (a run that ended while the page was read is

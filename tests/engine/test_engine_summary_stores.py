@@ -14,7 +14,12 @@ from ledger.errors import StorageUnavailableError
 from ledger.events import Event
 from ledger.orchestration.sqlite_summaries import SQLiteSummaryStore
 from ledger.orchestration.summaries import Summaries
-from ledger.orchestration.summary_store import MemorySummaryStore, SummaryProgress, SummaryStore
+from ledger.orchestration.summary_store import (
+    MemorySummaryStore,
+    PageQuery,
+    SummaryProgress,
+    SummaryStore,
+)
 
 
 class TestMemorySummaryStore(SummaryStoreContract):
@@ -128,6 +133,26 @@ async def test_regression_a_refusing_store_is_not_asked_again_at_every_event() -
     assert stored is not None
     assert stored.status == "completed"
     assert (await store.open()).upto == 51
+    await summaries.close()
+
+
+async def test_regression_listings_do_not_ask_a_refusing_store_again() -> None:
+    """A listing flushed before it read, and a flush starts a write at once: while the
+    store refused writes, every listing made another failing write (and waited for it)."""
+    store = _Refusing()
+    summaries = Summaries(store, write_after_changes=1)
+    await summaries.open()
+    created, _ = _one_external_run()
+    summaries.apply(created, 0)
+    await asyncio.sleep(0)  # the first write, refused
+    await asyncio.sleep(0)
+    assert store.writes == 1
+    for _ in range(5):
+        await summaries.page("t1", PageQuery())
+    assert store.writes == 1
+    store.refuse = False
+    await summaries.flush()
+    assert (await summaries.page("t1", PageQuery()))[0][0].orchestration_id == oid_of(0)
     await summaries.close()
 
 
