@@ -56,7 +56,9 @@ async def test_a_cosignature_by_the_verifiers_signer_verifies(tmp_path: Path) ->
     with pytest.raises(SignatureError, match="not signed by"):
         key.verify(text, other)
     # One bit of the signature flipped; another checkpoint's text.
-    tampered = line[:-3] + ("A" if line[-3] != "A" else "B") + line[-2:]
+    # A character well inside the signature: the last one before the padding carries
+    # unused bits, and changing only those leaves the decoded bytes as they were.
+    tampered = line[:-10] + ("A" if line[-10] != "A" else "B") + line[-9:]
     with pytest.raises(SignatureError):
         key.verify(text, tampered)
     with pytest.raises(SignatureError, match="does not verify"):
@@ -240,6 +242,47 @@ async def test_regression_witnesses_cosign_the_same_checkpoints(tmp_path: Path) 
         both = await witnessing.witnessed(2)
         assert both is not None
         assert both.size == log.size
+    finally:
+        await witnessing.close()
+        await store.close()
+        await log.close()
+
+
+async def test_regression_an_unforeseen_error_does_not_end_a_witness_s_task(
+    tmp_path: Path,
+) -> None:
+    """Only the submission's own failures and the ledger's were caught: any other error
+    (an HTTP library's on an odd URL, say) ended the witness's task without a log line,
+    and it was never submitted to again."""
+    log = await open_log(tmp_path / "log.db")
+    store = SQLiteCosignatureStore(tmp_path / "cosignatures.db")
+    await store.open()
+    asked = 0
+
+    async def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+        nonlocal asked
+        asked += 1
+        if asked == 1:
+            raise ValueError("Invalid URL: an HTTP library's own error")
+        text = note_text(body.decode().split("\n\n", 1)[1]).encode()
+        return 200, "text/plain", WITNESS.cosign(text, 7).encode()
+
+    async def sleep(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    endpoint = WitnessEndpoint(
+        "http://w.invalid/add-checkpoint", WitnessKey.from_vkey(WITNESS.key.vkey)
+    )
+    witnessing = Witnessing(log, store, [endpoint], post, sleep=sleep, random=lambda: 0.5)
+    try:
+        await log.append("t", "s", 0, [NewEvent("note.added", Note("x"))])
+        await witnessing.start()
+        for _ in range(1000):  # bounded wait for the retry to cosign
+            if witnessing.witnesses[0].cosigned_size == 1:
+                break
+            await asyncio.sleep(0.01)
+        assert witnessing.witnesses[0].cosigned_size == 1
+        assert witnessing.witnesses[0].failures == {"unexpected": 1}
     finally:
         await witnessing.close()
         await store.close()
