@@ -58,10 +58,11 @@ class CosignatureStore(Protocol):
         """The largest tree size each witness (by vkey) has a stored cosignature for."""
 
     async def newest(
-        self, witnesses: Sequence[str], at_least: int
+        self, witnesses: Sequence[str], at_least: int, *, below: int | None = None
     ) -> tuple[int, dict[str, str]] | None:
-        """The largest tree size cosigned by at least ``at_least`` of ``witnesses``, with
-        those witnesses' lines on it; None if there is none."""
+        """The largest tree size (under ``below``, if given) cosigned by at least
+        ``at_least`` of ``witnesses``, with those witnesses' lines on it; None if there
+        is none."""
 
 
 class SQLiteCosignatureStore:
@@ -156,13 +157,16 @@ class SQLiteCosignatureStore:
         return {_text(w): _size(s) for w, s in rows}
 
     async def newest(
-        self, witnesses: Sequence[str], at_least: int
+        self, witnesses: Sequence[str], at_least: int, *, below: int | None = None
     ) -> tuple[int, dict[str, str]] | None:
         if not witnesses or at_least < 1:
             return None
-        return await self._on(self._newest, list(dict.fromkeys(witnesses)), at_least)
+        limit = below if below is not None else _ABOVE_ALL
+        return await self._on(self._newest, list(dict.fromkeys(witnesses)), at_least, limit)
 
-    def _newest(self, witnesses: list[str], at_least: int) -> tuple[int, dict[str, str]] | None:
+    def _newest(
+        self, witnesses: list[str], at_least: int, below: int
+    ) -> tuple[int, dict[str, str]] | None:
         marks = ",".join("?" * len(witnesses))
         db = self._db()
         # One read transaction, so the size and its lines come from one state of the file.
@@ -170,8 +174,9 @@ class SQLiteCosignatureStore:
         try:
             row = db.execute(
                 f"SELECT tree_size FROM cosignatures WHERE witness IN ({marks}) "
+                "AND tree_size < ? "
                 "GROUP BY tree_size HAVING count(*) >= ? ORDER BY tree_size DESC LIMIT 1",
-                (*witnesses, at_least),
+                (*witnesses, below, at_least),
             ).fetchone()
             if row is None:
                 return None
@@ -184,6 +189,10 @@ class SQLiteCosignatureStore:
         finally:
             db.execute("COMMIT")
         return size, {_text(w): _text(line) for w, line in lines}
+
+
+# SQLite's integers stop at 2^63 - 1: "below" this is every size.
+_ABOVE_ALL = (1 << 63) - 1
 
 
 def _size(value: object) -> int:

@@ -35,7 +35,7 @@ import structlog
 
 from ledger.cosignature import WitnessKey, note_text
 from ledger.cosignature_store import CosignatureStore
-from ledger.errors import LedgerError, SignatureError
+from ledger.errors import LedgerError, NotFoundError, SignatureError
 from ledger.log import Log, SignedCheckpoint
 from ledger.witness_client import (
     Conflict,
@@ -54,6 +54,8 @@ _log = structlog.get_logger()
 #: 409s answered in one submission before it backs off: the witness's size moved again
 #: between two requests only if another log instance submits for the same origin.
 _MAX_CONFLICTS = 3
+#: Cosigned checkpoints tried, newest first, when stored lines no longer verify.
+_OLDER_TRIED = 8
 
 
 def shown_url(url: str) -> str:
@@ -102,12 +104,33 @@ async def newest_witnessed(
 ) -> SignedCheckpoint | None:
     """The newest checkpoint of ``log`` that at least ``at_least`` of ``keys`` cosigned,
     as its signed note followed by their (re-verified) cosignature lines; None if none.
-    A stored line that no longer verifies is left out and logged."""
-    found = await store.newest([k.vkey for k in keys], at_least)
-    if found is None:
+    A stored line that no longer verifies is left out and logged; if that leaves a
+    checkpoint short of ``at_least``, the next older one is tried (a few at most)."""
+    below: int | None = None
+    for _ in range(_OLDER_TRIED):
+        found = await store.newest([k.vkey for k in keys], at_least, below=below)
+        if found is None:
+            return None
+        size, lines = found
+        witnessed = await _with_cosignatures(log, keys, size, lines, at_least)
+        if witnessed is not None:
+            return witnessed
+        below = size
+    return None
+
+
+async def _with_cosignatures(
+    log: Log, keys: Sequence[WitnessKey], size: int, lines: dict[str, str], at_least: int
+) -> SignedCheckpoint | None:
+    """The log's checkpoint of ``size`` with those of ``lines`` that verify on it; None
+    if fewer than ``at_least`` do."""
+    try:
+        checkpoint = await log.checkpoint_at(size)
+    except NotFoundError:
+        # Cosignatures of a checkpoint this log never issued: a cosignature file from
+        # another log, or kept across a restore of the ledger from an older backup.
+        _log.error("witness.cosigned_checkpoint_unknown", size=size)
         return None
-    size, lines = found
-    checkpoint = await log.checkpoint_at(size)
     text = note_text(checkpoint.note)
     good: list[str] = []
     for key in keys:

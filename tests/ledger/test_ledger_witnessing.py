@@ -24,7 +24,7 @@ from ledger.witness_client import (
     add_checkpoint_body,
     read_reply,
 )
-from ledger.witnessing import WitnessEndpoint, Witnessing, shown_url
+from ledger.witnessing import WitnessEndpoint, Witnessing, newest_witnessed, shown_url
 from verifier import WitnessSigner
 
 WITNESS = WitnessSigner("witness.test/w1", Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32))
@@ -285,5 +285,36 @@ async def test_regression_an_unforeseen_error_does_not_end_a_witness_s_task(
         assert witnessing.witnesses[0].failures == {"unexpected": 1}
     finally:
         await witnessing.close()
+        await store.close()
+        await log.close()
+
+
+async def test_regression_a_bad_stored_line_falls_back_to_an_older_witnessed_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """A line at the newest cosigned size that no longer verifies (the file edited, or a
+    bug) made the witnessed checkpoint 404 until a newer round landed, although an older
+    checkpoint still carried a good cosignature."""
+    log = await open_log(tmp_path / "log.db")
+    store = SQLiteCosignatureStore(tmp_path / "cosignatures.db")
+    await store.open()
+    key = WitnessKey.from_vkey(WITNESS.key.vkey)
+    try:
+        notes = []
+        for seq in range(2):
+            await log.append("t", "s", seq, [NewEvent("note.added", Note("x"))])
+            latest = log.latest_checkpoint()
+            assert latest is not None
+            notes.append(latest.note)
+        good = WITNESS.cosign(note_text(notes[0]).encode(), 7).removesuffix("\n")
+        # The witness's own line, but on the other checkpoint's text: it does not verify.
+        bad = WITNESS.cosign(note_text(notes[0]).encode(), 8).removesuffix("\n")
+        await store.add(key.vkey, 1, good)
+        await store.add(key.vkey, 2, bad)
+        found = await newest_witnessed(log, store, [key], 1)
+        assert found is not None
+        assert found.size == 1
+        assert found.note == notes[0] + good + "\n"
+    finally:
         await store.close()
         await log.close()
