@@ -189,7 +189,8 @@ def test_a_cosigned_note_verifies_iff_unmodified(position: int, bit: int) -> Non
         changed = data.decode("utf-8")
     except UnicodeDecodeError:
         return  # not text: no note to verify
-    log_line = range(cp.index("\n\n") + 2, len(cp))
+    # In bytes, as ``i`` is: the signature lines begin with "—", three bytes in UTF-8.
+    log_line = range(len(cp[: cp.index("\n\n") + 2].encode()), len(cp.encode()))
     try:
         verify_witnessed(changed, witness_policy([W1.key]))
         verified = True
