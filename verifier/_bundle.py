@@ -8,22 +8,35 @@ read line by line, so memory does not grow with the number of events:
 - each checkpoint line's signature is verified once; only its root is kept;
 - the replay keeps the state (O(steps)) and a digest of the receipts list;
 - the state trailer, whose ``receipts`` has one id per event, is parsed as a stream
-  when it is longer than :data:`LINE_LIMIT`.
+  when it is longer than ``LINE_LIMIT``.
 
 The five §6.1 steps run per event in order (2, 3, the sequence part of 4, the fold of
 5); the final parts of 4 and 5 run at the trailer. The first failure stops the run and
 raises a :class:`VerificationError` whose ``step`` names the §6.1 step.
+
+The bundle's lines are cut by ``verifier._bundle_lines`` (where ``LINE_LIMIT`` is); the
+step names and the :class:`Report` are in ``verifier._bundle_report``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import msgspec
 
+from verifier import _bundle_lines
+from verifier._bundle_lines import bundle_lines
+from verifier._bundle_report import (
+    STEP_BELONGING,
+    STEP_CHECKPOINT,
+    STEP_COMPLETENESS,
+    STEP_INCLUSION,
+    STEP_PARSE,
+    STEP_REPLAY,
+    Report,
+)
 from verifier._checkpoint import verify_checkpoint
 from verifier._errors import (
     BundleIncomplete,
@@ -66,7 +79,6 @@ from verifier._wire import (
 
 __all__ = [
     "BUNDLE_FORMAT",
-    "LINE_LIMIT",
     "STEP_BELONGING",
     "STEP_CHECKPOINT",
     "STEP_COMPLETENESS",
@@ -74,22 +86,12 @@ __all__ = [
     "STEP_REPLAY",
     "EventHook",
     "Report",
-    "bundle_lines",
     "verify_bundle",
 ]
 
 BUNDLE_FORMAT = "maip-bundle/v1"
-LINE_LIMIT = 1 << 20
-_BLOCK = 1 << 20
 _RECEIPT_CURSORS = 8
 _PROGRESS_EVERY = 4096
-
-STEP_CHECKPOINT = "§6.1 step 1 (checkpoint)"
-STEP_INCLUSION = "§6.1 step 2 (inclusion)"
-STEP_BELONGING = "§6.1 step 3 (belonging)"
-STEP_COMPLETENESS = "§6.1 step 4 (completeness)"
-STEP_REPLAY = "§6.1 step 5 (replay)"
-_STEP_PARSE = "bundle format (§6)"
 
 _LINE = msgspec.json.Decoder(BundleLine)
 # Copying a started SHA-256 context costs less than setting up a new one with OpenSSL
@@ -98,86 +100,6 @@ _LEAF_HASHER = hashlib.sha256(b"\x00")
 
 #: Called for each verified event: (the event line, its decoded envelope).
 EventHook = Callable[[BundleEvent, Envelope], None]
-
-
-class Report(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What :func:`verify_bundle` verified. ``running`` is true when the last event is
-    not terminal (§6.1 step 4): verified so far, but the orchestration is not over."""
-
-    origin: str
-    tenant_id: str
-    orchestration_id: str
-    tree_size: int
-    root: bytes
-    event_count: int
-    checkpoints_verified: int
-    status: str | None
-    last_event_type: str | None
-    running: bool
-    steps: tuple[str, ...]
-    header_vkey_matches: bool
-
-
-def _lines(stream: IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
-    """Lines (without their newline) of at most LINE_LIMIT bytes, read in large blocks.
-
-    A longer line is yielded as an iterator of its chunks; the caller must consume it
-    before asking for the next line (the rest of the block is handed back through
-    ``leftover``).
-    """
-    buf = b""
-    leftover: list[bytes] = []
-
-    def long_line(first: bytes) -> Iterator[bytes]:
-        chunk = first
-        while True:
-            nl = chunk.find(b"\n")
-            if nl >= 0:
-                yield chunk[:nl]
-                leftover.append(chunk[nl + 1 :])
-                return
-            yield chunk
-            chunk = stream.read(_BLOCK)
-            if not chunk:
-                return
-
-    while True:
-        if leftover:
-            block = leftover.pop()
-        else:
-            block = stream.read(_BLOCK)
-            if not block:
-                if buf:
-                    yield buf
-                return
-        # bytes.find is memchr; bytes.split compares byte by byte, which on 2 KiB event
-        # lines cost about as much as decoding them.
-        find = block.find
-        nl = find(b"\n")
-        if nl < 0:
-            buf += block
-        else:
-            yield buf + block[:nl] if buf else block[:nl]
-            start = nl + 1
-            nl = find(b"\n", start)
-            while nl >= 0:
-                yield block[start:nl]
-                start = nl + 1
-                nl = find(b"\n", start)
-            buf = block[start:]
-        if len(buf) > LINE_LIMIT:
-            rest, buf = buf, b""
-            yield long_line(rest)
-
-
-def bundle_lines(bundle: bytes | str | IO[bytes]) -> Iterator[bytes | Iterator[bytes]]:
-    """The lines of ``bundle`` exactly as :func:`verify_bundle` reads them (see ``_lines``).
-
-    A line ends at LF only: a CR is JSON whitespace inside a line (§6), so anything that
-    shows a bundle's lines must split them here, or it could show lines other than the
-    ones verified.
-    """
-    return _lines(_open(bundle))
 
 
 def _receipt_leaf_error(r: BundleReceipt, index: int) -> ReceiptMismatch:
@@ -212,19 +134,6 @@ def _sequence_error(seq: int, expected: int) -> BundleIncomplete:
     else:
         what = "an event is repeated or out of order"
     return BundleIncomplete(f"stream_seq {seq} where {expected} was expected: {what}")
-
-
-def _open(bundle: bytes | str | IO[bytes]) -> IO[bytes]:
-    if isinstance(bundle, str):
-        try:
-            return io.BytesIO(bundle.encode("utf-8"))
-        except UnicodeEncodeError as e:
-            raise MalformedInput("bundle text is not valid Unicode").at_step(_STEP_PARSE) from e
-    if isinstance(bundle, bytes | bytearray | memoryview):
-        return io.BytesIO(bytes(bundle))
-    if hasattr(bundle, "readline"):
-        return bundle
-    raise MalformedInput("a bundle must be bytes, text or a binary file").at_step(_STEP_PARSE)
 
 
 class _Run:
@@ -421,7 +330,7 @@ class _Run:
                 raw = next(lines, None)
                 if type(raw) is not bytes:
                     return raw  # the end, or a long line
-                step = _STEP_PARSE
+                step = STEP_PARSE
                 try:
                     line = line_decoder(raw)
                 except (msgspec.DecodeError, ValueError, RecursionError) as e:
@@ -431,7 +340,7 @@ class _Run:
                 if type(line) is not event_type:
                     return line
         except VerificationError as e:
-            if step != _STEP_PARSE:
+            if step != STEP_PARSE:
                 e.message = f"event {events} (line {line_no}): {e.message}"
             e.at_step(step)
             raise
@@ -542,16 +451,17 @@ def verify_bundle(
             try:
                 line = decode(_LINE, raw, where)
             except MalformedInput as e:
-                e.at_step(_STEP_PARSE)
+                e.at_step(STEP_PARSE)
                 raise
         elif isinstance(raw, msgspec.Struct):
             line = raw  # already decoded by the event loop
         else:
             # A line longer than LINE_LIMIT: only the state trailer may be that long.
+            # Read from the module that cuts the lines (a test may lower it there), so that
+            # the message names the limit the line was cut at.
+            limit = _bundle_lines.LINE_LIMIT
             if run.header is None or report is not None:
-                raise MalformedInput(f"{where} is longer than {LINE_LIMIT} bytes").at_step(
-                    _STEP_PARSE
-                )
+                raise MalformedInput(f"{where} is longer than {limit} bytes").at_step(STEP_PARSE)
             matcher = ReceiptsMatcher(run.projection.receipts)
             obj = parse_stream(raw, ("state", "receipts"), matcher.feed, matcher.feed_plain)
             if (
@@ -560,22 +470,20 @@ def verify_bundle(
                 or set(obj) != {"kind", "state"}
             ):
                 raise MalformedInput(
-                    f"{where} is longer than {LINE_LIMIT} bytes and is not the state trailer"
-                ).at_step(_STEP_PARSE)
+                    f"{where} is longer than {limit} bytes and is not the state trailer"
+                ).at_step(STEP_PARSE)
             report = run.on_state(obj["state"], matcher)
             continue
         if report is not None:
-            raise MalformedInput(f"{where}: data after the state trailer").at_step(_STEP_PARSE)
+            raise MalformedInput(f"{where}: data after the state trailer").at_step(STEP_PARSE)
         kind = type(line)
         if kind is BundleEvent:
             if run.header is None:
-                raise MalformedInput(f"{where}: an event before the header").at_step(_STEP_PARSE)
+                raise MalformedInput(f"{where}: an event before the header").at_step(STEP_PARSE)
             pending = run.events_from(lines, line)
         elif kind is BundleCheckpoint:
             if run.header is None:
-                raise MalformedInput(f"{where}: a checkpoint before the header").at_step(
-                    _STEP_PARSE
-                )
+                raise MalformedInput(f"{where}: a checkpoint before the header").at_step(STEP_PARSE)
             try:
                 run.on_checkpoint(line)
             except VerificationError as e:
@@ -584,7 +492,7 @@ def verify_bundle(
                 raise
         elif kind is BundleHeader:
             if run.header is not None:
-                raise MalformedInput(f"{where}: a second header").at_step(_STEP_PARSE)
+                raise MalformedInput(f"{where}: a second header").at_step(STEP_PARSE)
             try:
                 run.on_header(line)
             except VerificationError as e:
@@ -595,11 +503,11 @@ def verify_bundle(
             assert isinstance(line, BundleState)
             if run.header is None:
                 raise MalformedInput(f"{where}: a state trailer before the header").at_step(
-                    _STEP_PARSE
+                    STEP_PARSE
                 )
             report = run.on_state(line.state, ReceiptsMatcher(run.projection.receipts))
     if run.header is None:
-        raise MalformedInput("the bundle has no header line").at_step(_STEP_PARSE)
+        raise MalformedInput("the bundle has no header line").at_step(STEP_PARSE)
     if report is None:
         raise BundleIncomplete(
             "the bundle has no state trailer (the claimed state) after its events"

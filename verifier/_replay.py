@@ -18,7 +18,8 @@ from typing import Any
 
 import msgspec
 
-from verifier._bundle import BUNDLE_FORMAT, LINE_LIMIT, bundle_lines, verify_bundle
+from verifier._bundle import BUNDLE_FORMAT, verify_bundle
+from verifier._bundle_lines import LINE_LIMIT, bundle_lines
 from verifier._checkpoint import Checkpoint, verify_checkpoint
 from verifier._errors import MalformedInput, ProofInvalid, ReceiptMismatch, VerificationError
 from verifier._ids import receipt_id_for

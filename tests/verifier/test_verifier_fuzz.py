@@ -19,7 +19,7 @@ import verifier_testkit as kit
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import verifier._bundle as bundle_mod
+import verifier._bundle_lines as lines_mod
 from verifier import (
     MalformedInput,
     ProofInvalid,
@@ -483,12 +483,12 @@ def test_line_reader_gives_the_lines_split_gives(
     if expected[-1] == b"":
         expected.pop()
     with (
-        mock.patch.object(bundle_mod, "_BLOCK", block),
-        mock.patch.object(bundle_mod, "LINE_LIMIT", limit),
+        mock.patch.object(lines_mod, "_BLOCK", block),
+        mock.patch.object(lines_mod, "LINE_LIMIT", limit),
     ):
         got = [
             item if isinstance(item, bytes) else b"".join(item)
-            for item in bundle_mod._lines(io.BytesIO(data))
+            for item in lines_mod._lines(io.BytesIO(data))
         ]
     assert got == expected
 

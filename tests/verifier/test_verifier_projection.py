@@ -12,6 +12,7 @@ import pytest
 import verifier_testkit as kit
 
 import verifier._bundle as bundle_mod
+import verifier._bundle_lines as lines_mod
 from verifier import ReplayInvalid, StateMismatch, verify_bundle
 from verifier._jsonstream import STREAMED, parse_stream
 from verifier._projection import RECEIPTS_BATCH, RECEIPTS_KEPT, ReceiptsDigest, ReceiptsMatcher
@@ -334,8 +335,8 @@ def test_state_trailer_longer_than_the_line_limit_is_streamed(
     data = b.encode()
     longest_event = max(len(line) for line in data.splitlines()[:-1])
     assert len(data.splitlines()[-1]) > 3 * longest_event
-    monkeypatch.setattr(bundle_mod, "LINE_LIMIT", longest_event + 10)
-    monkeypatch.setattr(bundle_mod, "_BLOCK", 700)
+    monkeypatch.setattr(lines_mod, "LINE_LIMIT", longest_event + 10)
+    monkeypatch.setattr(lines_mod, "_BLOCK", 700)
     streamed: list[int] = []
 
     def spy(*args: Any) -> Any:
@@ -354,8 +355,8 @@ def test_state_trailer_longer_than_the_line_limit_is_streamed(
 
 def test_long_line_that_is_not_the_trailer_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     b = kit.build_bundle(kit.scenario(n_steps=1, extra_per_step=0))
-    monkeypatch.setattr(bundle_mod, "LINE_LIMIT", 500)
-    monkeypatch.setattr(bundle_mod, "_BLOCK", 300)
+    monkeypatch.setattr(lines_mod, "LINE_LIMIT", 500)
+    monkeypatch.setattr(lines_mod, "_BLOCK", 300)
     with pytest.raises(Exception, match="is longer than 500 bytes and is not the state trailer"):
         verify_bundle(b.encode(), b.vkey)
 
