@@ -3,10 +3,12 @@
 A :class:`~ledger.orchestration.summary_store.SummaryStore`. The file is derived data:
 WAL with ``synchronous=NORMAL``, so a commit costs no fsync; a power cut may take the
 last writes back, and with them the progress row written in the same transaction, so
-the next start folds those events again. A file that is not a database, or is of an
-older format, is moved aside and the summaries rebuilt from the log; nothing in it is
-ever the only copy of anything. A separate file, not tables in the ledger's: its writes
-would otherwise queue behind, and wait on, the ledger's durable commits.
+the next start folds those events again. A file that is not a database is moved aside
+and the summaries rebuilt from the log, and so is one that a read or write found damaged
+while in use (it is marked ``<file>.damaged`` then, for the next open); one of an older
+format is emptied and rebuilt. Nothing in it is ever the only copy of anything. A
+separate file, not tables in the ledger's: its writes would otherwise queue behind, and
+wait on, the ledger's durable commits.
 
 Writes run on one thread, reads on another with their own connection, so a listing
 never waits for a write.
@@ -14,6 +16,7 @@ never waits for a write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
@@ -165,31 +168,46 @@ class SQLiteSummaryStore:
         conn.execute("PRAGMA busy_timeout=5000")
         return conn
 
+    def _set_aside(self, why: str) -> sqlite3.Connection:
+        """Derived data only: move the damaged file aside (for a post-mortem) and start
+        an empty one; returns its connection."""
+        aside = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
+        _log.warning("summaries.file_set_aside", path=str(self.path), error=why)
+        self.path.rename(aside)
+        for suffix in ("-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+        self._damage_mark.unlink(missing_ok=True)
+        conn = self._connect()
+        conn.executescript(_SCHEMA)
+        return conn
+
+    @property
+    def _damage_mark(self) -> Path:
+        return self.path.with_name(self.path.name + ".damaged")
+
     def _open_writer(self) -> SummaryProgress:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            conn = self._connect()
-            conn.executescript(_SCHEMA)
-            fmt, upto, last, count = conn.execute(
-                "SELECT format, upto, last_event_id, count FROM progress"
-            ).fetchone()
-        except sqlite3.DatabaseError as e:
-            if "conn" in locals():
-                conn.close()
-            if isinstance(e, sqlite3.OperationalError):
-                # Locked (another process holds it), I/O error, no space, read-only: the
-                # file is not damaged, and setting it aside from under its other user
-                # would not be; the start fails as storage, as the ledger's would.
-                raise
-            # Derived data only: set the damaged file aside (for a post-mortem), rebuild.
-            aside = self.path.with_name(f"{self.path.name}.damaged-{time.time_ns()}")
-            _log.warning("summaries.file_set_aside", path=str(self.path), error=str(e))
-            self.path.rename(aside)
-            for suffix in ("-wal", "-shm"):
-                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
-            conn = self._connect()
-            conn.executescript(_SCHEMA)
+        if self._damage_mark.exists():
+            # A read or write found damage past the header while the file was in use.
+            conn = self._set_aside(f"marked damaged: {self._damage_mark.read_text().strip()}")
             fmt, upto, last, count = _FORMAT, 0, None, 0
+        else:
+            try:
+                conn = self._connect()
+                conn.executescript(_SCHEMA)
+                fmt, upto, last, count = conn.execute(
+                    "SELECT format, upto, last_event_id, count FROM progress"
+                ).fetchone()
+            except sqlite3.DatabaseError as e:
+                if "conn" in locals():
+                    conn.close()
+                if isinstance(e, sqlite3.OperationalError):
+                    # Locked (another process holds it), I/O error, no space, read-only:
+                    # the file is not damaged, and setting it aside from under its other
+                    # user would not be; the start fails as storage, as the ledger's would.
+                    raise
+                conn = self._set_aside(str(e))
+                fmt, upto, last, count = _FORMAT, 0, None, 0
         self._writer = conn
         if fmt != _FORMAT:
             self._reset()
@@ -226,6 +244,13 @@ class SQLiteSummaryStore:
         try:
             return await thread.submit(fn, *args)
         except sqlite3.Error as e:
+            if isinstance(e, sqlite3.DatabaseError) and not isinstance(e, sqlite3.OperationalError):
+                # Damage past what the open checks (a malformed page): the file is set
+                # aside and rebuilt at the next start; until then reads of summaries
+                # not held in memory fail as storage.
+                _log.error("summaries.file_damaged", path=str(self.path), error=str(e))
+                with contextlib.suppress(OSError):
+                    self._damage_mark.write_text(f"{type(e).__name__}: {e}\n")
             raise StorageUnavailableError(f"summaries at {self.path}: {e}") from e
 
     # -- writes ----------------------------------------------------------------------

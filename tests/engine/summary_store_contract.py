@@ -149,7 +149,7 @@ async def walk(
     walked: list[OrchestrationSummary] = []
     cursor = None
     for _ in range(bound + 2):  # each page examines at least one
-        page, cursor = await read(tenant, PageQuery(**{**_fields(query), "cursor": cursor}))
+        page, cursor = await read(tenant, PageQuery(**{**fields_of(query), "cursor": cursor}))
         assert len(page) <= query.limit
         walked += page
         if cursor is None:
@@ -157,7 +157,7 @@ async def walk(
     raise AssertionError("the pages never ended")
 
 
-def _fields(query: PageQuery) -> dict[str, Any]:
+def fields_of(query: PageQuery) -> dict[str, Any]:
     return {f: getattr(query, f) for f in query.__struct_fields__}
 
 
@@ -280,7 +280,7 @@ class SummaryStoreContract:
             found = []
             while cursor is not None:
                 page, cursor = await summaries.page(
-                    "t1", PageQuery(**{**_fields(query), "cursor": cursor})
+                    "t1", PageQuery(**{**fields_of(query), "cursor": cursor})
                 )
                 found += page
             assert [s.orchestration_id for s in found] == [oid_of(0)]

@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from summary_store_contract import History, SummaryStoreContract, events_of, oid_of
+from summary_store_contract import History, SummaryStoreContract, events_of, fields_of, oid_of
 
 from ledger.errors import StorageUnavailableError
 from ledger.events import Event
@@ -215,3 +215,39 @@ async def test_regression_a_locked_file_is_not_set_aside_as_damaged(tmp_path: Pa
     store = SQLiteSummaryStore(path)
     assert (await store.open()).count == 2  # nothing was lost
     await store.close()
+
+
+async def test_regression_damage_found_in_use_sets_the_file_aside_at_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """Damage past the header (a malformed page) was found only by the reads that hit
+    it, each a 503, and a restart did not repair it: the open checked only the header
+    and the progress row. Now the first such read marks the file, and the next open
+    sets it aside and starts the fold again."""
+    path = tmp_path / "summaries.db"
+    many: History = [("external", "t1", ("agent-1",), [])] * 3000
+    summaries = Summaries(SQLiteSummaryStore(path))
+    await summaries.open()
+    summaries.apply_all((e, i) for i, e in enumerate(events_of(many, 0)))
+    await summaries.close()
+    size = path.stat().st_size
+    with path.open("r+b") as f:  # garbage over the middle of the table's pages
+        f.seek(size // 3)
+        f.write(b"\xa5" * (size // 3))
+    store = SQLiteSummaryStore(path)
+    assert (await store.open()).count == 3000  # the header and progress row still read
+
+    async def read_every_page() -> None:
+        query, cursor = PageQuery(limit=500, examine=5000), None
+        for _ in range(10):
+            _, cursor = await store.page("t1", PageQuery(**{**fields_of(query), "cursor": cursor}))
+
+    with pytest.raises(StorageUnavailableError):
+        await read_every_page()
+    await store.close()
+    assert (tmp_path / "summaries.db.damaged").exists()
+    store = SQLiteSummaryStore(path)
+    assert await store.open() == SummaryProgress()  # set aside: the fold starts again
+    await store.close()
+    assert len(list(tmp_path.glob("summaries.db.damaged-*"))) == 1
+    assert not (tmp_path / "summaries.db.damaged").exists()
