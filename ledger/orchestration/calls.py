@@ -1,9 +1,10 @@
 """Recording LLM and tool calls: ``llm.requested``/``llm.completed`` and
 ``tool.invoked``/``tool.completed``, with write-ahead flushes around outside effects.
 
-:class:`CallRecorder` is the base of :class:`~ledger.orchestration.runner.Runner`; it
-holds what every recorded call needs (the stream writer, the orchestration's
-``orchestration.created`` payload and the injected collaborators).
+:class:`CallRecorder` is one per :class:`~ledger.orchestration.runner.Runner`, shared by
+the parts of the run that record calls; it holds what every recorded call needs (the
+stream writer, the orchestration's ``orchestration.created`` payload and the injected
+collaborators).
 """
 
 from __future__ import annotations
@@ -122,16 +123,16 @@ class CallRecorder:
             return None
         return journal
 
-    def _emit(self, event_type: str, payload: _P, *, normalize: bool = False) -> _P:
+    def emit(self, event_type: str, payload: _P, *, normalize: bool = False) -> _P:
         return self.writer.emit(event_type, payload, normalize=normalize)
 
-    def _agent(self, agent_id: str | None) -> AgentRecord:
+    def agent(self, agent_id: str | None) -> AgentRecord:
         agent = self.deps.agents.get(agent_id) if agent_id else None
         if agent is None:
             raise ProviderError(f"agent {agent_id!r} is not registered", transient=False)
         return agent
 
-    async def _llm_call(
+    async def llm_call(
         self, step_id: str, attempt: int, agent: AgentRecord, messages: list[dict[str, Any]]
     ) -> LLMResponse:
         provider = self.deps.provider_for(agent)
@@ -144,7 +145,7 @@ class CallRecorder:
             if done.error is not None:
                 raise ProviderError(done.error, transient=done.transient)
             return response_of(done)
-        self._emit(
+        self.emit(
             ev.LLM_REQUESTED,
             ev.LLMRequested(
                 orchestration_id=self.oid,
@@ -219,7 +220,7 @@ class CallRecorder:
         *,
         transient: bool = False,
     ) -> None:
-        self._emit(
+        self.emit(
             ev.LLM_COMPLETED,
             ev.LLMCompleted(
                 orchestration_id=self.oid,
@@ -239,7 +240,7 @@ class CallRecorder:
             ),
         )
 
-    async def _tool_call(
+    async def tool_call(
         self,
         step_id: str,
         attempt: int,
@@ -261,7 +262,7 @@ class CallRecorder:
             if done.error is not None:
                 raise ToolError(done.error, transient=done.transient)
             return done.result
-        self._emit(
+        self.emit(
             ev.TOOL_INVOKED,
             ev.ToolInvoked(
                 orchestration_id=self.oid,
@@ -351,7 +352,7 @@ class CallRecorder:
         *,
         transient: bool = False,
     ) -> ev.ToolCompleted:
-        return self._emit(
+        return self.emit(
             ev.TOOL_COMPLETED,
             ev.ToolCompleted(
                 orchestration_id=self.oid,
@@ -367,7 +368,7 @@ class CallRecorder:
             normalize=True,  # a tool's result is the caller's Python value
         )
 
-    def _llm_output(self, r: LLMResponse) -> dict[str, Any]:
+    def llm_output(self, r: LLMResponse) -> dict[str, Any]:
         return {
             "content": r.content,
             "json": _json_or_none(r.content),
@@ -375,7 +376,7 @@ class CallRecorder:
             "message": r.message,
         }
 
-    def _base_messages(self, agent: AgentRecord, prompt: str) -> list[dict[str, Any]]:
+    def base_messages(self, agent: AgentRecord, prompt: str) -> list[dict[str, Any]]:
         messages: list[dict[str, Any]] = []
         if agent.instructions:
             messages.append({"role": "system", "content": agent.instructions})

@@ -217,7 +217,7 @@ class _Stopped(Exception):  # noqa: N818 — control flow: engine shutdown at a 
     pass
 
 
-class Runner(CallRecorder):
+class Runner:
     def __init__(
         self,
         writer: StreamWriter,
@@ -227,7 +227,11 @@ class Runner(CallRecorder):
         *,
         started_at: datetime | None = None,
     ) -> None:
-        super().__init__(writer, created, deps)
+        self.writer = writer
+        self.created = created
+        self.oid = created.orchestration_id
+        self.deps = deps
+        self._calls = CallRecorder(writer, created, deps)
         self.history, self._was_started, self.was_terminal = read_history(history)
         self._started_at: datetime | None = None
         for e in history:
@@ -281,7 +285,9 @@ class Runner(CallRecorder):
         if self.was_terminal:
             return
         if not self._was_started:
-            self._emit(ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=self.oid))
+            self._calls.emit(
+                ev.ORCHESTRATION_STARTED, ev.OrchestrationStarted(orchestration_id=self.oid)
+            )
             await self.writer.flush()
             self._started_at = self.deps.now()
         assert self._started_at is not None
@@ -313,7 +319,7 @@ class Runner(CallRecorder):
                     "step_failed", f"the recorded history cannot be read back: {e}"
                 ) from None
             try:
-                self._emit(
+                self._calls.emit(
                     ev.ORCHESTRATION_COMPLETED,
                     ev.OrchestrationCompleted(orchestration_id=self.oid, results=results),
                 )
@@ -350,9 +356,9 @@ class Runner(CallRecorder):
         """Record the terminal event, or, if it cannot be written (a cancel reason too
         large for a leaf, say), a failure saying so: a run always ends."""
         try:
-            self._emit(event_type, payload)
+            self._calls.emit(event_type, payload)
         except InvalidEventError as e:
-            self._emit(
+            self._calls.emit(
                 ev.ORCHESTRATION_FAILED,
                 ev.OrchestrationFailed(
                     orchestration_id=self.oid,
@@ -468,7 +474,7 @@ class Runner(CallRecorder):
                     first = h.attempts
                 else:
                     retrying = h.attempts < max_attempts
-                    self._emit(
+                    self._calls.emit(
                         ev.STEP_FAILED,
                         ev.StepFailed(
                             orchestration_id=self.oid,
@@ -509,8 +515,12 @@ class Runner(CallRecorder):
                         async with timer:
                             output = await fn(attempt, inputs)
                     except TimeoutError:
-                        call = self.recorded_call(step_id, attempt) if action == "tool" else None
-                        reply = self.recorded_reply(step_id, attempt) if settle else None
+                        call = (
+                            self._calls.recorded_call(step_id, attempt)
+                            if action == "tool"
+                            else None
+                        )
+                        reply = self._calls.recorded_reply(step_id, attempt) if settle else None
                         if not timer.expired():
                             raise
                         # The timer fired after the call completed (while its outcome
@@ -519,16 +529,16 @@ class Runner(CallRecorder):
                         if call is not None:
                             output = _outcome(call)
                         elif reply is None or (output := _settled(reply, settle)) is None:
-                            self.cut_off(
+                            self._calls.cut_off(
                                 step_id, attempt, f"step timed out after {step_timeout:g}s"
                             )
                             raise
                     finally:
-                        self.recorded_call(step_id, attempt)
+                        self._calls.recorded_call(step_id, attempt)
                         if action == "llm":
-                            self.recorded_reply(step_id, attempt)
-                        self.cut_off(step_id, attempt, None)
-                        self.journals.pop((step_id, attempt), None)
+                            self._calls.recorded_reply(step_id, attempt)
+                        self._calls.cut_off(step_id, attempt, None)
+                        self._calls.journals.pop((step_id, attempt), None)
             except TimeoutError:
                 if not timer.expired():
                     raise
@@ -545,7 +555,7 @@ class Runner(CallRecorder):
                 error = f"{type(e).__name__}: {e}"
             else:
                 try:
-                    completed = self._emit(
+                    completed = self._calls.emit(
                         ev.STEP_COMPLETED,
                         ev.StepCompleted(
                             orchestration_id=self.oid,
@@ -608,14 +618,14 @@ class Runner(CallRecorder):
             inputs = make_inputs()
         except (TemplateError, InvalidEventError):
             return None
-        self.journals[step_id, h.attempts] = journal
+        self._calls.journals[step_id, h.attempts] = journal
         return (inputs,)
 
     def _started(
         self, step_id: str, agent_id: str | None, action: ev.Action, attempt: int, inputs: Any
     ) -> Any:
         """Record the attempt's start; its inputs as recorded."""
-        recorded = self._emit(
+        recorded = self._calls.emit(
             ev.STEP_STARTED,
             ev.StepStarted(
                 orchestration_id=self.oid,
@@ -634,7 +644,7 @@ class Runner(CallRecorder):
     ) -> str:
         """Record the attempt's failure; its error as recorded."""
         self._inflight.pop(step_id, None)
-        return self._emit(
+        return self._calls.emit(
             ev.STEP_FAILED,
             ev.StepFailed(
                 orchestration_id=self.oid,
@@ -758,7 +768,7 @@ class Runner(CallRecorder):
         if h is not None and h.status == "skipped":
             return
         reason = "branch not taken" if step_id in branch_skipped else "every dependency was skipped"
-        self._emit(
+        self._calls.emit(
             ev.STEP_SKIPPED,
             ev.StepSkipped(orchestration_id=self.oid, step_id=step_id, reason=reason),
         )
@@ -773,16 +783,16 @@ class Runner(CallRecorder):
                 return {"prompt": as_text(prompt)}
 
             async def run_llm(attempt: int, inputs: Any) -> Any:
-                agent = self._agent(agent_id)
-                messages = self._base_messages(agent, inputs["prompt"])
+                agent = self._calls.agent(agent_id)
+                messages = self._calls.base_messages(agent, inputs["prompt"])
                 for _ in range(MAX_TOOL_ROUNDS_PER_STEP):
-                    r = await self._llm_call(step.id, attempt, agent, messages)
+                    r = await self._calls.llm_call(step.id, attempt, agent, messages)
                     if not r.tool_calls:
-                        return self._llm_output(r)
+                        return self._calls.llm_output(r)
                     messages.append(r.message)
                     for call in r.tool_calls:
                         try:
-                            result = await self._tool_call(
+                            result = await self._calls.tool_call(
                                 step.id,
                                 attempt,
                                 call.name,
@@ -808,7 +818,7 @@ class Runner(CallRecorder):
 
             async def run_tool(attempt: int, inputs: Any) -> Any:
                 assert step.tool is not None
-                return await self._tool_call(step.id, attempt, step.tool, None, inputs)
+                return await self._calls.tool_call(step.id, attempt, step.tool, None, inputs)
 
             fn = run_tool
         else:
@@ -821,7 +831,7 @@ class Runner(CallRecorder):
                 chosen = evaluate(step.condition, ctx, values)
                 branch = "then" if chosen else "else"
                 skipped = step.else_ if chosen else step.then
-                self._emit(
+                self._calls.emit(
                     ev.DECISION_MADE,
                     ev.DecisionMade(
                         orchestration_id=self.oid,
@@ -847,7 +857,7 @@ class Runner(CallRecorder):
             step_timeout=step.timeout_seconds,
             # Only the model's answer ends the loop; one that asks for tools leaves the
             # rest of the loop to a retry.
-            settle=(lambda r: None if r.tool_calls else self._llm_output(r))
+            settle=(lambda r: None if r.tool_calls else self._calls.llm_output(r))
             if step.action == "llm"
             else None,
         )
@@ -855,8 +865,8 @@ class Runner(CallRecorder):
     # -- agent loop mode -------------------------------------------------------------
 
     async def _run_loop(self) -> Any:
-        agent = self._agent(self.created.agent_id)
-        messages = self._base_messages(agent, as_text(self.created.input))
+        agent = self._calls.agent(self.created.agent_id)
+        messages = self._calls.base_messages(agent, as_text(self.created.input))
         rounds = 0
         while True:
             self._boundary()
@@ -872,8 +882,8 @@ class Runner(CallRecorder):
             async def call(
                 attempt: int, inputs: Any, sid: str = llm_id, msgs: list[Any] = snapshot
             ) -> Any:
-                r = await self._llm_call(sid, attempt, agent, msgs)
-                out = self._llm_output(r)
+                r = await self._calls.llm_call(sid, attempt, agent, msgs)
+                out = self._calls.llm_output(r)
                 out["tool_calls"] = [
                     {"id": c.id, "name": c.name, "arguments": c.arguments} for c in r.tool_calls
                 ]
@@ -892,7 +902,7 @@ class Runner(CallRecorder):
                 inputs = {"tool_call_id": tc.id, "name": tc.name, "arguments": tc.arguments}
 
                 async def invoke(attempt: int, inp: Any, sid: str = tool_id) -> Any:
-                    return await self._tool_call(
+                    return await self._calls.tool_call(
                         sid,
                         attempt,
                         inp["name"],
