@@ -29,9 +29,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any
 
 import msgspec
 import structlog
@@ -39,6 +38,7 @@ import structlog
 from ledger.errors import InvalidEventError, LedgerError
 from ledger.events import Event, parse_time
 from ledger.orchestration import events as ev
+from ledger.orchestration._endings import Ending, StepFailed, Stopped, Terminate
 from ledger.orchestration.calls import CallRecorder, Collaborators, as_text, bounded, const
 from ledger.orchestration.conditions import evaluate
 from ledger.orchestration.errors import (
@@ -47,25 +47,25 @@ from ledger.orchestration.errors import (
     TemplateError,
     ToolError,
 )
+from ledger.orchestration.history import (
+    INTERRUPTED,
+    StepHistory,
+    ends_as,
+    read_history,
+    retried_at_once,
+)
 from ledger.orchestration.journal import CallJournal, CallsDiverged
 from ledger.orchestration.providers.base import LLMResponse, retry_after_of
 from ledger.orchestration.stream import StreamWriter
 from ledger.orchestration.templates import render
 from ledger.orchestration.workflow import StepDef, WorkflowDefinition
 
-__all__ = ["Runner", "StepHistory", "read_history"]
+__all__ = ["INTERRUPTED", "Runner", "StepHistory", "read_history"]
 
 _log = structlog.get_logger()
 
 MAX_TOOL_ROUNDS_PER_STEP = 8
 MAX_BACKOFF_SECONDS = 30.0
-
-#: The error of an attempt a resumed run found in flight; it is retried at once.
-INTERRUPTED = "interrupted: the engine stopped while the step was in flight"
-
-#: How a step's failure of its own ends the run: the ``kind`` its ``step.failed``
-#: records, and the reason of the ``orchestration.failed`` that follows if it is final.
-_Ending = Literal["step_failed", "provider_error", "interrupted"]
 
 
 def _backoff(backoff: float, attempt: int) -> float:
@@ -78,88 +78,6 @@ def _retry_delay(action: ev.Action, backoff: float, attempt: int, error: str | N
     backoff, or longer if the provider said when to come back (``Retry-After``)."""
     asked = retry_after_of(error) if action == "llm" else 0.0
     return max(_backoff(backoff, attempt), asked)
-
-
-def _ends_as(kind: ev.FailureKind | None) -> _Ending:
-    """The reason a run ends with when a step's recorded final failure ends it: the one
-    the live run ended with, which the failure's ``kind`` records. A leaf written before
-    ``kind`` was recorded ends it ``step_failed``, as such a run always did; so does an
-    attempt the run's end aborted, which the run's terminal event follows in its batch."""
-    if kind == "provider_error":
-        return "provider_error"
-    if kind == "interrupted":
-        return "interrupted"
-    return "step_failed"
-
-
-def _retried_at_once(action: ev.Action, error: str | None) -> bool:
-    """Whether a ``step.failed`` with ``retrying=true`` and this error was followed by
-    no backoff: an interrupted attempt's, or (only an llm step has a journal) the one
-    of an attempt that could not retrace its recorded calls."""
-    return error == INTERRUPTED or (
-        action == "llm" and error is not None and error.startswith("interrupted: ")
-    )
-
-
-@dataclass
-class StepHistory:
-    attempts: int = 0
-    status: str = "running"
-    output: Any = None
-    error: str | None = None
-    #: The last ``step.failed``'s ``kind`` (``None`` in leaves written before it).
-    kind: ev.FailureKind | None = None
-    inputs: Any = None
-    #: The step's last recorded tool call (its ``tool.completed``).
-    tool_call: ev.ToolCompleted | None = None
-    #: The latest attempt's call events (``llm.*`` and ``tool.*``), in log order.
-    calls: list[Any] = field(default_factory=list)
-    #: A decision's last recorded branch (its ``decision.made``).
-    branch: str | None = None
-    #: When the last ``step.failed`` with ``retrying=true`` was recorded (its
-    #: ``occurred_at``): a resumed run waits out the rest of that backoff.
-    failed_at: str | None = None
-
-
-def read_history(events: list[Event]) -> tuple[dict[str, StepHistory], bool, bool]:
-    """Per-step history, whether ``orchestration.started`` and a terminal event exist."""
-    steps: dict[str, StepHistory] = {}
-    started = terminal = False
-    for e in events:
-        p = e.payload
-        if isinstance(p, ev.OrchestrationStarted):
-            started = True
-        elif e.type in ev.TERMINAL_TYPES:
-            terminal = True
-        elif isinstance(p, ev.StepStarted):
-            h = steps.setdefault(p.step_id, StepHistory())
-            h.attempts, h.status, h.inputs = p.attempt, "running", p.inputs
-            h.calls = []
-        elif isinstance(p, ev.StepCompleted):
-            h = steps.setdefault(p.step_id, StepHistory())
-            h.status, h.output = "completed", p.output
-        elif isinstance(p, ev.StepFailed):
-            h = steps.setdefault(p.step_id, StepHistory())
-            h.attempts = max(h.attempts, p.attempt)
-            h.error, h.kind = p.error, p.kind
-            if not p.retrying:
-                h.status = "failed"
-            else:
-                h.status, h.failed_at = "retrying", e.occurred_at
-        elif isinstance(p, ev.StepSkipped):
-            steps.setdefault(p.step_id, StepHistory()).status = "skipped"
-        elif isinstance(p, ev.ToolCompleted):
-            h = steps.setdefault(p.step_id, StepHistory())
-            h.tool_call = p
-            if p.attempt == h.attempts:
-                h.calls.append(p)
-        elif isinstance(p, ev.DecisionMade):
-            steps.setdefault(p.step_id, StepHistory()).branch = p.branch
-        elif isinstance(p, ev.LLMRequested | ev.LLMCompleted | ev.ToolInvoked):
-            h = steps.setdefault(p.step_id, StepHistory())
-            if p.attempt == h.attempts:
-                h.calls.append(p)
-    return steps, started, terminal
 
 
 def _settled(
@@ -193,28 +111,6 @@ class _LoopRound(msgspec.Struct):
     content: str | None
     json: Any = None
     tool_calls: list[_LoopToolCall] = []
-
-
-class _Terminate(Exception):  # noqa: N818 — control flow, never escapes the runner
-    def __init__(self, reason: str, error: str | None, *, cancelled_by: str | None = None):
-        super().__init__(error or reason)
-        self.reason = reason
-        self.error = error
-        self.cancelled = False
-        self.cancelled_by = cancelled_by
-
-
-class _StepFailed(Exception):  # noqa: N818 — control flow, never escapes the runner
-    def __init__(self, step_id: str, error: str, reason: _Ending = "step_failed"):
-        super().__init__(f"step {step_id!r} failed: {error}")
-        self.step_id = step_id
-        self.error = error
-        #: The reason the run ends with if this failure ends it.
-        self.reason = reason
-
-
-class _Stopped(Exception):  # noqa: N818 — control flow: engine shutdown at a step boundary
-    pass
 
 
 class Runner:
@@ -275,9 +171,9 @@ class Runner:
 
     def _boundary(self) -> None:
         if self._cancel is not None:
-            raise _Terminate("cancelled", None)
+            raise Terminate("cancelled", None)
         if self._stopping:
-            raise _Stopped
+            raise Stopped
 
     # -- the run ---------------------------------------------------------------------
 
@@ -304,18 +200,18 @@ class Runner:
                 if not timer.expired():
                     raise
                 await self._abort_steps("timed out")
-                raise _Terminate(
+                raise Terminate(
                     "timed_out", f"exceeded timeout_seconds={self.created.timeout_seconds:g}"
                 ) from None
             except InvalidEventError as e:
                 # An event the writer refused (it buffers none it cannot write): the run
                 # ends failed rather than crashing and staying "running" for ever.
-                raise _Terminate("step_failed", f"an event cannot be recorded: {e}") from None
+                raise Terminate("step_failed", f"an event cannot be recorded: {e}") from None
             except msgspec.ValidationError as e:
                 # A resumed run reads its definition and outputs back from the log; one
                 # it cannot decode (written by another version, say) would crash the run
                 # on every start, leaving it "running" for ever.
-                raise _Terminate(
+                raise Terminate(
                     "step_failed", f"the recorded history cannot be read back: {e}"
                 ) from None
             try:
@@ -324,8 +220,8 @@ class Runner:
                     ev.OrchestrationCompleted(orchestration_id=self.oid, results=results),
                 )
             except InvalidEventError as e:
-                raise _Terminate("step_failed", f"results: {e}") from None
-        except _Terminate as t:
+                raise Terminate("step_failed", f"results: {e}") from None
+        except Terminate as t:
             await self._abort_steps(t.reason if t.reason != "cancelled" else "cancelled")
             if self._cancel is not None and t.reason in ("cancelled", "step_failed"):
                 reason, by = self._cancel
@@ -344,7 +240,7 @@ class Runner:
                         error=bounded(t.error) if t.error is not None else None,
                     ),
                 )
-        except _Stopped:
+        except Stopped:
             pass
         except asyncio.CancelledError:
             await self._abort_steps(None)
@@ -387,10 +283,10 @@ class Runner:
                     msgspec.convert(self.created.definition, WorkflowDefinition)
                 )
             return await self._run_loop()
-        except _StepFailed as f:
+        except StepFailed as f:
             if self._cancel is not None:
-                raise _Terminate("cancelled", None) from None
-            raise _Terminate(f.reason, str(f)) from None
+                raise Terminate("cancelled", None) from None
+            raise Terminate(f.reason, str(f)) from None
 
     async def _inline_step(self, step: StepDef, outputs: dict[str, Any]) -> Any:
         """Run a workflow step in the orchestration's own task. :meth:`request_cancel`
@@ -403,7 +299,7 @@ class Runner:
             return await self._dag_step(step, dict(outputs))
         except asyncio.CancelledError:
             if self._inline_cancelled and task.uncancel() == 0:
-                raise _Terminate("cancelled", None) from None
+                raise Terminate("cancelled", None) from None
             raise
         finally:
             self._inline = None
@@ -456,7 +352,7 @@ class Runner:
             if h.status == "failed":
                 # As the live run ended when this failure was recorded (its kind): a
                 # process may die between a step's last step.failed and the run's end.
-                raise _StepFailed(step_id, h.error or "failed", _ends_as(h.kind))
+                raise StepFailed(step_id, h.error or "failed", ends_as(h.kind))
             first = h.attempts + 1
             self._interrupted.pop(step_id, None)
             if h.status == "running":
@@ -486,7 +382,7 @@ class Runner:
                         ),
                     )
                     if not retrying:
-                        raise _StepFailed(step_id, INTERRUPTED, "interrupted")
+                        raise StepFailed(step_id, INTERRUPTED, "interrupted")
             elif h.status == "retrying" and first <= max_attempts:
                 await self._rest_of_backoff(step_id, action, h, backoff)
         for attempt in range(first, max_attempts + 1):
@@ -502,9 +398,9 @@ class Runner:
                     error = self._failed(
                         step_id, attempt, error, retrying=False, kind="step_failed"
                     )
-                    raise _StepFailed(step_id, error) from None
+                    raise StepFailed(step_id, error) from None
             transient = False
-            kind: _Ending = "step_failed"
+            kind: Ending = "step_failed"
             timer = asyncio.timeout(step_timeout)
             try:
                 if resumed is not None:
@@ -577,7 +473,7 @@ class Runner:
                 # The recorded text, not the live one: the agent loop feeds it to the
                 # model, and a resumed run, which reads it back, must ask the same. A
                 # diverged attempt ends as an interrupted one without recorded calls.
-                raise _StepFailed(step_id, recorded, kind)
+                raise StepFailed(step_id, recorded, kind)
             delay = (
                 0.0 if kind == "interrupted" else _retry_delay(action, backoff, attempt, recorded)
             )
@@ -586,7 +482,7 @@ class Runner:
                 # must record this retry as abandoned, or the step stays running.
                 self._inflight[step_id] = attempt
                 await self.deps.sleep(delay)
-        raise _StepFailed(step_id, "no attempts left")
+        raise StepFailed(step_id, "no attempts left")
 
     async def _rest_of_backoff(
         self, step_id: str, action: ev.Action, h: StepHistory, backoff: float
@@ -594,7 +490,7 @@ class Runner:
         """Wait what remains of the backoff the live run was waiting out when the
         process stopped, counted from its ``step.failed``'s recorded time: the delay
         is the provider's or the tool's to ask for, and a crash must not cut it short."""
-        if h.failed_at is None or _retried_at_once(action, h.error):
+        if h.failed_at is None or retried_at_once(action, h.error):
             return
         gone = (self.deps.now() - parse_time(h.failed_at)).total_seconds()
         rest = _retry_delay(action, backoff, h.attempts, h.error) - gone
@@ -699,7 +595,7 @@ class Runner:
                             # Counted now, not when it starts: the steps of one pass
                             # start later, each in its own task, and must all fit.
                             if self._steps_started >= self.created.max_steps:
-                                raise _Terminate(
+                                raise Terminate(
                                     "max_steps_exceeded",
                                     f"step {step.id!r} would exceed "
                                     f"max_steps={self.created.max_steps}",
@@ -727,7 +623,7 @@ class Runner:
                         step = running.pop(task)
                         self._tasks.discard(task)
                         if not task.cancelled():
-                            finished.append((step, task.result()))  # raises _StepFailed
+                            finished.append((step, task.result()))  # raises StepFailed
                 for step, output in finished:
                     status[step.id] = "completed"
                     outputs[step.id] = output
@@ -741,7 +637,7 @@ class Runner:
             try:
                 return render(definition.output, self._context(outputs))
             except TemplateError as e:
-                raise _Terminate("step_failed", f"output: {e}") from None
+                raise Terminate("step_failed", f"output: {e}") from None
         return outputs
 
     def _not_taken(self, step: StepDef, output: Any) -> Sequence[str]:
@@ -759,9 +655,9 @@ class Runner:
 
     def _boundary_unless_stopping(self, running: Mapping[Any, Any]) -> None:
         if self._cancel is not None:
-            raise _Terminate("cancelled", None)
+            raise Terminate("cancelled", None)
         if self._stopping and not running:
-            raise _Stopped
+            raise Stopped
 
     def _skip(self, step_id: str, branch_skipped: set[str]) -> None:
         h = self.history.get(step_id)
@@ -871,7 +767,7 @@ class Runner:
         while True:
             self._boundary()
             if rounds >= self.created.max_steps:
-                raise _Terminate(
+                raise Terminate(
                     "max_steps_exceeded",
                     f"the model still wanted tools after max_steps={self.created.max_steps} calls",
                 )
@@ -915,6 +811,6 @@ class Runner:
                     result = await self._in_task(
                         self._step(tool_id, "tool", agent.agent_id, const(inputs), invoke)
                     )
-                except _StepFailed as f:
+                except StepFailed as f:
                     result = {"error": f.error}
                 messages.append({"role": "tool", "tool_call_id": tc.id, "content": as_text(result)})
