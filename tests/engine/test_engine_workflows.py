@@ -451,7 +451,7 @@ async def test_regression_external_write_locks_do_not_pile_up(engine: Engine) ->
 
 async def _chain_blocked_in_a_tool(engine: Engine, **options: Any) -> tuple[str, list[str]]:
     """A two-step chain whose first step blocks until cancelled: it runs in the
-    orchestration's own task (Runner._inline_step), not a task of its own."""
+    orchestration's own task (Cancellation.inline in cancellation.py), not a task of its own."""
     entered: list[str] = []
 
     async def block(args: Any) -> Any:
