@@ -37,13 +37,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import msgspec
 import structlog
 
 from ledger import tlog
 from ledger._batched_reads import BatchedReads
 from ledger._hash_cache import HashCache, hashes_from_rows
-from ledger.checkpoint import Checkpoint, open_checkpoint
+from ledger._open_check import check_stored_tree
+from ledger.checkpoint import Checkpoint
 from ledger.errors import (
     ConflictError,
     IntegrityError,
@@ -67,6 +67,7 @@ from ledger.ids import UlidMint, ulid_str, uuid_str
 from ledger.merkle import leaf_hash
 from ledger.note import NoteSigner, NoteVerifier
 from ledger.receipt import Receipt, event_id_bytes
+from ledger.recorded import RecordedEvent, SignedCheckpoint
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
 from ledger.tiles import Tile, available_width
 
@@ -80,22 +81,6 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,199}\Z")
 Listener = Callable[[Sequence["RecordedEvent"]], None]
 #: Called with each committed batch's receipts, as (tenant_id, stream_id, receipt).
 ReceiptListener = Callable[[Sequence[tuple[str, str, Receipt]]], None]
-
-
-class RecordedEvent(msgspec.Struct, frozen=True):
-    """An event as the log holds it: typed, with its exact leaf bytes and position."""
-
-    event: Event
-    leaf: bytes
-    leaf_index: int
-    receipt_id: str
-    tree_size: int
-
-
-class SignedCheckpoint(msgspec.Struct, frozen=True):
-    size: int
-    root: bytes
-    note: str
 
 
 _SEAL_PURPOSE = b"maip-ledger/local-seal/v1"
@@ -301,61 +286,11 @@ class Log:
         )
 
     async def _recover(self) -> None:
-        """The O(log n) startup check: stored tree == last signed checkpoint."""
-        record = await self._store.latest_checkpoint()
-        count = await self._store.event_count()
-        if count > (record.tree_size if record is not None else 0):
-            # A read-only open beside a live writer, which may commit between the two
-            # reads. A batch's events and checkpoint commit together, so a checkpoint
-            # read after the count covers it unless events are stored that none covers:
-            # then the log is opened as of the first checkpoint. A writer's own open
-            # holds the store's lock, so the two reads agree and the check stays strict.
-            newer = await self._store.latest_checkpoint()
-            if newer is not None and newer.tree_size >= count:
-                count = record.tree_size if record is not None else 0
-        if record is None:
-            if count:
-                raise IntegrityError(f"{count} events are stored but no checkpoint covers them")
-            return
-        # 1. The checkpoint must be ours: signed by this key, for this origin.
-        try:
-            if not isinstance(record.note, str):
-                raise IntegrityError(f"its note is stored as {type(record.note).__name__}")
-            checkpoint = open_checkpoint(record.note, self._verifier)
-        except LedgerError as e:
-            raise IntegrityError(
-                f"the latest checkpoint (size {record.tree_size}) does not verify under "
-                f"key {self._verifier.name}: {e}"
-            ) from e
-        if checkpoint.size != record.tree_size or checkpoint.root != record.root:
-            raise IntegrityError("the latest checkpoint's note disagrees with its row")
-        size = checkpoint.size
-        # 2. Exactly the covered events are stored: no more, no fewer.
-        if count != size:
-            raise IntegrityError(
-                f"{count} events are stored but the latest checkpoint covers {size}",
-                index=min(count, size),
-            )
-        # 3. The stored frontier hashes to the signed root.
-        frontier = tlog.Frontier(size, await self._read_hashes(tlog.Frontier.indexes(size)))
-        if frontier.root() != checkpoint.root:
-            raise IntegrityError(f"the stored tree of size {size} does not match its checkpoint")
-        # 4. The newest leaf's bytes hash to the stored leaf hash.
-        if size:
-            last = await self._store.read_log(size - 1, 1)
-            (stored_leaf,) = await self._read_hashes([tlog.stored_hash_index(0, size - 1)])
-            # A column rewritten to TEXT (replace() on a BLOB) reads back as str.
-            if (
-                not last
-                or not isinstance(last[0].leaf, bytes)
-                or leaf_hash(last[0].leaf) != stored_leaf
-            ):
-                raise IntegrityError(
-                    f"leaf {size - 1} does not match its stored hash", index=size - 1
-                )
-        self._frontier = frontier
-        self._tip = frontier.copy()
-        self._latest = SignedCheckpoint(size, checkpoint.root, record.note)
+        recovered = await check_stored_tree(self._store, self._verifier, self._read_hashes)
+        if recovered is not None:
+            frontier, self._latest = recovered
+            self._frontier = frontier
+            self._tip = frontier.copy()
 
     async def close(self) -> None:
         """Finish every append already accepted, then close the store.
