@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import os
 import re
-import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from ledger import tlog
 from ledger._batched_reads import BatchedReads
 from ledger._hash_cache import HashCache, hashes_from_rows
 from ledger._open_check import check_stored_tree
+from ledger._storage_health import StorageHealth
 from ledger.checkpoint import Checkpoint
 from ledger.errors import (
     ConflictError,
@@ -234,9 +234,7 @@ class Log:
         self._receipt_listeners: list[ReceiptListener] = []
         self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
         self._checkpoints: OrderedDict[int, SignedCheckpoint] = OrderedDict()
-        self._healthy = True
-        #: When a write last reached the store (time.monotonic): a commit or a probe.
-        self._last_written = time.monotonic()
+        self._health = StorageHealth(store)
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -359,33 +357,12 @@ class Log:
     @property
     def healthy(self) -> bool:
         """False after a commit failed for lack of storage, until one succeeds again."""
-        return self._healthy
+        return self._health.healthy
 
     async def check_storage(self, idle_seconds: float, *, now: float | None = None) -> bool:
-        """Probe the store with one small durable write if a commit failed for lack of
-        storage, or if nothing was written for ``idle_seconds``; whether it is healthy.
-
-        After a failure, only the next successful commit would otherwise say storage is
-        back, and a server ``/readyz`` took out of rotation might never be sent that
-        write. While idle, no commit fails, so a medium that went read-only or full
-        would otherwise be seen only by the next client's write."""
-        moment = time.monotonic() if now is None else now
-        if self._healthy and moment - self._last_written < idle_seconds:
-            return True
-        try:
-            await self._store.probe()
-        except StorageUnavailableError as e:
-            if self._healthy:
-                self._healthy = False
-                _log.warning("log.storage_probe_failed", error=str(e))
-            else:
-                _log.info("log.storage_still_unavailable", error=str(e))
-            return False
-        self._last_written = time.monotonic()
-        if not self._healthy:
-            self._healthy = True
-            _log.info("log.storage_available_again")
-        return True
+        """Probe the store if a commit failed for lack of storage, or if nothing was
+        written for ``idle_seconds``; whether it is healthy (:mod:`ledger._storage_health`)."""
+        return await self._health.check(idle_seconds, now=now)
 
     def add_listener(self, listener: Listener) -> None:
         """Call ``listener`` with every committed batch's events, in log order."""
@@ -731,7 +708,7 @@ class Log:
             await written
         except StorageUnavailableError as e:
             self._abandon(p)
-            self._healthy = False
+            self._health.healthy = False
             _log.warning("log.commit_unavailable", error=str(e), batch_events=len(p.batch.events))
             _fail([req for req, _ in p.accepted], e)
             return
@@ -743,8 +720,7 @@ class Log:
                 e if isinstance(e, LedgerError) else LedgerError(str(e)),
             )
             return
-        self._healthy = True
-        self._last_written = time.monotonic()
+        self._health.written()
         self._frontier = p.frontier
         self._latest = SignedCheckpoint(cp.tree_size, cp.root, cp.note)
         heads, tip_heads = self._heads, self._tip_heads

@@ -99,13 +99,13 @@ async def test_health_readiness_and_metrics(
     assert "maip_engine_stalled_runs 0.0" in text
     assert "maip_engine_unresumable_runs 0.0" in text
     # Readiness follows the log's health (e.g. a full disk).
-    services.log._healthy = False
+    services.log._health.healthy = False
     try:
         not_ready = await client.get("/readyz")
         assert not_ready.status == 503
         assert (await not_ready.json())["ready"] is False
     finally:
-        services.log._healthy = True
+        services.log._health.healthy = True
 
 
 async def test_readiness_reports_a_key_store_that_no_longer_opens(
