@@ -40,17 +40,16 @@ import structlog
 
 from ledger import tlog
 from ledger._batched_reads import BatchedReads
-from ledger._hash_cache import HashCache, hashes_from_rows
+from ledger._hash_cache import HashCache
 from ledger._open_check import check_stored_tree
+from ledger._proofs import Proofs
+from ledger._records import Records
 from ledger._storage_health import StorageHealth
 from ledger.checkpoint import Checkpoint
 from ledger.errors import (
     ConflictError,
-    IntegrityError,
     InvalidEventError,
     LedgerError,
-    NotFoundError,
-    ProofError,
     StorageUnavailableError,
 )
 from ledger.events import (
@@ -58,18 +57,15 @@ from ledger.events import (
     Event,
     EventCatalog,
     NewEvent,
-    decode_leaf,
-    decode_leaf_envelope,
     encode_leaf,
     format_time,
 )
-from ledger.ids import UlidMint, ulid_str, uuid_str
-from ledger.merkle import leaf_hash
+from ledger.ids import UlidMint, uuid_str
 from ledger.note import NoteSigner, NoteVerifier
-from ledger.receipt import Receipt, event_id_bytes
+from ledger.receipt import Receipt
 from ledger.recorded import RecordedEvent, SignedCheckpoint
 from ledger.store import Batch, CheckpointRecord, EventStore, HashRow, StoredEvent
-from ledger.tiles import Tile, available_width
+from ledger.tiles import Tile
 
 __all__ = ["Listener", "Log", "ReceiptListener", "RecordedEvent", "SignedCheckpoint"]
 
@@ -132,43 +128,9 @@ def _report_close(closed: asyncio.Task[None]) -> None:
         _log.error("log.close_failed", error=repr(closed.exception()))
 
 
-def _check_filed(row: StoredEvent, event_id: str, tenant_id: str, stream_id: str) -> None:
-    """Reads select by a row's columns; the leaf bytes, which the tree covers, must say
-    the same, or an edited column would hand one tenant another's event or receipt."""
-    if tenant_id != row.tenant_id or stream_id != row.stream_id:
-        raise IntegrityError(
-            f"leaf {row.leaf_index} is stored under tenant {row.tenant_id!r}, stream "
-            f"{row.stream_id!r}, but its bytes name another",
-            index=row.leaf_index,
-        )
-    if event_id != ulid_str(row.event_id):
-        raise IntegrityError(
-            f"leaf {row.leaf_index} is stored as event {ulid_str(row.event_id)}, but its "
-            f"bytes say {event_id}",
-            index=row.leaf_index,
-        )
-
-
 def _check_id(name: str, value: str) -> None:
     if not isinstance(value, str) or not _ID_RE.match(value):
         raise InvalidEventError(f"{name} {value!r} must be 1-200 characters of [A-Za-z0-9._:@/+-]")
-
-
-# The store's integers are 64-bit: no position, sequence or size reaches this.
-_MAX_STORED = (1 << 63) - 1
-
-
-def _check_limit(limit: int) -> int:
-    # SQLite takes a negative LIMIT as none at all.
-    if type(limit) is not int or limit < 0:
-        raise InvalidEventError(f"limit {limit!r} must be an integer >= 0")
-    return min(limit, _MAX_STORED)
-
-
-def _position(value: int) -> int:
-    """A lower bound on a position, within what the store can bind: nothing is stored
-    before 0 or at the largest value."""
-    return min(max(value, 0), _MAX_STORED)
 
 
 class Log:
@@ -207,8 +169,8 @@ class Log:
         self._head_reads = BatchedReads(self._read_heads, "log-stream-heads")
         #: For each head read in flight, the heads committed since it began.
         self._heads_reading: list[dict[tuple[str, str], int]] = []
-        self._row_reads = BatchedReads(self._read_rows, "log-hash-rows")
-        self._event_reads = BatchedReads(self._store.events_by_id, "log-events-by-id")
+        self._proofs = Proofs(store, self._hashes, lambda: self._frontier.size)
+        self._records = Records(store, catalog, self._proofs)
         self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
         # The provisional tip: the committed tree plus every batch prepared but not yet
@@ -232,8 +194,6 @@ class Log:
         self._closed: asyncio.Task[None] | None = None
         self._listeners: list[Listener] = []
         self._receipt_listeners: list[ReceiptListener] = []
-        self._plans: OrderedDict[int, tlog.ProofPlan] = OrderedDict()
-        self._checkpoints: OrderedDict[int, SignedCheckpoint] = OrderedDict()
         self._health = StorageHealth(store)
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -284,7 +244,7 @@ class Log:
         )
 
     async def _recover(self) -> None:
-        recovered = await check_stored_tree(self._store, self._verifier, self._read_hashes)
+        recovered = await check_stored_tree(self._store, self._verifier, self._proofs.hashes)
         if recovered is not None:
             frontier, self._latest = recovered
             self._frontier = frontier
@@ -765,34 +725,7 @@ class Log:
             except Exception:  # noqa: BLE001 — one broken listener must not stop the log
                 _log.exception("log.listener_failed")
 
-    # -- reading -----------------------------------------------------------------------
-
-    async def _read_hashes(self, indexes: Sequence[int]) -> list[bytes]:
-        found = self._hashes.lookup(indexes)
-        missing = [i for i, h in zip(indexes, found, strict=True) if h is None]
-        if not missing:
-            return found  # type: ignore[return-value]  # no None left
-        # Resolve from the fetched rows themselves: while this read awaited, another
-        # reader's rows may have evicted them (or others) from the cache.
-        fetched = iter(hashes_from_rows(await self._row_reads.get(missing), missing))
-        out = []
-        for i, cached in zip(indexes, found, strict=True):
-            h = cached if cached is not None else next(fetched)
-            if h is None:
-                raise IntegrityError(f"stored tree hash {i} is missing")
-            out.append(h)
-        return out
-
-    async def _read_rows(self, indexes: list[int]) -> list[HashRow]:
-        rows = sorted(await self._store.hash_rows(indexes), key=lambda r: r.start)
-        for row in rows:
-            # Sliced as it is, a row rewritten to TEXT would hand out str as hashes.
-            if not isinstance(row.hashes, bytes):
-                raise IntegrityError(
-                    f"stored tree hash row {row.start} is {type(row.hashes).__name__}, not bytes"
-                )
-        self._hashes.add(rows)
-        return rows
+    # -- reading: proofs (ledger/_proofs.py) and records (ledger/_records.py) ----------
 
     @property
     def size(self) -> int:
@@ -802,104 +735,38 @@ class Log:
         return self._latest
 
     async def checkpoint_at(self, tree_size: int) -> SignedCheckpoint:
-        cached = self._checkpoints.get(tree_size)
-        if cached is not None:
-            return cached
-        record = None
-        if 0 < tree_size <= _MAX_STORED:
-            record = await self._store.checkpoint(tree_size)
-        if record is None:
-            raise NotFoundError(f"no checkpoint was issued at tree size {tree_size}")
-        checkpoint = SignedCheckpoint(record.tree_size, record.root, record.note)
-        # Immutable once issued; receipts of one batch all ask for the same one.
-        self._checkpoints[tree_size] = checkpoint
-        if len(self._checkpoints) > 4096:
-            self._checkpoints.popitem(last=False)
-        return checkpoint
-
-    def _check_size(self, tree_size: int) -> None:
-        if not 0 < tree_size <= self.size:
-            raise ProofError(f"tree size {tree_size} is outside 1..{self.size}")
+        return await self._records.checkpoint_at(tree_size)
 
     async def inclusion_proof(self, index: int, tree_size: int) -> list[bytes]:
         """PATH(index, D[tree_size]) for any size up to the current tree."""
-        self._check_size(tree_size)
-        plan = self._plans.get(tree_size)
-        if plan is None:
-            plan = tlog.ProofPlan(tree_size)
-            plan.set_edge(await self._read_hashes(plan.edge_indexes()))
-            self._plans[tree_size] = plan
-            while len(self._plans) > 256:
-                self._plans.popitem(last=False)
-        return plan.proof(index, await self._read_hashes(plan.indexes(index)))
+        return await self._proofs.inclusion_proof(index, tree_size)
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """PROOF(old_size, D[new_size]) for 1 <= old_size <= new_size <= current size."""
-        self._check_size(new_size)
-        if not 0 < old_size <= new_size:
-            raise ProofError(f"old size {old_size} is outside 1..{new_size}")
-        return tlog.consistency_proof(
-            old_size,
-            new_size,
-            await self._read_hashes(tlog.consistency_indexes(old_size, new_size)),
-        )
+        return await self._proofs.consistency_proof(old_size, new_size)
 
     async def tile(self, tile: Tile) -> bytes:
         """A C2SP tlog-tiles hash tile (:mod:`ledger.tiles`) of the latest checkpoint's
         tree; NotFoundError if that tree does not hold all of its hashes yet."""
-        size = self._latest.size if self._latest is not None else 0
-        have = available_width(tile.level, tile.index, size)
-        if tile.width > have:
-            raise NotFoundError(
-                f"{tile.path} is not in the tree of size {size}, which holds "
-                f"{have} of that tile's hashes"
-            )
-        return b"".join(await self._read_hashes(tile.hash_indexes()))
+        return await self._proofs.tile(tile, self._latest.size if self._latest is not None else 0)
 
     async def root_at(self, tree_size: int) -> bytes:
-        self._check_size(tree_size)
-        return tlog.tree_hash(tree_size, await self._read_hashes(tlog.tree_hash_indexes(tree_size)))
-
-    def _recorded(self, row: StoredEvent) -> RecordedEvent:
-        try:
-            event = decode_leaf(row.leaf, self._catalog)
-        except LedgerError as e:
-            # Stored damage, not the caller's bad input.
-            raise IntegrityError(
-                f"leaf {row.leaf_index} does not decode: {e}", index=row.leaf_index
-            ) from e
-        _check_filed(row, event.event_id, event.tenant_id, event.stream_id)
-        return RecordedEvent(event, row.leaf, row.leaf_index, uuid_str(row.event_id), row.tree_size)
+        return await self._proofs.root_at(tree_size)
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[RecordedEvent]:
-        rows = await self._store.read_stream(
-            tenant_id,
-            stream_id,
-            _position(after_seq),
-            None if limit is None else _check_limit(limit),
-        )
-        return [self._recorded(r) for r in rows]
+        return await self._records.read_stream(tenant_id, stream_id, after_seq, limit)
 
     async def stream_head(self, tenant_id: str, stream_id: str) -> int:
         return await self._head((tenant_id, stream_id))
 
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> list[RecordedEvent]:
-        rows = await self._store.read_log(_position(from_index), _check_limit(limit))
-        return [self._recorded(r) for r in rows]
-
-    async def _event_row(self, identifier: str, tenant_id: str | None) -> StoredEvent:
-        event_id = event_id_bytes(identifier)
-        # Concurrent lookups (receipt fetches) share one read (ledger/_batched_reads.py).
-        row = (await self._event_reads.get((event_id,))).get(event_id)
-        if row is None or (tenant_id is not None and row.tenant_id != tenant_id):
-            raise NotFoundError(f"no event or receipt {identifier!r}")
-        return row
+        return await self._records.read_log(from_index, limit)
 
     async def recorded(self, identifier: str, tenant_id: str | None = None) -> RecordedEvent:
         """The event for an event ULID or receipt UUID; another tenant's is not found."""
-        return self._recorded(await self._event_row(identifier, tenant_id))
+        return await self._records.recorded(identifier, tenant_id)
 
     async def get_receipt(self, identifier: str, tenant_id: str | None = None) -> Receipt:
         """The receipt issued for an event, by receipt UUID or event ULID."""
@@ -910,21 +777,4 @@ class Log:
     ) -> tuple[str, Receipt]:
         """:meth:`get_receipt` with its event's stream id; of the leaf it decodes only
         the envelope, to check the columns it was found by."""
-        row = await self._event_row(identifier, tenant_id)
-        try:
-            envelope = decode_leaf_envelope(row.leaf)
-        except LedgerError as e:
-            raise IntegrityError(
-                f"leaf {row.leaf_index} does not decode: {e}", index=row.leaf_index
-            ) from e
-        _check_filed(row, envelope.event_id, envelope.tenant_id, envelope.stream_id)
-        checkpoint = await self.checkpoint_at(row.tree_size)
-        return row.stream_id, Receipt(
-            receipt_id=uuid_str(row.event_id),
-            event_id=ulid_str(row.event_id),
-            leaf_index=row.leaf_index,
-            leaf_hash=leaf_hash(row.leaf),
-            tree_size=row.tree_size,
-            inclusion_proof=await self.inclusion_proof(row.leaf_index, row.tree_size),
-            checkpoint=checkpoint.note,
-        )
+        return await self._records.stream_receipt(identifier, tenant_id)
