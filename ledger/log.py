@@ -20,6 +20,11 @@ process, nothing is acknowledged, and the next batch reuses the same tree positi
 A batch queued behind it fails too (the store refuses a batch that does not continue
 the log), and nothing of it is acknowledged either. A batch still being prepared is
 not queued yet: it is prepared again, on the log's real end.
+
+The batching and the commits are here; :class:`Log` composes the rest: the streams'
+heads (:mod:`ledger._stream_heads`), proofs (:mod:`ledger._proofs`), the records read
+back (:mod:`ledger._records`), storage health (:mod:`ledger._storage_health`) and the
+check of the stored tree at open (:mod:`ledger._open_check`).
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ import hashlib
 import hmac
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -39,12 +43,12 @@ from typing import Any
 import structlog
 
 from ledger import tlog
-from ledger._batched_reads import BatchedReads
 from ledger._hash_cache import HashCache
 from ledger._open_check import check_stored_tree
 from ledger._proofs import Proofs
 from ledger._records import Records
 from ledger._storage_health import StorageHealth
+from ledger._stream_heads import StreamHeads
 from ledger.checkpoint import Checkpoint
 from ledger.errors import (
     ConflictError,
@@ -165,18 +169,16 @@ class Log:
         self._known_ids: set[str] = set()
         self._max_batch = max_batch
         self._hashes = HashCache(hash_cache_bytes)
-        self._heads: OrderedDict[tuple[str, str], int] = OrderedDict()
-        self._head_reads = BatchedReads(self._read_heads, "log-stream-heads")
-        #: For each head read in flight, the heads committed since it began.
-        self._heads_reading: list[dict[tuple[str, str], int]] = []
+        self._streams = StreamHeads(store, stream_cache)
+        # The committed heads themselves, for submit's check, which every append makes:
+        # no call on the append path while the stream's head is cached.
+        self._heads = self._streams.committed
         self._proofs = Proofs(store, self._hashes, lambda: self._frontier.size)
         self._records = Records(store, catalog, self._proofs)
-        self._stream_cache = stream_cache
         self._frontier = tlog.Frontier()
         # The provisional tip: the committed tree plus every batch prepared but not yet
         # committed. ``_epoch`` changes whenever a failed commit discards that tip.
         self._tip = self._frontier
-        self._tip_heads: dict[tuple[str, str], int] = {}
         self._epoch = 0
         self._chain: list[asyncio.Task[None]] = []
         self._latest: SignedCheckpoint | None = None
@@ -423,7 +425,7 @@ class Log:
             hashes.append(_sha256(b"\x00" + leaf).digest())
         key = (tenant_id, stream_id)
         if key not in self._heads:
-            await self._head(key)
+            await self._streams.get(key)
             # The log may have closed, or its writer died, during that read: nothing
             # would ever take this append, and its outcome cannot be cancelled.
             if self._closing:
@@ -481,33 +483,10 @@ class Log:
             if self._closing and not self._pending and not self._chain:
                 return
 
-    async def _head(self, key: tuple[str, str]) -> int:
-        head = self._heads.get(key)
-        if head is not None:
-            return head
-        # Streams first seen in the same moment (a burst of new orchestrations) share one
-        # read (ledger/_batched_reads.py).
-        return (await self._head_reads.get((key,)))[key]
-
-    async def _read_heads(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        # A commit while the store answers may advance a stream past the head it read,
-        # and the bounded cache may drop that stream again before the answer is back:
-        # caching the answer would bring back the older head, at which a second append
-        # would pass the conflict check and repeat a sequence number. Heads only grow.
-        committed: dict[tuple[str, str], int] = {}
-        self._heads_reading.append(committed)
-        try:
-            heads = await self._store.stream_heads(keys)
-        finally:
-            self._heads_reading = [c for c in self._heads_reading if c is not committed]
-        cache = self._heads
-        return {
-            key: cache.setdefault(key, max(head, committed.get(key, head)))
-            for key, head in heads.items()
-        }
-
     async def _prepare(self, batch: list[_Append]) -> _Prepared | None:
         """Check, hash, sign and build receipts for a batch on the provisional tip."""
+        heads = self._streams
+        tip_heads = heads.tip  # cleared in place when a tip is discarded, never replaced
         while True:
             epoch = self._epoch
             frontier = self._tip
@@ -521,16 +500,16 @@ class Log:
                 key = (req.tenant, req.stream)
                 current = overlay.get(key)
                 if current is None:
-                    current = self._tip_heads.get(key)
+                    current = tip_heads.get(key)
                 if current is None:
-                    current = await self._head(key)
+                    current = await heads.get(key)
                     if self._epoch != epoch:
                         break
                 if req.expected != current:
                     # ``current`` may count appends not yet committed (batches in flight,
                     # or earlier in this one), which may yet fail. The committed head
                     # (cached: no read) tells whether their fate decides this one.
-                    head = await self._head(key)
+                    head = await heads.get(key)
                     if self._epoch != epoch:
                         break
                     if head <= req.expected < current:
@@ -599,7 +578,7 @@ class Log:
         # cache again if the commit fails.
         self._hashes.add([row])
         self._tip = ext.frontier
-        self._tip_heads.update(overlay)
+        tip_heads.update(overlay)
         # Only now that nothing can fail: a batch that raises fails all its appends.
         # What they wait for is in a batch in flight or in this one, queued next, so a
         # batch's end (_finish) hands them back.
@@ -620,7 +599,7 @@ class Log:
         if prepared.epoch == self._epoch:
             self._epoch += 1
             self._tip = self._frontier.copy()
-            self._tip_heads.clear()
+            self._streams.tip.clear()
 
     async def _finish(
         self, prepared: _Prepared, written: Awaitable[None], prev: asyncio.Task[None] | None
@@ -683,16 +662,7 @@ class Log:
         self._health.written()
         self._frontier = p.frontier
         self._latest = SignedCheckpoint(cp.tree_size, cp.root, cp.note)
-        heads, tip_heads = self._heads, self._tip_heads
-        for key, head in p.heads.items():
-            heads[key] = head
-            heads.move_to_end(key)
-            if tip_heads.get(key) == head:
-                del tip_heads[key]
-        while len(heads) > self._stream_cache:
-            heads.popitem(last=False)
-        for committed in self._heads_reading:
-            committed.update(p.heads)
+        self._streams.commit(p.heads)
         for (req, _), receipts_for in zip(p.accepted, p.receipts, strict=True):
             if not req.future.done():
                 req.future.set_result(receipts_for)
@@ -759,7 +729,7 @@ class Log:
         return await self._records.read_stream(tenant_id, stream_id, after_seq, limit)
 
     async def stream_head(self, tenant_id: str, stream_id: str) -> int:
-        return await self._head((tenant_id, stream_id))
+        return await self._streams.get((tenant_id, stream_id))
 
     async def read_log(self, from_index: int = 0, limit: int = 1000) -> list[RecordedEvent]:
         return await self._records.read_log(from_index, limit)
