@@ -36,7 +36,12 @@ def witness_command(args: argparse.Namespace) -> int:
     signer = load_witness_key(state_dir, args.name, key_file)
     witness = Witness(signer, log_keys, WitnessState(state_dir))
     try:
-        server = WitnessServer(args.listen, witness, max_body=args.max_body_bytes)
+        server = WitnessServer(
+            args.listen,
+            witness,
+            max_body=args.max_body_bytes,
+            request_seconds=args.request_seconds,
+        )
     except OSError as e:
         host, port = args.listen
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from e

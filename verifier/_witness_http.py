@@ -14,8 +14,11 @@ bound). Every error body is one line of text saying why.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -24,7 +27,13 @@ from verifier._text import visible
 from verifier._witness import Witness
 from verifier._witness_state import StateCorrupt
 
-__all__ = ["ADD_CHECKPOINT_PATH", "DEFAULT_MAX_BODY", "MAX_CONNECTIONS", "WitnessServer"]
+__all__ = [
+    "ADD_CHECKPOINT_PATH",
+    "DEFAULT_MAX_BODY",
+    "DEFAULT_REQUEST_SECONDS",
+    "MAX_CONNECTIONS",
+    "WitnessServer",
+]
 
 ADD_CHECKPOINT_PATH = "/add-checkpoint"
 #: 63 proof lines and a checkpoint with many cosignatures fit in a few KiB.
@@ -36,8 +45,10 @@ _BUSY = (
     b"Content-Length: 40\r\nConnection: close\r\nRetry-After: 1\r\n\r\n"
     b"the witness is serving too many clients\n"
 )
-#: Seconds a connection may sit idle or trickle a request before it is dropped.
+#: Seconds a connection may sit idle, or wait for any one read, before it is dropped.
 _SOCKET_TIMEOUT = 30.0
+#: Seconds a whole request (its line, headers and body) may take to arrive.
+DEFAULT_REQUEST_SECONDS = 30.0
 _SIZE_TYPE = "text/x.tlog.size"
 _TEXT_TYPE = "text/plain; charset=utf-8"
 
@@ -56,9 +67,18 @@ class WitnessServer(ThreadingHTTPServer):
         *,
         max_body: int = DEFAULT_MAX_BODY,
         max_connections: int = MAX_CONNECTIONS,
+        request_seconds: float = DEFAULT_REQUEST_SECONDS,
     ) -> None:
         self.witness = witness
         self.max_body = max_body
+        self.request_seconds = request_seconds
+        # Requests being read, by handler: when each must have arrived. One reaper
+        # thread for all of them: a timer thread each would double the threads that
+        # MAX_CONNECTIONS bounds.
+        self._deadlines: dict[_Handler, float] = {}
+        self._deadlines_lock = threading.Lock()
+        reaper = threading.Thread(target=self._reap, name="witness-deadlines", daemon=True)
+        reaper.start()
         self._slots = threading.BoundedSemaphore(max_connections)
         super().__init__(address, _Handler)
 
@@ -80,6 +100,26 @@ class WitnessServer(ThreadingHTTPServer):
             self._slots.release()
             raise
 
+    def started(self, handler: _Handler) -> None:
+        with self._deadlines_lock:
+            self._deadlines[handler] = time.monotonic() + self.request_seconds
+
+    def finished(self, handler: _Handler) -> None:
+        with self._deadlines_lock:
+            self._deadlines.pop(handler, None)
+
+    def _reap(self) -> None:
+        tick = min(1.0, self.request_seconds / 4)
+        while True:
+            time.sleep(tick)
+            now = time.monotonic()
+            with self._deadlines_lock:
+                late = [h for h, deadline in self._deadlines.items() if deadline <= now]
+                for handler in late:
+                    del self._deadlines[handler]
+            for handler in late:
+                handler.cut_off()
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -93,6 +133,23 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = _SOCKET_TIMEOUT
     server: WitnessServer
+
+    def handle_one_request(self) -> None:
+        # The socket timeout bounds each read, not the request: a client sending a byte
+        # every few seconds held its connection, and its thread (one of MAX_CONNECTIONS),
+        # for as long as it liked. Past the deadline the connection is shut, which ends
+        # any read in progress; a request fully read by then is answered as usual.
+        self.server.started(self)
+        try:
+            super().handle_one_request()
+        finally:
+            self.server.finished(self)
+
+    def cut_off(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RD)
+        self.log_message("request not complete within %.0f s: closed", self.server.request_seconds)
 
     def _reply(
         self, status: int, body: str, content_type: str = _TEXT_TYPE, *, close: bool = False

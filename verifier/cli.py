@@ -51,7 +51,7 @@ from verifier._progress_bar import progress_bar
 from verifier._quorum import verify_witnessed
 from verifier._receipt import verify_receipt
 from verifier._replay import build_timeline, render
-from verifier._witness_http import DEFAULT_MAX_BODY
+from verifier._witness_http import DEFAULT_MAX_BODY, DEFAULT_REQUEST_SECONDS
 
 __all__ = ["main", "urllib_fetcher"]
 
@@ -333,6 +333,13 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_BODY,
         metavar="N",
         help=f"largest request body (default {DEFAULT_MAX_BODY})",
+    )
+    w.add_argument(
+        "--request-seconds",
+        type=positive_int,
+        default=int(DEFAULT_REQUEST_SECONDS),
+        metavar="S",
+        help=f"time a whole request may take to arrive (default {DEFAULT_REQUEST_SECONDS:.0f})",
     )
     w.set_defaults(json=False)
     return p

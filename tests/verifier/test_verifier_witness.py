@@ -415,3 +415,44 @@ def test_regression_idle_connections_do_not_grow_the_witness_threads_without_bou
             break
         threading.Event().wait(0.05)
     assert reply.status == 200
+
+
+def test_regression_a_request_trickled_in_is_cut_off_at_its_deadline(
+    tmp_path: Path, history: wk.LogHistory
+) -> None:
+    """The socket timeout bounded each read, not the request: a client sending a byte
+    every few seconds held a connection, and one of the witness's few threads, for as
+    long as it liked. A whole request must now arrive within --request-seconds."""
+    import socket
+
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    process = wk.WitnessProcess(state_dir, [history.vkey], "--request-seconds", "1").start()
+    try:
+        conn = socket.create_connection(("127.0.0.1", process.port), timeout=30)
+        body = history.body(0, history.sizes[0])
+        head = f"POST /add-checkpoint HTTP/1.1\r\nContent-Length: {len(body)}\r\n\r\n"
+        conn.sendall(head.encode())
+        sent = 0
+        closed = False
+        conn.settimeout(0.2)
+        for byte in body:  # one byte every 0.2 s: the whole body would take minutes
+            try:
+                conn.sendall(bytes([byte]))
+                sent += 1
+                closed = conn.recv(1) == b""
+            except TimeoutError:
+                continue  # nothing to read yet: still open
+            except OSError:
+                closed = True
+            if closed:
+                break
+        conn.close()
+        assert closed
+        assert sent < len(body)
+        # Others are served as before.
+        assert process.post(history.body(0, history.sizes[0])).status == 200
+        assert process.stop() == 0
+    finally:
+        process.kill()
+    assert any("not complete within 1 s" in line for line in process.stderr)
