@@ -9,7 +9,8 @@ chunked body is not read); 413 for a body over the cap, refused before it is rea
 500 only for the witness's own faults (its state cannot be read or written), with
 nothing cosigned; 503 for a connection beyond ``MAX_CONNECTIONS`` open at once (each
 open connection holds a thread: without a cap, idle connections grew them without
-bound). Every error body is one line of text saying why.
+bound). A whole request must arrive within ``request_seconds``, or its connection is
+shut. Every error body is one line of text saying why.
 """
 
 from __future__ import annotations
