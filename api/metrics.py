@@ -43,7 +43,7 @@ class _StatusCollector(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
 
-    def collect(self) -> list[GaugeMetricFamily]:
+    def collect(self) -> list[Metric]:
         family = GaugeMetricFamily(
             "maip_orchestrations",
             "Orchestrations by status (in flight from the engine's registry; ended ones "
@@ -59,7 +59,24 @@ class _StatusCollector(Collector):
             family.add_metric([status], n)
         for status, n in self._metrics.ended.items():
             family.add_metric([status], n)
-        return [family]
+        if engine is None:
+            return [family]
+        summaries = engine.summaries
+        held = GaugeMetricFamily(
+            "maip_summaries_held",
+            "Orchestration summaries held in memory (runs not ended, changes not written)",
+        )
+        held.add_metric([], summaries.held)
+        pending = GaugeMetricFamily(
+            "maip_summaries_pending",
+            "Summary changes folded from the log and not yet in the summaries file",
+        )
+        pending.add_metric([], summaries.pending)
+        failures = CounterMetricFamily(
+            "maip_summaries_write_failures", "Writes the summaries file refused"
+        )
+        failures.add_metric([], summaries.write_failures)
+        return [family, held, pending, failures]
 
 
 class _WitnessCollector(Collector):

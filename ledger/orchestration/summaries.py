@@ -83,6 +83,8 @@ class Summaries:
         self._timer: asyncio.TimerHandle | None = None
         #: Whether the last write failed (the next waits for its retry, not the next event).
         self._failed = False
+        #: Writes the store refused, since this index was made (for metrics).
+        self.write_failures = 0
         self._closed = False
 
     # -- lifecycle -------------------------------------------------------------------
@@ -211,6 +213,7 @@ class Summaries:
                 raise
             _log.warning("summaries.write_failed", error=f"{type(e).__name__}: {e}")
             self._failed = True
+            self.write_failures += 1
             if not self._closed:
                 loop = asyncio.get_running_loop()
                 self._timer = loop.call_later(_RETRY_SECONDS, self._start_write)
@@ -229,6 +232,11 @@ class Summaries:
         return None
 
     # -- reads -----------------------------------------------------------------------
+
+    @property
+    def pending(self) -> int:
+        """Changes folded but not in the store yet (they grow while it refuses writes)."""
+        return len(self._dirty) + len(self._patches) + len(self._writing_patches)
 
     @property
     def held(self) -> int:

@@ -96,6 +96,8 @@ async def test_health_readiness_and_metrics(
     assert "maip_log_batch_events_bucket" in text
     assert f"maip_log_tree_size {float(services.log.size)}" in text
     assert 'maip_orchestrations{status="completed"} 1.0' in text
+    for line in ("maip_summaries_pending", "maip_summaries_held", "maip_summaries_write_failures"):
+        assert f"\n{line}" in text, line
     assert "maip_engine_stalled_runs 0.0" in text
     assert "maip_engine_unresumable_runs 0.0" in text
     # Readiness follows the log's health (e.g. a full disk).

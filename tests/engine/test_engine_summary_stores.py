@@ -126,9 +126,12 @@ async def test_regression_a_refusing_store_is_not_asked_again_at_every_event() -
         await asyncio.sleep(0)
         summaries.apply(ended, i + 1)  # as many events as you like: none writes
     assert store.writes == 1
+    assert summaries.write_failures == 1
+    assert summaries.pending == 1  # one orchestration's summary, not written
     store.refuse = False
     await summaries.flush()  # asked for: written now, not at the retry
     assert store.writes == 2
+    assert summaries.pending == 0
     stored = await store.get("t1", oid_of(0))
     assert stored is not None
     assert stored.status == "completed"
