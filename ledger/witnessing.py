@@ -181,8 +181,23 @@ class Witnessing:
 
     async def start(self) -> None:
         sizes = await self._store.cosigned_sizes()
+        latest = self._log.latest_checkpoint()
+        log_size = latest.size if latest is not None else 0
         for status in self.witnesses:
-            status.cosigned_size = status.known_size = sizes.get(status.endpoint.key.vkey, 0)
+            size = sizes.get(status.endpoint.key.vkey, 0)
+            if size > log_size:
+                # Cosignatures of a tree this log does not hold (the file kept across a
+                # restore of the ledger, or from another log): taken as they were, no
+                # checkpoint would be sent until the log outgrew them. Start from what
+                # the witness itself says (its 409).
+                _log.warning(
+                    "witness.stored_size_beyond_log",
+                    witness=status.endpoint.key.name,
+                    stored_size=size,
+                    log_size=log_size,
+                )
+                size = 0
+            status.cosigned_size = status.known_size = size
             status.wake.set()  # the log may hold checkpoints the witness has not seen
             self._tasks.append(
                 asyncio.create_task(self._run(status), name=f"witness-{status.endpoint.key.name}")

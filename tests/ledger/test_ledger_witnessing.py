@@ -318,3 +318,44 @@ async def test_regression_a_bad_stored_line_falls_back_to_an_older_witnessed_che
     finally:
         await store.close()
         await log.close()
+
+
+async def test_regression_stored_sizes_beyond_the_log_do_not_stop_submissions(
+    tmp_path: Path,
+) -> None:
+    """A cosignature file that says a witness cosigned a bigger tree than the log holds
+    (kept across a restore of the ledger from a backup): the log took that size as the
+    witness's, sent nothing until it outgrew it, and published nothing meanwhile."""
+    log = await open_log(tmp_path / "log.db")
+    store = SQLiteCosignatureStore(tmp_path / "cosignatures.db")
+    await store.open()
+    key = WitnessKey.from_vkey(WITNESS.key.vkey)
+    await store.add(key.vkey, 1000, "\u2014 witness.test/w1 AAAA")
+    witness_size = 0  # the witness itself never saw this log
+
+    async def post(url: str, body: bytes) -> tuple[int, str, bytes]:
+        nonlocal witness_size
+        old = int(body.split(b"\n", 1)[0].removeprefix(b"old "))
+        if old != witness_size:
+            return 409, "text/x.tlog.size", f"{witness_size}\n".encode()
+        note = body.decode().split("\n\n", 1)[1]
+        witness_size = int(note.split("\n")[1])
+        return 200, "text/plain", WITNESS.cosign(note_text(note).encode(), 7).encode()
+
+    endpoint = WitnessEndpoint("http://w.invalid/add-checkpoint", key)
+    witnessing = Witnessing(log, store, [endpoint], post)
+    log.add_listener(witnessing.wake)
+    try:
+        await log.append("t", "s", 0, [NewEvent("note.added", Note("x"))])
+        await witnessing.start()
+        for _ in range(1000):  # bounded wait for the cosignature
+            if await witnessing.witnessed() is not None:
+                break
+            await asyncio.sleep(0.01)
+        found = await witnessing.witnessed()
+        assert found is not None
+        assert found.size == log.size == witness_size
+    finally:
+        await witnessing.close()
+        await store.close()
+        await log.close()
