@@ -15,13 +15,10 @@ The verifier (``verifier/_cosignature.py``) implements the same rules independen
 
 from __future__ import annotations
 
-import base64
-
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ledger.errors import SignatureError
-from ledger.note import decode_vkey, key_id, parse_signature_line, valid_key_name
+from ledger.note import Ed25519NoteKey, parse_signature_line
 
 __all__ = ["WitnessKey", "note_text"]
 
@@ -40,33 +37,12 @@ def note_text(note: str) -> str:
     return note[: split + 1]
 
 
-class WitnessKey:
+class WitnessKey(Ed25519NoteKey):
     """A witness's cosignature/v1 verifier key, parsed from its vkey."""
 
-    __slots__ = ("_key", "key_id", "name", "public_key")
-
-    def __init__(self, name: str, public_key: bytes) -> None:
-        if not valid_key_name(name):
-            raise SignatureError(f"witness key name {name!r} is empty or has a space or '+'")
-        if len(public_key) != 32:
-            raise SignatureError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
-        self.name = name
-        self.public_key = public_key
-        self.key_id = key_id(name, _TYPE_COSIGNATURE_V1, public_key)
-        self._key = Ed25519PublicKey.from_public_bytes(public_key)
-
-    @classmethod
-    def from_vkey(cls, vkey: str) -> WitnessKey:
-        name, hex_id, key = decode_vkey(vkey, _TYPE_COSIGNATURE_V1, "witness key")
-        witness = cls(name, key)
-        if len(hex_id) != 8 or f"{witness.key_id:08x}" != hex_id.lower():
-            raise SignatureError(f"witness key ID {hex_id!r} does not match its key")
-        return witness
-
-    @property
-    def vkey(self) -> str:
-        encoded = base64.b64encode(bytes([_TYPE_COSIGNATURE_V1]) + self.public_key).decode()
-        return f"{self.name}+{self.key_id:08x}+{encoded}"
+    __slots__ = ()
+    ALG = _TYPE_COSIGNATURE_V1
+    WHAT = "witness key"
 
     def __repr__(self) -> str:
         return f"WitnessKey({self.vkey!r})"

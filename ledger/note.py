@@ -22,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import struct
+from typing import ClassVar, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from ledger.errors import SignatureError
 
 __all__ = [
+    "Ed25519NoteKey",
     "NoteSigner",
     "NoteVerifier",
     "decode_vkey",
@@ -105,10 +107,15 @@ def parse_signature_line(line: str) -> tuple[str, bytes]:
     return name, blob
 
 
-class NoteVerifier:
-    """An Ed25519 verifier key, parsed from or rendered as a vkey string."""
+class Ed25519NoteKey:
+    """An Ed25519 public key with a note key name, as a vkey names it (C2SP signed-note):
+    ``<name>+<8 hex key ID>+<base64(type || key)>``. The signature type is the class's
+    ``ALG`` (a log's 0x01, a witness's cosignature/v1 0x04)."""
 
     __slots__ = ("_key", "key_id", "name", "public_key")
+    ALG: ClassVar[int] = _ALG_ED25519
+    #: What a vkey of this type is called in errors.
+    WHAT: ClassVar[str] = "verifier key"
 
     def __init__(self, name: str, public_key: bytes) -> None:
         _check_name(name)
@@ -116,21 +123,27 @@ class NoteVerifier:
             raise SignatureError(f"Ed25519 public key is {len(public_key)} bytes, not 32")
         self.name = name
         self.public_key = public_key
-        self.key_id = key_id(name, _ALG_ED25519, public_key)
+        self.key_id = key_id(name, self.ALG, public_key)
         self._key = Ed25519PublicKey.from_public_bytes(public_key)
 
     @classmethod
-    def from_vkey(cls, vkey: str) -> NoteVerifier:
-        name, hex_id, key = decode_vkey(vkey, _ALG_ED25519, "verifier key")
-        verifier = cls(name, key)
-        if len(hex_id) != 8 or f"{verifier.key_id:08x}" != hex_id.lower():
-            raise SignatureError(f"verifier key ID {hex_id!r} does not match its key")
-        return verifier
+    def from_vkey(cls, vkey: str) -> Self:
+        name, hex_id, key = decode_vkey(vkey, cls.ALG, cls.WHAT)
+        parsed = cls(name, key)
+        if len(hex_id) != 8 or f"{parsed.key_id:08x}" != hex_id.lower():
+            raise SignatureError(f"{cls.WHAT} ID {hex_id!r} does not match its key")
+        return parsed
 
     @property
     def vkey(self) -> str:
-        encoded = base64.b64encode(bytes([_ALG_ED25519]) + self.public_key).decode()
+        encoded = base64.b64encode(bytes([self.ALG]) + self.public_key).decode()
         return f"{self.name}+{self.key_id:08x}+{encoded}"
+
+
+class NoteVerifier(Ed25519NoteKey):
+    """An Ed25519 verifier key, parsed from or rendered as a vkey string."""
+
+    __slots__ = ()
 
     def verify(self, message: bytes, signature: bytes) -> None:
         try:
