@@ -24,11 +24,13 @@ import contextlib
 from collections.abc import Iterable
 from typing import Final
 
+import msgspec
 import structlog
 
 from ledger.errors import StorageUnavailableError
 from ledger.events import Event
 from ledger.orchestration.summary import (
+    STATUS_TYPES,
     OrchestrationSummary,
     SummaryPatch,
     created_summary,
@@ -128,25 +130,27 @@ class Summaries:
 
     def apply(self, event: Event, leaf_index: int) -> None:
         key = (event.tenant_id, event.stream_id)
-        created = created_summary(event)
+        old = self._hot.get(key)
         count = self._progress.count
-        if created is not None:
+        if old is not None and event.type not in STATUS_TYPES:
+            # Most events: a step of a run held here, which moves only its seq (the
+            # event loop folds every event: no patch is built for it).
+            self._hot[key] = msgspec.structs.replace(old, seq=event.stream_seq)
+            self._dirty.add(key)
+        elif (created := created_summary(event)) is not None:
             self._hot[key] = created
             self._dirty.add(key)
             count += 1
+        elif old is not None:
+            self._hot[key] = patched(old, patch_for(event))
+            self._dirty.add(key)
         else:
             patch = patch_for(event)
-            old = self._hot.get(key)
-            if old is not None:
-                self._hot[key] = patched(old, patch)
-                self._dirty.add(key)
-            else:
-                pending = self._patches.get(key)
-                self._patches[key] = merge_patches(pending, patch) if pending else patch
-        self._progress = SummaryProgress(
-            upto=leaf_index + 1, last_event_id=event.event_id, count=count
-        )
-        self._schedule()
+            pending = self._patches.get(key)
+            self._patches[key] = merge_patches(pending, patch) if pending else patch
+        self._progress = SummaryProgress(leaf_index + 1, event.event_id, count)
+        if self._writing is None:
+            self._schedule()
 
     def apply_all(self, events: Iterable[tuple[Event, int]]) -> None:
         for event, leaf_index in events:

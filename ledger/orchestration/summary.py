@@ -17,6 +17,7 @@ from ledger.orchestration import events as ev
 from ledger.orchestration.state import Status
 
 __all__ = [
+    "STATUS_TYPES",
     "UNFINISHED",
     "OrchestrationSummary",
     "SummaryPatch",
@@ -35,6 +36,12 @@ _TERMINAL_STATUS: dict[str, Status] = {
     ev.ORCHESTRATION_FAILED: "failed",
     ev.ORCHESTRATION_CANCELLED: "cancelled",
 }
+
+
+#: The events that change a summary's status (the rest move only its seq).
+STATUS_TYPES: Final = frozenset(
+    {ev.ORCHESTRATION_CREATED, ev.ORCHESTRATION_STARTED, *_TERMINAL_STATUS}
+)
 
 
 class OrchestrationSummary(msgspec.Struct, frozen=True, forbid_unknown_fields=True, gc=False):
