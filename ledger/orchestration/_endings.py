@@ -16,12 +16,10 @@ Ending = Literal["step_failed", "provider_error", "interrupted"]
 
 
 class Terminate(Exception):  # noqa: N818 — control flow, never escapes the runner
-    def __init__(self, reason: str, error: str | None, *, cancelled_by: str | None = None):
+    def __init__(self, reason: str, error: str | None):
         super().__init__(error or reason)
         self.reason = reason
         self.error = error
-        self.cancelled = False
-        self.cancelled_by = cancelled_by
 
 
 class StepFailed(Exception):  # noqa: N818 — control flow, never escapes the runner
