@@ -28,7 +28,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import functools
 import os
 import sqlite3
 import threading
@@ -42,9 +41,11 @@ import aiosqlite
 import msgspec
 import structlog
 
+from ledger._sqlite_errors import storage_error
+from ledger._sqlite_schema import batch_insert, create_schema, replaced_triggers
 from ledger._wal_checkpointer import WalCheckpointer
 from ledger._writer_thread import WriterThread
-from ledger.errors import IntegrityError, LedgerError, StorageUnavailableError
+from ledger.errors import IntegrityError, StorageUnavailableError
 from ledger.pagecache import WritebackWatch, forget_cached_pages
 from ledger.store import Batch, CheckpointRecord, HashRow, StoredEvent
 
@@ -52,74 +53,6 @@ __all__ = ["SQLiteEventStore"]
 
 _logger = structlog.get_logger()
 _T = TypeVar("_T")
-
-_SCHEMA_VERSION = "1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS events(
-    leaf_index INTEGER PRIMARY KEY,
-    event_id   BLOB NOT NULL UNIQUE,
-    tenant_id  TEXT NOT NULL,
-    stream_id  TEXT NOT NULL,
-    stream_seq INTEGER NOT NULL,
-    type       TEXT NOT NULL,
-    tree_size  INTEGER NOT NULL,
-    leaf       BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS stream_index(
-    tenant_id  TEXT NOT NULL,
-    stream_id  TEXT NOT NULL,
-    stream_seq INTEGER NOT NULL,
-    leaf_index INTEGER NOT NULL,
-    PRIMARY KEY (tenant_id, stream_id, stream_seq)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS index_progress(
-    id   INTEGER PRIMARY KEY CHECK (id = 1),
-    upto INTEGER NOT NULL
-);
-INSERT OR IGNORE INTO index_progress(id, upto) VALUES (1, 0);
-CREATE TABLE IF NOT EXISTS tree_hashes(start INTEGER PRIMARY KEY, hashes BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS checkpoints(
-    tree_size INTEGER PRIMARY KEY,
-    root      BLOB NOT NULL,
-    note      TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshots(
-    name      TEXT PRIMARY KEY,
-    log_index INTEGER NOT NULL,
-    state     BLOB NOT NULL
-);
-CREATE TABLE IF NOT EXISTS snapshot_pieces(
-    name  TEXT NOT NULL,
-    piece INTEGER NOT NULL,
-    bytes BLOB NOT NULL,
-    PRIMARY KEY (name, piece)
-);
-"""
-
-# A whole batch is one INSERT into this view: the trigger routes each row to its
-# table. One statement is one sqlite3_step, so the writer thread gives up the GIL once
-# for the whole transaction (fsync included) instead of once per statement, and never
-# waits a switch interval to get it back in the middle of a commit.
-_BATCH_VIEW = """
-CREATE VIEW IF NOT EXISTS batch_rows(kind, a, b, c, d, e, f, g, h) AS
-    SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL WHERE 0;
-CREATE TRIGGER IF NOT EXISTS batch_rows_insert INSTEAD OF INSERT ON batch_rows BEGIN
-    INSERT INTO events(leaf_index, event_id, tenant_id, stream_id, stream_seq, type,
-                       tree_size, leaf)
-        SELECT NEW.a, NEW.b, NEW.c, NEW.d, NEW.e, NEW.f, NEW.g, NEW.h WHERE NEW.kind = 'e';
-    INSERT INTO tree_hashes(start, hashes) SELECT NEW.a, NEW.b WHERE NEW.kind = 'h';
-    INSERT INTO checkpoints(tree_size, root, note)
-        SELECT NEW.a, NEW.b, NEW.c WHERE NEW.kind = 'c';
-END;
-"""
-
-
-@functools.lru_cache(maxsize=512)
-def _batch_insert(rows: int) -> str:
-    return "INSERT INTO batch_rows VALUES " + ",".join(["(?,?,?,?,?,?,?,?,?)"] * rows)
-
 
 _INDEX_PASS_ROWS = 512
 # Streams an index pass may touch: about one index page each (see _pass_end).
@@ -132,7 +65,6 @@ _EVENTS_PER_READ = 512
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
 
-_APPEND_ONLY = ("events", "tree_hashes", "checkpoints", "stream_index")
 _TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
 # The stream index is derived, and rows can be inserted behind the store's back: a row
 # naming another stream's event (another tenant's) must not put that event in an answer,
@@ -150,48 +82,6 @@ _HEAD = (
     "ORDER BY s.stream_seq DESC LIMIT 1"
 )
 _E_COLUMNS = ", ".join("e." + c for c in _EVENT_COLUMNS.split(", "))
-
-
-def _triggers() -> str:
-    parts = []
-    for table in _APPEND_ONLY:
-        for op in ("UPDATE", "DELETE"):
-            parts.append(
-                f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
-                f"BEGIN SELECT RAISE(ABORT, '{table} are append-only'); END;"
-            )
-    return "\n".join(parts)
-
-
-def _words(sql: str) -> str:
-    return " ".join(sql.split())
-
-
-@functools.cache
-def _trigger_sql() -> dict[str, str]:
-    """Each trigger the store creates, by name, as SQLite records it in sqlite_master (it
-    drops IF NOT EXISTS and the final semicolon), whitespace collapsed."""
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.executescript(_SCHEMA + _triggers() + _BATCH_VIEW)
-        rows = conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger'")
-        return {name: _words(sql) for name, sql in rows}
-    finally:
-        conn.close()
-
-
-def _unavailable(e: sqlite3.Error) -> LedgerError:
-    """Map SQLite's failure to read or write into our error; anything else is integrity."""
-    message = str(e).lower()
-    if "could not decode" in message:
-        # Text that is not UTF-8 was written behind the store's back (the writer binds
-        # only str and bytes): damage, not a medium that cannot write. The rest of
-        # SQLite's message quotes the whole value.
-        return IntegrityError(f"stored text is not UTF-8: {str(e).split(' with text ')[0]}")
-    transient = ("full", "readonly", "read-only", "disk i/o", "locked", "unable to open")
-    if isinstance(e, sqlite3.OperationalError) or any(w in message for w in transient):
-        return StorageUnavailableError(f"storage cannot write: {e}")
-    return IntegrityError(f"storage rejected the batch: {e}")
 
 
 def _pieces(name: str, parts: list[bytes | bytearray]) -> Iterator[tuple[str, int, memoryview]]:
@@ -309,7 +199,7 @@ class SQLiteEventStore:
         try:
             result = fn(*args)
         except sqlite3.Error as e:
-            if isinstance(_unavailable(e), StorageUnavailableError):
+            if isinstance(storage_error(e), StorageUnavailableError):
                 _logger.warning("store.write_failed_dropping_cache", error=str(e))
                 forget_cached_pages(self._files())
             raise
@@ -334,11 +224,7 @@ class SQLiteEventStore:
         # Checkpoints run in the background (ledger._wal_checkpointer); this is only the
         # backstop should that fall behind: 64 MiB of WAL.
         conn.execute("PRAGMA wal_autocheckpoint=16384")
-        conn.executescript(_SCHEMA + _triggers() + _BATCH_VIEW)
-        conn.execute(
-            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-            (_SCHEMA_VERSION,),
-        )
+        create_schema(conn)
         (committed,) = conn.execute(
             "SELECT coalesce(max(leaf_index) + 1, 0) FROM events"
         ).fetchone()
@@ -453,7 +339,7 @@ class SQLiteEventStore:
         try:
             await written
         except sqlite3.Error as e:
-            raise _unavailable(e) from e
+            raise storage_error(e) from e
         if not events:
             return
         self._committed_upto = max(self._committed_upto, events[-1].leaf_index + 1)
@@ -488,13 +374,13 @@ class SQLiteEventStore:
         step = self._rows_per_insert
         if total <= step:
             # Autocommit: the one statement is the whole transaction.
-            w.execute(_batch_insert(total), rows)
+            w.execute(batch_insert(total), rows)
         else:
             w.execute("BEGIN IMMEDIATE")
             try:
                 for lo in range(0, total, step):
                     n = min(step, total - lo)
-                    w.execute(_batch_insert(n), rows[lo * 9 : (lo + n) * 9])
+                    w.execute(batch_insert(n), rows[lo * 9 : (lo + n) * 9])
                 w.execute("COMMIT")
             except BaseException:
                 with contextlib.suppress(sqlite3.Error):
@@ -586,7 +472,7 @@ class SQLiteEventStore:
         try:
             return list(await self._r.execute_fetchall(sql, params))
         except sqlite3.Error as e:
-            raise _unavailable(e) from e
+            raise storage_error(e) from e
 
     async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
         rows = await self._all(sql, params)
@@ -714,17 +600,11 @@ class SQLiteEventStore:
         return sorted(problems)[:limit]
 
     async def guard_problems(self) -> list[str]:
-        # Only a replaced trigger: a missing one is re-created at the writer's next open,
-        # and a file no writer of this version has opened lacks the later tables' ones.
-        expected = _trigger_sql()
-        rows = await self._all(
-            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+        return replaced_triggers(
+            await self._all(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
+            )
         )
-        return [
-            f"trigger {name} is not the one the store creates: it was replaced"
-            for name, sql in rows
-            if name in expected and (not isinstance(sql, str) or _words(sql) != expected[name])
-        ]
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
         rows = await self._all(
@@ -762,7 +642,7 @@ class SQLiteEventStore:
             # queued meanwhile go first (ledger/_writer_thread.py).
             await self._write(self._snapshot_sync, name, log_index, parts, background=True)
         except sqlite3.Error as e:
-            raise _unavailable(e) from e
+            raise storage_error(e) from e
 
     def _snapshot_sync(self, name: str, log_index: int, parts: list[bytes | bytearray]) -> None:
         # In rows of a MiB (snapshot_pieces), never one blob: SQLite copies a blob it
@@ -828,7 +708,7 @@ class SQLiteEventStore:
         try:
             await self._write(self._probe_sync)
         except sqlite3.Error as e:
-            raise _unavailable(e) from e
+            raise storage_error(e) from e
 
     def _probe_sync(self) -> None:
         w = self._conn()
