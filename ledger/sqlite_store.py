@@ -33,7 +33,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,6 +43,7 @@ import structlog
 
 from ledger._sqlite_errors import storage_error
 from ledger._sqlite_schema import batch_insert, create_schema, replaced_triggers
+from ledger._sqlite_snapshots import read_snapshot, write_snapshot
 from ledger._wal_checkpointer import WalCheckpointer
 from ledger._writer_thread import WriterThread
 from ledger.errors import IntegrityError, StorageUnavailableError
@@ -59,8 +60,6 @@ _INDEX_PASS_ROWS = 512
 _INDEX_PASS_STREAMS = 128
 # Streams per head read: two bound parameters each, well under SQLite's limit.
 _HEADS_PER_READ = 256
-#: Bytes of a snapshot stored a row (see ``_snapshot_sync``).
-_SNAPSHOT_PIECE = 1 << 20
 _EVENTS_PER_READ = 512
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
@@ -82,16 +81,6 @@ _HEAD = (
     "ORDER BY s.stream_seq DESC LIMIT 1"
 )
 _E_COLUMNS = ", ".join("e." + c for c in _EVENT_COLUMNS.split(", "))
-
-
-def _pieces(name: str, parts: list[bytes | bytearray]) -> Iterator[tuple[str, int, memoryview]]:
-    """``snapshot_pieces`` rows of a state given in ``parts``: views, not copies."""
-    n = 0
-    for part in parts:
-        view = memoryview(part)
-        for start in range(0, len(view), _SNAPSHOT_PIECE):
-            yield name, n, view[start : start + _SNAPSHOT_PIECE]
-            n += 1
 
 
 def _stored(row: Any) -> StoredEvent:
@@ -258,6 +247,10 @@ class SQLiteEventStore:
         if self._writer is None:
             raise StorageUnavailableError("the store's writer is closed")
         return self._writer
+
+    def _with_writer(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(connection, *args)`` with the writer's connection, on the writer thread."""
+        return fn(self._conn(), *args)
 
     def _close_writer(self) -> None:
         if self._writer is not None:
@@ -640,65 +633,14 @@ class SQLiteEventStore:
         try:
             # Upkeep, like an index pass: a snapshot can be tens of MiB, and commits
             # queued meanwhile go first (ledger/_writer_thread.py).
-            await self._write(self._snapshot_sync, name, log_index, parts, background=True)
+            await self._write(
+                self._with_writer, write_snapshot, name, log_index, parts, background=True
+            )
         except sqlite3.Error as e:
             raise storage_error(e) from e
 
-    def _snapshot_sync(self, name: str, log_index: int, parts: list[bytes | bytearray]) -> None:
-        # In rows of a MiB (snapshot_pieces), never one blob: SQLite copies a blob it
-        # binds while the interpreter lock is held (~40 ms of a stalled event loop for
-        # 100,000 orchestrations' registry), and refuses one over a GB (about 2.5
-        # million orchestrations' registry), which would leave every restart to fold
-        # the whole log. ``snapshots.state`` is empty then; a row from before pieces
-        # keeps its state there, and is read as it was.
-        w = self._conn()
-        w.execute("BEGIN IMMEDIATE")
-        try:
-            w.execute(
-                "INSERT INTO snapshots(name, log_index, state) VALUES (?, ?, x'') "
-                "ON CONFLICT(name) DO UPDATE SET log_index = excluded.log_index, state = x''",
-                (name, log_index),
-            )
-            w.execute("DELETE FROM snapshot_pieces WHERE name = ?", (name,))
-            w.executemany(
-                "INSERT INTO snapshot_pieces(name, piece, bytes) VALUES (?, ?, ?)",
-                _pieces(name, parts),
-            )
-            w.execute("COMMIT")
-        except BaseException:
-            if w.in_transaction:
-                w.execute("ROLLBACK")
-            raise
-
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
-        # One statement, so the row and its pieces are read from one state of the file.
-        # A read-only open creates no table: a database from before pieces has none, and
-        # its rows keep their whole state in ``snapshots.state``.
-        has_pieces = await self._one(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'snapshot_pieces'"
-        )
-        rows = await self._all(
-            "SELECT s.log_index, s.state, p.bytes FROM snapshots AS s "
-            "LEFT JOIN snapshot_pieces AS p ON p.name = s.name "
-            "WHERE s.name = ? ORDER BY p.piece"
-            if has_pieces
-            else "SELECT log_index, state, NULL FROM snapshots WHERE name = ?",
-            (name,),
-        )
-        if not rows:
-            return None
-        log_index, state = rows[0][0], rows[0][1]
-        pieces = [row[2] for row in rows if row[2] is not None]
-        if (
-            not isinstance(log_index, int)
-            or not isinstance(state, bytes)
-            or not all(isinstance(piece, bytes) for piece in pieces)
-        ):
-            raise IntegrityError(
-                f"snapshot {name!r} is stored as {type(log_index).__name__} and "
-                f"{type(state).__name__}, or has a piece that is not bytes"
-            )
-        return log_index, state + b"".join(pieces)
+        return await read_snapshot(self._all, name)
 
     # -- storage probe -------------------------------------------------------------------
 
