@@ -44,6 +44,15 @@ import structlog
 from ledger._sqlite_errors import storage_error
 from ledger._sqlite_schema import batch_insert, create_schema, replaced_triggers
 from ledger._sqlite_snapshots import read_snapshot, write_snapshot
+from ledger._sqlite_stream_index import (
+    Tail,
+    TailOrder,
+    forget_tail,
+    index_all,
+    index_pass,
+    index_problems,
+    pass_end,
+)
 from ledger._wal_checkpointer import WalCheckpointer
 from ledger._writer_thread import WriterThread
 from ledger.errors import IntegrityError, StorageUnavailableError
@@ -55,9 +64,6 @@ __all__ = ["SQLiteEventStore"]
 _logger = structlog.get_logger()
 _T = TypeVar("_T")
 
-_INDEX_PASS_ROWS = 512
-# Streams an index pass may touch: about one index page each (see _pass_end).
-_INDEX_PASS_STREAMS = 128
 # Streams per head read: two bound parameters each, well under SQLite's limit.
 _HEADS_PER_READ = 256
 _EVENTS_PER_READ = 512
@@ -123,10 +129,9 @@ class SQLiteEventStore:
         self._indexed_upto = 0
         self._committed_upto = 0
         self._indexer: asyncio.Task[None] | None = None
-        # Committed but not yet indexed, per stream: (stream_seq, leaf_index), in order.
-        self._tail: dict[tuple[str, str], deque[tuple[int, int]]] = {}
-        # Per committed batch: its first leaf index and each event's stream, in order.
-        self._tail_order: deque[tuple[int, list[tuple[str, str]]]] = deque()
+        # Committed but not yet indexed (ledger/_sqlite_stream_index.py).
+        self._tail: Tail = {}
+        self._tail_order: TailOrder = deque()
         self._writer: sqlite3.Connection | None = None
         self._thread: WriterThread | None = None
         self._checkpointer: WalCheckpointer | None = None
@@ -217,16 +222,7 @@ class SQLiteEventStore:
         (committed,) = conn.execute(
             "SELECT coalesce(max(leaf_index) + 1, 0) FROM events"
         ).fetchone()
-        # A previous process's unindexed tail is indexed now, so the in-memory tail only
-        # ever holds what this process committed.
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
-            "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
-            "WHERE leaf_index >= (SELECT upto FROM index_progress)"
-        )
-        conn.execute("UPDATE index_progress SET upto = ?", (committed,))
-        conn.execute("COMMIT")
+        index_all(conn, committed)
         self._writer_end = int(committed)
         self._db_watch = WritebackWatch(self.path)
         return int(committed), int(committed)
@@ -398,66 +394,17 @@ class SQLiteEventStore:
                 target = self._committed_upto
             # Bounded passes: each holds the writer thread, so commits queued meanwhile
             # wait for at most one pass, not for the whole backlog.
-            upto = self._pass_end(self._indexed_upto, target)
+            upto = pass_end(self._tail_order, self._indexed_upto, target)
             try:
-                await self._write(self._index_sync, self._indexed_upto, upto, background=True)
+                await self._write(
+                    self._with_writer, index_pass, self._indexed_upto, upto, background=True
+                )
             except (sqlite3.Error, StorageUnavailableError) as e:
                 # The tail stays readable unindexed; the next commit tries again.
                 _logger.warning("store.index_pass_failed", error=str(e))
                 return
             self._indexed_upto = upto
-            self._forget_tail(upto)
-
-    def _pass_end(self, lo: int, target: int) -> int:
-        """Where an index pass from ``lo`` ends: after at most ``_INDEX_PASS_ROWS`` rows
-        of at most ``_INDEX_PASS_STREAMS`` streams. A pass costs about one index page
-        per stream it touches, so rows of a few busy streams go in large passes and
-        rows of many streams in small ones, and no pass holds the writer for long."""
-        hi = min(target, lo + _INDEX_PASS_ROWS)
-        streams: set[tuple[str, str]] = set()
-        for first, keys in self._tail_order:
-            if first >= hi:
-                break
-            for i in range(max(lo, first), min(hi, first + len(keys))):
-                streams.add(keys[i - first])
-                if len(streams) > _INDEX_PASS_STREAMS:
-                    return max(i, lo + 1)
-        return hi
-
-    def _forget_tail(self, upto: int) -> None:
-        order, tail = self._tail_order, self._tail
-        while order and order[0][0] < upto:
-            first, keys = order.popleft()
-            done = min(len(keys), upto - first)
-            for key in keys[:done]:
-                entries = tail[key]
-                entries.popleft()
-                if not entries:
-                    del tail[key]
-            if done < len(keys):  # an index pass ended inside this batch
-                order.appendleft((upto, keys[done:]))
-                return
-
-    def _index_sync(self, lo: int, hi: int) -> None:
-        w = self._conn()
-        # Synced like any commit, though the index is derived: a pass that committed
-        # unsynced and then failed to reach the device would leave a hole in the WAL
-        # that every later (synced, acknowledged) commit sits behind, and WAL recovery
-        # stops at the hole.
-        w.execute("BEGIN IMMEDIATE")
-        try:
-            w.execute(
-                "INSERT INTO stream_index(tenant_id, stream_id, stream_seq, leaf_index) "
-                "SELECT tenant_id, stream_id, stream_seq, leaf_index FROM events "
-                "WHERE leaf_index >= ? AND leaf_index < ?",
-                (lo, hi),
-            )
-            w.execute("UPDATE index_progress SET upto = ?", (hi,))
-            w.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                w.execute("ROLLBACK")
-            raise
+            forget_tail(self._tail, self._tail_order, upto)
 
     async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         # One hop that runs and finishes the statement, so no open statement keeps an
@@ -560,37 +507,7 @@ class SQLiteEventStore:
         return events if limit is None else events[:limit]
 
     async def index_problems(self, limit: int) -> list[tuple[int, str]]:
-        # Every index row must name an event of its own stream and sequence, and every
-        # event the index claims to cover must have its row (ledger/fsck.py step 4).
-        wrong = await self._all(
-            "SELECT s.leaf_index, s.tenant_id, s.stream_id, s.stream_seq, e.leaf_index "
-            "FROM stream_index s LEFT JOIN events e ON e.leaf_index = s.leaf_index "
-            "WHERE e.leaf_index IS NULL OR e.tenant_id != s.tenant_id "
-            "OR e.stream_id != s.stream_id OR e.stream_seq != s.stream_seq "
-            "ORDER BY s.leaf_index LIMIT ?",
-            (limit,),
-        )
-        problems = [
-            (
-                leaf,
-                f"the stream index names leaf {leaf} as seq {seq} of stream {stream!r} "
-                f"(tenant {tenant!r}), "
-                + ("which is not stored" if found is None else "which is another event"),
-            )
-            for leaf, tenant, stream, seq, found in wrong
-        ]
-        unindexed = await self._all(
-            "SELECT e.leaf_index FROM events e "
-            "WHERE e.leaf_index < (SELECT upto FROM index_progress) AND NOT EXISTS ("
-            "SELECT 1 FROM stream_index s WHERE s.tenant_id = e.tenant_id "
-            "AND s.stream_id = e.stream_id AND s.stream_seq = e.stream_seq "
-            "AND s.leaf_index = e.leaf_index) ORDER BY e.leaf_index LIMIT ?",
-            (limit,),
-        )
-        problems += [
-            (leaf, f"leaf {leaf} is missing from the stream index") for (leaf,) in unindexed
-        ]
-        return sorted(problems)[:limit]
+        return await index_problems(self._all, limit)
 
     async def guard_problems(self) -> list[str]:
         return replaced_triggers(

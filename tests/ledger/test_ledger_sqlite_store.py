@@ -11,6 +11,7 @@ import pytest
 from ledger_testkit import CATALOG, Note, fsck_path, open_log, signer
 from store_contract import EventStoreContract, _batch, _event
 
+from ledger._sqlite_stream_index import pass_end
 from ledger._writer_thread import WriterThread
 from ledger.errors import StorageUnavailableError
 from ledger.events import NewEvent
@@ -227,12 +228,12 @@ async def test_an_index_pass_ends_after_128_streams_or_512_rows(tmp_path: Path) 
             await log.append("t1", f"many-{i}", 0, [NewEvent("note.added", Note("x"))])
         for seq in range(0, 600, 100):
             await log.append("t1", "busy", seq, [NewEvent("note.added", Note("x"))] * 100)
-        assert store._pass_end(0, 300) == 128
-        assert store._pass_end(128, 300) == 256
-        assert store._pass_end(256, 300) == 300
-        assert store._pass_end(250, 900) == 762  # 51 streams: the row bound ends it
-        assert store._pass_end(300, 900) == 812
-        assert store._pass_end(812, 900) == 900
+        assert pass_end(store._tail_order, 0, 300) == 128
+        assert pass_end(store._tail_order, 128, 300) == 256
+        assert pass_end(store._tail_order, 256, 300) == 300
+        assert pass_end(store._tail_order, 250, 900) == 762  # 51 streams: the row bound ends it
+        assert pass_end(store._tail_order, 300, 900) == 812
+        assert pass_end(store._tail_order, 812, 900) == 900
     finally:
         await log.close()
 
