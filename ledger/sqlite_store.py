@@ -21,6 +21,11 @@ transaction; commits go ahead of waiting passes (``ledger/_writer_thread.py``). 
 writing process remembers its unindexed tail in memory; a read-only process scans it.
 Either way reads see every committed event. Losing an index pass in a crash loses
 nothing: it is rebuilt from the events.
+
+Here: opening, the writer (its thread, the flock, commits, recovery after write
+errors) and scheduling the index passes. The schema is in ``ledger/_sqlite_schema.py``,
+the reads in ``ledger/_sqlite_reader.py``, the index passes in
+``ledger/_sqlite_stream_index.py``, snapshots in ``ledger/_sqlite_snapshots.py``.
 """
 
 from __future__ import annotations
@@ -30,18 +35,17 @@ import contextlib
 import fcntl
 import os
 import sqlite3
-import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiosqlite
 import msgspec
 import structlog
 
 from ledger._sqlite_errors import storage_error
+from ledger._sqlite_reader import Reader
 from ledger._sqlite_schema import batch_insert, create_schema, replaced_triggers
 from ledger._sqlite_snapshots import read_snapshot, write_snapshot
 from ledger._sqlite_stream_index import (
@@ -64,57 +68,8 @@ __all__ = ["SQLiteEventStore"]
 _logger = structlog.get_logger()
 _T = TypeVar("_T")
 
-# Streams per head read: two bound parameters each, well under SQLite's limit.
-_HEADS_PER_READ = 256
-_EVENTS_PER_READ = 512
 # Events between background WAL checkpoints: about 1-2 MiB of WAL.
 _CHECKPOINT_EVERY = 1024
-
-_TAIL = "leaf_index >= (SELECT upto FROM index_progress)"
-# The stream index is derived, and rows can be inserted behind the store's back: a row
-# naming another stream's event (another tenant's) must not put that event in an answer,
-# nor take a place in a page or a head, so every read through the index joins the events
-# it names and keeps only those of the stream and sequence the row claims.
-_INDEXED = (
-    "FROM stream_index s JOIN events e ON e.leaf_index = s.leaf_index "
-    "AND e.tenant_id = s.tenant_id AND e.stream_id = s.stream_id "
-    "AND e.stream_seq = s.stream_seq "
-)
-
-_EVENT_COLUMNS = "leaf_index, event_id, tenant_id, stream_id, stream_seq, type, tree_size, leaf"
-_HEAD = (
-    f"SELECT s.stream_seq {_INDEXED} WHERE s.tenant_id = q.t AND s.stream_id = q.s "
-    "ORDER BY s.stream_seq DESC LIMIT 1"
-)
-_E_COLUMNS = ", ".join("e." + c for c in _EVENT_COLUMNS.split(", "))
-
-
-def _stored(row: Any) -> StoredEvent:
-    return StoredEvent(
-        leaf_index=row[0],
-        event_id=row[1],
-        tenant_id=row[2],
-        stream_id=row[3],
-        stream_seq=row[4],
-        type=row[5],
-        tree_size=row[6],
-        leaf=row[7],
-    )
-
-
-def _daemon_reader(connection: aiosqlite.Connection) -> aiosqlite.Connection:
-    """``connection``, its worker thread made a daemon before it starts.
-
-    aiosqlite's thread is not a daemon, so a process that ended its event loop without
-    closing the store hung at exit for ever, waiting for a thread that waits for work.
-    The reader holds no write state, so abandoning it at exit is as safe as a crash; the
-    writer thread is a daemon for the same reason (ledger/_writer_thread.py). If a
-    later aiosqlite keeps its thread elsewhere, nothing changes here but that fix.
-    """
-    thread = getattr(connection, "_thread", None)
-    if isinstance(thread, threading.Thread) and thread.ident is None:
-        thread.daemon = True
-    return connection
 
 
 class SQLiteEventStore:
@@ -138,12 +93,12 @@ class SQLiteEventStore:
         self._since_checkpoint = 0
         self._rows_per_insert = 1
         self._writer_end = 0  # one past the last committed leaf; the writer thread's own
-        self._reader: aiosqlite.Connection | None = None
+        self._reader = Reader()
         self._lock_fd: int | None = None
         self._db_watch: WritebackWatch | None = None
 
     async def open(self) -> None:
-        if self._reader is not None:
+        if self._reader.opened:
             return
         try:
             if self.read_only:
@@ -158,13 +113,7 @@ class SQLiteEventStore:
                     self.path, lambda: self._write(self._restart_wal, background=True)
                 )
                 await self._checkpointer.open()
-            uri = f"file:{self.path}?mode=ro" if self.read_only else f"file:{self.path}"
-            self._reader = await _daemon_reader(
-                aiosqlite.connect(uri, uri=True, isolation_level=None)
-            )
-            await self._reader.execute("PRAGMA busy_timeout=5000")
-            await self._reader.execute("PRAGMA cache_size=-65536")
-            await self._reader.execute("PRAGMA query_only=1")
+            await self._reader.open(self.path, read_only=self.read_only)
         except sqlite3.Error as e:
             await self.close()
             raise StorageUnavailableError(f"cannot open {self.path}: {e}") from e
@@ -284,19 +233,10 @@ class SQLiteEventStore:
                 await self._write(self._close_writer, background=True)
             self._thread.shutdown()
             self._thread = None
-        if self._reader is not None:
-            with contextlib.suppress(sqlite3.Error, ValueError):
-                await self._reader.close()
-            self._reader = None
+        await self._reader.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-
-    @property
-    def _r(self) -> aiosqlite.Connection:
-        if self._reader is None:
-            raise StorageUnavailableError("the store is not open")
-        return self._reader
 
     def commit(self, batch: Batch) -> Awaitable[None]:
         # Queued on the writer thread now, in call order: a batch queued behind another
@@ -406,142 +346,48 @@ class SQLiteEventStore:
             self._indexed_upto = upto
             forget_tail(self._tail, self._tail_order, upto)
 
-    async def _all(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        # One hop that runs and finishes the statement, so no open statement keeps an
-        # old read snapshot alive for the next query on this shared connection.
-        try:
-            return list(await self._r.execute_fetchall(sql, params))
-        except sqlite3.Error as e:
-            raise storage_error(e) from e
-
-    async def _one(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        rows = await self._all(sql, params)
-        return rows[0] if rows else None
-
     async def latest_checkpoint(self) -> CheckpointRecord | None:
-        row = await self._one(
-            "SELECT tree_size, root, note FROM checkpoints ORDER BY tree_size DESC LIMIT 1"
-        )
-        return CheckpointRecord(*row) if row else None
+        return await self._reader.latest_checkpoint()
 
     async def checkpoint(self, tree_size: int) -> CheckpointRecord | None:
-        row = await self._one(
-            "SELECT tree_size, root, note FROM checkpoints WHERE tree_size = ?", (tree_size,)
-        )
-        return CheckpointRecord(*row) if row else None
+        return await self._reader.checkpoint(tree_size)
 
     async def checkpoints(self, after_size: int, limit: int) -> list[CheckpointRecord]:
-        rows = await self._all(
-            "SELECT tree_size, root, note FROM checkpoints WHERE tree_size > ? "
-            "ORDER BY tree_size LIMIT ?",
-            (after_size, limit),
-        )
-        return [CheckpointRecord(*r) for r in rows]
+        return await self._reader.checkpoints(after_size, limit)
 
     async def hash_rows(self, indexes: Sequence[int]) -> list[HashRow]:
-        if not indexes:
-            return []
-        wanted = sorted(set(indexes))
-        values = ",".join("(?)" for _ in wanted)
-        rows = await self._all(
-            f"WITH q(i) AS (VALUES {values}) "
-            "SELECT start, hashes FROM tree_hashes WHERE start IN "
-            "(SELECT (SELECT max(start) FROM tree_hashes WHERE start <= q.i) FROM q)",
-            wanted,
-        )
-        return [HashRow(start, hashes) for start, hashes in rows]
+        return await self._reader.hash_rows(indexes)
 
     async def stream_heads(self, keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        wanted = list(dict.fromkeys(keys))
-        heads: dict[tuple[str, str], int] = {}
-        for lo in range(0, len(wanted), _HEADS_PER_READ):
-            chunk = wanted[lo : lo + _HEADS_PER_READ]
-            values = ",".join(["(?,?)"] * len(chunk))
-            params = [part for key in chunk for part in key]
-            if self._thread is None:  # another process writes: scan its unindexed tail too
-                sql = (
-                    f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, max("
-                    f"coalesce(({_HEAD}), 0), "
-                    f"coalesce((SELECT max(stream_seq) FROM events WHERE {_TAIL} "
-                    "AND tenant_id = t AND stream_id = s), 0)) FROM q"
-                )
-            else:
-                sql = f"WITH q(t, s) AS (VALUES {values}) SELECT t, s, ({_HEAD}) FROM q"
-            # Taken before the read: an entry leaves the tail only after its index pass
-            # committed, so it is in one or the other.
-            for key in chunk:
-                tail = self._tail.get(key)
-                heads[key] = tail[-1][0] if tail else 0
-            for t, s, indexed in await self._all(sql, params):
-                heads[(t, s)] = max(heads[(t, s)], int(indexed or 0))
-        return heads
+        return await self._reader.stream_heads(
+            keys, self._tail, writes_here=self._thread is not None
+        )
 
     async def read_stream(
         self, tenant_id: str, stream_id: str, after_seq: int = 0, limit: int | None = None
     ) -> list[StoredEvent]:
-        if self._thread is None:  # another process writes: one statement, one snapshot
-            rows = await self._all(
-                f"SELECT {_E_COLUMNS} {_INDEXED} WHERE s.tenant_id = ?1 AND s.stream_id = ?2 "
-                "AND s.stream_seq > ?3 AND s.leaf_index < (SELECT upto FROM index_progress) "
-                f"UNION ALL SELECT {_EVENT_COLUMNS} FROM events WHERE {_TAIL} "
-                "AND tenant_id = ?1 AND stream_id = ?2 AND stream_seq > ?3 "
-                "ORDER BY stream_seq LIMIT ?4",
-                (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
-            )
-            return [_stored(r) for r in rows]
-        tail = [i for seq, i in self._tail.get((tenant_id, stream_id), ()) if seq > after_seq]
-        rows = await self._all(
-            f"SELECT {_E_COLUMNS} {_INDEXED} WHERE s.tenant_id = ?1 AND s.stream_id = ?2 "
-            "AND s.stream_seq > ?3 ORDER BY s.stream_seq LIMIT ?4",
-            (tenant_id, stream_id, after_seq, -1 if limit is None else limit),
+        return await self._reader.read_stream(
+            tenant_id, stream_id, after_seq, limit, self._tail, writes_here=self._thread is not None
         )
-        if tail and (limit is None or len(rows) < limit):
-            seen = {r[0] for r in rows}
-            wanted = [i for i in tail if i not in seen]
-            if wanted:
-                marks = ",".join("?" * len(wanted))
-                rows += await self._all(
-                    f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index IN ({marks})", wanted
-                )
-        events = sorted((_stored(r) for r in rows), key=lambda e: e.stream_seq)
-        return events if limit is None else events[:limit]
 
     async def index_problems(self, limit: int) -> list[tuple[int, str]]:
-        return await index_problems(self._all, limit)
+        return await index_problems(self._reader.all, limit)
 
     async def guard_problems(self) -> list[str]:
         return replaced_triggers(
-            await self._all(
+            await self._reader.all(
                 "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' ORDER BY name"
             )
         )
 
     async def read_log(self, from_index: int, limit: int) -> list[StoredEvent]:
-        rows = await self._all(
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE leaf_index >= ? "
-            "ORDER BY leaf_index LIMIT ?",
-            (from_index, limit),
-        )
-        return [_stored(r) for r in rows]
+        return await self._reader.read_log(from_index, limit)
 
     async def events_by_id(self, event_ids: Sequence[bytes]) -> dict[bytes, StoredEvent]:
-        wanted = list(dict.fromkeys(event_ids))
-        found: dict[bytes, StoredEvent] = {}
-        for lo in range(0, len(wanted), _EVENTS_PER_READ):
-            chunk = wanted[lo : lo + _EVENTS_PER_READ]
-            rows = await self._all(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE event_id IN "
-                f"({','.join(['?'] * len(chunk))})",
-                chunk,
-            )
-            for row in rows:
-                event = _stored(row)
-                found[event.event_id] = event
-        return found
+        return await self._reader.events_by_id(event_ids)
 
     async def event_count(self) -> int:
-        row = await self._one("SELECT coalesce(max(leaf_index) + 1, 0) FROM events")
-        return int(row[0])
+        return await self._reader.event_count()
 
     async def save_snapshot(
         self, name: str, log_index: int, state: bytes | Sequence[bytes | bytearray]
@@ -557,7 +403,7 @@ class SQLiteEventStore:
             raise storage_error(e) from e
 
     async def load_snapshot(self, name: str) -> tuple[int, bytes] | None:
-        return await read_snapshot(self._all, name)
+        return await read_snapshot(self._reader.all, name)
 
     # -- storage probe -------------------------------------------------------------------
 
