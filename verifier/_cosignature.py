@@ -18,7 +18,6 @@ the witness, so one key must never serve two witness names (C2SP; §9.1).
 from __future__ import annotations
 
 import base64
-import hashlib
 import secrets
 from dataclasses import dataclass, field
 
@@ -28,7 +27,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from verifier._checkpoint import parse_checkpoint_body
 from verifier._errors import MalformedInput, SignatureInvalid
-from verifier._note import b64_decode, parse_signature_line, split_note, valid_key_name
+from verifier._note import (
+    b64_decode,
+    decode_vkey,
+    key_id,
+    parse_signature_line,
+    split_note,
+    valid_key_name,
+)
 
 __all__ = [
     "MAX_TIMESTAMP",
@@ -52,10 +58,7 @@ MAX_TIMESTAMP = (1 << 63) - 1
 
 def cosignature_key_id(name: str, public_key: bytes) -> int:
     """``SHA-256(name || 0x0A || 0x04 || public key)[:4]`` as a big-endian integer."""
-    digest = hashlib.sha256(
-        name.encode() + b"\n" + bytes([_ALG_COSIGNATURE_V1]) + public_key
-    ).digest()
-    return int.from_bytes(digest[:4], "big")
+    return key_id(name, public_key, _ALG_COSIGNATURE_V1)
 
 
 def cosigned_message(text: bytes, timestamp: int) -> bytes:
@@ -99,27 +102,13 @@ def parse_witness_vkey(vkey: str | WitnessKey) -> WitnessKey:
         return vkey
     if not isinstance(vkey, str):
         raise MalformedInput("a witness key must be a string")
-    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
-    if len(parts) != 3:
-        raise MalformedInput("a witness key has the form <name>+<8 hex key ID>+<base64 key>")
-    name, hex_id, b64 = parts
-    if not valid_key_name(name):
-        raise MalformedInput(
-            f"witness key name {name!r} is empty, not UTF-8, or has a space or '+'"
-        )
-    key = b64_decode(b64, "witness key")
-    if len(key) != 33 or key[0] != _ALG_COSIGNATURE_V1:
-        raise MalformedInput(
-            "witness key is not an Ed25519 cosignature/v1 key (type 0x04 and 32 bytes)"
-        )
-    if len(hex_id) != 8 or not all(c in "0123456789abcdefABCDEF" for c in hex_id):
-        raise MalformedInput(f"witness key ID {hex_id!r} is not 8 hex digits")
-    witness = _witness_key(name, key[1:])
-    if int(hex_id, 16) != witness.key_id:
-        raise MalformedInput(
-            f"witness key ID {hex_id!r} does not match its key ({witness.key_id:08x})"
-        )
-    return witness
+    name, kid, public_key, ed_key = decode_vkey(
+        vkey,
+        _ALG_COSIGNATURE_V1,
+        "witness key",
+        "an Ed25519 cosignature/v1 key (type 0x04 and 32 bytes)",
+    )
+    return WitnessKey(name, kid, public_key, ed_key)
 
 
 class Cosignature(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -222,12 +211,8 @@ class WitnessSigner:
         if len(seed) != 33 or seed[0] not in (_ALG_ED25519, _ALG_COSIGNATURE_V1):
             raise MalformedInput("witness private key is not an Ed25519 seed (type 0x01 or 0x04)")
         signer = cls(name, Ed25519PrivateKey.from_private_bytes(seed[1:]))
-        public = signer.key.public_key
-        if seed[0] == _ALG_COSIGNATURE_V1:
-            expected = signer.key.key_id
-        else:
-            digest = hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + public)
-            expected = int.from_bytes(digest.digest()[:4], "big")
+        # The ID is of the key's type as written: a Go sumdb/note key file (0x01) too.
+        expected = key_id(name, signer.key.public_key, seed[0])
         if len(hex_id) != 8 or not all(c in "0123456789abcdefABCDEF" for c in hex_id):
             raise MalformedInput(f"witness private key ID {hex_id!r} is not 8 hex digits")
         if int(hex_id, 16) != expected:

@@ -62,10 +62,39 @@ def valid_key_name(name: str) -> bool:
     return bool(name) and _well_formed(name) and not any(c.isspace() or c == "+" for c in name)
 
 
-def key_id(name: str, public_key: bytes) -> int:
-    """``SHA-256(name || 0x0A || 0x01 || public key)[:4]`` as a big-endian integer."""
-    digest = hashlib.sha256(name.encode() + b"\n" + bytes([_ALG_ED25519]) + public_key).digest()
+def key_id(name: str, public_key: bytes, alg: int = _ALG_ED25519) -> int:
+    """``SHA-256(name || 0x0A || alg || public key)[:4]`` as a big-endian integer (alg
+    0x01 for a log's key, 0x04 for a witness's)."""
+    digest = hashlib.sha256(name.encode() + b"\n" + bytes([alg]) + public_key).digest()
     return int.from_bytes(digest[:4], "big")
+
+
+def decode_vkey(
+    vkey: str, alg: int, what: str, kind: str
+) -> tuple[str, int, bytes, Ed25519PublicKey]:
+    """``<name>+<hex id>+<base64(alg || key)>``: its name, key ID, public key and loaded
+    key; the ID must match the key. ``what`` names the key in errors (``verifier key``),
+    ``kind`` says what a key of another type is not."""
+    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
+    if len(parts) != 3:
+        raise MalformedInput(f"a {what} has the form <name>+<8 hex key ID>+<base64 key>")
+    name, hex_id, b64 = parts
+    if not valid_key_name(name):
+        raise MalformedInput(f"{what} name {name!r} is empty, not UTF-8, or has a space or '+'")
+    key = b64_decode(b64, what)
+    if len(key) != 33 or key[0] != alg:
+        raise MalformedInput(f"{what} is not {kind}")
+    public_key = key[1:]
+    kid = key_id(name, public_key, alg)
+    if len(hex_id) != 8 or not all(c in "0123456789abcdefABCDEF" for c in hex_id):
+        raise MalformedInput(f"{what} ID {hex_id!r} is not 8 hex digits")
+    if int(hex_id, 16) != kid:
+        raise MalformedInput(f"{what} ID {hex_id!r} does not match its key ({kid:08x})")
+    try:
+        ed_key = Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError as e:  # pragma: no cover - any 32 bytes load; kept for safety
+        raise MalformedInput(f"{what} is not a valid Ed25519 public key") from e
+    return name, kid, public_key, ed_key
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,27 +127,9 @@ def parse_vkey(vkey: str | VerifierKey) -> VerifierKey:
         return vkey
     if not isinstance(vkey, str):
         raise MalformedInput("a verifier key must be a string")
-    parts = vkey.strip().split("+", 2)  # base64 may itself hold "+"
-    if len(parts) != 3:
-        raise MalformedInput("a verifier key has the form <name>+<8 hex key ID>+<base64 key>")
-    name, hex_id, b64 = parts
-    if not valid_key_name(name):
-        raise MalformedInput(
-            f"verifier key name {name!r} is empty, not UTF-8, or has a space or '+'"
-        )
-    key = b64_decode(b64, "verifier key")
-    if len(key) != 33 or key[0] != _ALG_ED25519:
-        raise MalformedInput("verifier key is not an Ed25519 key (type 0x01 and 32 bytes)")
-    public_key = key[1:]
-    kid = key_id(name, public_key)
-    if len(hex_id) != 8 or not all(c in "0123456789abcdefABCDEF" for c in hex_id):
-        raise MalformedInput(f"verifier key ID {hex_id!r} is not 8 hex digits")
-    if int(hex_id, 16) != kid:
-        raise MalformedInput(f"verifier key ID {hex_id!r} does not match its key ({kid:08x})")
-    try:
-        ed_key = Ed25519PublicKey.from_public_bytes(public_key)
-    except ValueError as e:  # pragma: no cover - any 32 bytes load; kept for safety
-        raise MalformedInput("verifier key is not a valid Ed25519 public key") from e
+    name, kid, public_key, ed_key = decode_vkey(
+        vkey, _ALG_ED25519, "verifier key", "an Ed25519 key (type 0x01 and 32 bytes)"
+    )
     return VerifierKey(name, kid, public_key, ed_key)
 
 
