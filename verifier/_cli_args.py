@@ -38,24 +38,25 @@ def read_bytes(path: str, what: str) -> bytes:
         raise UsageError(f"cannot read {what} {path}: {e.strerror}") from e
 
 
+def _vkey_text(arg: str, what: str) -> str:
+    """A vkey argument: the vkey string itself, or a file containing it."""
+    if "+" not in arg or Path(arg).is_file():
+        return read_bytes(arg, f"{what} file").decode("utf-8", "replace").strip()
+    return arg
+
+
 def trusted_vkey(arg: str) -> VerifierKey:
     """VKEY is the vkey string itself, or a file containing it."""
-    text = arg
-    if "+" not in arg or Path(arg).is_file():
-        text = read_bytes(arg, "vkey file").decode("utf-8", "replace").strip()
     try:
-        return parse_vkey(text)
+        return parse_vkey(_vkey_text(arg, "vkey"))
     except MalformedInput as e:
         raise UsageError(f"invalid vkey: {e.message}") from e
 
 
 def _witness_vkey(arg: str) -> WitnessKey:
     """--witness VKEY: the witness's cosignature vkey itself, or a file containing it."""
-    text = arg
-    if "+" not in arg or Path(arg).is_file():
-        text = read_bytes(arg, "witness vkey file").decode("utf-8", "replace").strip()
     try:
-        return parse_witness_vkey(text)
+        return parse_witness_vkey(_vkey_text(arg, "witness vkey"))
     except MalformedInput as e:
         raise UsageError(f"invalid witness vkey: {e.message}") from e
 

@@ -32,6 +32,7 @@ from verifier._note import (
     decode_vkey,
     key_id,
     parse_signature_line,
+    render_vkey,
     split_note,
     valid_key_name,
 )
@@ -79,8 +80,7 @@ class WitnessKey:
 
     @property
     def vkey(self) -> str:
-        encoded = base64.b64encode(bytes([_ALG_COSIGNATURE_V1]) + self.public_key).decode()
-        return f"{self.name}+{self.key_id:08x}+{encoded}"
+        return render_vkey(self.name, self.key_id, _ALG_COSIGNATURE_V1, self.public_key)
 
     def matches(self, name: str, key_id: int) -> bool:
         """Whether a signature line's name and key ID are this key's."""

@@ -69,6 +69,11 @@ def key_id(name: str, public_key: bytes, alg: int = _ALG_ED25519) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
+def render_vkey(name: str, kid: int, alg: int, public_key: bytes) -> str:
+    """``<name>+<8 hex key ID>+<base64(alg || key)>``: :func:`decode_vkey` undone."""
+    return f"{name}+{kid:08x}+{base64.b64encode(bytes([alg]) + public_key).decode()}"
+
+
 def decode_vkey(
     vkey: str, alg: int, what: str, kind: str
 ) -> tuple[str, int, bytes, Ed25519PublicKey]:
@@ -108,8 +113,7 @@ class VerifierKey:
 
     @property
     def vkey(self) -> str:
-        encoded = base64.b64encode(bytes([_ALG_ED25519]) + self.public_key).decode()
-        return f"{self.name}+{self.key_id:08x}+{encoded}"
+        return render_vkey(self.name, self.key_id, _ALG_ED25519, self.public_key)
 
     def verify_signature(self, message: bytes, signature: bytes) -> None:
         """Raise :class:`SignatureInvalid` unless ``signature`` is this key's over ``message``."""
